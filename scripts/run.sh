@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The README's commands. Each sets everything up first (scripts/setup.sh), then:
+#   demo      the main job: sdcpu on the embedded default model (random-weight SD 1.5)
+#   test      the test suite, fast tests only (what CI runs)
+#   test-all  every test, including the slow ones that build random:sd15
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"
+case "${1:-}" in
+    demo) shift; exec sdcpu generate "sailing ship in storm by Rembrandt" --model random:sd15 --size 256x256 --steps 4 "$@" ;;
+    test) shift; exec python -m pytest -m "not slow" "$@" ;;
+    test-all) shift; exec python -m pytest "$@" ;;
+    *) echo "usage: $0 demo|test|test-all [ARGS...]" >&2; exit 2 ;;
+esac

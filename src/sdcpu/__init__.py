@@ -1,0 +1,10 @@
+"""sdcpu: Stable Diffusion inference as fast as the CPU allows, with honest measurements."""
+
+__version__ = "0.1.0"
+
+
+def load_pipeline(spec: str, **kwargs):
+    """Return the diffusers pipeline for a model spec: ``random:ARCH``, a hub id, a folder or a ``.safetensors`` file."""
+    from sdcpu.models import load_pipeline as _load
+
+    return _load(spec, **kwargs)

@@ -1,0 +1,5 @@
+import sys
+
+from sdcpu.cli import main
+
+sys.exit(main())

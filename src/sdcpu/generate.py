@@ -1,0 +1,126 @@
+"""Text-to-image generation on a loaded pipeline: request validation, the timed call, PNGs that describe themselves."""
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdcpu.errors import UsageError
+
+RANDOM_WEIGHTS_NOTE = "weights are random (an sdcpu test model): the image is noise, only its timing is meaningful"
+
+
+@dataclass(frozen=True)
+class Request:
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 20
+    width: int = 512
+    height: int = 512
+    seed: int = 0
+    guidance: float = 7.5
+    num_images: int = 1
+
+    def validate(self) -> "Request":
+        if self.width % 8 or self.height % 8 or self.width < 8 or self.height < 8:
+            raise UsageError(f"size {self.width}x{self.height}: width and height must be positive multiples of 8")
+        if self.steps < 1:
+            raise UsageError(f"steps must be at least 1, got {self.steps}")
+        if self.num_images < 1:
+            raise UsageError(f"the number of images must be at least 1, got {self.num_images}")
+        if self.guidance < 0:
+            raise UsageError(f"guidance must be >= 0, got {self.guidance}")
+        return self
+
+    def seeds(self) -> list[int]:
+        """One seed per image, so any image can be remade alone from the seed in its metadata."""
+        return [self.seed + i for i in range(self.num_images)]
+
+
+@dataclass(frozen=True)
+class Result:
+    images: list  # PIL images, in seed order
+    seconds: float  # wall time of the whole pipeline call
+
+    def seconds_per_image(self) -> float:
+        return self.seconds / len(self.images)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'512x768' -> (512, 768): width first, like every image tool."""
+    try:
+        width, height = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 512x512") from None
+    return width, height
+
+
+def run(pipe, request: Request) -> Result:
+    """Generate REQUEST's images with PIPE; the whole call is timed with perf_counter."""
+    import torch
+
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds()]
+    start = time.perf_counter()
+    with torch.inference_mode():
+        output = pipe(
+            request.prompt,
+            negative_prompt=request.negative_prompt or None,
+            num_inference_steps=request.steps,
+            width=request.width,
+            height=request.height,
+            guidance_scale=request.guidance,
+            num_images_per_prompt=request.num_images,
+            generator=generators,
+        )
+    return Result(images=output.images, seconds=time.perf_counter() - start)
+
+
+def parameters_text(request: Request, seed: int, *, model: str, random_weights: bool, scheduler: str, recipe: str) -> str:
+    """AUTOMATIC1111's `parameters` layout, which image viewers and web UIs already read, plus sdcpu's fields."""
+    lines = [request.prompt]
+    if request.negative_prompt:
+        lines.append(f"Negative prompt: {request.negative_prompt}")
+    lines.append(
+        f"Steps: {request.steps}, Sampler: {scheduler}, CFG scale: {request.guidance}, Seed: {seed}, "
+        f"Size: {request.width}x{request.height}, Model: {model}, Recipe: {recipe}"
+    )
+    if random_weights:
+        lines.append(f"Note: {RANDOM_WEIGHTS_NOTE}")
+    return "\n".join(lines)
+
+
+def output_paths(output: str, seeds: list[int]) -> list[Path]:
+    """Where the images of SEEDS go: OUTPUT itself if it names a .png (numbered when several), else new files in it."""
+    target = Path(output).expanduser()
+    if target.suffix.lower() == ".png":
+        folder = target.parent
+        names = [target.name] if len(seeds) == 1 else [f"{target.stem}-{seed}.png" for seed in seeds]
+    else:
+        folder = target
+        taken = [int(p.name[:5]) for p in folder.glob("[0-9][0-9][0-9][0-9][0-9]-*.png")] if folder.is_dir() else []
+        first = max(taken, default=-1) + 1
+        names = [f"{first + i:05d}-{seed}.png" for i, seed in enumerate(seeds)]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create output folder {folder}: {err.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"output folder {folder} is not writable")
+    return [folder / name for name in names]
+
+
+def save_png(image, path: Path, parameters: str) -> None:
+    """Write IMAGE with a `parameters` text chunk; written to a temporary file first, so never half-written."""
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", parameters)
+    fd, tmp = tempfile.mkstemp(suffix=".png.part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            image.save(out, format="PNG", pnginfo=info)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise

@@ -1,0 +1,131 @@
+"""Model specs -> diffusers pipelines: `random:ARCH`, a hub id, a local diffusers folder or a single checkpoint file.
+
+Every kind goes through diffusers' own loaders (`from_pretrained`, `from_single_file`); random models are built
+once, cached as diffusers folders and loaded back through the same `from_pretrained` path as real weights.
+"""
+
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdcpu.errors import UsageError
+from sdcpu import random_models
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
+SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SD1_CONFIG_REPOS = {"stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str  # "random" | "folder" | "file" | "hub"
+    ref: str  # the architecture, path or hub id
+    random_weights: bool = False  # random:ARCH, or a folder sdcpu built from one
+
+    def __str__(self):
+        return f"random:{self.ref}" if self.kind == "random" else self.ref
+
+
+def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
+    """Classify a model spec, refusing what cannot be loaded with a one-line reason."""
+    if spec.startswith("random:"):
+        arch = spec.removeprefix("random:")
+        if arch not in random_models.ARCHS:
+            raise UsageError(f"unknown random architecture {arch!r}; choose from: {', '.join(random_models.ARCHS)}")
+        return ModelSpec("random", arch, random_weights=True)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise UsageError(f"{spec}: not a diffusers pipeline folder (no model_index.json)")
+        marker = path / random_models.MARKER
+        random_weights = marker.is_file() and json.loads(marker.read_text())["weights"] == "random"
+        return ModelSpec("folder", str(path), random_weights)
+    if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
+        if not path.is_file():
+            raise UsageError(f"{spec}: no such file")
+        if path.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
+            raise UsageError(
+                f"{spec}: pickle checkpoints can run arbitrary code when loaded; "
+                "convert it to .safetensors or pass --trust-pickle if you trust its source"
+            )
+        return ModelSpec("file", str(path))
+    if HUB_ID.match(spec) and not path.exists():
+        return ModelSpec("hub", spec)
+    raise UsageError(f"{spec}: no such file or folder, and not a hub id (org/name) or random:ARCH")
+
+
+def load_pipeline(spec: str, *, trust_pickle: bool = False, progress: bool = False):
+    """Load any model spec as a float32 diffusers pipeline on the CPU."""
+    parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec, trust_pickle=trust_pickle)
+    pipe = _load(parsed)
+    pipe.set_progress_bar_config(disable=not progress)
+    pipe.sdcpu_model = parsed
+    return pipe
+
+
+def _load(spec: ModelSpec):
+    import diffusers.utils.logging
+    import torch
+    import transformers.utils.logging
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    diffusers.utils.logging.disable_progress_bar()  # per-file loading bars; the denoising bar is the pipeline's own
+    transformers.utils.logging.disable_progress_bar()
+
+    if spec.kind == "random":
+        folder = random_models.ensure_built(spec.ref)
+        return DiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+    if spec.kind == "folder":
+        return DiffusionPipeline.from_pretrained(spec.ref, local_files_only=True, dtype=torch.float32)
+    if spec.kind == "file":
+        return StableDiffusionPipeline.from_single_file(
+            spec.ref, config=_single_file_config(spec.ref), dtype=torch.float32
+        )
+    try:
+        return DiffusionPipeline.from_pretrained(spec.ref, dtype=torch.float32)
+    except OSError as err:  # diffusers reports a missing network or repository as OSError
+        raise UsageError(f"cannot load {spec.ref!r} from the Hugging Face hub: {_first_line(err)}") from err
+
+
+def _single_file_config(path: str) -> str:
+    """The diffusers config for a single-file checkpoint: SD 1.x's is built locally, so no network is needed."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
+
+    checkpoint = _LazySafetensors(path) if path.endswith(".safetensors") else load_single_file_checkpoint(path)
+    repo = fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
+    if repo in SD1_CONFIG_REPOS:
+        return str(random_models.ensure_config_folder("sd15"))
+    log.info("%s looks like %s; its config comes from the hub", path, repo)
+    return repo
+
+
+class _LazySafetensors(Mapping):
+    """A checkpoint whose tensors are read on access: inferring the architecture reads a few, not gigabytes."""
+
+    def __init__(self, path: str):
+        from safetensors import safe_open
+
+        self._file = safe_open(path, framework="pt")
+        self._keys = tuple(self._file.keys())
+
+    def __getitem__(self, key):
+        if key not in self._keys:
+            raise KeyError(key)
+        return self._file.get_tensor(key)
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self):
+        return len(self._keys)
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]

@@ -1,0 +1,161 @@
+"""Random-weight Stable Diffusion pipelines of real architectures, built offline and cached as diffusers folders.
+
+`random:sd15` is SD 1.5 exactly (UNet 859.5M, CLIP ViT-L/14 text encoder, AutoencoderKL f8, PNDM) so its compute
+cost is the real model's; `random:tiny` uses diffusers' test sizes and builds in seconds. Both tokenize with the
+real CLIP BPE merges shipped in sdcpu/data. Weights are seeded: the same seed gives bit-identical tensors.
+"""
+
+import gzip
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+CLIP_VOCAB_SIZE = 49408
+CLIP_MAX_TOKENS = 77
+MARKER = "sdcpu.json"  # written into random folders: reports must say the weights are random
+FORMAT_VERSION = 1  # bump when a built folder's content changes, so stale caches are rebuilt
+
+# SD 1.x scheduler config, as shipped in stable-diffusion-v1-5/scheduler/scheduler_config.json.
+SD15_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False, trained_betas=None,
+)
+
+
+@dataclass(frozen=True)
+class Arch:
+    unet: dict
+    vae: dict
+    text_encoder: dict
+
+
+ARCHS = {
+    # SD 1.5: UNet2DConditionModel's defaults are SD 1.x's, but for the text-conditioning width.
+    "sd15": Arch(
+        unet=dict(sample_size=64, cross_attention_dim=768),
+        vae=dict(
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            scaling_factor=0.18215,
+        ),
+        text_encoder=dict(
+            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+            projection_dim=768, hidden_act="quick_gelu",
+        ),
+    ),
+    # diffusers' own fast-test sizes (tests/pipelines/stable_diffusion), with CLIP's real vocabulary.
+    "tiny": Arch(
+        unet=dict(
+            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, cross_attention_dim=32,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        ),
+        vae=dict(
+            block_out_channels=(32, 64), latent_channels=4, sample_size=64,
+            down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        ),
+        text_encoder=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4),
+    ),
+}
+
+
+def cache_dir(name: str) -> Path:
+    home = Path(os.environ.get("SDCPU_HOME", Path.home() / ".cache" / "sdcpu"))
+    return home / "models" / f"{name}-v{FORMAT_VERSION}"
+
+
+def ensure_built(arch: str, seed: int = 0) -> Path:
+    """The cached diffusers folder of random:ARCH with weights, built first if needed."""
+
+    def write(folder):
+        build_pipeline(arch, seed).save_pretrained(folder, safe_serialization=True)
+        (folder / MARKER).write_text(json.dumps({"spec": f"random:{arch}", "seed": seed, "weights": "random"}))
+
+    return _cached(cache_dir(f"random-{arch}-seed{seed}"), write)
+
+
+def ensure_config_folder(arch: str) -> Path:
+    """A diffusers folder of ARCH's configs and tokenizer, no weights: what single-file checkpoints load against."""
+    import torch
+
+    def write(folder):
+        with torch.device("meta"):  # the modules only give their configs: no memory, no init time
+            pipe = build_pipeline(arch)
+        pipe.save_config(folder)
+        for name in ("unet", "vae", "scheduler"):
+            getattr(pipe, name).save_config(folder / name)
+        pipe.text_encoder.config.save_pretrained(folder / "text_encoder")
+        pipe.tokenizer.save_pretrained(folder / "tokenizer")
+
+    return _cached(cache_dir(f"config-{arch}"), write)
+
+
+def _cached(folder: Path, write) -> Path:
+    """Return FOLDER, first filling it with write(staging) and renaming it into place: never half-written."""
+    if (folder / "model_index.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        write(staging)
+        os.replace(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def build_pipeline(arch: str, seed: int = 0):
+    """A StableDiffusionPipeline of ARCH with seeded random weights (no safety checker: it would flag noise)."""
+    import torch
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    spec = ARCHS[arch]
+
+    def seeded(offset, make):
+        torch.manual_seed(seed * 1000 + offset)  # each component gets its own stream, independent of build order
+        return make().eval()
+
+    text_config = CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE, max_position_embeddings=CLIP_MAX_TOKENS,
+        bos_token_id=0, pad_token_id=1, eos_token_id=2, **spec.text_encoder,
+    )
+    return StableDiffusionPipeline(
+        unet=seeded(1, lambda: UNet2DConditionModel(**spec.unet)),
+        vae=seeded(2, lambda: AutoencoderKL(**spec.vae)),
+        text_encoder=seeded(3, lambda: CLIPTextModel(text_config)),
+        tokenizer=clip_tokenizer(),
+        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def clip_tokenizer():
+    """CLIP's tokenizer (49,408 tokens, 77 positions) from the merges shipped in the package."""
+    from transformers import CLIPTokenizer
+
+    with resources.files("sdcpu").joinpath("data/clip_merges.txt.gz").open("rb") as raw:
+        merges = [tuple(line.split()) for line in gzip.decompress(raw.read()).decode("utf-8").splitlines()[1:]]
+    byte_chars = list(_bytes_to_unicode().values())
+    tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
+    tokens += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_TOKENS)
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes)))

@@ -1,0 +1,47 @@
+import pytest
+
+from sdcpu import models
+from sdcpu.errors import UsageError
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("random:sd99", "unknown random architecture"),
+        ("./no/such/folder", "no such file or folder"),
+        ("missing.safetensors", "no such file"),
+    ],
+)
+def test_bad_specs_are_refused_with_a_reason(spec, message):
+    with pytest.raises(UsageError, match=message):
+        models.parse_spec(spec)
+
+
+def test_folder_without_model_index_is_refused(tmp_path):
+    with pytest.raises(UsageError, match="not a diffusers pipeline folder"):
+        models.parse_spec(str(tmp_path))
+
+
+@pytest.mark.parametrize("suffix", [".ckpt", ".bin"])
+def test_pickle_needs_consent(tmp_path, suffix):
+    checkpoint = tmp_path / f"model{suffix}"
+    checkpoint.write_bytes(b"not really a pickle")
+    with pytest.raises(UsageError, match="--trust-pickle"):
+        models.parse_spec(str(checkpoint))
+    assert models.parse_spec(str(checkpoint), trust_pickle=True) == models.ModelSpec("file", str(checkpoint))
+
+
+def test_hub_id_is_recognised_and_fails_cleanly_offline():
+    spec = models.parse_spec("someone/some-model")
+    assert spec.kind == "hub" and not spec.random_weights
+    with pytest.raises(UsageError, match="cannot load 'someone/some-model' from the Hugging Face hub"):
+        models.load_pipeline(spec)
+
+
+def test_random_folder_loaded_by_path_still_says_random(tiny_pipe):
+    from sdcpu import random_models
+
+    spec = models.parse_spec(str(random_models.cache_dir("random-tiny-seed0")))
+    assert spec.kind == "folder" and spec.random_weights
+    pipe = models.load_pipeline(spec)
+    assert type(pipe).__name__ == "StableDiffusionPipeline"
