@@ -9,7 +9,7 @@ import sys
 from sdcpu import __version__
 from sdcpu.errors import UsageError
 
-COMMANDS = ("generate",)
+COMMANDS = ("generate", "info")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,12 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    # transformers warns at import time about optional packages (torchvision) sdcpu does not use; a user's value wins.
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if args.verbose else "error")
+    # The libraries warn about optional packages sdcpu does not use (torchvision) and retry the hub before failing;
+    # sdcpu reports what matters itself. A user's own setting wins.
+    for library in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(library, "info" if args.verbose else "error")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args) or 0
     except UsageError as err:
+        logging.getLogger("sdcpu").debug("details", exc_info=err.__cause__ or err)
         print(f"sdcpu {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:

@@ -90,7 +90,10 @@ def _load(spec: ModelSpec):
     try:
         return DiffusionPipeline.from_pretrained(spec.ref, dtype=torch.float32)
     except OSError as err:  # diffusers reports a missing network or repository as OSError
-        raise UsageError(f"cannot load {spec.ref!r} from the Hugging Face hub: {_first_line(err)}") from err
+        raise UsageError(
+            f"cannot load {spec.ref!r} from the Hugging Face hub: it is not in the local cache, and the hub "
+            "could not be reached or has no such model (run with -v for the details)"
+        ) from err
 
 
 def _single_file_config(path: str) -> str:
@@ -124,8 +127,3 @@ class _LazySafetensors(Mapping):
 
     def __len__(self):
         return len(self._keys)
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]

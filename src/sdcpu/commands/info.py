@@ -1,0 +1,70 @@
+"""`sdcpu info`: what this machine is, what sdcpu runs on, and what it would choose here and why."""
+
+import json
+import platform
+from importlib import metadata
+
+from sdcpu import __version__, hardware
+
+X86_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
+ARM_FLAGS = ("asimd", "sve", "bf16", "i8mm")
+PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "openvino", "intel_extension_for_pytorch")
+
+
+def register(sub):
+    p = sub.add_parser("info", help="show this machine, versions and sdcpu's choices", description=__doc__)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.set_defaults(func=run)
+
+
+def collect() -> dict:
+    import torch
+
+    cpu = hardware.detect()
+    isa = X86_FLAGS if cpu.arch in ("x86_64", "i686") else ARM_FLAGS
+    return {
+        "versions": {"sdcpu": __version__, "python": platform.python_version(), **_package_versions()},
+        "cpu": cpu.to_dict(),
+        "isa": {flag: flag in cpu.flags for flag in isa},
+        "torch": {
+            "num_threads": torch.get_num_threads(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkldnn": torch.backends.mkldnn.is_available(),
+        },
+        "bf16": {"native": cpu.native_bf16, "reason": cpu.native_bf16_reason},
+    }
+
+
+def _package_versions() -> dict:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def run(args) -> int:
+    info = collect()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    cpu = info["cpu"]
+    rows = [
+        ("versions", ", ".join(f"{k} {v}" for k, v in info["versions"].items() if v)),
+        ("cpu", f"{cpu['model_name']} ({cpu['vendor']}, {cpu['arch']})"),
+        ("cores", f"{cpu['sockets']} socket(s), {cpu['physical_cores']} physical cores, {cpu['logical_cpus']} logical CPUs, "
+                  f"{len(cpu['numa_nodes'])} NUMA node(s)"),
+        ("usable", f"CPUs {hardware.format_cpu_list(cpu['usable_cpus'])}"
+                   + (f", cgroup quota {cpu['cpu_quota']:g} CPUs" if cpu["cpu_quota"] else "")),
+        ("memory", f"{cpu['memory_bytes'] / 2**30:.1f} GiB"),
+        ("isa", " ".join(f"{flag}{'+' if present else '-'}" for flag, present in info["isa"].items())),
+        ("torch", f"{info['torch']['num_threads']} threads, CPU capability {info['torch']['cpu_capability']}, "
+                  f"oneDNN {'yes' if info['torch']['mkldnn'] else 'no'}"),
+        ("bf16", f"{'native' if info['bf16']['native'] else 'emulated'}: {info['bf16']['reason']}"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0

@@ -1,0 +1,77 @@
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from sdcpu.cli import main
+
+TINY = ["--model", "random:tiny", "--size", "64x48", "--steps", "2"]
+
+
+def test_generate_writes_pngs_that_describe_themselves(tmp_path, capsys):
+    assert main(["generate", "a red boat", *TINY, "--seed", "7", "--num-images", "2",
+                 "--negative-prompt", "blurry", "--scheduler", "dpm++", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    files = sorted(tmp_path.glob("*.png"))
+    assert [f.name for f in files] == ["00000-7.png", "00001-8.png"]
+    image = Image.open(files[1])
+    assert image.size == (64, 48)
+    params = image.text["parameters"]
+    assert params.startswith("a red boat\nNegative prompt: blurry\nSteps: 2, Sampler: dpm++, CFG scale: 7.5, Seed: 8,")
+    assert "Size: 64x48, Model: random:tiny, Recipe: baseline" in params
+    assert "weights are random" in params
+    assert "s/step" in out and "weights are random" in out
+
+
+def test_same_seed_same_image(tmp_path):
+    for name in ("a.png", "b.png"):
+        assert main(["generate", "x", *TINY, "-o", str(tmp_path / name)]) == 0
+    assert Image.open(tmp_path / "a.png").tobytes() == Image.open(tmp_path / "b.png").tobytes()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--size", "60x64"], "multiples of 8"),
+        (["--size", "big"], "expected WIDTHxHEIGHT"),
+        (["--steps", "0"], "steps must be at least 1"),
+        (["--num-images", "0"], "number of images"),
+        (["--scheduler", "nope"], "invalid choice: 'nope'"),
+        (["--model", "random:sd99"], "unknown random architecture"),
+        (["--model", "/no/such/place"], "no such file or folder"),
+        (["--model", "org/not-cached"], "from the Hugging Face hub"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert cli(["generate", "x", "--model", "random:tiny", "--steps", "1", "--size", "64x64", *args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() or not list(out.iterdir()), "nothing written on error"
+
+
+def test_pickle_without_consent_and_unwritable_output(tmp_path, capsys):
+    checkpoint = tmp_path / "model.ckpt"
+    checkpoint.write_bytes(b"")
+    assert main(["generate", "x", "--model", str(checkpoint), "-o", str(tmp_path / "o")]) == 2
+    assert "--trust-pickle" in capsys.readouterr().err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["generate", "x", *TINY, "-o", str(blocker / "sub")]) == 2
+    assert "cannot create output folder" in capsys.readouterr().err
+
+
+def test_console_script_reports_errors_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "sdcpu", "generate", "x", "--size", "65x64", "-o", str(tmp_path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "sdcpu generate: error: size 65x64: width and height must be positive multiples of 8"
+
+
+def cli(argv) -> int:
+    """main()'s exit code, whether it returns it or argparse exits with it."""
+    try:
+        return main(argv)
+    except SystemExit as exit_:
+        return exit_.code

@@ -1,0 +1,21 @@
+import json
+
+from sdcpu.cli import main
+from sdcpu.commands.info import ARM_FLAGS, X86_FLAGS
+
+
+def test_info_json_names_versions_isa_and_torch(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["versions"]["torch"].startswith("2.13.0")
+    expected = X86_FLAGS if info["cpu"]["arch"] == "x86_64" else ARM_FLAGS
+    assert list(info["isa"]) == list(expected) and all(isinstance(v, bool) for v in info["isa"].values())
+    assert info["torch"]["num_threads"] >= 1 and info["torch"]["cpu_capability"]
+    assert info["bf16"]["native"] == any(info["isa"].get(f) for f in ("amx_bf16", "avx512_bf16", "bf16"))
+    assert info["cpu"]["physical_cores"] >= 1
+
+
+def test_info_table_has_one_row_per_topic(capsys):
+    assert main(["info"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["versions", "cpu", "cores", "usable", "memory", "isa", "torch", "bf16"]
