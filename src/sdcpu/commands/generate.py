@@ -51,9 +51,8 @@ def run(args) -> int:
         generate.save_png(image, path, text)
         print(path)
 
-    per_image = result.seconds_per_image()
-    print(f"{per_image:.2f} s/image, {per_image / request.steps:.3f} s/step "
-          f"({request.steps} steps, {width}x{height}, {scheduler}, {len(result.images)} image(s))")
+    print(f"{result.summary(request.steps)}; {request.steps} steps, {width}x{height}, {scheduler}, "
+          f"{len(result.images)} image(s)")
     if spec.random_weights:
         print(f"note: {generate.RANDOM_WEIGHTS_NOTE}; pass --model org/name, a diffusers folder or a .safetensors file")
     return 0

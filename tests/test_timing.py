@@ -1,0 +1,20 @@
+from sdcpu import generate, load_pipeline, schedulers
+from sdcpu.timing import component_split
+
+
+def test_split_counts_one_unet_call_per_step_and_restores_the_methods():
+    pipe = load_pipeline("random:tiny")
+    schedulers.set_scheduler(pipe, "ddim")
+    result = generate.run(pipe, generate.Request("x", steps=3, width=64, height=64))
+    assert result.split.calls == {"text_encoder": 2, "unet": 3, "vae": 1}  # prompt + negative, 3 steps, 1 decode
+    assert 0 < sum(result.split.seconds.values()) <= result.seconds
+    assert "forward" not in vars(pipe.unet) and "decode" not in vars(pipe.vae)
+
+
+def test_split_restores_methods_when_the_call_fails(tiny_pipe):
+    try:
+        with component_split(tiny_pipe):
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert "forward" not in vars(tiny_pipe.text_encoder)
