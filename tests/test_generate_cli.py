@@ -21,7 +21,7 @@ def test_generate_writes_pngs_that_describe_themselves(tmp_path, capsys):
     assert params.startswith("a red boat\nNegative prompt: blurry\nSteps: 2, Sampler: dpm++, CFG scale: 7.5, Seed: 8,")
     assert "Size: 64x48, Model: random:tiny, Recipe: baseline" in params
     assert "weights are random" in params
-    assert "s/step" in out and "weights are random" in out
+    assert "s/image: text encoder" in out and "UNet" in out and "weights are random" in out
 
 
 def test_same_seed_same_image(tmp_path):
