@@ -1,5 +1,7 @@
 import os
+import threading
 
+import pytest
 import torch
 
 from sdcpu import verify
@@ -54,3 +56,19 @@ def test_snapshot_of_this_process():
     assert snap["affinity"] == verify.format_cpu_list(os.sched_getaffinity(0))
     assert any(os.path.basename(path).startswith("libgomp") for path in snap["mapped"])  # torch's own OpenMP
     assert verify.describe(snap).startswith("mapped ")
+
+
+def test_snapshot_affinity_is_the_union_of_thread_masks():
+    allowed = os.sched_getaffinity(0)
+    if len(allowed) < 2:
+        pytest.skip("needs 2 usable CPUs")
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()  # keeps the full mask while the main thread is bound to one CPU, as OpenMP binding does
+    try:
+        os.sched_setaffinity(0, {min(allowed)})
+        assert verify.parse_cpu_list(verify.snapshot()["affinity"]) == allowed
+    finally:
+        os.sched_setaffinity(0, allowed)
+        stop.set()
+        worker.join()

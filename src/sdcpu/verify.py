@@ -9,6 +9,7 @@ each instance's plan (`probe`).
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,19 @@ def mapped_paths(maps_text: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(path for path in paths if path.startswith("/")))
 
 
+def process_affinity() -> frozenset[int]:
+    """The union of every thread's CPU mask: the process's pinning. The main thread's own mask is not it, because
+    OpenMP runtimes (KMP_AFFINITY, OMP_PROC_BIND) bind each thread, the main one included, to a single core."""
+    cpus: set[int] = set()
+    for status in Path("/proc/self/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+        cpus |= parse_cpu_list(re.search(r"^Cpus_allowed_list:\s*(\S+)", text, re.MULTILINE).group(1))
+    return frozenset(cpus)
+
+
 def snapshot() -> dict:
     import torch
 
@@ -34,7 +48,7 @@ def snapshot() -> dict:
         "mapped": [path for path in maps if library_kind(path) or path in real_preload.values()],
         "preload": real_preload,
         "torch_threads": torch.get_num_threads(),
-        "affinity": format_cpu_list(os.sched_getaffinity(0)),
+        "affinity": format_cpu_list(process_affinity()),
         "env": {var.name: os.environ[var.name] for var in ENV_VARS if var.name in os.environ},
     }
 
