@@ -39,6 +39,12 @@ def test_dry_run_prints_the_plan_without_running(capsys):
     assert out.splitlines()[0].endswith("python x.py") and "| OMP_NUM_THREADS |" in out
 
 
+def test_explicit_options_override_auto(capsys):
+    assert main(["launch", "--auto", "--openmp", "default", "--allocator", "default", "--threads", "1", "--dry-run"]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert "OMP_NUM_THREADS=1" in line and "LD_PRELOAD" not in line and "KMP_" not in line
+
+
 def test_dry_run_of_instances_has_one_block_each(capsys):
     assert main(["launch", "--pin", "--instances", "2", "--dry-run"]) == 0
     out = capsys.readouterr().out

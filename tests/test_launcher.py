@@ -96,6 +96,8 @@ def test_user_ld_preload_stays_first_and_blocks_a_second_allocator():
     assert clash.env["LD_PRELOAD"] == f"/x/libtcmalloc.so.4:{LIBS['iomp']}"
     assert "MALLOC_CONF" not in clash.env and clash.missing == ("jemalloc",)
     assert clash.env["SDCPU_LAUNCH_LIBRARIES"] == "jemalloc,iomp"  # still asked: --verify will fail on it
+    (same,) = plan(machine("spr-2s-amx"), SEED, {"LD_PRELOAD": "/mine/libiomp5.so"}, LIBS, NUMACTL)
+    assert same.env["LD_PRELOAD"] == f"/mine/libiomp5.so:{LIBS['jemalloc']}" and same.missing == ()
 
 
 def test_missing_libraries_are_notes_not_crashes():

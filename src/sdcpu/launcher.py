@@ -108,8 +108,9 @@ def _preload(asked: list[str], libs, environ, notes: list[str], missing: list[st
     for kind in asked:
         clash = [entry for entry in theirs if ROLES.get(library_kind(entry) or "") == ROLES[kind]]
         if clash:
-            notes.append(f"{kind}: your LD_PRELOAD already holds {clash[0]}; kept it, {kind} not added")
-            missing.append(kind)
+            notes.append(f"{kind}: your LD_PRELOAD already holds {clash[0]}; kept it, nothing added")
+            if library_kind(clash[0]) != kind:
+                missing.append(kind)
         elif libs.get(kind):
             ours.append(libs[kind])
         else:

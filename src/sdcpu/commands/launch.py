@@ -39,14 +39,14 @@ def register(sub):
 
 def _options(args, cpu, libs, tools) -> launcher.LaunchOptions:
     base = launcher.auto_options(cpu, libs, tools)[0] if args.auto else launcher.LaunchOptions()
-    chosen = {
-        "allocator": args.allocator,
-        "openmp": {None: base.openmp, "default": None}.get(args.openmp, args.openmp),
-        "threads": args.threads,
-        "pin": args.pin or base.pin,
-        "instances": args.instances,
-    }
-    return dataclasses.replace(base, **{name: value for name, value in chosen.items() if value is not None})
+    return dataclasses.replace(
+        base,
+        allocator=args.allocator or base.allocator,
+        openmp=base.openmp if args.openmp is None else {"default": None}.get(args.openmp, args.openmp),
+        threads=args.threads or base.threads,
+        pin=args.pin or base.pin,
+        instances=args.instances or base.instances,
+    )
 
 
 def run(args) -> int:
