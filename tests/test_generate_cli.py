@@ -6,7 +6,7 @@ from PIL import Image
 
 from sdcpu.cli import main
 
-TINY = ["--model", "random:tiny", "--size", "64x48", "--steps", "2"]
+TINY = ["--model", "random:tiny", "--size", "64x48", "--steps", "2", "--recipe", "baseline"]
 
 
 def test_generate_writes_pngs_that_describe_themselves(tmp_path, capsys):
@@ -41,11 +41,14 @@ def test_same_seed_same_image(tmp_path):
         (["--model", "random:sd99"], "unknown random architecture"),
         (["--model", "/no/such/place"], "no such file or folder"),
         (["--model", "org/not-cached"], "from the Hugging Face hub"),
+        (["--recipe", "fast-please"], "unknown recipe step 'fast-please'"),
+        (["--recipe", "threads=0"], "expected a whole number >= 1"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     out = tmp_path / "out"
-    assert cli(["generate", "x", "--model", "random:tiny", "--steps", "1", "--size", "64x64", *args, "-o", str(out)]) == 2
+    base = ["--model", "random:tiny", "--steps", "1", "--size", "64x64", "--recipe", "baseline"]
+    assert cli(["generate", "x", *base, *args, "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists() or not list(out.iterdir()), "nothing written on error"

@@ -8,3 +8,10 @@ def load_pipeline(spec: str, **kwargs):
     from sdcpu.models import load_pipeline as _load
 
     return _load(spec, **kwargs)
+
+
+def optimize(pipe, recipe="auto", cpu=None):
+    """Apply a recipe's framework and algorithm steps to PIPE in place: returns (pipe, outcome of each step)."""
+    from sdcpu.steps import optimize as _optimize
+
+    return _optimize(pipe, recipe, cpu)

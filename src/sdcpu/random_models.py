@@ -62,9 +62,13 @@ ARCHS = {
 }
 
 
+def sdcpu_home() -> Path:
+    """Where sdcpu caches what it builds: models, compiled graphs, exported IR ($SDCPU_HOME, ~/.cache/sdcpu)."""
+    return Path(os.environ.get("SDCPU_HOME", Path.home() / ".cache" / "sdcpu"))
+
+
 def cache_dir(name: str) -> Path:
-    home = Path(os.environ.get("SDCPU_HOME", Path.home() / ".cache" / "sdcpu"))
-    return home / "models" / f"{name}-v{FORMAT_VERSION}"
+    return sdcpu_home() / "models" / f"{name}-v{FORMAT_VERSION}"
 
 
 def ensure_built(arch: str, seed: int = 0) -> Path:

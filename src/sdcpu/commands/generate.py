@@ -1,9 +1,10 @@
 """`sdcpu generate PROMPT`: images from a prompt, with their timing and self-describing PNGs."""
 
+import dataclasses
 import logging
 import os
 
-from sdcpu import generate, models, schedulers
+from sdcpu import generate, hardware, models, relaunch, schedulers, steps
 
 log = logging.getLogger(__name__)
 DEFAULT_MODEL = "random:sd15"
@@ -14,10 +15,13 @@ def register(sub):
     p.add_argument("prompt")
     p.add_argument("--model", default=os.environ.get("SDCPU_MODEL", DEFAULT_MODEL),
                    help="random:ARCH | org/name (hub) | FOLDER | FILE.safetensors (default: $SDCPU_MODEL or %(default)s)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps (default %(default)s)")
+    p.add_argument("--recipe", default="auto",
+                   help="a named recipe (baseline, system, framework, seed, auto) or steps, e.g. "
+                        "jemalloc,iomp,pin,channels_last,bf16 (default %(default)s; `sdcpu info` shows what it picks)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the recipe's steps=, else 20)")
     p.add_argument("--size", default="512x512", help="WIDTHxHEIGHT, multiples of 8 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i (default %(default)s)")
-    p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale (default %(default)s)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the recipe's, else 7.5)")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--scheduler", choices=list(schedulers.SCHEDULERS), metavar="NAME",
@@ -28,31 +32,48 @@ def register(sub):
 
 
 def run(args) -> int:
-    # 1. Check every input before the (slow) model load, so a typo costs nothing.
+    # 1. Check every input before the (slow) model load, so a typo costs nothing; then start under the recipe's plan.
+    cpu = hardware.detect()
+    recipe = steps.resolve(args.recipe, cpu)
+    recipe_steps, recipe_guidance = recipe.get("steps"), recipe.get("guidance")
     width, height = generate.parse_size(args.size)
     request = generate.Request(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps, width=width, height=height,
-        seed=args.seed, guidance=args.guidance, num_images=args.num_images,
+        prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, seed=args.seed,
+        steps=args.steps if args.steps is not None else (recipe_steps.value if recipe_steps else 20),
+        guidance=args.guidance if args.guidance is not None else (recipe_guidance.value if recipe_guidance else 7.5),
+        num_images=args.num_images,
     ).validate()
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
     paths = generate.output_paths(args.output, request.seeds())
+    relaunch.under_plan(recipe, cpu)
 
-    # 2. Load the model and set its scheduler.
+    # 2. Load the model, optimize it, set its scheduler.
     pipe = models.load_pipeline(spec, progress=True)
+    _, outcomes = steps.optimize(pipe, recipe, cpu)
+    for outcome in outcomes:
+        log.info("%s", outcome)
     if args.scheduler:
         schedulers.set_scheduler(pipe, args.scheduler)
     scheduler = schedulers.current_name(pipe)
 
-    # 3. Generate, then write one PNG per image.
+    # 3. Compiling backends compile on their first call: pay that on a one-step warm-up, reported apart.
+    if any(o.applied and o.step in ("compile", "openvino") for o in outcomes):
+        warmup = generate.run(pipe, dataclasses.replace(request, steps=1, num_images=1))
+        print(f"compile + one-step warm-up: {warmup.seconds:.1f} s (one-time; cached for the next process)")
+
+    # 4. Generate, then write one PNG per image.
     result = generate.run(pipe, request)
     for image, seed, path in zip(result.images, request.seeds(), paths):
         text = generate.parameters_text(request, seed, model=str(spec), random_weights=spec.random_weights,
-                                        scheduler=scheduler, recipe="baseline")
+                                        scheduler=scheduler, recipe=str(recipe))
         generate.save_png(image, path, text)
         print(path)
 
     print(f"{result.summary(request.steps)}; {request.steps} steps, {width}x{height}, {scheduler}, "
-          f"{len(result.images)} image(s)")
+          f"{len(result.images)} image(s), recipe {recipe.name}: {recipe}")
+    skipped = [str(outcome) for outcome in outcomes if not outcome.applied]
+    if skipped:
+        print("skipped: " + "; ".join(skipped))
     if spec.random_weights:
         print(f"note: {generate.RANDOM_WEIGHTS_NOTE}; pass --model org/name, a diffusers folder or a .safetensors file")
     return 0

@@ -1,0 +1,1 @@
+"""Backends that run a pipeline's components: inductor (torch.compile), OpenVINO, IPEX."""

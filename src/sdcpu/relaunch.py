@@ -1,0 +1,28 @@
+"""Re-exec the running sdcpu command under its recipe's launch plan (system settings only act at process start)."""
+
+import logging
+import os
+import sys
+
+from sdcpu import launcher, recipes
+from sdcpu.errors import UsageError
+
+log = logging.getLogger(__name__)
+MARK = "SDCPU_LAUNCHED"  # set in the re-executed process, so it runs instead of relaunching again
+
+
+def under_plan(recipe: recipes.Recipe, cpu, environ=os.environ) -> None:
+    """Return at once when RECIPE has no system steps or this process was started by its plan; else exec it."""
+    if not recipe.group("system") or environ.get(MARK) == "1":
+        return
+    options = recipes.launch_options(recipe)
+    if options.instances > 1:
+        raise UsageError("instances=N starts several processes: use it with `sdcpu launch` or `sdcpu serve`")
+    libs = launcher.find_libraries(launcher.library_dirs(environ))
+    tools = launcher.probe_pinning_tools(cpu) if options.pin else frozenset()
+    plan = launcher.plan(cpu, options, environ, libs, tools)[0]
+    for note in plan.notes:
+        log.info("launcher: %s", note)
+    if plan.missing:
+        log.warning("launcher: asked for but not applied here: %s", ", ".join(plan.missing))
+    launcher.apply(plan, [sys.executable, "-m", "sdcpu", *sys.argv[1:]], {**environ, MARK: "1"})

@@ -1,0 +1,116 @@
+"""The recipe steps behind `sdcpu.optimize(pipe, recipe)`: framework and algorithm steps applied to a pipeline.
+
+Each step is a plain function `(pipe, step, cpu) -> detail` in REGISTRY that changes the pipeline in place and says
+what it did, or raises Skip with the reason it does not apply here. The pipeline stays a diffusers pipeline. System
+steps (allocator, OpenMP, threads, pinning) act at process start, so the launcher applies them, not this module.
+"""
+
+import logging
+import time
+
+from sdcpu import hardware, recipes, schedulers
+from sdcpu.steps_base import Outcome, Skip
+
+log = logging.getLogger(__name__)
+REGISTRY = {}
+
+
+def step(name):
+    def register(fn):
+        REGISTRY[name] = fn
+        return fn
+
+    return register
+
+
+def optimize(pipe, recipe="auto", cpu=None):
+    """Apply RECIPE (a name, a step list or a Recipe) to PIPE in place; return (pipe, outcomes of each step)."""
+    cpu = cpu or hardware.detect()
+    if isinstance(recipe, str):
+        recipe = resolve(recipe, cpu)
+    outcomes = []
+    for item in recipe.steps:
+        if item.group == "system":
+            continue
+        start = time.perf_counter()
+        try:
+            detail, applied = REGISTRY[item.name](pipe, item, cpu), True
+        except Skip as skip:
+            detail, applied = str(skip), False
+        outcomes.append(Outcome(str(item), applied, detail, time.perf_counter() - start))
+        log.info("%s", outcomes[-1])
+    pipe.sdcpu_recipe = recipe
+    return pipe, tuple(outcomes)
+
+
+def resolve(text: str, cpu) -> recipes.Recipe:
+    """A recipe string, with `auto` resolved for CPU."""
+    if text == "auto":
+        from sdcpu import auto
+
+        return auto.recipe(cpu)[0]
+    return recipes.parse(text)
+
+
+def defaults(pipe) -> dict:
+    """Call defaults the recipe set (steps=, guidance=), as pipeline keyword arguments."""
+    return dict(getattr(pipe, "sdcpu_defaults", {}))
+
+
+@step("channels_last")
+def channels_last(pipe, item, cpu):
+    import torch
+
+    pipe.unet.to(memory_format=torch.channels_last)
+    pipe.vae.to(memory_format=torch.channels_last)
+    return "UNet and VAE convolution weights in NHWC (channels_last); oneDNN picks NHWC kernels"
+
+
+@step("bf16")
+def bf16(pipe, item, cpu):
+    import torch
+
+    if not cpu.native_bf16 and not item.forced:
+        raise Skip(f"no native bf16 on this CPU ({cpu.native_bf16_reason}); `bf16!` forces it")
+    pipe.to(dtype=torch.bfloat16)
+    verdict = cpu.native_bf16_reason if cpu.native_bf16 else "FORCED on a CPU without native bf16: expect it slower"
+    return f"UNet, VAE and text encoder weights and activations in bfloat16 ({verdict})"
+
+
+@step("compile")
+def compile_(pipe, item, cpu):
+    from sdcpu.backends import inductor
+
+    return inductor.apply(pipe, item, cpu)
+
+
+@step("openvino")
+def openvino(pipe, item, cpu):
+    from sdcpu.backends import openvino as ov
+
+    return ov.apply(pipe, item, cpu)
+
+
+@step("ipex")
+def ipex(pipe, item, cpu):
+    from sdcpu.backends import ipex as backend
+
+    return backend.apply(pipe, item, cpu)
+
+
+@step("scheduler")
+def scheduler(pipe, item, cpu):
+    schedulers.set_scheduler(pipe, item.value)
+    return f"{type(pipe.scheduler).__name__} from the model's scheduler config"
+
+
+@step("steps")
+def steps(pipe, item, cpu):
+    pipe.sdcpu_defaults = {**defaults(pipe), "num_inference_steps": item.value}
+    return f"{item.value} denoising steps unless a call says otherwise"
+
+
+@step("guidance")
+def guidance(pipe, item, cpu):
+    pipe.sdcpu_defaults = {**defaults(pipe), "guidance_scale": item.value}
+    return f"guidance scale {item.value} unless a call says otherwise" + (" (<= 1: no CFG batch)" if item.value <= 1 else "")

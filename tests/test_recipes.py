@@ -1,0 +1,52 @@
+import pytest
+
+from sdcpu import recipes
+from sdcpu.errors import UsageError
+
+
+def test_named_rungs_are_cumulative():
+    rungs = [recipes.parse(name).steps for name in ("baseline", "system", "framework", "seed")]
+    assert rungs[0] == ()
+    for lower, higher in zip(rungs, rungs[1:]):
+        assert higher[: len(lower)] == lower and len(higher) > len(lower)
+    assert str(recipes.parse("seed")) == "jemalloc,iomp,pin,channels_last,bf16,compile,scheduler=dpm++"
+
+
+def test_custom_recipe_parses_values_force_and_groups():
+    recipe = recipes.parse("tcmalloc, threads=4,bf16!,scheduler=dpm++,steps=8,guidance=1.5")
+    assert recipe.name == "custom"
+    assert [str(s) for s in recipe.steps] == ["tcmalloc", "threads=4", "bf16!", "scheduler=dpm++", "steps=8", "guidance=1.5"]
+    assert recipe.get("bf16").forced and recipe.get("threads").value == 4 and recipe.get("guidance").value == 1.5
+    assert [s.name for s in recipe.group("system")] == ["tcmalloc", "threads"]
+    assert [s.name for s in recipe.group("algorithm")] == ["scheduler", "steps", "guidance"]
+
+
+def test_json_round_trip():
+    recipe = recipes.parse("jemalloc,iomp,pin,instances=2,channels_last,bf16!,compile")
+    assert recipes.Recipe.from_json(recipe.to_json()) == recipe
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("turbo", "unknown recipe step 'turbo'"),
+        ("pin=3", "takes no value"),
+        ("threads", "needs a value"),
+        ("threads=0", "whole number >= 1"),
+        ("guidance=-1", "number >= 0"),
+        ("scheduler=warp", "unknown scheduler 'warp'"),
+        ("bf16,bf16", "more than once"),
+        ("jemalloc,tcmalloc", "two allocators"),
+        ("auto", "depends on the machine"),
+    ],
+)
+def test_bad_recipes_are_refused(text, message):
+    with pytest.raises(UsageError, match=message):
+        recipes.parse(text)
+
+
+def test_launch_options_from_system_steps():
+    options = recipes.launch_options(recipes.parse("tcmalloc,iomp,threads=3,pin,instances=2,bf16"))
+    assert (options.allocator, options.openmp, options.threads, options.pin, options.instances) == ("tcmalloc", "iomp", 3, True, 2)
+    plain = recipes.launch_options(recipes.parse("baseline"))
+    assert (plain.allocator, plain.openmp, plain.threads, plain.pin, plain.instances) == ("default", None, None, False, 1)
