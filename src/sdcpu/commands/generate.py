@@ -1,12 +1,10 @@
 """`sdcpu generate PROMPT`: images from a prompt, with their timing and self-describing PNGs."""
 
 import dataclasses
-import logging
 import os
 
 from sdcpu import generate, hardware, models, relaunch, schedulers, steps
 
-log = logging.getLogger(__name__)
 DEFAULT_MODEL = "random:sd15"
 
 
@@ -50,8 +48,6 @@ def run(args) -> int:
     # 2. Load the model, optimize it, set its scheduler.
     pipe = models.load_pipeline(spec, progress=True)
     _, outcomes = steps.optimize(pipe, recipe, cpu)
-    for outcome in outcomes:
-        log.info("%s", outcome)
     if args.scheduler:
         schedulers.set_scheduler(pipe, args.scheduler)
     scheduler = schedulers.current_name(pipe)

@@ -4,7 +4,7 @@ import json
 import platform
 from importlib import metadata
 
-from sdcpu import __version__, hardware
+from sdcpu import __version__, auto, hardware, launcher
 
 X86_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
 ARM_FLAGS = ("asimd", "sve", "bf16", "i8mm")
@@ -21,6 +21,7 @@ def collect() -> dict:
     import torch
 
     cpu = hardware.detect()
+    recipe, reasons = auto.recipe(cpu)
     isa = X86_FLAGS if cpu.arch in ("x86_64", "i686") else ARM_FLAGS
     return {
         "versions": {"sdcpu": __version__, "python": platform.python_version(), **_package_versions()},
@@ -32,6 +33,7 @@ def collect() -> dict:
             "mkldnn": torch.backends.mkldnn.is_available(),
         },
         "bf16": {"native": cpu.native_bf16, "reason": cpu.native_bf16_reason},
+        "auto": {"recipe": str(recipe), "reasons": list(reasons)},
     }
 
 
@@ -67,4 +69,8 @@ def run(args) -> int:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    print(f"\nauto recipe: {info['auto']['recipe']}")
+    print("\n".join(f"- {reason}" for reason in info["auto"]["reasons"]))
+    print("\nlaunch plan auto applies (sdcpu launch --auto --dry-run):")
+    print(launcher.describe_auto(hardware.detect()).split("\n\n", 1)[1])
     return 0
