@@ -151,7 +151,7 @@ def test_auto_options_follow_what_is_there():
 def test_auto_does_not_pin_when_only_a_quota_limits_the_process():
     cpu = dataclasses.replace(machine("xeon-1s-smt"), cpu_quota=2.0)
     options, reasons = auto_options(cpu, LIBS, NUMACTL)
-    assert not options.pin and any("collide" in r for r in reasons)
+    assert not options.pin and any("only a cgroup quota" in r for r in reasons)
 
 
 def test_format_plan_is_a_shell_line_plus_a_row_per_variable():

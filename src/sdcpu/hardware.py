@@ -175,8 +175,8 @@ def identity(cpuinfo: dict[str, str]) -> tuple[str, str, str, frozenset[str]]:
     """(arch, vendor, model name, normalised flags) from a parsed cpuinfo block; aarch64 has no 'model name'."""
     if "CPU implementer" in cpuinfo:
         implementer, part = cpuinfo["CPU implementer"], cpuinfo.get("CPU part", "")
-        name = ARM_PARTS.get(part, f"Arm part {part}")
-        return "aarch64", ARM_IMPLEMENTERS.get(implementer, implementer), name, frozenset(cpuinfo.get("Features", "").split()) & ARM_FLAGS
+        flags = frozenset(cpuinfo.get("Features", "").split()) & ARM_FLAGS
+        return "aarch64", ARM_IMPLEMENTERS.get(implementer, implementer), ARM_PARTS.get(part, f"Arm part {part}"), flags
     flags = frozenset(cpuinfo.get("flags", "").split()) & X86_FLAGS
     return "x86_64", cpuinfo.get("vendor_id", "unknown"), cpuinfo.get("model name", "unknown"), flags
 

@@ -202,11 +202,13 @@ def _share_note(cpu: CpuInfo, cores: tuple[int, ...]) -> str:
 def auto_options(cpu: CpuInfo, libs, pinning_tools) -> tuple[LaunchOptions, tuple[str, ...]]:
     """The system options `auto` picks on this machine, with one reason per choice."""
     if libs.get("jemalloc"):
-        allocator, why_alloc = "jemalloc", f"allocator jemalloc ({libs['jemalloc']}): the seed's choice, a slight edge over tcmalloc"
+        allocator = "jemalloc"
+        why_alloc = f"allocator jemalloc ({libs['jemalloc']}): the seed's choice, a slight edge over tcmalloc"
     elif libs.get("tcmalloc"):
         allocator, why_alloc = "tcmalloc", f"allocator tcmalloc ({libs['tcmalloc']}): jemalloc not found"
     else:
-        allocator, why_alloc = "default", "allocator default: neither jemalloc nor tcmalloc found (apt install libjemalloc2)"
+        allocator = "default"
+        why_alloc = "allocator default: neither jemalloc nor tcmalloc found (apt install libjemalloc2)"
     if cpu.arch == "x86_64" and libs.get("iomp"):
         openmp, why_omp = "iomp", f"openmp iomp ({libs['iomp']}): Intel OpenMP with short spin and core binding"
     elif cpu.arch == "x86_64":
@@ -215,9 +217,10 @@ def auto_options(cpu: CpuInfo, libs, pinning_tools) -> tuple[LaunchOptions, tupl
         openmp, why_omp = None, f"openmp unchanged: Intel OpenMP is x86-only, torch's GNU OpenMP stays on {cpu.arch}"
     quota_only = cpu.cpu_quota is not None and len(cpu.usable_cpus) == cpu.logical_cpus
     if quota_only:
-        pin, why_pin = False, "no pinning: only a cgroup quota limits this process, pinning could collide with neighbours"
+        pin, why_pin = False, "no pinning: only a cgroup quota limits this process, pinned CPUs could be shared"
     elif pinning_tools:
-        pin, why_pin = True, f"pin with {'numactl' if 'numactl' in pinning_tools else 'taskset'}: threads stay on their cores"
+        tool = "numactl" if "numactl" in pinning_tools else "taskset"
+        pin, why_pin = True, f"pin with {tool}: each thread stays on its own physical core"
     else:
         pin, why_pin = False, "no pinning: neither numactl nor taskset works here"
     why_threads = f"threads {len(cpu.usable_physical_cores)}: the usable physical cores; one instance, lowest latency"
@@ -268,7 +271,8 @@ def probe_pinning_tools(cpu: CpuInfo) -> frozenset[str]:
     numactl without the permission to use it)."""
     first = cpu.usable_cpus[0]
     node = next(core.node for core in cpu.cores if first in core.cpus)
-    commands = {"numactl": ["numactl", "-C", str(first), "-m", str(node), "true"], "taskset": ["taskset", "-c", str(first), "true"]}
+    commands = {"numactl": ["numactl", "-C", str(first), "-m", str(node), "true"],
+                "taskset": ["taskset", "-c", str(first), "true"]}
     working = set()
     for tool, command in commands.items():
         try:

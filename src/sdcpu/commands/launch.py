@@ -27,8 +27,10 @@ def register(sub):
     p.add_argument("--allocator", choices=("jemalloc", "tcmalloc", "default"), help="memory allocator (LD_PRELOAD)")
     p.add_argument("--openmp", choices=("iomp", "gomp", "default"),
                    help="iomp: preload Intel OpenMP; gomp: bind torch's GNU OpenMP threads; default: leave it")
-    p.add_argument("--threads", type=_positive, help="OpenMP threads per instance (default: usable physical cores / instances)")
-    p.add_argument("--pin", action="store_true", help="bind each instance to its own physical cores (numactl, else taskset)")
+    p.add_argument("--threads", type=_positive,
+                   help="OpenMP threads per instance (default: usable physical cores / instances)")
+    p.add_argument("--pin", action="store_true",
+                   help="bind each instance to its own physical cores (numactl, else taskset)")
     p.add_argument("--instances", type=_positive, help="run N copies, each on its own share of the cores (default 1)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (shell line, variables and why) and exit")
     p.add_argument("--verify", action="store_true",
