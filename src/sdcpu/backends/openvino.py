@@ -1,0 +1,211 @@
+"""The `openvino` step: the UNet, the VAE decoder and the text encoder run by OpenVINO, compiled for static shapes.
+
+It uses the `openvino` package directly (`openvino.convert_model` on the torch modules), not optimum-intel:
+optimum-intel 2.2 pins huggingface-hub<1.22 while diffusers 0.42.1 needs >=1.32, and it drags in torchvision, which
+fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
+
+- Conversion: each component's pipeline-facing call (UNet forward, `vae.decode`, text encoder forward) is traced once
+  into a dynamic-shape model and saved as f32 IR under $SDCPU_HOME/openvino/<key>/; the key hashes the component
+  configs and a strided sample of every weight tensor, so a second process reads the IR (memory-mapped) instead of
+  converting, and a different model never reuses it. The torch modules are dropped once converted (peak RSS).
+- Static shapes: a wrapper compiles a copy of its model reshaped to each new set of input shapes it sees (cached per
+  shape, one INFO line per compile), so a call at another size compiles again instead of failing. OpenVINO's
+  compiled-model cache ($SDCPU_HOME/openvino/compiled/<precision>) makes those compiles fast in a later process.
+- Precision: INFERENCE_PRECISION_HINT bf16 where the CPU has native bf16 (AMX, AVX512_BF16), else f32; always set,
+  since OpenVINO's CPU default is bf16 wherever the CPU has it. Threads follow torch's (OMP_NUM_THREADS).
+- The wrappers keep what StableDiffusionPipeline reads (config, dtype, device, call signatures, return shapes), so the
+  pipeline is called as before. Not supported, with an error saying so: clip_skip, a text attention mask, UNet extras
+  (timestep_cond, cross_attention_kwargs, added_cond_kwargs), latent sizes the UNet cannot halve evenly; the VAE
+  encoder is not kept (text-to-image only).
+"""
+
+import gc
+import hashlib
+import json
+import logging
+import os
+import time
+import warnings
+
+import torch
+from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from sdcpu.random_models import sdcpu_home
+from sdcpu.steps_base import Skip
+
+log = logging.getLogger(__name__)
+
+IR_FORMAT = 1  # bump when what is traced changes, so IR saved by an older sdcpu is converted again
+EXAMPLE_LATENT = 64  # traced latent size: SD 1.5's, divisible by every SD UNet's upsampling factor
+EXAMPLE_TOKENS = 77  # CLIP's context length
+
+
+def apply(pipe, step, cpu) -> str:
+    try:
+        import openvino as ov
+    except ImportError:
+        raise Skip("openvino is not installed: pip install -c constraints.txt openvino") from None
+    precision = "bf16" if cpu.native_bf16 else "f32"
+    folder = sdcpu_home() / "openvino" / cache_key(pipe, ov.__version__)
+    core, config = runtime(precision)
+    start, converted = time.perf_counter(), []
+    for name, wrapper in (("text_encoder", TextEncoder), ("unet", UNet), ("vae", VAE)):
+        path = folder / f"{name}.xml"
+        if not path.is_file():
+            convert(getattr(pipe, name), name, path)
+            converted.append(name)
+        setattr(pipe, name, wrapper(Compiled(core, core.read_model(path), config, name), getattr(pipe, name).config))
+        gc.collect()  # the torch module is gone: return its memory before the next conversion
+    ir = f"converted {', '.join(converted)} in {time.perf_counter() - start:.1f} s" if converted else "reused"
+    return (
+        f"UNet, VAE decoder, text encoder on OpenVINO {ov.__version__.split('-')[0]}, {precision} "
+        f"({cpu.native_bf16_reason}), static shapes compiled per size on first use; IR {ir} in {folder}"
+    )
+
+
+def runtime(precision: str):
+    """An OpenVINO core with its compiled-model cache on disk, and the compile config for PRECISION."""
+    import openvino as ov
+
+    core = ov.Core()
+    # One cache per precision: OpenVINO 2026.4's blob key omits the precision hint, and a bf16 compile that loaded an
+    # f32 blob holding weights returned NaN (random:tiny). OPTIMIZE_SIZE keeps weights out of the blob (the IR has
+    # them): on the SD 1.5 UNet a 3 MB blob, not 3.4 GB, and no extra 3.2 GiB of RSS when a later process loads it.
+    cache = sdcpu_home() / "openvino" / "compiled" / precision
+    core.set_property({"CACHE_DIR": str(cache), "CACHE_MODE": "OPTIMIZE_SIZE"})
+    return core, {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
+
+
+def cache_key(pipe, ov_version: str) -> str:
+    """A hash of the components' configs and a sample of every weight: a different model gets a different key."""
+    digest = hashlib.sha256(json.dumps([IR_FORMAT, ov_version]).encode())
+    for name in ("text_encoder", "unet", "vae"):
+        module = getattr(pipe, name)
+        config = dict(module.config) if isinstance(module.config, dict) else module.config.to_dict()
+        public = {k: v for k, v in config.items() if not k.startswith("_")}  # not _name_or_path: weights decide
+        digest.update(json.dumps([name, public], sort_keys=True, default=str).encode())
+        for key, tensor in module.state_dict().items():
+            flat = tensor.detach().reshape(-1)
+            digest.update(key.encode() + flat[:: max(1, flat.numel() // 16)].float().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class _Entry(torch.nn.Module):
+    """A module's pipeline-facing call with tensor inputs and a tuple output: what convert_model traces."""
+
+    def __init__(self, module, method="forward"):
+        super().__init__()
+        self.module, self.method = module, method
+
+    def forward(self, *inputs):
+        return getattr(self.module, self.method)(*inputs, return_dict=False)
+
+
+def _traced(module, name):
+    """The entry to trace for component NAME and an example input for it."""
+    if name == "text_encoder":
+        return _Entry(module), (torch.zeros(1, EXAMPLE_TOKENS, dtype=torch.long),)
+    if name == "unet":
+        config = module.config
+        sample = torch.randn(2, config.in_channels, EXAMPLE_LATENT, EXAMPLE_LATENT)
+        context = torch.randn(2, EXAMPLE_TOKENS, config.cross_attention_dim)
+        return _Entry(module), (sample, torch.full((2,), 500.0), context)
+    return _Entry(module, "decode"), (torch.randn(1, module.config.latent_channels, EXAMPLE_LATENT, EXAMPLE_LATENT),)
+
+
+def convert(module, name, path):
+    """Trace MODULE's pipeline-facing call into OpenVINO and save it as f32 IR at PATH (written, then renamed)."""
+    import openvino as ov
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+
+    start = time.perf_counter()
+    entry, example = _traced(module, name)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: expected
+        # convert_model(module, example_input=...) traces with check_trace, which runs the model twice more (60% of
+        # the conversion time); the decoder takes trace options, as optimum-intel's exporter does
+        decoder = TorchScriptPythonDecoder(entry, example_input=example, trace_kwargs={"check_trace": False})
+        model = ov.convert_model(decoder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.stem}.{os.getpid()}.xml")
+    ov.save_model(model, staging, compress_to_fp16=False)  # save_model halves weights unless told not to
+    os.replace(staging.with_suffix(".bin"), path.with_suffix(".bin"))
+    os.replace(staging, path)
+    log.info("openvino: converted %s in %.1f s to %s", name, time.perf_counter() - start, path)
+
+
+class Compiled:
+    """A dynamic-shape OpenVINO model, compiled for each new set of static input shapes on first use."""
+
+    def __init__(self, core, model, config: dict, name: str):
+        self.core, self.model, self.config, self.name = core, model, config, name
+        self.by_shape = {}
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        shapes = tuple(tuple(x.shape) for x in inputs)
+        compiled = self.by_shape.get(shapes) or self.compile(shapes)
+        outputs = compiled([x.numpy() for x in inputs])
+        return tuple(torch.from_numpy(array) for array in outputs.to_tuple())
+
+    def compile(self, shapes):
+        """Compile for SHAPES (one tuple per input) now rather than on the first call."""
+        start = time.perf_counter()
+        model = self.model.clone()
+        model.reshape({port: list(shape) for port, shape in zip(model.inputs, shapes)})
+        self.by_shape[shapes] = compiled = self.core.compile_model(model, "CPU", self.config)
+        sizes = " ".join("x".join(map(str, shape)) for shape in shapes)
+        log.info("openvino: compiled %s for %s in %.1f s (%s)", self.name, sizes,
+                 time.perf_counter() - start, self.config["INFERENCE_PRECISION_HINT"])
+        return compiled
+
+
+def _refuse(what: str, **options):
+    """Raise for any option the converted model does not take, rather than silently ignore it."""
+    given = [name for name, value in options.items() if value is not None and value is not False]
+    if given:
+        raise NotImplementedError(f"the openvino step's {what} does not support {', '.join(given)}")
+
+
+class _Component:
+    """What StableDiffusionPipeline reads of any component: config, dtype, device."""
+
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+    def __init__(self, run: Compiled, config):
+        self.run, self.config = run, config
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+
+class UNet(_Component):
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None, cross_attention_kwargs=None,
+                added_cond_kwargs=None, return_dict=True):
+        _refuse("UNet", timestep_cond=timestep_cond, cross_attention_kwargs=cross_attention_kwargs,
+                added_cond_kwargs=added_cond_kwargs)
+        factor = 2 ** (len(self.config.block_out_channels) - 1)  # traced for latents it halves evenly
+        if sample.shape[-2] % factor or sample.shape[-1] % factor:
+            raise ValueError(f"the openvino step's UNet needs latent height and width divisible by {factor} "
+                             f"(image sides divisible by {8 * factor} for SD), got {tuple(sample.shape[-2:])}")
+        timestep = torch.as_tensor(timestep, dtype=torch.float32).expand(sample.shape[0]).contiguous()
+        (noise,) = self.run(sample, timestep, encoder_hidden_states)
+        return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
+
+
+class VAE(_Component):
+    """The VAE's decoder path only: what text-to-image calls."""
+
+    def decode(self, latents, return_dict=True, generator=None):
+        (image,) = self.run(latents)
+        return DecoderOutput(sample=image) if return_dict else (image,)
+
+
+class TextEncoder(_Component):
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=None):
+        _refuse("text encoder (last layer only: no clip_skip)", attention_mask=attention_mask,
+                output_hidden_states=output_hidden_states)
+        hidden, pooled = self.run(input_ids)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)

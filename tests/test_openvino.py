@@ -1,0 +1,122 @@
+"""The `openvino` step on random:tiny: fidelity to eager fp32, a second size, the IR cache, and refusals."""
+
+import dataclasses
+import functools
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sdcpu import hardware, load_pipeline
+from sdcpu.backends import openvino as backend
+from sdcpu.recipes import Step
+from sdcpu.steps_base import Skip
+
+STEP = Step("openvino")
+HERE = hardware.detect()
+F32_CPU = dataclasses.replace(HERE, flags=frozenset())  # no native bf16: the f32 precision hint
+# Bounds on images in [0, 1], same seed, 3 steps. f32 measured 1.4e-6 max abs (OpenVINO's kernels sum in another
+# order); 1e-4 leaves room for other ISAs and thread counts, and fp16 weights (save_model's default) measured 4e-4,
+# so it catches them. bf16 measured 1.4e-2 (8 mantissa bits through 3 steps and the VAE); bound 5e-2 as test_steps.
+F32_ATOL = 1e-4
+BF16_ATOL = 5e-2
+
+
+def image(pipe, height=64, width=64, **kwargs):
+    return pipe("a sailing ship", num_inference_steps=3, height=height, width=width, output_type="np",
+                generator=torch.Generator().manual_seed(0), **kwargs).images
+
+
+@pytest.fixture(scope="module")
+def ov(tmp_path_factory):
+    """openvino, its convert_model counting calls, and the backend caching into a fresh folder."""
+    openvino = pytest.importorskip("openvino")
+    calls = []
+    convert_model = openvino.convert_model
+    home = tmp_path_factory.mktemp("ov-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(openvino, "convert_model", lambda *a, **k: calls.append(a) or convert_model(*a, **k))
+        mp.setattr(backend, "sdcpu_home", lambda: home)
+        yield openvino, calls, home
+
+
+@pytest.fixture(scope="module")
+def eager():
+    """Eager fp32 images of random:tiny, by size, computed once."""
+    pipe = load_pipeline("random:tiny")
+    return functools.cache(lambda height=64, width=64: image(pipe, height, width))
+
+
+@pytest.fixture(scope="module")
+def converted(ov):
+    """A random:tiny pipeline on OpenVINO f32, converted first (the cache folder is fresh), and the step's detail."""
+    pipe = load_pipeline("random:tiny")
+    return pipe, backend.apply(pipe, STEP, F32_CPU)
+
+
+def test_converts_all_three_components_and_says_so(ov, converted):
+    _, calls, home = ov
+    pipe, detail = converted
+    assert len(calls) == 3
+    assert "f32" in detail and "converted text_encoder, unet, vae" in detail
+    (folder,) = (p for p in (home / "openvino").iterdir() if p.name != "compiled")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "text_encoder.bin", "text_encoder.xml", "unet.bin", "unet.xml", "vae.bin", "vae.xml"]
+    assert not any(isinstance(getattr(pipe, name), torch.nn.Module) for name in ("unet", "vae", "text_encoder"))
+
+
+def test_f32_image_matches_eager(converted, eager):
+    pipe, _ = converted
+    np.testing.assert_allclose(image(pipe), eager(), rtol=0, atol=F32_ATOL)
+
+
+def test_another_size_compiles_again(converted, eager):
+    pipe, _ = converted
+    image(pipe)
+    np.testing.assert_allclose(image(pipe, 64, 48), eager(64, 48), rtol=0, atol=F32_ATOL)
+    assert {shapes[0] for shapes in pipe.unet.run.by_shape} >= {(2, 4, 32, 32), (2, 4, 32, 24)}
+
+
+def test_second_pipeline_reuses_ir_and_compiled_cache(ov, converted, eager):
+    _, calls, home = ov
+    image(converted[0])  # compiled at 64x64 once: the blobs are on disk
+    before = len(calls)
+    pipe = load_pipeline("random:tiny")
+    detail = backend.apply(pipe, STEP, F32_CPU)
+    assert len(calls) == before and "IR reused" in detail
+    assert any((home / "openvino" / "compiled" / "f32").iterdir())
+    np.testing.assert_allclose(image(pipe), eager(), rtol=0, atol=F32_ATOL)
+
+
+def test_a_different_model_gets_its_own_ir():
+    pipe = load_pipeline("random:tiny")
+    key = backend.cache_key(pipe, "v")
+    with torch.no_grad():
+        pipe.unet.conv_out.bias[0] += 1
+    assert backend.cache_key(pipe, "v") != key
+
+
+@pytest.mark.skipif(not HERE.native_bf16, reason="bf16 kernels need a CPU with native bf16")
+def test_bf16_on_native_cpu_stays_close(ov, converted, eager):
+    """bf16 after f32 in the same SDCPU_HOME: OpenVINO 2026.4 keys compiled blobs without the precision, so each
+    precision has its own cache folder (a bf16 compile loading an f32 blob with weights returned NaN)."""
+    image(converted[0])
+    pipe = load_pipeline("random:tiny")
+    assert "bf16" in backend.apply(pipe, STEP, HERE)
+    error = np.abs(image(pipe) - eager()).max()
+    assert 1e-3 < error < BF16_ATOL  # bf16 kernels for real (above f32's error), yet near eager
+
+
+def test_unsupported_options_and_sizes_are_refused(converted):
+    pipe, _ = converted
+    with pytest.raises(NotImplementedError, match="clip_skip"):
+        image(pipe, clip_skip=1)
+    with pytest.raises(ValueError, match="divisible by 2"):  # the tiny UNet halves its latent once
+        pipe.unet(torch.randn(2, 4, 9, 9), 10, torch.randn(2, 77, 32), return_dict=False)
+
+
+def test_skipped_with_the_install_line_without_openvino(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(Skip, match="pip install .*openvino"):
+        backend.apply(load_pipeline("random:tiny"), STEP, F32_CPU)
