@@ -44,6 +44,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
     say "installing Python packages into .venv (first time: a few minutes)"
     extra=()
     [ -n "${SDCPU_TORCH_INDEX:-}" ] && extra=(--extra-index-url "$SDCPU_TORCH_INDEX")
-    .venv/bin/python -m pip install -q "${extra[@]}" -c constraints.txt -e ".[test]"
+    .venv/bin/python -m pip install -q "${extra[@]}" -c constraints.txt -e ".[test,openvino]"
     touch "$stamp"
 fi
