@@ -13,7 +13,9 @@ from sdcpu import launcher
 from sdcpu.cli import main
 
 LIBS = launcher.find_libraries(launcher.library_dirs(os.environ))
-REPORT = "import json, os; print(json.dumps([os.environ.get('SDCPU_INSTANCE'), sorted(os.sched_getaffinity(0))]))"
+# one write() per child: two instances share the pipe, and print() may split a line into two writes
+REPORT = ("import json, os; os.write(1, (json.dumps([os.environ.get('SDCPU_INSTANCE'), "
+          "sorted(os.sched_getaffinity(0))]) + '\\n').encode())")
 
 
 def sdcpu(*args, **kwargs):
