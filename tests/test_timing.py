@@ -18,3 +18,14 @@ def test_split_restores_methods_when_the_call_fails(tiny_pipe):
     except RuntimeError:
         pass
     assert "forward" not in vars(tiny_pipe.text_encoder)
+
+
+def test_split_puts_back_a_method_the_instance_held_itself():
+    """torch.compile's module keeps its compiled forward on the instance, and the compile step sets vae.decode so:
+    after a timed call they must be the same objects, not the class's methods."""
+    pipe = load_pipeline("random:tiny")
+    own_forward, own_decode = pipe.unet.forward, pipe.vae.decode  # bound methods, now instance attributes
+    pipe.unet.forward, pipe.vae.decode = own_forward, own_decode
+    for _ in range(2):
+        generate.run(pipe, generate.Request("x", steps=1, width=64, height=64))
+    assert vars(pipe.unet)["forward"] is own_forward and vars(pipe.vae)["decode"] is own_decode

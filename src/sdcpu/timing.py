@@ -26,14 +26,17 @@ def component_split(pipe):
         component = getattr(pipe, name, None)
         if component is None:
             continue
-        original = getattr(component, method)
-        setattr(component, method, _timed(original, name, split))
-        wrapped.append((component, method))
+        own = vars(component).get(method)  # torch.compile's module keeps its compiled forward on the instance
+        setattr(component, method, _timed(getattr(component, method), name, split))
+        wrapped.append((component, method, own))
     try:
         yield split
     finally:
-        for component, method in wrapped:
-            delattr(component, method)  # the instance attribute goes; the class's method shows through again
+        for component, method, own in wrapped:
+            if own is None:
+                delattr(component, method)  # the class's method shows through again
+            else:
+                setattr(component, method, own)
 
 
 def _timed(fn, name, split):
