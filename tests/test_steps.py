@@ -48,10 +48,11 @@ def test_bf16_applies_only_where_native_unless_forced(reference):
     assert np.abs(image(pipe) - reference).max() < 5e-2
 
 
-def test_compile_fp32_matches_eager(reference):
+def test_compile_fp32_matches_eager_and_caches_in_sdcpu_home(reference, sdcpu_home):
     pipe, outcomes = optimized("channels_last,compile")
     assert outcomes["compile"].applied
     assert np.abs(image(pipe) - reference).max() < 1e-4
+    assert any((sdcpu_home / "inductor").iterdir())  # not torch's /tmp default: a second process finds it
 
 
 def test_ipex_is_skipped_with_a_reason_when_absent():

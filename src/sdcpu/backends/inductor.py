@@ -11,10 +11,14 @@ from sdcpu.random_models import sdcpu_home
 
 
 def apply(pipe, item, cpu) -> str:
-    cache = sdcpu_home() / "inductor"
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache))  # read when inductor first compiles
     import torch
     import torch._inductor.config as inductor
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # Inductor reads the variable at each compile, and writes its default there once anything asks: a value equal to
+    # that default was not the user's choice.
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default_cache_dir()) == default_cache_dir():
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(sdcpu_home() / "inductor")
 
     inductor.freezing = True
     inductor.fx_graph_cache = True
