@@ -108,6 +108,13 @@ def test_bf16_on_native_cpu_stays_close(ov, converted, eager):
     assert 1e-3 < error < BF16_ATOL  # bf16 kernels for real (above f32's error), yet near eager
 
 
+def test_precision_asked_for_wins_over_the_hardware_default(ov):
+    native = dataclasses.replace(HERE, flags=frozenset({"amx_bf16", "avx512_bf16"}))
+    assert ", f32 (asked for)" in backend.apply(load_pipeline("random:tiny"), Step("openvino", "f32"), native)
+    detail = backend.apply(load_pipeline("random:tiny"), Step("openvino", "bf16"), F32_CPU)
+    assert ", bf16 (asked for; this CPU has no native bf16" in detail
+
+
 def test_unsupported_options_and_sizes_are_refused(converted):
     pipe, _ = converted
     with pytest.raises(NotImplementedError, match="clip_skip"):

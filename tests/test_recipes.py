@@ -21,6 +21,12 @@ def test_custom_recipe_parses_values_force_and_groups():
     assert [s.name for s in recipe.group("algorithm")] == ["scheduler", "steps", "guidance"]
 
 
+def test_optional_value_may_be_left_out():
+    plain, exact = recipes.parse("openvino").steps[0], recipes.parse("openvino=f32").steps[0]
+    assert (plain.value, str(plain)) == (None, "openvino")
+    assert (exact.value, str(exact)) == ("f32", "openvino=f32")
+
+
 def test_json_round_trip():
     recipe = recipes.parse("jemalloc,iomp,pin,instances=2,channels_last,bf16!,compile")
     assert recipes.Recipe.from_json(recipe.to_json()) == recipe
@@ -35,6 +41,7 @@ def test_json_round_trip():
         ("threads=0", "whole number >= 1"),
         ("guidance=-1", "number >= 0"),
         ("scheduler=warp", "unknown scheduler 'warp'"),
+        ("openvino=fp8", "f32 or bf16"),
         ("bf16,bf16", "more than once"),
         ("jemalloc,tcmalloc", "two allocators"),
         ("auto", "depends on the machine"),

@@ -30,11 +30,18 @@ def _scheduler(text: str) -> str:
     return lookup(text) and text
 
 
+def _precision(text: str) -> str:
+    if text not in ("f32", "bf16"):
+        raise ValueError("f32 or bf16")
+    return text
+
+
 @dataclass(frozen=True)
 class StepKind:
     group: str  # system | framework | algorithm
     value: object = None  # parser of the step's value; None: the step takes no value
     summary: str = ""
+    optional: bool = False  # the value may be left out (`openvino` or `openvino=f32`)
 
 
 STEP_KINDS = {
@@ -47,7 +54,9 @@ STEP_KINDS = {
     "channels_last": StepKind("framework", summary="NHWC memory format for the UNet and VAE convolutions"),
     "bf16": StepKind("framework", summary="bfloat16 weights and activations; only on CPUs with native bf16"),
     "compile": StepKind("framework", summary="torch.compile (inductor, freezing) of the UNet and VAE decoder"),
-    "openvino": StepKind("framework", summary="UNet, VAE decoder and text encoder run by OpenVINO, static shapes"),
+    "openvino": StepKind("framework", _precision, "UNet, VAE decoder and text encoder run by OpenVINO, static shapes; "
+                         "=f32|bf16 sets the precision (default: bf16 where the CPU has it natively, else f32)",
+                         optional=True),
     "ipex": StepKind("framework", summary="Intel Extension for PyTorch (end-of-life), only when installed and matching"),
     "scheduler": StepKind("algorithm", _scheduler, "swap the scheduler (e.g. dpm++)"),
     "steps": StepKind("algorithm", _count, "default number of denoising steps"),
@@ -77,10 +86,10 @@ class Step:
             raise UsageError(f"unknown recipe step {name!r}; steps: {', '.join(STEP_KINDS)}")
         if kind.value is None and raw:
             raise UsageError(f"recipe step {name!r} takes no value")
-        if kind.value is not None and not raw:
+        if kind.value is not None and not raw and not kind.optional:
             raise UsageError(f"recipe step {name!r} needs a value: {name}=...")
         try:
-            value = kind.value(raw) if kind.value else None
+            value = kind.value(raw) if raw else None
         except ValueError as err:
             raise UsageError(f"recipe step {name}={raw}: expected {err}") from None
         return cls(name, value, forced)

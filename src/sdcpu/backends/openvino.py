@@ -11,8 +11,9 @@ fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
 - Static shapes: a wrapper compiles a copy of its model reshaped to each new set of input shapes it sees (cached per
   shape, one INFO line per compile), so a call at another size compiles again instead of failing. OpenVINO's
   compiled-model cache ($SDCPU_HOME/openvino/compiled/<precision>) makes those compiles fast in a later process.
-- Precision: INFERENCE_PRECISION_HINT bf16 where the CPU has native bf16 (AMX, AVX512_BF16), else f32; always set,
-  since OpenVINO's CPU default is bf16 wherever the CPU has it. Threads follow torch's (OMP_NUM_THREADS).
+- Precision (INFERENCE_PRECISION_HINT): `openvino=f32|bf16` as asked, by default bf16 where the CPU has native bf16
+  (AMX, AVX512_BF16), else f32; always set, since OpenVINO's CPU default is bf16 wherever the CPU has it. Threads
+  follow torch's (OMP_NUM_THREADS).
 - The wrappers keep what StableDiffusionPipeline reads (config, dtype, device, call signatures, return shapes), so the
   pipeline is called as before. Not supported, with an error saying so: clip_skip, a text attention mask, UNet extras
   (timestep_cond, cross_attention_kwargs, added_cond_kwargs), latent sizes the UNet cannot halve evenly; the VAE
@@ -47,7 +48,7 @@ def apply(pipe, step, cpu) -> str:
         import openvino as ov
     except ImportError:
         raise Skip("openvino is not installed: pip install -c constraints.txt openvino") from None
-    precision = "bf16" if cpu.native_bf16 else "f32"
+    precision = step.value or ("bf16" if cpu.native_bf16 else "f32")
     folder = sdcpu_home() / "openvino" / cache_key(pipe, ov.__version__)
     core, config = runtime(precision)
     start, converted = time.perf_counter(), []
@@ -59,9 +60,12 @@ def apply(pipe, step, cpu) -> str:
         setattr(pipe, name, wrapper(Compiled(core, core.read_model(path), config, name), getattr(pipe, name).config))
         gc.collect()  # the torch module is gone: return its memory before the next conversion
     ir = f"converted {', '.join(converted)} in {time.perf_counter() - start:.1f} s" if converted else "reused"
+    why = "asked for" if step.value else cpu.native_bf16_reason
+    if precision == "bf16" and not cpu.native_bf16:
+        why += f"; this CPU has no native bf16 ({cpu.native_bf16_reason}): OpenVINO falls back to f32 kernels"
     return (
         f"UNet, VAE decoder, text encoder on OpenVINO {ov.__version__.split('-')[0]}, {precision} "
-        f"({cpu.native_bf16_reason}), static shapes compiled per size on first use; IR {ir} in {folder}"
+        f"({why}), static shapes compiled per size on first use; IR {ir} in {folder}"
     )
 
 
