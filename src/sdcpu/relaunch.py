@@ -11,16 +11,22 @@ log = logging.getLogger(__name__)
 MARK = "SDCPU_LAUNCHED"  # set in the re-executed process, so it runs instead of relaunching again
 
 
-def under_plan(recipe: recipes.Recipe, cpu, environ=os.environ) -> None:
-    """Return at once when RECIPE has no system steps or this process was started by its plan; else exec it."""
-    if not recipe.group("system") or environ.get(MARK) == "1":
-        return
+def recipe_plan(recipe: recipes.Recipe, cpu, environ=os.environ) -> launcher.LaunchPlan | None:
+    """The launch plan of RECIPE's system steps for one process; None when it has none."""
+    if not recipe.group("system"):
+        return None
     options = recipes.launch_options(recipe)
     if options.instances > 1:
         raise UsageError("instances=N starts several processes: use it with `sdcpu launch` or `sdcpu serve`")
     libs = launcher.find_libraries(launcher.library_dirs(environ))
     tools = launcher.probe_pinning_tools(cpu) if options.pin else frozenset()
-    plan = launcher.plan(cpu, options, environ, libs, tools)[0]
+    return launcher.plan(cpu, options, environ, libs, tools)[0]
+
+
+def under_plan(recipe: recipes.Recipe, cpu, environ=os.environ) -> None:
+    """Return at once when RECIPE has no system steps or this process was started by its plan; else exec it."""
+    if environ.get(MARK) == "1" or (plan := recipe_plan(recipe, cpu, environ)) is None:
+        return
     for note in plan.notes:
         log.info("launcher: %s", note)
     if plan.missing:
