@@ -29,6 +29,15 @@ def test_cached_folder_loads_back_the_same_weights(tiny_pipe):
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "no staging folder left behind"
 
 
+def test_text_encoder_weights_are_keyed_as_in_sd15s_own_files(tiny_pipe):
+    from safetensors import safe_open
+
+    (path,) = (random_models.cache_dir("random-tiny-seed0") / "text_encoder").glob("*.safetensors")
+    with safe_open(path, "pt") as weights:
+        keys = list(weights.keys())
+    assert keys and all(key.startswith("text_model.") for key in keys)
+
+
 def test_tokenizer_is_clips_own():
     tok = random_models.clip_tokenizer()
     assert len(tok) == 49408 and tok.model_max_length == 77

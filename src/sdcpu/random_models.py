@@ -17,7 +17,7 @@ from pathlib import Path
 CLIP_VOCAB_SIZE = 49408
 CLIP_MAX_TOKENS = 77
 MARKER = "sdcpu.json"  # written into random folders: reports must say the weights are random
-FORMAT_VERSION = 1  # bump when a built folder's content changes, so stale caches are rebuilt
+FORMAT_VERSION = 2  # bump when a built folder's content changes, so stale caches are rebuilt
 
 # SD 1.x scheduler config, as shipped in stable-diffusion-v1-5/scheduler/scheduler_config.json.
 SD15_SCHEDULER = dict(
@@ -76,9 +76,22 @@ def ensure_built(arch: str, seed: int = 0) -> Path:
 
     def write(folder):
         build_pipeline(arch, seed).save_pretrained(folder, safe_serialization=True)
+        _prefix_text_encoder(folder)
         (folder / MARKER).write_text(json.dumps({"spec": f"random:{arch}", "seed": seed, "weights": "random"}))
 
     return _cached(cache_dir(f"random-{arch}-seed{seed}"), write)
+
+
+def _prefix_text_encoder(folder: Path) -> None:
+    """Key the text encoder's weights `text_model.*`, as SD 1.5's own files do: transformers 5.24 saves them without
+    the prefix and reads both forms; older releases (optimum-intel's environment) read only the prefixed one and would
+    silently load random weights in their place."""
+    from safetensors.torch import load_file, save_file
+
+    for path in (folder / "text_encoder").glob("*.safetensors"):
+        tensors = load_file(path)
+        save_file({key if key.startswith("text_model.") else f"text_model.{key}": tensor
+                   for key, tensor in tensors.items()}, path, metadata={"format": "pt"})
 
 
 def ensure_config_folder(arch: str) -> Path:
