@@ -5,17 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { echo "sdcpu setup: $*" >&2; }
-
-apt_install() {  # apt_install PKG...: install Debian packages when root, else say what is missing
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        say "installing Debian packages: $*"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-    else
-        say "not root (or no apt-get): cannot install $*; the launcher will note them as missing and carry on"
-        say "to install them: sudo apt-get install $*"
-    fi
-}
+. scripts/lib.sh
 
 # 1. Debian packages for the launcher (allocators, numactl).
 missing=()
@@ -28,22 +18,13 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # 2. A Python >= 3.11 and its virtual environment.
-PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { say "$PYTHON is older than Python 3.11"; exit 1; }
-if [ ! -x .venv/bin/python ]; then
-    if ! "$PYTHON" -m venv .venv 2>/dev/null; then  # Debian splits venv/ensurepip into python3.X-venv
-        rm -rf .venv
-        apt_install "python3.$("$PYTHON" -c 'import sys; print(sys.version_info[1])')-venv"
-        "$PYTHON" -m venv .venv
-    fi
-fi
+make_venv .venv
 
 # 3. Python packages, every version held by constraints.txt (torch is the CPU build, 2.13.0).
 stamp=.venv/.sdcpu-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
     say "installing Python packages into .venv (first time: a few minutes)"
-    extra=()
-    [ -n "${SDCPU_TORCH_INDEX:-}" ] && extra=(--extra-index-url "$SDCPU_TORCH_INDEX")
-    .venv/bin/python -m pip install -q "${extra[@]}" -c constraints.txt -e ".[test,openvino]"
+    # shellcheck disable=SC2046
+    .venv/bin/python -m pip install -q $(pip_extra_index) -c constraints.txt -e ".[test,openvino]"
     touch "$stamp"
 fi
