@@ -24,7 +24,7 @@ def collect() -> dict:
     recipe, reasons = auto.recipe(cpu)
     isa = X86_FLAGS if cpu.arch in ("x86_64", "i686") else ARM_FLAGS
     return {
-        "versions": {"sdcpu": __version__, "python": platform.python_version(), **_package_versions()},
+        "versions": versions(),
         "cpu": cpu.to_dict(),
         "isa": {flag: flag in cpu.flags for flag in isa},
         "torch": {
@@ -37,14 +37,15 @@ def collect() -> dict:
     }
 
 
-def _package_versions() -> dict:
-    versions = {}
+def versions() -> dict:
+    """sdcpu's, Python's and each package's version (None: not installed)."""
+    found = {"sdcpu": __version__, "python": platform.python_version()}
     for name in PACKAGES:
         try:
-            versions[name] = metadata.version(name)
+            found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+            found[name] = None
+    return found
 
 
 def run(args) -> int:

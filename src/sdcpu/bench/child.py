@@ -1,0 +1,117 @@
+"""One bench rung, run inside its own fresh process (started by the runner under the rung's launch plan).
+
+`python -m sdcpu.bench.child SPEC_JSON` loads the model, applies the recipe's framework and algorithm steps, makes one
+warm-up call (it compiles, for compiling steps: timed apart), then the timed calls with the per-component split, saves
+the image of the last call, and prints one JSON row on stdout. Progress goes to stderr as `PROGRESS {json}` lines.
+"""
+
+import dataclasses
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+PROGRESS = "PROGRESS "
+
+
+def progress(**event) -> None:
+    print(PROGRESS + json.dumps(event), file=sys.stderr, flush=True)
+
+
+def cache_state() -> dict:
+    """Which compile caches already hold something: a compiling rung runs cold or warm."""
+    from sdcpu.random_models import sdcpu_home
+
+    return {name: any((sdcpu_home() / name).glob("*")) for name in ("inductor", "openvino")}
+
+
+def run(spec: dict) -> dict:
+    import torch
+
+    from sdcpu import flops, generate, hardware, steps, verify
+    from sdcpu.models import load_pipeline, parse_spec
+
+    # 1. What the launcher really applied, before anything else runs.
+    snap = verify.snapshot()
+    row = {"verify": {**verify_summary(snap), "failures": verify.check(snap)}, "cache_before": cache_state()}
+
+    # 2. Load and optimize.
+    protocol = spec["protocol"]
+    start = time.perf_counter()
+    model = parse_spec(protocol["model"])
+    pipe = load_pipeline(model)
+    row["load_s"] = round(time.perf_counter() - start, 2)
+    cpu = hardware.detect()
+    recipe = steps.resolve(spec["recipe"], cpu)
+    pipe, outcomes = steps.optimize(pipe, recipe, cpu)
+    row["recipe_resolved"] = str(recipe)
+    row["steps"] = [{"step": o.step, "applied": o.applied, "detail": o.detail, "s": round(o.seconds, 2)}
+                    for o in outcomes]
+    defaults = steps.defaults(pipe)
+    request = generate.Request(
+        prompt=protocol["prompt"], width=protocol["width"], height=protocol["height"], seed=protocol["seed"],
+        steps=defaults.get("num_inference_steps", protocol["steps"]),
+        guidance=defaults.get("guidance_scale", protocol["guidance"]),
+    ).validate()
+
+    # 3. Warm-up: the first call compiles, for compiling steps; its time is kept apart.
+    progress(phase="warm-up", steps=protocol["warmup_steps"])
+    warmup = generate.run(pipe, dataclasses.replace(request, steps=protocol["warmup_steps"]))
+
+    # 4. Timed calls, each with its component split.
+    calls = []
+    for index in range(protocol["runs"]):
+        result = generate.run(pipe, request)
+        calls.append(result)
+        progress(phase="run", run=index + 1, runs=protocol["runs"], seconds=result.seconds,
+                 s_per_step=result.seconds / request.steps)
+    text = generate.parameters_text(request, request.seed, model=str(model), random_weights=model.random_weights,
+                                    scheduler=type(pipe.scheduler).__name__, recipe=str(recipe))
+    generate.save_png(calls[-1].images[0], Path(spec["image"]), text)
+
+    # 5. The row: times, split, hardware-relative figures, memory.
+    times = [c.seconds for c in calls]
+    unet_calls = calls[-1].split.calls.get("unet", 0)
+    cfg_batch = 2 if request.guidance > 1 else 1
+    unet_flops = flops.unet_flops(pipe.unet.config, cfg_batch, (request.height // 8, request.width // 8))
+    unet_s = statistics.median(c.split.seconds.get("unet", 0.0) for c in calls)
+    row.update(
+        steps_applied=request.steps, guidance=request.guidance, cfg_batch=cfg_batch, scheduler=type(pipe.scheduler).__name__,
+        **timing_fields(times, request.steps, warmup.seconds, protocol["warmup_steps"]),
+        split={
+            "text_encoder_s": statistics.median(c.split.seconds.get("text_encoder", 0.0) for c in calls),
+            "unet_s": unet_s, "unet_calls": unet_calls, "unet_per_call_s": unet_s / max(1, unet_calls),
+            "vae_decode_s": statistics.median(c.split.seconds.get("vae", 0.0) for c in calls),
+        },
+        prepare_s=round(sum((o.seconds for o in outcomes), 0.0), 2),
+        unet_gflops_per_call=unet_flops / 1e9, unet_gflop_s=unet_flops * unet_calls / unet_s / 1e9 if unet_s else None,
+        random_weights=model.random_weights, threads=torch.get_num_threads(),
+    )
+    return row
+
+
+def timing_fields(times: list[float], steps: int, warmup_s: float, warmup_steps: int) -> dict:
+    """A rung's per-call times and their statistics; the warm-up call, and the part of it beyond its share of a timed
+    call (compilation, first-touch); peak RSS of this process so far."""
+    median = statistics.median(times)
+    return {"times_s": [round(t, 3) for t in times], "mean_s": statistics.mean(times), "median_s": median,
+            "min_s": min(times), "max_s": max(times), "s_per_step": median / steps, "warmup_s": round(warmup_s, 2),
+            "compile_s": round(max(0.0, warmup_s - median * warmup_steps / steps), 2),
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def verify_summary(snap: dict) -> dict:
+    return {"mapped": snap["mapped"], "torch_threads": snap["torch_threads"], "affinity": snap["affinity"],
+            "env": snap["env"]}
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    print(json.dumps(run(spec)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

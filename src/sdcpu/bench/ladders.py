@@ -1,0 +1,110 @@
+"""The bench protocol and its ladders: which rungs run, in which order, with which recipe.
+
+A ladder is a generator of rungs; the runner sends each rung's row back, so a ladder can choose its next rung from
+what was measured (`full` keeps a step only when it made the image faster).
+"""
+
+from dataclasses import dataclass, fields
+
+from sdcpu import recipes
+from sdcpu.errors import UsageError
+
+SEED_PROMPT = "sailing ship in storm by Rembrandt"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The seed's protocol by default: one warm-up call at 10 steps, then 10 timed calls at 20 steps, 512x512."""
+
+    model: str = "random:sd15"
+    prompt: str = SEED_PROMPT
+    width: int = 512
+    height: int = 512
+    steps: int = 20
+    runs: int = 10
+    warmup_steps: int = 10
+    seed: int = 0
+    guidance: float = 7.5
+    preset: str = "seed"
+
+    def validate(self) -> "Protocol":
+        if self.width % 8 or self.height % 8 or min(self.width, self.height) < 64:
+            raise UsageError(f"size {self.width}x{self.height}: width and height must be multiples of 8, at least 64")
+        for name in ("steps", "runs", "warmup_steps"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        return self
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+# `quick` fits the README's main job in <= 15 minutes on a 2-core machine: a quarter of the pixels, 4 steps, 3 runs.
+PRESETS = {
+    "seed": {},
+    "quick": dict(width=256, height=256, steps=4, runs=3, warmup_steps=1),
+}
+
+
+@dataclass(frozen=True)
+class Rung:
+    name: str
+    recipe: str  # a recipe as `sdcpu generate --recipe` takes it
+    peer: str | None = None  # a peer run by its own runner and environment instead of sdcpu's child
+
+
+STATIC = {
+    "seed": (  # the seed's rungs, cumulative; steps this CPU cannot use (bf16 without AMX) are skipped with the reason
+        Rung("baseline", "baseline"), Rung("+system", "system"), Rung("+framework", "framework"),
+        Rung("+scheduler", "seed"),
+    ),
+    "peers": (
+        Rung("diffusers eager (peer)", "baseline"),
+        Rung("optimum-intel OpenVINO static (peer)", "baseline", peer="optimum-intel"),
+        Rung("sdcpu auto", "auto"),
+    ),
+}
+LADDERS = (*STATIC, "full")
+BACKENDS = ("compile", "openvino", "ipex")  # each replaces the UNet's runtime: one at a time
+FULL_CANDIDATES = ("channels_last", "bf16", "compile", "openvino", "ipex", "scheduler=dpm++")
+
+
+def parse_recipes(text: str) -> tuple[Rung, ...]:
+    """`--recipes`: recipes separated by `;`, or by `,` when every item is a named recipe (`baseline,system,auto`)."""
+    items = text.split(";") if ";" in text else text.split(",")
+    if ";" not in text and not all(item.strip() in (*recipes.NAMED, "auto") for item in items):
+        items = [text]  # one recipe of steps, e.g. jemalloc,iomp,pin
+    items = [item.strip() for item in items if item.strip()]
+    if not items:
+        raise UsageError("--recipes is empty")
+    for item in items:
+        if item != "auto":
+            recipes.parse(item)  # refuse a bad recipe before any rung runs
+    return tuple(Rung(item, item) for item in items)
+
+
+def rungs(ladder: str | tuple[Rung, ...]):
+    """A generator of the rungs of LADDER (a name, or rungs from --recipes); send() it each rung's row."""
+    if ladder == "full":
+        yield from _full()
+        return
+    for rung in STATIC[ladder] if isinstance(ladder, str) else ladder:
+        yield rung
+
+
+def _full():
+    """baseline, +system, then each step in turn on top of the fastest recipe so far; kept only if it was faster."""
+    yield Rung("baseline", "baseline")
+    best = recipes.NAMED["system"].split(",")
+    best_row = yield Rung("+system", "system")
+    for step in FULL_CANDIDATES:
+        kept = [s for s in best if not (step in BACKENDS and s in BACKENDS)]
+        recipe = [*kept, step]
+        row = yield Rung(f"+{step}", ",".join(recipe))
+        applied = any(s["step"] == step and s["applied"] for s in row.get("steps", ()))
+        if applied and (_failed(best_row) or row.get("median_s", float("inf")) < best_row["median_s"]):
+            best, best_row = recipe, row
+
+
+def _failed(row) -> bool:
+    return row is None or "median_s" not in row

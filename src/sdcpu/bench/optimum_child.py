@@ -1,0 +1,74 @@
+"""The optimum-intel peer rung, run by optimum-intel's own Python (scripts/setup-optimum.sh): the seed's OpenVINO path.
+
+`OVStableDiffusionPipeline` exported once from the model folder (kept under $SDCPU_HOME/optimum/), reshaped to the
+protocol's static size with batch 1 and one image per prompt, compiled, then the protocol's warm-up and timed calls.
+Prints one JSON row like sdcpu.bench.child's (no per-component split: the peer's pipeline is run as its users run it).
+"""
+
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from sdcpu.bench.child import progress, timing_fields
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    protocol = spec["protocol"]
+    import numpy as np
+    import openvino
+    from optimum.intel import OVStableDiffusionPipeline
+    from optimum.intel import __version__ as optimum_version
+
+    # 1. Export once per model folder and optimum version; later runs load the saved IR.
+    home = Path(os.environ.get("SDCPU_HOME", Path.home() / ".cache" / "sdcpu"))
+    key = hashlib.sha256(f"{Path(spec['model_path']).resolve()}|{optimum_version}".encode()).hexdigest()[:16]
+    exported = home / "optimum" / key
+    start = time.perf_counter()
+    cached = (exported / "model_index.json").is_file()
+    if cached:
+        pipe = OVStableDiffusionPipeline.from_pretrained(exported, compile=False)
+    else:
+        pipe = OVStableDiffusionPipeline.from_pretrained(spec["model_path"], export=True, compile=False)
+        pipe.save_pretrained(exported)
+    # 2. Static shapes, as the seed: batch 1, one image per prompt, the protocol's size.
+    pipe.reshape(batch_size=1, height=protocol["height"], width=protocol["width"], num_images_per_prompt=1)
+    pipe.compile()
+    prepare_s = time.perf_counter() - start
+
+    def call(steps):
+        return pipe(protocol["prompt"], num_inference_steps=steps, height=protocol["height"], width=protocol["width"],
+                    guidance_scale=protocol["guidance"], generator=np.random.RandomState(protocol["seed"])).images[0]
+
+    progress(phase="warm-up", steps=protocol["warmup_steps"])
+    start = time.perf_counter()
+    call(protocol["warmup_steps"])
+    warmup_s = time.perf_counter() - start
+    times = []
+    for index in range(protocol["runs"]):
+        start = time.perf_counter()
+        image = call(protocol["steps"])
+        times.append(time.perf_counter() - start)
+        progress(phase="run", run=index + 1, runs=protocol["runs"], seconds=times[-1],
+                 s_per_step=times[-1] / protocol["steps"])
+    image.save(spec["image"])
+    row = {
+        "recipe_resolved": f"optimum-intel {optimum_version} OVStableDiffusionPipeline, static {protocol['width']}x"
+                           f"{protocol['height']}, OpenVINO {openvino.__version__.split('-')[0]} default precision",
+        "steps": [{"step": "export", "applied": True, "s": round(prepare_s, 2),
+                   "detail": f"IR {'reused from' if cached else 'exported to'} {exported}"}],
+        "load_s": round(prepare_s, 2), "prepare_s": round(prepare_s, 2),
+        "cache_before": {"openvino": cached}, "steps_applied": protocol["steps"], "guidance": protocol["guidance"],
+        "cfg_batch": 2 if protocol["guidance"] > 1 else 1, "scheduler": type(pipe.scheduler).__name__,
+        "random_weights": spec["random_weights"],
+        **timing_fields(times, protocol["steps"], warmup_s, protocol["warmup_steps"]),
+    }
+    print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""`sdcpu bench`'s reporting half: results.jsonl -> report.md, ladder.png and report.html; two runs side by side.
+
+Measuring and reporting are separate: the report reads only the rows, so it can be made again, or compared, later.
+"""
+
+import html
+import json
+import math
+from pathlib import Path
+
+RANDOM_NOTE = ("**Weights are random** (an sdcpu test model of the real architecture): compute cost, hence every "
+               "timing, is the real model's; the images are noise, and fidelity compares noise with noise.")
+
+
+def load(folder: Path) -> list[dict]:
+    path = Path(folder) / "results.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: no results.jsonl (not a bench output folder)")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write(folder: Path) -> list[Path]:
+    """Write FOLDER's report.md, ladder.png and report.html from its results.jsonl; return their paths."""
+    folder = Path(folder)
+    rows = load(folder)
+    paths = [folder / "report.md", folder / "ladder.png", folder / "report.html"]
+    paths[0].write_text(markdown(rows))
+    chart(rows, paths[1])
+    paths[2].write_text(page(rows))
+    return paths
+
+
+def header(rows: list[dict]) -> list[str]:
+    first = rows[0]
+    p, cpu = first["protocol"], first["cpu"]
+    peaks = ", ".join(f"{dtype} {value:.0f}" for dtype, value in first["matmul_peak_gflop_s"].items())
+    lines = [
+        f"Model `{p['model']}`, {p['width']}x{p['height']}, {p['steps']} steps, guidance {p['guidance']}, seed "
+        f"{p['seed']}, prompt \"{p['prompt']}\"; per rung 1 warm-up call at {p['warmup_steps']} steps then "
+        f"{p['runs']} timed calls, each rung in a fresh process (preset `{p['preset']}`).",
+        f"Machine: {cpu['model_name']}, {cpu['physical_cores']} physical cores / {cpu['logical_cpus']} logical CPUs, "
+        f"{len(cpu['numa_nodes'])} NUMA node(s), bf16 {'native' if cpu['native_bf16'] else 'not native'}; matmul "
+        f"peak GFLOP/s: {peaks}. {first['date']}, sdcpu {first['versions'].get('sdcpu')} (git {first['git']}), "
+        f"torch {first['versions'].get('torch')}, diffusers {first['versions'].get('diffusers')}.",
+    ]
+    if any(row.get("random_weights") for row in rows):
+        lines.append(RANDOM_NOTE)
+    return lines
+
+
+COLUMNS = ("#", "rung", "recipe", "s/image", "vs #1", "s/step", "text enc s", "UNet s/call", "VAE s", "compile s",
+           "UNet GFLOP/s", "% fp32 peak", "peak RSS GiB", "PSNR dB", "SSIM", "notes")
+
+
+def cells(row: dict, base: dict) -> list[str]:
+    """One table row's cells; a failed rung keeps its name, recipe and reason."""
+    name = [str(row["index"] + 1), row["rung"], f"`{row.get('recipe_resolved', row['recipe'])}`"]
+    if "failed" in row:
+        return name + ["failed"] + [""] * (len(COLUMNS) - 5) + [row["failed"]]
+    split, peak = row.get("split") or {}, row["matmul_peak_gflop_s"]["float32"]
+    speedup = f"{base['median_s'] / row['median_s']:.2f}x" if "median_s" in base else ""
+    gflop_s = row.get("unet_gflop_s")
+    fid = row.get("fidelity") or {}
+    return name + [
+        f"{row['median_s']:.2f}", speedup, f"{row['s_per_step']:.3f}", _num(split.get("text_encoder_s")),
+        f"{split['unet_per_call_s']:.3f} x {split['unet_calls']}" if split.get("unet_calls") else "",
+        _num(split.get("vae_decode_s")), _num(row.get("compile_s"), 1),
+        _num(gflop_s, 0), f"{100 * gflop_s / peak:.0f}%" if gflop_s else "", _num(row.get("peak_rss_gib")),
+        _psnr(fid.get("psnr_db")) if fid else "reference", _num(fid.get("ssim"), 4) if fid else "reference",
+        "; ".join(notes(row)),
+    ]
+
+
+def notes(row: dict) -> list[str]:
+    found = [f"{s['step']} skipped: {s['detail']}" for s in row.get("steps", ()) if not s["applied"]]
+    found += [f"launcher: {m} not applied" for m in (row.get("launch") or {}).get("missing", ())]
+    found += [f"verify: {f}" for f in (row.get("verify") or {}).get("failures", ())]
+    if row.get("cfg_batch") == 1:
+        found.append("guidance <= 1: UNet batch 1 (no CFG)")
+    compiled = [s["step"] for s in row.get("steps", ()) if s["applied"] and s["step"].split("=")[0] in ("compile", "openvino")]
+    if compiled:
+        cache = row.get("cache_before") or {}
+        state = "warm" if cache.get("inductor" if "compile" in compiled else "openvino") else "cold"
+        found.append(f"{', '.join(compiled)}: {state} cache, prepare {row.get('prepare_s', 0):.1f} s + warm-up "
+                     f"{row.get('warmup_s', 0):.1f} s")
+    return found
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# sdcpu bench", "", *header(rows), "", "| " + " | ".join(COLUMNS) + " |",
+             "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in cells(row, rows[0])) + " |" for row in rows]
+    lines += ["", "s/image: median of the timed calls; UNet s/call: one denoising step (a CFG batch of 2 unless noted); "
+              "compile s: the warm-up call beyond its share of a timed call; PSNR/SSIM: the rung's image against rung "
+              "1's, same seed (inf / 1.0: identical)."]
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    """Stacked bars of s/image per rung: text encoder, UNet, VAE decode, the rest (scheduler, pre/post-processing)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [row for row in rows if "median_s" in row]
+    labels = [f"{row['index'] + 1}. {row['rung']}" for row in done]
+    parts = {"text encoder": [], "UNet": [], "VAE decode": [], "other": []}
+    for row in done:
+        split = row.get("split") or {}
+        known = [split.get("text_encoder_s", 0.0), split.get("unet_s", 0.0), split.get("vae_decode_s", 0.0)]
+        for name, value in zip(parts, [*known, max(0.0, row["median_s"] - sum(known))]):
+            parts[name].append(value)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(done)), 4.5))
+    bottom = [0.0] * len(done)
+    for name, values in parts.items():
+        ax.bar(labels, values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    for x, row in enumerate(done):
+        ax.annotate(f"{row['median_s']:.2f} s", (x, bottom[x]), ha="center", va="bottom", fontsize=9)
+    p = rows[0]["protocol"]
+    random = " (random weights)" if any(row.get("random_weights") for row in rows) else ""
+    ax.set_title(f"{p['model']}{random}, {p['width']}x{p['height']}, {p['steps']} steps: s/image per rung")
+    ax.set_ylabel("seconds per image (median)")
+    ax.legend()
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def page(rows: list[dict]) -> str:
+    """A self-contained HTML page (no external assets): header, table, chart, and each rung's image."""
+    head = "".join(f"<p>{html.escape(line).replace('**', '')}</p>" for line in header(rows))
+    table = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>"
+    table += "".join("<tr>" + "".join(f"<td>{html.escape(c.strip('`'))}</td>" for c in cells(row, rows[0])) + "</tr>"
+                     for row in rows)
+    images = "".join(
+        f"<figure><img src='{html.escape(row['image'])}' width='256'><figcaption>{row['index'] + 1}. "
+        f"{html.escape(row['rung'])}</figcaption></figure>" for row in rows if "median_s" in row)
+    return (
+        "<!doctype html><meta charset='utf-8'><title>sdcpu bench</title><style>body{font-family:sans-serif;margin:2em}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 6px;font-size:13px}"
+        "figure{display:inline-block;margin:6px}</style>"
+        f"<h1>sdcpu bench</h1>{head}<table>{table}</table><p><img src='ladder.png'></p><h2>Images</h2>{images}"
+    )
+
+
+def compare(a: list[dict], b: list[dict], names=("A", "B")) -> str:
+    """Two runs side by side, rungs matched by name: s/image in each and the ratio."""
+    by_name = {row["rung"]: row for row in b}
+    lines = [f"| rung | {names[0]} s/image | {names[1]} s/image | {names[0]}/{names[1]} |", "|---|---|---|---|"]
+    for row in a + [row for row in b if row["rung"] not in {r["rung"] for r in a}]:
+        left = next((r for r in a if r["rung"] == row["rung"]), {})
+        right = by_name.get(row["rung"], {})
+        ratio = f"{left['median_s'] / right['median_s']:.2f}" if "median_s" in left and "median_s" in right else ""
+        lines.append(f"| {row['rung']} | {_time(left)} | {_time(right)} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def _time(row: dict) -> str:
+    return f"{row['median_s']:.2f}" if "median_s" in row else ("failed" if row else "-")
+
+
+def _num(value, digits=2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def _psnr(value) -> str:
+    return "inf" if value is not None and math.isinf(value) else _num(value, 1)

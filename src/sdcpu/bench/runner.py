@@ -1,0 +1,137 @@
+"""`sdcpu bench`'s measuring half: each rung in a fresh process under its own launch plan, one JSON row each.
+
+Rows are appended to OUT/results.jsonl as each rung ends, so nothing measured is lost if a later rung fails or the run
+is interrupted. A rung that fails is recorded with its reason, and the ladder goes on. Fidelity is computed here:
+PSNR and SSIM of each rung's image against the first rung's image (the same seed).
+"""
+
+import datetime
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sdcpu import hardware, launcher, relaunch, steps
+from sdcpu.bench import child, fidelity, ladders, peers
+from sdcpu.commands import info
+
+RESULTS = "results.jsonl"
+
+
+def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> list[dict]:
+    """Run LADDER (a name or rungs) under PROTOCOL; rows are written to OUT/results.jsonl as they come."""
+    from sdcpu import flops, random_models
+    from sdcpu.models import parse_spec
+
+    model = parse_spec(protocol.model)  # refuse a bad spec before anything runs
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    cpu = hardware.detect()
+    _say(f"preparing: {protocol.model} (random models are built on first use), fp32 matmul peak", end="\n")
+    if model.kind == "random":
+        random_models.ensure_built(model.ref)  # so the first rung does not pay the build
+    context = {
+        "protocol": protocol.to_dict(), "cpu": cpu.to_dict(), "versions": info.versions(), "git": git_sha(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "matmul_peak_gflop_s": {"float32": flops.matmul_peak_gflops("float32"),
+                                **({"bfloat16": flops.matmul_peak_gflops("bfloat16")} if cpu.native_bf16 else {})},
+    }
+    rows, gen = [], ladders.rungs(ladder)
+    rung, started = next(gen), time.perf_counter()
+    with open(out / RESULTS, "w") as results:
+        while True:
+            row = {"index": len(rows), "rung": rung.name, "recipe": rung.recipe, "peer": rung.peer, **context}
+            row.update(run_rung(rung, row, protocol, out, cpu, environ, started))
+            if "median_s" in row and rows and "median_s" in rows[0]:
+                image, reference = _rgb(out / row["image"]), _rgb(out / rows[0]["image"])
+                row["fidelity"] = {"reference": rows[0]["rung"], "psnr_db": fidelity.psnr(image, reference),
+                                   "ssim": fidelity.ssim(image, reference)}
+            results.write(json.dumps(row) + "\n")
+            results.flush()
+            rows.append(row)
+            _say(summary_line(row), end="\n")
+            try:
+                rung = gen.send(row)
+            except StopIteration:
+                break
+    return rows
+
+
+def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, started: float) -> dict:
+    """The rung's own fields: its child's row, or `failed` with the reason."""
+    slug = f"{row['index']:02d}-{re.sub(r'[^a-z0-9]+', '-', rung.name.lower()).strip('-')}"
+    spec = {"recipe": rung.recipe, "protocol": protocol.to_dict(), "image": str(out / "images" / f"{slug}.png")}
+    fields = {"image": f"images/{slug}.png"}
+    try:
+        if rung.peer:
+            command, env = peers.command(rung.peer, spec, environ)
+        else:
+            plan = relaunch.recipe_plan(steps.resolve(rung.recipe, cpu), cpu, environ)
+            prefix, env = (plan.argv_prefix, plan.environ(environ)) if plan else ((), dict(environ))
+            command = [*prefix, sys.executable, "-m", "sdcpu.bench.child", json.dumps(spec)]
+            fields["launch"] = {"env": plan.env if plan else {}, "prefix": list(prefix),
+                                "notes": list(plan.notes) if plan else [], "missing": list(plan.missing) if plan else []}
+    except Exception as err:  # noqa: BLE001 -- a rung that cannot start is a failed row, not a dead ladder
+        return {**fields, "failed": f"{type(err).__name__}: {err}"}
+    fields["command"] = shlex.join(command[:-1] + ["SPEC"])
+    stdout = out / "logs" / f"{slug}.out"
+    with open(stdout, "w") as sink, open(out / "logs" / f"{slug}.err", "w") as log:
+        proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.PIPE, text=True, env=env)
+        for line in proc.stderr:
+            log.write(line)
+            if line.startswith(child.PROGRESS):
+                _say(progress_line(row, rung, json.loads(line[len(child.PROGRESS):]), started))
+        proc.wait()
+    lines = stdout.read_text().strip().splitlines()
+    if proc.returncode or not lines:
+        return {**fields, "failed": _last_error(out / "logs" / f"{slug}.err", proc.returncode)}
+    return {**fields, **json.loads(lines[-1])}
+
+
+def progress_line(row, rung, event, started) -> str:
+    where = f"rung {row['index'] + 1} {rung.name}"
+    elapsed = f"{time.perf_counter() - started:.0f} s elapsed"
+    if event["phase"] == "warm-up":
+        return f"{where}: warm-up ({event['steps']} steps; compiling steps compile now), {elapsed}"
+    return f"{where}: run {event['run']}/{event['runs']} {event['seconds']:.2f} s ({event['s_per_step']:.3f} s/step), {elapsed}"
+
+
+def summary_line(row) -> str:
+    if "failed" in row:
+        return f"rung {row['index'] + 1} {row['rung']}: FAILED: {row['failed']}"
+    return f"rung {row['index'] + 1} {row['rung']}: {row['median_s']:.2f} s/image median ({row['s_per_step']:.3f} s/step)"
+
+
+def _say(text: str, end: str = "") -> None:
+    """One live line on a terminal (rewritten in place), one line per event elsewhere."""
+    if sys.stderr.isatty():
+        print(f"\r\033[K{text}", end=end or "", file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _last_error(path: Path, code: int) -> str:
+    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith(child.PROGRESS)]
+    return (lines[-1].strip() if lines else "no output") + f" (exit {code})"
+
+
+def _rgb(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB").copy()
+
+
+def git_sha() -> str | None:
+    """The commit of the sdcpu source that ran, with `-dirty` when it had local changes; None outside a checkout."""
+    source = Path(__file__).resolve().parents[1]  # the sdcpu package
+    try:
+        sha = subprocess.run(["git", "-C", source, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", source, "status", "--porcelain", "--", "."], capture_output=True, text=True)
+    except OSError:
+        return None
+    return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else None

@@ -1,0 +1,68 @@
+"""`sdcpu bench`: the seed's ladder reproduced on this machine, rung by rung, each rung in a fresh process under its own
+launch plan; a table, a chart, per-component times, and each rung's drift from the first rung's image.
+
+Default protocol: the seed's (1 warm-up call at 10 steps, 10 timed calls at 20 steps, 512x512). `--preset quick`
+(256x256, 4 steps, 3 runs, 1-step warm-up) fits a 2-core machine in about 15 minutes; any option below overrides it."""
+
+import dataclasses
+import os
+from pathlib import Path
+
+from sdcpu.bench import ladders
+from sdcpu.errors import UsageError
+
+
+def register(sub):
+    p = sub.add_parser("bench", help="run a ladder of recipes, one fresh process each, and report it",
+                       description=__doc__)
+    p.add_argument("--model", default=os.environ.get("SDCPU_MODEL", "random:sd15"),
+                   help="model spec, as for generate (default: $SDCPU_MODEL or %(default)s)")
+    p.add_argument("--ladder", choices=ladders.LADDERS, default="seed",
+                   help="seed: baseline, +system, +framework, +scheduler; peers: vanilla diffusers, optimum-intel's "
+                        "OpenVINO pipeline and sdcpu auto; full: each step on top of the fastest so far "
+                        "(default %(default)s)")
+    p.add_argument("--recipes", help="run these recipes instead of a ladder: `baseline,system,auto`, or recipes of "
+                                     "steps separated by `;` (`baseline;jemalloc,iomp,pin;auto`)")
+    p.add_argument("--preset", choices=ladders.PRESETS, default="seed", help="protocol preset (default %(default)s)")
+    p.add_argument("--steps", type=int, help="denoising steps per timed call")
+    p.add_argument("--runs", type=int, help="timed calls per rung")
+    p.add_argument("--warmup-steps", type=int, help="steps of the warm-up call")
+    p.add_argument("--size", help="WIDTHxHEIGHT")
+    p.add_argument("--prompt")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder (default %(default)s/)")
+    p.set_defaults(func=run)
+
+
+def protocol_from(args) -> ladders.Protocol:
+    from sdcpu.generate import parse_size
+    from sdcpu.models import parse_spec
+
+    parse_spec(args.model)  # refuse a bad model spec before anything is created
+
+    changes = {"model": args.model, "preset": args.preset, **ladders.PRESETS[args.preset]}
+    for name in ("steps", "runs", "warmup_steps", "prompt", "seed", "guidance"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.size:
+        changes["width"], changes["height"] = parse_size(args.size)
+    return dataclasses.replace(ladders.Protocol(), **changes).validate()
+
+
+def run(args) -> int:
+    from sdcpu.bench import report, runner
+
+    protocol = protocol_from(args)
+    ladder = ladders.parse_recipes(args.recipes) if args.recipes else args.ladder
+    if args.out.exists() and any(args.out.iterdir()):
+        raise UsageError(f"output folder {args.out} is not empty: pick another --out, or remove it")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create output folder {args.out}: {err.strerror}") from None
+    rows = runner.run(protocol, ladder, args.out)
+    paths = report.write(args.out)
+    print(report.markdown(rows))
+    print("\n".join(f"wrote {path}" for path in [args.out / runner.RESULTS, *paths]))
+    return 1 if all("failed" in row for row in rows) else 0

@@ -1,0 +1,174 @@
+"""sdcpu bench: ladders and protocol (pure), the runner end to end on random:tiny, the report from a fixture of rows,
+and the CLI's refusals."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from sdcpu.bench import ladders, report, runner
+from sdcpu.cli import main
+from sdcpu.errors import UsageError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "bench"
+TINY = ladders.Protocol(model="random:tiny", width=64, height=64, steps=2, runs=2, warmup_steps=1)
+
+
+def test_presets_and_validation():
+    assert ladders.Protocol().to_dict() | {"preset": "seed"} == dict(
+        model="random:sd15", prompt="sailing ship in storm by Rembrandt", width=512, height=512, steps=20, runs=10,
+        warmup_steps=10, seed=0, guidance=7.5, preset="seed")
+    with pytest.raises(UsageError, match="multiples of 8"):
+        ladders.Protocol(width=100).validate()
+    with pytest.raises(UsageError, match="runs must be at least 1"):
+        ladders.Protocol(runs=0).validate()
+
+
+@pytest.mark.parametrize("text, recipes", [
+    ("baseline,system,auto", ["baseline", "system", "auto"]),
+    ("jemalloc,iomp,pin", ["jemalloc,iomp,pin"]),
+    ("baseline; channels_last,compile ;auto", ["baseline", "channels_last,compile", "auto"]),
+])
+def test_recipes_option(text, recipes):
+    assert [rung.recipe for rung in ladders.parse_recipes(text)] == recipes
+
+
+def test_recipes_option_refuses_a_bad_recipe_before_running():
+    with pytest.raises(UsageError, match="unknown recipe step 'warp'"):
+        ladders.parse_recipes("baseline;warp")
+
+
+def test_full_ladder_keeps_a_step_only_when_it_was_faster():
+    def row(seconds, step=None):
+        return {"median_s": seconds, "steps": [{"step": step, "applied": True}] if step else []}
+
+    gen = ladders.rungs("full")
+    seen = [next(gen).recipe, gen.send(row(10)).recipe]
+    timings = {"channels_last": 8, "bf16": 9, "compile": 6, "openvino": 5, "ipex": None, "scheduler=dpm++": 4}
+    rung = gen.send(row(9))  # +system
+    while True:
+        seen.append(rung.recipe)
+        step = rung.name[1:]
+        try:
+            rung = gen.send(row(timings[step], step) if timings[step] else {"failed": "no ipex"})
+        except StopIteration:
+            break
+    assert seen == [
+        "baseline", "system",
+        "jemalloc,iomp,pin,channels_last",
+        "jemalloc,iomp,pin,channels_last,bf16",  # 9 > 8: bf16 not kept
+        "jemalloc,iomp,pin,channels_last,compile",
+        "jemalloc,iomp,pin,channels_last,openvino",  # backends replace each other
+        "jemalloc,iomp,pin,channels_last,ipex",
+        "jemalloc,iomp,pin,channels_last,openvino,scheduler=dpm++",
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, sdcpu_home):
+    """baseline, a peer whose environment is missing, and channels_last, on random:tiny: 2 steps, 2 runs."""
+    import os
+
+    out = tmp_path_factory.mktemp("bench")
+    rungs = (ladders.Rung("baseline", "baseline"), ladders.Rung("optimum", "baseline", peer="optimum-intel"),
+             ladders.Rung("channels_last", "channels_last"))
+    environ = {**os.environ, "SDCPU_OPTIMUM_PYTHON": str(out / "no-such-python")}
+    return out, runner.run(TINY, rungs, out, environ)
+
+
+ROW_FIELDS = {
+    "index": int, "rung": str, "recipe": str, "recipe_resolved": str, "protocol": dict, "cpu": dict,
+    "versions": dict, "date": str, "matmul_peak_gflop_s": dict, "image": str, "command": str, "verify": dict,
+    "steps": list, "load_s": float, "warmup_s": float, "compile_s": float, "prepare_s": float, "times_s": list,
+    "mean_s": float, "median_s": float, "min_s": float, "max_s": float, "s_per_step": float, "split": dict,
+    "unet_gflops_per_call": float, "unet_gflop_s": float, "peak_rss_gib": float, "random_weights": bool,
+    "cfg_batch": int, "threads": int, "cache_before": dict,
+}
+
+
+def test_every_row_field_is_present_and_typed(tiny_run):
+    out, rows = tiny_run
+    assert [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()] == json.loads(json.dumps(rows))
+    for row in (rows[0], rows[2]):
+        for name, kind in ROW_FIELDS.items():
+            assert isinstance(row[name], kind), (row["rung"], name, row.get(name))
+        assert len(row["times_s"]) == 2 and row["min_s"] <= row["median_s"] <= row["max_s"]
+        assert row["split"]["unet_calls"] == 3 and row["split"]["unet_s"] > 0  # PNDM: 3 UNet calls for 2 steps
+        assert row["random_weights"] and row["verify"]["failures"] == []
+        assert Image.open(out / row["image"]).size == (64, 64)
+
+
+def test_fidelity_is_against_the_first_rung(tiny_run):
+    _, rows = tiny_run
+    assert "fidelity" not in rows[0]
+    fid = rows[2]["fidelity"]
+    assert fid["reference"] == "baseline"
+    assert fid["psnr_db"] > 40 and fid["ssim"] > 0.99  # channels_last: the same image, to 8-bit rounding
+
+
+def test_a_rung_that_cannot_run_is_recorded_and_the_ladder_goes_on(tiny_run):
+    _, rows = tiny_run
+    assert [row["rung"] for row in rows] == ["baseline", "optimum", "channels_last"]
+    assert "optimum-intel's environment is not set up" in rows[1]["failed"]
+    assert "median_s" in rows[2]
+
+
+def test_report_from_a_run(tiny_run, tmp_path):
+    out, _ = tiny_run
+    folder = tmp_path / "copy"
+    shutil.copytree(out, folder)
+    assert main(["report", str(folder)]) == 0
+    text = (folder / "report.md").read_text()
+    assert "| 3 | channels_last | `channels_last` |" in text and "optimum-intel's environment is not set up" in text
+    assert "Weights are random" in text
+
+
+def test_report_from_fixture_rows(tmp_path):
+    shutil.copytree(FIXTURE, tmp_path / "run")
+    paths = report.write(tmp_path / "run")
+    text = paths[0].read_text()
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert lines[0].startswith("| # | rung | recipe | s/image | vs #1 |")
+    assert len(lines) == 1 + len(report.load(tmp_path / "run"))
+    assert "| 1.00x |" in lines[1] and "reference" in lines[1]
+    with Image.open(paths[1]) as chart:
+        chart.load()
+        assert chart.format == "PNG" and chart.size[0] > 300
+    page = paths[2].read_text()
+    assert "<img src='ladder.png'>" in page and page.count("<figure>") == sum(
+        "median_s" in row for row in report.load(tmp_path / "run"))
+
+
+def test_compare_two_runs(tmp_path, capsys):
+    rows = report.load(FIXTURE)
+    faster = [dict(row, median_s=row["median_s"] / 2) if "median_s" in row else row for row in rows]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in faster))
+    assert main(["report", "--compare", str(FIXTURE), str(tmp_path / "b")]) == 0
+    table = capsys.readouterr().out
+    assert f"| {rows[0]['rung']} | {rows[0]['median_s']:.2f} | {rows[0]['median_s'] / 2:.2f} | 2.00 |" in table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--size", "100x64"], "multiples of 8"),
+    (["--runs", "0"], "runs must be at least 1"),
+    (["--recipes", "baseline;warp"], "unknown recipe step 'warp'"),
+    (["--model", "random:huge"], "unknown random architecture"),
+])
+def test_bench_refuses_bad_input_in_one_line(args, message, tmp_path, capsys):
+    assert main(["bench", "--model", "random:tiny", "--out", str(tmp_path / "o"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_bench_refuses_a_non_empty_output_folder(tmp_path, capsys):
+    (tmp_path / "keep.txt").write_text("mine")
+    assert main(["bench", "--model", "random:tiny", "--out", str(tmp_path)]) == 2
+    assert "not empty" in capsys.readouterr().err and (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_report_refuses_a_folder_without_results(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no results.jsonl" in capsys.readouterr().err
