@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 case "${1:-}" in
-    demo) shift; exec sdcpu generate "sailing ship in storm by Rembrandt" --model random:sd15 --size 256x256 --steps 4 "$@" ;;
+    demo) shift; exec sdcpu bench --model random:sd15 --preset quick --out "bench-out/$(date +%Y%m%d-%H%M%S)" "$@" ;;
     test) shift; exec python -m pytest -m "not slow" "$@" ;;
     test-all) shift; exec python -m pytest "$@" ;;
     *) echo "usage: $0 demo|test|test-all [ARGS...]" >&2; exit 2 ;;
