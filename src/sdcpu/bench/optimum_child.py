@@ -18,10 +18,13 @@ from sdcpu.bench.child import progress, timing_fields
 def main() -> int:
     spec = json.loads(sys.argv[1])
     protocol = spec["protocol"]
-    import numpy as np
+    from importlib.metadata import version
+
     import openvino
+    import torch
     from optimum.intel import OVStableDiffusionPipeline
-    from optimum.intel import __version__ as optimum_version
+
+    optimum_version = version("optimum-intel")
 
     # 1. Export once per model folder and optimum version; later runs load the saved IR.
     home = Path(os.environ.get("SDCPU_HOME", Path.home() / ".cache" / "sdcpu"))
@@ -41,7 +44,8 @@ def main() -> int:
 
     def call(steps):
         return pipe(protocol["prompt"], num_inference_steps=steps, height=protocol["height"], width=protocol["width"],
-                    guidance_scale=protocol["guidance"], generator=np.random.RandomState(protocol["seed"])).images[0]
+                    guidance_scale=protocol["guidance"],
+                    generator=torch.Generator("cpu").manual_seed(protocol["seed"])).images[0]  # sdcpu's latents
 
     progress(phase="warm-up", steps=protocol["warmup_steps"])
     start = time.perf_counter()

@@ -121,7 +121,8 @@ def chart(rows: list[dict], path: Path) -> None:
     p = rows[0]["protocol"]
     random = " (random weights)" if any(row.get("random_weights") for row in rows) else ""
     ax.set_title(f"{p['model']}{random}, {p['width']}x{p['height']}, {p['steps']} steps: s/image per rung")
-    ax.set_ylabel("seconds per image (median)")
+    ax.set_ylabel("seconds per image (medians of each part)")
+    ax.margins(y=0.12)  # room for the labels above the tallest bar
     ax.legend()
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     fig.tight_layout()
