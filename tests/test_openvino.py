@@ -123,6 +123,12 @@ def test_unsupported_options_and_sizes_are_refused(converted):
         pipe.unet(torch.randn(2, 4, 9, 9), 10, torch.randn(2, 77, 32), return_dict=False)
 
 
+def test_skipped_with_the_reason_under_a_preloaded_allocator(monkeypatch):
+    monkeypatch.setattr(backend, "mapped_paths", lambda text: ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",))
+    with pytest.raises(Skip, match="jemalloc is preloaded .* aborts"):
+        backend.apply(load_pipeline("random:tiny"), STEP, F32_CPU)
+
+
 def test_skipped_with_the_install_line_without_openvino(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(Skip, match="pip install .*openvino"):

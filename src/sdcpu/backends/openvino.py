@@ -27,14 +27,17 @@ import logging
 import os
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from sdcpu.launcher import library_kind
 from sdcpu.random_models import sdcpu_home
 from sdcpu.steps_base import Skip
+from sdcpu.verify import mapped_paths
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,10 @@ def apply(pipe, step, cpu) -> str:
         import openvino as ov
     except ImportError:
         raise Skip("openvino is not installed: pip install -c constraints.txt openvino") from None
+    preloaded = sorted(_preloaded_allocators())
+    if preloaded:
+        raise Skip(f"{', '.join(preloaded)} is preloaded in this process: OpenVINO 2026.4's CPU plugin then aborts "
+                   "(free(): invalid size); run openvino without an allocator step")
     precision = step.value or ("bf16" if cpu.native_bf16 else "f32")
     folder = sdcpu_home() / "openvino" / cache_key(pipe, ov.__version__)
     core, config = runtime(precision)
@@ -67,6 +74,12 @@ def apply(pipe, step, cpu) -> str:
         f"UNet, VAE decoder, text encoder on OpenVINO {ov.__version__.split('-')[0]}, {precision} "
         f"({why}), static shapes compiled per size on first use; IR {ir} in {folder}"
     )
+
+
+def _preloaded_allocators() -> set[str]:
+    """The allocators LD_PRELOADed into this process (jemalloc, tcmalloc), read from its memory maps."""
+    kinds = {library_kind(path) for path in mapped_paths(Path("/proc/self/maps").read_text())}
+    return kinds & {"jemalloc", "tcmalloc"}
 
 
 def runtime(precision: str):
