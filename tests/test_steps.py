@@ -81,9 +81,24 @@ def test_every_runtime_step_kind_has_a_function():
 
 
 def test_auto_uses_bf16_only_on_native_hardware(monkeypatch):
+    import importlib.util
+
     from sdcpu import auto
 
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "openvino" else find_spec(name))
     with_bf16 = auto.recipe(SPR)[0]
     without = auto.recipe(dataclasses.replace(SPR, flags=EPYC.flags))[0]
     assert with_bf16.get("bf16") and not without.get("bf16")
-    assert with_bf16.get("channels_last") and without.get("channels_last")
+    assert not with_bf16.get("channels_last") and not without.get("channels_last")  # no measured gain, more RSS
+
+
+def test_auto_runs_openvino_in_bf16_without_an_allocator_where_both_exist(monkeypatch):
+    pytest.importorskip("openvino")
+    from sdcpu import auto, launcher
+
+    monkeypatch.setattr(launcher, "find_libraries", lambda dirs: {"jemalloc": "/usr/lib/libjemalloc.so.2"})
+    recipe, reasons = auto.recipe(SPR)
+    assert recipe.get("openvino") and not recipe.get("bf16") and not recipe.get("jemalloc")
+    assert any(reason.startswith("no jemalloc:") and "aborts" in reason for reason in reasons)
+    assert not auto.recipe(dataclasses.replace(SPR, flags=EPYC.flags))[0].get("openvino")
