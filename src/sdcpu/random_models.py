@@ -82,6 +82,25 @@ def ensure_built(arch: str, seed: int = 0) -> Path:
     return _cached(cache_dir(f"random-{arch}-seed{seed}"), write)
 
 
+def ensure_tiny_vae(scale: int = 8, seed: int = 0) -> Path:
+    """The cached diffusers folder of a random-weight TAESD (AutoencoderTiny, 4-channel latents) that scales images by
+    SCALE: TAESD's own architecture for SD's 8, fewer down/up blocks for the test-size model's smaller factor."""
+
+    def write(folder):
+        import torch
+        from diffusers import AutoencoderTiny
+
+        blocks = scale.bit_length()  # one block, then one more per halving: 4 for TAESD's 8
+        torch.manual_seed(seed * 1000 + 4)
+        AutoencoderTiny(
+            encoder_block_out_channels=(64,) * blocks, decoder_block_out_channels=(64,) * blocks,
+            num_encoder_blocks=(1, 3, 3, 3)[:blocks], num_decoder_blocks=(3, 3, 3, 1)[-blocks:],
+        ).eval().save_pretrained(folder, safe_serialization=True)
+        (folder / MARKER).write_text(json.dumps({"spec": "random:taesd", "seed": seed, "weights": "random"}))
+
+    return _cached(cache_dir(f"random-taesd{scale}x-seed{seed}"), write, marker="config.json")
+
+
 def _prefix_text_encoder(folder: Path) -> None:
     """Key the text encoder's weights `text_model.*`, as SD 1.5's own files do: transformers 5.24 saves them without
     the prefix and reads both forms; older releases (optimum-intel's environment) read only the prefixed one and would
@@ -110,9 +129,9 @@ def ensure_config_folder(arch: str) -> Path:
     return _cached(cache_dir(f"config-{arch}"), write)
 
 
-def _cached(folder: Path, write) -> Path:
+def _cached(folder: Path, write, marker: str = "model_index.json") -> Path:
     """Return FOLDER, first filling it with write(staging) and renaming it into place: never half-written."""
-    if (folder / "model_index.json").is_file():
+    if (folder / marker).is_file():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))

@@ -59,6 +59,9 @@ STEP_KINDS = {
                          optional=True),
     "ipex": StepKind("framework", summary="Intel Extension for PyTorch (end-of-life), only when installed and matching"),
     "scheduler": StepKind("algorithm", _scheduler, "swap the scheduler (e.g. dpm++)"),
+    "deepcache": StepKind("algorithm", _count, "DeepCache: the full UNet every N calls, its shallow branch between"),
+    "tiny-vae": StepKind("algorithm", str, "TAESD (AutoencoderTiny) as the VAE decoder; =HUB_ID|FOLDER picks "
+                         "the weights (default madebyollin/taesd; random for random: models)", optional=True),
     "steps": StepKind("algorithm", _count, "default number of denoising steps"),
     "guidance": StepKind("algorithm", _guidance, "default classifier-free guidance scale"),
 }

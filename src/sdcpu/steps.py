@@ -104,6 +104,20 @@ def scheduler(pipe, item, cpu):
     return f"{type(pipe.scheduler).__name__} from the model's scheduler config"
 
 
+@step("deepcache")
+def deepcache(pipe, item, cpu):
+    from sdcpu.algorithms import deepcache as algorithm
+
+    return algorithm.apply(pipe, item, cpu)
+
+
+@step("tiny-vae")
+def tiny_vae(pipe, item, cpu):
+    from sdcpu.algorithms import tiny_vae as algorithm
+
+    return algorithm.apply(pipe, item, cpu)
+
+
 @step("steps")
 def steps(pipe, item, cpu):
     pipe.sdcpu_defaults = {**defaults(pipe), "num_inference_steps": item.value}

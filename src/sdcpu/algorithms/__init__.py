@@ -1,0 +1,1 @@
+"""Algorithm steps that cut the work itself: DeepCache, a tiny VAE decoder."""

@@ -1,0 +1,77 @@
+"""The work-cutting steps on random:tiny: deepcache and tiny-vae apply or say why not, give finite images of the right
+shape, are reproducible for a seed, and deepcache=1 is the exact UNet."""
+
+import numpy as np
+import pytest
+import torch
+
+from sdcpu import load_pipeline, optimize
+
+
+def image(pipe, steps=6):
+    return pipe("a boat", num_inference_steps=steps, height=64, width=64, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images
+
+
+def optimized(recipe):
+    pipe, outcomes = optimize(load_pipeline("random:tiny"), f"scheduler=ddim,{recipe}")
+    return pipe, {o.step.split("=")[0]: o for o in outcomes}
+
+
+@pytest.fixture(scope="module")
+def reference():
+    pipe, _ = optimized("steps=6")
+    return image(pipe)
+
+
+def full_calls(pipe):
+    """Counts the UNet's full calls: only those run its first up block."""
+    calls = []
+    pipe.unet.up_blocks[0].register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def test_deepcache_1_is_the_exact_unet(reference):
+    pipe, outcomes = optimized("deepcache=1")
+    assert outcomes["deepcache"].applied and "exact" in outcomes["deepcache"].detail
+    assert np.array_equal(image(pipe), reference)
+
+
+def test_deepcache_runs_the_full_unet_every_n_calls_and_restarts_per_image(reference):
+    pipe, outcomes = optimized("deepcache=3")
+    assert outcomes["deepcache"].applied
+    calls = full_calls(pipe)
+    first = image(pipe)
+    assert len(calls) == 2  # DDIM, 6 steps: calls 0 and 3 are full, the other 4 shallow
+    second = image(pipe)
+    assert len(calls) == 4 and np.array_equal(first, second)  # a new image starts with a full call
+    assert first.shape == reference.shape and np.isfinite(first).all()
+    assert not np.array_equal(first, reference)  # the shallow calls ran on cached features
+
+
+def test_deepcache_after_a_backend_is_skipped_with_the_reason():
+    _, outcomes = optimized("compile,deepcache=2")
+    assert not outcomes["deepcache"].applied and "put deepcache before" in outcomes["deepcache"].detail
+
+
+def test_deepcache_refuses_unet_inputs_it_would_drop():
+    pipe, _ = optimized("deepcache=2")
+    with pytest.raises(NotImplementedError, match="timestep_cond"):
+        pipe.unet(torch.randn(2, 4, 8, 8), 10, torch.randn(2, 77, 32), timestep_cond=torch.zeros(2, 32))
+
+
+def test_tiny_vae_on_a_random_model_is_a_random_taesd_built_offline(reference):
+    from diffusers import AutoencoderTiny
+
+    pipe, outcomes = optimized("tiny-vae")
+    assert outcomes["tiny-vae"].applied and "random weights" in outcomes["tiny-vae"].detail
+    assert isinstance(pipe.vae, AutoencoderTiny)
+    first, second = image(pipe), image(pipe)
+    assert first.shape == reference.shape and np.isfinite(first).all() and np.array_equal(first, second)
+
+
+def test_tiny_vae_without_the_hub_is_skipped_with_the_reason():
+    pipe = load_pipeline("random:tiny")
+    pipe.sdcpu_model = None  # as a user's own pipeline: the real TAESD is needed, and the tests run offline
+    _, outcomes = optimize(pipe, "tiny-vae")
+    assert not outcomes[0].applied and "cannot load an AutoencoderTiny from 'madebyollin/taesd'" in outcomes[0].detail
