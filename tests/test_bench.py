@@ -46,7 +46,8 @@ def test_full_ladder_keeps_a_step_only_when_it_was_faster():
 
     gen = ladders.rungs("full")
     seen = [next(gen).recipe, gen.send(row(10)).recipe]
-    timings = {"channels_last": 8, "bf16": 9, "compile": 6, "openvino": 5, "ipex": None, "scheduler=dpm++": 4}
+    timings = {"channels_last": 8, "bf16": 9, "compile": 6, "openvino": 5, "ipex": None, "scheduler=dpm++": 4,
+               "deepcache=2": 4.5, "tiny-vae": 3}
     rung = gen.send(row(9))  # +system
     while True:
         seen.append(rung.recipe)
@@ -63,6 +64,8 @@ def test_full_ladder_keeps_a_step_only_when_it_was_faster():
         "jemalloc,iomp,pin,channels_last,openvino",  # backends replace each other
         "jemalloc,iomp,pin,channels_last,ipex",
         "jemalloc,iomp,pin,channels_last,openvino,scheduler=dpm++",
+        "jemalloc,iomp,pin,channels_last,openvino,scheduler=dpm++,deepcache=2",  # 4.5 > 4: not kept
+        "jemalloc,iomp,pin,channels_last,openvino,scheduler=dpm++,tiny-vae",
     ]
 
 

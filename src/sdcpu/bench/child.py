@@ -77,6 +77,8 @@ def run(spec: dict) -> dict:
     cfg_batch = 2 if request.guidance > 1 else 1
     unet_flops = flops.unet_flops(pipe.unet.config, cfg_batch, (request.height // 8, request.width // 8))
     unet_s = statistics.median(c.split.seconds.get("unet", 0.0) for c in calls)
+    cache = recipe.get("deepcache")
+    shallow_calls = bool(cache and cache.value > 1 and any(o.applied for o in outcomes if o.step == str(cache)))
     row.update(
         steps_applied=request.steps, guidance=request.guidance, cfg_batch=cfg_batch, scheduler=type(pipe.scheduler).__name__,
         **timing_fields(times, request.steps, warmup.seconds, protocol["warmup_steps"]),
@@ -86,7 +88,8 @@ def run(spec: dict) -> dict:
             "vae_decode_s": statistics.median(c.split.seconds.get("vae", 0.0) for c in calls),
         },
         prepare_s=round(sum((o.seconds for o in outcomes), 0.0), 2),
-        unet_gflops_per_call=unet_flops / 1e9, unet_gflop_s=unet_flops * unet_calls / unet_s / 1e9 if unet_s else None,
+        unet_gflops_per_call=unet_flops / 1e9, unet_gflop_s=unet_flops * unet_calls / unet_s / 1e9
+        if unet_s and not shallow_calls else None,
         random_weights=model.random_weights, threads=torch.get_num_threads(),
     )
     return row

@@ -66,7 +66,7 @@ STATIC = {
 }
 LADDERS = (*STATIC, "full")
 BACKENDS = ("compile", "openvino", "ipex")  # each replaces the UNet's runtime: one at a time
-FULL_CANDIDATES = ("channels_last", "bf16", "compile", "openvino", "ipex", "scheduler=dpm++")
+FULL_CANDIDATES = ("channels_last", "bf16", "compile", "openvino", "ipex", "scheduler=dpm++", "deepcache=2", "tiny-vae")
 
 
 def parse_recipes(text: str) -> tuple[Rung, ...]:

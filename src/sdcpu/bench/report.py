@@ -75,6 +75,9 @@ def notes(row: dict) -> list[str]:
     found = [f"{s['step']} skipped: {s['detail']}" for s in row.get("steps", ()) if not s["applied"]]
     found += [f"launcher: {m} not applied" for m in (row.get("launch") or {}).get("missing", ())]
     found += [f"verify: {f}" for f in (row.get("verify") or {}).get("failures", ())]
+    if any(s["applied"] and s["step"].startswith("deepcache=") and s["step"] != "deepcache=1"
+           for s in row.get("steps", ())):
+        found.append("UNet GFLOP/s not given: deepcache's shallow calls do a fraction of a full call's FLOPs")
     if row.get("cfg_batch") == 1:
         found.append("guidance <= 1: UNet batch 1 (no CFG)")
     compiled = [s["step"] for s in row.get("steps", ()) if s["applied"] and s["step"].split("=")[0] in ("compile", "openvino")]
