@@ -219,13 +219,6 @@ def test_probe_pinning_tools_runs_them():
     assert ("taskset" in tools) == (expected == 0)
 
 
-def test_describe_auto_names_reasons_and_the_plan():
-    from sdcpu.hardware import detect
-
-    text = launcher.describe_auto(detect(), {})
-    assert text.startswith("- allocator ") and "OMP_NUM_THREADS=" in text
-
-
 def test_apply_execs_with_the_plan_env():
     code = ("from sdcpu.launcher import LaunchPlan, apply; "
             "apply(LaunchPlan({'SDCPU_X': 'from-plan'}, (), ()), ['sh', '-c', 'echo $SDCPU_X $KEEP'])")

@@ -102,3 +102,14 @@ def test_auto_runs_openvino_in_bf16_without_an_allocator_where_both_exist(monkey
     assert recipe.get("openvino") and not recipe.get("bf16") and not recipe.get("jemalloc")
     assert any(reason.startswith("no jemalloc:") and "aborts" in reason for reason in reasons)
     assert not auto.recipe(dataclasses.replace(SPR, flags=EPYC.flags))[0].get("openvino")
+
+
+def test_launch_auto_and_info_show_the_system_steps_of_the_auto_recipe(monkeypatch):
+    from sdcpu import auto, hardware, launcher
+
+    monkeypatch.setattr(launcher, "find_libraries", lambda dirs: {"jemalloc": "/usr/lib/libjemalloc.so.2"})
+    cpu = hardware.detect()
+    recipe, _ = auto.recipe(cpu)
+    text = auto.describe_plan(cpu, {})
+    assert ("libjemalloc" in text) == bool(recipe.get("jemalloc")) and "OMP_NUM_THREADS=" in text
+    assert auto.system_options(cpu, {})[0].allocator == ("jemalloc" if recipe.get("jemalloc") else "default")

@@ -8,16 +8,37 @@ from sdcpu import launcher
 from sdcpu.recipes import Recipe, Step
 
 
-def recipe(cpu, environ=os.environ) -> tuple[Recipe, tuple[str, ...]]:
-    """(the auto recipe for CPU, one reason per choice). System choices are the launcher's own auto options."""
-    libs = launcher.find_libraries(launcher.library_dirs(environ))
-    options, reasons = launcher.auto_options(cpu, libs, launcher.probe_pinning_tools(cpu))
-    use_openvino = cpu.native_bf16 and importlib.util.find_spec("openvino") is not None
-    if use_openvino and options.allocator != "default":
+def system_options(cpu, environ=os.environ, libs=None, tools=None) -> tuple[launcher.LaunchOptions, tuple[str, ...]]:
+    """The system steps `auto` takes here, with one reason each: the launcher's hardware rules, less a preloaded
+    allocator where auto runs OpenVINO (its CPU plugin aborts beside one). `sdcpu launch --auto` uses the same."""
+    libs = launcher.find_libraries(launcher.library_dirs(environ)) if libs is None else libs
+    tools = launcher.probe_pinning_tools(cpu) if tools is None else tools
+    options, reasons = launcher.auto_options(cpu, libs, tools)
+    if _use_openvino(cpu) and options.allocator != "default":
         reasons = tuple(r for r in reasons if not r.startswith("allocator")) + (
             f"no {options.allocator}: with a preloaded allocator OpenVINO 2026.4's CPU plugin aborts the process "
-            "(free(): invalid size)",)
+            "(free(): invalid size), and auto runs OpenVINO here",)
         options = dataclasses.replace(options, allocator="default")
+    return options, reasons
+
+
+def describe_plan(cpu, environ=os.environ) -> str:
+    """The system steps auto takes and why, then their launch plan (for `sdcpu info`)."""
+    libs = launcher.find_libraries(launcher.library_dirs(environ))
+    tools = launcher.probe_pinning_tools(cpu)
+    options, reasons = system_options(cpu, environ, libs, tools)
+    first = launcher.plan(cpu, options, environ, libs, tools)[0]
+    return "\n".join([*(f"- {reason}" for reason in reasons), "", launcher.format_plan(first)])
+
+
+def _use_openvino(cpu) -> bool:
+    return cpu.native_bf16 and importlib.util.find_spec("openvino") is not None
+
+
+def recipe(cpu, environ=os.environ) -> tuple[Recipe, tuple[str, ...]]:
+    """(the auto recipe for CPU, one reason per choice)."""
+    options, reasons = system_options(cpu, environ)
+    use_openvino = _use_openvino(cpu)
     steps = [Step(options.allocator)] if options.allocator != "default" else []
     steps += [Step("iomp")] if options.openmp == "iomp" else []
     steps += [Step("pin")] if options.pin else []

@@ -283,15 +283,6 @@ def probe_pinning_tools(cpu: CpuInfo) -> frozenset[str]:
     return frozenset(working)
 
 
-def describe_auto(cpu: CpuInfo, environ=os.environ) -> str:
-    """What `auto` would apply on this machine and why: reasons, then the plan (for `sdcpu info`)."""
-    libs = find_libraries(library_dirs(environ))
-    tools = probe_pinning_tools(cpu)
-    options, reasons = auto_options(cpu, libs, tools)
-    first = plan(cpu, options, environ, libs, tools)[0]
-    return "\n".join([*(f"- {reason}" for reason in reasons), "", format_plan(first)])
-
-
 def apply(plan: LaunchPlan, argv, environ=os.environ):
     """Replace this process with `argv` under the plan; never returns."""
     command = [*plan.argv_prefix, *argv]

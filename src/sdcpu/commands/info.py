@@ -4,7 +4,7 @@ import json
 import platform
 from importlib import metadata
 
-from sdcpu import __version__, auto, hardware, launcher
+from sdcpu import __version__, auto, hardware
 
 X86_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
 ARM_FLAGS = ("asimd", "sve", "bf16", "i8mm")
@@ -73,5 +73,5 @@ def run(args) -> int:
     print(f"\nauto recipe: {info['auto']['recipe']}")
     print("\n".join(f"- {reason}" for reason in info["auto"]["reasons"]))
     print("\nlaunch plan auto applies (sdcpu launch --auto --dry-run):")
-    print(launcher.describe_auto(hardware.detect()).split("\n\n", 1)[1])
+    print(auto.describe_plan(hardware.detect()).split("\n\n", 1)[1])
     return 0

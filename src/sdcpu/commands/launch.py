@@ -7,7 +7,7 @@ import dataclasses
 import logging
 import os
 
-from sdcpu import hardware, launcher, verify
+from sdcpu import auto, hardware, launcher, verify
 from sdcpu.errors import UsageError
 from sdcpu.instances import run_instances
 
@@ -40,7 +40,7 @@ def register(sub):
 
 
 def _options(args, cpu, libs, tools) -> launcher.LaunchOptions:
-    base = launcher.auto_options(cpu, libs, tools)[0] if args.auto else launcher.LaunchOptions()
+    base = auto.system_options(cpu, os.environ, libs, tools)[0] if args.auto else launcher.LaunchOptions()
     return dataclasses.replace(
         base,
         allocator=args.allocator or base.allocator,
