@@ -151,6 +151,7 @@ def test_compare_two_runs(tmp_path, capsys):
     (tmp_path / "b" / "results.jsonl").write_text("".join(json.dumps(row) + "\n" for row in faster))
     assert main(["report", "--compare", str(FIXTURE), str(tmp_path / "b")]) == 0
     table = capsys.readouterr().out
+    assert table.startswith(f"- {FIXTURE}: {rows[0]['cpu']['model_name']}, random:tiny 64x64, 2 steps, ")
     assert f"| {rows[0]['rung']} | {rows[0]['median_s']:.2f} | {rows[0]['median_s'] / 2:.2f} | 2.00 |" in table
 
 

@@ -75,7 +75,8 @@ def run(spec: dict) -> dict:
     times = [c.seconds for c in calls]
     unet_calls = calls[-1].split.calls.get("unet", 0)
     cfg_batch = 2 if request.guidance > 1 else 1
-    unet_flops = flops.unet_flops(pipe.unet.config, cfg_batch, (request.height // 8, request.width // 8))
+    latent = (request.height // pipe.vae_scale_factor, request.width // pipe.vae_scale_factor)
+    unet_flops = flops.unet_flops(pipe.unet.config, cfg_batch, latent)
     unet_s = statistics.median(c.split.seconds.get("unet", 0.0) for c in calls)
     cache = recipe.get("deepcache")
     shallow_calls = bool(cache and cache.value > 1 and any(o.applied for o in outcomes if o.step == str(cache)))

@@ -153,7 +153,10 @@ def page(rows: list[dict]) -> str:
 def compare(a: list[dict], b: list[dict], names=("A", "B")) -> str:
     """Two runs side by side, rungs matched by name: s/image in each and the ratio."""
     by_name = {row["rung"]: row for row in b}
-    lines = [f"| rung | {names[0]} s/image | {names[1]} s/image | {names[0]}/{names[1]} |", "|---|---|---|---|"]
+    lines = [f"- {name}: {run[0]['cpu']['model_name']}, {run[0]['protocol']['model']} "
+             f"{run[0]['protocol']['width']}x{run[0]['protocol']['height']}, {run[0]['protocol']['steps']} steps, "
+             f"{run[0]['date']}" for name, run in zip(names, (a, b))]
+    lines += ["", f"| rung | {names[0]} s/image | {names[1]} s/image | {names[0]}/{names[1]} |", "|---|---|---|---|"]
     for row in a + [row for row in b if row["rung"] not in {r["rung"] for r in a}]:
         left = next((r for r in a if r["rung"] == row["rung"]), {})
         right = by_name.get(row["rung"], {})

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from sdcpu import hardware, launcher, relaunch, steps
+from sdcpu import hardware, relaunch, steps
 from sdcpu.bench import child, fidelity, ladders, peers
 from sdcpu.commands import info
 
