@@ -30,6 +30,7 @@ def test_presets_and_validation():
     ("baseline,system,auto", ["baseline", "system", "auto"]),
     ("jemalloc,iomp,pin", ["jemalloc,iomp,pin"]),
     ("baseline; channels_last,compile ;auto", ["baseline", "channels_last,compile", "auto"]),
+    ("baseline,auto:fast", ["baseline", "auto:fast"]),
 ])
 def test_recipes_option(text, recipes):
     assert [rung.recipe for rung in ladders.parse_recipes(text)] == recipes
@@ -38,6 +39,8 @@ def test_recipes_option(text, recipes):
 def test_recipes_option_refuses_a_bad_recipe_before_running():
     with pytest.raises(UsageError, match="unknown recipe step 'warp'"):
         ladders.parse_recipes("baseline;warp")
+    with pytest.raises(UsageError, match="unknown quality 'turbo'"):
+        ladders.parse_recipes("baseline;auto:turbo")
 
 
 def test_full_ladder_keeps_a_step_only_when_it_was_faster():

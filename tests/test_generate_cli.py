@@ -43,6 +43,8 @@ def test_same_seed_same_image(tmp_path):
         (["--model", "org/not-cached"], "from the Hugging Face hub"),
         (["--recipe", "fast-please"], "unknown recipe step 'fast-please'"),
         (["--recipe", "threads=0"], "expected a whole number >= 1"),
+        (["--quality", "fast"], "--quality sets the level of the auto recipe, not of --recipe baseline"),
+        (["--recipe", "auto:turbo"], "unknown quality 'turbo'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):

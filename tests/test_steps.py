@@ -113,3 +113,31 @@ def test_launch_auto_and_info_show_the_system_steps_of_the_auto_recipe(monkeypat
     text = auto.describe_plan(cpu, {})
     assert ("libjemalloc" in text) == bool(recipe.get("jemalloc")) and "OMP_NUM_THREADS=" in text
     assert auto.system_options(cpu, {})[0].allocator == ("jemalloc" if recipe.get("jemalloc") else "default")
+
+
+@pytest.mark.parametrize("openvino", [False, True])
+def test_auto_quality_levels_bound_the_steps(monkeypatch, openvino):
+    import importlib.util
+
+    from sdcpu import auto
+
+    if openvino:
+        pytest.importorskip("openvino")
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: None if name == "openvino" and not openvino else find_spec(name))
+    exact, high, fast = (auto.recipe(SPR, quality=level)[0] for level in auto.QUALITIES)
+    reduced = {"bf16", "openvino", "deepcache", "tiny-vae"}
+    assert not {step.name for step in exact.steps} & reduced and exact.name == "auto:exact"
+    assert {step.name for step in high.steps} & reduced == ({"openvino"} if openvino else {"bf16"})
+    assert high.name == "auto"
+    added = {step.name for step in fast.steps} - {step.name for step in high.steps}
+    assert added == ({"tiny-vae"} if openvino else {"deepcache", "tiny-vae"})  # deepcache needs the eager UNet
+    assert steps.resolve("auto:fast", SPR) == fast
+
+
+def test_an_unknown_quality_is_refused():
+    from sdcpu.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown quality 'turbo'"):
+        steps.resolve("auto:turbo", SPR)

@@ -1,20 +1,49 @@
-"""The `auto` recipe: the best this machine supports, decided from what it is and what is installed, with reasons."""
+"""The `auto` recipe: the best this machine supports, decided from what it is and what is installed, with reasons.
+
+`auto` takes a quality level (`auto:exact`, `auto` = `auto:high`, `auto:fast`; `--quality` on the command line) that
+bounds which steps it may use, measured against the fp32 image of the same seed:
+- exact: fp32 steps only; every image within 1e-4 max abs of eager fp32 (tests/test_steps.py, test_openvino.py).
+- high: adds bf16 (torch or OpenVINO) where the CPU has it natively: 48-49 dB PSNR, SSIM >= 0.999 measured on
+  random:sd15; the bound is 40 dB.
+- fast: adds steps that cut work: deepcache=2 (42 dB, SSIM 0.998 measured) where the UNet runs eagerly, and tiny-vae
+  (TAESD, a distilled decoder: its fidelity needs real weights to measure, none here); no bound beyond "recognisably
+  the same image" with real weights.
+"""
 
 import dataclasses
 import importlib.util
 import os
 
 from sdcpu import launcher
+from sdcpu.errors import UsageError
 from sdcpu.recipes import Recipe, Step
 
+# What `fast` adds, by whether the UNet runs eagerly (deepcache needs it) or on OpenVINO, with the figures behind it.
+FAST_EAGER = (("deepcache=2", "tiny-vae"), "deepcache=2 and tiny-vae: 9.56 vs 17.59 s/image on fp32 eager (random:sd15, "
+              "256x256, 4 steps); deepcache=2 alone 42 dB PSNR")
+FAST_OPENVINO = (("tiny-vae",), "tiny-vae: VAE decode 0.98 -> 0.30 s, 4.64 vs 5.07 s/image on OpenVINO bf16 (random:sd15, "
+                 "256x256, 4 steps); deepcache needs the eager UNet")
 
-def system_options(cpu, environ=os.environ, libs=None, tools=None) -> tuple[launcher.LaunchOptions, tuple[str, ...]]:
+
+QUALITIES = ("exact", "high", "fast")
+
+
+def parse(text: str) -> str:
+    """`auto` or `auto:LEVEL` -> the quality level; UsageError for another level."""
+    level = text.partition(":")[2] or "high"
+    if level not in QUALITIES:
+        raise UsageError(f"unknown quality {level!r}: choose from {', '.join(QUALITIES)}")
+    return level
+
+
+def system_options(cpu, environ=os.environ, libs=None, tools=None,
+                   quality="high") -> tuple[launcher.LaunchOptions, tuple[str, ...]]:
     """The system steps `auto` takes here, with one reason each: the launcher's hardware rules, less a preloaded
     allocator where auto runs OpenVINO (its CPU plugin aborts beside one). `sdcpu launch --auto` uses the same."""
     libs = launcher.find_libraries(launcher.library_dirs(environ)) if libs is None else libs
     tools = launcher.probe_pinning_tools(cpu) if tools is None else tools
     options, reasons = launcher.auto_options(cpu, libs, tools)
-    if _use_openvino(cpu) and options.allocator != "default":
+    if _use_openvino(cpu, quality) and options.allocator != "default":
         reasons = tuple(r for r in reasons if not r.startswith("allocator")) + (
             f"no {options.allocator}: with a preloaded allocator OpenVINO 2026.4's CPU plugin aborts the process "
             "(free(): invalid size), and auto runs OpenVINO here",)
@@ -31,20 +60,22 @@ def describe_plan(cpu, environ=os.environ) -> str:
     return "\n".join([*(f"- {reason}" for reason in reasons), "", launcher.format_plan(first)])
 
 
-def _use_openvino(cpu) -> bool:
-    return cpu.native_bf16 and importlib.util.find_spec("openvino") is not None
+def _use_openvino(cpu, quality: str) -> bool:
+    return quality != "exact" and cpu.native_bf16 and importlib.util.find_spec("openvino") is not None
 
 
-def recipe(cpu, environ=os.environ) -> tuple[Recipe, tuple[str, ...]]:
-    """(the auto recipe for CPU, one reason per choice)."""
-    options, reasons = system_options(cpu, environ)
-    use_openvino = _use_openvino(cpu)
+def recipe(cpu, environ=os.environ, quality="high") -> tuple[Recipe, tuple[str, ...]]:
+    """(the auto recipe for CPU at QUALITY, one reason per choice)."""
+    options, reasons = system_options(cpu, environ, quality=quality)
+    use_openvino = _use_openvino(cpu, quality)
     steps = [Step(options.allocator)] if options.allocator != "default" else []
     steps += [Step("iomp")] if options.openmp == "iomp" else []
     steps += [Step("pin")] if options.pin else []
     reasons += ("no channels_last: no measured gain (fp32 SD 1.5 UNet forward 12.3 vs 12.5 s on an AVX2 EPYC, 8.4 vs "
                 "7.1 s on an AMX Xeon) and +2.9 GiB peak RSS while the weights are converted",)
-    if use_openvino:
+    if quality == "exact":
+        reasons += ("quality exact: fp32 only; no bf16 (max abs drift ~2e-2 on the output, PSNR ~48 dB)",)
+    elif use_openvino:
         steps.append(Step("openvino"))
         reasons += (f"openvino in bf16 ({cpu.native_bf16_reason}): 3.39 vs 5.12 s/image for torch bf16 (random:sd15, "
                     "256x256, 4 steps, AMX Xeon, one bench run); IR converted once (~40 s), then a few s per process",)
@@ -54,4 +85,9 @@ def recipe(cpu, environ=os.environ) -> tuple[Recipe, tuple[str, ...]]:
     else:
         reasons += (f"no bf16: {cpu.native_bf16_reason} (a bf16 UNet forward measured 7-18x slower than fp32 on an "
                     "AVX2-only EPYC)",)
-    return Recipe("auto", tuple(steps)), reasons
+    if quality == "fast":
+        fast, why = FAST_OPENVINO if use_openvino else FAST_EAGER
+        steps += [Step.parse(step) for step in fast]
+        reasons += (f"quality fast: {why}",)
+    name = "auto" if quality == "high" else f"auto:{quality}"
+    return Recipe(name, tuple(steps)), reasons

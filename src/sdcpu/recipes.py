@@ -130,12 +130,17 @@ NAMED = {
 }
 
 
+def is_auto(text: str) -> bool:
+    """`auto` or `auto:QUALITY`."""
+    return text.strip() == "auto" or text.strip().startswith("auto:")
+
+
 def parse(text: str) -> Recipe:
     """A named recipe, or comma-separated steps. `auto` is resolved by `sdcpu.auto`, not here."""
     text = text.strip()
     if text in NAMED:
         return Recipe(text, tuple(Step.parse(s) for s in NAMED[text].split(",") if s))
-    if text == "auto":
+    if is_auto(text):
         raise UsageError("recipe 'auto' depends on the machine: resolve it with sdcpu.auto.recipe()")
     steps = tuple(Step.parse(part) for part in text.split(",") if part.strip())
     names = [step.name for step in steps]

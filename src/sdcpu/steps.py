@@ -44,11 +44,11 @@ def optimize(pipe, recipe="auto", cpu=None):
 
 
 def resolve(text: str, cpu) -> recipes.Recipe:
-    """A recipe string, with `auto` resolved for CPU."""
-    if text == "auto":
+    """A recipe string, with `auto` / `auto:QUALITY` resolved for CPU."""
+    if recipes.is_auto(text):
         from sdcpu import auto
 
-        return auto.recipe(cpu)[0]
+        return auto.recipe(cpu, quality=auto.parse(text.strip()))[0]
     return recipes.parse(text)
 
 

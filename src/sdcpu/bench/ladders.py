@@ -6,7 +6,7 @@ what was measured (`full` keeps a step only when it made the image faster).
 
 from dataclasses import dataclass, fields
 
-from sdcpu import recipes
+from sdcpu import auto, recipes
 from sdcpu.errors import UsageError
 
 SEED_PROMPT = "sailing ship in storm by Rembrandt"
@@ -72,14 +72,16 @@ FULL_CANDIDATES = ("channels_last", "bf16", "compile", "openvino", "ipex", "sche
 def parse_recipes(text: str) -> tuple[Rung, ...]:
     """`--recipes`: recipes separated by `;`, or by `,` when every item is a named recipe (`baseline,system,auto`)."""
     items = text.split(";") if ";" in text else text.split(",")
-    if ";" not in text and not all(item.strip() in (*recipes.NAMED, "auto") for item in items):
+    if ";" not in text and not all(item.strip() in recipes.NAMED or recipes.is_auto(item) for item in items):
         items = [text]  # one recipe of steps, e.g. jemalloc,iomp,pin
     items = [item.strip() for item in items if item.strip()]
     if not items:
         raise UsageError("--recipes is empty")
     for item in items:
-        if item != "auto":
-            recipes.parse(item)  # refuse a bad recipe before any rung runs
+        if recipes.is_auto(item):
+            auto.parse(item)  # refuse a bad recipe before any rung runs
+        else:
+            recipes.parse(item)
     return tuple(Rung(item, item) for item in items)
 
 

@@ -3,7 +3,8 @@
 import dataclasses
 import os
 
-from sdcpu import generate, hardware, models, relaunch, schedulers, steps
+from sdcpu import generate, hardware, models, recipes, relaunch, schedulers, steps
+from sdcpu.errors import UsageError
 
 DEFAULT_MODEL = "random:sd15"
 
@@ -16,6 +17,9 @@ def register(sub):
     p.add_argument("--recipe", default="auto",
                    help="a named recipe (baseline, system, framework, seed, auto) or steps, e.g. "
                         "jemalloc,iomp,pin,channels_last,bf16 (default %(default)s; `sdcpu info` shows what it picks)")
+    p.add_argument("--quality", choices=("exact", "high", "fast"),
+                   help="the auto recipe's quality level: exact (fp32 only), high (default: + native bf16), fast "
+                        "(+ deepcache, tiny-vae); same as --recipe auto:LEVEL")
     p.add_argument("--steps", type=int, help="denoising steps (default: the recipe's steps=, else 20)")
     p.add_argument("--size", default="512x512", help="WIDTHxHEIGHT, multiples of 8 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i (default %(default)s)")
@@ -32,7 +36,9 @@ def register(sub):
 def run(args) -> int:
     # 1. Check every input before the (slow) model load, so a typo costs nothing; then start under the recipe's plan.
     cpu = hardware.detect()
-    recipe = steps.resolve(args.recipe, cpu)
+    if args.quality and not recipes.is_auto(args.recipe):
+        raise UsageError(f"--quality sets the level of the auto recipe, not of --recipe {args.recipe}")
+    recipe = steps.resolve(f"auto:{args.quality}" if args.quality else args.recipe, cpu)
     recipe_steps, recipe_guidance = recipe.get("steps"), recipe.get("guidance")
     width, height = generate.parse_size(args.size)
     request = generate.Request(
