@@ -24,6 +24,15 @@ def test_generate_writes_pngs_that_describe_themselves(tmp_path, capsys):
     assert "s/image: text encoder" in out and "UNet" in out and "weights are random" in out
 
 
+def test_recipe_call_defaults_apply_unless_the_command_line_says_otherwise(tmp_path):
+    base = ["--model", "random:tiny", "--size", "64x64"]
+    assert main(["generate", "x", *base, "--recipe", "lcm-lora", "-o", str(tmp_path / "lcm.png")]) == 0
+    assert "Steps: 4, Sampler: lcm, CFG scale: 1.0," in Image.open(tmp_path / "lcm.png").text["parameters"]
+    assert main(["generate", "x", *base, "--recipe", "steps=2,guidance=3", "--steps", "3",
+                 "-o", str(tmp_path / "mixed.png")]) == 0
+    assert "Steps: 3, Sampler: pndm, CFG scale: 3.0," in Image.open(tmp_path / "mixed.png").text["parameters"]
+
+
 def test_same_seed_same_image(tmp_path):
     for name in ("a.png", "b.png"):
         assert main(["generate", "x", *TINY, "-o", str(tmp_path / name)]) == 0

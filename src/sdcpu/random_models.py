@@ -79,7 +79,7 @@ def ensure_built(arch: str, seed: int = 0) -> Path:
         _prefix_text_encoder(folder)
         (folder / MARKER).write_text(json.dumps({"spec": f"random:{arch}", "seed": seed, "weights": "random"}))
 
-    return _cached(cache_dir(f"random-{arch}-seed{seed}"), write)
+    return cached_folder(cache_dir(f"random-{arch}-seed{seed}"), write)
 
 
 def ensure_tiny_vae(scale: int = 8, seed: int = 0) -> Path:
@@ -98,7 +98,7 @@ def ensure_tiny_vae(scale: int = 8, seed: int = 0) -> Path:
         ).eval().save_pretrained(folder, safe_serialization=True)
         (folder / MARKER).write_text(json.dumps({"spec": "random:taesd", "seed": seed, "weights": "random"}))
 
-    return _cached(cache_dir(f"random-taesd{scale}x-seed{seed}"), write, marker="config.json")
+    return cached_folder(cache_dir(f"random-taesd{scale}x-seed{seed}"), write, marker="config.json")
 
 
 def _prefix_text_encoder(folder: Path) -> None:
@@ -126,10 +126,10 @@ def ensure_config_folder(arch: str) -> Path:
         pipe.text_encoder.config.save_pretrained(folder / "text_encoder")
         pipe.tokenizer.save_pretrained(folder / "tokenizer")
 
-    return _cached(cache_dir(f"config-{arch}"), write)
+    return cached_folder(cache_dir(f"config-{arch}"), write)
 
 
-def _cached(folder: Path, write, marker: str = "model_index.json") -> Path:
+def cached_folder(folder: Path, write, marker: str = "model_index.json") -> Path:
     """Return FOLDER, first filling it with write(staging) and renaming it into place: never half-written."""
     if (folder / marker).is_file():
         return folder

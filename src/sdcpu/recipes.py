@@ -59,6 +59,9 @@ STEP_KINDS = {
                          optional=True),
     "ipex": StepKind("framework", summary="Intel Extension for PyTorch (end-of-life), only when installed and matching"),
     "scheduler": StepKind("algorithm", _scheduler, "swap the scheduler (e.g. dpm++)"),
+    "lcm-lora": StepKind("algorithm", str, "LCM-LoRA fused into the UNet, LCM scheduler, 4 steps at guidance 1; "
+                         "=HUB_ID|DIR|FILE picks the LoRA (default latent-consistency/lcm-lora-sdv1-5; random for "
+                         "random: models)", optional=True),
     "deepcache": StepKind("algorithm", _count, "DeepCache: the full UNet every N calls, its shallow branch between"),
     "tiny-vae": StepKind("algorithm", str, "TAESD (AutoencoderTiny) as the VAE decoder; =HUB_ID|FOLDER picks "
                          "the weights (default madebyollin/taesd; random for random: models)", optional=True),

@@ -104,6 +104,13 @@ def scheduler(pipe, item, cpu):
     return f"{type(pipe.scheduler).__name__} from the model's scheduler config"
 
 
+@step("lcm-lora")
+def lcm_lora(pipe, item, cpu):
+    from sdcpu.algorithms import lcm_lora as algorithm
+
+    return algorithm.apply(pipe, item, cpu)
+
+
 @step("deepcache")
 def deepcache(pipe, item, cpu):
     from sdcpu.algorithms import deepcache as algorithm
