@@ -5,6 +5,7 @@ what it did, or raises Skip with the reason it does not apply here. The pipeline
 steps (allocator, OpenMP, threads, pinning) act at process start, so the launcher applies them, not this module.
 """
 
+import importlib
 import logging
 import time
 
@@ -77,52 +78,29 @@ def bf16(pipe, item, cpu):
     return f"UNet, VAE and text encoder weights and activations in bfloat16 ({verdict})"
 
 
-@step("compile")
-def compile_(pipe, item, cpu):
-    from sdcpu.backends import inductor
-
-    return inductor.apply(pipe, item, cpu)
-
-
-@step("openvino")
-def openvino(pipe, item, cpu):
-    from sdcpu.backends import openvino as ov
-
-    return ov.apply(pipe, item, cpu)
-
-
-@step("ipex")
-def ipex(pipe, item, cpu):
-    from sdcpu.backends import ipex as backend
-
-    return backend.apply(pipe, item, cpu)
-
-
 @step("scheduler")
 def scheduler(pipe, item, cpu):
     schedulers.set_scheduler(pipe, item.value)
     return f"{type(pipe.scheduler).__name__} from the model's scheduler config"
 
 
-@step("lcm-lora")
-def lcm_lora(pipe, item, cpu):
-    from sdcpu.algorithms import lcm_lora as algorithm
-
-    return algorithm.apply(pipe, item, cpu)
-
-
-@step("deepcache")
-def deepcache(pipe, item, cpu):
-    from sdcpu.algorithms import deepcache as algorithm
-
-    return algorithm.apply(pipe, item, cpu)
+# Steps that live in a module of their own (heavy imports stay out of the others' way): `apply(pipe, item, cpu)`.
+MODULE_STEPS = {
+    "compile": "sdcpu.backends.inductor", "openvino": "sdcpu.backends.openvino", "ipex": "sdcpu.backends.ipex",
+    "lcm-lora": "sdcpu.algorithms.lcm_lora", "deepcache": "sdcpu.algorithms.deepcache",
+    "tiny-vae": "sdcpu.algorithms.tiny_vae",
+}
 
 
-@step("tiny-vae")
-def tiny_vae(pipe, item, cpu):
-    from sdcpu.algorithms import tiny_vae as algorithm
+def _module_step(module: str):
+    def apply(pipe, item, cpu):
+        return importlib.import_module(module).apply(pipe, item, cpu)
 
-    return algorithm.apply(pipe, item, cpu)
+    return apply
+
+
+for _name, _module in MODULE_STEPS.items():
+    step(_name)(_module_step(_module))
 
 
 @step("steps")
