@@ -1,4 +1,4 @@
-"""The work-cutting steps on random:tiny: deepcache and tiny-vae apply or say why not, give finite images of the right
+"""The work-cutting steps on random:tiny: deepcache, tome and tiny-vae apply or say why not, give finite images of the right
 shape, are reproducible for a seed, and deepcache=1 is the exact UNet."""
 
 import numpy as np
@@ -98,3 +98,34 @@ def test_lcm_lora_without_the_hub_is_skipped_with_the_reason():
     pipe.sdcpu_model = None
     _, outcomes = optimize(pipe, "lcm-lora")
     assert not outcomes[0].applied and "latent-consistency/lcm-lora-sdv1-5" in outcomes[0].detail
+
+
+def test_token_merging_merges_the_asked_share_and_unmerge_restores_every_token():
+    from sdcpu.algorithms.tome import bipartite_matching
+
+    x = torch.randn(2, 8 * 6, 5)
+    merge, unmerge = bipartite_matching(x, 8, 6, merged=10, seed=3)
+    assert merge(x).shape == (2, 8 * 6 - 10, 5)
+    restored = unmerge(merge(x))
+    changed = (restored != x).any(dim=-1).sum(dim=1)  # a merged pair both take their mean: at most 2 tokens per merge
+    assert restored.shape == x.shape and 0 < changed.min() and changed.max() <= 2 * 10
+    pairs = x.clone()
+    pairs[:, 1::2] = pairs[:, 0::2]  # every token has a twin; with seed 3, 12+ sources have theirs as a destination
+    merge, unmerge = bipartite_matching(pairs, 8, 6, merged=12, seed=3)
+    assert torch.allclose(unmerge(merge(pairs)), pairs, atol=1e-6)
+    merge, unmerge = bipartite_matching(x, 8, 6, merged=0)
+    assert torch.equal(unmerge(merge(x)), x)
+
+
+def test_tome_changes_the_image_a_little_and_is_reproducible(reference):
+    pipe, outcomes = optimized("tome=0.5")
+    assert outcomes["tome"].applied and "5 self-attentions" in outcomes["tome"].detail
+    first, second = image(pipe), image(pipe)
+    assert first.shape == reference.shape and np.isfinite(first).all()
+    assert np.array_equal(first, second)
+    assert 0 < np.abs(first - reference).max() < 0.1
+
+
+def test_tome_after_a_backend_is_skipped_with_the_reason():
+    _, outcomes = optimized("compile,tome")
+    assert not outcomes["tome"].applied and "put tome before" in outcomes["tome"].detail
