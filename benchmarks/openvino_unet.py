@@ -50,7 +50,7 @@ def timed(forward, runs: int):
 def openvino_unet(path, config, precision: str, row: dict):
     """The UNet wrapper sdcpu's openvino step installs, compiled for the benchmark's shapes (timed apart)."""
     core, compile_config = backend.runtime(precision)
-    wrapper = backend.UNet(backend.Compiled(core, core.read_model(path), compile_config, "unet"), config)
+    wrapper = backend.UNet(backend.Compiled(core, path, compile_config, "unet"), config)
     sample, _, states = inputs()
     start = time.perf_counter()
     wrapper.run.compile((tuple(sample.shape), (sample.shape[0],), tuple(states.shape)))

@@ -64,7 +64,7 @@ def apply(pipe, step, cpu) -> str:
         if not path.is_file():
             convert(getattr(pipe, name), name, path)
             converted.append(name)
-        setattr(pipe, name, wrapper(Compiled(core, core.read_model(path), config, name), getattr(pipe, name).config))
+        setattr(pipe, name, wrapper(Compiled(core, path, config, name), getattr(pipe, name).config))
         gc.collect()  # the torch module is gone: return its memory before the next conversion
     ir = f"converted {', '.join(converted)} in {time.perf_counter() - start:.1f} s" if converted else "reused"
     why = "asked for" if step.value else cpu.native_bf16_reason
@@ -154,11 +154,11 @@ def convert(module, name, path):
 
 
 class Compiled:
-    """A dynamic-shape OpenVINO model, compiled for each new set of static input shapes on first use."""
+    """A dynamic-shape OpenVINO model (IR at PATH), compiled for each new set of static input shapes on first use."""
 
-    def __init__(self, core, model, config: dict, name: str):
-        self.core, self.model, self.config, self.name = core, model, config, name
-        self.by_shape = {}
+    def __init__(self, core, path: Path, config: dict, name: str):
+        self.core, self.path, self.config, self.name = core, path, config, name
+        self.model, self.by_shape = core.read_model(path), {}
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         shapes = tuple(tuple(x.shape) for x in inputs)
