@@ -43,32 +43,38 @@ def test_recipes_option_refuses_a_bad_recipe_before_running():
         ladders.parse_recipes("baseline;auto:turbo")
 
 
-def test_full_ladder_keeps_a_step_only_when_it_was_faster():
-    def row(seconds, step=None):
-        return {"median_s": seconds, "steps": [{"step": step, "applied": True}] if step else []}
+def test_full_ladder_keeps_a_step_only_when_it_was_faster_and_names_each_rungs_parent():
+    def row(seconds, step):
+        return {"median_s": seconds, "steps": [{"step": step, "applied": True}]}
 
     gen = ladders.rungs("full")
-    seen = [next(gen).recipe, gen.send(row(10)).recipe]
-    timings = {"channels_last": 8, "bf16": 9, "compile": 6, "openvino": 5, "ipex": None, "scheduler=dpm++": 4,
-               "deepcache=2": 4.5, "tiny-vae": 3}
-    rung = gen.send(row(9))  # +system
+    seen = [next(gen)]
+    timings = {"channels_last": 8, "bf16": 7, "compile": 7.5, "openvino": 5, "ipex": None, "scheduler=dpm++": 4,
+               "int8": 4.5, "tiny-vae": 3, "lcm-lora": 1, "deepcache=2": 5, "tome": 6}
+    rung = gen.send({"median_s": 10, "steps": []})  # baseline
+    seen.append(rung)
+    rung = gen.send({"median_s": 9, "steps": []})  # +system
     while True:
-        seen.append(rung.recipe)
+        seen.append(rung)
         step = rung.name[1:]
         try:
             rung = gen.send(row(timings[step], step) if timings[step] else {"failed": "no ipex"})
         except StopIteration:
             break
-    assert seen == [
-        "baseline", "system",
-        "jemalloc,iomp,pin,channels_last",
-        "jemalloc,iomp,pin,channels_last,bf16",  # 9 > 8: bf16 not kept
-        "jemalloc,iomp,pin,channels_last,compile",
-        "jemalloc,iomp,pin,channels_last,openvino",  # backends replace each other
-        "jemalloc,iomp,pin,channels_last,ipex",
-        "jemalloc,iomp,pin,channels_last,openvino,scheduler=dpm++",
-        "jemalloc,iomp,pin,channels_last,openvino,scheduler=dpm++,deepcache=2",  # 4.5 > 4: not kept
-        "jemalloc,iomp,pin,channels_last,openvino,scheduler=dpm++,tiny-vae",
+    system = "jemalloc,iomp,pin"
+    assert [(r.recipe, r.parent) for r in seen] == [
+        ("baseline", None), ("system", "baseline"),
+        (f"{system},channels_last", "+system"),
+        (f"{system},channels_last,bf16", "+channels_last"),
+        (f"{system},channels_last,bf16,compile", "+bf16"),  # 7.5 > 7: not kept
+        (f"{system},channels_last,bf16,openvino", "+bf16"),
+        (f"{system},channels_last,bf16,ipex", "+openvino"),  # backends replace each other
+        (f"{system},channels_last,bf16,openvino,scheduler=dpm++", "+openvino"),
+        (f"{system},channels_last,bf16,openvino,scheduler=dpm++,int8", "+scheduler=dpm++"),  # 4.5 > 4: not kept
+        (f"{system},channels_last,bf16,openvino,scheduler=dpm++,tiny-vae", "+scheduler=dpm++"),
+        (f"{system},channels_last,bf16,scheduler=dpm++,tiny-vae,lcm-lora,openvino", "+tiny-vae"),  # before the backend
+        (f"{system},channels_last,bf16,deepcache=2", "+bf16"),  # eager only: on the fastest recipe without a backend
+        (f"{system},channels_last,bf16,tome", "+bf16"),
     ]
 
 

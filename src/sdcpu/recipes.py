@@ -30,6 +30,16 @@ def _scheduler(text: str) -> str:
     return lookup(text) and text
 
 
+TOME_MAX_RATIO = 0.75  # token merging pairs 3 source tokens of each 2x2 cell with its destination: at most 3/4 merge
+
+
+def _ratio(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= TOME_MAX_RATIO:
+        raise ValueError(f"a fraction in (0, {TOME_MAX_RATIO}]")
+    return value
+
+
 def _precision(text: str) -> str:
     if text not in ("f32", "bf16"):
         raise ValueError("f32 or bf16")
@@ -57,12 +67,15 @@ STEP_KINDS = {
     "openvino": StepKind("framework", _precision, "UNet, VAE decoder and text encoder run by OpenVINO, static shapes; "
                          "=f32|bf16 sets the precision (default: bf16 where the CPU has it natively, else f32)",
                          optional=True),
+    "int8": StepKind("framework", summary="the OpenVINO UNet quantized to int8 by NNCF's hybrid scheme (after openvino)"),
     "ipex": StepKind("framework", summary="Intel Extension for PyTorch (end-of-life), only when installed and matching"),
     "scheduler": StepKind("algorithm", _scheduler, "swap the scheduler (e.g. dpm++)"),
     "lcm-lora": StepKind("algorithm", str, "LCM-LoRA fused into the UNet, LCM scheduler, 4 steps at guidance 1; "
                          "=HUB_ID|DIR|FILE picks the LoRA (default latent-consistency/lcm-lora-sdv1-5; random for "
                          "random: models)", optional=True),
     "deepcache": StepKind("algorithm", _count, "DeepCache: the full UNet every N calls, its shallow branch between"),
+    "tome": StepKind("algorithm", _ratio, "token merging: =R (default 0.5) of the tokens merged before each "
+                     "self-attention at the finest attention level", optional=True),
     "tiny-vae": StepKind("algorithm", str, "TAESD (AutoencoderTiny) as the VAE decoder; =HUB_ID|FOLDER picks "
                          "the weights (default madebyollin/taesd; random for random: models)", optional=True),
     "steps": StepKind("algorithm", _count, "default number of denoising steps"),

@@ -88,7 +88,7 @@ def scheduler(pipe, item, cpu):
 MODULE_STEPS = {
     "compile": "sdcpu.backends.inductor", "openvino": "sdcpu.backends.openvino", "ipex": "sdcpu.backends.ipex",
     "lcm-lora": "sdcpu.algorithms.lcm_lora", "deepcache": "sdcpu.algorithms.deepcache",
-    "tiny-vae": "sdcpu.algorithms.tiny_vae",
+    "tiny-vae": "sdcpu.algorithms.tiny_vae", "tome": "sdcpu.algorithms.tome", "int8": "sdcpu.algorithms.int8",
 }
 
 

@@ -51,6 +51,7 @@ class Rung:
     name: str
     recipe: str  # a recipe as `sdcpu generate --recipe` takes it
     peer: str | None = None  # a peer run by its own runner and environment instead of sdcpu's child
+    parent: str | None = None  # the rung this one adds a step to (the full ladder): its speedup is shown against it
 
 
 STATIC = {
@@ -66,8 +67,10 @@ STATIC = {
 }
 LADDERS = (*STATIC, "full")
 BACKENDS = ("compile", "openvino", "ipex")  # each replaces the UNet's runtime: one at a time
-FULL_CANDIDATES = ("channels_last", "bf16", "compile", "openvino", "ipex", "scheduler=dpm++", "deepcache=2", "tiny-vae")
-
+FRAMEWORK = ("channels_last", "bf16", "compile", "openvino", "ipex")
+WORK_CUTTING = ("scheduler=dpm++", "int8", "tiny-vae")  # on the fastest recipe so far
+BEFORE_BACKEND = ("lcm-lora",)  # changes the UNet's weights: inserted before the fastest recipe's backend
+EAGER_ONLY = ("deepcache=2", "tome")  # patch the eager UNet's forward: on the fastest recipe without a backend
 
 def parse_recipes(text: str) -> tuple[Rung, ...]:
     """`--recipes`: recipes separated by `;`, or by `,` when every item is a named recipe (`baseline,system,auto`)."""
@@ -95,18 +98,36 @@ def rungs(ladder: str | tuple[Rung, ...]):
 
 
 def _full():
-    """baseline, +system, then each step in turn on top of the fastest recipe so far; kept only if it was faster."""
+    """baseline, +system, then each step in turn on top of the fastest recipe so far (its parent), kept only if it was
+    faster; the eager-only steps go on the fastest recipe that has no backend, and are alternatives, never kept."""
     yield Rung("baseline", "baseline")
-    best = recipes.NAMED["system"].split(",")
-    best_row = yield Rung("+system", "system")
-    for step in FULL_CANDIDATES:
-        kept = [s for s in best if not (step in BACKENDS and s in BACKENDS)]
-        recipe = [*kept, step]
-        row = yield Rung(f"+{step}", ",".join(recipe))
-        applied = any(s["step"] == step and s["applied"] for s in row.get("steps", ()))
-        if applied and (_failed(best_row) or row.get("median_s", float("inf")) < best_row["median_s"]):
-            best, best_row = recipe, row
+    system = Rung("+system", "system", parent="baseline")
+    best = eager = (recipes.NAMED["system"].split(","), system.name, (yield system))  # (recipe, rung name, row)
+    for step in FRAMEWORK + WORK_CUTTING + BEFORE_BACKEND + EAGER_ONLY:
+        recipe, parent = _stack(step, best, eager)
+        rung = Rung(f"+{step}", ",".join(recipe), parent=parent[1])
+        row = yield rung
+        if step in EAGER_ONLY or not _applied(row, step) or not _faster(row, parent[2]):
+            continue
+        best = (recipe, rung.name, row)
+        if not set(recipe) & set(BACKENDS):
+            eager = best
 
 
-def _failed(row) -> bool:
-    return row is None or "median_s" not in row
+def _stack(step: str, best, eager):
+    """(the recipe that tries STEP, the (recipe, rung name, row) it is measured against)."""
+    if step in EAGER_ONLY:
+        return [*eager[0], step], eager
+    if step in BEFORE_BACKEND:
+        plain = [s for s in best[0] if s not in BACKENDS]
+        return [*plain, step, *(s for s in best[0] if s in BACKENDS)], best
+    kept = [s for s in best[0] if not (step in BACKENDS and s in BACKENDS)]
+    return [*kept, step], best
+
+
+def _applied(row, step: str) -> bool:
+    return any(s["step"] == step and s["applied"] for s in row.get("steps", ()))
+
+
+def _faster(row, than) -> bool:
+    return "median_s" in row and ("median_s" not in than or row["median_s"] < than["median_s"])

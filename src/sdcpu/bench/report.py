@@ -48,21 +48,23 @@ def header(rows: list[dict]) -> list[str]:
     return lines
 
 
-COLUMNS = ("#", "rung", "recipe", "s/image", "vs #1", "s/step", "text enc s", "UNet s/call", "VAE s", "compile s",
+COLUMNS = ("#", "rung", "recipe", "s/image", "vs #1", "vs parent", "s/step", "text enc s", "UNet s/call", "VAE s", "compile s",
            "UNet GFLOP/s", "% fp32 peak", "peak RSS GiB", "PSNR dB", "SSIM", "notes")
 
 
-def cells(row: dict, base: dict) -> list[str]:
-    """One table row's cells; a failed rung keeps its name, recipe and reason."""
+def cells(row: dict, base: dict, parent: dict) -> list[str]:
+    """One table row's cells; a failed rung keeps its name, recipe and reason. PARENT: the rung it adds a step to."""
     name = [str(row["index"] + 1), row["rung"], f"`{row.get('recipe_resolved', row['recipe'])}`"]
     if "failed" in row:
         return name + ["failed"] + [""] * (len(COLUMNS) - 5) + [row["failed"]]
     split, peak = row.get("split") or {}, row["matmul_peak_gflop_s"]["float32"]
-    speedup = f"{base['median_s'] / row['median_s']:.2f}x" if "median_s" in base else ""
+    speedup, over_parent = (f"{other['median_s'] / row['median_s']:.2f}x" if "median_s" in other else ""
+                            for other in (base, parent))
     gflop_s = row.get("unet_gflop_s")
     fid = row.get("fidelity") or {}
     return name + [
-        f"{row['median_s']:.2f}", speedup, f"{row['s_per_step']:.3f}", _num(split.get("text_encoder_s")),
+        f"{row['median_s']:.2f}", speedup, f"{over_parent} ({row['parent']})" if over_parent else "",
+        f"{row['s_per_step']:.3f}", _num(split.get("text_encoder_s")),
         f"{split['unet_per_call_s']:.3f} x {split['unet_calls']}" if split.get("unet_calls") else "",
         _num(split.get("vae_decode_s")), _num(row.get("compile_s"), 1),
         _num(gflop_s, 0), f"{100 * gflop_s / peak:.0f}%" if gflop_s else "", _num(row.get("peak_rss_gib")),
@@ -89,11 +91,18 @@ def notes(row: dict) -> list[str]:
     return found
 
 
+def table(rows: list[dict]) -> list[list[str]]:
+    """Every row's cells, each against rung 1 and its parent rung."""
+    by_name = {row["rung"]: row for row in rows}
+    return [cells(row, rows[0], by_name.get(row.get("parent"), {})) for row in rows]
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["# sdcpu bench", "", *header(rows), "", "| " + " | ".join(COLUMNS) + " |",
              "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in cells(row, rows[0])) + " |" for row in rows]
-    lines += ["", "s/image: median of the timed calls; UNet s/call: one denoising step (a CFG batch of 2 unless noted); "
+    lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in table(rows)]
+    lines += ["", "s/image: median of the timed calls; vs parent: the speedup over the rung this one adds its step to "
+              "(the full ladder); UNet s/call: one denoising step (a CFG batch of 2 unless noted); "
               "compile s: the warm-up call beyond its share of a timed call; PSNR/SSIM: the rung's image against rung "
               "1's, same seed (inf / 1.0: identical)."]
     return "\n".join(lines) + "\n"
@@ -136,9 +145,9 @@ def chart(rows: list[dict], path: Path) -> None:
 def page(rows: list[dict]) -> str:
     """A self-contained HTML page (no external assets): header, table, chart, and each rung's image."""
     head = "".join(f"<p>{html.escape(line).replace('**', '')}</p>" for line in header(rows))
-    table = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{html.escape(c.strip('`'))}</td>" for c in cells(row, rows[0])) + "</tr>"
-                     for row in rows)
+    grid = "<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>"
+    grid += "".join("<tr>" + "".join(f"<td>{html.escape(c.strip('`'))}</td>" for c in cells) + "</tr>"
+                    for cells in table(rows))
     images = "".join(
         f"<figure><img src='{html.escape(row['image'])}' width='256'><figcaption>{row['index'] + 1}. "
         f"{html.escape(row['rung'])}</figcaption></figure>" for row in rows if "median_s" in row)
@@ -146,7 +155,7 @@ def page(rows: list[dict]) -> str:
         "<!doctype html><meta charset='utf-8'><title>sdcpu bench</title><style>body{font-family:sans-serif;margin:2em}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 6px;font-size:13px}"
         "figure{display:inline-block;margin:6px}</style>"
-        f"<h1>sdcpu bench</h1>{head}<table>{table}</table><p><img src='ladder.png'></p><h2>Images</h2>{images}"
+        f"<h1>sdcpu bench</h1>{head}<table>{grid}</table><p><img src='ladder.png'></p><h2>Images</h2>{images}"
     )
 
 

@@ -44,7 +44,8 @@ def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> li
     rung, started = next(gen), time.perf_counter()
     with open(out / RESULTS, "w") as results:
         while True:
-            row = {"index": len(rows), "rung": rung.name, "recipe": rung.recipe, "peer": rung.peer, **context}
+            row = {"index": len(rows), "rung": rung.name, "recipe": rung.recipe, "peer": rung.peer, "parent": rung.parent,
+                   **context}
             row.update(run_rung(rung, row, protocol, out, cpu, environ, started))
             if "median_s" in row and rows and "median_s" in rows[0]:
                 image, reference = _rgb(out / row["image"]), _rgb(out / rows[0]["image"])
