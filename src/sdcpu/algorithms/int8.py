@@ -89,7 +89,8 @@ def quantize(model, samples):
             return nncf.quantize(
                 compressed, nncf.Dataset(samples), subset_size=len(samples), model_type=nncf.ModelType.TRANSFORMER,
                 ignored_scope=nncf.IgnoredScope(names=linear, validate=False),
-                advanced_parameters=nncf.AdvancedQuantizationParameters(smooth_quant_alpha=-1),
+                advanced_parameters=nncf.AdvancedQuantizationParameters(  # no SmoothQuant, as optimum-intel
+                    smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)),
             )
     finally:
         nncf_log.setLevel(level)
