@@ -63,12 +63,35 @@ def test_a_second_pipeline_reuses_the_quantized_unet(quantized):
     assert outcomes["int8"].seconds < quantized[1].seconds
 
 
-def test_without_openvino_it_is_skipped_with_the_reason():
+def test_without_a_backend_it_is_skipped_with_the_reason():
     _, outcomes = steps(load_pipeline("random:tiny"), "int8")
-    assert not outcomes["int8"].applied and "put it after `openvino`" in outcomes["int8"].detail
+    assert not outcomes["int8"].applied and "put it after `openvino` (NNCF) or `compile`" in outcomes["int8"].detail
 
 
 def test_without_nncf_it_is_skipped_with_the_install_line(quantized, monkeypatch):
     monkeypatch.setitem(sys.modules, "nncf", None)
     with pytest.raises(int8.Skip, match="pip install .*nncf"):
         int8.apply(quantized[0], None, F32_CPU)
+
+
+@pytest.mark.slow  # inductor compiles the quantized tiny UNet: ~2 minutes on 2 cores
+def test_after_compile_the_unet_is_quantized_by_pt2e_and_stays_close():
+    pytest.importorskip("torchao")
+    eager = image(load_pipeline("random:tiny"))
+    pipe, outcomes = steps(load_pipeline("random:tiny"), "compile,int8")
+    assert outcomes["int8"].applied and "PT2E" in outcomes["int8"].detail
+    first = image(pipe)
+    assert np.isfinite(first).all() and np.array_equal(first, image(pipe))
+    assert 1e-4 < np.abs(first - eager).max() < INT8_ATOL
+
+
+def test_pt2e_needs_an_fp32_unet():
+    pytest.importorskip("torchao")
+    _, outcomes = steps(load_pipeline("random:tiny"), "bf16!,compile,int8")
+    assert not outcomes["int8"].applied and "drop bf16" in outcomes["int8"].detail
+
+
+def test_pt2e_refuses_a_recipe_without_cfg():
+    pytest.importorskip("torchao")
+    _, outcomes = steps(load_pipeline("random:tiny"), "guidance=1,compile,int8")
+    assert not outcomes["int8"].applied and "guidance <= 1" in outcomes["int8"].detail

@@ -1,15 +1,17 @@
-"""The `int8` step: the OpenVINO UNet quantized to 8 bits by NNCF's hybrid scheme, as optimum-intel does for diffusion.
+"""The `int8` step: the UNet quantized to 8 bits, after the backend that runs it (`openvino,int8` or `compile,int8`).
 
-Plain int8 post-training quantization of a diffusion UNet visibly hurts its images, so hybrid quantization splits the
-work (optimum-intel's `quant_method="hybrid"`):
-1. weights of the MatMul layers (linear projections) compressed to int8 (asymmetric), activations left as they are;
-2. everything else quantized fully (weights and activations): the convolutions and the attention's activation-by-
-   activation MatMuls, with activation ranges calibrated on the UNet's inputs from a few generated images.
-The calibration images are made here, offline: CALIBRATION_PROMPTS at the UNet's native size, CALIBRATION_STEPS steps
-each, through the pipeline as it stands (so through the openvino UNet). The quantized IR is kept beside the UNet's
-IR ($SDCPU_HOME/openvino/<key>/unet-int8.xml): later processes reuse it. Put `int8` after `openvino`.
+- After `openvino`: NNCF's hybrid quantization, as optimum-intel does for diffusion (`quant_method="hybrid"`), since
+  plain int8 post-training quantization of a diffusion UNet visibly hurts its images: (1) weights of the MatMul layers
+  (linear projections) compressed to int8, their activations left as they are; (2) everything else quantized fully
+  (weights and activations): the convolutions and the attention's activation-by-activation MatMuls. The quantized IR
+  is kept beside the UNet's ($SDCPU_HOME/openvino/<key>/unet-int8.xml): later processes reuse it.
+- After `compile`: torchao's PT2E flow (torch.ao.quantization is deprecated): the eager fp32 UNet exported with
+  dynamic batch and latent size, X86InductorQuantizer's default static int8 (weights per channel, activations per
+  tensor), then compiled by inductor with the compile step's frozen weights. Done in every process (minutes for SD 1.5).
+  The export covers CFG batches (2 to 32): torch.export specializes a batch of 1, so guidance <= 1 is refused.
 
-Only the openvino backend has it: torchao's PT2E path for `compile` is not built (the step says so when it skips).
+Activation ranges are calibrated on the UNet's inputs while the pipeline makes CALIBRATION_PROMPTS at the UNet's native
+size, CALIBRATION_STEPS steps each: offline, no data set needed.
 """
 
 import contextlib
@@ -18,6 +20,9 @@ import os
 import sys
 import time
 
+import torch
+
+from sdcpu.backends.components import Entry, UNet
 from sdcpu.steps_base import Skip
 
 log = logging.getLogger(__name__)
@@ -31,69 +36,87 @@ IR_NAME = "unet-int8.xml"
 
 
 def apply(pipe, step, cpu) -> str:
-    from sdcpu.backends import openvino as backend
+    from sdcpu.backends import openvino
 
-    if not isinstance(pipe.unet, backend.UNet):
-        raise Skip("int8 quantizes the OpenVINO UNet: put it after `openvino` (torchao's PT2E quantization for "
-                   "`compile` is not built yet)")
-    try:
-        import nncf  # noqa: F401 -- a clear skip rather than an ImportError half-way
-    except ImportError:
-        raise Skip("nncf is not installed: pip install -c constraints.txt nncf") from None
-    run = pipe.unet.run
-    path = run.path.with_name(IR_NAME)
-    made = ""
-    if not path.is_file():
-        start = time.perf_counter()
-        samples = calibration_inputs(pipe)
-        save(quantize(run.model, samples), path)
-        made = f", calibrated on {len(samples)} UNet calls and quantized in {time.perf_counter() - start:.1f} s"
-    pipe.unet = backend.UNet(backend.Compiled(run.core, path, run.config, "unet-int8"), pipe.unet.config)
-    return (f"UNet hybrid int8 (NNCF {nncf.__version__}): int8 weights on linear layers, int8 weights and activations "
-            f"on convolutions and attention matmuls{made}; IR {path}")
+    if isinstance(pipe.unet, UNet) and isinstance(pipe.unet.run, openvino.Compiled):
+        return _openvino(pipe)
+    if hasattr(pipe.unet, "_orig_mod"):  # torch.compile's wrapper
+        return _inductor(pipe)
+    raise Skip("int8 quantizes the UNet a backend runs: put it after `openvino` (NNCF) or `compile` (torchao PT2E)")
+
+
+class Recorder:
+    """Stands in for the pipeline's UNet and keeps the tensors of each call."""
+
+    def __init__(self, unet):
+        self.unet, self.calls = unet, []
+
+    def __getattr__(self, name):
+        return getattr(self.unet, name)
+
+    def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):
+        timestep_batch = torch.as_tensor(timestep, dtype=torch.float32).expand(sample.shape[0])
+        self.calls.append((sample.clone(), timestep_batch.clone(), encoder_hidden_states.clone()))
+        return self.unet(sample, timestep, encoder_hidden_states, **kwargs)
 
 
 def calibration_inputs(pipe) -> list[tuple]:
-    """The UNet's inputs (numpy arrays) over CALIBRATION_PROMPTS x CALIBRATION_STEPS generated images."""
-    import torch
-
-    run, samples = pipe.unet.run, []
-
-    def record(*inputs):
-        samples.append(tuple(x.numpy().copy() for x in inputs))
-        return run(*inputs)
-
-    pipe.unet.run = record
+    """The UNet's inputs (sample, timestep per batch item, text states) over the calibration images."""
+    unet = pipe.unet
+    pipe.unet = recorder = Recorder(unet)
     try:
-        side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+        side = unet.config.sample_size * pipe.vae_scale_factor
         for index, prompt in enumerate(CALIBRATION_PROMPTS):
             pipe(prompt, num_inference_steps=CALIBRATION_STEPS, height=side, width=side, output_type="latent",
                  generator=torch.Generator().manual_seed(index))
     finally:
-        pipe.unet.run = run
-    return samples
+        pipe.unet = unet
+    return recorder.calls
 
 
-def quantize(model, samples):
-    """Hybrid quantization of the OpenVINO UNet MODEL, activations calibrated on SAMPLES."""
-    import nncf
-
-    linear = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul" and _has_weight(op)]
+@contextlib.contextmanager
+def _quiet():
+    """NNCF logs one INFO line per layer and draws progress bars on stdout, which is the commands' output."""
     nncf_log = logging.getLogger("nncf")
     level = nncf_log.level
-    nncf_log.setLevel(logging.WARNING)  # one INFO line per layer otherwise
+    nncf_log.setLevel(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout is the commands' output
-            compressed = nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM,
-                                               ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
-            return nncf.quantize(
-                compressed, nncf.Dataset(samples), subset_size=len(samples), model_type=nncf.ModelType.TRANSFORMER,
-                ignored_scope=nncf.IgnoredScope(names=linear, validate=False),
-                advanced_parameters=nncf.AdvancedQuantizationParameters(  # no SmoothQuant, as optimum-intel
-                    smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)),
-            )
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         nncf_log.setLevel(level)
+
+
+def _openvino(pipe) -> str:
+    try:
+        import nncf
+    except ImportError:
+        raise Skip("nncf is not installed: pip install -c constraints.txt nncf") from None
+    from sdcpu.backends import openvino
+
+    run = pipe.unet.run
+    path, made = run.path.with_name(IR_NAME), ""
+    if not path.is_file():
+        start = time.perf_counter()
+        samples = [tuple(x.numpy() for x in call) for call in calibration_inputs(pipe)]
+        with _quiet():
+            _save(_hybrid(nncf, run.model, samples), path)
+        made = f", calibrated on {len(samples)} UNet calls and quantized in {time.perf_counter() - start:.1f} s"
+    pipe.unet = UNet(openvino.Compiled(run.core, path, run.config, "unet-int8"), pipe.unet.config)
+    return (f"UNet hybrid int8 (NNCF {nncf.__version__}): int8 weights on linear layers, int8 weights and activations "
+            f"on convolutions and attention matmuls{made}; IR {path}")
+
+
+def _hybrid(nncf, model, samples):
+    linear = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul" and _has_weight(op)]
+    compressed = nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                       ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
+    return nncf.quantize(
+        compressed, nncf.Dataset(samples), subset_size=len(samples), model_type=nncf.ModelType.TRANSFORMER,
+        ignored_scope=nncf.IgnoredScope(names=linear, validate=False),
+        advanced_parameters=nncf.AdvancedQuantizationParameters(  # no SmoothQuant, as optimum-intel
+            smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)),
+    )
 
 
 def _has_weight(op) -> bool:
@@ -107,7 +130,7 @@ def _has_weight(op) -> bool:
     return False
 
 
-def save(model, path):
+def _save(model, path):
     import openvino as ov
 
     staging = path.with_name(f".{path.stem}.{os.getpid()}.xml")
@@ -115,3 +138,38 @@ def save(model, path):
     os.replace(staging.with_suffix(".bin"), path.with_suffix(".bin"))
     os.replace(staging, path)
     log.info("int8: saved the quantized UNet to %s", path)
+
+
+def _inductor(pipe) -> str:
+    try:
+        from torchao.quantization.pt2e import quantize_pt2e
+        from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
+    except ImportError:
+        raise Skip("torchao is not installed: pip install -c constraints.txt torchao") from None
+    compiled, eager = pipe.unet, pipe.unet._orig_mod
+    if eager.dtype != torch.float32:
+        raise Skip(f"PT2E int8 quantizes an fp32 UNet, this one is {eager.dtype}: drop bf16 from the recipe")
+    from sdcpu.steps import defaults
+
+    if defaults(pipe).get("guidance_scale", 7.5) <= 1:
+        raise Skip("PT2E int8's exported UNet takes CFG batches (2 or more); this recipe sets guidance <= 1")
+    start = time.perf_counter()
+    pipe.unet = eager  # calibrate eagerly: the compiled UNet would compile first
+    try:
+        samples = calibration_inputs(pipe)
+    finally:
+        pipe.unet = compiled
+    factor = 2 ** (len(eager.config.block_out_channels) - 1)
+    batch = torch.export.Dim("batch", min=2, max=32)  # export specializes batch 1: CFG batches only
+    height, width = torch.export.Dim("height", min=1, max=256), torch.export.Dim("width", min=1, max=256)
+    dynamic = ({0: batch, 2: factor * height, 3: factor * width}, {0: batch}, {0: batch})
+    with torch.no_grad():
+        graph = torch.export.export(Entry(eager), samples[0], dynamic_shapes=(dynamic,)).module()  # Entry takes *inputs
+        quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
+        prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
+        for call in samples:
+            prepared(*call)
+        quantized = torch.compile(quantize_pt2e.convert_pt2e(prepared))
+    pipe.unet = UNet(quantized, eager.config)
+    return (f"UNet int8 by torchao PT2E (X86InductorQuantizer: static int8 weights and activations), calibrated on "
+            f"{len(samples)} UNet calls in {time.perf_counter() - start:.1f} s, compiled by inductor at its first call")

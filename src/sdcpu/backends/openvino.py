@@ -30,10 +30,8 @@ import warnings
 from pathlib import Path
 
 import torch
-from diffusers.models.autoencoders.vae import DecoderOutput
-from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from sdcpu.backends.components import VAE, Entry, TextEncoder, UNet
 from sdcpu.launcher import library_kind
 from sdcpu.random_models import sdcpu_home
 from sdcpu.steps_base import Skip
@@ -109,27 +107,16 @@ def cache_key(pipe, ov_version: str) -> str:
     return digest.hexdigest()[:16]
 
 
-class _Entry(torch.nn.Module):
-    """A module's pipeline-facing call with tensor inputs and a tuple output: what convert_model traces."""
-
-    def __init__(self, module, method="forward"):
-        super().__init__()
-        self.module, self.method = module, method
-
-    def forward(self, *inputs):
-        return getattr(self.module, self.method)(*inputs, return_dict=False)
-
-
 def _traced(module, name):
     """The entry to trace for component NAME and an example input for it."""
     if name == "text_encoder":
-        return _Entry(module), (torch.zeros(1, EXAMPLE_TOKENS, dtype=torch.long),)
+        return Entry(module), (torch.zeros(1, EXAMPLE_TOKENS, dtype=torch.long),)
     if name == "unet":
         config = module.config
         sample = torch.randn(2, config.in_channels, EXAMPLE_LATENT, EXAMPLE_LATENT)
         context = torch.randn(2, EXAMPLE_TOKENS, config.cross_attention_dim)
-        return _Entry(module), (sample, torch.full((2,), 500.0), context)
-    return _Entry(module, "decode"), (torch.randn(1, module.config.latent_channels, EXAMPLE_LATENT, EXAMPLE_LATENT),)
+        return Entry(module), (sample, torch.full((2,), 500.0), context)
+    return Entry(module, "decode"), (torch.randn(1, module.config.latent_channels, EXAMPLE_LATENT, EXAMPLE_LATENT),)
 
 
 def convert(module, name, path):
@@ -176,53 +163,3 @@ class Compiled:
         log.info("openvino: compiled %s for %s in %.1f s (%s)", self.name, sizes,
                  time.perf_counter() - start, self.config["INFERENCE_PRECISION_HINT"])
         return compiled
-
-
-def _refuse(what: str, **options):
-    """Raise for any option the converted model does not take, rather than silently ignore it."""
-    given = [name for name, value in options.items() if value is not None and value is not False]
-    if given:
-        raise NotImplementedError(f"the openvino step's {what} does not support {', '.join(given)}")
-
-
-class _Component:
-    """What StableDiffusionPipeline reads of any component: config, dtype, device."""
-
-    dtype = torch.float32
-    device = torch.device("cpu")
-
-    def __init__(self, run: Compiled, config):
-        self.run, self.config = run, config
-
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
-
-
-class UNet(_Component):
-    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None, cross_attention_kwargs=None,
-                added_cond_kwargs=None, return_dict=True):
-        _refuse("UNet", timestep_cond=timestep_cond, cross_attention_kwargs=cross_attention_kwargs,
-                added_cond_kwargs=added_cond_kwargs)
-        factor = 2 ** (len(self.config.block_out_channels) - 1)  # traced for latents it halves evenly
-        if sample.shape[-2] % factor or sample.shape[-1] % factor:
-            raise ValueError(f"the openvino step's UNet needs latent height and width divisible by {factor} "
-                             f"(image sides divisible by {8 * factor} for SD), got {tuple(sample.shape[-2:])}")
-        timestep = torch.as_tensor(timestep, dtype=torch.float32).expand(sample.shape[0]).contiguous()
-        (noise,) = self.run(sample, timestep, encoder_hidden_states)
-        return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
-
-
-class VAE(_Component):
-    """The VAE's decoder path only: what text-to-image calls."""
-
-    def decode(self, latents, return_dict=True, generator=None):
-        (image,) = self.run(latents)
-        return DecoderOutput(sample=image) if return_dict else (image,)
-
-
-class TextEncoder(_Component):
-    def forward(self, input_ids, attention_mask=None, output_hidden_states=None):
-        _refuse("text encoder (last layer only: no clip_skip)", attention_mask=attention_mask,
-                output_hidden_states=output_hidden_states)
-        hidden, pooled = self.run(input_ids)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)

@@ -1,0 +1,70 @@
+"""Pipeline-facing stand-ins for the UNet, the VAE decoder and the text encoder when another runtime runs them
+(OpenVINO, a quantized exported graph): each keeps what StableDiffusionPipeline reads (config, dtype, device, call
+signature, return type) and hands tensors to RUN, a callable returning a tuple of tensors.
+"""
+
+import torch
+from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+
+class Entry(torch.nn.Module):
+    """A module's pipeline-facing call with tensor inputs and a tuple output: what a converter traces or exports."""
+
+    def __init__(self, module, method="forward"):
+        super().__init__()
+        self.module, self.method = module, method
+
+    def forward(self, *inputs):
+        return getattr(self.module, self.method)(*inputs, return_dict=False)
+
+
+def refuse(what: str, **options):
+    """Raise for any option the converted model does not take, rather than silently ignore it."""
+    given = [name for name, value in options.items() if value is not None and value is not False]
+    if given:
+        raise NotImplementedError(f"the {what} does not support {', '.join(given)}")
+
+
+class Component:
+    """What StableDiffusionPipeline reads of any component: config, dtype, device."""
+
+    dtype = torch.float32
+    device = torch.device("cpu")
+
+    def __init__(self, run, config):
+        self.run, self.config = run, config
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+
+class UNet(Component):
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None, cross_attention_kwargs=None,
+                added_cond_kwargs=None, return_dict=True):
+        refuse("UNet", timestep_cond=timestep_cond, cross_attention_kwargs=cross_attention_kwargs,
+               added_cond_kwargs=added_cond_kwargs)
+        factor = 2 ** (len(self.config.block_out_channels) - 1)  # converted for latents it halves evenly
+        if sample.shape[-2] % factor or sample.shape[-1] % factor:
+            raise ValueError(f"the UNet needs latent height and width divisible by {factor} "
+                             f"(image sides divisible by {8 * factor} for SD), got {tuple(sample.shape[-2:])}")
+        timestep = torch.as_tensor(timestep, dtype=torch.float32).expand(sample.shape[0]).contiguous()
+        (noise,) = self.run(sample, timestep, encoder_hidden_states)
+        return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
+
+
+class VAE(Component):
+    """The VAE's decoder path only: what text-to-image calls."""
+
+    def decode(self, latents, return_dict=True, generator=None):
+        (image,) = self.run(latents)
+        return DecoderOutput(sample=image) if return_dict else (image,)
+
+
+class TextEncoder(Component):
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=None):
+        refuse("text encoder (last layer only: no clip_skip)", attention_mask=attention_mask,
+               output_hidden_states=output_hidden_states)
+        hidden, pooled = self.run(input_ids)
+        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
