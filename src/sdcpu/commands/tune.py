@@ -35,8 +35,10 @@ def register(sub):
                        description=__doc__)
     p.add_argument("--model", default=os.environ.get("SDCPU_MODEL", "random:sd15"),
                    help="model spec, as for generate (default: $SDCPU_MODEL or %(default)s)")
-    p.add_argument("--size", help="WIDTHxHEIGHT of the images to tune for (default: the model's own, 512x512 for SD 1.5)")
-    p.add_argument("--steps", type=int, default=20, help="denoising steps per image in the estimate (default %(default)s)")
+    p.add_argument("--size", help="WIDTHxHEIGHT of the images to tune for (default: the model's own, 512x512 for "
+                                  "SD 1.5)")
+    p.add_argument("--steps", type=int, default=20,
+                   help="denoising steps per image in the estimate (default %(default)s)")
     p.add_argument("--budget", type=_minutes, default=15.0, help="minutes to spend measuring (default %(default)s)")
     p.add_argument("--quality", choices=("exact", "high"), default="high",
                    help="exact: fp32 only; high: + bf16 where the CPU has it natively (auto:fast uses this profile "
@@ -58,6 +60,8 @@ def run(args) -> int:
     if args.steps < 1 or args.repeats < 2:
         raise UsageError("--steps must be at least 1 and --repeats at least 2 (a spread needs two)")
     size = parse_size(args.size) if args.size else None
+    if size and (size[0] % 8 or size[1] % 8 or min(size) < 64):
+        raise UsageError(f"size {args.size}: width and height must be multiples of 8, at least 64")
     model = parse_spec(args.model)
     cpu = hardware.detect()
     libs = launcher.find_libraries(launcher.library_dirs(os.environ))
@@ -124,17 +128,19 @@ def run(args) -> int:
 
 def _choose(space_, best, baseline, measure, results) -> tuple[tuple, float, list[str]]:
     """(the configuration to keep, its s/image, why), after confirming a winner other than the default."""
+    simpler = "the default (no recipe steps) stays, as the simpler one"
     if best.config == baseline.config:
-        return baseline.config, baseline.median, ["no configuration beat the default by more than the measured noise: the default "
-                                 "(no recipe steps) stays, as the simpler one"]
+        return baseline.config, baseline.median, [f"no configuration beat the default by more than the measured "
+                                                  f"noise: {simpler}"]
     confirmed, pooled_base, pooled_best, runs = search.confirm(baseline.config, best.config, measure)
     results += [search.Result(r.config, r.samples, r.first_call_s, r.wall_s, f"{r.status} (confirmation)", r.detail)
                 for r in runs]
-    figures = (f"default {', '.join(f'{s:.3f}' for s in pooled_base.samples)} s, `{space_.recipe(best.config)}` "
+    winner = space_.recipe(best.config)
+    figures = (f"default {', '.join(f'{s:.3f}' for s in pooled_base.samples)} s, `{winner}` "
                f"{', '.join(f'{s:.3f}' for s in pooled_best.samples)} s per image, one median per fresh process")
     if not confirmed:
-        return baseline.config, pooled_base.median, [f"`{space_.recipe(best.config)}` led the search ({baseline.median / best.median:.2f}x) "
-                                 f"but the interleaved confirmation did not beat the noise ({figures}): the default "
-                                 "stays, as the simpler one"]
-    return best.config, pooled_best.median, [f"{pooled_base.median / pooled_best.median:.2f}x the default, confirmed interleaved "
-                         f"(A B A B): {figures}"]
+        return baseline.config, pooled_base.median, [
+            f"`{winner}` led the search ({baseline.median / best.median:.2f}x) but the interleaved confirmation did "
+            f"not beat the noise ({figures}): {simpler}"]
+    return best.config, pooled_best.median, [
+        f"{pooled_base.median / pooled_best.median:.2f}x the default, confirmed interleaved (A B A B): {figures}"]

@@ -1,4 +1,4 @@
-"""The tune report: every configuration tried, the choice and why, as markdown (printed, and saved beside the profile)."""
+"""The tune report: every configuration tried, the choice and why, as markdown (printed, saved beside the profile)."""
 
 from sdcpu.tune.search import FLOOR, Result
 from sdcpu.tune.space import Space
