@@ -87,7 +87,7 @@ def now() -> str:
 
 
 def save(data: dict, report: str) -> Path:
-    """Write DATA (its key and `created` inside) as profiles/NAME.json and REPORT as NAME.md beside it; the JSON's path."""
+    """Write DATA (its key and `created` inside) as profiles/NAME.json, REPORT as NAME.md beside it; the JSON's path."""
     k = data["key"]
     slug = re.sub(r"[^a-z0-9]+", "-", data["model"].lower()).strip("-")
     digest = hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:8]
