@@ -55,3 +55,19 @@ def cli(argv) -> int:
         return main(argv)
     except SystemExit as exit_:
         return exit_.code
+
+
+def test_a_probe_runs_under_its_launch_plan_and_reports_a_skipped_step():
+    import importlib.util
+
+    from sdcpu import hardware
+    from sdcpu.tune import probe
+
+    if importlib.util.find_spec("intel_extension_for_pytorch"):
+        pytest.skip("ipex is installed here: its step would apply")
+    spec = {"model": "random:tiny", "size": [64, 64], "repeats": 2}
+    row, wall = probe.run("jemalloc=default,pin,ipex", spec, hardware.detect(), os.environ, 120)
+    result = probe.to_result(("x",), row, wall, steps=20)
+    assert row["verify_failures"] == [] and row["threads"] >= 1  # the plan took effect in the child
+    assert result.status.startswith("skipped: ipex: intel_extension_for_pytorch is not installed")
+    assert len(row["unet_s"]) == 2 and row["first_call_s"] > 0 and wall > row["compute_s"]
