@@ -28,8 +28,8 @@ def markdown(header: dict, space: Space, results: list[Result], baseline: Result
             f"{header['versions']['openvino'] or 'not installed'}; {header['created']}; quality {header['quality']}.",
             "",
             f"Each configuration ran in a fresh process under its launch plan: a first UNet forward and VAE decode "
-            f"(compiling backends compile there: `first call s`), then {header['repeats']} timed UNet forwards (batch "
-            f"2, classifier-free guidance) at {header['measured_size']} and one VAE decode. Seconds per image are "
+            f"(compiling backends compile there: `first call s`), then {header['repeats']} timed UNet forwards (`x N` "
+            f"says how many each made; batch 2, classifier-free guidance) at {header['measured_size']} and one VAE decode. Seconds per image are "
             f"estimated per repeat as {header['steps']} steps x UNet forward + VAE decode (the text encoder, ~1% of "
             "an image, is left out); `spread` is (max - min) / median over the repeats. A configuration beats the "
             f"best so far only when its median is lower by more than the larger spread of the two, and at least "
