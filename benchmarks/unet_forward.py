@@ -20,19 +20,13 @@ import time
 import torch
 
 from sdcpu import flops, load_pipeline, optimize, verify
+from sdcpu.tune.probe import BATCH, TOKENS, time_calls, unet_inputs
 
-BATCH, LATENT, TOKENS = 2, 64, 77
+LATENT = 64
 
 
 def peak_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-
-
-def inputs(config, dtype):
-    generator = torch.Generator().manual_seed(1)
-    sample = torch.randn(BATCH, config.in_channels, LATENT, LATENT, generator=generator)
-    states = torch.randn(BATCH, TOKENS, config.cross_attention_dim, generator=generator)
-    return sample.to(dtype), torch.tensor(999), states.to(dtype)
 
 
 def main():
@@ -52,13 +46,9 @@ def main():
     row["steps"] = [{"step": o.step, "applied": o.applied, "detail": o.detail, "s": round(o.seconds, 1)}
                     for o in outcomes]
     unet = pipe.unet
-    sample, timestep, states = inputs(unet.config, unet.dtype)
-    times = []
-    with torch.inference_mode():
-        for _ in range(args.runs + 1):  # the first call compiles, for the compiling steps
-            start = time.perf_counter()
-            (output,) = unet(sample, timestep, states, return_dict=False)
-            times.append(time.perf_counter() - start)
+    sample, timestep, states = unet_inputs(unet.config, BATCH, (LATENT, LATENT), unet.dtype)
+    with torch.inference_mode():  # the first call compiles, for the compiling steps
+        times, (output,) = time_calls(lambda: unet(sample, timestep, states, return_dict=False), args.runs + 1)
     median = statistics.median(times[1:])
     count = flops.unet_flops(unet.config, BATCH, (LATENT, LATENT), TOKENS)
     output = output.float()

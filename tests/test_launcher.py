@@ -229,3 +229,15 @@ def test_apply_execs_with_the_plan_env():
 def test_plan_environ_overlays_the_base():
     p = LaunchPlan({"A": "1"}, (), ())
     assert p.environ({"A": "0", "B": "2"}) == {"A": "1", "B": "2"}
+
+
+def test_jemalloc_default_preloads_jemalloc_without_the_seeds_malloc_conf():
+    from sdcpu import recipes
+
+    options = recipes.launch_options(recipes.parse("jemalloc=default"))
+    (only,) = plan(machine("epyc-2core-avx2"), options, {}, LIBS)
+    assert only.env["LD_PRELOAD"] == LIBS["jemalloc"] and "MALLOC_CONF" not in only.env
+    (seed,) = plan(machine("epyc-2core-avx2"), recipes.launch_options(recipes.parse("jemalloc")), {}, LIBS)
+    assert seed.env["MALLOC_CONF"] == JEMALLOC_CONF
+    with pytest.raises(UsageError, match="expected `default`"):
+        recipes.parse("jemalloc=fast")

@@ -1,4 +1,5 @@
-"""The `auto` recipe: the best this machine supports, decided from what it is and what is installed, with reasons.
+"""The `auto` recipe: the best this machine supports, with reasons: what `sdcpu tune` measured here when a tuned
+profile matches (sdcpu.tune.profile says how), else decided from what the machine is and what is installed.
 
 `auto` takes a quality level (`auto:exact`, `auto` = `auto:high`, `auto:fast`; `--quality` on the command line) that
 bounds which steps it may use, measured against the fp32 image of the same seed:
@@ -14,9 +15,10 @@ import dataclasses
 import importlib.util
 import os
 
-from sdcpu import launcher
+from sdcpu import launcher, recipes
 from sdcpu.errors import UsageError
 from sdcpu.recipes import Recipe, Step
+from sdcpu.tune import profile
 
 # What `fast` adds, by whether the UNet runs eagerly (deepcache needs it) or on OpenVINO, with the figures behind it.
 FAST_EAGER = (("deepcache=2", "tiny-vae"), "deepcache=2 and tiny-vae: 9.56 vs 17.59 s/image on fp32 eager (random:sd15, "
@@ -26,6 +28,8 @@ FAST_OPENVINO = (("tiny-vae",), "tiny-vae: VAE decode 0.98 -> 0.30 s, 4.64 vs 5.
 
 
 QUALITIES = ("exact", "high", "fast")
+NO_PROFILE = ("no tuned profile matches this machine, model and versions: hardware rules below, not measurements "
+              "(`sdcpu tune` measures what is fastest here and auto then uses it)")
 
 
 def parse(text: str) -> str:
@@ -36,10 +40,18 @@ def parse(text: str) -> str:
     return level
 
 
-def system_options(cpu, environ=os.environ, libs=None, tools=None,
-                   quality="high") -> tuple[launcher.LaunchOptions, tuple[str, ...]]:
-    """The system steps `auto` takes here, with one reason each: the launcher's hardware rules, less a preloaded
-    allocator where auto runs OpenVINO (its CPU plugin aborts beside one). `sdcpu launch --auto` uses the same."""
+def system_options(cpu, environ=os.environ, libs=None, tools=None, quality="high",
+                   workload=None) -> tuple[launcher.LaunchOptions, tuple[str, ...]]:
+    """The system steps `auto` takes here, with one reason each: those of a tuned profile that matches (see
+    sdcpu.tune.profile), else the launcher's hardware rules, less a preloaded allocator where auto runs OpenVINO (its
+    CPU plugin aborts beside one). `sdcpu launch --auto` uses the same."""
+    found = profile.find(cpu, quality, workload)
+    if found:
+        return recipes.launch_options(recipes.parse(found.recipe)), (found.reason(workload is not None),)
+    return _rule_options(cpu, environ, libs, tools, quality)
+
+
+def _rule_options(cpu, environ, libs, tools, quality) -> tuple[launcher.LaunchOptions, tuple[str, ...]]:
     libs = launcher.find_libraries(launcher.library_dirs(environ)) if libs is None else libs
     tools = launcher.probe_pinning_tools(cpu) if tools is None else tools
     options, reasons = launcher.auto_options(cpu, libs, tools)
@@ -48,7 +60,7 @@ def system_options(cpu, environ=os.environ, libs=None, tools=None,
             f"no {options.allocator}: with a preloaded allocator OpenVINO 2026.4's CPU plugin aborts the process "
             "(free(): invalid size), and auto runs OpenVINO here",)
         options = dataclasses.replace(options, allocator="default")
-    return options, reasons
+    return options, (NO_PROFILE,) + reasons
 
 
 def describe_plan(cpu, environ=os.environ) -> str:
@@ -64,9 +76,21 @@ def _use_openvino(cpu, quality: str) -> bool:
     return quality != "exact" and cpu.native_bf16 and importlib.util.find_spec("openvino") is not None
 
 
-def recipe(cpu, environ=os.environ, quality="high") -> tuple[Recipe, tuple[str, ...]]:
-    """(the auto recipe for CPU at QUALITY, one reason per choice)."""
-    options, reasons = system_options(cpu, environ, quality=quality)
+def recipe(cpu, environ=os.environ, quality="high", workload=None) -> tuple[Recipe, tuple[str, ...]]:
+    """(the auto recipe for CPU at QUALITY, one reason per choice): a matching tuned profile's recipe (WORKLOAD: the
+    model and size, when the caller knows them), else the hardware rules."""
+    name = "auto" if quality == "high" else f"auto:{quality}"
+    found = profile.find(cpu, quality, workload)
+    if found:
+        steps = list(recipes.parse(found.recipe).steps)
+        reasons = (found.reason(workload is not None),)
+        if quality == "fast":
+            backend = any(step.name in ("compile", "openvino", "ipex") for step in steps)
+            fast, why = FAST_OPENVINO if backend else FAST_EAGER
+            steps += [Step.parse(step) for step in fast]
+            reasons += (f"quality fast, on top of the profile: {why}",)
+        return Recipe(name, tuple(steps)), reasons
+    options, reasons = _rule_options(cpu, environ, None, None, quality)
     use_openvino = _use_openvino(cpu, quality)
     steps = [Step(options.allocator)] if options.allocator != "default" else []
     steps += [Step("iomp")] if options.openmp == "iomp" else []
@@ -89,5 +113,4 @@ def recipe(cpu, environ=os.environ, quality="high") -> tuple[Recipe, tuple[str, 
         fast, why = FAST_OPENVINO if use_openvino else FAST_EAGER
         steps += [Step.parse(step) for step in fast]
         reasons += (f"quality fast: {why}",)
-    name = "auto" if quality == "high" else f"auto:{quality}"
     return Recipe(name, tuple(steps)), reasons

@@ -44,7 +44,7 @@ ENV_VARS = (
            "allocator jemalloc/tcmalloc, openmp iomp",
            "the allocator and OpenMP runtime only replace the defaults if loaded first; appended after your own "
            "entries, skipped where yours already holds a library of the same role"),
-    EnvVar("MALLOC_CONF", JEMALLOC_CONF, "allocator jemalloc",
+    EnvVar("MALLOC_CONF", JEMALLOC_CONF, "allocator jemalloc (not jemalloc=default)",
            "the seed's jemalloc tuning: large blocks in their own extents, a background purge thread, freed pages kept "
            "60 s so each UNet step reuses the last step's buffers instead of faulting in fresh pages"),
     EnvVar("OMP_NUM_THREADS", "threads; default usable physical cores / instances", "always",
@@ -72,6 +72,7 @@ class LaunchOptions:
     threads: int | None = None  # per instance; None = usable physical cores / instances
     pin: bool = False
     instances: int = 1
+    jemalloc_conf: bool = True  # jemalloc with the seed's MALLOC_CONF; False: jemalloc's own defaults
 
     def __post_init__(self):
         if self.allocator not in ("jemalloc", "tcmalloc", "default"):
@@ -128,7 +129,8 @@ def _instance(cpu: CpuInfo, options: LaunchOptions, environ, libs, pinning_tools
     asked = [kind for kind in (options.allocator, options.openmp) if kind in LIBRARY_FILES]
     wanted = {
         "LD_PRELOAD": _preload(asked, libs, environ, notes, missing),
-        "MALLOC_CONF": JEMALLOC_CONF if options.allocator == "jemalloc" and "jemalloc" not in missing else None,
+        "MALLOC_CONF": JEMALLOC_CONF if options.allocator == "jemalloc" and options.jemalloc_conf
+        and "jemalloc" not in missing else None,
         "OMP_NUM_THREADS": str(threads),
         "KMP_BLOCKTIME": "1" if options.openmp == "iomp" else None,
         "KMP_AFFINITY": "granularity=fine,compact,1,0" if options.openmp == "iomp" and options.pin else None,

@@ -71,6 +71,11 @@ def cache_dir(name: str) -> Path:
     return sdcpu_home() / "models" / f"{name}-v{FORMAT_VERSION}"
 
 
+def built_folder(arch: str, seed: int = 0) -> Path:
+    """Where random:ARCH is (or will be) cached."""
+    return cache_dir(f"random-{arch}-seed{seed}")
+
+
 def ensure_built(arch: str, seed: int = 0) -> Path:
     """The cached diffusers folder of random:ARCH with weights, built first if needed."""
 
@@ -79,7 +84,7 @@ def ensure_built(arch: str, seed: int = 0) -> Path:
         _prefix_text_encoder(folder)
         (folder / MARKER).write_text(json.dumps({"spec": f"random:{arch}", "seed": seed, "weights": "random"}))
 
-    return cached_folder(cache_dir(f"random-{arch}-seed{seed}"), write)
+    return cached_folder(built_folder(arch, seed), write)
 
 
 def ensure_tiny_vae(scale: int = 8, seed: int = 0) -> Path:

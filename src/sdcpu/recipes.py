@@ -40,6 +40,12 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _jemalloc_conf(text: str) -> str:
+    if text != "default":
+        raise ValueError("`default` (jemalloc's own configuration) or no value (the seed's MALLOC_CONF)")
+    return text
+
+
 def _precision(text: str) -> str:
     if text not in ("f32", "bf16"):
         raise ValueError("f32 or bf16")
@@ -55,7 +61,8 @@ class StepKind:
 
 
 STEP_KINDS = {
-    "jemalloc": StepKind("system", summary="jemalloc allocator with the seed's MALLOC_CONF (LD_PRELOAD)"),
+    "jemalloc": StepKind("system", _jemalloc_conf, "jemalloc allocator with the seed's MALLOC_CONF (LD_PRELOAD); "
+                         "=default keeps jemalloc's own configuration", optional=True),
     "tcmalloc": StepKind("system", summary="tcmalloc allocator (LD_PRELOAD)"),
     "iomp": StepKind("system", summary="Intel OpenMP runtime libiomp5 (LD_PRELOAD) with KMP_* settings"),
     "threads": StepKind("system", _count, "OMP_NUM_THREADS per instance (default: usable physical cores)"),
@@ -180,4 +187,5 @@ def launch_options(recipe: Recipe):
         threads=threads.value if threads else None,
         pin=recipe.get("pin") is not None,
         instances=instances.value if instances else 1,
+        jemalloc_conf=not (recipe.get("jemalloc") and recipe.get("jemalloc").value == "default"),
     )

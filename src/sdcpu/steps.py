@@ -44,12 +44,13 @@ def optimize(pipe, recipe="auto", cpu=None):
     return pipe, tuple(outcomes)
 
 
-def resolve(text: str, cpu) -> recipes.Recipe:
-    """A recipe string, with `auto` / `auto:QUALITY` resolved for CPU."""
+def resolve(text: str, cpu, workload=None) -> recipes.Recipe:
+    """A recipe string, with `auto` / `auto:QUALITY` resolved for CPU (and WORKLOAD, the model and size a tuned
+    profile must match; None: the most recent profile for this machine)."""
     if recipes.is_auto(text):
         from sdcpu import auto
 
-        return auto.recipe(cpu, quality=auto.parse(text.strip()))[0]
+        return auto.recipe(cpu, quality=auto.parse(text.strip()), workload=workload)[0]
     return recipes.parse(text)
 
 

@@ -32,6 +32,7 @@ def run(spec: dict) -> dict:
 
     from sdcpu import flops, generate, hardware, steps, verify
     from sdcpu.models import load_pipeline, parse_spec
+    from sdcpu.tune import profile
 
     # 1. What the launcher really applied, before anything else runs.
     snap = verify.snapshot()
@@ -44,7 +45,8 @@ def run(spec: dict) -> dict:
     pipe = load_pipeline(model)
     row["load_s"] = round(time.perf_counter() - start, 2)
     cpu = hardware.detect()
-    recipe = steps.resolve(spec["recipe"], cpu)
+    recipe = steps.resolve(spec["recipe"], cpu,
+                           profile.workload_of(protocol["model"], protocol["width"], protocol["height"]))
     pipe, outcomes = steps.optimize(pipe, recipe, cpu)
     row["recipe_resolved"] = str(recipe)
     row["steps"] = [{"step": o.step, "applied": o.applied, "detail": o.detail, "s": round(o.seconds, 2)}

@@ -18,6 +18,7 @@ from pathlib import Path
 from sdcpu import hardware, relaunch, steps
 from sdcpu.bench import child, fidelity, ladders, peers
 from sdcpu.commands import info
+from sdcpu.tune import profile
 
 RESULTS = "results.jsonl"
 
@@ -71,7 +72,8 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, s
         if rung.peer:
             command, env = peers.command(rung.peer, spec, environ)
         else:
-            plan = relaunch.recipe_plan(steps.resolve(rung.recipe, cpu), cpu, environ)
+            workload = profile.workload_of(protocol.model, protocol.width, protocol.height)
+            plan = relaunch.recipe_plan(steps.resolve(rung.recipe, cpu, workload), cpu, environ)
             prefix, env = (plan.argv_prefix, plan.environ(environ)) if plan else ((), dict(environ))
             command = [*prefix, sys.executable, "-m", "sdcpu.bench.child", json.dumps(spec)]
             fields["launch"] = {"env": plan.env if plan else {}, "prefix": list(prefix),

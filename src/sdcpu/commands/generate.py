@@ -3,8 +3,9 @@
 import dataclasses
 import os
 
-from sdcpu import generate, hardware, models, recipes, relaunch, schedulers, steps
+from sdcpu import auto, generate, hardware, models, recipes, relaunch, schedulers, steps
 from sdcpu.errors import UsageError
+from sdcpu.tune import profile
 
 DEFAULT_MODEL = "random:sd15"
 
@@ -38,14 +39,19 @@ def run(args) -> int:
     cpu = hardware.detect()
     if args.quality and not recipes.is_auto(args.recipe):
         raise UsageError(f"--quality sets the level of the auto recipe, not of --recipe {args.recipe}")
-    recipe = steps.resolve(f"auto:{args.quality}" if args.quality else args.recipe, cpu)
     width, height = generate.parse_size(args.size)
+    spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
+    text = f"auto:{args.quality}" if args.quality else args.recipe
+    if recipes.is_auto(text):  # a tuned profile for this model and size, else the hardware rules: said at the end
+        recipe, (why_auto, *_) = auto.recipe(cpu, quality=auto.parse(text),
+                                             workload=profile.workload_of(args.model, width, height))
+    else:
+        recipe, why_auto = recipes.parse(text), None
     request = generate.Request(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, seed=args.seed,
         steps=20 if args.steps is None else args.steps, guidance=7.5 if args.guidance is None else args.guidance,
         num_images=args.num_images,
     ).validate()
-    spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
     paths = generate.output_paths(args.output, request.seeds())
     relaunch.under_plan(recipe, cpu)
 
@@ -75,6 +81,8 @@ def run(args) -> int:
 
     print(f"{result.summary(request.steps)}; {request.steps} steps, {width}x{height}, {scheduler}, "
           f"{len(result.images)} image(s), recipe {recipe.name}: {recipe}")
+    if why_auto:
+        print(f"auto: {why_auto}")
     skipped = [str(outcome) for outcome in outcomes if not outcome.applied]
     if skipped:
         print("skipped: " + "; ".join(skipped))

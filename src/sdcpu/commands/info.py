@@ -5,6 +5,7 @@ import platform
 from importlib import metadata
 
 from sdcpu import __version__, auto, hardware
+from sdcpu.tune import profile
 
 X86_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
 ARM_FLAGS = ("asimd", "sve", "bf16", "i8mm")
@@ -22,6 +23,7 @@ def collect() -> dict:
 
     cpu = hardware.detect()
     recipe, reasons = auto.recipe(cpu)
+    tuned = profile.find(cpu, "high")  # info knows no model: the most recent profile for this machine and versions
     isa = X86_FLAGS if cpu.arch in ("x86_64", "i686") else ARM_FLAGS
     return {
         "versions": versions(),
@@ -34,6 +36,7 @@ def collect() -> dict:
         },
         "bf16": {"native": cpu.native_bf16, "reason": cpu.native_bf16_reason},
         "auto": {"recipe": str(recipe), "reasons": list(reasons)},
+        "profile": str(tuned.path) if tuned else None,
     }
 
 
@@ -71,6 +74,8 @@ def run(args) -> int:
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     print(f"\nauto recipe: {info['auto']['recipe']}")
+    print(f"tuned profile: {info['profile']}" if info["profile"] else
+          "tuned profile: none for this machine and versions (`sdcpu tune` measures one)")
     print("\n".join(f"- {reason}" for reason in info["auto"]["reasons"]))
     print("\nlaunch plan auto applies (sdcpu launch --auto --dry-run):")
     print(auto.describe_plan(hardware.detect()).split("\n\n", 1)[1])

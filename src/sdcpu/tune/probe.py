@@ -1,0 +1,114 @@
+"""The measurement `sdcpu tune` makes of one configuration, in a fresh process started under its launch plan.
+
+What it measures predicts one image of the real job: UNet forwards at the target latent size and CFG batch 2, and one
+VAE decode, after a first call of each (where compiling backends compile: reported apart as first_call_s). The text
+encoder (one call per image, ~1% of SD 1.5's time) is left out. Per repeat, seconds per image are estimated as
+steps x UNet forward + VAE decode.
+
+    python -m sdcpu.tune.probe '{"model": "random:tiny", "recipe": "bf16", "size": null, "repeats": 3}'
+
+`run` (the parent side) starts that child under the recipe's plan (sdcpu.relaunch) and turns its row into a Result.
+"""
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from sdcpu.tune.search import Result
+
+BATCH, TOKENS = 2, 77  # classifier-free guidance: conditional and unconditional latents in one UNet call
+
+
+def unet_inputs(config, batch: int, latent: tuple[int, int], dtype, tokens: int = TOKENS):
+    """Seeded (sample, timestep, text states) for one UNet forward at LATENT (height, width)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(1)
+    sample = torch.randn(batch, config.in_channels, *latent, generator=generator)
+    states = torch.randn(batch, tokens, config.cross_attention_dim, generator=generator)
+    return sample.to(dtype), torch.tensor(999), states.to(dtype)
+
+
+def time_calls(fn, n: int) -> tuple[list[float], object]:
+    """Seconds of each of N calls of FN (perf_counter), and the last call's output."""
+    times, output = [], None
+    for _ in range(n):
+        start = time.perf_counter()
+        output = fn()
+        times.append(time.perf_counter() - start)
+    return times, output
+
+
+def measure(spec: dict) -> dict:
+    """Inside the child: load, optimize, time; the row the parent reads."""
+    import torch
+
+    from sdcpu import hardware, steps, verify
+    from sdcpu.models import load_pipeline
+    from sdcpu.tune.profile import unet_hash
+
+    snap = verify.snapshot()
+    start = time.perf_counter()
+    pipe = load_pipeline(spec["model"])
+    unet_config, scale = pipe.unet.config, pipe.vae_scale_factor
+    width, height = spec["size"] or (unet_config.sample_size * scale,) * 2
+    row = {"load_s": round(time.perf_counter() - start, 2), "width": width, "height": height,
+           "unet_hash": unet_hash(unet_config), "unet_params": sum(p.numel() for p in pipe.unet.parameters()),
+           "verify_failures": verify.check(snap), "threads": torch.get_num_threads()}
+    _, outcomes = steps.optimize(pipe, steps.resolve(spec["recipe"], hardware.detect()))
+    row["skipped"] = [f"{o.step}: {o.detail}" for o in outcomes if not o.applied]
+    unet, vae = pipe.unet, pipe.vae
+    sample, timestep, states = unet_inputs(unet_config, BATCH, (height // scale, width // scale), unet.dtype)
+    latents = torch.randn(1, vae.config.latent_channels, height // scale, width // scale,
+                          generator=torch.Generator().manual_seed(2)).to(vae.dtype)
+    forward = lambda: unet(sample, timestep, states, return_dict=False)  # noqa: E731
+    decode = lambda: vae.decode(latents, return_dict=False)  # noqa: E731
+    with torch.inference_mode():
+        first = time_calls(forward, 1)[0] + time_calls(decode, 1)[0]
+        unet_s = time_calls(forward, spec["repeats"])[0]
+        vae_s = time_calls(decode, 1)[0]
+    row.update(first_call_s=round(sum(first), 3), unet_s=[round(t, 4) for t in unet_s], vae_s=round(vae_s[0], 4),
+               compute_s=round(sum(first) + sum(unet_s) + vae_s[0], 3),
+               peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+    return row
+
+
+def run(recipe: str, spec: dict, cpu, environ, timeout_s: float) -> tuple[dict, float]:
+    """Start the child for RECIPE under its launch plan; (its row, or {"failed": reason}; wall seconds)."""
+    from sdcpu import recipes, relaunch
+
+    plan = relaunch.recipe_plan(recipes.parse(recipe), cpu, environ)
+    prefix, env = (plan.argv_prefix, plan.environ(environ)) if plan else ((), dict(environ))
+    command = [*prefix, sys.executable, "-m", "sdcpu.tune.probe", json.dumps({**spec, "recipe": recipe})]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=max(timeout_s, 1))
+    except subprocess.TimeoutExpired:
+        return {"failed": f"over the {timeout_s:.0f} s left of the budget: stopped"}, time.perf_counter() - start
+    wall = time.perf_counter() - start
+    lines = done.stdout.strip().splitlines()
+    if done.returncode or not lines:
+        errors = [line for line in done.stderr.splitlines() if line.strip()]
+        return {"failed": f"{errors[-1].strip() if errors else 'no output'} (exit {done.returncode})"}, wall
+    return json.loads(lines[-1]), wall
+
+
+def to_result(config, row: dict, wall_s: float, steps: int) -> Result:
+    """The child's row as a Result: one seconds-per-image sample per repeat (steps x UNet forward + VAE decode)."""
+    if "failed" in row:
+        return Result(config, wall_s=wall_s, status=f"failed: {row['failed']}", detail=row)
+    if row["verify_failures"]:
+        return Result(config, wall_s=wall_s, status=f"failed: launcher: {'; '.join(row['verify_failures'])}",
+                      detail=row)
+    if row["skipped"]:
+        return Result(config, wall_s=wall_s, status=f"skipped: {'; '.join(row['skipped'])}", detail=row)
+    samples = tuple(steps * u + row["vae_s"] for u in row["unet_s"])
+    detail = {**row, "unet_median_s": statistics.median(row["unet_s"])}
+    return Result(config, samples, row["first_call_s"], wall_s, detail=detail)
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(json.loads(sys.argv[1]))), flush=True)

@@ -1,0 +1,87 @@
+"""What `sdcpu tune` may try on this machine: dimensions of options, and how a configuration becomes a recipe.
+
+A configuration holds one option per dimension; each dimension's first option is the simplest (what a process gets
+with no recipe), so the search starts from the baseline and a simpler option is the one kept on a tie. Options appear
+only where this machine can run them: a library that is not found, bf16 without native hardware (or at quality exact),
+a backend that is not installed are left out. Combinations that cannot work are refused by `conflict` with the reason.
+"""
+
+from dataclasses import dataclass
+
+Config = tuple[str, ...]  # one option per dimension, in Space.dimensions order
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    options: tuple[str, ...]  # options[0] is the default: no recipe step
+
+
+@dataclass(frozen=True)
+class Space:
+    dimensions: tuple[Dimension, ...]
+
+    @property
+    def default(self) -> Config:
+        return tuple(d.options[0] for d in self.dimensions)
+
+    def index(self, name: str) -> int:
+        return next(i for i, d in enumerate(self.dimensions) if d.name == name)
+
+    def with_option(self, config: Config, name: str, option: str) -> Config:
+        i = self.index(name)
+        return config[:i] + (option,) + config[i + 1:]
+
+    def describe(self, config: Config) -> dict[str, str]:
+        return {d.name: option for d, option in zip(self.dimensions, config)}
+
+    def recipe(self, config: Config) -> str:
+        """The configuration as recipe steps (system first, then framework), `baseline` for the default."""
+        c = self.describe(config)
+        steps = [c["allocator"]] if c.get("allocator", "default") != "default" else []
+        steps += ["iomp"] if c.get("openmp") == "iomp" else []
+        steps += [f"threads={c['threads']}"] if "threads" in c and config[self.index("threads")] != \
+            self.dimensions[self.index("threads")].options[0] else []
+        steps += ["pin"] if c.get("pin") == "on" else []
+        steps += ["channels_last"] if c.get("layout") == "channels_last" else []
+        bf16, backend = c.get("precision") == "bf16", c.get("backend", "eager")
+        if backend == "openvino":
+            steps.append(f"openvino={'bf16' if bf16 else 'f32'}")  # OpenVINO sets its own precision
+        else:
+            steps += ["bf16"] if bf16 else []
+            steps += [backend] if backend != "eager" else []
+        return ",".join(steps) or "baseline"
+
+    def conflict(self, config: Config) -> str | None:
+        """Why CONFIG cannot run here, or None."""
+        c = self.describe(config)
+        if c.get("backend") == "openvino" and c.get("allocator", "default") != "default":
+            return (f"openvino beside a preloaded {c['allocator'].split('=')[0]}: OpenVINO 2026.4's CPU plugin aborts "
+                    "the process (the openvino step skips it)")
+        return None
+
+
+def thread_counts(physical: int, logical: int) -> tuple[int, ...]:
+    """Physical cores first (the default), all logical CPUs where SMT adds some, and on big machines (16+ cores)
+    half and three quarters of the cores: a UNet step can be bound by memory bandwidth there, not by compute."""
+    counts = [physical] + ([logical] if logical > physical else [])
+    if physical >= 16:
+        counts += [physical * 3 // 4, physical // 2]
+    return tuple(counts)
+
+
+def build(cpu, libs: dict, pinning_tools, installed: set[str], quality: str) -> Space:
+    """The dimensions this machine offers. `installed` names the optional backends importable here (openvino, ipex);
+    quality `exact` keeps everything fp32."""
+    allocators = ["default"] + [a for a in ("tcmalloc",) if libs.get(a)]
+    allocators += ["jemalloc", "jemalloc=default"] if libs.get("jemalloc") else []
+    dimensions = [
+        Dimension("precision", ("fp32", "bf16") if cpu.native_bf16 and quality != "exact" else ("fp32",)),
+        Dimension("backend", ("eager", "compile", *(b for b in ("openvino", "ipex") if b in installed))),
+        Dimension("threads", tuple(map(str, thread_counts(len(cpu.usable_physical_cores), len(cpu.usable_cpus))))),
+        Dimension("allocator", tuple(allocators)),
+        Dimension("openmp", ("gomp", "iomp") if libs.get("iomp") and cpu.arch == "x86_64" else ("gomp",)),
+        Dimension("pin", ("off", "on") if pinning_tools else ("off",)),
+        Dimension("layout", ("contiguous", "channels_last")),
+    ]
+    return Space(tuple(dimensions))
