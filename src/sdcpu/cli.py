@@ -9,7 +9,7 @@ import sys
 from sdcpu import __version__
 from sdcpu.errors import UsageError
 
-COMMANDS = ("generate", "bench", "report", "info", "launch")
+COMMANDS = ("generate", "serve", "bench", "report", "info", "launch")
 
 
 class _Parser(argparse.ArgumentParser):
