@@ -1,21 +1,13 @@
 """`sdcpu serve`: an image service (OpenAI's and AUTOMATIC1111's APIs, a web page at /) keeping one optimized pipeline
 warm. It listens at once and loads, optimizes and warms up the model behind /health (503 until ready).
-
---instances N: N copies of the server, each started under its own launch plan (pinned to its share of the cores, as
-`sdcpu launch --instances N` does), all listening on the same port with SO_REUSEPORT: the kernel spreads incoming
-connections over them, with no proxy hop in between. Each copy has its own queue, /health and /metrics (a scrape
-reaches one of them, named by the X-Sdcpu-Instance header of every answer); a keep-alive connection stays with the
-copy that accepted it. SIGTERM to the parent is forwarded to every copy; each finishes its in-flight requests.
 """
 
 import os
 import signal
 import socket
-import sys
 
-from sdcpu import generate, hardware, launcher, models, recipes, relaunch, steps
+from sdcpu import generate, hardware, models, relaunch, steps
 from sdcpu.errors import UsageError
-from sdcpu.instances import run_instances
 
 DEFAULT_MODEL = "random:sd15"
 
@@ -37,8 +29,6 @@ def register(sub):
     p.add_argument("--max-size", type=int, default=1024, help="the largest width or height served (default %(default)s)")
     p.add_argument("--warmup-size", default="512x512",
                    help="size of the one-step warm-up call made before /health says ready (default %(default)s)")
-    p.add_argument("--instances", type=int, help="N server processes on one port, each pinned (default: the recipe's "
-                   "instances=N, else 1)")
     p.add_argument("--trust-pickle", action="store_true", help="allow .ckpt/.bin pickle checkpoints (they can run code)")
     p.set_defaults(func=run)
 
@@ -50,19 +40,12 @@ def run(args) -> int:
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
     width, height = generate.parse_size(args.warmup_size)
     generate.Request("warm-up", width=width, height=height).validate()
-    for name in ("max_queue", "max_batch", "max_size", "instances"):
+    for name in ("max_queue", "max_batch", "max_size"):
         value = getattr(args, name)
-        if value is not None and value < 1:
+        if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    options = recipes.launch_options(recipe)
-    instances = args.instances or options.instances
-    if instances > 1 and "SDCPU_INSTANCE" not in os.environ:
-        if args.port == 0:
-            raise UsageError("--instances needs a fixed --port: the copies share it")
-        return _run_instances(options, instances, cpu)
-    if instances == 1:
-        relaunch.under_plan(recipe, cpu)
-    sock = _listen(args.host, args.port, reuse_port=instances > 1)
+    relaunch.under_plan(recipe, cpu)  # refuses instances=N: one process here
+    sock = _listen(args.host, args.port)
 
     # 2. Serve: the worker thread loads, optimizes and warms up behind /health.
     import uvicorn
@@ -71,7 +54,7 @@ def run(args) -> int:
     from sdcpu.serve.queue import Worker
 
     settings = Settings(model=str(spec), recipe=str(recipe), random_weights=spec.random_weights,
-                        max_size=args.max_size, api_key=args.api_key, instance=os.environ.get("SDCPU_INSTANCE"))
+                        max_size=args.max_size, api_key=args.api_key)
     def stop(error):
         server.should_exit = True
 
@@ -103,20 +86,10 @@ def _prepare(worker, spec, recipe, cpu, size):
     return pipe
 
 
-def _listen(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+def _listen(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family, reuse_port=reuse_port)
+        return socket.create_server((host, port), family=family)
     except OSError as err:
         raise UsageError(f"cannot listen on {host}:{port}: {err.strerror}") from None
 
-
-def _run_instances(options: launcher.LaunchOptions, instances: int, cpu) -> int:
-    """Start INSTANCES copies of this command, each under its launch plan; wait for all (signals are forwarded)."""
-    import dataclasses
-
-    libs = launcher.find_libraries(launcher.library_dirs(os.environ))
-    tools = launcher.probe_pinning_tools(cpu) if options.pin else frozenset()
-    plans = launcher.plan(cpu, dataclasses.replace(options, instances=instances), os.environ, libs, tools)
-    environ = {**os.environ, relaunch.MARK: "1"}  # each copy starts under its plan already
-    return run_instances(plans, [sys.executable, "-m", "sdcpu", *sys.argv[1:]], environ)

@@ -37,7 +37,6 @@ class Settings:
     random_weights: bool
     max_size: int = 1024
     api_key: str | None = None
-    instance: str | None = None  # SDCPU_INSTANCE of a copy started by --instances: answered as X-Sdcpu-Instance
 
 
 class GenerationFailed(Exception):
@@ -55,13 +54,6 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
 
     app = FastAPI(title="sdcpu serve", version="1", lifespan=lifespan)
     app.middleware("http")(metrics.middleware())
-    if settings.instance is not None:
-        @app.middleware("http")
-        async def name_instance(request, call_next):
-            response = await call_next(request)
-            response.headers["X-Sdcpu-Instance"] = settings.instance
-            return response
-
     _error_handlers(app, worker)
     limits = _Limits(worker, settings)
 
