@@ -1,5 +1,6 @@
 """Text-to-image generation on a loaded pipeline: request validation, the timed call, PNGs that describe themselves."""
 
+import io
 import os
 import tempfile
 import time
@@ -71,19 +72,30 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def run(pipe, request: Request) -> Result:
     """Generate REQUEST's images with PIPE; the whole call is timed with perf_counter."""
+    return run_batch(pipe, [request])
+
+
+def run_batch(pipe, requests: list[Request]) -> Result:
+    """REQUESTS (same size, steps and guidance) in one pipeline call, one prompt per image: the images come in request
+    order, each from its own seed's generator, so a request's images are those it gets alone (up to float rounding)."""
     import torch
 
-    generators = [torch.Generator("cpu").manual_seed(seed) for seed in request.seeds()]
+    first = requests[0]
+    if any((r.width, r.height, r.steps, r.guidance) != (first.width, first.height, first.steps, first.guidance)
+           for r in requests):
+        raise ValueError("a batch shares its size, steps and guidance")
+    prompts = [r.prompt for r in requests for _ in r.seeds()]
+    negatives = [r.negative_prompt for r in requests for _ in r.seeds()]
+    generators = [torch.Generator("cpu").manual_seed(seed) for r in requests for seed in r.seeds()]
     start = time.perf_counter()
     with torch.inference_mode(), component_split(pipe) as split:
         output = pipe(
-            request.prompt,
-            negative_prompt=request.negative_prompt or None,
-            num_inference_steps=request.steps,
-            width=request.width,
-            height=request.height,
-            guidance_scale=request.guidance,
-            num_images_per_prompt=request.num_images,
+            prompts,
+            negative_prompt=negatives if any(negatives) else None,
+            num_inference_steps=first.steps,
+            width=first.width,
+            height=first.height,
+            guidance_scale=first.guidance,
             generator=generators,
         )
     return Result(images=output.images, seconds=time.perf_counter() - start, split=split)
@@ -123,16 +135,23 @@ def output_paths(output: str, seeds: list[int]) -> list[Path]:
     return [folder / name for name in names]
 
 
-def save_png(image, path: Path, parameters: str) -> None:
-    """Write IMAGE with a `parameters` text chunk; written to a temporary file first, so never half-written."""
+def encode_png(image, parameters: str) -> bytes:
+    """IMAGE as PNG bytes with a `parameters` text chunk."""
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     info.add_text("parameters", parameters)
+    out = io.BytesIO()
+    image.save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def save_png(image, path: Path, parameters: str) -> None:
+    """Write IMAGE with a `parameters` text chunk; written to a temporary file first, so never half-written."""
     fd, tmp = tempfile.mkstemp(suffix=".png.part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
-            image.save(out, format="PNG", pnginfo=info)
+            out.write(encode_png(image, parameters))
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)

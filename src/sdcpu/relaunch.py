@@ -17,7 +17,7 @@ def recipe_plan(recipe: recipes.Recipe, cpu, environ=os.environ) -> launcher.Lau
         return None
     options = recipes.launch_options(recipe)
     if options.instances > 1:
-        raise UsageError("instances=N starts several processes: use it with `sdcpu launch` or `sdcpu serve`")
+        raise UsageError("instances=N starts several processes: use it with `sdcpu launch`")
     libs = launcher.find_libraries(launcher.library_dirs(environ))
     tools = launcher.probe_pinning_tools(cpu) if options.pin else frozenset()
     return launcher.plan(cpu, options, environ, libs, tools)[0]

@@ -1,0 +1,95 @@
+"""`sdcpu serve`: an image service (OpenAI's and AUTOMATIC1111's APIs, a web page at /) keeping one optimized pipeline
+warm. It listens at once and loads, optimizes and warms up the model behind /health (503 until ready).
+"""
+
+import os
+import signal
+import socket
+
+from sdcpu import generate, hardware, models, relaunch, steps
+from sdcpu.errors import UsageError
+
+DEFAULT_MODEL = "random:sd15"
+
+
+def register(sub):
+    p = sub.add_parser("serve", help="serve images over HTTP (OpenAI and A1111 APIs, a web page)", description=__doc__)
+    p.add_argument("--model", default=os.environ.get("SDCPU_MODEL", DEFAULT_MODEL),
+                   help="random:ARCH | org/name (hub) | FOLDER | FILE.safetensors (default: $SDCPU_MODEL or %(default)s)")
+    p.add_argument("--recipe", default="auto", help="a named recipe or steps, as for generate (default %(default)s)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=7860, help="port (default %(default)s; 0: a free one, printed)")
+    p.add_argument("--api-key", default=os.environ.get("SDCPU_API_KEY"),
+                   help="require Authorization: Bearer KEY on the APIs and /metrics (default: $SDCPU_API_KEY, else none)")
+    p.add_argument("--max-queue", type=int, default=16,
+                   help="requests that may wait for the worker; more are answered 503 (default %(default)s)")
+    p.add_argument("--max-batch", type=int, default=1,
+                   help="images one pipeline call may make for waiting requests of the same size, steps, guidance "
+                        "and sampler (default %(default)s: no batching; benchmarks/serve_batching.py measures it)")
+    p.add_argument("--max-size", type=int, default=1024, help="the largest width or height served (default %(default)s)")
+    p.add_argument("--warmup-size", default="512x512",
+                   help="size of the one-step warm-up call made before /health says ready (default %(default)s)")
+    p.add_argument("--trust-pickle", action="store_true", help="allow .ckpt/.bin pickle checkpoints (they can run code)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    # 1. Check every input before the slow load; listen on the port, so a taken one fails now.
+    cpu = hardware.detect()
+    recipe = steps.resolve(args.recipe, cpu)
+    spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
+    width, height = generate.parse_size(args.warmup_size)
+    generate.Request("warm-up", width=width, height=height).validate()
+    for name in ("max_queue", "max_batch", "max_size"):
+        value = getattr(args, name)
+        if value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    relaunch.under_plan(recipe, cpu)  # refuses instances=N: one process here
+    sock = _listen(args.host, args.port)
+
+    # 2. Serve: the worker thread loads, optimizes and warms up behind /health.
+    import uvicorn
+
+    from sdcpu.serve.app import Settings, create_app
+    from sdcpu.serve.queue import Worker
+
+    settings = Settings(model=str(spec), recipe=str(recipe), random_weights=spec.random_weights,
+                        max_size=args.max_size, api_key=args.api_key)
+    def stop(error):
+        server.should_exit = True
+
+    worker = Worker(lambda w: _prepare(w, spec, recipe, cpu, (width, height)), max_queue=args.max_queue,
+                    max_batch=args.max_batch, on_fatal=stop)
+    server = uvicorn.Server(uvicorn.Config(create_app(worker, settings), log_level="info" if args.verbose else "warning"))
+    host, port = sock.getsockname()[:2]
+    print(f"sdcpu serve: listening on http://{host}:{port} (pid {os.getpid()}); loading {spec}, recipe {recipe}",
+          flush=True)
+    # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully; ignoring it then exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    server.run(sockets=[sock])
+    if worker.state.startswith("failed"):
+        raise UsageError(f"cannot serve {spec}: {worker.state.removeprefix('failed: ')}")
+    return 0
+
+
+def _prepare(worker, spec, recipe, cpu, size):
+    """Load, optimize, warm up (compiling steps compile on this call): the pipeline the worker will own."""
+    worker.state = f"loading {spec}"
+    pipe = models.load_pipeline(spec)
+    worker.state = f"optimizing with {recipe}"
+    _, outcomes = steps.optimize(pipe, recipe, cpu)
+    worker.state = f"warming up: one 1-step call at {size[0]}x{size[1]}"
+    warmup = generate.run(pipe, generate.Request("warm-up", steps=1, width=size[0], height=size[1]))
+    skipped = "; ".join(str(outcome) for outcome in outcomes if not outcome.applied)
+    print(f"sdcpu serve: ready (warm-up {warmup.seconds:.1f} s)" + (f"; skipped: {skipped}" if skipped else ""),
+          flush=True)
+    return pipe
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((host, port), family=family)
+    except OSError as err:
+        raise UsageError(f"cannot listen on {host}:{port}: {err.strerror}") from None
+

@@ -1,0 +1,175 @@
+"""The HTTP service: OpenAI's and AUTOMATIC1111's image APIs, /health, /metrics and the page at `/`, on FastAPI.
+
+Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for
+bad input (400), a missing or wrong key (401), an unknown path (404); 503 with Retry-After when the queue is full or
+the model is not ready; 500 when a generation itself fails. The server keeps serving after any of them.
+With an API key, /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY`; /, /health, /docs and
+/openapi.json stay open (they hold no images and no secrets).
+"""
+
+import asyncio
+import base64
+import contextlib
+import copy
+import hmac
+import json
+import math
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from sdcpu import generate, steps
+from sdcpu.serve import schemas
+from sdcpu.serve.metrics import Metrics
+from sdcpu.serve.queue import Done, NotReady, QueueFull, Worker
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str  # the model spec, as given
+    recipe: str  # the resolved recipe, for /health and the images' parameters
+    random_weights: bool
+    max_size: int = 1024
+    api_key: str | None = None
+
+
+class GenerationFailed(Exception):
+    """The pipeline raised while making a request's images: 500."""
+
+
+def create_app(worker: Worker, settings: Settings) -> FastAPI:
+    metrics = Metrics(worker.depth)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        worker.start()
+        yield
+        await run_in_threadpool(worker.close)  # uvicorn has let every in-flight request finish by now
+
+    app = FastAPI(title="sdcpu serve", version="1", lifespan=lifespan)
+    app.middleware("http")(metrics.middleware())
+    _error_handlers(app, worker)
+    limits = _Limits(worker, settings)
+
+    async def require_key(request: Request):
+        expected = f"Bearer {settings.api_key}".encode()
+        if settings.api_key and not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
+            raise HTTPException(401, "missing or wrong API key: send the header Authorization: Bearer KEY",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    async def run(job: schemas.Job) -> tuple[list[str], dict]:
+        future = worker.submit(job)  # NotReady, QueueFull: 503 at once
+        try:
+            done: Done = await asyncio.wrap_future(future)
+        except Exception as error:  # noqa: BLE001 - answered 500, the server goes on
+            raise GenerationFailed(f"generation failed: {error}") from error
+        metrics.images.inc(len(done.images))
+        info = _info(job, done, worker)
+        return await run_in_threadpool(_encode, done, job, settings, info), info
+
+    @app.post("/v1/images/generations", dependencies=[Depends(require_key)])
+    async def openai_images(body: schemas.OpenAIImageRequest):
+        """OpenAI's image generation; `steps`, `seed`, `negative_prompt` and `guidance` are sdcpu's extra fields."""
+        images, info = await run(schemas.from_openai(body, limits()))
+        return {"created": int(time.time()), "data": [{"b64_json": image} for image in images], "sdcpu": info}
+
+    @app.post("/sdapi/v1/txt2img", dependencies=[Depends(require_key)])
+    async def a1111_txt2img(body: schemas.A1111Txt2ImgRequest):
+        """AUTOMATIC1111's txt2img: `images` (base64 PNGs), the `parameters` asked, `info` (a JSON string)."""
+        images, info = await run(schemas.from_a1111(body, limits()))
+        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+
+    @app.get("/health")
+    async def health():
+        """200 once the model is loaded and warmed up, else 503 with what it is doing (or why it failed)."""
+        body = {"status": "ready" if worker.ready else "not ready", "state": worker.state, "model": settings.model,
+                "recipe": settings.recipe, "queue_depth": worker.depth(), "max_queue": worker.max_queue}
+        return JSONResponse(body, status_code=200 if worker.ready else 503)
+
+    @app.get("/metrics", dependencies=[Depends(require_key)])
+    async def prometheus():
+        content, media_type = metrics.render()
+        return Response(content, media_type=media_type)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page():
+        return (resources.files("sdcpu.serve") / "page.html").read_text()
+
+    return app
+
+
+class _Limits:
+    """The request bounds, made once the model is loaded (they need its tokenizer and the recipe's call defaults)."""
+
+    def __init__(self, worker: Worker, settings: Settings):
+        self.worker, self.settings, self.limits = worker, settings, None
+
+    def __call__(self) -> schemas.Limits:
+        if self.limits is None:
+            if not self.worker.ready:
+                raise NotReady(self.worker.state)
+            self.limits = schemas.Limits(self.settings.max_size, steps.defaults(self.worker.pipe),
+                                         copy.deepcopy(self.worker.pipe.tokenizer))
+        return self.limits
+
+
+def _info(job: schemas.Job, done: Done, worker: Worker) -> dict:
+    r = job.request
+    return {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "seed": r.seed, "all_seeds": r.seeds(),
+            "steps": r.steps, "cfg_scale": r.guidance, "width": r.width, "height": r.height,
+            "sampler_name": job.scheduler or worker.scheduler_name, "seconds": round(done.seconds, 3),
+            "batch_images": done.batch_images}
+
+
+def _encode(done: Done, job: schemas.Job, settings: Settings, info: dict) -> list[str]:
+    """Base64 PNGs, each with its `parameters` chunk (as `sdcpu generate` writes them)."""
+    out = []
+    for image, seed in zip(done.images, job.request.seeds()):
+        text = generate.parameters_text(job.request, seed, model=settings.model, random_weights=settings.random_weights,
+                                        scheduler=info["sampler_name"], recipe=settings.recipe)
+        out.append(base64.b64encode(generate.encode_png(image, text)).decode())
+    return out
+
+
+def _error(status: int, message: str, kind: str, headers=None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+
+
+def _error_handlers(app: FastAPI, worker: Worker) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        if tuple(first["loc"]) == ("body",) and first["type"] != "json_invalid":
+            return _error(400, "the body must be a JSON object, sent as Content-Type: application/json",
+                          "invalid_request_error")
+        where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+        return _error(400, f"{where}: {first['msg']}{more}", "invalid_request_error")
+
+    @app.exception_handler(schemas.BadRequest)
+    async def bad_request(request, exc):
+        return _error(400, str(exc), "invalid_request_error")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, exc: HTTPException):
+        return _error(exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500 else
+                      "server_error", exc.headers)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(request, exc):
+        retry = max(1, math.ceil(worker.last_seconds))
+        return _error(503, f"server busy: {exc}; retry later", "server_busy", {"Retry-After": str(retry)})
+
+    @app.exception_handler(NotReady)
+    async def not_ready(request, exc):
+        return _error(503, f"not ready: {exc}", "server_not_ready", {"Retry-After": "5"})
+
+    @app.exception_handler(GenerationFailed)
+    async def failed(request, exc):
+        return _error(500, str(exc), "server_error")

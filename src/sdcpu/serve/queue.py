@@ -1,0 +1,142 @@
+"""The worker: one thread owns the pipeline and runs one pipeline call at a time (inference is CPU-bound: two at once
+only share the same cores); requests wait in a bounded queue in front of it.
+
+The thread first loads, optimizes and warms up the model (`prepare`, so the first request pays no compile), then
+takes jobs in arrival order. With max_batch > 1, the jobs waiting with the same size, steps, guidance and scheduler
+as the first one join it in one pipeline call (a prompt list), up to max_batch images; benchmarks/serve_batching.py
+measures whether that is faster on a machine (it is off by default).
+"""
+
+import collections
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from sdcpu import generate, schedulers
+from sdcpu.serve.schemas import Job
+
+log = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):
+    """The bounded queue is full: answered 503 with Retry-After."""
+
+
+class NotReady(Exception):
+    """The model is still loading or warming up (or failed to): answered 503 with the reason."""
+
+
+@dataclass(frozen=True)
+class Done:
+    images: list  # PIL images of the job, in seed order
+    seconds: float  # wall time of the pipeline call that made them
+    batch_images: int  # images made by that call (more than the job's when batched)
+
+
+def batch_key(job: Job) -> tuple:
+    r = job.request
+    return r.width, r.height, r.steps, r.guidance, job.scheduler
+
+
+class Worker:
+    def __init__(self, prepare, *, max_queue: int, max_batch: int = 1, on_fatal=lambda error: None):
+        """PREPARE() -> pipeline runs on the worker thread before any job; ON_FATAL(error) is told when it fails."""
+        self.max_queue, self.max_batch = max_queue, max_batch
+        self.state = "loading the model"  # what /health says until "ready"
+        self.pipe = None
+        self.scheduler_name = None  # the recipe's scheduler, used when a request names none
+        self.last_seconds = 1.0  # the last pipeline call's wall time, for Retry-After
+        self._prepare, self._on_fatal = prepare, on_fatal
+        self._waiting: collections.deque[tuple[Job, Future]] = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._main, name="sdcpu-worker", daemon=True)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def depth(self) -> int:
+        """Jobs waiting (not counting the one running)."""
+        return len(self._waiting)
+
+    def start(self) -> "Worker":
+        self._thread.start()
+        return self
+
+    def submit(self, job: Job) -> Future:
+        """Queue JOB; its Future gets a Done. Raises NotReady or QueueFull at once instead of waiting."""
+        with self._cond:
+            if not self.ready or self._closing:
+                raise NotReady(self.state if not self._closing else "shutting down")
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"{len(self._waiting)} requests are waiting (--max-queue {self.max_queue})")
+            future = Future()
+            self._waiting.append((job, future))
+            self._cond.notify()
+        return future
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish the jobs already queued, then stop the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _main(self):
+        try:
+            self.pipe = self._prepare(self)
+        except Exception as error:  # noqa: BLE001 - any failure is reported, the server cannot serve without a model
+            self.state = f"failed: {error}"
+            log.error("model preparation failed: %s", error, exc_info=error)
+            self._on_fatal(error)
+            return
+        self._schedulers = {None: self.pipe.scheduler}
+        self.scheduler_name = schedulers.current_name(self.pipe)
+        self.state = "ready"
+        while batch := self._next_batch():
+            self._run(batch)
+
+    def _next_batch(self) -> list[tuple[Job, Future]]:
+        """The next job and those that may share its call; empty when closing with nothing left."""
+        with self._cond:
+            while not self._waiting and not self._closing:
+                self._cond.wait()
+            if not self._waiting:
+                return []
+            first = self._waiting.popleft()
+            batch, images = [first], first[0].request.num_images
+            for item in list(self._waiting):
+                size = item[0].request.num_images
+                if images + size <= self.max_batch and batch_key(item[0]) == batch_key(first[0]):
+                    self._waiting.remove(item)
+                    batch.append(item)
+                    images += size
+            return batch
+
+    def _run(self, batch: list[tuple[Job, Future]]) -> None:
+        live = [(job, future) for job, future in batch if future.set_running_or_notify_cancel()]  # not given up
+        if not live:
+            return
+        try:
+            self._use_scheduler(live[0][0].scheduler)
+            result = generate.run_batch(self.pipe, [job.request for job, _ in live])
+        except Exception as error:  # noqa: BLE001 - the requests fail, the worker goes on
+            log.exception("generation failed")
+            for _, future in live:
+                future.set_exception(error)
+            return
+        self.last_seconds = result.seconds
+        images = iter(result.images)
+        for job, future in live:
+            future.set_result(Done([next(images) for _ in job.request.seeds()], result.seconds, len(result.images)))
+
+    def _use_scheduler(self, name: str | None) -> None:
+        """Swap to NAME's scheduler, made once from the recipe's own (None: the recipe's own)."""
+        if name not in self._schedulers:
+            self.pipe.scheduler = self._schedulers[None]
+            schedulers.set_scheduler(self.pipe, name)
+            self._schedulers[name] = self.pipe.scheduler
+        self.pipe.scheduler = self._schedulers[name]

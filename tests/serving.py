@@ -1,0 +1,60 @@
+"""A live `sdcpu serve` on random:tiny for the serve tests: started as a subprocess on a free loopback port."""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+
+SRC = str(Path(__file__).parent.parent / "src")
+
+
+class Server:
+    def __init__(self, *args: str, home):
+        env = {**os.environ, "SDCPU_HOME": str(home), "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sdcpu", "serve", "--model", "random:tiny", "--recipe", "baseline", "--port", "0",
+             "--warmup-size", "64x64", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        line = self.proc.stdout.readline()
+        match = re.search(r"listening on (http://\S+)", line)
+        assert match, line + self.proc.stdout.read()
+        self.url = match.group(1)
+        self.wait_ready()
+
+    def wait_ready(self, timeout=120):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if httpx.get(f"{self.url}/health").status_code == 200:
+                return
+            assert self.proc.poll() is None, self.proc.stdout.read()
+            time.sleep(0.2)
+        raise TimeoutError("the server did not get ready")
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        return self.proc.wait(timeout=60)
+
+
+def counter(metrics_text: str, name: str, **labels) -> float:
+    """The value of one sample in Prometheus text, 0 when absent."""
+    want = ",".join(f'{key}="{value}"' for key, value in labels.items())
+    for line in metrics_text.splitlines():
+        if line.startswith(f"{name}{{{want}}} " if labels else f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def load_benchmark():
+    """benchmarks/serve_load.py as a module: the tests run its load loop."""
+    import importlib.util
+
+    path = Path(__file__).parent.parent / "benchmarks" / "serve_load.py"
+    spec = importlib.util.spec_from_file_location("serve_load", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,168 @@
+"""`sdcpu serve` against a live server on random:tiny: the real openai client, A1111 over httpx, bad input, auth,
+a bounded load test checked against /metrics, SIGTERM mid-request."""
+
+import base64
+import concurrent.futures
+import io
+import json
+import signal
+import time
+
+import httpx2 as httpx
+import openai
+import pytest
+from PIL import Image
+
+from serving import Server, counter, load_benchmark
+from sdcpu.cli import main
+
+KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+TINY = {"width": 64, "height": 64, "steps": 2}
+
+
+@pytest.fixture(scope="module")
+def server(sdcpu_home):
+    live = Server("--api-key", KEY, "--max-queue", "4", home=sdcpu_home)
+    yield live
+    assert live.stop() == 0
+
+
+def png(b64: str) -> Image.Image:
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    image.load()
+    return image
+
+
+def test_openai_client_gets_a_png_of_the_asked_size(server):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
+    answer = client.images.generate(prompt="a red boat", n=2, size="80x64", response_format="b64_json",
+                                    extra_body={"steps": 2, "seed": 5, "guidance": 3.0})
+    images = [png(item.b64_json) for item in answer.data]
+    assert [image.size for image in images] == [(80, 64), (80, 64)]
+    assert "Steps: 2, Sampler: pndm, CFG scale: 3.0, Seed: 6, Size: 80x64" in images[1].text["parameters"]
+
+
+def test_a1111_txt2img_with_a_sampler(server):
+    body = {"prompt": "a lighthouse", "negative_prompt": "blurry", **TINY, "seed": 7, "cfg_scale": 5,
+            "batch_size": 2, "sampler_name": "DPM++ 2M"}
+    answer = httpx.post(f"{server.url}/sdapi/v1/txt2img", json=body, headers=AUTH, timeout=60).json()
+    info = json.loads(answer["info"])
+    assert [png(image).size for image in answer["images"]] == [(64, 64), (64, 64)]
+    assert info["all_seeds"] == [7, 8] and info["sampler_name"] == "dpm++" and info["seconds"] > 0
+    assert answer["parameters"]["prompt"] == "a lighthouse"
+    again = httpx.post(f"{server.url}/sdapi/v1/txt2img", json={**body, "batch_size": 1}, headers=AUTH, timeout=60)
+    assert again.json()["images"][0] == answer["images"][0], "same seed, same image"
+
+
+LONG = "a ship " * 40  # 80 words: more than CLIP's 77 tokens
+MALFORMED = [  # (path, body as sent, what the message says)
+    ("/v1/images/generations", b"{not json", "JSON decode error"),
+    ("/v1/images/generations", b"[1, 2]", "JSON object"),
+    ("/v1/images/generations", b'"a prompt"', "JSON object"),
+    ("/v1/images/generations", {}, "prompt: Field required"),
+    ("/v1/images/generations", {"prompt": ""}, "prompt: String should have at least 1 character"),
+    ("/v1/images/generations", {"prompt": 5}, "prompt: Input should be a valid string"),
+    ("/v1/images/generations", {"prompt": "x", "n": 0}, "n: Input should be greater than or equal to 1"),
+    ("/v1/images/generations", {"prompt": "x", "n": 11}, "n: Input should be less than or equal to 10"),
+    ("/v1/images/generations", {"prompt": "x", "n": "2"}, "n: Input should be a valid integer"),
+    ("/v1/images/generations", {"prompt": "x", "size": "big"}, "expected WIDTHxHEIGHT"),
+    ("/v1/images/generations", {"prompt": "x", "size": "60x64"}, "width 60: must be a multiple of 8"),
+    ("/v1/images/generations", {"prompt": "x", "size": "64x2048"}, "height 2048: must be a multiple of 8 from 64 to 1024"),
+    ("/v1/images/generations", {"prompt": "x", "response_format": "url"}, "'url' is not served"),
+    ("/v1/images/generations", {"prompt": "x", "steps": 0}, "steps: Input should be greater than or equal to 1"),
+    ("/v1/images/generations", {"prompt": "x", "steps": 151}, "steps: Input should be less than or equal to 150"),
+    ("/v1/images/generations", {"prompt": "x", "steps": 2.5}, "steps: Input should be a valid integer"),
+    ("/v1/images/generations", {"prompt": "x", "seed": -1}, "seed: Input should be greater than or equal to 0"),
+    ("/v1/images/generations", {"prompt": "x", "style": ["vivid"]}, "style: Extra inputs are not permitted"),
+    ("/v1/images/generations", {"prompt": LONG}, "prompt is 82 tokens; the text encoder reads 77"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "width": 65}, "width 65: must be a multiple of 8"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "steps": "20"}, "steps: Input should be a valid integer"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "cfg_scale": 31}, "cfg_scale: Input should be less than or equal to 30"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "Euler z"}, "sampler_name 'Euler z' is not served"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": True}, "enable_hr: Extra inputs are not permitted"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "negative_prompt": LONG}, "negative_prompt is 82 tokens"),
+    ("/sdapi/v1/txt2img", {"prompt": None}, "prompt: Input should be a valid string"),
+]
+
+
+def test_malformed_requests_get_a_400_and_the_server_goes_on(server):
+    assert len(MALFORMED) >= 20
+    with httpx.Client(base_url=server.url, headers=AUTH, timeout=30) as client:
+        for path, body, message in MALFORMED:
+            content = body if isinstance(body, bytes) else json.dumps(body).encode()
+            answer = client.post(path, content=content, headers={"Content-Type": "application/json"})
+            assert answer.status_code == 400, (body, answer.text)
+            assert message in answer.json()["error"]["message"], (body, answer.text)
+        assert client.post("/v1/images/generations", data={"prompt": "x"}).status_code == 400  # a form, not JSON
+        assert client.get("/v1/images/generations").status_code == 405
+        assert client.get("/no/such/path").json()["error"]["message"] == "Not Found"
+        assert client.get("/health").status_code == 200
+
+
+def test_api_key_is_needed_on_the_apis_and_metrics_not_on_health_and_page(server):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY}):
+        for path in ("/v1/images/generations", "/sdapi/v1/txt2img"):
+            answer = httpx.post(f"{server.url}{path}", json={"prompt": "x"}, headers=headers)
+            assert answer.status_code == 401 and "API key" in answer.json()["error"]["message"]
+        assert httpx.get(f"{server.url}/metrics", headers=headers).status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong").images.generate(prompt="x")
+    assert httpx.get(f"{server.url}/health").json()["status"] == "ready"
+    page = httpx.get(f"{server.url}/")
+    assert page.status_code == 200 and "<form" in page.text
+    assert "http" not in page.text.replace("http-equiv", ""), "the page loads nothing from elsewhere"
+    assert "/v1/images/generations" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+
+
+def test_bounded_load_every_request_answered_200_or_503_and_metrics_agree(server):
+    path = "/v1/images/generations"
+    before = httpx.get(f"{server.url}/metrics", headers=AUTH).text
+    report = load_benchmark().load(server.url, clients=16, requests=64, body={"prompt": "x", "size": "64x64", "steps": 1},
+                  headers=AUTH, timeout=60)
+    after = httpx.get(f"{server.url}/metrics", headers=AUTH).text
+    assert report.answered == 64 and set(report.statuses) <= {200, 503}, report.statuses
+    assert report.statuses[200] >= 1 and report.statuses.get(503, 0) >= 1, "16 clients overflow a queue of 4"
+    assert report.retry_after_missing == 0
+    for status, count in report.statuses.items():
+        seen = counter(after, "sdcpu_requests_total", endpoint=path, status=status)
+        assert seen - counter(before, "sdcpu_requests_total", endpoint=path, status=status) == count
+    images = counter(after, "sdcpu_images_generated_total") - counter(before, "sdcpu_images_generated_total")
+    assert images == report.statuses[200]
+    assert counter(after, "sdcpu_queue_depth") == 0
+
+
+def test_sigterm_finishes_the_request_in_flight_then_exits_0(sdcpu_home):
+    live = Server(home=sdcpu_home)
+    body = {"prompt": "x", "width": 128, "height": 128, "steps": 40}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(httpx.post, f"{live.url}/sdapi/v1/txt2img", json=body, timeout=300)
+        time.sleep(1.0)  # the request is running
+        live.proc.send_signal(signal.SIGTERM)
+        assert not pending.done()
+        deadline = time.monotonic() + 30
+        while True:  # once the signal is handled, new connections are refused
+            try:
+                httpx.get(f"{live.url}/health", timeout=1)
+            except httpx.ConnectError:
+                break
+            except httpx.TimeoutException:
+                pass
+            assert time.monotonic() < deadline, "still accepting connections 30 s after SIGTERM"
+            time.sleep(0.1)
+        assert not pending.done(), "make the request longer: it ended before the shutdown began"
+        answer = pending.result(timeout=300)
+    assert answer.status_code == 200 and len(answer.json()["images"]) == 1
+    assert live.proc.wait(timeout=60) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-queue", "0"], "--max-queue must be at least 1"),
+    (["--warmup-size", "65x64"], "multiples of 8"),
+    (["--model", "random:sd99"], "unknown random architecture"),
+])
+def test_bad_command_line_is_one_line_and_exit_2(capsys, args, message):
+    assert main(["serve", "--recipe", "baseline", "--model", "random:tiny", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
