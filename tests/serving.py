@@ -2,6 +2,7 @@
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -13,15 +14,19 @@ SRC = str(Path(__file__).parent.parent / "src")
 
 
 class Server:
-    def __init__(self, *args: str, home):
+    def __init__(self, *args: str, home, port: int = 0):
         env = {**os.environ, "SDCPU_HOME": str(home), "HF_HUB_OFFLINE": "1",
                "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sdcpu", "serve", "--model", "random:tiny", "--recipe", "baseline", "--port", "0",
-             "--warmup-size", "64x64", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        line = self.proc.stdout.readline()
-        match = re.search(r"listening on (http://\S+)", line)
-        assert match, line + self.proc.stdout.read()
+            [sys.executable, "-m", "sdcpu", "serve", "--model", "random:tiny", "--recipe", "baseline", "--port",
+             str(port), "--warmup-size", "64x64", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        seen = []
+        for line in self.proc.stdout:  # --instances prints its plans first
+            seen.append(line)
+            if match := re.search(r"listening on (http://\S+)", line):
+                break
+        assert match, "".join(seen)
         self.url = match.group(1)
         self.wait_ready()
 
@@ -38,6 +43,12 @@ class Server:
         if self.proc.poll() is None:
             self.proc.terminate()
         return self.proc.wait(timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def counter(metrics_text: str, name: str, **labels) -> float:

@@ -13,7 +13,7 @@ import openai
 import pytest
 from PIL import Image
 
-from serving import Server, counter, load_benchmark
+from serving import Server, counter, free_port, load_benchmark
 from sdcpu.cli import main
 
 KEY = "test-key"
@@ -159,6 +159,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(sdcpu_home):
 
 @pytest.mark.parametrize("args, message", [
     (["--max-queue", "0"], "--max-queue must be at least 1"),
+    (["--instances", "2", "--port", "0"], "--instances needs a fixed --port"),
     (["--warmup-size", "65x64"], "multiples of 8"),
     (["--model", "random:sd99"], "unknown random architecture"),
 ])
@@ -166,3 +167,21 @@ def test_bad_command_line_is_one_line_and_exit_2(capsys, args, message):
     assert main(["serve", "--recipe", "baseline", "--model", "random:tiny", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_instances_share_one_port_and_all_drain_on_sigterm(sdcpu_home):
+    port = free_port()
+    live = Server("--instances", "2", home=sdcpu_home, port=port)
+    pids, deadline = set(), time.monotonic() + 120
+    while len(pids) < 2:  # each request a new connection: the kernel spreads them over the instances
+        assert time.monotonic() < deadline, f"only instance(s) {pids} answered ready"
+        answer = httpx.get(f"{live.url}/health")
+        if answer.status_code == 200:
+            pids.add(answer.json()["pid"])
+        time.sleep(0.1)
+    assert live.proc.pid not in pids and live.url.endswith(f":{port}")
+    answer = httpx.post(f"{live.url}/sdapi/v1/txt2img", json={"prompt": "x", **TINY}, timeout=120)
+    assert answer.status_code == 200
+    assert live.stop() == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{live.url}/health", timeout=5)

@@ -114,3 +114,13 @@ def recipe(cpu, environ=os.environ, quality="high", workload=None) -> tuple[Reci
         steps += [Step.parse(step) for step in fast]
         reasons += (f"quality fast: {why}",)
     return Recipe(name, tuple(steps)), reasons
+
+
+def resolve_for(text: str, cpu, model: str, width: int, height: int) -> tuple[Recipe, str | None]:
+    """A recipe string for a job on MODEL at WIDTHxHEIGHT: `auto` / `auto:LEVEL` from a tuned profile for that
+    workload, else the hardware rules, with the first reason (which of the two it was); another recipe as parsed."""
+    if not recipes.is_auto(text):
+        return recipes.parse(text), None
+    found, reasons = recipe(cpu, quality=parse(text.strip()), workload=profile.workload_of(model, width, height))
+    return found, reasons[0]
+

@@ -5,7 +5,6 @@ import os
 
 from sdcpu import auto, generate, hardware, models, recipes, relaunch, schedulers, steps
 from sdcpu.errors import UsageError
-from sdcpu.tune import profile
 
 DEFAULT_MODEL = "random:sd15"
 
@@ -41,12 +40,9 @@ def run(args) -> int:
         raise UsageError(f"--quality sets the level of the auto recipe, not of --recipe {args.recipe}")
     width, height = generate.parse_size(args.size)
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
-    text = f"auto:{args.quality}" if args.quality else args.recipe
-    if recipes.is_auto(text):  # a tuned profile for this model and size, else the hardware rules: said at the end
-        recipe, (why_auto, *_) = auto.recipe(cpu, quality=auto.parse(text),
-                                             workload=profile.workload_of(args.model, width, height))
-    else:
-        recipe, why_auto = recipes.parse(text), None
+    # auto: a tuned profile for this model and size, else the hardware rules; which one is said at the end
+    recipe, why_auto = auto.resolve_for(f"auto:{args.quality}" if args.quality else args.recipe, cpu, args.model,
+                                        width, height)
     request = generate.Request(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, seed=args.seed,
         steps=20 if args.steps is None else args.steps, guidance=7.5 if args.guidance is None else args.guidance,

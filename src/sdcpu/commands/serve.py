@@ -2,12 +2,16 @@
 warm. It listens at once and loads, optimizes and warms up the model behind /health (503 until ready).
 """
 
+import argparse
+import dataclasses
 import os
 import signal
 import socket
+import sys
 
-from sdcpu import generate, hardware, models, relaunch, steps
+from sdcpu import auto, generate, hardware, launcher, models, recipes, relaunch, steps
 from sdcpu.errors import UsageError
+from sdcpu.instances import run_instances
 
 DEFAULT_MODEL = "random:sd15"
 
@@ -29,6 +33,10 @@ def register(sub):
     p.add_argument("--max-size", type=int, default=1024, help="the largest width or height served (default %(default)s)")
     p.add_argument("--warmup-size", default="512x512",
                    help="size of the one-step warm-up call made before /health says ready (default %(default)s)")
+    p.add_argument("--instances", type=int, default=1,
+                   help="N servers sharing --port (SO_REUSEPORT: the kernel spreads connections), each pinned to its "
+                        "share of the cores with its own copy of the model; /metrics counts per instance (default 1)")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set on each of --instances' copies
     p.add_argument("--trust-pickle", action="store_true", help="allow .ckpt/.bin pickle checkpoints (they can run code)")
     p.set_defaults(func=run)
 
@@ -36,16 +44,19 @@ def register(sub):
 def run(args) -> int:
     # 1. Check every input before the slow load; listen on the port, so a taken one fails now.
     cpu = hardware.detect()
-    recipe = steps.resolve(args.recipe, cpu)
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
     width, height = generate.parse_size(args.warmup_size)
+    # auto: a tuned profile for this model at the warm-up size, else the hardware rules
+    recipe, why_auto = auto.resolve_for(args.recipe, cpu, args.model, width, height)
     generate.Request("warm-up", width=width, height=height).validate()
-    for name in ("max_queue", "max_batch", "max_size"):
+    for name in ("max_queue", "max_batch", "max_size", "instances"):
         value = getattr(args, name)
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    relaunch.under_plan(recipe, cpu)  # refuses instances=N: one process here
-    sock = _listen(args.host, args.port)
+    if args.instances > 1:
+        return _run_instances(args, recipe, cpu)
+    relaunch.under_plan(recipe, cpu)  # refuses the recipe step instances=N: --instances is this command's
+    sock = _listen(args.host, args.port, args.reuse_port)
 
     # 2. Serve: the worker thread loads, optimizes and warms up behind /health.
     import uvicorn
@@ -62,8 +73,8 @@ def run(args) -> int:
                     max_batch=args.max_batch, on_fatal=stop)
     server = uvicorn.Server(uvicorn.Config(create_app(worker, settings), log_level="info" if args.verbose else "warning"))
     host, port = sock.getsockname()[:2]
-    print(f"sdcpu serve: listening on http://{host}:{port} (pid {os.getpid()}); loading {spec}, recipe {recipe}",
-          flush=True)
+    print(f"sdcpu serve: listening on http://{host}:{port} (pid {os.getpid()}); loading {spec}, recipe {recipe}"
+          + (f"; auto: {why_auto}" if why_auto else ""), flush=True)
     # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully; ignoring it then exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
     server.run(sockets=[sock])
@@ -86,10 +97,26 @@ def _prepare(worker, spec, recipe, cpu, size):
     return pipe
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _run_instances(args, recipe, cpu) -> int:
+    """N copies of this command, each under its launch plan (its share of the cores, pinned where the recipe pins),
+    all listening on the same port; signals reach every copy, so SIGTERM drains them all."""
+    if args.port == 0:
+        raise UsageError("--instances needs a fixed --port: the instances share it")
+    options = dataclasses.replace(recipes.launch_options(recipe), instances=args.instances, pin=True)
+    libs = launcher.find_libraries(launcher.library_dirs(os.environ))
+    tools = launcher.probe_pinning_tools(cpu) if options.pin else frozenset()
+    plans = launcher.plan(cpu, options, os.environ, libs, tools)
+    _listen(args.host, args.port).close()  # a taken port fails here, once, not in every copy
+    copy = [sys.executable, "-m", "sdcpu", *sys.argv[1:], "--instances", "1", "--reuse-port"]  # the last value wins
+    for index, plan in enumerate(plans):
+        print(f"sdcpu serve: instance {index}: {launcher.shell_line(plan, ['sdcpu', 'serve', '...'])}", flush=True)
+    return run_instances(plans, copy, {**os.environ, relaunch.MARK: "1"})
+
+
+def _listen(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        return socket.create_server((host, port), family=family)
+        return socket.create_server((host, port), family=family, reuse_port=reuse_port)
     except OSError as err:
         raise UsageError(f"cannot listen on {host}:{port}: {err.strerror}") from None
 

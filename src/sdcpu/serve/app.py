@@ -14,6 +14,7 @@ import copy
 import hmac
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -89,7 +90,8 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     async def health():
         """200 once the model is loaded and warmed up, else 503 with what it is doing (or why it failed)."""
         body = {"status": "ready" if worker.ready else "not ready", "state": worker.state, "model": settings.model,
-                "recipe": settings.recipe, "queue_depth": worker.depth(), "max_queue": worker.max_queue}
+                "recipe": settings.recipe, "queue_depth": worker.depth(), "max_queue": worker.max_queue,
+                "pid": os.getpid()}  # which instance answered, under --instances
         return JSONResponse(body, status_code=200 if worker.ready else 503)
 
     @app.get("/metrics", dependencies=[Depends(require_key)])

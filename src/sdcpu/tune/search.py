@@ -1,9 +1,11 @@
 """The search `sdcpu tune` runs, pure: a measuring function is passed in, so tests drive it with fake timings.
 
 Coordinate descent: start from the default configuration, then one dimension at a time try each other option on top
-of the best so far; never a grid. The noise rule (`better`): a configuration replaces the incumbent only when its
-median is lower by more than the larger relative spread (max - min over median) of the two, and by at least FLOOR;
-otherwise the incumbent, the simpler one, stays. The budget: a candidate runs only if its estimated cost leaves room
+of the best so far; never a grid. The noise rule (`better`): a configuration replaces the incumbent only when every
+one of its repeats was faster than every one of the incumbent's (the two ranges do not overlap: with 3 repeats each,
+a chance of 1 in 20 when both are the same) and its median is lower by at least FLOOR; otherwise the incumbent, the
+simpler one, stays. (A first rule, "better by more than the larger relative spread", threw away OpenVINO's 2x on
+random:sd15 because one of its three repeats was slow: a spread of 60% hid a gap no repeat came near.) The budget: a candidate runs only if its estimated cost leaves room
 for the end's confirmation. `confirm` then runs baseline and winner interleaved (A B A B) in fresh processes and keeps
 the winner only if it still passes the noise rule there.
 """
@@ -41,13 +43,12 @@ class Result:
 
 
 def better(candidate: Result, incumbent: Result, floor: float = FLOOR) -> bool:
-    """True when CANDIDATE's median beats INCUMBENT's by more than the noise of both (and at least FLOOR)."""
+    """True when CANDIDATE's slowest repeat beats INCUMBENT's fastest, and its median INCUMBENT's by at least FLOOR."""
     if not candidate.ok:
         return False
     if not incumbent.ok:
         return True
-    margin = max(candidate.spread, incumbent.spread, floor)
-    return candidate.median < incumbent.median * (1 - margin)
+    return max(candidate.samples) < min(incumbent.samples) and candidate.median < incumbent.median * (1 - floor)
 
 
 @dataclass
