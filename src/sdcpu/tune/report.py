@@ -29,11 +29,12 @@ def markdown(header: dict, space: Space, results: list[Result], baseline: Result
             "",
             f"Each configuration ran in a fresh process under its launch plan: a first UNet forward and VAE decode "
             f"(compiling backends compile there: `first call s`), then {header['repeats']} timed UNet forwards (`x N` "
-            f"says how many each made; batch 2, classifier-free guidance) at {header['measured_size']} and one VAE decode. Seconds per image are "
+            f"says how many each made; batch 2, classifier-free guidance) at {header['measured_size']} and one VAE "
+            "decode. Seconds per image are "
             f"estimated per repeat as {header['steps']} steps x UNet forward + VAE decode (the text encoder, ~1% of "
             "an image, is left out); `spread` is (max - min) / median over the repeats. A configuration beats the "
-            f"best so far only when its median is lower by more than the larger spread of the two, and at least "
-            f"{FLOOR:.0%}. Budget {header['budget_s']:.0f} s, used {header['spent_s']:.0f} s."]
+            "best so far only when each of its repeats was faster than each of the best's, and its median by at "
+            f"least {FLOOR:.0%}. Budget {header['budget_s']:.0f} s, used {header['spent_s']:.0f} s."]
     parts = [*head, "", table(space, results, baseline)]
     if notes:
         parts += ["", *(f"- {note}" for note in notes)]
