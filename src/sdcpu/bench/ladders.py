@@ -71,6 +71,7 @@ FRAMEWORK = ("channels_last", "bf16", "compile", "openvino", "ipex")
 WORK_CUTTING = ("scheduler=dpm++", "int8", "tiny-vae")  # on the fastest recipe so far
 BEFORE_BACKEND = ("lcm-lora",)  # changes the UNet's weights: inserted before the fastest recipe's backend
 EAGER_ONLY = ("deepcache=2", "tome")  # patch the eager UNet's forward: on the fastest recipe without a backend
+INCOMPATIBLE = {"openvino": ("jemalloc", "tcmalloc")}  # OpenVINO 2026.4 aborts beside a preloaded allocator: dropped
 
 def parse_recipes(text: str) -> tuple[Rung, ...]:
     """`--recipes`: recipes separated by `;`, or by `,` when every item is a named recipe (`baseline,system,auto`)."""
@@ -121,7 +122,7 @@ def _stack(step: str, best, eager):
     if step in BEFORE_BACKEND:
         plain = [s for s in best[0] if s not in BACKENDS]
         return [*plain, step, *(s for s in best[0] if s in BACKENDS)], best
-    kept = [s for s in best[0] if not (step in BACKENDS and s in BACKENDS)]
+    kept = [s for s in best[0] if not (step in BACKENDS and s in BACKENDS) and s not in INCOMPATIBLE.get(step, ())]
     return [*kept, step], best
 
 
