@@ -133,3 +133,11 @@ def test_skipped_with_the_install_line_without_openvino(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(Skip, match="pip install .*openvino"):
         backend.apply(load_pipeline("random:tiny"), STEP, F32_CPU)
+
+
+def test_after_bf16_converts_from_the_cast_weights(ov):
+    pipe = load_pipeline("random:tiny")
+    pipe.to(dtype=torch.bfloat16)  # what the bf16 step did before
+    detail = backend.apply(pipe, STEP, F32_CPU)
+    assert "converted from the torch.bfloat16 torch weights" in detail
+    assert np.isfinite(image(pipe)).all()

@@ -54,6 +54,9 @@ def apply(pipe, step, cpu) -> str:
         raise Skip(f"{', '.join(preloaded)} is preloaded in this process: OpenVINO 2026.4's CPU plugin then aborts "
                    "(free(): invalid size); run openvino without an allocator step")
     precision = step.value or ("bf16" if cpu.native_bf16 else "f32")
+    cast = pipe.unet.dtype if pipe.unet.dtype != torch.float32 else None
+    if cast:  # traced with fp32 inputs; OpenVINO's precision hint, not the torch dtype, sets the compute precision
+        pipe.to(dtype=torch.float32)
     folder = sdcpu_home() / "openvino" / cache_key(pipe, ov.__version__)
     core, config = runtime(precision)
     start, converted = time.perf_counter(), []
@@ -71,6 +74,7 @@ def apply(pipe, step, cpu) -> str:
     return (
         f"UNet, VAE decoder, text encoder on OpenVINO {ov.__version__.split('-')[0]}, {precision} "
         f"({why}), static shapes compiled per size on first use; IR {ir} in {folder}"
+        + (f"; converted from the {cast} torch weights (an earlier step), cast back to fp32" if cast else "")
     )
 
 
