@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     for library in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         os.environ.setdefault(library, "info" if args.verbose else "error")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # torchao warns at import (diffusers imports it when installed) that its CUDA kernels do not load: true on a CPU
+    # build of torch and irrelevant to its CPU quantization, which the int8 step uses
+    logging.getLogger("torchao").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
         return args.func(args) or 0
     except UsageError as err:
