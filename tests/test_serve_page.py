@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -22,7 +23,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="nee
 
 
 def _above_4(fd: int) -> int:
-    """FD moved above 4, so that placing the pipe ends on 3 and 4 in the child cannot overwrite one with the other."""
+    """FD moved above 4, so that placing the child's ends on 3 and 4 cannot close or overwrite one of them."""
     high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
     os.close(fd)
     return high
@@ -34,10 +35,13 @@ class DevTools:
     def __init__(self, url: str, profile_dir):
         to_browser_r, self.to_browser = map(_above_4, os.pipe())
         self.from_browser, from_browser_w = map(_above_4, os.pipe())
+        # a Python trampoline puts the pipe ends on 3 and 4, where --remote-debugging-pipe expects them (Debian's
+        # /usr/bin/chromium is a dash script, and dash cannot redirect descriptors above 9)
+        move = (f"import os, sys; os.dup2({to_browser_r}, 3); os.dup2({from_browser_w}, 4); "
+                f"os.close({to_browser_r}); os.close({from_browser_w}); os.execv(sys.argv[1], sys.argv[1:])")
         self.proc = subprocess.Popen(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={profile_dir}", url], stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, pass_fds=(to_browser_r, from_browser_w),
-            preexec_fn=lambda: (os.dup2(to_browser_r, 3), os.dup2(from_browser_w, 4)))
+            [sys.executable, "-c", move, CHROMIUM, *FLAGS, f"--user-data-dir={profile_dir}", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(to_browser_r, from_browser_w))
         os.close(to_browser_r)
         os.close(from_browser_w)
         self.next_id, self.buffer = 0, b""
