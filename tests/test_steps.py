@@ -132,7 +132,7 @@ def test_auto_quality_levels_bound_the_steps(monkeypatch, openvino):
     assert {step.name for step in high.steps} & reduced == ({"openvino"} if openvino else {"bf16"})
     assert high.name == "auto"
     added = {step.name for step in fast.steps} - {step.name for step in high.steps}
-    assert added == ({"tiny-vae"} if openvino else {"deepcache", "tiny-vae"})  # deepcache needs the eager UNet
+    assert added == ({"int8", "tiny-vae"} if openvino else {"deepcache", "tiny-vae"})  # deepcache needs the eager UNet
     assert steps.resolve("auto:fast", SPR) == fast
 
 

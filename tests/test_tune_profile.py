@@ -61,7 +61,7 @@ def test_auto_uses_a_matching_profile_and_says_so(home):
     assert str(recipe) == "iomp,pin,openvino=bf16" and recipe.name == "auto"
     assert reasons[0].startswith(f"tuned profile {path}") and "not known here" not in reasons[0]
     fast, why = auto.recipe(SPR, {}, quality="fast", workload=TINY)
-    assert str(fast) == "iomp,pin,openvino=bf16,tiny-vae" and why[1].startswith("quality fast, on top of the profile")
+    assert str(fast) == "iomp,pin,openvino=bf16,int8,tiny-vae" and why[1].startswith("quality fast, on top of the profile")
     options, system = auto.system_options(SPR, {}, {}, frozenset())
     assert (options.openmp, options.pin, options.allocator) == ("iomp", True, "default")
     assert "not known here: the most recent profile" in system[0]
