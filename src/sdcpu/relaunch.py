@@ -18,9 +18,14 @@ def recipe_plan(recipe: recipes.Recipe, cpu, environ=os.environ) -> launcher.Lau
     options = recipes.launch_options(recipe)
     if options.instances > 1:
         raise UsageError("instances=N starts several processes: use it with `sdcpu launch`")
+    return instance_plans(options, cpu, environ)[0]
+
+
+def instance_plans(options: launcher.LaunchOptions, cpu, environ=os.environ) -> tuple[launcher.LaunchPlan, ...]:
+    """One launch plan per instance of OPTIONS, with the libraries and pinning tools found here."""
     libs = launcher.find_libraries(launcher.library_dirs(environ))
     tools = launcher.probe_pinning_tools(cpu) if options.pin else frozenset()
-    return launcher.plan(cpu, options, environ, libs, tools)[0]
+    return launcher.plan(cpu, options, environ, libs, tools)
 
 
 def under_plan(recipe: recipes.Recipe, cpu, environ=os.environ) -> None:

@@ -98,14 +98,12 @@ def _prepare(worker, spec, recipe, cpu, size):
 
 
 def _run_instances(args, recipe, cpu) -> int:
-    """N copies of this command, each under its launch plan (its share of the cores, pinned where the recipe pins),
-    all listening on the same port; signals reach every copy, so SIGTERM drains them all."""
+    """N copies of this command, each under its launch plan (the recipe's system steps, pinned to its share of the
+    cores), all listening on the same port; signals reach every copy, so SIGTERM drains them all."""
     if args.port == 0:
         raise UsageError("--instances needs a fixed --port: the instances share it")
     options = dataclasses.replace(recipes.launch_options(recipe), instances=args.instances, pin=True)
-    libs = launcher.find_libraries(launcher.library_dirs(os.environ))
-    tools = launcher.probe_pinning_tools(cpu) if options.pin else frozenset()
-    plans = launcher.plan(cpu, options, os.environ, libs, tools)
+    plans = relaunch.instance_plans(options, cpu)
     _listen(args.host, args.port).close()  # a taken port fails here, once, not in every copy
     copy = [sys.executable, "-m", "sdcpu", *sys.argv[1:], "--instances", "1", "--reuse-port"]  # the last value wins
     for index, plan in enumerate(plans):
