@@ -40,8 +40,7 @@ class Space:
         c = self.describe(config)
         steps = [c["allocator"]] if c.get("allocator", "default") != "default" else []
         steps += ["iomp"] if c.get("openmp") == "iomp" else []
-        steps += [f"threads={c['threads']}"] if "threads" in c and config[self.index("threads")] != \
-            self.dimensions[self.index("threads")].options[0] else []
+        steps += [f"threads={c['threads']}"] if c.get("threads") != self.describe(self.default).get("threads") else []
         steps += ["pin"] if c.get("pin") == "on" else []
         steps += ["channels_last"] if c.get("layout") == "channels_last" else []
         bf16, backend = c.get("precision") == "bf16", c.get("backend", "eager")
