@@ -67,12 +67,12 @@ def test_full_ladder_keeps_a_step_only_when_it_was_faster_and_names_each_rungs_p
         (f"{system},channels_last", "+system"),
         (f"{system},channels_last,bf16", "+channels_last"),
         (f"{system},channels_last,bf16,compile", "+bf16"),  # 7.5 > 7: not kept
-        ("iomp,pin,channels_last,bf16,openvino", "+bf16"),  # no allocator beside OpenVINO: it aborts
-        ("iomp,pin,channels_last,bf16,ipex", "+openvino"),  # backends replace each other
-        ("iomp,pin,channels_last,bf16,openvino,scheduler=dpm++", "+openvino"),
-        ("iomp,pin,channels_last,bf16,openvino,scheduler=dpm++,int8", "+scheduler=dpm++"),  # 4.5 > 4: not kept
-        ("iomp,pin,channels_last,bf16,openvino,scheduler=dpm++,tiny-vae", "+scheduler=dpm++"),
-        ("iomp,pin,channels_last,bf16,scheduler=dpm++,tiny-vae,lcm-lora,openvino", "+tiny-vae"),  # before the backend
+        ("iomp,pin,channels_last,openvino", "+bf16"),  # no allocator beside OpenVINO (it aborts), its own bf16
+        ("iomp,pin,channels_last,ipex", "+openvino"),  # backends replace each other
+        ("iomp,pin,channels_last,openvino,scheduler=dpm++", "+openvino"),
+        ("iomp,pin,channels_last,openvino,scheduler=dpm++,int8", "+scheduler=dpm++"),  # 4.5 > 4: not kept
+        ("iomp,pin,channels_last,openvino,scheduler=dpm++,tiny-vae", "+scheduler=dpm++"),
+        ("iomp,pin,channels_last,scheduler=dpm++,tiny-vae,lcm-lora,openvino", "+tiny-vae"),  # before the backend
         (f"{system},channels_last,bf16,deepcache=2", "+bf16"),  # eager only: on the fastest recipe without a backend
         (f"{system},channels_last,bf16,tome", "+bf16"),
     ]

@@ -71,7 +71,9 @@ FRAMEWORK = ("channels_last", "bf16", "compile", "openvino", "ipex")
 WORK_CUTTING = ("scheduler=dpm++", "int8", "tiny-vae")  # on the fastest recipe so far
 BEFORE_BACKEND = ("lcm-lora",)  # changes the UNet's weights: inserted before the fastest recipe's backend
 EAGER_ONLY = ("deepcache=2", "tome")  # patch the eager UNet's forward: on the fastest recipe without a backend
-INCOMPATIBLE = {"openvino": ("jemalloc", "tcmalloc")}  # OpenVINO 2026.4 aborts beside a preloaded allocator: dropped
+# Dropped when the step joins: OpenVINO 2026.4 aborts beside a preloaded allocator, and it takes its precision as a
+# compile hint (bf16 where native), so torch bf16 would only round the weights it converts (and miss the IR cache).
+INCOMPATIBLE = {"openvino": ("jemalloc", "tcmalloc", "bf16")}
 
 def parse_recipes(text: str) -> tuple[Rung, ...]:
     """`--recipes`: recipes separated by `;`, or by `,` when every item is a named recipe (`baseline,system,auto`)."""
