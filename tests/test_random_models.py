@@ -55,6 +55,16 @@ def test_sd15_is_the_real_architecture():
     assert type(pipe.scheduler).__name__ == "PNDMScheduler"
 
 
+def test_sd_turbo_is_sd21s_architecture_with_a_one_step_schedule():
+    with torch.device("meta"):
+        pipe = random_models.build_pipeline("sd-turbo")
+    counts = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "text_encoder", "vae")}
+    assert counts == {"unet": 865_910_724, "text_encoder": 340_387_840, "vae": 83_653_863}
+    assert pipe.unet.config.use_linear_projection and pipe.unet.config.cross_attention_dim == 1024
+    pipe.scheduler.set_timesteps(1)
+    assert type(pipe.scheduler).__name__ == "EulerDiscreteScheduler" and pipe.scheduler.timesteps.tolist() == [999]
+
+
 def test_config_folder_has_configs_and_no_weights():
     folder = random_models.ensure_config_folder("sd15")
     assert json.loads((folder / "unet" / "config.json").read_text())["cross_attention_dim"] == 768

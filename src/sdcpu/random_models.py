@@ -1,8 +1,11 @@
 """Random-weight Stable Diffusion pipelines of real architectures, built offline and cached as diffusers folders.
 
 `random:sd15` is SD 1.5 exactly (UNet 859.5M, CLIP ViT-L/14 text encoder, AutoencoderKL f8, PNDM) so its compute
-cost is the real model's; `random:tiny` uses diffusers' test sizes and builds in seconds. Both tokenize with the
-real CLIP BPE merges shipped in sdcpu/data. Weights are seeded: the same seed gives bit-identical tensors.
+cost is the real model's; `random:sd-turbo` is SD-Turbo's (the SD 2.1 architecture: UNet 865.9M with linear
+projections and 1024-wide cross-attention, OpenCLIP ViT-H/14 text encoder of 23 layers, Euler with trailing timesteps
+so 1 step is meaningful), run at 1 step without guidance; `random:tiny` uses diffusers' test sizes and builds in
+seconds. All tokenize with the real CLIP BPE merges shipped in sdcpu/data (SD 2.x pads with `!` rather than the end
+token: a different token id, the same compute). Weights are seeded: the same seed gives bit-identical tensors.
 """
 
 import gzip
@@ -24,6 +27,15 @@ SD15_SCHEDULER = dict(
     beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
     set_alpha_to_one=False, skip_prk_steps=True, steps_offset=1, clip_sample=False, trained_betas=None,
 )
+# SD-Turbo's: Euler on SD's betas with trailing timestep spacing, so a 1-step schedule starts from pure noise (t=999).
+TURBO_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
+    timestep_spacing="trailing", steps_offset=1, prediction_type="epsilon",
+)
+SD_VAE = dict(
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, scaling_factor=0.18215,
+)
 
 
 @dataclass(frozen=True)
@@ -31,21 +43,29 @@ class Arch:
     unet: dict
     vae: dict
     text_encoder: dict
+    scheduler: tuple[str, dict] = ("PNDMScheduler", SD15_SCHEDULER)  # a diffusers scheduler class and its config
 
 
 ARCHS = {
     # SD 1.5: UNet2DConditionModel's defaults are SD 1.x's, but for the text-conditioning width.
     "sd15": Arch(
         unet=dict(sample_size=64, cross_attention_dim=768),
-        vae=dict(
-            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            scaling_factor=0.18215,
-        ),
+        vae=SD_VAE,
         text_encoder=dict(
             hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
             projection_dim=768, hidden_act="quick_gelu",
         ),
+    ),
+    # SD-Turbo (stabilityai/sd-turbo): SD 2.1's UNet and text encoder (the last of ViT-H's 24 layers is not used).
+    "sd-turbo": Arch(
+        unet=dict(sample_size=64, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                  use_linear_projection=True),
+        vae=SD_VAE,
+        text_encoder=dict(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+            projection_dim=512, hidden_act="gelu",
+        ),
+        scheduler=("EulerDiscreteScheduler", TURBO_SCHEDULER),
     ),
     # diffusers' own fast-test sizes (tests/pipelines/stable_diffusion), with CLIP's real vocabulary.
     "tiny": Arch(
@@ -150,8 +170,9 @@ def cached_folder(folder: Path, write, marker: str = "model_index.json") -> Path
 
 def build_pipeline(arch: str, seed: int = 0):
     """A StableDiffusionPipeline of ARCH with seeded random weights (no safety checker: it would flag noise)."""
+    import diffusers
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     spec = ARCHS[arch]
@@ -164,12 +185,14 @@ def build_pipeline(arch: str, seed: int = 0):
         vocab_size=CLIP_VOCAB_SIZE, max_position_embeddings=CLIP_MAX_TOKENS,
         bos_token_id=0, pad_token_id=1, eos_token_id=2, **spec.text_encoder,
     )
+    with torch.device("cpu"):  # schedulers hold small tensors they copy to the CPU: not on a meta device
+        scheduler = getattr(diffusers, spec.scheduler[0]).from_config(spec.scheduler[1])
     return StableDiffusionPipeline(
         unet=seeded(1, lambda: UNet2DConditionModel(**spec.unet)),
         vae=seeded(2, lambda: AutoencoderKL(**spec.vae)),
         text_encoder=seeded(3, lambda: CLIPTextModel(text_config)),
         tokenizer=clip_tokenizer(),
-        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER),
+        scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
