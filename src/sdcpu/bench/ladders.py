@@ -124,8 +124,9 @@ def _stack(step: str, best, eager):
     if step in BEFORE_BACKEND:
         plain = [s for s in best[0] if s not in BACKENDS]
         return [*plain, step, *(s for s in best[0] if s in BACKENDS)], best
-    kept = [s for s in best[0] if not (step in BACKENDS and s in BACKENDS) and s not in INCOMPATIBLE.get(step, ())]
-    return [*kept, step], best
+    # A backend goes on the fastest eager recipe (it replaces any other backend, and gets back what that one dropped).
+    base = eager[0] if step in BACKENDS else best[0]
+    return [*(s for s in base if s not in INCOMPATIBLE.get(step, ())), step], best
 
 
 def _applied(row, step: str) -> bool:
