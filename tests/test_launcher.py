@@ -114,6 +114,16 @@ def test_tcmalloc_and_gomp():
     assert only.env["SDCPU_LAUNCH_LIBRARIES"] == "tcmalloc" and "KMP_BLOCKTIME" not in only.env
 
 
+def test_unbound_threads_stay_pinned_without_openmp_binding():
+    for openmp in ("iomp", "gomp"):
+        (only,) = plan(machine("spr-2s-amx"), LaunchOptions("default", openmp, pin=True, bind_threads=False), {}, LIBS,
+                       NUMACTL)
+        assert only.argv_prefix == ("numactl", "-C", "0-31", "-m", "0,1")
+        assert not {"KMP_AFFINITY", "OMP_PROC_BIND", "OMP_PLACES"} & set(only.env)
+    assert plan(machine("spr-2s-amx"), LaunchOptions("default", "iomp", pin=True), {}, LIBS, NUMACTL)[0].env[
+        "KMP_AFFINITY"]
+
+
 def test_thread_counts_and_oversubscription():
     cpu = machine("epyc-2core-avx2")
     (one,) = plan(cpu, LaunchOptions(threads=1, pin=True), {}, {}, NUMACTL)

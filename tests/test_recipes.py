@@ -57,3 +57,5 @@ def test_launch_options_from_system_steps():
     assert (options.allocator, options.openmp, options.threads, options.pin, options.instances) == ("tcmalloc", "iomp", 3, True, 2)
     plain = recipes.launch_options(recipes.parse("baseline"))
     assert (plain.allocator, plain.openmp, plain.threads, plain.pin, plain.instances) == ("default", None, None, False, 1)
+    # OpenVINO's threads would inherit the main thread's one bound core: a recipe with it pins without binding
+    assert plain.bind_threads and not recipes.launch_options(recipes.parse("iomp,pin,openvino")).bind_threads

@@ -61,6 +61,11 @@ def _rule_options(cpu, environ, libs, tools, quality) -> tuple[launcher.LaunchOp
             f"no {options.allocator}: with a preloaded allocator OpenVINO 2026.4's CPU plugin aborts the process "
             "(free(): invalid size), and auto runs OpenVINO here",)
         options = dataclasses.replace(options, allocator="default")
+    if _use_openvino(cpu, quality) and options.pin:
+        reasons += ("pinned, OpenMP threads not bound to cores: binding ties the main thread to one core and OpenVINO's "
+                    "threads inherit it (random:sd-turbo 512x512 on OpenVINO, UNet per call: bound 1.41 vs 0.69 s unpinned; unbound "
+                    "0.74 vs 0.75 s)",)
+        options = dataclasses.replace(options, bind_threads=False)
     return options, (NO_PROFILE,) + reasons
 
 

@@ -37,8 +37,10 @@ def main(argv=None) -> int:
         os.environ.setdefault(library, "info" if args.verbose else "error")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     # torchao warns at import (diffusers imports it when installed) that its CUDA kernels do not load: true on a CPU
-    # build of torch and irrelevant to its CPU quantization, which the int8 step uses
-    logging.getLogger("torchao").setLevel(logging.DEBUG if args.verbose else logging.ERROR)
+    # build of torch and irrelevant to its CPU quantization, which the int8 step uses; and its enum registrations make
+    # torch's pytree warn of a deprecation that is torchao's to act on
+    for logger in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(logger).setLevel(logging.DEBUG if args.verbose else logging.ERROR)
     try:
         return args.func(args) or 0
     except UsageError as err:

@@ -52,10 +52,10 @@ ENV_VARS = (
            "one core's vector units, and more threads than the quota only adds throttling"),
     EnvVar("KMP_BLOCKTIME", "1", "openmp iomp",
            "idle Intel OpenMP threads sleep after 1 ms instead of spinning 200 ms, freeing the core between ops"),
-    EnvVar("KMP_AFFINITY", "granularity=fine,compact,1,0", "openmp iomp, pin",
+    EnvVar("KMP_AFFINITY", "granularity=fine,compact,1,0", "openmp iomp, pin, threads bound",
            "binds each Intel OpenMP thread to its own core of the pinned set, one thread per physical core"),
-    EnvVar("OMP_PROC_BIND", "close", "openmp gomp, pin", "binds GNU OpenMP threads to neighbouring places"),
-    EnvVar("OMP_PLACES", "cores", "openmp gomp, pin", "one GNU OpenMP place per core of the pinned set"),
+    EnvVar("OMP_PROC_BIND", "close", "openmp gomp, pin, threads bound", "binds GNU OpenMP threads to neighbouring places"),
+    EnvVar("OMP_PLACES", "cores", "openmp gomp, pin, threads bound", "one GNU OpenMP place per core of the pinned set"),
     EnvVar("SDCPU_LAUNCH_LIBRARIES", "the libraries asked for, e.g. jemalloc,iomp", "allocator or openmp iomp",
            "sdcpu.verify in the child reports each one that is not mapped as a failure"),
     EnvVar("SDCPU_LAUNCH_CPUS", "the instance's CPU list, e.g. 0-15", "pin",
@@ -73,6 +73,9 @@ class LaunchOptions:
     pin: bool = False
     instances: int = 1
     jemalloc_conf: bool = True  # jemalloc with the seed's MALLOC_CONF; False: jemalloc's own defaults
+    # With pin: bind OpenMP threads to cores. Binding pins the main thread to the first core, and every thread the
+    # program starts after inherits that one core: off where another thread pool computes (OpenVINO's TBB).
+    bind_threads: bool = True
 
     def __post_init__(self):
         if self.allocator not in ("jemalloc", "tcmalloc", "default"):
@@ -127,15 +130,16 @@ def _instance(cpu: CpuInfo, options: LaunchOptions, environ, libs, pinning_tools
     notes = list(shared_notes)
     missing: list[str] = []
     asked = [kind for kind in (options.allocator, options.openmp) if kind in LIBRARY_FILES]
+    bind = options.pin and options.bind_threads
     wanted = {
         "LD_PRELOAD": _preload(asked, libs, environ, notes, missing),
         "MALLOC_CONF": JEMALLOC_CONF if options.allocator == "jemalloc" and options.jemalloc_conf
         and "jemalloc" not in missing else None,
         "OMP_NUM_THREADS": str(threads),
         "KMP_BLOCKTIME": "1" if options.openmp == "iomp" else None,
-        "KMP_AFFINITY": "granularity=fine,compact,1,0" if options.openmp == "iomp" and options.pin else None,
-        "OMP_PROC_BIND": "close" if options.openmp == "gomp" and options.pin else None,
-        "OMP_PLACES": "cores" if options.openmp == "gomp" and options.pin else None,
+        "KMP_AFFINITY": "granularity=fine,compact,1,0" if options.openmp == "iomp" and bind else None,
+        "OMP_PROC_BIND": "close" if options.openmp == "gomp" and bind else None,
+        "OMP_PLACES": "cores" if options.openmp == "gomp" and bind else None,
         "SDCPU_LAUNCH_LIBRARIES": ",".join(asked) or None,
         "SDCPU_LAUNCH_CPUS": format_cpu_list(cpus) if options.pin else None,
         "SDCPU_INSTANCE": str(index) if options.instances > 1 else None,

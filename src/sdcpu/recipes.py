@@ -188,4 +188,5 @@ def launch_options(recipe: Recipe):
         pin=recipe.get("pin") is not None,
         instances=instances.value if instances else 1,
         jemalloc_conf=not (recipe.get("jemalloc") and recipe.get("jemalloc").value == "default"),
+        bind_threads=recipe.get("openvino") is None,  # OpenVINO computes on its own threads: see LaunchOptions
     )

@@ -31,6 +31,9 @@ def register(sub):
                    help="OpenMP threads per instance (default: usable physical cores / instances)")
     p.add_argument("--pin", action="store_true",
                    help="bind each instance to its own physical cores (numactl, else taskset)")
+    p.add_argument("--no-bind", action="store_true",
+                   help="with --pin, leave OpenMP threads unbound (KMP_AFFINITY/OMP_PROC_BIND unset): for programs whose "
+                   "compute runs on other threads too, e.g. OpenVINO's, which would inherit the main thread's one core")
     p.add_argument("--instances", type=_positive, help="run N copies, each on its own share of the cores (default 1)")
     p.add_argument("--dry-run", action="store_true", help="print the plan (shell line, variables and why) and exit")
     p.add_argument("--verify", action="store_true",
@@ -48,6 +51,7 @@ def _options(args, cpu, libs, tools) -> launcher.LaunchOptions:
         threads=args.threads or base.threads,
         pin=args.pin or base.pin,
         instances=args.instances or base.instances,
+        bind_threads=base.bind_threads and not args.no_bind,
     )
 
 
