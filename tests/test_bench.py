@@ -50,7 +50,7 @@ def test_full_ladder_keeps_a_step_only_when_it_was_faster_and_names_each_rungs_p
     gen = ladders.rungs("full")
     seen = [next(gen)]
     timings = {"channels_last": 8, "bf16": 7, "compile": 7.5, "openvino": 5, "ipex": None, "scheduler=dpm++": 4,
-               "int8": 4.5, "tiny-vae": 3, "lcm-lora": 1, "deepcache=2": 5, "tome": 6}
+               "int8": 3.5, "tiny-vae": 3, "lcm-lora": 1, "deepcache=2": 5, "tome": 6}
     rung = gen.send({"median_s": 10, "steps": []})  # baseline
     seen.append(rung)
     rung = gen.send({"median_s": 9, "steps": []})  # +system
@@ -70,9 +70,10 @@ def test_full_ladder_keeps_a_step_only_when_it_was_faster_and_names_each_rungs_p
         ("iomp,pin,channels_last,openvino", "+bf16"),  # no allocator beside OpenVINO (it aborts), its own bf16
         (f"{system},channels_last,bf16,ipex", "+openvino"),  # replaces openvino, on the fastest eager recipe
         ("iomp,pin,channels_last,openvino,scheduler=dpm++", "+openvino"),
-        ("iomp,pin,channels_last,openvino,scheduler=dpm++,int8", "+scheduler=dpm++"),  # 4.5 > 4: not kept
-        ("iomp,pin,channels_last,openvino,scheduler=dpm++,tiny-vae", "+scheduler=dpm++"),
-        ("iomp,pin,channels_last,scheduler=dpm++,tiny-vae,lcm-lora,openvino", "+tiny-vae"),  # before the backend
+        ("iomp,pin,channels_last,openvino,scheduler=dpm++,int8", "+scheduler=dpm++"),
+        ("iomp,pin,channels_last,openvino,scheduler=dpm++,int8,tiny-vae", "+int8"),
+        # before the backend, and int8 after it still
+        ("iomp,pin,channels_last,scheduler=dpm++,tiny-vae,lcm-lora,openvino,int8", "+tiny-vae"),
         (f"{system},channels_last,bf16,deepcache=2", "+bf16"),  # eager only: on the fastest recipe without a backend
         (f"{system},channels_last,bf16,tome", "+bf16"),
     ]
@@ -135,6 +136,8 @@ def test_report_from_a_run(tiny_run, tmp_path):
     text = (folder / "report.md").read_text()
     assert "| 3 | channels_last | `channels_last` |" in text and "optimum-intel's environment is not set up" in text
     assert "Weights are random" in text
+    assert "64x64, 2 steps" in text and "warm-up call at 1 step then 2 timed calls" in text
+    assert "(preset `seed`; width, height, steps, runs, warmup-steps from the command line)" in text
 
 
 def test_report_from_fixture_rows(tmp_path):

@@ -70,6 +70,7 @@ BACKENDS = ("compile", "openvino", "ipex")  # each replaces the UNet's runtime: 
 FRAMEWORK = ("channels_last", "bf16", "compile", "openvino", "ipex")
 WORK_CUTTING = ("scheduler=dpm++", "int8", "tiny-vae")  # on the fastest recipe so far
 BEFORE_BACKEND = ("lcm-lora",)  # changes the UNet's weights: inserted before the fastest recipe's backend
+AFTER_BACKEND = ("int8",)  # quantizes the UNet its backend runs: stays after the backend when a step is inserted
 EAGER_ONLY = ("deepcache=2", "tome")  # patch the eager UNet's forward: on the fastest recipe without a backend
 # Dropped when the step joins: OpenVINO 2026.4 aborts beside a preloaded allocator, and it takes its precision as a
 # compile hint (bf16 where native), so torch bf16 would only round the weights it converts (and miss the IR cache).
@@ -122,8 +123,8 @@ def _stack(step: str, best, eager):
     if step in EAGER_ONLY:
         return [*eager[0], step], eager
     if step in BEFORE_BACKEND:
-        plain = [s for s in best[0] if s not in BACKENDS]
-        return [*plain, step, *(s for s in best[0] if s in BACKENDS)], best
+        tail = [s for s in best[0] if s in BACKENDS or s in AFTER_BACKEND]
+        return [*(s for s in best[0] if s not in tail), step, *tail], best
     # A backend goes on the fastest eager recipe (it replaces any other backend, and gets back what that one dropped).
     base = eager[0] if step in BACKENDS else best[0]
     return [*(s for s in base if s not in INCOMPATIBLE.get(step, ())), step], best

@@ -8,6 +8,8 @@ import json
 import math
 from pathlib import Path
 
+from sdcpu.bench import ladders
+
 RANDOM_NOTE = ("**Weights are random** (an sdcpu test model of the real architecture): compute cost, hence every "
                "timing, is the real model's; the images are noise, and fidelity compares noise with noise.")
 
@@ -30,14 +32,26 @@ def write(folder: Path) -> list[Path]:
     return paths
 
 
+def _steps(count: int) -> str:
+    return f"{count} step" + ("" if count == 1 else "s")
+
+
+def _overrides(protocol: dict) -> str:
+    """'; steps, guidance from the command line' for what differs from the preset's protocol."""
+    preset = ladders.Protocol(**ladders.PRESETS[protocol["preset"]]).to_dict()
+    changed = [name for name in ("width", "height", "steps", "runs", "warmup_steps", "guidance")
+               if protocol[name] != preset[name]]
+    return f"; {', '.join(changed).replace('_', '-')} from the command line" if changed else ""
+
+
 def header(rows: list[dict]) -> list[str]:
     first = rows[0]
     p, cpu = first["protocol"], first["cpu"]
     peaks = ", ".join(f"{dtype} {value:.0f}" for dtype, value in first["matmul_peak_gflop_s"].items())
     lines = [
-        f"Model `{p['model']}`, {p['width']}x{p['height']}, {p['steps']} steps, guidance {p['guidance']}, seed "
-        f"{p['seed']}, prompt \"{p['prompt']}\"; per rung 1 warm-up call at {p['warmup_steps']} steps then "
-        f"{p['runs']} timed calls, each rung in a fresh process (preset `{p['preset']}`).",
+        f"Model `{p['model']}`, {p['width']}x{p['height']}, {_steps(p['steps'])}, guidance {p['guidance']}, seed "
+        f"{p['seed']}, prompt \"{p['prompt']}\"; per rung 1 warm-up call at {_steps(p['warmup_steps'])} then "
+        f"{p['runs']} timed calls, each rung in a fresh process (preset `{p['preset']}`{_overrides(p)}).",
         f"Machine: {cpu['model_name']}, {cpu['physical_cores']} physical cores / {cpu['logical_cpus']} logical CPUs, "
         f"{len(cpu['numa_nodes'])} NUMA node(s), bf16 {'native' if cpu['native_bf16'] else 'not native'}; matmul "
         f"peak GFLOP/s: {peaks}. {first['date']}, sdcpu {first['versions'].get('sdcpu')} (git {first['git']}), "
