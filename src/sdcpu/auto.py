@@ -64,8 +64,8 @@ def _rule_options(cpu, environ, libs, tools, quality) -> tuple[launcher.LaunchOp
         options = dataclasses.replace(options, allocator="default")
     if _use_openvino(cpu, quality) and options.pin:
         reasons += ("pinned, OpenMP threads not bound to cores: binding ties the main thread to one core and OpenVINO's "
-                    "threads inherit it (random:sd-turbo 512x512 on OpenVINO, UNet per call: bound 1.41 vs 0.69 s unpinned; unbound "
-                    "0.74 vs 0.75 s)",)
+                    "threads inherit it (random:sd-turbo 512x512 on OpenVINO, UNet per call: bound 1.41 vs 0.69 s "
+                    "unpinned; unbound 0.74 vs 0.75 s)",)
         options = dataclasses.replace(options, bind_threads=False)
     return options, (NO_PROFILE,) + reasons
 
