@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from machines import machine
 from sdcpu.bench import ladders, report, runner
 from sdcpu.cli import main
+from sdcpu import recipes
 from sdcpu.errors import UsageError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bench"
@@ -43,11 +45,25 @@ def test_recipes_option_refuses_a_bad_recipe_before_running():
         ladders.parse_recipes("baseline;auto:turbo")
 
 
+@pytest.mark.parametrize("name, framework", [
+    ("spr-2s-amx", "jemalloc,iomp,pin,channels_last,bf16,compile"),  # the seed's own rung where bf16 is native
+    ("epyc-2core-avx2", "iomp,pin,openvino=f32"),  # fp32 inductor compiles ~4 minutes: OpenVINO f32 instead
+    ("kvm-xeon-avx512-noamx", "iomp,pin,openvino=f32"),
+])
+def test_seed_ladder_adapts_its_framework_rung_to_the_cpu(name, framework):
+    rungs = list(ladders.rungs("seed", machine(name)))
+    assert [(r.name, r.recipe) for r in rungs] == [
+        ("baseline", "baseline"), ("+system", "system"), ("+framework", framework),
+        ("+scheduler", f"{framework},scheduler=dpm++")]
+    for rung in rungs[1:]:
+        assert recipes.parse(rung.recipe)  # a recipe the runner can take
+
+
 def test_full_ladder_keeps_a_step_only_when_it_was_faster_and_names_each_rungs_parent():
     def row(seconds, step):
         return {"median_s": seconds, "steps": [{"step": step, "applied": True}]}
 
-    gen = ladders.rungs("full")
+    gen = ladders.rungs("full", machine("spr-2s-amx"))
     seen = [next(gen)]
     timings = {"channels_last": 8, "bf16": 7, "compile": 7.5, "openvino": 5, "ipex": None, "scheduler=dpm++": 4,
                "int8": 3.5, "tiny-vae": 3, "lcm-lora": 1, "deepcache=2": 5, "tome": 6}

@@ -4,6 +4,7 @@ import sys
 import pytest
 from PIL import Image
 
+from images import REMADE_ALONE_LEVELS, level_difference
 from sdcpu.cli import main
 
 TINY = ["--model", "random:tiny", "--size", "64x48", "--steps", "2", "--recipe", "baseline"]
@@ -21,7 +22,12 @@ def test_generate_writes_pngs_that_describe_themselves(tmp_path, capsys):
     assert params.startswith("a red boat\nNegative prompt: blurry\nSteps: 2, Sampler: dpm++, CFG scale: 7.5, Seed: 8,")
     assert "Size: 64x48, Model: random:tiny, Recipe: baseline" in params
     assert "weights are random" in params
-    assert "s/image: text encoder" in out and "UNet" in out and "weights are random" in out
+    assert "s/image: text encoder" in out and "UNet" in out and "weights are random" in out and "peak RSS" in out
+    assert main(["generate", "a red boat", *TINY, "--seed", "8", "--negative-prompt", "blurry", "--scheduler", "dpm++",
+                 "-o", str(tmp_path / "alone.png")]) == 0
+    alone = Image.open(tmp_path / "alone.png").convert("RGB")
+    assert level_difference(alone, image.convert("RGB")) <= REMADE_ALONE_LEVELS  # seed 8 remade alone
+    assert level_difference(alone, Image.open(files[0]).convert("RGB")) > 10 * REMADE_ALONE_LEVELS
 
 
 def test_recipe_call_defaults_apply_unless_the_command_line_says_otherwise(tmp_path):

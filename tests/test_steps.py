@@ -2,7 +2,6 @@
 to eager fp32 for the same seed. Bounds (images in [0, 1]): fp32 layout/compile changes measured ~2e-6 max abs, bound
 1e-4; bf16 measured ~1.7e-2 (8-bit mantissa through 3 steps and the VAE), bound 5e-2 (about 13 of 255 levels)."""
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -78,66 +77,3 @@ def test_every_runtime_step_kind_has_a_function():
 
     runtime = {name for name, kind in STEP_KINDS.items() if kind.group != "system"}
     assert runtime == set(steps.REGISTRY)
-
-
-def test_auto_uses_bf16_only_on_native_hardware(monkeypatch):
-    import importlib.util
-
-    from sdcpu import auto
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "openvino" else find_spec(name))
-    with_bf16 = auto.recipe(SPR)[0]
-    without = auto.recipe(dataclasses.replace(SPR, flags=EPYC.flags))[0]
-    assert with_bf16.get("bf16") and not without.get("bf16")
-    assert not with_bf16.get("channels_last") and not without.get("channels_last")  # no measured gain, more RSS
-
-
-def test_auto_runs_openvino_in_bf16_without_an_allocator_where_both_exist(monkeypatch):
-    pytest.importorskip("openvino")
-    from sdcpu import auto, launcher
-
-    monkeypatch.setattr(launcher, "find_libraries", lambda dirs: {"jemalloc": "/usr/lib/libjemalloc.so.2"})
-    recipe, reasons = auto.recipe(SPR)
-    assert recipe.get("openvino") and not recipe.get("bf16") and not recipe.get("jemalloc")
-    assert any(reason.startswith("no jemalloc:") and "aborts" in reason for reason in reasons)
-    assert not auto.recipe(dataclasses.replace(SPR, flags=EPYC.flags))[0].get("openvino")
-
-
-def test_launch_auto_and_info_show_the_system_steps_of_the_auto_recipe(monkeypatch):
-    from sdcpu import auto, hardware, launcher
-
-    monkeypatch.setattr(launcher, "find_libraries", lambda dirs: {"jemalloc": "/usr/lib/libjemalloc.so.2"})
-    cpu = hardware.detect()
-    recipe, _ = auto.recipe(cpu)
-    text = auto.describe_plan(cpu, {})
-    assert ("libjemalloc" in text) == bool(recipe.get("jemalloc")) and "OMP_NUM_THREADS=" in text
-    assert auto.system_options(cpu, {})[0].allocator == ("jemalloc" if recipe.get("jemalloc") else "default")
-
-
-@pytest.mark.parametrize("openvino", [False, True])
-def test_auto_quality_levels_bound_the_steps(monkeypatch, openvino):
-    import importlib.util
-
-    from sdcpu import auto
-
-    if openvino:
-        pytest.importorskip("openvino")
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name: None if name == "openvino" and not openvino else find_spec(name))
-    exact, high, fast = (auto.recipe(SPR, quality=level)[0] for level in auto.QUALITIES)
-    reduced = {"bf16", "openvino", "deepcache", "tiny-vae"}
-    assert not {step.name for step in exact.steps} & reduced and exact.name == "auto:exact"
-    assert {step.name for step in high.steps} & reduced == ({"openvino"} if openvino else {"bf16"})
-    assert high.name == "auto"
-    added = {step.name for step in fast.steps} - {step.name for step in high.steps}
-    assert added == ({"int8", "tiny-vae"} if openvino else {"deepcache", "tiny-vae"})  # deepcache needs the eager UNet
-    assert steps.resolve("auto:fast", SPR) == fast
-
-
-def test_an_unknown_quality_is_refused():
-    from sdcpu.errors import UsageError
-
-    with pytest.raises(UsageError, match="unknown quality 'turbo'"):
-        steps.resolve("auto:turbo", SPR)

@@ -1,13 +1,14 @@
 """The `auto` recipe: the best this machine supports, with reasons: what `sdcpu tune` measured here when a tuned
-profile matches (sdcpu.tune.profile says how), else decided from what the machine is and what is installed.
+profile matches (sdcpu.tune.profile says how), else the rules of this CPU's class (sdcpu.auto_rules: what measured
+fastest on that class, and what it rests on).
 
 `auto` takes a quality level (`auto:exact`, `auto` = `auto:high`, `auto:fast`; `--quality` on the command line) that
 bounds which steps it may use, measured against the fp32 image of the same seed:
 - exact: fp32 steps only; every image within 1e-4 max abs of eager fp32 (tests/test_steps.py, test_openvino.py).
 - high: adds bf16 (torch or OpenVINO) where the CPU has it natively: 48-49 dB PSNR, SSIM >= 0.999 measured on
-  random:sd15; the bound is 40 dB.
-- fast: adds steps that cut work: deepcache=2 (42 dB, SSIM 0.998 measured) where the UNet runs eagerly, int8 (NNCF
-  hybrid, 39.5 dB, SSIM 0.996 measured) where it runs on OpenVINO, and tiny-vae (TAESD, a distilled decoder: its
+  random:sd15; the bound is 40 dB. Where bf16 is not native, high is exact.
+- fast: adds steps that cut work: int8 (NNCF hybrid, 39.5 dB, SSIM 0.996 measured) where the UNet runs on OpenVINO,
+  deepcache=2 (42 dB, SSIM 0.998 measured) where it runs eagerly, and tiny-vae (TAESD, a distilled decoder: its
   fidelity needs real weights to measure, none here); no bound beyond "recognisably the same image" with real weights.
 """
 
@@ -15,23 +16,19 @@ import dataclasses
 import importlib.util
 import os
 
-from sdcpu import launcher, recipes
+from sdcpu import auto_rules, launcher, recipes
 from sdcpu.errors import UsageError
 from sdcpu.recipes import Recipe, Step
 from sdcpu.tune import profile
 
-# What `fast` adds, by whether the UNet runs eagerly (deepcache needs it) or on OpenVINO, with the figures behind it.
-FAST_EAGER = (("deepcache=2", "tiny-vae"), "deepcache=2 and tiny-vae: 9.56 vs 17.59 s/image on fp32 eager (random:sd15, "
-              "256x256, 4 steps); deepcache=2 alone 42 dB PSNR")
-FAST_OPENVINO = (("int8", "tiny-vae"), "int8 and tiny-vae: 4.41 vs 5.63 s/image on OpenVINO bf16, peak RSS 3.1 vs "
-                 "6.5 GiB (random:sd15, 256x256, 4 steps); int8 alone, A B A B in one run: 3.51 and 3.15 vs 4.64 and "
-                 "3.62 s/image, 39.4 dB; the first int8 use quantizes the UNet once, about 13 minutes on 2 cores, kept "
-                 "on disk; deepcache needs the eager UNet")
-
-
 QUALITIES = ("exact", "high", "fast")
-NO_PROFILE = ("no tuned profile matches this machine, model and versions: hardware rules below, not measurements "
-              "(`sdcpu tune` measures what is fastest here and auto then uses it)")
+NO_PROFILE = ("no tuned profile matches this machine, model and versions: the rules of this CPU's class below, "
+              "measured on a machine of that class or taken from published figures, as each says (`sdcpu tune` measures "
+              "what is fastest on this one)")
+BACKENDS = {"openvino", "compile", "ipex"}
+WORK_CUTTING = {"int8", "tiny-vae", "deepcache"}  # what `fast` adds on top of a tuned profile
+ALLOCATOR_BESIDE_OPENVINO = ("with a preloaded allocator OpenVINO 2026.4's CPU plugin aborts the process (free(): "
+                             "invalid size)")
 
 
 def parse(text: str) -> str:
@@ -42,36 +39,100 @@ def parse(text: str) -> str:
     return level
 
 
-def system_options(cpu, environ=os.environ, libs=None, tools=None, quality="high",
-                   workload=None) -> tuple[launcher.LaunchOptions, tuple[str, ...]]:
-    """The system steps `auto` takes here, with one reason each: those of a tuned profile that matches (see
-    sdcpu.tune.profile), else the launcher's hardware rules, less a preloaded allocator where auto runs OpenVINO (its
-    CPU plugin aborts beside one). `sdcpu launch --auto` uses the same."""
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def _unmet(candidate: auto_rules.Candidate, cpu, long_running: bool) -> str | None:
+    """Why CANDIDATE cannot be taken here, or None."""
+    missing = [module for module in candidate.needs if not _installed(module)]
+    if missing:
+        return f"{' and '.join(missing)} not installed"
+    if cpu.memory_bytes < candidate.min_memory_gib * 2**30:
+        return f"needs {candidate.min_memory_gib} GiB of memory, this machine has {cpu.memory_bytes / 2**30:.1f}"
+    if candidate.long_running and not long_running:
+        return "its one-time cost pays only in a long-running process (sdcpu serve)"
+    return None
+
+
+def choose(cpu, quality: str, long_running: bool = False) -> tuple[Recipe, tuple[str, ...]]:
+    """The class rules' recipe for CPU at QUALITY (framework and algorithm steps), with the reasons: the class, the
+    candidate taken, and why each one before it was not."""
+    klass = auto_rules.cpu_class(cpu)
+    candidates = getattr(klass, quality) or klass.exact
+    reasons, passed = [f"CPU class {klass.name}: {klass.summary}"], []
+    for candidate in candidates:
+        unmet = _unmet(candidate, cpu, long_running)
+        if unmet is None:
+            reasons.append(f"{quality}: {candidate.steps or 'fp32 eager'}: {candidate.why}")
+            break
+        passed.append(f"not {candidate.steps}: {unmet}")
+    reasons += passed
+    return recipes.parse(candidate.steps), tuple(reasons)
+
+
+def _system(cpu, libs, tools, openvino: bool) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """The system steps the rules take here (allocator, Intel OpenMP, pinning), with their reasons."""
+    if len(cpu.usable_physical_cores) < auto_rules.SYSTEM_MIN_CORES:
+        return (), (auto_rules.system_reason(cpu),)
+    options, reasons = launcher.auto_options(cpu, libs, tools)
+    reasons = (f"system steps: {auto_rules.SYSTEM.why}", *reasons)
+    if openvino and options.allocator != "default":
+        reasons = tuple(r for r in reasons if not r.startswith("allocator")) + (
+            f"no {options.allocator}: {ALLOCATOR_BESIDE_OPENVINO}, and auto runs OpenVINO here",)
+        options = dataclasses.replace(options, allocator="default")
+    steps = [Step(options.allocator)] if options.allocator != "default" else []
+    steps += [Step("iomp")] if options.openmp == "iomp" else []
+    steps += [Step("pin")] if options.pin else []
+    return tuple(steps), reasons
+
+
+def recipe(cpu, environ=os.environ, quality="high", workload=None, long_running=False,
+           libs=None, tools=None) -> tuple[Recipe, tuple[str, ...]]:
+    """(the auto recipe for CPU at QUALITY, one reason per choice): a matching tuned profile's recipe (WORKLOAD: the
+    model and size, when the caller knows them), else the rules of the CPU's class. LONG_RUNNING: the process makes
+    many images (serve), so a step whose one-time cost pays over many images may be taken."""
+    name = "auto" if quality == "high" else f"auto:{quality}"
     found = profile.find(cpu, quality, workload)
     if found:
-        return recipes.launch_options(recipes.parse(found.recipe)), (found.reason(workload is not None),)
-    return _rule_options(cpu, environ, libs, tools, quality)
-
-
-def _rule_options(cpu, environ, libs, tools, quality) -> tuple[launcher.LaunchOptions, tuple[str, ...]]:
+        steps, reasons = list(recipes.parse(found.recipe).steps), (found.reason(workload is not None),)
+        if quality == "fast":
+            added, why = _fast_on_top(cpu, steps)
+            steps += added
+            reasons += (f"quality fast, on top of the profile: {why}",)
+        return Recipe(name, tuple(steps)), reasons
+    chosen, reasons = choose(cpu, quality, long_running)
     libs = launcher.find_libraries(launcher.library_dirs(environ)) if libs is None else libs
     tools = launcher.probe_pinning_tools(cpu) if tools is None else tools
-    options, reasons = launcher.auto_options(cpu, libs, tools)
-    if _use_openvino(cpu, quality) and options.allocator != "default":
-        reasons = tuple(r for r in reasons if not r.startswith("allocator")) + (
-            f"no {options.allocator}: with a preloaded allocator OpenVINO 2026.4's CPU plugin aborts the process "
-            "(free(): invalid size), and auto runs OpenVINO here",)
-        options = dataclasses.replace(options, allocator="default")
-    if _use_openvino(cpu, quality) and options.pin:
-        reasons += ("pinned, OpenMP threads not bound to cores: binding ties the main thread to one core and OpenVINO's "
-                    "threads inherit it (random:sd-turbo 512x512 on OpenVINO, UNet per call: bound 1.41 vs 0.69 s "
-                    "unpinned; unbound 0.74 vs 0.75 s)",)
-        options = dataclasses.replace(options, bind_threads=False)
-    return options, (NO_PROFILE,) + reasons
+    system, why_system = _system(cpu, libs, tools, chosen.get("openvino") is not None)
+    taken = {step.name for step in chosen.steps}
+    system = tuple(step for step in system if step.name not in taken)  # a candidate may hold iomp itself
+    return Recipe(name, system + chosen.steps), (NO_PROFILE, *reasons, *why_system, auto_rules.NO_CHANNELS_LAST)
+
+
+def _fast_on_top(cpu, steps) -> tuple[list[Step], str]:
+    """What `fast` adds to a tuned profile's recipe: the work-cutting steps of the class's first fast candidate that
+    can be taken here and runs the UNet the same way (on a backend, where int8 follows it; eagerly, for deepcache)."""
+    names = {step.name for step in steps}
+    backend = bool(names & BACKENDS)
+    for candidate in auto_rules.cpu_class(cpu).fast:
+        parsed = recipes.parse(candidate.steps)
+        if bool({s.name for s in parsed.steps} & BACKENDS) == backend and _unmet(candidate, cpu, False) is None:
+            added = [step for step in parsed.steps if step.name in WORK_CUTTING and step.name not in names]
+            return added, candidate.why
+    return [Step.parse("tiny-vae")], "tiny-vae: a distilled decoder, on any backend"
+
+
+def system_options(cpu, environ=os.environ, libs=None, tools=None, quality="high",
+                   workload=None) -> tuple[launcher.LaunchOptions, tuple[str, ...]]:
+    """The launch options of the auto recipe's system steps, with the recipe's reasons. `sdcpu launch --auto` and
+    `sdcpu info` use the same."""
+    chosen, reasons = recipe(cpu, environ, quality, workload, libs=libs, tools=tools)
+    return recipes.launch_options(chosen), reasons
 
 
 def describe_plan(cpu, environ=os.environ) -> str:
-    """The system steps auto takes and why, then their launch plan (for `sdcpu info`)."""
+    """The auto recipe's reasons, then its launch plan (for `sdcpu info`)."""
     libs = launcher.find_libraries(launcher.library_dirs(environ))
     tools = launcher.probe_pinning_tools(cpu)
     options, reasons = system_options(cpu, environ, libs, tools)
@@ -79,55 +140,12 @@ def describe_plan(cpu, environ=os.environ) -> str:
     return "\n".join([*(f"- {reason}" for reason in reasons), "", launcher.format_plan(first)])
 
 
-def _use_openvino(cpu, quality: str) -> bool:
-    return quality != "exact" and cpu.native_bf16 and importlib.util.find_spec("openvino") is not None
-
-
-def recipe(cpu, environ=os.environ, quality="high", workload=None) -> tuple[Recipe, tuple[str, ...]]:
-    """(the auto recipe for CPU at QUALITY, one reason per choice): a matching tuned profile's recipe (WORKLOAD: the
-    model and size, when the caller knows them), else the hardware rules."""
-    name = "auto" if quality == "high" else f"auto:{quality}"
-    found = profile.find(cpu, quality, workload)
-    if found:
-        steps = list(recipes.parse(found.recipe).steps)
-        reasons = (found.reason(workload is not None),)
-        if quality == "fast":
-            backend = any(step.name in ("compile", "openvino", "ipex") for step in steps)
-            fast, why = FAST_OPENVINO if backend else FAST_EAGER
-            steps += [Step.parse(step) for step in fast]
-            reasons += (f"quality fast, on top of the profile: {why}",)
-        return Recipe(name, tuple(steps)), reasons
-    options, reasons = _rule_options(cpu, environ, None, None, quality)
-    use_openvino = _use_openvino(cpu, quality)
-    steps = [Step(options.allocator)] if options.allocator != "default" else []
-    steps += [Step("iomp")] if options.openmp == "iomp" else []
-    steps += [Step("pin")] if options.pin else []
-    reasons += ("no channels_last: no measured gain (fp32 SD 1.5 UNet forward 12.3 vs 12.5 s on an AVX2 EPYC, 8.4 vs "
-                "7.1 s on an AMX Xeon) and +2.9 GiB peak RSS while the weights are converted",)
-    if quality == "exact":
-        reasons += ("quality exact: fp32 only; no bf16 (max abs drift ~2e-2 on the output, PSNR ~48 dB)",)
-    elif use_openvino:
-        steps.append(Step("openvino"))
-        reasons += (f"openvino in bf16 ({cpu.native_bf16_reason}): 3.39 vs 5.12 s/image for torch bf16 (random:sd15, "
-                    "256x256, 4 steps, AMX Xeon, one bench run); IR converted once (~40 s), then a few s per process",)
-    elif cpu.native_bf16:
-        steps.append(Step("bf16"))
-        reasons += (f"bf16: {cpu.native_bf16_reason} (openvino is faster where installed: pip install openvino)",)
-    else:
-        reasons += (f"no bf16: {cpu.native_bf16_reason} (a bf16 UNet forward measured 7-18x slower than fp32 on an "
-                    "AVX2-only EPYC)",)
-    if quality == "fast":
-        fast, why = FAST_OPENVINO if use_openvino else FAST_EAGER
-        steps += [Step.parse(step) for step in fast]
-        reasons += (f"quality fast: {why}",)
-    return Recipe(name, tuple(steps)), reasons
-
-
-def resolve_for(text: str, cpu, model: str, width: int, height: int) -> tuple[Recipe, str | None]:
+def resolve_for(text: str, cpu, model: str, width: int, height: int,
+                long_running: bool = False) -> tuple[Recipe, str | None]:
     """A recipe string for a job on MODEL at WIDTHxHEIGHT: `auto` / `auto:LEVEL` from a tuned profile for that
-    workload, else the hardware rules, with the first reason (which of the two it was); another recipe as parsed."""
+    workload, else the class rules, with the first reason (which of the two it was); another recipe as parsed."""
     if not recipes.is_auto(text):
         return recipes.parse(text), None
-    found, reasons = recipe(cpu, quality=parse(text.strip()), workload=profile.workload_of(model, width, height))
+    found, reasons = recipe(cpu, quality=parse(text.strip()), workload=profile.workload_of(model, width, height),
+                            long_running=long_running)
     return found, reasons[0]
-

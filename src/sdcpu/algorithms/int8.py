@@ -14,14 +14,21 @@ Activation ranges are calibrated on the UNet's inputs while the pipeline makes C
 size, CALIBRATION_STEPS steps each: offline, no data set needed.
 """
 
-import contextlib
+import gc
+import importlib.util
 import logging
 import os
+import subprocess
 import sys
+import tempfile
 import time
+from importlib import metadata
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from sdcpu.auto_rules import INT8_MEMORY_GIB
 from sdcpu.backends.components import Entry, UNet
 from sdcpu.steps_base import Skip
 
@@ -39,7 +46,7 @@ def apply(pipe, step, cpu) -> str:
     from sdcpu.backends import openvino
 
     if isinstance(pipe.unet, UNet) and isinstance(pipe.unet.run, openvino.Compiled):
-        return _openvino(pipe)
+        return _openvino(pipe, cpu)
     if hasattr(pipe.unet, "_orig_mod"):  # torch.compile's wrapper
         return _inductor(pipe)
     raise Skip("int8 quantizes the UNet a backend runs: put it after `openvino` (NNCF) or `compile` (torchao PT2E)")
@@ -74,70 +81,46 @@ def calibration_inputs(pipe) -> list[tuple]:
     return recorder.calls
 
 
-@contextlib.contextmanager
-def _quiet():
-    """NNCF logs one INFO line per layer and draws progress bars on stdout, which is the commands' output."""
-    nncf_log = logging.getLogger("nncf")
-    level = nncf_log.level
-    nncf_log.setLevel(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        nncf_log.setLevel(level)
-
-
-def _openvino(pipe) -> str:
-    try:
-        import nncf
-    except ImportError:
-        raise Skip("nncf is not installed: pip install -c constraints.txt nncf") from None
+def _openvino(pipe, cpu) -> str:
+    if importlib.util.find_spec("nncf") is None:
+        raise Skip("nncf is not installed: pip install -c constraints.txt nncf")
     from sdcpu.backends import openvino
 
     run = pipe.unet.run
     path, made = run.path.with_name(IR_NAME), ""
     if not path.is_file():
+        if cpu.memory_bytes < INT8_MEMORY_GIB * 2**30:
+            raise Skip(f"the one-time quantization of this UNet needs {INT8_MEMORY_GIB} GiB of memory, this machine "
+                       f"has {cpu.memory_bytes / 2**30:.1f} GiB")
         start = time.perf_counter()
-        samples = [tuple(x.numpy() for x in call) for call in calibration_inputs(pipe)]
-        with _quiet():
-            _save(_hybrid(nncf, run.model, samples), path)
-        made = f", calibrated on {len(samples)} UNet calls and quantized in {time.perf_counter() - start:.1f} s"
+        calls = calibration_inputs(pipe)
+        run.release()  # the child reads the IR from disk: this process's compiled UNet would only add to the peak
+        gc.collect()
+        peak = _quantize_in_child(run.path, calls, path)
+        made = (f", calibrated on {len(calls)} UNet calls and quantized in a child process in "
+                f"{time.perf_counter() - start:.1f} s (its peak RSS {peak / 2**30:.1f} GiB)")
     pipe.unet = UNet(openvino.Compiled(run.core, path, run.config, "unet-int8"), pipe.unet.config)
-    return (f"UNet hybrid int8 (NNCF {nncf.__version__}): int8 weights on linear layers, int8 weights and activations "
-            f"on convolutions and attention matmuls{made}; IR {path}")
+    return (f"UNet hybrid int8 (NNCF {metadata.version('nncf')}): int8 weights on linear layers, int8 weights and "
+            f"activations on convolutions and attention matmuls{made}; IR {path}")
 
 
-def _hybrid(nncf, model, samples):
-    linear = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul" and _has_weight(op)]
-    compressed = nncf.compress_weights(model.clone(), mode=nncf.CompressWeightsMode.INT8_ASYM,
-                                       ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
-    return nncf.quantize(
-        compressed, nncf.Dataset(samples), subset_size=len(samples), model_type=nncf.ModelType.TRANSFORMER,
-        ignored_scope=nncf.IgnoredScope(names=linear, validate=False),
-        advanced_parameters=nncf.AdvancedQuantizationParameters(  # no SmoothQuant, as optimum-intel
-            smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)),
-    )
-
-
-def _has_weight(op) -> bool:
-    """Whether a MatMul takes a constant (a weight) on either input, through Convert/Reshape/FakeQuantize."""
-    for port in range(2):
-        node = op.input_value(port).get_node()
-        while node.get_type_name() in ("Convert", "Reshape", "FakeQuantize"):
-            node = node.input_value(0).get_node()
-        if node.get_type_name() == "Constant":
-            return True
-    return False
-
-
-def _save(model, path):
-    import openvino as ov
-
-    staging = path.with_name(f".{path.stem}.{os.getpid()}.xml")
-    ov.save_model(model, staging, compress_to_fp16=False)
-    os.replace(staging.with_suffix(".bin"), path.with_suffix(".bin"))
-    os.replace(staging, path)
-    log.info("int8: saved the quantized UNet to %s", path)
+def _quantize_in_child(source: Path, calls, target: Path) -> int:
+    """Quantize the IR at SOURCE into TARGET in a child process (sdcpu.algorithms.int8_child), calibrated on CALLS;
+    the child's peak RSS in bytes. Its memory goes back to the system when it exits."""
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".calibration-") as folder:
+        samples = Path(folder) / "samples.npz"
+        np.savez(samples, **{f"{i}_{j}": x.numpy() for i, call in enumerate(calls) for j, x in enumerate(call)})
+        child = subprocess.Popen([sys.executable, "-P", "-m", "sdcpu.algorithms.int8_child", str(source),
+                                  str(samples), str(target)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
+        with child.stdout:
+            output = child.stdout.read()
+        _, status, usage = os.wait4(child.pid, 0)  # reaped here, with its own resource usage
+        child.returncode = code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        last = output.strip().splitlines()[-1:] or [f"exit {code}"]
+        raise RuntimeError(f"int8 quantization failed in its child process: {last[0]}")
+    return usage.ru_maxrss * 1024
 
 
 def _inductor(pipe) -> str:

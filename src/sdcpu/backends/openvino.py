@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from sdcpu.backends import mapped
 from sdcpu.backends.components import VAE, Entry, TextEncoder, UNet
 from sdcpu.launcher import library_kind
 from sdcpu.random_models import sdcpu_home
@@ -145,11 +146,14 @@ def convert(module, name, path):
 
 
 class Compiled:
-    """A dynamic-shape OpenVINO model (IR at PATH), compiled for each new set of static input shapes on first use."""
+    """A dynamic-shape OpenVINO model (IR at PATH), compiled for each new set of static input shapes on first use.
+
+    The IR is read (memory-mapped) for each compile, and its mapped weights are kept out of RSS while the CPU plugin
+    repacks them into its own layouts (sdcpu.backends.mapped): RSS holds the UNet's weights once, not twice."""
 
     def __init__(self, core, path: Path, config: dict, name: str):
         self.core, self.path, self.config, self.name = core, path, config, name
-        self.model, self.by_shape = core.read_model(path), {}
+        self.by_shape = {}
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         shapes = tuple(tuple(x.shape) for x in inputs)
@@ -157,13 +161,23 @@ class Compiled:
         outputs = compiled([x.numpy() for x in inputs])
         return tuple(torch.from_numpy(array) for array in outputs.to_tuple())
 
+    def read(self):
+        """The model at self.path, memory-mapped (dynamic shapes)."""
+        return self.core.read_model(self.path)
+
     def compile(self, shapes):
         """Compile for SHAPES (one tuple per input) now rather than on the first call."""
         start = time.perf_counter()
-        model = self.model.clone()
-        model.reshape({port: list(shape) for port, shape in zip(model.inputs, shapes)})
-        self.by_shape[shapes] = compiled = self.core.compile_model(model, "CPU", self.config)
+        with mapped.released(self.path.with_suffix(".bin")):
+            model = self.read()
+            model.reshape({port: list(shape) for port, shape in zip(model.inputs, shapes)})
+            self.by_shape[shapes] = compiled = self.core.compile_model(model, "CPU", self.config)
+            del model
         sizes = " ".join("x".join(map(str, shape)) for shape in shapes)
         log.info("openvino: compiled %s for %s in %.1f s (%s)", self.name, sizes,
                  time.perf_counter() - start, self.config["INFERENCE_PRECISION_HINT"])
         return compiled
+
+    def release(self):
+        """Drop every compiled shape (their memory goes back); the next call compiles again."""
+        self.by_shape.clear()

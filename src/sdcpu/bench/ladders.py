@@ -54,18 +54,19 @@ class Rung:
     parent: str | None = None  # the rung this one adds a step to (the full ladder): its speedup is shown against it
 
 
+# The seed's framework rung where bf16 is not native: its bf16 would be skipped, leaving an fp32 inductor compile of
+# ~4 minutes per process (246 s on an AVX2 EPYC, twice in the ladder); OpenVINO f32, the write-up's static-shapes
+# path, measured faster there (+openvino 1.61x vs +compile 1.45x vanilla, one run) after a ~1 minute conversion kept
+# on disk. OpenVINO cannot sit beside a preloaded allocator: the rung keeps the system rung's OpenMP and pinning.
+FRAMEWORK_WITHOUT_BF16 = "iomp,pin,openvino=f32"
 STATIC = {
-    "seed": (  # the seed's rungs, cumulative; steps this CPU cannot use (bf16 without AMX) are skipped with the reason
-        Rung("baseline", "baseline"), Rung("+system", "system"), Rung("+framework", "framework"),
-        Rung("+scheduler", "seed"),
-    ),
     "peers": (
         Rung("diffusers eager (peer)", "baseline"),
         Rung("optimum-intel OpenVINO static (peer)", "baseline", peer="optimum-intel"),
         Rung("sdcpu auto", "auto"),
     ),
 }
-LADDERS = (*STATIC, "full")
+LADDERS = ("seed", *STATIC, "full")
 BACKENDS = ("compile", "openvino", "ipex")  # each replaces the UNet's runtime: one at a time
 FRAMEWORK = ("channels_last", "bf16", "compile", "openvino", "ipex")
 WORK_CUTTING = ("scheduler=dpm++", "int8", "tiny-vae")  # on the fastest recipe so far
@@ -92,13 +93,22 @@ def parse_recipes(text: str) -> tuple[Rung, ...]:
     return tuple(Rung(item, item) for item in items)
 
 
-def rungs(ladder: str | tuple[Rung, ...]):
-    """A generator of the rungs of LADDER (a name, or rungs from --recipes); send() it each rung's row."""
-    if ladder == "full":
-        yield from _full()
+def rungs(ladder: str | tuple[Rung, ...], cpu):
+    """A generator of the rungs of LADDER (a name, or rungs from --recipes) on CPU; send() it each rung's row."""
+    if ladder in ("full", "seed"):
+        yield from (_full() if ladder == "full" else _seed(cpu))
         return
     for rung in STATIC[ladder] if isinstance(ladder, str) else ladder:
         yield rung
+
+
+def _seed(cpu):
+    """The seed's rungs, cumulative, adapted to CPU: bf16 and inductor where bf16 is native, else OpenVINO f32."""
+    yield Rung("baseline", "baseline")
+    yield Rung("+system", "system")
+    framework = recipes.NAMED["framework"] if cpu.native_bf16 else FRAMEWORK_WITHOUT_BF16
+    yield Rung("+framework", framework)
+    yield Rung("+scheduler", f"{framework},scheduler=dpm++")
 
 
 def _full():

@@ -41,7 +41,7 @@ def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> li
         "matmul_peak_gflop_s": {"float32": flops.matmul_peak_gflops("float32"),
                                 **({"bfloat16": flops.matmul_peak_gflops("bfloat16")} if cpu.native_bf16 else {})},
     }
-    rows, gen = [], ladders.rungs(ladder)
+    rows, gen = [], ladders.rungs(ladder, cpu)
     rung, started = next(gen), time.perf_counter()
     with open(out / RESULTS, "w") as results:
         while True:

@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import resource
 
 from sdcpu import auto, generate, hardware, models, recipes, relaunch, schedulers, steps
 from sdcpu.errors import UsageError
@@ -75,8 +76,9 @@ def run(args) -> int:
         generate.save_png(image, path, text)
         print(path)
 
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     print(f"{result.summary(request.steps)}; {request.steps} steps, {width}x{height}, {scheduler}, "
-          f"{len(result.images)} image(s), recipe {recipe.name}: {recipe}")
+          f"{len(result.images)} image(s), peak RSS {peak:.2f} GiB, recipe {recipe.name}: {recipe}")
     if why_auto:
         print(f"auto: {why_auto}")
     skipped = [str(outcome) for outcome in outcomes if not outcome.applied]

@@ -46,8 +46,8 @@ def run(args) -> int:
     cpu = hardware.detect()
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
     width, height = generate.parse_size(args.warmup_size)
-    # auto: a tuned profile for this model at the warm-up size, else the hardware rules
-    recipe, why_auto = auto.resolve_for(args.recipe, cpu, args.model, width, height)
+    # auto: a tuned profile for this model at the warm-up size, else the class rules for a long-running process
+    recipe, why_auto = auto.resolve_for(args.recipe, cpu, args.model, width, height, long_running=True)
     generate.Request("warm-up", width=width, height=height).validate()
     for name in ("max_queue", "max_batch", "max_size", "instances"):
         value = getattr(args, name)

@@ -1,0 +1,78 @@
+"""The int8 step's quantization of an OpenVINO UNet, run in a child process so that its peak memory is its own:
+`python -P -m sdcpu.algorithms.int8_child SOURCE.xml SAMPLES.npz TARGET.xml`.
+
+The child reads the fp32 IR from disk (memory-mapped), quantizes it in place (no copy of the model) with NNCF's
+hybrid scheme on the calibration calls in SAMPLES (arrays `CALL_INPUT`, as sdcpu.algorithms.int8 writes them), and
+writes TARGET (staged, then renamed: a crash leaves no half-written IR), keeping the mapped fp32 weights out of its
+RSS (sdcpu.backends.mapped). The parent dropped its own compiled UNet before starting the child.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def hybrid(nncf, model, samples):
+    """NNCF's hybrid quantization, as optimum-intel does for diffusion: int8 weights on the linear MatMuls (their
+    activations left as they are), then full int8 (weights and activations) on everything else."""
+    linear = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul" and _has_weight(op)]
+    compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM,
+                                       ignored_scope=nncf.IgnoredScope(types=["Convolution"]))
+    return nncf.quantize(
+        compressed, nncf.Dataset(samples), subset_size=len(samples), model_type=nncf.ModelType.TRANSFORMER,
+        ignored_scope=nncf.IgnoredScope(names=linear, validate=False),
+        advanced_parameters=nncf.AdvancedQuantizationParameters(  # no SmoothQuant, as optimum-intel
+            smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)),
+    )
+
+
+def _has_weight(op) -> bool:
+    """Whether a MatMul takes a constant (a weight) on either input, through Convert/Reshape/FakeQuantize."""
+    for port in range(2):
+        node = op.input_value(port).get_node()
+        while node.get_type_name() in ("Convert", "Reshape", "FakeQuantize"):
+            node = node.input_value(0).get_node()
+        if node.get_type_name() == "Constant":
+            return True
+    return False
+
+
+def load_samples(path) -> list[tuple]:
+    """The calibration calls saved as arrays named CALL_INPUT, in call order."""
+    with np.load(path) as arrays:
+        keys = sorted(arrays.files, key=lambda key: tuple(map(int, key.split("_"))))
+        calls: dict[int, list] = {}
+        for key in keys:
+            calls.setdefault(int(key.split("_")[0]), []).append(arrays[key])
+    return [tuple(inputs) for _, inputs in sorted(calls.items())]
+
+
+def save(model, path: str) -> None:
+    import openvino as ov
+
+    staging = f"{os.path.dirname(path)}/.{os.path.basename(path)[:-4]}.{os.getpid()}.xml"
+    ov.save_model(model, staging, compress_to_fp16=False)
+    os.replace(staging[:-4] + ".bin", path[:-4] + ".bin")
+    os.replace(staging, path)
+
+
+def main(argv) -> int:
+    source, samples, target = argv
+    import nncf
+    import openvino as ov
+
+    from sdcpu.backends import mapped
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # one INFO line per layer otherwise
+    # NNCF draws progress bars on stdout; the IR's mapped weights stay out of RSS while NNCF's models copy them
+    with contextlib.redirect_stdout(sys.stderr), mapped.released(Path(source).with_suffix(".bin")):
+        save(hybrid(nncf, ov.Core().read_model(source), load_samples(samples)), target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,159 @@
+"""`auto`'s hardware rules: the CPU classes sdcpu tells apart and, for each, the recipe that measured fastest there at
+each quality level, with the measurement behind it. Data only; `sdcpu.auto` takes the first candidate whose needs are
+met on the machine at hand, and `sdcpu tune` replaces the rules with this machine's own measurements.
+
+A class is told from the ISA flags alone (`classify`). Figures are s/image of `sdcpu bench --model random:sd15
+--preset quick` (256x256, 4 steps; random weights, the real architecture), in one run side by side, on 2-core KVM
+guests; BENCHMARKS.md holds each run with its command and date. A class whose rules rest on published figures or on
+a neighbouring class says so in its summary.
+"""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Candidate:
+    steps: str  # recipe steps, "" for plain fp32 eager
+    why: str  # the measurement it rests on
+    needs: tuple[str, ...] = ()  # Python modules that must be importable
+    min_memory_gib: float = 0  # machine memory the steps need (int8's one-time quantization)
+    long_running: bool = False  # only where one process makes many images (`serve`): a one-time cost that pays there
+
+
+@dataclass(frozen=True)
+class CpuClass:
+    name: str
+    summary: str  # what the class is and what its rules rest on
+    exact: tuple[Candidate, ...]  # fp32 only: every image within 1e-4 of eager fp32
+    high: tuple[Candidate, ...]  # adds native reduced precision (bf16 where the CPU has it)
+    fast: tuple[Candidate, ...]  # adds steps that cut work
+
+
+# This project's measurements on the AVX-512 Xeon without bf16 (2026-12-01, BENCHMARKS.md), cited by other classes.
+AVX512_OPENVINO = "9.28 vs 12.05 s (1.30x, 2026-12-01; with iomp beside it 11.93 s: no gain)"
+AVX512_INT8 = "AVX512_INT8_PENDING"
+AVX512_SYSTEM = "jemalloc,iomp,pin 0.86x and tcmalloc,iomp,pin 1.10x on the AVX-512 Xeon"
+
+EAGER = Candidate("", "fp32 eager: nothing measured faster without openvino (pip install -c constraints.txt openvino)")
+# Without OpenVINO (or for `high` on a class without native bf16) a long-running server compiles the fp32 UNet once.
+COMPILE = Candidate("compile", "compile (inductor, fp32): +compile 1.45x over the system rung in the AVX2 EPYC's full "
+                    "ladder (2026-12-01), after ~4 minutes of compiling in each process: only where one process "
+                    "serves many images", long_running=True)
+DEEPCACHE = Candidate("deepcache=2,tiny-vae", "deepcache=2 and tiny-vae on the eager UNet: 1.23x on the AVX2 EPYC "
+                      "(2026-12-01, with the slower jemalloc,iomp,pin beside them); deepcache=2 alone 1.36x at 43.6 dB")
+INT8_MEMORY_GIB = 12  # the one-time NNCF quantization of the SD 1.5 UNet, in a child process (sdcpu.algorithms.int8)
+
+# What every class without native bf16 measured, AVX2 and AVX-512 alike: OpenVINO f32 is faster than torch and exact.
+_NO_BF16 = dict(
+    exact=(
+        Candidate("openvino=f32", "OpenVINO f32: exact (PSNR 85 dB vs fp32 eager); AVX2 EPYC 15.51 vs 21.57 s (1.39x, "
+                  "2026-12-01), sdcpu tune there chose it too (1.41x, A B A B); AVX-512 Xeon without bf16 "
+                  f"{AVX512_OPENVINO}", needs=("openvino",)),
+        COMPILE, EAGER,
+    ),
+    high=(),  # no native bf16: high is exact's recipe
+    fast=(
+        Candidate("openvino=f32,int8,tiny-vae", "int8 (NNCF hybrid, 39.5 dB) and tiny-vae on OpenVINO f32: +int8 "
+                  "1.34x over OpenVINO f32 and +tiny-vae 3.43x over vanilla in the AVX2 EPYC's full ladder "
+                  f"(2026-12-01); {AVX512_INT8}", needs=("openvino", "nncf"), min_memory_gib=INT8_MEMORY_GIB),
+        Candidate("openvino=f32,tiny-vae", "tiny-vae on OpenVINO f32 (int8 needs nncf and "
+                  f"{INT8_MEMORY_GIB} GiB for its one-time quantization)", needs=("openvino",)),
+        DEEPCACHE,
+    ),
+)
+
+CLASSES = {
+    "amx": CpuClass(
+        "amx", "AMX-BF16 (Sapphire Rapids and later): measured on a 2-core KVM Xeon, 2026-11-26/27",
+        exact=(
+            Candidate("openvino=f32", "OpenVINO f32: exact; faster than torch fp32 on both classes measured without "
+                      "bf16 (AVX2 1.39x, AVX-512 1.30x); not measured on AMX itself", needs=("openvino",)),
+            EAGER,
+        ),
+        high=(
+            Candidate("iomp,openvino=bf16", "OpenVINO bf16 with Intel OpenMP: sdcpu tune's choice (3.2-6.4x the default, "
+                      "confirmed A B A B), 2.27 vs 16.18 s/image for vanilla (7.1x), 48.5 dB", needs=("openvino",)),
+            Candidate("bf16", "torch bf16 on AMX: 5.12 vs 16.39 s/image (3.2x), 48 dB"),
+        ),
+        fast=(
+            Candidate("iomp,openvino=bf16,int8,tiny-vae", "int8 and tiny-vae on OpenVINO bf16: +int8 1.30x and "
+                      "+tiny-vae 1.60x in the full ladder (1.97 s/image, 8.0x vanilla), peak RSS 3.1 vs 6.5 GiB",
+                      needs=("openvino", "nncf"), min_memory_gib=INT8_MEMORY_GIB),
+            Candidate("iomp,openvino=bf16,tiny-vae", "tiny-vae on OpenVINO bf16 (int8 needs nncf and "
+                      f"{INT8_MEMORY_GIB} GiB for its one-time quantization)", needs=("openvino",)),
+            Candidate("bf16,deepcache=2,tiny-vae", "deepcache=2 on torch bf16: 1.43x at 42.2 dB in the full ladder"),
+        ),
+    ),
+    "avx512_bf16": CpuClass(
+        "avx512_bf16", "AVX512_BF16 without AMX (Zen 4, Cooper Lake): no sdcpu measurement on this class; bf16 is "
+        "native (OpenVINO's CPU plugin takes bf16 as its default precision where AVX512_BF16 is present), the fp32 "
+        "rules are those of AVX-512 without bf16",
+        exact=_NO_BF16["exact"],
+        high=(
+            Candidate("openvino=bf16", "OpenVINO bf16: native bf16 dot products; on AMX OpenVINO bf16 measured 1.5x "
+                      "torch bf16", needs=("openvino",)),
+            Candidate("bf16", "torch bf16: native bf16 dot products (AVX512_BF16)"),
+        ),
+        fast=(
+            Candidate("openvino=bf16,int8,tiny-vae", "int8 and tiny-vae on OpenVINO: as on AMX and AVX2, where both "
+                      "measured faster", needs=("openvino", "nncf"), min_memory_gib=INT8_MEMORY_GIB),
+            Candidate("openvino=bf16,tiny-vae", "tiny-vae on OpenVINO bf16", needs=("openvino",)),
+            Candidate("bf16,deepcache=2,tiny-vae", "deepcache=2 and tiny-vae on torch bf16"),
+        ),
+    ),
+    "avx512": CpuClass(
+        "avx512", "AVX-512 without AVX512_BF16 or AMX (Skylake-SP to Ice Lake, or a VM that masks AMX): measured on "
+        "a 2-core KVM Xeon with AMX masked, 2026-12-01", **_NO_BF16),
+    "avx2": CpuClass(
+        "avx2", "AVX2 without AVX-512 (Zen 2/3 EPYC, Haswell to Comet Lake): measured on a 2-core KVM EPYC (Zen 3), "
+        "2026-12-01 (issue 13's figures)", **_NO_BF16),
+    "aarch64_bf16": CpuClass(
+        "aarch64_bf16", "aarch64 with BF16 (Neoverse V1/V2, N2): no sdcpu measurement on Arm; torch's bf16 "
+        "kernels there come from the Arm Compute Library, which dispatches native bf16 kernels where the CPU has "
+        "them (oneDNN's fpmath documentation); `sdcpu tune` measures what is fastest",
+        exact=(EAGER,),
+        high=(Candidate("bf16", "torch bf16: Armv8.6 BF16 instructions (published, not measured by sdcpu)"),),
+        fast=(Candidate("bf16,deepcache=2,tiny-vae", "deepcache=2 and tiny-vae cut UNet and decoder work on any CPU "
+                        "(measured on x86 only)"),),
+    ),
+    "aarch64": CpuClass(
+        "aarch64", "aarch64 without BF16 (Neoverse N1): no sdcpu measurement on Arm; only work-cutting steps, whose "
+        "gain does not depend on the ISA",
+        exact=(EAGER,), high=(),
+        fast=(Candidate("deepcache=2,tiny-vae", "deepcache=2 and tiny-vae cut UNet and decoder work on any CPU "
+                        "(measured on x86 only)"),),
+    ),
+    "x86": CpuClass(
+        "x86", "x86-64 without AVX2: nothing measured; fp32 eager", exact=(EAGER,), high=(), fast=(DEEPCACHE,)),
+}
+
+NO_CHANNELS_LAST = ("no channels_last on any class: no measured gain (fp32 SD 1.5 UNet forward 12.3 vs 12.5 s on an "
+                    "AVX2 EPYC, 8.4 vs 7.1 s on an AMX Xeon) and +2.9 GiB peak RSS while the weights are converted")
+
+# The system steps (allocator, Intel OpenMP, pinning), by physical cores: the seed's 2.7x was measured on 32 cores;
+# on 2 cores every class measured them neutral to harmful.
+SYSTEM_MIN_CORES = 32
+SYSTEM = Candidate("jemalloc,iomp,pin", "the seed's system rung: 32.3 -> 11.8 s per SD 1.5 image on a 32-core "
+                   "Sapphire Rapids (Hugging Face, 'Accelerating Stable Diffusion Inference on Intel CPUs', 2023)")
+NO_SYSTEM = ("no allocator, Intel OpenMP or pinning on {cores} physical cores: on 2 cores jemalloc,iomp,pin measured "
+             "0.71-0.88x vanilla on the AVX2 EPYC (four runs) and 0.75-0.92x on the AMX Xeon, tcmalloc,iomp,pin "
+             f"1.08x on the EPYC, {AVX512_SYSTEM}, inside the VMs' 10-25% spread; the seed's 2.7x is a "
+             "{min_cores}-core figure")
+
+
+def classify(cpu) -> str:
+    """The class of CPU, from its ISA flags."""
+    if cpu.arch == "aarch64":
+        return "aarch64_bf16" if "bf16" in cpu.flags else "aarch64"
+    for name, flag in (("amx", "amx_bf16"), ("avx512_bf16", "avx512_bf16"), ("avx512", "avx512f"), ("avx2", "avx2")):
+        if flag in cpu.flags:
+            return name
+    return "x86"
+
+
+def cpu_class(cpu) -> CpuClass:
+    return CLASSES[classify(cpu)]
+
+
+def system_reason(cpu) -> str:
+    return NO_SYSTEM.format(cores=len(cpu.usable_physical_cores), min_cores=SYSTEM_MIN_CORES)

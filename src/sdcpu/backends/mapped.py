@@ -1,0 +1,60 @@
+"""Keep a memory-mapped weights file out of this process's resident memory while a runtime copies from it.
+
+OpenVINO reads an IR's weights (.bin) memory-mapped, and its CPU plugin repacks every weight into its own layout when
+it compiles: once compiled, the mapped pages are never read again, yet they stay counted in RSS (the SD 1.5 UNet in
+f32: 3.2 GiB mapped + 3.2 GiB repacked). `released(path)` drops the file's pages from this process
+(madvise MADV_DONTNEED) every RELEASE_PERIOD_S while the block runs, and once more at its end. The mapping is
+read-only and file-backed, so this never loses data: a page read again faults back in from the page cache.
+Measured on random:sd15's UNet compiled at 512x512: peak RSS 6.6 -> 3.5 GiB, the same outputs bit for bit.
+"""
+
+import contextlib
+import ctypes
+import threading
+from pathlib import Path
+
+MADV_DONTNEED = 4
+RELEASE_PERIOD_S = 0.2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def mappings(path: Path, maps_text: str) -> list[tuple[int, int]]:
+    """(start, end) of every read-only mapping of PATH in a /proc/PID/maps text."""
+    found = []
+    for line in maps_text.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5] == str(path) and "w" not in parts[1]:
+            start, end = (int(x, 16) for x in parts[0].split("-"))
+            found.append((start, end))
+    return found
+
+
+def release(path: Path) -> int:
+    """Drop this process's resident pages of the read-only mappings of PATH; the bytes of mapping released."""
+    total = 0
+    for start, end in mappings(path, Path("/proc/self/maps").read_text()):
+        if _libc.madvise(start, end - start, MADV_DONTNEED) == 0:
+            total += end - start
+    return total
+
+
+@contextlib.contextmanager
+def released(path: Path):
+    """Release PATH's mapped pages every RELEASE_PERIOD_S while the block runs, then once more."""
+    path = path.resolve()
+    done = threading.Event()
+
+    def loop():
+        while not done.wait(RELEASE_PERIOD_S):
+            release(path)
+
+    thread = threading.Thread(target=loop, name="sdcpu-release-mapped", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        release(path)

@@ -1,0 +1,19 @@
+"""The promise "image i of a batch can be remade alone from its seed", as the tests check it.
+
+A batch of N runs the UNet and the VAE on N images at once, and the kernels for a larger batch may split and round
+their sums differently (on AVX2, oneDNN's batched convolutions do): the same seed gives the same image up to float
+rounding, not the same bytes. fp32 rounding differences (~1e-6 of full scale per op) stay far below one 8-bit level
+through a few denoising steps; REMADE_ALONE_LEVELS allows two levels of 255 at any pixel, while another seed's image
+differs by about 100 levels on average (random:tiny), so a mix-up of seeds or prompts still fails.
+"""
+
+import numpy as np
+from PIL import Image
+
+REMADE_ALONE_LEVELS = 2
+
+
+def level_difference(a: Image.Image, b: Image.Image) -> int:
+    """The largest difference of one channel at one pixel, in 8-bit levels."""
+    assert a.size == b.size and a.mode == b.mode
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())

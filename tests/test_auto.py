@@ -1,0 +1,126 @@
+"""`auto` without a tuned profile: the rules of each CPU class, on the canned machines (tests/fixtures/machines/),
+with openvino and nncf present or not. Each expected recipe is the one auto_rules says measured fastest there."""
+
+import dataclasses
+import importlib.util
+
+import pytest
+
+from machines import NAMES, machine
+from sdcpu import auto, auto_rules, hardware, steps
+
+LIBS = {"jemalloc": "/usr/lib/libjemalloc.so.2", "tcmalloc": "/usr/lib/libtcmalloc.so.4", "iomp": "/venv/lib/libiomp5.so"}
+NUMACTL = frozenset({"numactl"})
+GRAVITON2 = dataclasses.replace(machine("graviton3-aarch64"), flags=frozenset({"asimd", "asimddp"}))  # no BF16
+AVX2_24G = dataclasses.replace(machine("epyc-2core-avx2"), memory_bytes=24 * 2**30)  # issue 13's EPYC
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """installed(*modules): only these of openvino and nncf can be imported."""
+    find_spec = importlib.util.find_spec
+
+    def only(*modules):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: (
+            None if name in ("openvino", "nncf") and name not in modules else find_spec(name)))
+    return only
+
+
+def recipes_of(cpu, **kwargs) -> tuple[str, str, str]:
+    return tuple(str(auto.recipe(cpu, {}, quality=q, libs=LIBS, tools=NUMACTL, **kwargs)[0]) for q in auto.QUALITIES)
+
+
+@pytest.mark.parametrize("cpu, exact, high, fast", [
+    (AVX2_24G, "openvino=f32", "openvino=f32", "openvino=f32,int8,tiny-vae"),
+    (machine("kvm-xeon-avx512-noamx"), "openvino=f32", "openvino=f32", "openvino=f32,int8,tiny-vae"),
+    (machine("epyc-zen4-2core-avx512bf16"), "openvino=f32", "openvino=bf16", "openvino=bf16,tiny-vae"),  # 8 GiB
+    (machine("this-kvm-xeon-amx"), "openvino=f32", "iomp,openvino=bf16", "iomp,openvino=bf16,int8,tiny-vae"),
+    (machine("graviton3-aarch64"), "baseline", "bf16", "bf16,deepcache=2,tiny-vae"),
+    (GRAVITON2, "baseline", "baseline", "deepcache=2,tiny-vae"),
+])
+def test_each_class_takes_what_measured_fastest_there_with_openvino(installed, cpu, exact, high, fast):
+    installed("openvino", "nncf")
+    assert recipes_of(cpu) == (exact, high, fast)
+
+
+@pytest.mark.parametrize("cpu, exact, high, fast", [
+    (AVX2_24G, "baseline", "baseline", "deepcache=2,tiny-vae"),
+    (machine("kvm-xeon-avx512-noamx"), "baseline", "baseline", "deepcache=2,tiny-vae"),
+    (machine("this-kvm-xeon-amx"), "baseline", "bf16", "bf16,deepcache=2,tiny-vae"),
+])
+def test_without_openvino_each_class_falls_back_to_torch(installed, cpu, exact, high, fast):
+    installed()
+    assert recipes_of(cpu) == (exact, high, fast)
+
+
+def test_a_long_running_server_compiles_where_openvino_is_missing(installed):
+    installed()
+    assert recipes_of(AVX2_24G, long_running=True)[:2] == ("compile", "compile")
+    recipe, reasons = auto.recipe(AVX2_24G, {}, quality="exact", libs=LIBS, tools=NUMACTL)
+    assert str(recipe) == "baseline" and any("not compile: its one-time cost pays only" in r for r in reasons)
+    installed("openvino")
+    assert recipes_of(AVX2_24G, long_running=True)[0] == "openvino=f32"  # faster than compile, and no 4-minute wait
+
+
+def test_int8_needs_nncf_and_the_memory_of_its_quantization(installed):
+    installed("openvino", "nncf")
+    recipe, reasons = auto.recipe(machine("epyc-2core-avx2"), {}, quality="fast", libs=LIBS, tools=NUMACTL)  # 8 GiB
+    assert str(recipe) == "openvino=f32,tiny-vae"
+    assert any(r.startswith("not openvino=f32,int8,tiny-vae: needs 12 GiB of memory, this machine has 8.0") for r in reasons)
+    installed("openvino")
+    recipe, reasons = auto.recipe(AVX2_24G, {}, quality="fast", libs=LIBS, tools=NUMACTL)
+    assert str(recipe) == "openvino=f32,tiny-vae" and any("nncf not installed" in r for r in reasons)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_system_step_below_the_core_count_it_was_measured_on(installed, name):
+    installed("openvino", "nncf")
+    cpu = machine(name)
+    for quality in auto.QUALITIES:
+        recipe, reasons = auto.recipe(cpu, {}, quality=quality, libs=LIBS, tools=NUMACTL)
+        system = {step.name for step in recipe.group("system")}
+        if len(cpu.usable_physical_cores) < auto_rules.SYSTEM_MIN_CORES:
+            assert system <= {"iomp"}  # AMX's measured iomp,openvino=bf16 only
+            assert any(r.startswith("no allocator, Intel OpenMP or pinning") for r in reasons)
+        else:  # the seed's 32 cores: its system rung, without the allocator OpenVINO aborts beside
+            assert system == {"iomp", "pin"} and any(r.startswith("no jemalloc:") for r in reasons)
+
+
+def test_the_seeds_system_rung_on_32_cores_where_the_unet_runs_in_torch(installed):
+    installed()
+    recipe, _ = auto.recipe(machine("spr-2s-amx"), {}, quality="high", libs=LIBS, tools=NUMACTL)
+    assert str(recipe) == "jemalloc,iomp,pin,bf16"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_rule_reads_as_a_sentence_with_its_measurement(installed, name):
+    installed("openvino", "nncf")
+    _, reasons = auto.recipe(machine(name), {}, quality="high", libs=LIBS, tools=NUMACTL)
+    klass = auto_rules.cpu_class(machine(name))
+    assert reasons[0] == auto.NO_PROFILE and reasons[1] == f"CPU class {klass.name}: {klass.summary}"
+    assert all("{" not in r and "}" not in r for r in reasons)  # every figure filled in
+
+
+def test_info_names_the_class_of_the_machine_it_runs_on():
+    from sdcpu.commands import info
+
+    collected = info.collect()
+    cpu = hardware.detect()
+    assert f"CPU class {auto_rules.classify(cpu)}: " in "\n".join(collected["auto"]["reasons"])
+    assert collected["auto"]["recipe"] == str(steps.resolve("auto", cpu))
+
+
+def test_launch_auto_shows_the_system_steps_of_the_auto_recipe():
+    cpu = hardware.detect()
+    recipe, _ = auto.recipe(cpu)
+    options, _ = auto.system_options(cpu)
+    assert (options.allocator != "default") == bool(recipe.get("jemalloc") or recipe.get("tcmalloc"))
+    assert (options.openmp == "iomp") == bool(recipe.get("iomp")) and options.pin == bool(recipe.get("pin"))
+    assert "OMP_NUM_THREADS=" in auto.describe_plan(cpu, {})
+
+
+def test_an_unknown_quality_is_refused():
+    from sdcpu.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown quality 'turbo'"):
+        steps.resolve("auto:turbo", machine("spr-2s-amx"))
