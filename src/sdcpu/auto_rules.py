@@ -31,7 +31,8 @@ class CpuClass:
 
 # This project's measurements on the AVX-512 Xeon without bf16 (2026-12-01, BENCHMARKS.md), cited by other classes.
 AVX512_OPENVINO = "9.28 vs 12.05 s (1.30x, 2026-12-01; with iomp beside it 11.93 s: no gain)"
-AVX512_INT8 = "AVX512_INT8_PENDING"
+AVX512_INT8 = ("on the AVX-512 Xeon (VNNI), A B A B: +int8 1.50x and 1.75x over OpenVINO f32 (UNet 0.76 and 0.66 vs "
+               "1.62 and 1.50 s per call), 39.8 dB; with tiny-vae 3.70 vs 10.70 s/image for vanilla (2.89x)")
 AVX512_SYSTEM = "jemalloc,iomp,pin 0.86x and tcmalloc,iomp,pin 1.10x on the AVX-512 Xeon"
 
 EAGER = Candidate("", "fp32 eager: nothing measured faster without openvino (pip install -c constraints.txt openvino)")
@@ -41,7 +42,7 @@ COMPILE = Candidate("compile", "compile (inductor, fp32): +compile 1.45x over th
                     "serves many images", long_running=True)
 DEEPCACHE = Candidate("deepcache=2,tiny-vae", "deepcache=2 and tiny-vae on the eager UNet: 1.23x on the AVX2 EPYC "
                       "(2026-12-01, with the slower jemalloc,iomp,pin beside them); deepcache=2 alone 1.36x at 43.6 dB")
-INT8_MEMORY_GIB = 12  # the one-time NNCF quantization of the SD 1.5 UNet, in a child process (sdcpu.algorithms.int8)
+INT8_MEMORY_GIB = 11  # int8's one-time quantization of the SD 1.5 UNet: child 6.1 + parent 4.4 GiB peaks, measured
 
 # What every class without native bf16 measured, AVX2 and AVX-512 alike: OpenVINO f32 is faster than torch and exact.
 _NO_BF16 = dict(

@@ -4,7 +4,10 @@
   plain int8 post-training quantization of a diffusion UNet visibly hurts its images: (1) weights of the MatMul layers
   (linear projections) compressed to int8, their activations left as they are; (2) everything else quantized fully
   (weights and activations): the convolutions and the attention's activation-by-activation MatMuls. The quantized IR
-  is kept beside the UNet's ($SDCPU_HOME/openvino/<key>/unet-int8.xml): later processes reuse it.
+  is kept beside the UNet's ($SDCPU_HOME/openvino/<key>/unet-int8.xml): later processes reuse it. The quantization
+  runs in a child process (sdcpu.algorithms.int8_child) after this one drops its compiled UNet, so the two peaks do
+  not add up: on random:sd15, child 6.1 GiB and this process 4.4 GiB, where quantizing in place peaked at 13.9 GiB.
+  A machine with less than INT8_MEMORY_GIB of memory is refused with the reason (an OOM kill is not a slow first run).
 - After `compile`: torchao's PT2E flow (torch.ao.quantization is deprecated): the eager fp32 UNet exported with
   dynamic batch and latent size, X86InductorQuantizer's default static int8 (weights per channel, activations per
   tensor), then compiled by inductor with the compile step's frozen weights. Done in every process (minutes for SD 1.5).
