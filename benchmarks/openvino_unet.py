@@ -22,7 +22,8 @@ import time
 import torch
 
 from sdcpu.backends import openvino as backend
-from sdcpu.random_models import build_pipeline, sdcpu_home
+from sdcpu.home import sdcpu_home
+from sdcpu.random_models import build_pipeline
 
 CONFIGS = {"eager": None, "ov-f32": "f32", "ov-bf16": "bf16"}
 

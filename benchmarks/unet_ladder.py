@@ -87,7 +87,7 @@ def launcher_ladder(runs, out) -> tuple[list[dict], str]:
 
 def framework_ladder(runs, out) -> tuple[list[dict], str]:
     from sdcpu import flops
-    from sdcpu.random_models import sdcpu_home
+    from sdcpu.home import sdcpu_home
 
     peaks = {dtype: flops.matmul_peak_gflops(dtype) for dtype in ("float32", "bfloat16")}
     home = Path(tempfile.mkdtemp(prefix="sdcpu-bench-", dir=out))

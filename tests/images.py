@@ -4,7 +4,8 @@ A batch of N runs the UNet and the VAE on N images at once, and the kernels for 
 their sums differently (on AVX2, oneDNN's batched convolutions do): the same seed gives the same image up to float
 rounding, not the same bytes. fp32 rounding differences (~1e-6 of full scale per op) stay far below one 8-bit level
 through a few denoising steps; REMADE_ALONE_LEVELS allows two levels of 255 at any pixel, while another seed's image
-differs by about 100 levels on average (random:tiny), so a mix-up of seeds or prompts still fails.
+differs by 46 levels on average and 233 at most (random:tiny, 64x48, 2 steps: measured), so a mix-up of seeds or
+prompts still fails.
 """
 
 import numpy as np

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sdcpu import hardware, load_pipeline, optimize
-from sdcpu.algorithms import int8
+from sdcpu.backends import int8
 from sdcpu.backends import openvino as backend
 
 F32_CPU = dataclasses.replace(hardware.detect(), flags=frozenset())  # OpenVINO in f32: int8 is the only change

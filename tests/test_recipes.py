@@ -43,7 +43,8 @@ def test_json_round_trip():
         ("scheduler=warp", "unknown scheduler 'warp'"),
         ("openvino=fp8", "f32 or bf16"),
         ("bf16,bf16", "more than once"),
-        ("jemalloc,tcmalloc", "two allocators"),
+        ("jemalloc,tcmalloc", "cannot combine tcmalloc and jemalloc: one process has one allocator"),
+        ("tcmalloc,iomp,openvino", "cannot combine tcmalloc and openvino: OpenVINO 2026.4's CPU plugin aborts"),
         ("auto", "depends on the machine"),
     ],
 )
@@ -59,3 +60,25 @@ def test_launch_options_from_system_steps():
     assert (plain.allocator, plain.openmp, plain.threads, plain.pin, plain.instances) == ("default", None, None, False, 1)
     # OpenVINO's threads would inherit the main thread's one bound core: a recipe with it pins without binding
     assert plain.bind_threads and not recipes.launch_options(recipes.parse("iomp,pin,openvino")).bind_threads
+
+
+def test_layers_import_downwards_only():
+    """Nothing under src/sdcpu imports the commands but the CLI, and auto reads profiles without sdcpu.tune."""
+    import re
+    from pathlib import Path
+
+    src = Path(__file__).parent.parent / "src" / "sdcpu"
+    for path in src.rglob("*.py"):
+        text = path.read_text()
+        if path.name != "cli.py" and path.parent.name != "commands":
+            assert not re.search(r"^\s*(from sdcpu\.commands|from sdcpu import .*\bcommands\b)", text, re.M), path
+    assert "sdcpu.tune" not in (src / "auto.py").read_text().replace("`sdcpu tune`", "")
+
+
+def test_each_conflict_rule_is_stated_once_in_the_source():
+    from pathlib import Path
+
+    src = Path(__file__).parent.parent / "src" / "sdcpu"
+    text = "\n".join(path.read_text() for path in src.rglob("*.py"))
+    assert text.count("aborts the process beside a preloaded allocator") == 1  # recipes.PRELOADED_ALLOCATOR
+    assert text.count("one process has one allocator") == 1

@@ -7,7 +7,7 @@ import pytest
 
 from machines import machine
 from sdcpu import auto
-from sdcpu.tune import profile
+from sdcpu import profiles as profile
 
 SPR = machine("spr-2s-amx")
 TINY = profile.Workload("3fdbfbafd0e0", "64x64")

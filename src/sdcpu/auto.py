@@ -1,5 +1,5 @@
 """The `auto` recipe: the best this machine supports, with reasons: what `sdcpu tune` measured here when a tuned
-profile matches (sdcpu.tune.profile says how), else the rules of this CPU's class (sdcpu.auto_rules: what measured
+profile matches (sdcpu.profiles says how), else the rules of this CPU's class (sdcpu.auto_rules: what measured
 fastest on that class, and what it rests on).
 
 `auto` takes a quality level (`auto:exact`, `auto` = `auto:high`, `auto:fast`; `--quality` on the command line) that
@@ -16,19 +16,16 @@ import dataclasses
 import importlib.util
 import os
 
-from sdcpu import auto_rules, launcher, recipes
+from sdcpu import auto_rules, launcher, profiles, recipes
 from sdcpu.errors import UsageError
 from sdcpu.recipes import Recipe, Step
-from sdcpu.tune import profile
 
 QUALITIES = ("exact", "high", "fast")
 NO_PROFILE = ("no tuned profile matches this machine, model and versions: the rules of this CPU's class below, "
               "measured on a machine of that class or taken from published figures, as each says (`sdcpu tune` measures "
               "what is fastest on this one)")
-BACKENDS = {"openvino", "compile", "ipex"}
+BACKENDS = recipes.with_role("backend")
 WORK_CUTTING = {"int8", "tiny-vae", "deepcache"}  # what `fast` adds on top of a tuned profile
-ALLOCATOR_BESIDE_OPENVINO = ("with a preloaded allocator OpenVINO 2026.4's CPU plugin aborts the process (free(): "
-                             "invalid size)")
 
 
 def parse(text: str) -> str:
@@ -71,15 +68,16 @@ def choose(cpu, quality: str, long_running: bool = False) -> tuple[Recipe, tuple
     return recipes.parse(candidate.steps), tuple(reasons)
 
 
-def _system(cpu, libs, tools, openvino: bool) -> tuple[tuple[Step, ...], tuple[str, ...]]:
-    """The system steps the rules take here (allocator, Intel OpenMP, pinning), with their reasons."""
+def _system(cpu, libs, tools, backend: set[str]) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """The system steps the rules take here (allocator, Intel OpenMP, pinning) beside the steps BACKEND, with their
+    reasons."""
     if len(cpu.usable_physical_cores) < auto_rules.SYSTEM_MIN_CORES:
         return (), (auto_rules.system_reason(cpu),)
     options, reasons = launcher.auto_options(cpu, libs, tools)
     reasons = (f"system steps: {auto_rules.SYSTEM.why}", *reasons)
-    if openvino and options.allocator != "default":
-        reasons = tuple(r for r in reasons if not r.startswith("allocator")) + (
-            f"no {options.allocator}: {ALLOCATOR_BESIDE_OPENVINO}, and auto runs OpenVINO here",)
+    clash = recipes.conflict({options.allocator, *backend})
+    if clash:
+        reasons = tuple(r for r in reasons if not r.startswith("allocator")) + (f"no {options.allocator}: {clash}",)
         options = dataclasses.replace(options, allocator="default")
     steps = [Step(options.allocator)] if options.allocator != "default" else []
     steps += [Step("iomp")] if options.openmp == "iomp" else []
@@ -93,7 +91,7 @@ def recipe(cpu, environ=os.environ, quality="high", workload=None, long_running=
     model and size, when the caller knows them), else the rules of the CPU's class. LONG_RUNNING: the process makes
     many images (serve), so a step whose one-time cost pays over many images may be taken."""
     name = "auto" if quality == "high" else f"auto:{quality}"
-    found = profile.find(cpu, quality, workload)
+    found = profiles.find(cpu, quality, workload)
     if found:
         steps, reasons = list(recipes.parse(found.recipe).steps), (found.reason(workload is not None),)
         if quality == "fast":
@@ -104,8 +102,8 @@ def recipe(cpu, environ=os.environ, quality="high", workload=None, long_running=
     chosen, reasons = choose(cpu, quality, long_running)
     libs = launcher.find_libraries(launcher.library_dirs(environ)) if libs is None else libs
     tools = launcher.probe_pinning_tools(cpu) if tools is None else tools
-    system, why_system = _system(cpu, libs, tools, chosen.get("openvino") is not None)
     taken = {step.name for step in chosen.steps}
+    system, why_system = _system(cpu, libs, tools, taken)
     system = tuple(step for step in system if step.name not in taken)  # a candidate may hold iomp itself
     return Recipe(name, system + chosen.steps), (NO_PROFILE, *reasons, *why_system, auto_rules.NO_CHANNELS_LAST)
 
@@ -146,6 +144,6 @@ def resolve_for(text: str, cpu, model: str, width: int, height: int,
     workload, else the class rules, with the first reason (which of the two it was); another recipe as parsed."""
     if not recipes.is_auto(text):
         return recipes.parse(text), None
-    found, reasons = recipe(cpu, quality=parse(text.strip()), workload=profile.workload_of(model, width, height),
+    found, reasons = recipe(cpu, quality=parse(text.strip()), workload=profiles.workload_of(model, width, height),
                             long_running=long_running)
     return found, reasons[0]

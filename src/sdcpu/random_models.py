@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from sdcpu.home import sdcpu_home
+
 CLIP_VOCAB_SIZE = 49408
 CLIP_MAX_TOKENS = 77
 MARKER = "sdcpu.json"  # written into random folders: reports must say the weights are random
@@ -80,11 +82,6 @@ ARCHS = {
         text_encoder=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4),
     ),
 }
-
-
-def sdcpu_home() -> Path:
-    """Where sdcpu caches what it builds: models, compiled graphs, exported IR ($SDCPU_HOME, ~/.cache/sdcpu)."""
-    return Path(os.environ.get("SDCPU_HOME", Path.home() / ".cache" / "sdcpu"))
 
 
 def cache_dir(name: str) -> Path:

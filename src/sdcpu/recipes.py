@@ -54,10 +54,19 @@ def _precision(text: str) -> str:
 
 @dataclass(frozen=True)
 class StepKind:
+    """Everything sdcpu knows of a step, declared once: the registry, the parser, auto, the ladders, tune's search
+    and the reports read it from here."""
+
     group: str  # system | framework | algorithm
     value: object = None  # parser of the step's value; None: the step takes no value
     summary: str = ""
     optional: bool = False  # the value may be left out (`openvino` or `openvino=f32`)
+    module: str | None = None  # the module whose apply(pipe, step, cpu) runs it; None: a function in sdcpu.steps
+    # Where it goes relative to the runtime that runs the UNet: "backend" replaces that runtime (one at a time),
+    # "before_backend" changes the UNet's weights (before a backend converts them), "after_backend" acts on what a
+    # backend built, "eager" patches the eager UNet's forward (no backend may follow).
+    role: str = ""
+    compiles: bool = False  # its first call compiles: callers warm it up and report that time apart
 
 
 STEP_KINDS = {
@@ -70,24 +79,69 @@ STEP_KINDS = {
     "instances": StepKind("system", _count, "N pinned copies splitting the cores (throughput mode)"),
     "channels_last": StepKind("framework", summary="NHWC memory format for the UNet and VAE convolutions"),
     "bf16": StepKind("framework", summary="bfloat16 weights and activations; only on CPUs with native bf16"),
-    "compile": StepKind("framework", summary="torch.compile (inductor, freezing) of the UNet and VAE decoder"),
+    "compile": StepKind("framework", summary="torch.compile (inductor, freezing) of the UNet and VAE decoder",
+                         module="sdcpu.backends.inductor", role="backend", compiles=True),
     "openvino": StepKind("framework", _precision, "UNet, VAE decoder and text encoder run by OpenVINO, static shapes; "
                          "=f32|bf16 sets the precision (default: bf16 where the CPU has it natively, else f32)",
-                         optional=True),
-    "int8": StepKind("framework", summary="the OpenVINO UNet quantized to int8 by NNCF's hybrid scheme (after openvino)"),
-    "ipex": StepKind("framework", summary="Intel Extension for PyTorch (end-of-life), only when installed and matching"),
+                         optional=True, module="sdcpu.backends.openvino", role="backend", compiles=True),
+    "int8": StepKind("framework", summary="the UNet a backend runs, quantized to int8 (NNCF after openvino, torchao "
+                     "PT2E after compile)", module="sdcpu.backends.int8", role="after_backend"),
+    "ipex": StepKind("framework", summary="Intel Extension for PyTorch (end-of-life), only when installed and matching",
+                     module="sdcpu.backends.ipex", role="backend"),
     "scheduler": StepKind("algorithm", _scheduler, "swap the scheduler (e.g. dpm++)"),
     "lcm-lora": StepKind("algorithm", str, "LCM-LoRA fused into the UNet, LCM scheduler, 4 steps at guidance 1; "
                          "=HUB_ID|DIR|FILE picks the LoRA (default latent-consistency/lcm-lora-sdv1-5; random for "
-                         "random: models)", optional=True),
-    "deepcache": StepKind("algorithm", _count, "DeepCache: the full UNet every N calls, its shallow branch between"),
+                         "random: models)", optional=True, module="sdcpu.algorithms.lcm_lora", role="before_backend"),
+    "deepcache": StepKind("algorithm", _count, "DeepCache: the full UNet every N calls, its shallow branch between",
+                          module="sdcpu.algorithms.deepcache", role="eager"),
     "tome": StepKind("algorithm", _ratio, "token merging: =R (default 0.5) of the tokens merged before each "
-                     "self-attention at the finest attention level", optional=True),
+                     "self-attention at the finest attention level", optional=True, module="sdcpu.algorithms.tome",
+                     role="eager"),
     "tiny-vae": StepKind("algorithm", str, "TAESD (AutoencoderTiny) as the VAE decoder; =HUB_ID|FOLDER picks "
-                         "the weights (default madebyollin/taesd; random for random: models)", optional=True),
+                         "the weights (default madebyollin/taesd; random for random: models)", optional=True,
+                         module="sdcpu.algorithms.tiny_vae"),
     "steps": StepKind("algorithm", _count, "default number of denoising steps"),
     "guidance": StepKind("algorithm", _guidance, "default classifier-free guidance scale"),
 }
+
+
+def kind(step: str) -> StepKind:
+    """The kind of STEP as written in a recipe (`deepcache=2` -> deepcache's)."""
+    return STEP_KINDS[step.split("=")[0].removesuffix("!")]
+
+
+def with_role(role: str) -> frozenset[str]:
+    """The names of the steps of ROLE."""
+    return frozenset(name for name, k in STEP_KINDS.items() if k.role == role)
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """Steps that cannot share a recipe: STEP with any of OTHERS, for REASON."""
+
+    step: str
+    others: tuple[str, ...]
+    reason: str
+
+
+# Every rule of which steps cannot go together, stated once: the parser refuses such a recipe, and auto, the bench
+# ladders and tune's search space drop or skip what conflicts through `conflict`.
+PRELOADED_ALLOCATOR = ("OpenVINO 2026.4's CPU plugin aborts the process beside a preloaded allocator (free(): "
+                       "invalid size)")
+CONFLICTS = (
+    Conflict("openvino", ("jemalloc", "tcmalloc"), PRELOADED_ALLOCATOR),
+    Conflict("jemalloc", ("tcmalloc",), "one process has one allocator"),
+)
+
+
+def conflict(names) -> str | None:
+    """Why steps NAMES cannot share a recipe ('jemalloc and openvino: ...'), or None."""
+    names = set(names)
+    for rule in CONFLICTS:
+        clash = [other for other in rule.others if other in names]
+        if rule.step in names and clash:
+            return f"{clash[0]} and {rule.step}: {rule.reason}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -170,8 +224,8 @@ def parse(text: str) -> Recipe:
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise UsageError(f"recipe names {', '.join(duplicates)} more than once")
-    if {"jemalloc", "tcmalloc"} <= set(names):
-        raise UsageError("recipe asks for two allocators: jemalloc and tcmalloc")
+    if reason := conflict(names):
+        raise UsageError(f"recipe cannot combine {reason}")
     return Recipe("custom", steps)
 
 

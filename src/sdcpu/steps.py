@@ -10,7 +10,7 @@ import logging
 import time
 
 from sdcpu import hardware, recipes, schedulers
-from sdcpu.steps_base import Outcome, Skip
+from sdcpu.steps_base import Outcome, Skip, defaults
 
 log = logging.getLogger(__name__)
 REGISTRY = {}
@@ -54,11 +54,6 @@ def resolve(text: str, cpu, workload=None) -> recipes.Recipe:
     return recipes.parse(text)
 
 
-def defaults(pipe) -> dict:
-    """Call defaults the recipe set (steps=, guidance=), as pipeline keyword arguments."""
-    return dict(getattr(pipe, "sdcpu_defaults", {}))
-
-
 @step("channels_last")
 def channels_last(pipe, item, cpu):
     import torch
@@ -86,13 +81,6 @@ def scheduler(pipe, item, cpu):
 
 
 # Steps that live in a module of their own (heavy imports stay out of the others' way): `apply(pipe, item, cpu)`.
-MODULE_STEPS = {
-    "compile": "sdcpu.backends.inductor", "openvino": "sdcpu.backends.openvino", "ipex": "sdcpu.backends.ipex",
-    "lcm-lora": "sdcpu.algorithms.lcm_lora", "deepcache": "sdcpu.algorithms.deepcache",
-    "tiny-vae": "sdcpu.algorithms.tiny_vae", "tome": "sdcpu.algorithms.tome", "int8": "sdcpu.algorithms.int8",
-}
-
-
 def _module_step(module: str):
     def apply(pipe, item, cpu):
         return importlib.import_module(module).apply(pipe, item, cpu)
@@ -100,8 +88,9 @@ def _module_step(module: str):
     return apply
 
 
-for _name, _module in MODULE_STEPS.items():
-    step(_name)(_module_step(_module))
+for _name, _kind in recipes.STEP_KINDS.items():
+    if _kind.module:
+        step(_name)(_module_step(_kind.module))
 
 
 @step("steps")

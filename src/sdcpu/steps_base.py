@@ -1,4 +1,5 @@
-"""What every optimization step shares: the Skip signal and the outcome each step leaves in the report."""
+"""What every optimization step shares: the Skip signal, the outcome each step leaves in the report, and the call
+defaults a step may set on the pipeline."""
 
 from dataclasses import dataclass
 
@@ -16,3 +17,8 @@ class Outcome:
 
     def __str__(self):
         return f"{self.step}: {'applied' if self.applied else 'skipped'}: {self.detail}"
+
+
+def defaults(pipe) -> dict:
+    """Call defaults the recipe set (steps=, guidance=), as pipeline keyword arguments."""
+    return dict(getattr(pipe, "sdcpu_defaults", {}))

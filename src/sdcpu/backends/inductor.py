@@ -7,7 +7,7 @@ $SDCPU_HOME/inductor, lets a second process skip most of the compile.
 
 import os
 
-from sdcpu.random_models import sdcpu_home
+from sdcpu.home import sdcpu_home
 
 
 def apply(pipe, item, cpu) -> str:

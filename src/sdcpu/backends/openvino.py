@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 
+from sdcpu import recipes
 from sdcpu.backends import mapped
 from sdcpu.backends.components import VAE, Entry, TextEncoder, UNet
 from sdcpu.launcher import library_kind
-from sdcpu.random_models import sdcpu_home
+from sdcpu.home import sdcpu_home
 from sdcpu.steps_base import Skip
 from sdcpu.verify import mapped_paths
 
@@ -52,8 +53,8 @@ def apply(pipe, step, cpu) -> str:
         raise Skip("openvino is not installed: pip install -c constraints.txt openvino") from None
     preloaded = sorted(_preloaded_allocators())
     if preloaded:
-        raise Skip(f"{', '.join(preloaded)} is preloaded in this process: OpenVINO 2026.4's CPU plugin then aborts "
-                   "(free(): invalid size); run openvino without an allocator step")
+        raise Skip(f"{', '.join(preloaded)} is preloaded in this process: {recipes.PRELOADED_ALLOCATOR}; run openvino "
+                   "without an allocator step")
     precision = step.value or ("bf16" if cpu.native_bf16 else "f32")
     cast = pipe.unet.dtype if pipe.unet.dtype != torch.float32 else None
     if cast:  # traced with fp32 inputs; OpenVINO's precision hint, not the torch dtype, sets the compute precision

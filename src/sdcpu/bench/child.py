@@ -22,7 +22,7 @@ def progress(**event) -> None:
 
 def cache_state() -> dict:
     """Which compile caches already hold something: a compiling rung runs cold or warm."""
-    from sdcpu.random_models import sdcpu_home
+    from sdcpu.home import sdcpu_home
 
     return {name: any((sdcpu_home() / name).glob("*")) for name in ("inductor", "openvino")}
 
@@ -32,7 +32,7 @@ def run(spec: dict) -> dict:
 
     from sdcpu import flops, generate, hardware, steps, verify
     from sdcpu.models import load_pipeline, parse_spec
-    from sdcpu.tune import profile
+    from sdcpu import profiles
 
     # 1. What the launcher really applied, before anything else runs.
     snap = verify.snapshot()
@@ -46,7 +46,7 @@ def run(spec: dict) -> dict:
     row["load_s"] = round(time.perf_counter() - start, 2)
     cpu = hardware.detect()
     recipe = steps.resolve(spec["recipe"], cpu,
-                           profile.workload_of(protocol["model"], protocol["width"], protocol["height"]))
+                           profiles.workload_of(protocol["model"], protocol["width"], protocol["height"]))
     pipe, outcomes = steps.optimize(pipe, recipe, cpu)
     row["recipe_resolved"] = str(recipe)
     row["steps"] = [{"step": o.step, "applied": o.applied, "detail": o.detail, "s": round(o.seconds, 2)}

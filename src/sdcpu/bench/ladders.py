@@ -67,15 +67,15 @@ STATIC = {
     ),
 }
 LADDERS = ("seed", *STATIC, "full")
-BACKENDS = ("compile", "openvino", "ipex")  # each replaces the UNet's runtime: one at a time
+# The full ladder's steps, in the order it tries them; where each goes is its kind's role (recipes.StepKind).
 FRAMEWORK = ("channels_last", "bf16", "compile", "openvino", "ipex")
 WORK_CUTTING = ("scheduler=dpm++", "int8", "tiny-vae")  # on the fastest recipe so far
-BEFORE_BACKEND = ("lcm-lora",)  # changes the UNet's weights: inserted before the fastest recipe's backend
-AFTER_BACKEND = ("int8",)  # quantizes the UNet its backend runs: stays after the backend when a step is inserted
-EAGER_ONLY = ("deepcache=2", "tome")  # patch the eager UNet's forward: on the fastest recipe without a backend
-# Dropped when the step joins: OpenVINO 2026.4 aborts beside a preloaded allocator, and it takes its precision as a
+BEFORE_BACKEND = ("lcm-lora",)  # inserted before the fastest recipe's backend
+EAGER_ONLY = ("deepcache=2", "tome")  # on the fastest recipe without a backend: alternatives, never kept
+# Dropped when the step joins, besides what recipes.conflict refuses beside it: OpenVINO takes its precision as a
 # compile hint (bf16 where native), so torch bf16 would only round the weights it converts (and miss the IR cache).
-INCOMPATIBLE = {"openvino": ("jemalloc", "tcmalloc", "bf16")}
+SUPERSEDED = {"openvino": ("bf16",)}
+
 
 def parse_recipes(text: str) -> tuple[Rung, ...]:
     """`--recipes`: recipes separated by `;`, or by `,` when every item is a named recipe (`baseline,system,auto`)."""
@@ -124,20 +124,25 @@ def _full():
         if step in EAGER_ONLY or not _applied(row, step) or not _faster(row, parent[2]):
             continue
         best = (recipe, rung.name, row)
-        if not set(recipe) & set(BACKENDS):
+        if not any(_role(s) == "backend" for s in recipe):
             eager = best
 
 
 def _stack(step: str, best, eager):
     """(the recipe that tries STEP, the (recipe, rung name, row) it is measured against)."""
-    if step in EAGER_ONLY:
+    if _role(step) == "eager":
         return [*eager[0], step], eager
-    if step in BEFORE_BACKEND:
-        tail = [s for s in best[0] if s in BACKENDS or s in AFTER_BACKEND]
+    if _role(step) == "before_backend":
+        tail = [s for s in best[0] if _role(s) in ("backend", "after_backend")]
         return [*(s for s in best[0] if s not in tail), step, *tail], best
     # A backend goes on the fastest eager recipe (it replaces any other backend, and gets back what that one dropped).
-    base = eager[0] if step in BACKENDS else best[0]
-    return [*(s for s in base if s not in INCOMPATIBLE.get(step, ())), step], best
+    base = eager[0] if _role(step) == "backend" else best[0]
+    kept = [s for s in base if s not in SUPERSEDED.get(step, ()) and not recipes.conflict({s, step})]
+    return [*kept, step], best
+
+
+def _role(step: str) -> str:
+    return recipes.kind(step).role
 
 
 def _applied(row, step: str) -> bool:

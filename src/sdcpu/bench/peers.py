@@ -25,12 +25,13 @@ def command(peer: str, spec: dict, environ) -> tuple[list[str], dict]:
             "SDCPU_OPTIMUM_PYTHON; it needs its own (optimum-intel pins huggingface-hub below diffusers 0.42's minimum)"
         )
     from sdcpu import models, random_models
+    from sdcpu.home import sdcpu_home
 
     model = models.parse_spec(spec["protocol"]["model"])
     if model.kind == "file":
         raise RuntimeError("optimum-intel exports a diffusers folder or hub id, not a single-file checkpoint")
     folder = str(random_models.ensure_built(model.ref)) if model.kind == "random" else model.ref
-    env = {**environ, "PYTHONPATH": str(SOURCE), "SDCPU_HOME": str(random_models.sdcpu_home())}
+    env = {**environ, "PYTHONPATH": str(SOURCE), "SDCPU_HOME": str(sdcpu_home())}
     if model.kind in ("random", "folder"):
         env["HF_HUB_OFFLINE"] = "1"
     child = Path(__file__).with_name("optimum_child.py")

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+from sdcpu import recipes
 from sdcpu.bench import ladders
 
 RANDOM_NOTE = ("**Weights are random** (an sdcpu test model of the real architecture): compute cost, hence every "
@@ -96,7 +97,7 @@ def notes(row: dict) -> list[str]:
         found.append("UNet GFLOP/s not given: deepcache's shallow calls do a fraction of a full call's FLOPs")
     if row.get("cfg_batch") == 1:
         found.append("guidance <= 1: UNet batch 1 (no CFG)")
-    compiled = [s["step"] for s in row.get("steps", ()) if s["applied"] and s["step"].split("=")[0] in ("compile", "openvino")]
+    compiled = [s["step"] for s in row.get("steps", ()) if s["applied"] and recipes.kind(s["step"]).compiles]
     if compiled:
         cache = row.get("cache_before") or {}
         state = "warm" if cache.get("inductor" if "compile" in compiled else "openvino") else "cold"

@@ -15,10 +15,9 @@ import sys
 import time
 from pathlib import Path
 
-from sdcpu import hardware, relaunch, steps
+from sdcpu import hardware, profiles, relaunch, steps
 from sdcpu.bench import child, fidelity, ladders, peers
-from sdcpu.commands import info
-from sdcpu.tune import profile
+from sdcpu.versions import versions
 
 RESULTS = "results.jsonl"
 
@@ -36,7 +35,7 @@ def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> li
     if model.kind == "random":
         random_models.ensure_built(model.ref)  # so the first rung does not pay the build
     context = {
-        "protocol": protocol.to_dict(), "cpu": cpu.to_dict(), "versions": info.versions(), "git": git_sha(),
+        "protocol": protocol.to_dict(), "cpu": cpu.to_dict(), "versions": versions(), "git": git_sha(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "matmul_peak_gflop_s": {"float32": flops.matmul_peak_gflops("float32"),
                                 **({"bfloat16": flops.matmul_peak_gflops("bfloat16")} if cpu.native_bf16 else {})},
@@ -72,7 +71,7 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, s
         if rung.peer:
             command, env = peers.command(rung.peer, spec, environ)
         else:
-            workload = profile.workload_of(protocol.model, protocol.width, protocol.height)
+            workload = profiles.workload_of(protocol.model, protocol.width, protocol.height)
             plan = relaunch.recipe_plan(steps.resolve(rung.recipe, cpu, workload), cpu, environ)
             prefix, env = (plan.argv_prefix, plan.environ(environ)) if plan else ((), dict(environ))
             command = [*prefix, sys.executable, "-m", "sdcpu.bench.child", json.dumps(spec)]

@@ -64,7 +64,7 @@ def run(args) -> int:
     scheduler = schedulers.current_name(pipe)
 
     # 3. Compiling backends compile on their first call: pay that on a one-step warm-up, reported apart.
-    if any(o.applied and o.step.split("=")[0] in ("compile", "openvino") for o in outcomes):
+    if any(o.applied and recipes.kind(o.step).compiles for o in outcomes):
         warmup = generate.run(pipe, dataclasses.replace(request, steps=1, num_images=1))
         print(f"compile + one-step warm-up: {warmup.seconds:.1f} s (one-time; cached for the next process)")
 

@@ -1,15 +1,12 @@
 """`sdcpu info`: what this machine is, what sdcpu runs on, and what it would choose here and why."""
 
 import json
-import platform
-from importlib import metadata
 
-from sdcpu import __version__, auto, hardware
-from sdcpu.tune import profile
+from sdcpu import auto, hardware, profiles
+from sdcpu.versions import versions
 
 X86_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
 ARM_FLAGS = ("asimd", "sve", "bf16", "i8mm")
-PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "openvino", "intel_extension_for_pytorch")
 
 
 def register(sub):
@@ -23,7 +20,7 @@ def collect() -> dict:
 
     cpu = hardware.detect()
     recipe, reasons = auto.recipe(cpu)
-    tuned = profile.find(cpu, "high")  # info knows no model: the most recent profile for this machine and versions
+    tuned = profiles.find(cpu, "high")  # info knows no model: the most recent profile for this machine and versions
     isa = X86_FLAGS if cpu.arch in ("x86_64", "i686") else ARM_FLAGS
     return {
         "versions": versions(),
@@ -38,17 +35,6 @@ def collect() -> dict:
         "auto": {"recipe": str(recipe), "reasons": list(reasons)},
         "profile": str(tuned.path) if tuned else None,
     }
-
-
-def versions() -> dict:
-    """sdcpu's, Python's and each package's version (None: not installed)."""
-    found = {"sdcpu": __version__, "python": platform.python_version()}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
 
 
 def run(args) -> int:

@@ -10,9 +10,9 @@ import importlib.util
 import os
 import sys
 
-from sdcpu import hardware, launcher
+from sdcpu import hardware, launcher, profiles
 from sdcpu.errors import UsageError
-from sdcpu.tune import probe, profile, report, search, space
+from sdcpu.tune import probe, report, search, space
 
 # Extra first-call seconds a backend costs in a process: (fixed, per SD 1.5-sized UNet). compile measured 60-107 s
 # on SD 1.5 here (warm/cold inductor cache); openvino converts the IR once (~40 s), then reads it back.
@@ -107,14 +107,14 @@ def run(args) -> int:
     choice, estimate_s, why = _choose(space_, found.best, baseline, measure, results)
 
     # 4. Save the profile and its report; print the report.
-    workload = profile.Workload(baseline.detail["unet_hash"], f"{target[0]}x{target[1]}")
+    workload = profiles.Workload(baseline.detail["unet_hash"], f"{target[0]}x{target[1]}")
     header = {"model": args.model, "size": workload.size, "measured_size": f"{measured_size[0]}x{measured_size[1]}",
               "cpu": cpu.model_name, "cores": f"{len(cpu.usable_physical_cores)} usable physical cores, "
-              f"{len(cpu.usable_cpus)} logical CPUs", "versions": profile.versions(), "created": profile.now(),
+              f"{len(cpu.usable_cpus)} logical CPUs", "versions": profiles.versions(), "created": profiles.now(),
               "quality": args.quality, "repeats": repeats, "steps": args.steps, "budget_s": budget_s, "spent_s": spent}
     text = report.markdown(header, space_, results, baseline, space_.recipe(choice), why, notes)
-    path = profile.save({
-        "key": profile.key(cpu, args.quality, workload), "created": header["created"], "model": args.model,
+    path = profiles.save({
+        "key": profiles.key(cpu, args.quality, workload), "created": header["created"], "model": args.model,
         "recipe": space_.recipe(choice), "estimate_s": estimate_s, "baseline_s": baseline.median,
         "why": why[0], "notes": notes, "protocol": {k: header[k] for k in ("measured_size", "repeats", "steps")},
         "results": [{"recipe": space_.recipe(r.config), "configuration": space_.describe(r.config),

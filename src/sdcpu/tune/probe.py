@@ -48,7 +48,7 @@ def measure(spec: dict) -> dict:
 
     from sdcpu import hardware, steps, verify
     from sdcpu.models import load_pipeline
-    from sdcpu.tune.profile import unet_hash
+    from sdcpu.profiles import unet_hash
 
     snap = verify.snapshot()
     start = time.perf_counter()

@@ -8,6 +8,8 @@ a backend that is not installed are left out. Combinations that cannot work are 
 
 from dataclasses import dataclass
 
+from sdcpu import recipes
+
 Config = tuple[str, ...]  # one option per dimension, in Space.dimensions order
 
 
@@ -52,12 +54,8 @@ class Space:
         return ",".join(steps) or "baseline"
 
     def conflict(self, config: Config) -> str | None:
-        """Why CONFIG cannot run here, or None."""
-        c = self.describe(config)
-        if c.get("backend") == "openvino" and c.get("allocator", "default") != "default":
-            return (f"openvino beside a preloaded {c['allocator'].split('=')[0]}: OpenVINO 2026.4's CPU plugin aborts "
-                    "the process (the openvino step skips it)")
-        return None
+        """Why CONFIG cannot run (the recipe parser's conflict rules), or None."""
+        return recipes.conflict(step.split("=")[0] for step in self.recipe(config).split(","))
 
 
 def thread_counts(physical: int, logical: int) -> tuple[int, ...]:

@@ -16,10 +16,10 @@ import json
 import logging
 import re
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
-from sdcpu.random_models import sdcpu_home
+from sdcpu.home import sdcpu_home
+from sdcpu.versions import installed
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -60,13 +60,8 @@ def tuning_quality(quality: str) -> str:
 
 
 def versions() -> dict:
-    found = {}
-    for name in ("torch", "openvino"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
+    """The versions a profile's result depends on."""
+    return installed(("torch", "openvino"))
 
 
 def key(cpu, quality: str, workload: Workload) -> dict:

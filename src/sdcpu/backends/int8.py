@@ -5,7 +5,7 @@
   (linear projections) compressed to int8, their activations left as they are; (2) everything else quantized fully
   (weights and activations): the convolutions and the attention's activation-by-activation MatMuls. The quantized IR
   is kept beside the UNet's ($SDCPU_HOME/openvino/<key>/unet-int8.xml): later processes reuse it. The quantization
-  runs in a child process (sdcpu.algorithms.int8_child) after this one drops its compiled UNet, so the two peaks do
+  runs in a child process (sdcpu.backends.int8_child) after this one drops its compiled UNet, so the two peaks do
   not add up: on random:sd15, child 6.1 GiB and this process 4.4 GiB, where quantizing in place peaked at 13.9 GiB.
   A machine with less than INT8_MEMORY_GIB of memory is refused with the reason (an OOM kill is not a slow first run).
 - After `compile`: torchao's PT2E flow (torch.ao.quantization is deprecated): the eager fp32 UNet exported with
@@ -33,7 +33,7 @@ import torch
 
 from sdcpu.auto_rules import INT8_MEMORY_GIB
 from sdcpu.backends.components import Entry, UNet
-from sdcpu.steps_base import Skip
+from sdcpu.steps_base import Skip, defaults
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,12 @@ def _openvino(pipe, cpu) -> str:
 
 
 def _quantize_in_child(source: Path, calls, target: Path) -> int:
-    """Quantize the IR at SOURCE into TARGET in a child process (sdcpu.algorithms.int8_child), calibrated on CALLS;
+    """Quantize the IR at SOURCE into TARGET in a child process (sdcpu.backends.int8_child), calibrated on CALLS;
     the child's peak RSS in bytes. Its memory goes back to the system when it exits."""
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".calibration-") as folder:
         samples = Path(folder) / "samples.npz"
         np.savez(samples, **{f"{i}_{j}": x.numpy() for i, call in enumerate(calls) for j, x in enumerate(call)})
-        child = subprocess.Popen([sys.executable, "-P", "-m", "sdcpu.algorithms.int8_child", str(source),
+        child = subprocess.Popen([sys.executable, "-P", "-m", "sdcpu.backends.int8_child", str(source),
                                   str(samples), str(target)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
         with child.stdout:
@@ -135,8 +135,6 @@ def _inductor(pipe) -> str:
     compiled, eager = pipe.unet, pipe.unet._orig_mod
     if eager.dtype != torch.float32:
         raise Skip(f"PT2E int8 quantizes an fp32 UNet, this one is {eager.dtype}: drop bf16 from the recipe")
-    from sdcpu.steps import defaults
-
     if defaults(pipe).get("guidance_scale", 7.5) <= 1:
         raise Skip("PT2E int8's exported UNet takes CFG batches (2 or more); this recipe sets guidance <= 1")
     start = time.perf_counter()

@@ -1,8 +1,8 @@
 """The int8 step's quantization of an OpenVINO UNet, run in a child process so that its peak memory is its own:
-`python -P -m sdcpu.algorithms.int8_child SOURCE.xml SAMPLES.npz TARGET.xml`.
+`python -P -m sdcpu.backends.int8_child SOURCE.xml SAMPLES.npz TARGET.xml`.
 
 The child reads the fp32 IR from disk (memory-mapped), quantizes it in place (no copy of the model) with NNCF's
-hybrid scheme on the calibration calls in SAMPLES (arrays `CALL_INPUT`, as sdcpu.algorithms.int8 writes them), and
+hybrid scheme on the calibration calls in SAMPLES (arrays `CALL_INPUT`, as sdcpu.backends.int8 writes them), and
 writes TARGET (staged, then renamed: a crash leaves no half-written IR), keeping the mapped fp32 weights out of its
 RSS (sdcpu.backends.mapped). The parent dropped its own compiled UNet before starting the child.
 """
