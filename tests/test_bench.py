@@ -22,7 +22,7 @@ def test_presets_and_validation():
     assert ladders.Protocol().to_dict() == dict(
         model="random:sd15", prompt="sailing ship in storm by Rembrandt", width=512, height=512, steps=20, runs=10,
         warmup_steps=10, seed=0, guidance=7.5, preset="seed")
-    with pytest.raises(UsageError, match="multiples of 8"):
+    with pytest.raises(UsageError, match="width 100: must be a multiple of 8, at least 64"):
         ladders.Protocol(width=100).validate()
     with pytest.raises(UsageError, match="runs must be at least 1"):
         ladders.Protocol(runs=0).validate()
@@ -184,7 +184,7 @@ def test_compare_two_runs(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--size", "100x64"], "multiples of 8"),
+    (["--size", "100x64"], "width 100: must be a multiple of 8"),
     (["--runs", "0"], "runs must be at least 1"),
     (["--recipes", "baseline;warp"], "unknown recipe step 'warp'"),
     (["--model", "random:huge"], "unknown random architecture"),

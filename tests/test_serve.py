@@ -163,7 +163,7 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(sdcpu_home):
 @pytest.mark.parametrize("args, message", [
     (["--max-queue", "0"], "--max-queue must be at least 1"),
     (["--instances", "2", "--port", "0"], "--instances needs a fixed --port"),
-    (["--warmup-size", "65x64"], "multiples of 8"),
+    (["--warmup-size", "65x64"], "width 65: must be a multiple of 8"),
     (["--model", "random:sd99"], "unknown random architecture"),
 ])
 def test_bad_command_line_is_one_line_and_exit_2(capsys, args, message):

@@ -38,7 +38,7 @@ def test_tune_writes_a_profile_that_info_and_generate_then_use(tmp_path, monkeyp
 
 @pytest.mark.parametrize("args, message", [
     (["--budget", "0"], "expected minutes > 0"),
-    (["--size", "60x64"], "multiples of 8"),
+    (["--size", "60x64"], "width 60: must be a multiple of 8"),
     (["--size", "big"], "expected WIDTHxHEIGHT"),
     (["--model", "random:sd99"], "unknown random architecture"),
     (["--repeats", "1"], "--repeats at least 2"),

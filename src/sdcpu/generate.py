@@ -25,8 +25,7 @@ class Request:
     num_images: int = 1
 
     def validate(self) -> "Request":
-        if self.width % 8 or self.height % 8 or self.width < 8 or self.height < 8:
-            raise UsageError(f"size {self.width}x{self.height}: width and height must be positive multiples of 8")
+        check_size(self.width, self.height)
         if self.steps < 1:
             raise UsageError(f"steps must be at least 1, got {self.steps}")
         if self.num_images < 1:
@@ -59,6 +58,18 @@ class Result:
                 f"VAE decode {self.split.seconds.get('vae', 0):.2f} s"
             )
         return ": ".join(parts) + f" ({self.seconds / steps:.3f} s per step overall)"
+
+
+MIN_SIDE = 64  # a latent of 8x8: SD's UNet halves it three times
+
+
+def check_size(width: int, height: int, max_side: int | None = None) -> None:
+    """Refuse a size sdcpu does not make: each side a multiple of 8 (the VAE's factor) from MIN_SIDE to MAX_SIDE. The
+    one size check of every entry point: generate, bench, tune, serve."""
+    for side, value in (("width", width), ("height", height)):
+        if value % 8 or value < MIN_SIDE or (max_side is not None and value > max_side):
+            bound = f" from {MIN_SIDE} to {max_side}" if max_side is not None else f", at least {MIN_SIDE}"
+            raise UsageError(f"size {width}x{height}: {side} {value}: must be a multiple of 8{bound}")
 
 
 def parse_size(text: str) -> tuple[int, int]:

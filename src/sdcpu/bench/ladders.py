@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 
 from sdcpu import auto, recipes
 from sdcpu.errors import UsageError
+from sdcpu.generate import check_size
 
 SEED_PROMPT = "sailing ship in storm by Rembrandt"
 
@@ -28,8 +29,7 @@ class Protocol:
     preset: str = "seed"
 
     def validate(self) -> "Protocol":
-        if self.width % 8 or self.height % 8 or min(self.width, self.height) < 64:
-            raise UsageError(f"size {self.width}x{self.height}: width and height must be multiples of 8, at least 64")
+        check_size(self.width, self.height)
         for name in ("steps", "runs", "warmup_steps"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

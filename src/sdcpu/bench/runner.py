@@ -71,8 +71,11 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, s
         if rung.peer:
             command, env = peers.command(rung.peer, spec, environ)
         else:
+            # resolved once, here: the child optimizes with exactly the recipe its launch plan was made for
             workload = profiles.workload_of(protocol.model, protocol.width, protocol.height)
-            plan = relaunch.recipe_plan(steps.resolve(rung.recipe, cpu, workload), cpu, environ)
+            recipe = steps.resolve(rung.recipe, cpu, workload)
+            spec["recipe"] = recipe.to_json()
+            plan = relaunch.recipe_plan(recipe, cpu, environ)
             prefix, env = (plan.argv_prefix, plan.environ(environ)) if plan else ((), dict(environ))
             command = [*prefix, sys.executable, "-m", "sdcpu.bench.child", json.dumps(spec)]
             fields["launch"] = {"env": plan.env if plan else {}, "prefix": list(prefix),

@@ -5,18 +5,17 @@ Default protocol: the seed's (1 warm-up call at 10 steps, 10 timed calls at 20 s
 (256x256, 4 steps, 3 runs, 1-step warm-up) fits a 2-core machine in about 15 minutes; any option below overrides it."""
 
 import dataclasses
-import os
 from pathlib import Path
 
 from sdcpu.bench import ladders
+from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
 
 
 def register(sub):
     p = sub.add_parser("bench", help="run a ladder of recipes, one fresh process each, and report it",
                        description=__doc__)
-    p.add_argument("--model", default=os.environ.get("SDCPU_MODEL", "random:sd15"),
-                   help="model spec, as for generate (default: $SDCPU_MODEL or %(default)s)")
+    add_model(p)
     p.add_argument("--ladder", choices=ladders.LADDERS, default="seed",
                    help="seed: baseline, +system, +framework, +scheduler; peers: vanilla diffusers, optimum-intel's "
                         "OpenVINO pipeline and sdcpu auto; full: each step on top of the fastest so far "

@@ -1,20 +1,18 @@
 """`sdcpu generate PROMPT`: images from a prompt, with their timing and self-describing PNGs."""
 
 import dataclasses
-import os
 import resource
 
 from sdcpu import auto, generate, hardware, models, recipes, relaunch, schedulers, steps
+from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
 
-DEFAULT_MODEL = "random:sd15"
 
 
 def register(sub):
     p = sub.add_parser("generate", help="generate images from a prompt", description=__doc__)
     p.add_argument("prompt")
-    p.add_argument("--model", default=os.environ.get("SDCPU_MODEL", DEFAULT_MODEL),
-                   help="random:ARCH | org/name (hub) | FOLDER | FILE.safetensors (default: $SDCPU_MODEL or %(default)s)")
+    add_model(p)
     p.add_argument("--recipe", default="auto",
                    help="a named recipe (baseline, system, framework, seed, auto) or steps, e.g. "
                         "jemalloc,iomp,pin,channels_last,bf16 (default %(default)s; `sdcpu info` shows what it picks)")

@@ -10,16 +10,15 @@ import socket
 import sys
 
 from sdcpu import auto, generate, hardware, launcher, models, recipes, relaunch, steps
+from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
 from sdcpu.instances import run_instances
 
-DEFAULT_MODEL = "random:sd15"
 
 
 def register(sub):
     p = sub.add_parser("serve", help="serve images over HTTP (OpenAI and A1111 APIs, a web page)", description=__doc__)
-    p.add_argument("--model", default=os.environ.get("SDCPU_MODEL", DEFAULT_MODEL),
-                   help="random:ARCH | org/name (hub) | FOLDER | FILE.safetensors (default: $SDCPU_MODEL or %(default)s)")
+    add_model(p)
     p.add_argument("--recipe", default="auto", help="a named recipe or steps, as for generate (default %(default)s)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default %(default)s; 0: a free one, printed)")

@@ -11,6 +11,7 @@ import os
 import sys
 
 from sdcpu import hardware, launcher, profiles
+from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
 from sdcpu.tune import probe, report, search, space
 
@@ -33,8 +34,7 @@ def _minutes(text: str) -> float:
 def register(sub):
     p = sub.add_parser("tune", help="measure the fastest settings here and save them as auto's profile",
                        description=__doc__)
-    p.add_argument("--model", default=os.environ.get("SDCPU_MODEL", "random:sd15"),
-                   help="model spec, as for generate (default: $SDCPU_MODEL or %(default)s)")
+    add_model(p)
     p.add_argument("--size", help="WIDTHxHEIGHT of the images to tune for (default: the model's own, 512x512 for "
                                   "SD 1.5)")
     p.add_argument("--steps", type=int, default=20,
@@ -53,15 +53,15 @@ def _say(text: str) -> None:
 
 def run(args) -> int:
     from sdcpu import random_models
-    from sdcpu.generate import parse_size
+    from sdcpu.generate import check_size, parse_size
     from sdcpu.models import parse_spec
 
     # 1. Check the input, look at the machine, build the space of what it can run.
     if args.steps < 1 or args.repeats < 2:
         raise UsageError("--steps must be at least 1 and --repeats at least 2 (a spread needs two)")
     size = parse_size(args.size) if args.size else None
-    if size and (size[0] % 8 or size[1] % 8 or min(size) < 64):
-        raise UsageError(f"size {args.size}: width and height must be multiples of 8, at least 64")
+    if size:
+        check_size(*size)
     model = parse_spec(args.model)
     cpu = hardware.detect()
     libs = launcher.find_libraries(launcher.library_dirs(os.environ))

@@ -13,13 +13,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdcpu import generate
+from sdcpu.errors import UsageError
 from sdcpu.generate import Request
 
 MAX_STEPS = 150  # A1111's slider maximum
 MAX_IMAGES = 10  # OpenAI's bound on n
 MAX_GUIDANCE = 30.0  # A1111's CFG scale maximum
 MAX_SEED = 2**32 - 1
-MIN_SIDE = 64  # one latent pixel per UNet downsampling at least
 
 # A1111 sampler names (and sdcpu's own scheduler names) -> sdcpu.schedulers names, for samplers diffusers has.
 SAMPLERS = {
@@ -105,10 +106,10 @@ def from_a1111(body: A1111Txt2ImgRequest, limits: Limits) -> Job:
 
 
 def _size(text: str) -> tuple[int, int]:
-    width, _, height = text.partition("x")
-    if not (width.isdigit() and height.isdigit()):
-        raise BadRequest(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 512x512")
-    return int(width), int(height)
+    try:
+        return generate.parse_size(text)
+    except UsageError as err:
+        raise BadRequest(str(err)) from None
 
 
 def _seed(seed: int | None) -> int:
@@ -117,9 +118,10 @@ def _seed(seed: int | None) -> int:
 
 def _checked(job: Job, limits: Limits) -> Job:
     request = job.request
-    for side, value in (("width", request.width), ("height", request.height)):
-        if value % 8 or not MIN_SIDE <= value <= limits.max_size:
-            raise BadRequest(f"{side} {value}: must be a multiple of 8 from {MIN_SIDE} to {limits.max_size}")
+    try:
+        generate.check_size(request.width, request.height, limits.max_size)
+    except UsageError as err:
+        raise BadRequest(str(err)) from None
     for field, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
         tokens = len(limits.tokenizer(text).input_ids)
         if tokens > limits.tokenizer.model_max_length:
