@@ -132,3 +132,11 @@ def test_every_class_ends_each_level_with_a_candidate_any_machine_can_take(name)
     for level in auto.QUALITIES:
         last = (getattr(klass, level) or klass.exact)[-1]
         assert (last.needs, last.min_memory_gib, last.long_running) == ((), 0, False), (name, level)
+
+
+def test_resolve_for_says_where_auto_came_from_and_what_it_took(installed):
+    installed("openvino", "nncf")
+    recipe, why = auto.resolve_for("auto:exact", machine("kvm-xeon-avx512-noamx"), "random:nothing-built", 64, 64)
+    assert str(recipe) == "openvino=f32"
+    assert why.startswith(auto.NO_PROFILE + "; exact: openvino=f32: OpenVINO f32: exact")
+    assert auto.resolve_for("baseline", machine("kvm-xeon-avx512-noamx"), "random:tiny", 64, 64)[1] is None

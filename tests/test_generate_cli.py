@@ -1,3 +1,5 @@
+import json
+import os
 import subprocess
 import sys
 
@@ -96,3 +98,16 @@ def cli(argv) -> int:
         return main(argv)
     except SystemExit as exit_:
         return exit_.code
+
+
+def test_a_re_executed_generate_takes_the_recipe_its_parent_resolved(tmp_path):
+    """The parent resolves auto once and hands it down through the re-exec; the child does not resolve it again."""
+    from sdcpu import recipes, relaunch
+
+    handed = recipes.Recipe("auto", (recipes.Step("channels_last"),))
+    env = {**os.environ, relaunch.MARK: "1", relaunch.RESOLVED: json.dumps({"recipe": handed.to_json(), "why": "x"})}
+    proc = subprocess.run([sys.executable, "-m", "sdcpu", "generate", "x", *TINY[:-2], "--recipe", "auto",
+                           "-o", str(tmp_path / "a.png")], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "Recipe: channels_last" in Image.open(tmp_path / "a.png").text["parameters"]
+    assert "auto: x" in proc.stdout

@@ -100,8 +100,8 @@ def recipe(cpu, environ=os.environ, quality="high", workload=None, long_running=
             reasons += (f"quality fast, on top of the profile: {why}",)
         return Recipe(name, tuple(steps)), reasons
     chosen, reasons = choose(cpu, quality, long_running)
-    libs = launcher.find_libraries(launcher.library_dirs(environ)) if libs is None else libs
-    tools = launcher.probe_pinning_tools(cpu) if tools is None else tools
+    if libs is None or tools is None:
+        libs, tools = launcher.look_around(cpu, environ)
     taken = {step.name for step in chosen.steps}
     system, why_system = _system(cpu, libs, tools, taken)
     system = tuple(step for step in system if step.name not in taken)  # a candidate may hold iomp itself
@@ -131,8 +131,7 @@ def system_options(cpu, environ=os.environ, libs=None, tools=None, quality="high
 
 def describe_plan(cpu, environ=os.environ) -> str:
     """The auto recipe's reasons, then its launch plan (for `sdcpu info`)."""
-    libs = launcher.find_libraries(launcher.library_dirs(environ))
-    tools = launcher.probe_pinning_tools(cpu)
+    libs, tools = launcher.look_around(cpu, environ)
     options, reasons = system_options(cpu, environ, libs, tools)
     first = launcher.plan(cpu, options, environ, libs, tools)[0]
     return "\n".join([*(f"- {reason}" for reason in reasons), "", launcher.format_plan(first)])
@@ -141,9 +140,12 @@ def describe_plan(cpu, environ=os.environ) -> str:
 def resolve_for(text: str, cpu, model: str, width: int, height: int,
                 long_running: bool = False) -> tuple[Recipe, str | None]:
     """A recipe string for a job on MODEL at WIDTHxHEIGHT: `auto` / `auto:LEVEL` from a tuned profile for that
-    workload, else the class rules, with the first reason (which of the two it was); another recipe as parsed."""
+    workload, else the class rules, with the first reason (which of the two it was) and, from the rules, the one of
+    the candidate taken; another recipe as parsed."""
     if not recipes.is_auto(text):
         return recipes.parse(text), None
-    found, reasons = recipe(cpu, quality=parse(text.strip()), workload=profiles.workload_of(model, width, height),
+    quality = parse(text.strip())
+    found, reasons = recipe(cpu, quality=quality, workload=profiles.workload_of(model, width, height),
                             long_running=long_running)
-    return found, reasons[0]
+    taken = [reason for reason in reasons if reason.startswith(f"{quality}: ")]
+    return found, "; ".join([reasons[0], *taken])

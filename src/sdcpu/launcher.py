@@ -1,8 +1,8 @@
 """The system rung: which allocator, OpenMP runtime, thread count and CPU binding a process starts with.
 
 `plan(cpu, options, environ, libs, pinning_tools)` is pure: the machine, the environment, the libraries found and the
-pinning tools that work are all passed in, so tests feed canned machines. `find_libraries` and `probe_pinning_tools`
-look them up here; `apply` execs a plan (LD_PRELOAD and OpenMP settings only act at process start).
+pinning tools that work are all passed in, so tests feed canned machines. `look_around` looks them up here
+(`find_libraries`, `probe_pinning_tools`); `apply` execs a plan (LD_PRELOAD and OpenMP settings only act at process start).
 ENV_VARS documents every variable a plan can set; docs/launcher.md holds it rendered by `env_table_markdown()`.
 """
 
@@ -289,6 +289,12 @@ def probe_pinning_tools(cpu: CpuInfo) -> frozenset[str]:
         except (OSError, subprocess.TimeoutExpired):
             pass
     return frozenset(working)
+
+
+def look_around(cpu: CpuInfo, environ, pinning: bool = True) -> tuple[dict[str, str], frozenset[str]]:
+    """(the libraries found, the pinning tools that work): the launcher's two looks at the live system, taken
+    together by every caller. PINNING False skips running numactl and taskset where no pinning is asked for."""
+    return find_libraries(library_dirs(environ)), probe_pinning_tools(cpu) if pinning else frozenset()
 
 
 def apply(plan: LaunchPlan, argv, environ=os.environ):

@@ -1,5 +1,7 @@
-"""Re-exec the running sdcpu command under its recipe's launch plan (system settings only act at process start)."""
+"""Processes under a recipe's launch plan (system settings only act at process start): re-exec the running sdcpu
+command under it, or start a measuring child (a bench rung, a tune probe) that prints its result as one JSON line."""
 
+import json
 import logging
 import os
 import sys
@@ -9,6 +11,7 @@ from sdcpu.errors import UsageError
 
 log = logging.getLogger(__name__)
 MARK = "SDCPU_LAUNCHED"  # set in the re-executed process, so it runs instead of relaunching again
+RESOLVED = "SDCPU_RESOLVED_RECIPE"  # the recipe the parent resolved (and why, for auto): the child takes it as is
 
 
 def recipe_plan(recipe: recipes.Recipe, cpu, environ=os.environ) -> launcher.LaunchPlan | None:
@@ -23,13 +26,38 @@ def recipe_plan(recipe: recipes.Recipe, cpu, environ=os.environ) -> launcher.Lau
 
 def instance_plans(options: launcher.LaunchOptions, cpu, environ=os.environ) -> tuple[launcher.LaunchPlan, ...]:
     """One launch plan per instance of OPTIONS, with the libraries and pinning tools found here."""
-    libs = launcher.find_libraries(launcher.library_dirs(environ))
-    tools = launcher.probe_pinning_tools(cpu) if options.pin else frozenset()
+    libs, tools = launcher.look_around(cpu, environ, pinning=options.pin)
     return launcher.plan(cpu, options, environ, libs, tools)
 
 
-def under_plan(recipe: recipes.Recipe, cpu, environ=os.environ) -> None:
-    """Return at once when RECIPE has no system steps or this process was started by its plan; else exec it."""
+def child_command(recipe: recipes.Recipe, cpu, environ, module: str, spec: dict):
+    """(argv, environment, plan or None) of `python -P -m MODULE SPEC_JSON` started under RECIPE's launch plan."""
+    plan = recipe_plan(recipe, cpu, environ)
+    prefix, env = (plan.argv_prefix, plan.environ(environ)) if plan else ((), dict(environ))
+    return [*prefix, sys.executable, "-P", "-m", module, json.dumps(spec)], env, plan
+
+
+def child_row(stdout: str, stderr_lines, code: int) -> dict:
+    """A measuring child's result: its last stdout line as JSON, or {"failed": its last stderr line (exit CODE)}."""
+    lines = stdout.strip().splitlines()
+    if code == 0 and lines:
+        return json.loads(lines[-1])
+    errors = [line.strip() for line in stderr_lines if line.strip()]
+    return {"failed": f"{errors[-1] if errors else 'no output'} (exit {code})"}
+
+
+def handed_down(environ=os.environ) -> tuple[recipes.Recipe, str | None] | None:
+    """(the recipe, why auto chose it) the parent resolved before re-executing this process under its plan; None when
+    this process was not started that way."""
+    if environ.get(MARK) != "1" or RESOLVED not in environ:
+        return None
+    data = json.loads(environ[RESOLVED])
+    return recipes.Recipe.from_json(data["recipe"]), data["why"]
+
+
+def under_plan(recipe: recipes.Recipe, cpu, environ=os.environ, why: str | None = None) -> None:
+    """Return at once when RECIPE has no system steps or this process was started by its plan; else exec it, handing
+    down RECIPE (and WHY auto chose it), so the re-executed command does not resolve it again."""
     if environ.get(MARK) == "1" or (plan := recipe_plan(recipe, cpu, environ)) is None:
         return
     for note in plan.notes:
@@ -37,4 +65,5 @@ def under_plan(recipe: recipes.Recipe, cpu, environ=os.environ) -> None:
     if plan.missing:
         log.warning("launcher: asked for but not applied here: %s", ", ".join(plan.missing))
     log.info("re-executing under the launch plan of %s: %s", recipe, launcher.shell_line(plan, ["sdcpu", "..."]))
-    launcher.apply(plan, [sys.executable, "-m", "sdcpu", *sys.argv[1:]], {**environ, MARK: "1"})
+    resolved = json.dumps({"recipe": recipe.to_json(), "why": why})
+    launcher.apply(plan, [sys.executable, "-P", "-m", "sdcpu", *sys.argv[1:]], {**environ, MARK: "1", RESOLVED: resolved})

@@ -75,9 +75,8 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, s
             workload = profiles.workload_of(protocol.model, protocol.width, protocol.height)
             recipe = steps.resolve(rung.recipe, cpu, workload)
             spec["recipe"] = recipe.to_json()
-            plan = relaunch.recipe_plan(recipe, cpu, environ)
-            prefix, env = (plan.argv_prefix, plan.environ(environ)) if plan else ((), dict(environ))
-            command = [*prefix, sys.executable, "-m", "sdcpu.bench.child", json.dumps(spec)]
+            command, env, plan = relaunch.child_command(recipe, cpu, environ, "sdcpu.bench.child", spec)
+            prefix = plan.argv_prefix if plan else ()
             fields["launch"] = {"env": plan.env if plan else {}, "prefix": list(prefix),
                                 "notes": list(plan.notes) if plan else [], "missing": list(plan.missing) if plan else []}
     except Exception as err:  # noqa: BLE001 -- a rung that cannot start is a failed row, not a dead ladder
@@ -86,15 +85,15 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, s
     stdout = out / "logs" / f"{slug}.out"
     with open(stdout, "w") as sink, open(out / "logs" / f"{slug}.err", "w") as log:
         proc = subprocess.Popen(command, stdout=sink, stderr=subprocess.PIPE, text=True, env=env)
+        errors = []
         for line in proc.stderr:
             log.write(line)
             if line.startswith(child.PROGRESS):
                 _say(progress_line(row, rung, json.loads(line[len(child.PROGRESS):]), started))
+            else:
+                errors.append(line)
         proc.wait()
-    lines = stdout.read_text().strip().splitlines()
-    if proc.returncode or not lines:
-        return {**fields, "failed": _last_error(out / "logs" / f"{slug}.err", proc.returncode)}
-    return {**fields, **json.loads(lines[-1])}
+    return {**fields, **relaunch.child_row(stdout.read_text(), errors, proc.returncode)}
 
 
 def progress_line(row, rung, event, started) -> str:
@@ -117,11 +116,6 @@ def _say(text: str, end: str = "") -> None:
         print(f"\r\033[K{text}", end=end or "", file=sys.stderr, flush=True)
     else:
         print(text, file=sys.stderr, flush=True)
-
-
-def _last_error(path: Path, code: int) -> str:
-    lines = [line for line in path.read_text().splitlines() if line.strip() and not line.startswith(child.PROGRESS)]
-    return (lines[-1].strip() if lines else "no output") + f" (exit {code})"
 
 
 def _rgb(path: Path):

@@ -39,16 +39,17 @@ def run(args) -> int:
         raise UsageError(f"--quality sets the level of the auto recipe, not of --recipe {args.recipe}")
     width, height = generate.parse_size(args.size)
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
-    # auto: a tuned profile for this model and size, else the hardware rules; which one is said at the end
-    recipe, why_auto = auto.resolve_for(f"auto:{args.quality}" if args.quality else args.recipe, cpu, args.model,
-                                        width, height)
+    # auto: a tuned profile for this model and size, else the class rules (said at the end); resolved once, before
+    # the re-exec under the launch plan, which hands it down
+    recipe, why_auto = relaunch.handed_down() or auto.resolve_for(
+        f"auto:{args.quality}" if args.quality else args.recipe, cpu, args.model, width, height)
     request = generate.Request(
         prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, seed=args.seed,
         steps=20 if args.steps is None else args.steps, guidance=7.5 if args.guidance is None else args.guidance,
         num_images=args.num_images,
     ).validate()
     paths = generate.output_paths(args.output, request.seeds())
-    relaunch.under_plan(recipe, cpu)
+    relaunch.under_plan(recipe, cpu, why=why_auto)
 
     # 2. Load the model, optimize it, set its scheduler.
     pipe = models.load_pipeline(spec, progress=True)

@@ -61,8 +61,7 @@ def run(args) -> int:
     if not command and not (args.dry_run or args.verify):
         raise UsageError("nothing to run: put the command after --, e.g. sdcpu launch --pin -- python script.py")
     cpu = hardware.detect()
-    libs = launcher.find_libraries(launcher.library_dirs(os.environ))
-    tools = launcher.probe_pinning_tools(cpu) if args.auto or args.pin else frozenset()
+    libs, tools = launcher.look_around(cpu, os.environ, pinning=args.auto or args.pin)
 
     # 2. Plan every instance.
     plans = launcher.plan(cpu, _options(args, cpu, libs, tools), os.environ, libs, tools)

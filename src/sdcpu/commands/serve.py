@@ -46,7 +46,8 @@ def run(args) -> int:
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
     width, height = generate.parse_size(args.warmup_size)
     # auto: a tuned profile for this model at the warm-up size, else the class rules for a long-running process
-    recipe, why_auto = auto.resolve_for(args.recipe, cpu, args.model, width, height, long_running=True)
+    recipe, why_auto = relaunch.handed_down() or auto.resolve_for(args.recipe, cpu, args.model, width, height,
+                                                                  long_running=True)
     generate.Request("warm-up", width=width, height=height).validate()
     for name in ("max_queue", "max_batch", "max_size", "instances"):
         value = getattr(args, name)
@@ -54,7 +55,7 @@ def run(args) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.instances > 1:
         return _run_instances(args, recipe, cpu)
-    relaunch.under_plan(recipe, cpu)  # refuses the recipe step instances=N: --instances is this command's
+    relaunch.under_plan(recipe, cpu, why=why_auto)  # refuses the recipe step instances=N: --instances is this command's
     sock = _listen(args.host, args.port, args.reuse_port)
 
     # 2. Serve: the worker thread loads, optimizes and warms up behind /health.

@@ -64,8 +64,7 @@ def run(args) -> int:
         check_size(*size)
     model = parse_spec(args.model)
     cpu = hardware.detect()
-    libs = launcher.find_libraries(launcher.library_dirs(os.environ))
-    tools = launcher.probe_pinning_tools(cpu)
+    libs, tools = launcher.look_around(cpu, os.environ)
     installed = {name for name, module in (("openvino", "openvino"), ("ipex", "intel_extension_for_pytorch"))
                  if importlib.util.find_spec(module)}
     space_ = space.build(cpu, libs, tools, installed, args.quality)

@@ -80,20 +80,14 @@ def run(recipe: str, spec: dict, cpu, environ, timeout_s: float) -> tuple[dict, 
     """Start the child for RECIPE under its launch plan; (its row, or {"failed": reason}; wall seconds)."""
     from sdcpu import recipes, relaunch
 
-    plan = relaunch.recipe_plan(recipes.parse(recipe), cpu, environ)
-    prefix, env = (plan.argv_prefix, plan.environ(environ)) if plan else ((), dict(environ))
-    command = [*prefix, sys.executable, "-m", "sdcpu.tune.probe", json.dumps({**spec, "recipe": recipe})]
+    command, env, _ = relaunch.child_command(recipes.parse(recipe), cpu, environ, "sdcpu.tune.probe",
+                                             {**spec, "recipe": recipe})
     start = time.perf_counter()
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=max(timeout_s, 1))
     except subprocess.TimeoutExpired:
         return {"failed": f"over the {timeout_s:.0f} s left of the budget: stopped"}, time.perf_counter() - start
-    wall = time.perf_counter() - start
-    lines = done.stdout.strip().splitlines()
-    if done.returncode or not lines:
-        errors = [line for line in done.stderr.splitlines() if line.strip()]
-        return {"failed": f"{errors[-1].strip() if errors else 'no output'} (exit {done.returncode})"}, wall
-    return json.loads(lines[-1]), wall
+    return relaunch.child_row(done.stdout, done.stderr.splitlines(), done.returncode), time.perf_counter() - start
 
 
 def to_result(config, row: dict, wall_s: float, steps: int) -> Result:
