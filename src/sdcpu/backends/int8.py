@@ -113,7 +113,7 @@ def _quantize_in_child(source: Path, calls, target: Path) -> int:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".calibration-") as folder:
         samples = Path(folder) / "samples.npz"
         np.savez(samples, **{f"{i}_{j}": x.numpy() for i, call in enumerate(calls) for j, x in enumerate(call)})
-        child = subprocess.Popen([sys.executable, "-P", "-m", "sdcpu.backends.int8_child", str(source),
+        child = subprocess.Popen([sys.executable, "-m", "sdcpu.backends.int8_child", str(source),
                                   str(samples), str(target)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
         with child.stdout:

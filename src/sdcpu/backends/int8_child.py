@@ -1,5 +1,5 @@
 """The int8 step's quantization of an OpenVINO UNet, run in a child process so that its peak memory is its own:
-`python -P -m sdcpu.backends.int8_child SOURCE.xml SAMPLES.npz TARGET.xml`.
+`python -m sdcpu.backends.int8_child SOURCE.xml SAMPLES.npz TARGET.xml`.
 
 The child reads the fp32 IR from disk (memory-mapped), quantizes it in place (no copy of the model) with NNCF's
 hybrid scheme on the calibration calls in SAMPLES (arrays `CALL_INPUT`, as sdcpu.backends.int8 writes them), and
