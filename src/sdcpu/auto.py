@@ -68,14 +68,14 @@ def choose(cpu, quality: str, long_running: bool = False) -> tuple[Recipe, tuple
     return recipes.parse(candidate.steps), tuple(reasons)
 
 
-def _system(cpu, libs, tools, backend: set[str]) -> tuple[tuple[Step, ...], tuple[str, ...]]:
-    """The system steps the rules take here (allocator, Intel OpenMP, pinning) beside the steps BACKEND, with their
+def _system(cpu, libs, tools, chosen: set[str]) -> tuple[tuple[Step, ...], tuple[str, ...]]:
+    """The system steps the rules take here (allocator, Intel OpenMP, pinning) beside the CHOSEN steps, with their
     reasons."""
     if len(cpu.usable_physical_cores) < auto_rules.SYSTEM_MIN_CORES:
         return (), (auto_rules.system_reason(cpu),)
     options, reasons = launcher.auto_options(cpu, libs, tools)
     reasons = (f"system steps: {auto_rules.SYSTEM.why}", *reasons)
-    clash = recipes.conflict({options.allocator, *backend})
+    clash = recipes.conflict({options.allocator, *chosen})
     if clash:
         reasons = tuple(r for r in reasons if not r.startswith("allocator")) + (f"no {options.allocator}: {clash}",)
         options = dataclasses.replace(options, allocator="default")

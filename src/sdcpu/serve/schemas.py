@@ -7,6 +7,7 @@ coerced or ignored. A prompt longer than the text encoder reads (77 CLIP tokens,
 too: truncating it would silently drop the end of what was asked for.
 """
 
+import contextlib
 import secrets
 from dataclasses import dataclass
 from typing import Literal
@@ -105,11 +106,18 @@ def from_a1111(body: A1111Txt2ImgRequest, limits: Limits) -> Job:
     return _checked(Job(request, SAMPLERS.get(sampler)), limits)
 
 
-def _size(text: str) -> tuple[int, int]:
+@contextlib.contextmanager
+def _answered_400():
+    """The shared request checks (sdcpu.generate) raise UsageError; the server answers them 400."""
     try:
-        return generate.parse_size(text)
+        yield
     except UsageError as err:
         raise BadRequest(str(err)) from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    with _answered_400():
+        return generate.parse_size(text)
 
 
 def _seed(seed: int | None) -> int:
@@ -118,10 +126,8 @@ def _seed(seed: int | None) -> int:
 
 def _checked(job: Job, limits: Limits) -> Job:
     request = job.request
-    try:
+    with _answered_400():
         generate.check_size(request.width, request.height, limits.max_size)
-    except UsageError as err:
-        raise BadRequest(str(err)) from None
     for field, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
         tokens = len(limits.tokenizer(text).input_ids)
         if tokens > limits.tokenizer.model_max_length:
