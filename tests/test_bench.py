@@ -13,6 +13,7 @@ from sdcpu.bench import ladders, report, runner
 from sdcpu.cli import main
 from sdcpu import recipes
 from sdcpu.errors import UsageError
+from sdcpu.generate import Request
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bench"
 TINY = ladders.Protocol(model="random:tiny", width=64, height=64, steps=2, runs=2, warmup_steps=1)
@@ -20,8 +21,14 @@ TINY = ladders.Protocol(model="random:tiny", width=64, height=64, steps=2, runs=
 
 def test_presets_and_validation():
     assert ladders.Protocol().to_dict() == dict(
-        model="random:sd15", prompt="sailing ship in storm by Rembrandt", width=512, height=512, steps=20, runs=10,
-        warmup_steps=10, seed=0, guidance=7.5, preset="seed")
+        model="random:sd15", prompt="sailing ship in storm by Rembrandt", negative_prompt="", width=512, height=512,
+        steps=20, runs=10, warmup_steps=10, seed=0, guidance=7.5, num_images=1, preset="seed")
+    # The flat dict is what a child reads back (sdcpu's or a peer's): it round-trips, and the call is generate's.
+    assert ladders.Protocol.from_dict(TINY.to_dict()) == TINY
+    call = TINY.request(steps=1)
+    assert type(call) is Request and (call.prompt, call.width, call.steps, call.seed) == (TINY.prompt, 64, 1, 0)
+    with pytest.raises(UsageError, match="one image"):
+        ladders.Protocol(num_images=2).validate()
     with pytest.raises(UsageError, match="width 100: must be a multiple of 8, at least 64"):
         ladders.Protocol(width=100).validate()
     with pytest.raises(UsageError, match="runs must be at least 1"):

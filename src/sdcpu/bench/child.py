@@ -31,6 +31,7 @@ def run(spec: dict) -> dict:
     import torch
 
     from sdcpu import flops, generate, hardware, recipes, steps, verify
+    from sdcpu.bench import ladders
     from sdcpu.models import load_pipeline, parse_spec
 
     # 1. What the launcher really applied, before anything else runs.
@@ -38,9 +39,9 @@ def run(spec: dict) -> dict:
     row = {"verify": {**verify_summary(snap), "failures": verify.check(snap)}, "cache_before": cache_state()}
 
     # 2. Load and optimize.
-    protocol = spec["protocol"]
+    protocol = ladders.Protocol.from_dict(spec["protocol"])
     start = time.perf_counter()
-    model = parse_spec(protocol["model"])
+    model = parse_spec(protocol.model)
     pipe = load_pipeline(model)
     row["load_s"] = round(time.perf_counter() - start, 2)
     cpu = hardware.detect()
@@ -50,22 +51,19 @@ def run(spec: dict) -> dict:
     row["steps"] = [{"step": o.step, "applied": o.applied, "detail": o.detail, "s": round(o.seconds, 2)}
                     for o in outcomes]
     defaults = steps.defaults(pipe)
-    request = generate.Request(
-        prompt=protocol["prompt"], width=protocol["width"], height=protocol["height"], seed=protocol["seed"],
-        steps=defaults.get("num_inference_steps", protocol["steps"]),
-        guidance=defaults.get("guidance_scale", protocol["guidance"]),
-    ).validate()
+    request = protocol.request(steps=defaults.get("num_inference_steps", protocol.steps),
+                               guidance=defaults.get("guidance_scale", protocol.guidance))
 
     # 3. Warm-up: the first call compiles, for compiling steps; its time is kept apart.
-    progress(phase="warm-up", steps=protocol["warmup_steps"])
-    warmup = generate.run(pipe, dataclasses.replace(request, steps=protocol["warmup_steps"]))
+    progress(phase="warm-up", steps=protocol.warmup_steps)
+    warmup = generate.run(pipe, dataclasses.replace(request, steps=protocol.warmup_steps))
 
     # 4. Timed calls, each with its component split.
     calls = []
-    for index in range(protocol["runs"]):
+    for index in range(protocol.runs):
         result = generate.run(pipe, request)
         calls.append(result)
-        progress(phase="run", run=index + 1, runs=protocol["runs"], seconds=result.seconds,
+        progress(phase="run", run=index + 1, runs=protocol.runs, seconds=result.seconds,
                  s_per_step=result.seconds / request.steps)
     text = generate.parameters_text(request, request.seed, model=str(model), random_weights=model.random_weights,
                                     scheduler=type(pipe.scheduler).__name__, recipe=str(recipe))
@@ -82,7 +80,7 @@ def run(spec: dict) -> dict:
     shallow_calls = bool(cache and cache.value > 1 and any(o.applied for o in outcomes if o.step == str(cache)))
     row.update(
         steps_applied=request.steps, guidance=request.guidance, cfg_batch=cfg_batch, scheduler=type(pipe.scheduler).__name__,
-        **timing_fields(times, request.steps, warmup.seconds, protocol["warmup_steps"]),
+        **timing_fields(times, request.steps, warmup.seconds, protocol.warmup_steps),
         split={
             "text_encoder_s": statistics.median(c.split.seconds.get("text_encoder", 0.0) for c in calls),
             "unet_s": unet_s, "unet_calls": unet_calls, "unet_per_call_s": unet_s / max(1, unet_calls),

@@ -8,35 +8,43 @@ from dataclasses import dataclass, fields
 
 from sdcpu import auto, recipes
 from sdcpu.errors import UsageError
-from sdcpu.generate import check_size
+from sdcpu.generate import Request
 
 SEED_PROMPT = "sailing ship in storm by Rembrandt"
 
 
 @dataclass(frozen=True)
-class Protocol:
-    """The seed's protocol by default: one warm-up call at 10 steps, then 10 timed calls at 20 steps, 512x512."""
+class Protocol(Request):
+    """The request every rung makes, repeated: the seed's by default, one warm-up call at 10 steps, then 10 timed calls
+    at 20 steps, 512x512, one image per call. Its flat `to_dict` is the `protocol` of results.jsonl and what a child,
+    sdcpu's or a peer's in its own environment, reads."""
 
-    model: str = "random:sd15"
     prompt: str = SEED_PROMPT
-    width: int = 512
-    height: int = 512
-    steps: int = 20
+    model: str = "random:sd15"
     runs: int = 10
     warmup_steps: int = 10
-    seed: int = 0
-    guidance: float = 7.5
     preset: str = "seed"
 
     def validate(self) -> "Protocol":
-        check_size(self.width, self.height)
-        for name in ("steps", "runs", "warmup_steps"):
+        super().validate()
+        if self.num_images != 1:
+            raise UsageError(f"a bench call makes one image, got {self.num_images}")
+        for name in ("runs", "warmup_steps"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         return self
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Protocol":
+        return cls(**data)
+
+    def request(self, **changes) -> Request:
+        """The call each rung times (with CHANGES, e.g. a model's own steps), as generate runs it."""
+        own = {f.name: getattr(self, f.name) for f in fields(Request)}
+        return Request(**{**own, **changes}).validate()
 
 
 # `quick` fits the README's main job in <= 15 minutes on a 2-core machine: a quarter of the pixels, 4 steps, 3 runs.

@@ -5,7 +5,9 @@ VAE decode, after a first call of each (where compiling backends compile: report
 encoder (one call per image, ~1% of SD 1.5's time) is left out. Per repeat, seconds per image are estimated as
 steps x UNet forward + VAE decode.
 
-    python -m sdcpu.tune.probe '{"model": "random:tiny", "recipe": "bf16", "size": null, "repeats": 3}'
+    python -m sdcpu.tune.probe '{"model": "random:tiny", "recipe": RECIPE, "size": null, "repeats": 3}'
+
+where RECIPE is a `Recipe.to_json()` string: the parent parses the recipe once and hands it down.
 
 `run` (the parent side) starts that child under the recipe's plan (sdcpu.relaunch) and turns its row into a Result.
 """
@@ -46,7 +48,7 @@ def measure(spec: dict) -> dict:
     """Inside the child: load, optimize, time; the row the parent reads."""
     import torch
 
-    from sdcpu import hardware, steps, verify
+    from sdcpu import hardware, recipes, steps, verify
     from sdcpu.models import load_pipeline
     from sdcpu.profiles import unet_hash
 
@@ -58,7 +60,7 @@ def measure(spec: dict) -> dict:
     row = {"load_s": round(time.perf_counter() - start, 2), "width": width, "height": height,
            "unet_hash": unet_hash(unet_config), "unet_params": sum(p.numel() for p in pipe.unet.parameters()),
            "verify_failures": verify.check(snap), "threads": torch.get_num_threads()}
-    _, outcomes = steps.optimize(pipe, steps.resolve(spec["recipe"], hardware.detect()))
+    _, outcomes = steps.optimize(pipe, recipes.Recipe.from_json(spec["recipe"]), hardware.detect())
     row["skipped"] = [f"{o.step}: {o.detail}" for o in outcomes if not o.applied]
     unet, vae = pipe.unet, pipe.vae
     sample, timestep, states = unet_inputs(unet_config, BATCH, (height // scale, width // scale), unet.dtype)
@@ -80,8 +82,9 @@ def run(recipe: str, spec: dict, cpu, environ, timeout_s: float) -> tuple[dict, 
     """Start the child for RECIPE under its launch plan; (its row, or {"failed": reason}; wall seconds)."""
     from sdcpu import recipes, relaunch
 
-    command, env, _ = relaunch.child_command(recipes.parse(recipe), cpu, environ, "sdcpu.tune.probe",
-                                             {**spec, "recipe": recipe})
+    parsed = recipes.parse(recipe)  # once: the child takes it as parsed, like a bench rung's
+    command, env, _ = relaunch.child_command(parsed, cpu, environ, "sdcpu.tune.probe",
+                                             {**spec, "recipe": parsed.to_json()})
     start = time.perf_counter()
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=max(timeout_s, 1))
