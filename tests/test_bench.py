@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from machines import machine
-from sdcpu.bench import ladders, report, runner
+from sdcpu.bench import ladders, peers, report, runner
 from sdcpu.cli import main
 from sdcpu import recipes
 from sdcpu.errors import UsageError
@@ -43,6 +43,27 @@ def test_presets_and_validation():
 ])
 def test_recipes_option(text, recipes):
     assert [rung.recipe for rung in ladders.parse_recipes(text)] == recipes
+
+
+def test_recipes_option_runs_peers():
+    rungs = ladders.parse_recipes("baseline,peer:openvino-genai,peer:stable-diffusion.cpp:q8_0,auto")
+    assert [(rung.name, rung.peer) for rung in rungs] == [
+        ("baseline", None), ("openvino-genai (peer)", "openvino-genai"),
+        ("stable-diffusion.cpp q8_0 (peer)", "stable-diffusion.cpp:q8_0"), ("auto", None)]
+    assert peers.parse("stable-diffusion.cpp") == (peers.PEERS["stable-diffusion.cpp"], "f32")  # the default variant
+
+
+def test_a_peer_that_cannot_be_compared_says_why_instead_of_a_number(tmp_path):
+    """A peer drawing its own noise: the runner keeps its reason, the report prints it and no PSNR."""
+    reference = {"rung": "baseline", "image": "a.png"}
+    row = {"index": 1, "rung": "other (peer)", "recipe": "baseline", "peer": "stable-diffusion.cpp", "median_s": 2.0,
+           "s_per_step": 1.0, "parent": None, "image": "b.png", "matmul_peak_gflop_s": {"float32": 1.0},
+           "fidelity_note": "its own RNG: another noise"}
+    row["fidelity"] = runner.compare(row, reference, tmp_path)  # no image is read: there are none in tmp_path
+    assert row["fidelity"] == {"reference": "baseline", "not_comparable": "its own RNG: another noise"}
+    cells = report.cells(row, {**reference, "median_s": 4.0}, {})
+    assert cells[3:5] == ["2.00", "2.00x"] and cells[-3:-1] == ["n/a", "n/a"]
+    assert "no fidelity figure: its own RNG: another noise" in cells[-1]
 
 
 def test_recipes_option_refuses_a_bad_recipe_before_running():
@@ -195,6 +216,8 @@ def test_compare_two_runs(tmp_path, capsys):
     (["--runs", "0"], "runs must be at least 1"),
     (["--recipes", "baseline;warp"], "unknown recipe step 'warp'"),
     (["--model", "random:huge"], "unknown random architecture"),
+    (["--recipes", "baseline,peer:warp"], "--recipes: unknown peer 'warp'"),
+    (["--recipes", "peer:stable-diffusion.cpp:q2_k"], "stable-diffusion.cpp has no variant 'q2_k'; choose from f32, q8_0"),
 ])
 def test_bench_refuses_bad_input_in_one_line(args, message, tmp_path, capsys):
     assert main(["bench", "--model", "random:tiny", "--out", str(tmp_path / "o"), *args]) == 2

@@ -7,6 +7,7 @@ what was measured (`full` keeps a step only when it made the image faster).
 from dataclasses import dataclass, fields
 
 from sdcpu import auto, recipes
+from sdcpu.bench import peers
 from sdcpu.errors import UsageError
 from sdcpu.generate import Request
 
@@ -71,7 +72,11 @@ STATIC = {
     "peers": (
         Rung("diffusers eager (peer)", "baseline"),
         Rung("optimum-intel OpenVINO static (peer)", "baseline", peer="optimum-intel"),
+        Rung("OpenVINO GenAI static (peer)", "baseline", peer="openvino-genai"),
+        Rung("stable-diffusion.cpp f32 (peer)", "baseline", peer="stable-diffusion.cpp:f32"),
+        Rung("stable-diffusion.cpp q8_0 (peer)", "baseline", peer="stable-diffusion.cpp:q8_0"),
         Rung("sdcpu auto", "auto"),
+        Rung("sdcpu auto:fast", "auto:fast"),
     ),
 }
 LADDERS = ("seed", *STATIC, "full")
@@ -85,20 +90,39 @@ EAGER_ONLY = ("deepcache=2", "tome")  # on the fastest recipe without a backend:
 SUPERSEDED = {"openvino": ("bf16",)}
 
 
+PEER_PREFIX = "peer:"  # a --recipes item that runs a peer: peer:stable-diffusion.cpp:q8_0
+
+
 def parse_recipes(text: str) -> tuple[Rung, ...]:
-    """`--recipes`: recipes separated by `;`, or by `,` when every item is a named recipe (`baseline,system,auto`)."""
+    """`--recipes`: recipes separated by `;`, or by `,` when every item is a named recipe or a peer
+    (`baseline,system,auto`, `baseline,peer:openvino-genai,auto`)."""
     items = text.split(";") if ";" in text else text.split(",")
-    if ";" not in text and not all(item.strip() in recipes.NAMED or recipes.is_auto(item) for item in items):
+    if ";" not in text and not all(_whole(item.strip()) for item in items):
         items = [text]  # one recipe of steps, e.g. jemalloc,iomp,pin
     items = [item.strip() for item in items if item.strip()]
     if not items:
         raise UsageError("--recipes is empty")
-    for item in items:
-        if recipes.is_auto(item):
-            auto.parse(item)  # refuse a bad recipe before any rung runs
-        else:
-            recipes.parse(item)
-    return tuple(Rung(item, item) for item in items)
+    return tuple(_rung(item) for item in items)
+
+
+def _whole(item: str) -> bool:
+    return item in recipes.NAMED or recipes.is_auto(item) or item.startswith(PEER_PREFIX)
+
+
+def _rung(item: str) -> Rung:
+    """ITEM's rung; a bad recipe or peer is refused here, before any rung runs."""
+    if item.startswith(PEER_PREFIX):
+        try:
+            peer, variant = peers.parse(item[len(PEER_PREFIX):])
+        except ValueError as err:
+            raise UsageError(f"--recipes: {err}") from None
+        name = f"{peer.name} {variant}" if variant else peer.name
+        return Rung(f"{name} (peer)", "baseline", peer=item[len(PEER_PREFIX):])
+    if recipes.is_auto(item):
+        auto.parse(item)
+    else:
+        recipes.parse(item)
+    return Rung(item, item)
 
 
 def rungs(ladder: str | tuple[Rung, ...], cpu):

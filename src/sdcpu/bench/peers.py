@@ -1,38 +1,90 @@
-"""Peers the bench runs side by side with sdcpu: each is a command in its own environment.
+"""Peers the bench runs side by side with sdcpu: each is a child script run by the interpreter of its own environment.
 
-optimum-intel (OpenVINO's Stable Diffusion pipelines, the seed's 4.7 s rung) cannot share sdcpu's environment: its
-releases pin huggingface-hub below what diffusers 0.42 needs. scripts/setup-optimum.sh builds it its own virtual
-environment (`.venv-optimum` in the checkout, or any Python named by $SDCPU_OPTIMUM_PYTHON); its child script imports
-only the standard library, optimum-intel and sdcpu.bench.child (dependency-free) through PYTHONPATH.
+A peer cannot share sdcpu's `.venv` (each entry says why), so a `scripts/setup-NAME.sh` builds its own, exactly pinned
+(`.venv-NAME` in the checkout, or any interpreter named by the peer's variable). Its child script imports only the
+standard library, the peer and `sdcpu.bench.child` (dependency-free) through PYTHONPATH, runs the protocol, and prints
+one JSON row, like sdcpu's own child. A rung names its peer as `NAME` or `NAME:VARIANT` (stable-diffusion.cpp's weight
+type: `stable-diffusion.cpp:q8_0`).
 """
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parents[2]  # the folder holding the sdcpu package
-DEFAULT_PYTHON = SOURCE.parent / ".venv-optimum" / "bin" / "python"
+CHECKOUT = SOURCE.parent
 
 
-def command(peer: str, spec: dict, environ) -> tuple[list[str], dict]:
-    """The argv and environment that run PEER on SPEC; raises RuntimeError with the reason when it cannot run."""
-    if peer != "optimum-intel":
-        raise ValueError(f"unknown peer {peer!r}")
-    python = Path(environ.get("SDCPU_OPTIMUM_PYTHON", DEFAULT_PYTHON))
-    if not os.access(python, os.X_OK):
-        raise RuntimeError(
-            f"optimum-intel's environment is not set up ({python} not found): run scripts/setup-optimum.sh, or set "
-            "SDCPU_OPTIMUM_PYTHON; it needs its own (optimum-intel pins huggingface-hub below diffusers 0.42's minimum)"
-        )
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    venv: str  # its environment's folder in the checkout
+    setup: str  # the script that builds it
+    python_variable: str  # names another interpreter for it
+    child: str  # its child script, beside this module
+    own_environment: str  # why it cannot share sdcpu's .venv
+    reads: str  # what it loads: "folder" (diffusers), "ir" (OpenVINO IR, exported by optimum-intel), "single-file"
+    variants: tuple[str, ...] = ()  # what `NAME:VARIANT` may name; the first is the default
+
+    def python(self, environ) -> Path:
+        return Path(environ.get(self.python_variable, CHECKOUT / self.venv / "bin" / "python"))
+
+    def missing(self, environ) -> str | None:
+        """Why its environment cannot run, or None."""
+        python = self.python(environ)
+        if os.access(python, os.X_OK):
+            return None
+        return (f"{self.name}'s environment is not set up ({python} not found): run {self.setup}, "
+                f"or set {self.python_variable}; it needs its own ({self.own_environment})")
+
+
+PEERS = {peer.name: peer for peer in (
+    Peer("optimum-intel", ".venv-optimum", "scripts/setup-optimum.sh", "SDCPU_OPTIMUM_PYTHON", "optimum_child.py",
+         "optimum-intel pins huggingface-hub below diffusers 0.42's minimum", "folder"),
+    Peer("openvino-genai", ".venv-genai", "scripts/setup-genai.sh", "SDCPU_GENAI_PYTHON", "genai_child.py",
+         "its C++ pipeline needs no torch or diffusers; it reads IR that optimum-intel's exporter writes", "ir"),
+    Peer("stable-diffusion.cpp", ".venv-sdcpp", "scripts/setup-sdcpp.sh", "SDCPU_SDCPP_PYTHON", "sdcpp_child.py",
+         "a native build of ggml (CMake, minutes) that sdcpu does not need", "single-file", ("f32", "q8_0")),
+)}
+EXPORTER = PEERS["optimum-intel"]  # writes the IR folder that OpenVINO GenAI reads
+
+
+def parse(text: str) -> tuple[Peer, str | None]:
+    """'stable-diffusion.cpp:q8_0' -> (its Peer, 'q8_0'); refuses an unknown peer or variant."""
+    name, _, variant = text.partition(":")
+    if name not in PEERS:
+        raise ValueError(f"unknown peer {name!r}; peers: {', '.join(PEERS)}")
+    peer = PEERS[name]
+    if variant and variant not in peer.variants:
+        raise ValueError(f"{name} has no variant {variant!r}" + (f"; choose from {', '.join(peer.variants)}"
+                                                                 if peer.variants else ""))
+    return peer, variant or (peer.variants[0] if peer.variants else None)
+
+
+def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict]:
+    """The argv and environment that run peer TEXT on SPEC; raises RuntimeError with the reason when it cannot run."""
     from sdcpu import models, random_models
     from sdcpu.home import sdcpu_home
 
+    peer, variant = parse(text)
+    for needed in (peer, EXPORTER) if peer.reads == "ir" else (peer,):
+        if reason := needed.missing(environ):
+            raise RuntimeError(reason if needed is peer else f"{peer.name} reads IR exported by optimum-intel: {reason}")
     model = models.parse_spec(spec["protocol"]["model"])
-    if model.kind == "file":
-        raise RuntimeError("optimum-intel exports a diffusers folder or hub id, not a single-file checkpoint")
+    if model.kind == "file" and peer.reads != "single-file":
+        raise RuntimeError(f"{peer.name} reads a diffusers folder or hub id, not a single-file checkpoint")
     folder = str(random_models.ensure_built(model.ref)) if model.kind == "random" else model.ref
+    fields = {"model_path": folder, "random_weights": model.random_weights, "variant": variant,
+              "threads": len(cpu.usable_physical_cores)}
+    if peer.reads == "single-file" and model.kind != "file":
+        from sdcpu import single_file
+
+        fields["model_path"] = str(single_file.ensure_checkpoint(Path(folder)))
+    if peer.reads == "ir":
+        fields["exporter"] = str(EXPORTER.python(environ).with_name("optimum-cli"))
     env = {**environ, "PYTHONPATH": str(SOURCE), "SDCPU_HOME": str(sdcpu_home())}
     if model.kind in ("random", "folder"):
         env["HF_HUB_OFFLINE"] = "1"
-    child = Path(__file__).with_name("optimum_child.py")
-    return [str(python), str(child), json.dumps({**spec, "model_path": folder, "random_weights": model.random_weights})], env
+    child = Path(__file__).with_name(peer.child)
+    return [str(peer.python(environ)), str(child), json.dumps({**spec, **fields})], env

@@ -83,7 +83,8 @@ def cells(row: dict, base: dict, parent: dict) -> list[str]:
         f"{split['unet_per_call_s']:.3f} x {split['unet_calls']}" if split.get("unet_calls") else "",
         _num(split.get("vae_decode_s")), _num(row.get("compile_s"), 1),
         _num(gflop_s, 0), f"{100 * gflop_s / peak:.0f}%" if gflop_s else "", _num(row.get("peak_rss_gib")),
-        _psnr(fid.get("psnr_db")) if fid else "reference", _num(fid.get("ssim"), 4) if fid else "reference",
+        *(("n/a", "n/a") if "not_comparable" in fid else
+          (_psnr(fid.get("psnr_db")), _num(fid.get("ssim"), 4)) if fid else ("reference", "reference")),
         "; ".join(notes(row)),
     ]
 
@@ -95,9 +96,14 @@ def notes(row: dict) -> list[str]:
     if any(s["applied"] and s["step"].startswith("deepcache=") and s["step"] != "deepcache=1"
            for s in row.get("steps", ())):
         found.append("UNet GFLOP/s not given: deepcache's shallow calls do a fraction of a full call's FLOPs")
+    if "not_comparable" in (row.get("fidelity") or {}):
+        found.append(f"no fidelity figure: {row['fidelity']['not_comparable']}")
+    if row.get("peer") and "median_s" in row:
+        found.append(f"peer: load and convert {row.get('prepare_s', 0):.1f} s, warm-up {row.get('warmup_s', 0):.1f} s")
     if row.get("cfg_batch") == 1:
         found.append("guidance <= 1: UNet batch 1 (no CFG)")
-    compiled = [s["step"] for s in row.get("steps", ()) if s["applied"] and recipes.kind(s["step"]).compiles]
+    compiled = [s["step"] for s in row.get("steps", ()) if s["applied"] and not row.get("peer")
+                and recipes.kind(s["step"]).compiles]  # a peer's steps are its own (export, compile), not sdcpu's
     if compiled:
         cache = row.get("cache_before") or {}
         state = "warm" if cache.get("inductor" if "compile" in compiled else "openvino") else "cold"

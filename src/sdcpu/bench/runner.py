@@ -48,9 +48,7 @@ def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> li
                    **context}
             row.update(run_rung(rung, row, protocol, out, cpu, environ, started))
             if "median_s" in row and rows and "median_s" in rows[0]:
-                image, reference = _rgb(out / row["image"]), _rgb(out / rows[0]["image"])
-                row["fidelity"] = {"reference": rows[0]["rung"], "psnr_db": fidelity.psnr(image, reference),
-                                   "ssim": fidelity.ssim(image, reference)}
+                row["fidelity"] = compare(row, rows[0], out)
             results.write(json.dumps(row) + "\n")
             results.flush()
             rows.append(row)
@@ -69,7 +67,7 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, s
     fields = {"image": f"images/{slug}.png"}
     try:
         if rung.peer:
-            command, env = peers.command(rung.peer, spec, environ)
+            command, env = peers.command(rung.peer, spec, cpu, environ)
         else:
             # resolved once, here: the child optimizes with exactly the recipe its launch plan was made for
             workload = profiles.workload_of(protocol.model, protocol.width, protocol.height)
@@ -94,6 +92,15 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, s
                 errors.append(line)
         proc.wait()
     return {**fields, **relaunch.child_row(stdout.read_text(), errors, proc.returncode)}
+
+
+def compare(row: dict, reference: dict, out: Path) -> dict:
+    """PSNR and SSIM of ROW's image against REFERENCE's (the same seed), unless ROW's child said why they cannot be
+    compared (a peer with its own noise or sampler): then that reason instead of a number."""
+    if row.get("fidelity_note"):
+        return {"reference": reference["rung"], "not_comparable": row["fidelity_note"]}
+    image, first = _rgb(out / row["image"]), _rgb(out / reference["image"])
+    return {"reference": reference["rung"], "psnr_db": fidelity.psnr(image, first), "ssim": fidelity.ssim(image, first)}
 
 
 def progress_line(row, rung, event, started) -> str:

@@ -17,11 +17,13 @@ def register(sub):
                        description=__doc__)
     add_model(p)
     p.add_argument("--ladder", choices=ladders.LADDERS, default="seed",
-                   help="seed: baseline, +system, +framework, +scheduler; peers: vanilla diffusers, optimum-intel's "
-                        "OpenVINO pipeline and sdcpu auto; full: each step on top of the fastest so far "
+                   help="seed: baseline, +system, +framework, +scheduler; peers: vanilla diffusers, optimum-intel, OpenVINO "
+                        "GenAI, stable-diffusion.cpp f32 and q8_0 (each in its own environment: scripts/setup-NAME.sh), "
+                        "sdcpu auto and auto:fast; full: each step on top of the fastest so far "
                         "(default %(default)s)")
     p.add_argument("--recipes", help="run these recipes instead of a ladder: `baseline,system,auto`, or recipes of "
-                                     "steps separated by `;` (`baseline;jemalloc,iomp,pin;auto`)")
+                                     "steps separated by `;` (`baseline;jemalloc,iomp,pin;auto`); `peer:NAME[:VARIANT]` "
+                                     "runs a peer (optimum-intel, openvino-genai, stable-diffusion.cpp:f32|q8_0)")
     p.add_argument("--preset", choices=ladders.PRESETS, default="seed", help="protocol preset (default %(default)s)")
     p.add_argument("--steps", type=int, help="denoising steps per timed call")
     p.add_argument("--runs", type=int, help="timed calls per rung")

@@ -1,0 +1,111 @@
+"""OpenVINO GenAI's Text2ImagePipeline as a bench peer, in its own environment (scripts/setup-genai.sh).
+
+The way GenAI's documentation tells a user to run it: export the diffusers folder to OpenVINO IR with optimum-intel's
+exporter (`optimum-cli export openvino --task text-to-image`, run in optimum-intel's environment; kept on disk per
+model and exporter version), then in GenAI's own environment `Text2ImagePipeline(folder)`, `reshape()` to the
+protocol's static shape (batch 1, its guidance) and `compile("CPU")` at the plugin's default precision (bf16 where the
+CPU has it natively, f32 elsewhere). `TorchGenerator(seed)` draws torch's CPU noise for the seed, and the scheduler is
+the model's own (scheduler_config.json), so its image is comparable with the diffusers rung's.
+
+    python genai_child.py SPEC_JSON   (SPEC: protocol, image, model_path, exporter, threads, random_weights)
+"""
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from sdcpu.bench.child import progress, timing_fields
+
+
+def exported(model_path: str, exporter: str) -> tuple[Path, bool, float]:
+    """The IR folder of MODEL_PATH (exported now if not on disk); whether it was there; the export's seconds."""
+    version = subprocess.run([exporter, "--version"], capture_output=True, text=True).stdout.strip()
+    home = Path(os.environ.get("SDCPU_HOME", Path.home() / ".cache" / "sdcpu"))
+    key = hashlib.sha256(f"{Path(model_path).resolve()}|{version}".encode()).hexdigest()[:16]
+    folder = home / "genai-ir" / key
+    if (folder / "model_index.json").is_file():
+        return folder, True, 0.0
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tmp = tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}-")  # renamed when whole: never a half-written IR
+    try:
+        done = subprocess.run([exporter, "export", "openvino", "--model", model_path, "--task", "text-to-image",
+                               "--weight-format", "fp32", tmp], capture_output=True, text=True)
+        if done.returncode:
+            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise RuntimeError(f"optimum-cli export failed (exit {done.returncode}): {tail[0]}")
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder, False, time.perf_counter() - start
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    protocol = spec["protocol"]
+    from importlib.metadata import version
+
+    import numpy
+    import openvino
+    import openvino_genai
+    from PIL import Image
+
+    # 1. The IR, exported once; then load, reshape to the protocol's static shape, compile.
+    folder, cached, export_s = exported(spec["model_path"], spec["exporter"])
+    start = time.perf_counter()
+    pipe = openvino_genai.Text2ImagePipeline(str(folder))
+    pipe.reshape(1, protocol["height"], protocol["width"], protocol["guidance"])
+    pipe.compile("CPU", INFERENCE_NUM_THREADS=spec["threads"])
+    compile_s = time.perf_counter() - start
+    precision = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+
+    negative = {"negative_prompt": protocol["negative_prompt"]} if protocol.get("negative_prompt") else {}
+
+    def call(steps):
+        tensor = pipe.generate(protocol["prompt"], **negative,
+                               width=protocol["width"], height=protocol["height"], num_inference_steps=steps,
+                               guidance_scale=protocol["guidance"],
+                               generator=openvino_genai.TorchGenerator(protocol["seed"]))
+        return Image.fromarray(numpy.asarray(tensor.data[0]))
+
+    progress(phase="warm-up", steps=protocol["warmup_steps"])
+    start = time.perf_counter()
+    call(protocol["warmup_steps"])
+    warmup_s = time.perf_counter() - start
+    times = []
+    for index in range(protocol["runs"]):
+        start = time.perf_counter()
+        image = call(protocol["steps"])
+        times.append(time.perf_counter() - start)
+        progress(phase="run", run=index + 1, runs=protocol["runs"], seconds=times[-1],
+                 s_per_step=times[-1] / protocol["steps"])
+    image.save(spec["image"])
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    row = {
+        "recipe_resolved": f"OpenVINO GenAI {version('openvino-genai')} Text2ImagePipeline, static "
+                           f"{protocol['width']}x{protocol['height']}, CPU plugin precision {precision}, "
+                           f"{spec['threads']} threads",
+        "steps": [{"step": "export", "applied": True, "s": round(export_s, 2),
+                   "detail": f"IR {'reused from' if cached else 'exported by optimum-cli to'} {folder}"},
+                  {"step": "reshape+compile", "applied": True, "s": round(compile_s, 2), "detail": "CPU"}],
+        "load_s": round(compile_s, 2), "prepare_s": round(export_s + compile_s, 2),
+        "cache_before": {"openvino": cached}, "steps_applied": protocol["steps"], "guidance": protocol["guidance"],
+        "cfg_batch": 2 if protocol["guidance"] > 1 else 1, "scheduler": scheduler,
+        "random_weights": spec["random_weights"], "fidelity_note": None,
+        "export_peak_rss_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
+        **timing_fields(times, protocol["steps"], warmup_s, protocol["warmup_steps"]),
+    }
+    print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

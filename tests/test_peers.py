@@ -1,0 +1,30 @@
+"""The bench's peers run for real in their own environments (made by scripts/setup-NAME.sh), on random:tiny or, where
+the engine knows only real SD architectures, random:sd15. Skipped with the reason where an environment is missing."""
+
+import os
+
+import pytest
+
+from sdcpu.bench import ladders, peers, runner
+
+
+def _needs(name: str):
+    reason = peers.PEERS[name].missing(os.environ)
+    if name == "openvino-genai":
+        reason = reason or peers.EXPORTER.missing(os.environ)
+    return pytest.mark.skipif(reason is not None, reason=reason or "")
+
+
+@pytest.mark.slow  # optimum-cli exports random:tiny to IR once (~1 minute on 2 cores), then GenAI compiles it
+@_needs("openvino-genai")
+def test_genai_draws_torch_noise_and_makes_the_diffusers_image(tmp_path, sdcpu_home):
+    protocol = ladders.Protocol(model="random:tiny", width=64, height=64, steps=2, runs=2, warmup_steps=1)
+    rungs = (ladders.Rung("baseline", "baseline"), ladders.Rung("genai", "baseline", peer="openvino-genai"))
+    rows = runner.run(protocol, rungs, tmp_path)
+    genai = rows[1]
+    assert "failed" not in genai, genai.get("failed")
+    assert genai["recipe_resolved"].startswith("OpenVINO GenAI 2026.4.1") and len(genai["times_s"]) == 2
+    assert genai["scheduler"] == "PNDMScheduler" and genai["fidelity_note"] is None
+    # The same noise (TorchGenerator) and scheduler: the image is diffusers' up to OpenVINO's f32 kernels (51 dB
+    # measured at 64x64); an image from another noise is ~10 dB from it.
+    assert genai["fidelity"]["psnr_db"] > 30, genai["fidelity"]
