@@ -1,4 +1,4 @@
-"""The stable-diffusion.cpp peer rung, run by its own Python (scripts/setup-sdcpp.sh): ggml's engine, -march=native.
+"""The stable-diffusion.cpp peer rung, run by its own Python (scripts/setup-sdcpp.sh): ggml's C++ engine for SD.
 
 Argv: one JSON spec, {protocol, image, model_path (an original-layout .safetensors, sdcpu.single_file), weights ("f32"
 or "q8_0": sd.cpp's weight type, converted on load; sd.cpp keeps convolution kernels f16 whatever the type), threads
@@ -10,6 +10,7 @@ call and the timed calls; one JSON row on stdout, sd.cpp's own log (phase times 
 
 import json
 import os
+import re
 import sys
 import time
 from importlib.metadata import version
@@ -64,9 +65,11 @@ def main() -> int:
     # sd.cpp prints progress bars on C's stdout: it gets stderr, the row alone goes to the real stdout.
     row_out = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    from stable_diffusion_cpp import StableDiffusion
+    from stable_diffusion_cpp import StableDiffusion, sd_get_system_info
 
     engine_version = version("stable-diffusion-cpp-python")
+    # What ggml was compiled for ("AVX2 = 1 | AVX512 = 1 | ..."): the -march=native build shows in it.
+    features = [name for name, on in re.findall(r"(\w+) = (\d)", sd_get_system_info().decode()) if on == "1"]
     method, schedule, note = sampler_for(checkpoint_scheduler(spec["model_path"]), protocol["steps"])
 
     # 1. Load; q8_0 is converted from the f32 file here, as `sd-cli --type q8_0` does.
@@ -94,17 +97,18 @@ def main() -> int:
         times.append(time.perf_counter() - start)
         progress(phase="run", run=index + 1, runs=protocol["runs"], seconds=times[-1],
                  s_per_step=times[-1] / protocol["steps"])
-    image.save(spec["image"])
+    image.convert("RGB").save(spec["image"])  # the wrapper adds an opaque alpha channel to sd.cpp's RGB
     row = {
-        "recipe_resolved": f"stable-diffusion.cpp (stable-diffusion-cpp-python {engine_version}, ggml -march=native) "
-                           f"{spec['weights']} weights (conv kernels f16), {spec['threads']} threads, "
-                           f"sampler {method}/{schedule}, rng cpu",
+        "recipe_resolved": f"stable-diffusion.cpp (stable-diffusion-cpp-python {engine_version}) {spec['weights']} "
+                           f"weights (conv kernels f16), {spec['threads']} threads, sampler {method}/{schedule}, "
+                           "rng cpu",
         "steps": [{"step": "load", "applied": True, "s": round(load_s, 2),
                    "detail": f"{spec['model_path']} loaded" + (f", converted to {spec['weights']}"
                                                                if spec["weights"] != "f32" else "")}],
         "load_s": round(load_s, 2), "prepare_s": round(load_s, 2), "steps_applied": protocol["steps"],
         "guidance": protocol["guidance"], "cfg_batch": 2 if cfg_scale > 1 else 1, "scheduler": f"{method}/{schedule}",
         "random_weights": spec["random_weights"], "threads": spec["threads"], "fidelity_note": note,
+        "ggml_cpu_features": features,
         **timing_fields(times, protocol["steps"], warmup_s, protocol["warmup_steps"]),
     }
     print(json.dumps(row), file=row_out, flush=True)
