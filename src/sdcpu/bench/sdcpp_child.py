@@ -1,0 +1,120 @@
+"""The stable-diffusion.cpp peer rung, run by its own Python (scripts/setup-sdcpp.sh): ggml's C++ engine for SD.
+
+Argv: one JSON spec, {protocol, image, model_path (an original-layout .safetensors, sdcpu.single_file), variant ("f32"
+or "q8_0": sd.cpp's weight type, converted on load; sd.cpp keeps convolution kernels f16 whatever the type), threads
+(the usable physical cores), random_weights}. The engine is used as its own CLI uses it for text-to-image: one context
+holding the model (VAE decode-only), the given threads, torch's CPU generator for the initial noise (rng "cpu"), flash
+attention off (its docs: slower on most backends). Loading (with the q8_0 conversion) is timed apart, then one warm-up
+call and the timed calls; one JSON row on stdout, sd.cpp's own log (phase times included) on stderr.
+"""
+
+import json
+import os
+import re
+import sys
+import time
+from importlib.metadata import version
+
+from sdcpu.bench.child import progress, timing_fields
+
+TRAIN_TIMESTEPS = 1000  # SD's, and sd.cpp's fixed TIMESTEPS
+SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")  # diffusers options that move sigmas
+
+
+def sampler_for(scheduler: dict, steps: int) -> tuple[str, str, str | None]:
+    """(sd.cpp sample method, its sigma schedule, why its images cannot be compared with diffusers' or None) for
+    the diffusers scheduler config SCHEDULER (its `_class_name` included) at STEPS."""
+    name = scheduler.get("_class_name")
+    if name == "PNDMScheduler":
+        return "ipndm", "discrete", (
+            "sampler ipndm on sd.cpp's discrete timesteps (it has no PNDM) vs diffusers' PNDM on leading ones: the "
+            "same initial noise, a different denoising path; not a fidelity figure")
+    if name != "EulerDiscreteScheduler":
+        raise ValueError(f"no stable-diffusion.cpp sampler chosen for diffusers' {name} (supported: PNDM, Euler)")
+    reshaped = [flag for flag in SIGMA_FLAGS if scheduler.get(flag)]
+    if reshaped:
+        return "euler", "discrete", f"Euler with {reshaped[0]}, not mapped to an sd.cpp schedule; not a fidelity figure"
+    # sd.cpp's "simple" schedule takes timesteps 999 - floor(i * 1000 / n), diffusers' trailing
+    # round(1000 - i * 1000 / n) - 1: the same when n divides 1000. Its "discrete" takes 999 - i * 999 / (n - 1),
+    # diffusers' linspace for n > 1. Both start from noise * the first sigma, as diffusers' Euler does.
+    spacing = scheduler.get("timestep_spacing", "linspace")
+    if spacing == "trailing":
+        same = TRAIN_TIMESTEPS % steps == 0
+        return "euler", "simple", None if same else (
+            f"Euler at {steps} steps: sd.cpp's simple timesteps are diffusers' trailing ones only when the steps "
+            f"divide {TRAIN_TIMESTEPS}; not a fidelity figure")
+    if spacing == "linspace":
+        return "euler", "discrete", None if steps > 1 else (
+            "Euler at 1 step: sd.cpp's discrete schedule runs t=999, diffusers' linspace t=0; not a fidelity figure")
+    return "euler", "discrete", f"Euler on {spacing} timesteps, which sd.cpp has no schedule for; not a fidelity figure"
+
+
+def checkpoint_scheduler(path: str) -> dict:
+    """The diffusers scheduler config sdcpu.single_file stored in the checkpoint's safetensors header."""
+    with open(path, "rb") as file:
+        header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
+    stored = header.get("__metadata__", {}).get("sdcpu_scheduler")
+    if stored is None:
+        raise ValueError(f"{path}: no sdcpu_scheduler in its metadata (written by sdcpu.single_file.ensure_checkpoint)")
+    return json.loads(stored)
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    protocol = spec["protocol"]
+    # sd.cpp prints progress bars on C's stdout: it gets stderr, the row alone goes to the real stdout.
+    row_out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    from stable_diffusion_cpp import StableDiffusion, sd_get_system_info
+
+    engine_version = version("stable-diffusion-cpp-python")
+    weights = spec["variant"]  # the rung's variant (stable-diffusion.cpp:q8_0): sd.cpp's weight type
+    # What ggml was compiled for ("AVX2 = 1 | AVX512 = 1 | ..."): the -march=native build shows in it.
+    features = [name for name, on in re.findall(r"(\w+) = (\d)", sd_get_system_info().decode()) if on == "1"]
+    method, schedule, note = sampler_for(checkpoint_scheduler(spec["model_path"]), protocol["steps"])
+
+    # 1. Load; q8_0 is converted from the f32 file here, as `sd-cli --type q8_0` does.
+    start = time.perf_counter()
+    engine = StableDiffusion(model_path=spec["model_path"], wtype=weights, n_threads=spec["threads"],
+                             rng_type="cpu", sampler_rng_type="cpu", vae_decode_only=True, verbose=True)
+    load_s = time.perf_counter() - start
+    cfg_scale = protocol["guidance"] if protocol["guidance"] > 1 else 1.0  # diffusers: guidance <= 1 is no CFG
+
+    def call(steps):
+        return engine.generate_image(
+            protocol["prompt"], negative_prompt=protocol["negative_prompt"], width=protocol["width"],
+            height=protocol["height"], cfg_scale=cfg_scale, sample_method=method, scheduler=schedule,
+            sample_steps=steps, seed=protocol["seed"])[0]
+
+    # 2. One warm-up call, then the timed calls.
+    progress(phase="warm-up", steps=protocol["warmup_steps"])
+    start = time.perf_counter()
+    call(protocol["warmup_steps"])
+    warmup_s = time.perf_counter() - start
+    times = []
+    for index in range(protocol["runs"]):
+        start = time.perf_counter()
+        image = call(protocol["steps"])
+        times.append(time.perf_counter() - start)
+        progress(phase="run", run=index + 1, runs=protocol["runs"], seconds=times[-1],
+                 s_per_step=times[-1] / protocol["steps"])
+    image.convert("RGB").save(spec["image"])  # the wrapper adds an opaque alpha channel to sd.cpp's RGB
+    row = {
+        "recipe_resolved": f"stable-diffusion.cpp (stable-diffusion-cpp-python {engine_version}) {weights} "
+                           f"weights (conv kernels f16), {spec['threads']} threads, sampler {method}/{schedule}, "
+                           "rng cpu",
+        "steps": [{"step": "load", "applied": True, "s": round(load_s, 2),
+                   "detail": f"{spec['model_path']} loaded" + (f", converted to {weights}"
+                                                               if weights != "f32" else "")}],
+        "load_s": round(load_s, 2), "prepare_s": round(load_s, 2), "steps_applied": protocol["steps"],
+        "guidance": protocol["guidance"], "cfg_batch": 2 if cfg_scale > 1 else 1, "scheduler": f"{method}/{schedule}",
+        "random_weights": spec["random_weights"], "threads": spec["threads"], "fidelity_note": note,
+        "ggml_cpu_features": features,
+        **timing_fields(times, protocol["steps"], warmup_s, protocol["warmup_steps"]),
+    }
+    print(json.dumps(row), file=row_out, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
