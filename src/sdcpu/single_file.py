@@ -43,7 +43,7 @@ VAE_ATTENTION = {"group_norm.": "norm.", "to_q.": "q.", "to_k.": "k.", "to_v.": 
 def ensure_checkpoint(folder: Path) -> Path:
     """The original-layout checkpoint of diffusers FOLDER, written first if this folder's weights have none yet."""
     folder = Path(folder).resolve()
-    target = sdcpu_home() / "single-file" / f"{cache_key(folder)}.safetensors"
+    target = checkpoint_path(folder)
     if target.is_file():
         return target
     tensors = original_state_dict(folder)
@@ -51,6 +51,11 @@ def ensure_checkpoint(folder: Path) -> Path:
     scheduler = (folder / "scheduler" / "scheduler_config.json").read_text()
     write_atomically(tensors, target, {"format": "pt", "sdcpu_source": str(folder), "sdcpu_scheduler": scheduler})
     return target
+
+
+def checkpoint_path(folder: Path) -> Path:
+    """Where FOLDER's checkpoint is cached (written or not)."""
+    return sdcpu_home() / "single-file" / f"{cache_key(Path(folder).resolve())}.safetensors"
 
 
 def cache_key(folder: Path) -> str:

@@ -62,8 +62,11 @@ def parse(text: str) -> tuple[Peer, str | None]:
     return peer, variant or (peer.variants[0] if peer.variants else None)
 
 
-def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict]:
-    """The argv and environment that run peer TEXT on SPEC; raises RuntimeError with the reason when it cannot run."""
+def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict, list[dict]]:
+    """The argv and environment that run peer TEXT on SPEC, and the steps done here for it (a row's `steps` entries:
+    a checkpoint written, timed); raises RuntimeError with the reason when it cannot run."""
+    import time
+
     from sdcpu import models, random_models
     from sdcpu.home import sdcpu_home
 
@@ -77,14 +80,18 @@ def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict]:
     folder = str(random_models.ensure_built(model.ref)) if model.kind == "random" else model.ref
     fields = {"model_path": folder, "random_weights": model.random_weights, "variant": variant,
               "threads": len(cpu.usable_physical_cores)}
+    done = []
     if peer.reads == "single-file" and model.kind != "file":
         from sdcpu import single_file
 
+        start, cached = time.perf_counter(), single_file.checkpoint_path(Path(folder)).is_file()
         fields["model_path"] = str(single_file.ensure_checkpoint(Path(folder)))
+        done.append({"step": "single-file", "applied": True, "s": round(time.perf_counter() - start, 2),
+                     "detail": f"checkpoint {'reused' if cached else 'written'}: {fields['model_path']}"})
     if peer.reads == "ir":
         fields["exporter"] = str(EXPORTER.python(environ).with_name("optimum-cli"))
     env = {**environ, "PYTHONPATH": str(SOURCE), "SDCPU_HOME": str(sdcpu_home())}
     if model.kind in ("random", "folder"):
         env["HF_HUB_OFFLINE"] = "1"
     child = Path(__file__).with_name(peer.child)
-    return [str(peer.python(environ)), str(child), json.dumps({**spec, **fields})], env
+    return [str(peer.python(environ)), str(child), json.dumps({**spec, **fields})], env, done

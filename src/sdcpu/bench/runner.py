@@ -64,10 +64,10 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, s
     """The rung's own fields: its child's row, or `failed` with the reason."""
     slug = f"{row['index']:02d}-{re.sub(r'[^a-z0-9]+', '-', rung.name.lower()).strip('-')}"
     spec = {"recipe": rung.recipe, "protocol": protocol.to_dict(), "image": str(out / "images" / f"{slug}.png")}
-    fields = {"image": f"images/{slug}.png"}
+    fields, before = {"image": f"images/{slug}.png"}, []
     try:
         if rung.peer:
-            command, env = peers.command(rung.peer, spec, cpu, environ)
+            command, env, before = peers.command(rung.peer, spec, cpu, environ)
         else:
             # resolved once, here: the child optimizes with exactly the recipe its launch plan was made for
             workload = profiles.workload_of(protocol.model, protocol.width, protocol.height)
@@ -91,7 +91,10 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, s
             else:
                 errors.append(line)
         proc.wait()
-    return {**fields, **relaunch.child_row(stdout.read_text(), errors, proc.returncode)}
+    row = relaunch.child_row(stdout.read_text(), errors, proc.returncode)
+    if before and "steps" in row:
+        row["steps"] = before + row["steps"]  # what the parent prepared for a peer (a checkpoint written), timed
+    return {**fields, **row}
 
 
 def compare(row: dict, reference: dict, out: Path) -> dict:
