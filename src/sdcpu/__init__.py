@@ -15,3 +15,11 @@ def optimize(pipe, recipe="auto", cpu=None):
     from sdcpu.steps import optimize as _optimize
 
     return _optimize(pipe, recipe, cpu)
+
+
+def pipeline_for(pipe, task: str):
+    """diffusers' own pipeline for TASK ("txt2img", "img2img", "inpaint") on PIPE's components, made once with
+    ``from_pipe``: one set of weights, optimized or not, serves all three."""
+    from sdcpu.tasks import pipeline_for as _for
+
+    return _for(pipe, task)

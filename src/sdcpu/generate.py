@@ -81,15 +81,19 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def run(pipe, request: Request) -> Result:
-    """Generate REQUEST's images with PIPE; the whole call is timed with perf_counter."""
-    return run_batch(pipe, [request])
+def run(pipe, request: Request, edit=None) -> Result:
+    """Generate REQUEST's images with PIPE (from EDIT's image and mask: img2img or inpainting); the whole call is timed
+    with perf_counter."""
+    return run_batch(pipe, [request], edit)
 
 
-def run_batch(pipe, requests: list[Request]) -> Result:
+def run_batch(pipe, requests: list[Request], edit=None) -> Result:
     """REQUESTS (same size, steps and guidance) in one pipeline call, one prompt per image: the images come in request
-    order, each from its own seed's generator, so a request's images are those it gets alone (up to float rounding)."""
+    order, each from its own seed's generator, so a request's images are those it gets alone (up to float rounding).
+    EDIT (a tasks.Edit) makes it img2img or inpainting, on the same components."""
     import torch
+
+    from sdcpu import tasks
 
     first = requests[0]
     if any((r.width, r.height, r.steps, r.guidance) != (first.width, first.height, first.steps, first.guidance)
@@ -98,28 +102,34 @@ def run_batch(pipe, requests: list[Request]) -> Result:
     prompts = [r.prompt for r in requests for _ in r.seeds()]
     negatives = [r.negative_prompt for r in requests for _ in r.seeds()]
     generators = [torch.Generator("cpu").manual_seed(seed) for r in requests for seed in r.seeds()]
+    target = tasks.pipeline_for(pipe, edit.task if edit else "txt2img")
+    size = {} if edit and edit.task == "img2img" else {"width": first.width, "height": first.height}
     start = time.perf_counter()
     with torch.inference_mode(), component_split(pipe) as split:
-        output = pipe(
+        output = target(
             prompts,
             negative_prompt=negatives if any(negatives) else None,
             num_inference_steps=first.steps,
-            width=first.width,
-            height=first.height,
             guidance_scale=first.guidance,
             generator=generators,
+            **size,
+            **tasks.call_arguments(edit, first.width, first.height, len(prompts)),
         )
     return Result(images=output.images, seconds=time.perf_counter() - start, split=split)
 
 
-def parameters_text(request: Request, seed: int, *, model: str, random_weights: bool, scheduler: str, recipe: str) -> str:
-    """AUTOMATIC1111's `parameters` layout, which image viewers and web UIs already read, plus sdcpu's fields."""
+def parameters_text(request: Request, seed: int, *, model: str, random_weights: bool, scheduler: str, recipe: str,
+                    edit=None) -> str:
+    """AUTOMATIC1111's `parameters` layout, which image viewers and web UIs already read, plus sdcpu's fields (the
+    task, and for img2img and inpainting A1111's `Denoising strength` and the input image's SHA-256)."""
     lines = [request.prompt]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
     lines.append(
         f"Steps: {request.steps}, Sampler: {scheduler}, CFG scale: {request.guidance}, Seed: {seed}, "
         f"Size: {request.width}x{request.height}, Model: {model}, Recipe: {recipe}"
+        + (f", Task: {edit.task}, Denoising strength: {edit.strength}, Init image hash: {edit.image_sha256}"
+           if edit else "")
     )
     if random_weights:
         lines.append(f"Note: {RANDOM_WEIGHTS_NOTE}")

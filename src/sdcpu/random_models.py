@@ -3,8 +3,9 @@
 `random:sd15` is SD 1.5 exactly (UNet 859.5M, CLIP ViT-L/14 text encoder, AutoencoderKL f8, PNDM) so its compute
 cost is the real model's; `random:sd-turbo` is SD-Turbo's (the SD 2.1 architecture: UNet 865.9M with linear
 projections and 1024-wide cross-attention, OpenCLIP ViT-H/14 text encoder of 23 layers, Euler with trailing timesteps
-so 1 step is meaningful), run at 1 step without guidance; `random:tiny` uses diffusers' test sizes and builds in
-seconds. All tokenize with the real CLIP BPE merges shipped in sdcpu/data (SD 2.x pads with `!` rather than the end
+so 1 step is meaningful), run at 1 step without guidance; `random:sd15-inpainting` is SD 1.5 inpainting's (a 9-channel
+UNet input: latents, mask, masked-image latents); `random:tiny` (and `random:tiny-inpainting`) use diffusers' test
+sizes and build in seconds. All tokenize with the real CLIP BPE merges shipped in sdcpu/data (SD 2.x pads with `!` rather than the end
 token: a different token id, the same compute). Weights are seeded: the same seed gives bit-identical tensors.
 """
 
@@ -69,6 +70,16 @@ ARCHS = {
         ),
         scheduler=("EulerDiscreteScheduler", TURBO_SCHEDULER),
     ),
+    # SD 1.5 inpainting (stable-diffusion-v1-5/stable-diffusion-inpainting): SD 1.5 with a 9-channel UNet input
+    # (latents, the mask, the masked image's latents).
+    "sd15-inpainting": Arch(
+        unet=dict(sample_size=64, cross_attention_dim=768, in_channels=9),
+        vae=SD_VAE,
+        text_encoder=dict(
+            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+            projection_dim=768, hidden_act="quick_gelu",
+        ),
+    ),
     # diffusers' own fast-test sizes (tests/pipelines/stable_diffusion), with CLIP's real vocabulary.
     "tiny": Arch(
         unet=dict(
@@ -82,6 +93,8 @@ ARCHS = {
         text_encoder=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4),
     ),
 }
+ARCHS["tiny-inpainting"] = Arch(unet={**ARCHS["tiny"].unet, "in_channels": 9}, vae=ARCHS["tiny"].vae,
+                                text_encoder=ARCHS["tiny"].text_encoder)
 
 
 def cache_dir(name: str) -> Path:
@@ -166,10 +179,11 @@ def cached_folder(folder: Path, write, marker: str = "model_index.json") -> Path
 
 
 def build_pipeline(arch: str, seed: int = 0):
-    """A StableDiffusionPipeline of ARCH with seeded random weights (no safety checker: it would flag noise)."""
+    """A StableDiffusionPipeline of ARCH with seeded random weights (no safety checker: it would flag noise); a
+    StableDiffusionInpaintPipeline where its UNet takes 9 channels."""
     import diffusers
     import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     spec = ARCHS[arch]
@@ -184,7 +198,8 @@ def build_pipeline(arch: str, seed: int = 0):
     )
     with torch.device("cpu"):  # schedulers hold small tensors they copy to the CPU: not on a meta device
         scheduler = getattr(diffusers, spec.scheduler[0]).from_config(spec.scheduler[1])
-    return StableDiffusionPipeline(
+    kind = StableDiffusionInpaintPipeline if spec.unet.get("in_channels") == 9 else StableDiffusionPipeline
+    return kind(
         unet=seeded(1, lambda: UNet2DConditionModel(**spec.unet)),
         vae=seeded(2, lambda: AutoencoderKL(**spec.vae)),
         text_encoder=seeded(3, lambda: CLIPTextModel(text_config)),

@@ -4,7 +4,8 @@ signature, return type) and hands tensors to RUN, a callable returning a tuple o
 """
 
 import torch
-from diffusers.models.autoencoders.vae import DecoderOutput
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
+from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -55,11 +56,35 @@ class UNet(Component):
 
 
 class VAE(Component):
-    """The VAE's decoder path only: what text-to-image calls."""
+    """The VAE's decoder, and its encoder where ENCODE runs it (img2img and inpainting call it; it returns the
+    latent distribution's moments, as AutoencoderKL's quant_conv gives them)."""
+
+    def __init__(self, run, config, encode=None):
+        super().__init__(run, config)
+        self.encode_run = encode
 
     def decode(self, latents, return_dict=True, generator=None):
         (image,) = self.run(latents)
         return DecoderOutput(sample=image) if return_dict else (image,)
+
+    def encode(self, images, return_dict=True):
+        if self.encode_run is None:
+            raise NotImplementedError("this VAE stand-in has no encoder: text-to-image only")
+        (moments,) = self.encode_run(images)
+        latent_dist = DiagonalGaussianDistribution(moments)
+        return AutoencoderKLOutput(latent_dist=latent_dist) if return_dict else (latent_dist,)
+
+
+class Moments(torch.nn.Module):
+    """AutoencoderKL's encoder path down to the latent distribution's moments: a tensor, so it can be traced."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.encoder, self.quant_conv = vae.encoder, vae.quant_conv
+
+    def forward(self, images):
+        moments = self.encoder(images)
+        return (moments if self.quant_conv is None else self.quant_conv(moments),)
 
 
 class TextEncoder(Component):

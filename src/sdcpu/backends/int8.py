@@ -46,7 +46,11 @@ IR_NAME = "unet-int8.xml"
 
 
 def apply(pipe, step, cpu) -> str:
+    from sdcpu import tasks
     from sdcpu.backends import openvino
+
+    if tasks.inpainting_unet(pipe):
+        raise Skip("int8 calibrates on text-to-image calls, which an inpainting UNet (9 input channels) cannot make")
 
     if isinstance(pipe.unet, UNet) and isinstance(pipe.unet.run, openvino.Compiled):
         return _openvino(pipe, cpu)

@@ -16,8 +16,8 @@ fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
   follow torch's (OMP_NUM_THREADS).
 - The wrappers keep what StableDiffusionPipeline reads (config, dtype, device, call signatures, return shapes), so the
   pipeline is called as before. Not supported, with an error saying so: clip_skip, a text attention mask, UNet extras
-  (timestep_cond, cross_attention_kwargs, added_cond_kwargs), latent sizes the UNet cannot halve evenly; the VAE
-  encoder is not kept (text-to-image only).
+  (timestep_cond, cross_attention_kwargs, added_cond_kwargs), latent sizes the UNet cannot halve evenly. The VAE
+  encoder (img2img, inpainting) is converted and compiled on its first call, never for text-to-image.
 """
 
 import gc
@@ -33,7 +33,7 @@ import torch
 
 from sdcpu import recipes
 from sdcpu.backends import mapped
-from sdcpu.backends.components import VAE, Entry, TextEncoder, UNet
+from sdcpu.backends.components import VAE, Entry, Moments, TextEncoder, UNet
 from sdcpu.launcher import library_kind
 from sdcpu.home import sdcpu_home
 from sdcpu.steps_base import Skip
@@ -62,19 +62,23 @@ def apply(pipe, step, cpu) -> str:
     folder = sdcpu_home() / "openvino" / cache_key(pipe, ov.__version__)
     core, config = runtime(precision)
     start, converted = time.perf_counter(), []
+    # img2img and inpainting encode the input image: the encoder is converted on its first call, never for text-to-image
+    encoder = Lazy(Moments(pipe.vae).eval(), folder / "vae_encoder.xml", core, config)
     for name, wrapper in (("text_encoder", TextEncoder), ("unet", UNet), ("vae", VAE)):
         path = folder / f"{name}.xml"
         if not path.is_file():
             convert(getattr(pipe, name), name, path)
             converted.append(name)
-        setattr(pipe, name, wrapper(Compiled(core, path, config, name), getattr(pipe, name).config))
+        extra = {"encode": encoder} if name == "vae" else {}
+        setattr(pipe, name, wrapper(Compiled(core, path, config, name), getattr(pipe, name).config, **extra))
         gc.collect()  # the torch module is gone: return its memory before the next conversion
     ir = f"converted {', '.join(converted)} in {time.perf_counter() - start:.1f} s" if converted else "reused"
     why = "asked for" if step.value else cpu.native_bf16_reason
     if precision == "bf16" and not cpu.native_bf16:
         why += f"; this CPU has no native bf16 ({cpu.native_bf16_reason}): OpenVINO falls back to f32 kernels"
     return (
-        f"UNet, VAE decoder, text encoder on OpenVINO {ov.__version__.split('-')[0]}, {precision} "
+        f"UNet, VAE decoder, text encoder (VAE encoder on first img2img/inpainting call) on OpenVINO "
+        f"{ov.__version__.split('-')[0]}, {precision} "
         f"({why}), static shapes compiled per size on first use; IR {ir} in {folder}"
         + (f"; converted from the {cast} torch weights (an earlier step), cast back to fp32" if cast else "")
     )
@@ -122,6 +126,8 @@ def _traced(module, name):
         sample = torch.randn(2, config.in_channels, EXAMPLE_LATENT, EXAMPLE_LATENT)
         context = torch.randn(2, EXAMPLE_TOKENS, config.cross_attention_dim)
         return Entry(module), (sample, torch.full((2,), 500.0), context)
+    if name == "vae_encoder":  # MODULE is a Moments; images at 8x the traced latent size
+        return module, (torch.randn(1, module.encoder.conv_in.in_channels, EXAMPLE_LATENT * 8, EXAMPLE_LATENT * 8),)
     return Entry(module, "decode"), (torch.randn(1, module.config.latent_channels, EXAMPLE_LATENT, EXAMPLE_LATENT),)
 
 
@@ -144,6 +150,21 @@ def convert(module, name, path):
     os.replace(staging.with_suffix(".bin"), path.with_suffix(".bin"))
     os.replace(staging, path)
     log.info("openvino: converted %s in %.1f s to %s", name, time.perf_counter() - start, path)
+
+
+class Lazy:
+    """MODULE converted to IR at PATH (if not there yet) and compiled on its first call: a component only some tasks
+    use (the VAE encoder) costs nothing until one does."""
+
+    def __init__(self, module, path: Path, core, config: dict):
+        self.module, self.path, self.core, self.config, self.compiled = module, path, core, config, None
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.compiled is None:
+            if not self.path.is_file():
+                convert(self.module, self.path.stem, self.path)
+            self.compiled, self.module = Compiled(self.core, self.path, self.config, self.path.stem), None
+        return self.compiled(*inputs)
 
 
 class Compiled:

@@ -1,9 +1,10 @@
-"""`sdcpu generate PROMPT`: images from a prompt, with their timing and self-describing PNGs."""
+"""`sdcpu generate PROMPT`: images from a prompt (and from an image: img2img, inpainting with a mask), with their
+timing and self-describing PNGs."""
 
 import dataclasses
 import resource
 
-from sdcpu import auto, generate, hardware, models, recipes, relaunch, schedulers, steps
+from sdcpu import auto, generate, hardware, models, recipes, relaunch, schedulers, steps, tasks
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
 
@@ -27,6 +28,11 @@ def register(sub):
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--scheduler", choices=list(schedulers.SCHEDULERS), metavar="NAME",
                    help=f"one of {', '.join(schedulers.SCHEDULERS)} (default: the model's own)")
+    p.add_argument("--image", metavar="IN.png", help="start from this image: img2img (with --mask: inpainting); it "
+                                                      "is resized to --size")
+    p.add_argument("--mask", metavar="MASK.png", help="inpainting: white repaints, black keeps (the image's size)")
+    p.add_argument("--strength", type=float, help="img2img/inpainting: how much of the schedule repaints the image, "
+                                                  "(0, 1] (default 0.75; 1 for inpainting)")
     p.add_argument("-o", "--output", default="outputs", help="a folder, or a FILE.png (default %(default)s/)")
     p.add_argument("--trust-pickle", action="store_true", help="allow .ckpt/.bin pickle checkpoints (they can run code)")
     p.set_defaults(func=run)
@@ -48,6 +54,7 @@ def run(args) -> int:
         steps=20 if args.steps is None else args.steps, guidance=7.5 if args.guidance is None else args.guidance,
         num_images=args.num_images,
     ).validate()
+    edit = _edit(args)
     paths = generate.output_paths(args.output, request.seeds())
     relaunch.under_plan(recipe, cpu, why=why_auto)
 
@@ -64,19 +71,20 @@ def run(args) -> int:
 
     # 3. Compiling backends compile on their first call: pay that on a one-step warm-up, reported apart.
     if any(o.applied and recipes.kind(o.step).compiles for o in outcomes):
-        warmup = generate.run(pipe, dataclasses.replace(request, steps=1, num_images=1))
+        warmup = generate.run(pipe, dataclasses.replace(request, steps=1, num_images=1), edit)
         print(f"compile + one-step warm-up: {warmup.seconds:.1f} s (one-time; cached for the next process)")
 
     # 4. Generate, then write one PNG per image.
-    result = generate.run(pipe, request)
+    result = generate.run(pipe, request, edit)
     for image, seed, path in zip(result.images, request.seeds(), paths):
         text = generate.parameters_text(request, seed, model=str(spec), random_weights=spec.random_weights,
-                                        scheduler=scheduler, recipe=str(recipe))
+                                        scheduler=scheduler, recipe=str(recipe), edit=edit)
         generate.save_png(image, path, text)
         print(path)
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    print(f"{result.summary(request.steps)}; {request.steps} steps, {width}x{height}, {scheduler}, "
+    task = f"{edit.task} (strength {edit.strength}), " if edit else ""
+    print(f"{result.summary(request.steps)}; {task}{request.steps} steps, {width}x{height}, {scheduler}, "
           f"{len(result.images)} image(s), peak RSS {peak:.2f} GiB, recipe {recipe.name}: {recipe}")
     if why_auto:
         print(f"auto: {why_auto}")
@@ -86,3 +94,21 @@ def run(args) -> int:
     if spec.random_weights:
         print(f"note: {generate.RANDOM_WEIGHTS_NOTE}; pass --model org/name, a diffusers folder or a .safetensors file")
     return 0
+
+
+def _edit(args):
+    """The --image/--mask/--strength input, read and checked before any model loads; None for text-to-image."""
+    if args.image is None:
+        if args.mask or args.strength is not None:
+            raise UsageError(f"{'--mask' if args.mask else '--strength'} needs --image")
+        return None
+    data = {}
+    for option, path in (("--image", args.image), ("--mask", args.mask)):
+        if path is not None:
+            try:
+                with open(path, "rb") as file:
+                    data[option] = file.read(tasks.MAX_INPUT_BYTES + 1)
+            except OSError as err:
+                raise UsageError(f"{option} {path}: {err.strerror}") from None
+    default = 1.0 if args.mask else 0.75  # inpainting repaints the masked area from noise, as A1111's default fill
+    return tasks.edit(data["--image"], data.get("--mask"), default if args.strength is None else args.strength)

@@ -1,0 +1,123 @@
+"""Image-to-image and inpainting beside text-to-image: the input images, checked, and the pipeline of each task.
+
+A task is what a request's inputs make it: no image, text-to-image; an image, img2img (its `strength` says how much of
+the schedule repaints it); an image and a mask, inpainting (white = repaint, as A1111 and OVMS; any UNet: a plain SD
+UNet blends the kept area back at each step, a 9-channel inpainting UNet takes the masked image as input). Each task
+runs diffusers' own pipeline, made from the loaded one with `from_pipe`: the same components, so one set of weights
+(and whatever a recipe did to them: a backend's compiled UNet, TAESD, a LoRA) serves all three.
+"""
+
+import hashlib
+import io
+from dataclasses import dataclass
+
+from sdcpu.errors import UsageError
+
+TASKS = ("txt2img", "img2img", "inpaint")
+MAX_INPUT_PIXELS = 4096 * 4096  # an input image's decoded size: above, refused before decoding (a 40000x40000 header)
+MAX_INPUT_BYTES = 50 * 2**20
+FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+
+
+@dataclass(frozen=True)
+class Edit:
+    """The input of img2img or inpainting: the image, the optional mask (L mode, white = repaint), the strength, and
+    the SHA-256 of the image's bytes (kept in the PNG's metadata)."""
+
+    image: object  # PIL RGB
+    mask: object = None  # PIL L, the image's size
+    strength: float = 0.75
+    image_sha256: str = ""
+
+    @property
+    def task(self) -> str:
+        return "inpaint" if self.mask is not None else "img2img"
+
+    def sized(self, width: int, height: int) -> "Edit":
+        """The image and mask at the request's size (a plain resize, A1111's resize_mode 0)."""
+        from PIL import Image
+
+        if self.image.size == (width, height):
+            return self
+        mask = None if self.mask is None else self.mask.resize((width, height), Image.NEAREST)
+        return Edit(self.image.resize((width, height), Image.LANCZOS), mask, self.strength, self.image_sha256)
+
+
+def check_strength(strength: float) -> float:
+    if not 0 < strength <= 1:
+        raise UsageError(f"strength must be in (0, 1], got {strength}: 1 repaints everything, 0.3 keeps most")
+    return strength
+
+
+def decode(data: bytes, what: str):
+    """DATA decoded as an image, or a one-line UsageError: too large a file or image, not an image, truncated."""
+    from PIL import Image, UnidentifiedImageError
+
+    if len(data) > MAX_INPUT_BYTES:
+        raise UsageError(f"{what}: {len(data) / 2**20:.1f} MiB, more than the {MAX_INPUT_BYTES // 2**20} MiB accepted")
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format not in FORMATS:
+                raise UsageError(f"{what}: {image.format} is not accepted; send {', '.join(FORMATS)}")
+            if image.width * image.height > MAX_INPUT_PIXELS:
+                raise UsageError(f"{what}: {image.width}x{image.height} is more than the {MAX_INPUT_PIXELS} pixels "
+                                 "accepted")
+            image.load()
+            return image.copy()
+    except Image.DecompressionBombError as err:  # PIL's own bound, from the header: far above ours
+        raise UsageError(f"{what}: more than the {MAX_INPUT_PIXELS} pixels accepted ({err})") from None
+    except UnidentifiedImageError:
+        raise UsageError(f"{what}: not an image sdcpu can read ({', '.join(FORMATS)})") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
+        raise UsageError(f"{what}: a broken image ({err})") from None
+
+
+def edit(image_data: bytes, mask_data: bytes | None = None, strength: float = 0.75) -> Edit:
+    """An Edit from encoded IMAGE_DATA (and MASK_DATA: white = repaint), each checked by decoding."""
+    image = decode(image_data, "image").convert("RGB")
+    mask = None
+    if mask_data is not None:
+        mask = decode(mask_data, "mask").convert("L")
+        if mask.size != image.size:
+            raise UsageError(f"mask: {mask.width}x{mask.height}, not the image's {image.width}x{image.height}")
+    return Edit(image, mask, check_strength(strength), hashlib.sha256(image_data).hexdigest())
+
+
+def inpainting_unet(pipe) -> bool:
+    """Whether PIPE's UNet is an inpainting one: latents, mask and masked-image latents in (9 channels for SD)."""
+    return pipe.unet.config.in_channels == 2 * pipe.vae.config.latent_channels + 1
+
+
+def pipeline_for(pipe, task: str):
+    """PIPE's pipeline for TASK, built once from its components (diffusers' from_pipe) and kept on PIPE."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
+    if task != "inpaint" and inpainting_unet(pipe):
+        raise UsageError(f"this model's UNet is an inpainting one ({pipe.unet.config.in_channels} input channels): "
+                         "it makes only inpainting; give an image and a mask")
+    if task == "txt2img":
+        return pipe
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
+
+    kind = StableDiffusionImg2ImgPipeline if task == "img2img" else StableDiffusionInpaintPipeline
+    if isinstance(pipe, kind):
+        return pipe
+    kept = pipe.__dict__.setdefault("sdcpu_tasks", {})
+    if task not in kept:
+        # the components given by name: from_pipe would drop one of another class than the model's own (TAESD as vae)
+        made = kind.from_pipe(pipe, **{name: getattr(pipe, name) for name in ("vae", "unet", "text_encoder")})
+        made.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+        made.sdcpu_model = getattr(pipe, "sdcpu_model", None)
+        kept[task] = made
+    return kept[task]
+
+
+def call_arguments(edit: Edit | None, width: int, height: int, count: int) -> dict:
+    """The pipeline-call arguments of EDIT's task for COUNT images of WIDTHxHEIGHT (none for text-to-image)."""
+    if edit is None:
+        return {}
+    sized = edit.sized(width, height)
+    arguments = {"image": [sized.image] * count, "strength": sized.strength}
+    if sized.mask is not None:
+        arguments["mask_image"] = [sized.mask] * count
+    return arguments
