@@ -146,7 +146,7 @@ def test_cli_img2img_writes_the_task_into_the_png(tmp_path, capsys):
     out = tmp_path / "out.png"
     assert main(["generate", "a ship", "--model", "random:tiny", "--recipe", "baseline", "--size", "64x64",
                  "--steps", "2", "--image", str(source), "--strength", "0.5", "-o", str(out)]) == 0
-    assert "img2img (strength 0.5)" in capsys.readouterr().out
+    assert "img2img, 2 steps x strength 0.5: 1 run" in capsys.readouterr().out
     import hashlib
 
     with Image.open(out) as written:
@@ -158,8 +158,11 @@ def test_cli_img2img_writes_the_task_into_the_png(tmp_path, capsys):
     (["--mask", "m.png"], "--mask needs --image"),
     (["--strength", "0.5"], "--strength needs --image"),
     (["--image", "missing.png"], "--image missing.png: No such file or directory"),
+    (["--image", "IMAGE", "--steps", "1", "--strength", "0.5"], "1 steps at strength 0.5 run none"),
 ])
 def test_cli_refuses_bad_task_options_in_one_line(args, message, tmp_path, capsys):
+    picture().save(tmp_path / "in.png")
+    args = [str(tmp_path / "in.png") if arg == "IMAGE" else arg for arg in args]
     assert main(["generate", "x", "--model", "random:tiny", "-o", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

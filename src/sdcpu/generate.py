@@ -113,7 +113,7 @@ def run_batch(pipe, requests: list[Request], edit=None) -> Result:
             guidance_scale=first.guidance,
             generator=generators,
             **size,
-            **tasks.call_arguments(edit, first.width, first.height, len(prompts)),
+            **tasks.call_arguments(edit, first.width, first.height, first.steps, len(prompts)),
         )
     return Result(images=output.images, seconds=time.perf_counter() - start, split=split)
 

@@ -9,6 +9,7 @@ runs diffusers' own pipeline, made from the loaded one with `from_pipe`: the sam
 
 import hashlib
 import io
+import math
 from dataclasses import dataclass
 
 from sdcpu.errors import UsageError
@@ -41,6 +42,24 @@ class Edit:
             return self
         mask = None if self.mask is None else self.mask.resize((width, height), Image.NEAREST)
         return Edit(self.image.resize((width, height), Image.LANCZOS), mask, self.strength, self.image_sha256)
+
+
+def steps_run(steps: int, strength: float) -> int:
+    """The denoising steps an img2img or inpainting call runs: diffusers' int(steps x strength), the end of the
+    schedule (strength 0.5 of 20 steps: the last 10)."""
+    return min(int(steps * strength), steps)
+
+
+def min_steps(strength: float) -> int:
+    """The fewest steps that run at least one at STRENGTH."""
+    steps = math.ceil(1 / strength)
+    return steps if steps_run(steps, strength) >= 1 else steps + 1
+
+
+def check_steps(steps: int, edit: "Edit | None") -> None:
+    if edit is not None and steps_run(steps, edit.strength) < 1:
+        raise UsageError(f"{steps} steps at strength {edit.strength} run none (int(steps x strength)): give at least "
+                         f"{min_steps(edit.strength)} steps")
 
 
 def check_strength(strength: float) -> float:
@@ -112,10 +131,12 @@ def pipeline_for(pipe, task: str):
     return kept[task]
 
 
-def call_arguments(edit: Edit | None, width: int, height: int, count: int) -> dict:
-    """The pipeline-call arguments of EDIT's task for COUNT images of WIDTHxHEIGHT (none for text-to-image)."""
+def call_arguments(edit: Edit | None, width: int, height: int, steps: int, count: int) -> dict:
+    """The pipeline-call arguments of EDIT's task for COUNT images of WIDTHxHEIGHT at STEPS (none for
+    text-to-image); refuses steps that would run none."""
     if edit is None:
         return {}
+    check_steps(steps, edit)
     sized = edit.sized(width, height)
     arguments = {"image": [sized.image] * count, "strength": sized.strength}
     if sized.mask is not None:

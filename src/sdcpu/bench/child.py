@@ -94,6 +94,22 @@ def run(spec: dict) -> dict:
     return row
 
 
+def protocol_calls(call, protocol: dict):
+    """A peer child's calls: CALL(steps) once at the protocol's warm-up steps, then its timed calls, with the progress
+    lines sdcpu's own child prints; (warm-up seconds, the timed calls' seconds, the last call's result)."""
+    progress(phase="warm-up", steps=protocol["warmup_steps"])
+    start = time.perf_counter()
+    call(protocol["warmup_steps"])
+    warmup_s, times = time.perf_counter() - start, []
+    for index in range(protocol["runs"]):
+        start = time.perf_counter()
+        result = call(protocol["steps"])
+        times.append(time.perf_counter() - start)
+        progress(phase="run", run=index + 1, runs=protocol["runs"], seconds=times[-1],
+                 s_per_step=times[-1] / protocol["steps"])
+    return warmup_s, times, result
+
+
 def timing_fields(times: list[float], steps: int, warmup_s: float, warmup_steps: int) -> dict:
     """A rung's per-call times and their statistics; the warm-up call, and the part of it beyond its share of a timed
     call (compilation, first-touch); peak RSS of this process so far."""

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sdcpu.bench.child import progress, timing_fields
+from sdcpu.bench.child import protocol_calls, timing_fields
 
 
 def exported(model_path: str, exporter: str) -> tuple[Path, bool, float]:
@@ -76,17 +76,7 @@ def main() -> int:
                                generator=openvino_genai.TorchGenerator(protocol["seed"]))
         return Image.fromarray(numpy.asarray(tensor.data[0]))
 
-    progress(phase="warm-up", steps=protocol["warmup_steps"])
-    start = time.perf_counter()
-    call(protocol["warmup_steps"])
-    warmup_s = time.perf_counter() - start
-    times = []
-    for index in range(protocol["runs"]):
-        start = time.perf_counter()
-        image = call(protocol["steps"])
-        times.append(time.perf_counter() - start)
-        progress(phase="run", run=index + 1, runs=protocol["runs"], seconds=times[-1],
-                 s_per_step=times[-1] / protocol["steps"])
+    warmup_s, times, image = protocol_calls(call, protocol)
     image.save(spec["image"])
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
     row = {

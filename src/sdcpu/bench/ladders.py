@@ -75,6 +75,7 @@ STATIC = {
         Rung("OpenVINO GenAI static (peer)", "baseline", peer="openvino-genai"),
         Rung("stable-diffusion.cpp f32 (peer)", "baseline", peer="stable-diffusion.cpp:f32"),
         Rung("stable-diffusion.cpp q8_0 (peer)", "baseline", peer="stable-diffusion.cpp:q8_0"),
+        Rung("sdcpu auto:exact", "auto:exact"),
         Rung("sdcpu auto", "auto"),
         Rung("sdcpu auto:fast", "auto:fast"),
     ),

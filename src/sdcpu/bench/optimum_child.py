@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from sdcpu.bench.child import progress, timing_fields
+from sdcpu.bench.child import protocol_calls, timing_fields
 
 
 def main() -> int:
@@ -47,17 +47,7 @@ def main() -> int:
                     guidance_scale=protocol["guidance"],
                     generator=torch.Generator("cpu").manual_seed(protocol["seed"])).images[0]  # sdcpu's latents
 
-    progress(phase="warm-up", steps=protocol["warmup_steps"])
-    start = time.perf_counter()
-    call(protocol["warmup_steps"])
-    warmup_s = time.perf_counter() - start
-    times = []
-    for index in range(protocol["runs"]):
-        start = time.perf_counter()
-        image = call(protocol["steps"])
-        times.append(time.perf_counter() - start)
-        progress(phase="run", run=index + 1, runs=protocol["runs"], seconds=times[-1],
-                 s_per_step=times[-1] / protocol["steps"])
+    warmup_s, times, image = protocol_calls(call, protocol)
     image.save(spec["image"])
     row = {
         "recipe_resolved": f"optimum-intel {optimum_version} OVStableDiffusionPipeline, static {protocol['width']}x"

@@ -15,7 +15,7 @@ import sys
 import time
 from importlib.metadata import version
 
-from sdcpu.bench.child import progress, timing_fields
+from sdcpu.bench.child import protocol_calls, timing_fields
 
 TRAIN_TIMESTEPS = 1000  # SD's, and sd.cpp's fixed TIMESTEPS
 SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")  # diffusers options that move sigmas
@@ -87,17 +87,7 @@ def main() -> int:
             sample_steps=steps, seed=protocol["seed"])[0]
 
     # 2. One warm-up call, then the timed calls.
-    progress(phase="warm-up", steps=protocol["warmup_steps"])
-    start = time.perf_counter()
-    call(protocol["warmup_steps"])
-    warmup_s = time.perf_counter() - start
-    times = []
-    for index in range(protocol["runs"]):
-        start = time.perf_counter()
-        image = call(protocol["steps"])
-        times.append(time.perf_counter() - start)
-        progress(phase="run", run=index + 1, runs=protocol["runs"], seconds=times[-1],
-                 s_per_step=times[-1] / protocol["steps"])
+    warmup_s, times, image = protocol_calls(call, protocol)
     image.convert("RGB").save(spec["image"])  # the wrapper adds an opaque alpha channel to sd.cpp's RGB
     row = {
         "recipe_resolved": f"stable-diffusion.cpp (stable-diffusion-cpp-python {engine_version}) {weights} "

@@ -19,7 +19,7 @@ def register(sub):
     p.add_argument("--ladder", choices=ladders.LADDERS, default="seed",
                    help="seed: baseline, +system, +framework, +scheduler; peers: vanilla diffusers, optimum-intel, OpenVINO "
                         "GenAI, stable-diffusion.cpp f32 and q8_0 (each in its own environment: scripts/setup-NAME.sh), "
-                        "sdcpu auto and auto:fast; full: each step on top of the fastest so far "
+                        "sdcpu auto:exact, auto and auto:fast; full: each step on top of the fastest so far "
                         "(default %(default)s)")
     p.add_argument("--recipes", help="run these recipes instead of a ladder: `baseline,system,auto`, or recipes of "
                                      "steps separated by `;` (`baseline;jemalloc,iomp,pin;auto`); `peer:NAME[:VARIANT]` "

@@ -55,6 +55,7 @@ def run(args) -> int:
         num_images=args.num_images,
     ).validate()
     edit = _edit(args)
+    tasks.check_steps(request.steps, edit)
     paths = generate.output_paths(args.output, request.seeds())
     relaunch.under_plan(recipe, cpu, why=why_auto)
 
@@ -71,7 +72,8 @@ def run(args) -> int:
 
     # 3. Compiling backends compile on their first call: pay that on a one-step warm-up, reported apart.
     if any(o.applied and recipes.kind(o.step).compiles for o in outcomes):
-        warmup = generate.run(pipe, dataclasses.replace(request, steps=1, num_images=1), edit)
+        first = 1 if edit is None else tasks.min_steps(edit.strength)  # one step run
+        warmup = generate.run(pipe, dataclasses.replace(request, steps=first, num_images=1), edit)
         print(f"compile + one-step warm-up: {warmup.seconds:.1f} s (one-time; cached for the next process)")
 
     # 4. Generate, then write one PNG per image.
@@ -83,8 +85,9 @@ def run(args) -> int:
         print(path)
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    task = f"{edit.task} (strength {edit.strength}), " if edit else ""
-    print(f"{result.summary(request.steps)}; {task}{request.steps} steps, {width}x{height}, {scheduler}, "
+    run = request.steps if edit is None else tasks.steps_run(request.steps, edit.strength)
+    task = f"{edit.task}, {request.steps} steps x strength {edit.strength}: {run} run" if edit else f"{run} steps"
+    print(f"{result.summary(run)}; {task}, {width}x{height}, {scheduler}, "
           f"{len(result.images)} image(s), peak RSS {peak:.2f} GiB, recipe {recipe.name}: {recipe}")
     if why_auto:
         print(f"auto: {why_auto}")
