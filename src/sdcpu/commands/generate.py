@@ -113,5 +113,5 @@ def _edit(args):
                     data[option] = file.read(tasks.MAX_INPUT_BYTES + 1)
             except OSError as err:
                 raise UsageError(f"{option} {path}: {err.strerror}") from None
-    default = 1.0 if args.mask else 0.75  # inpainting repaints the masked area from noise, as A1111's default fill
+    default = 1.0 if args.mask else 0.75  # diffusers' defaults: inpainting repaints the masked area from noise
     return tasks.edit(data["--image"], data.get("--mask"), default if args.strength is None else args.strength)
