@@ -22,12 +22,13 @@ import time
 from pathlib import Path
 
 from sdcpu.bench.child import protocol_calls, timing_fields
+from sdcpu.home import sdcpu_home
 
 
 def exported(model_path: str, exporter: str) -> tuple[Path, bool, float]:
     """The IR folder of MODEL_PATH (exported now if not on disk); whether it was there; the export's seconds."""
     version = subprocess.run([exporter, "--version"], capture_output=True, text=True).stdout.strip()
-    home = Path(os.environ.get("SDCPU_HOME", Path.home() / ".cache" / "sdcpu"))
+    home = sdcpu_home()
     key = hashlib.sha256(f"{Path(model_path).resolve()}|{version}".encode()).hexdigest()[:16]
     folder = home / "genai-ir" / key
     if (folder / "model_index.json").is_file():

@@ -7,12 +7,12 @@ Prints one JSON row like sdcpu.bench.child's (no per-component split: the peer's
 
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from sdcpu.bench.child import protocol_calls, timing_fields
+from sdcpu.home import sdcpu_home
 
 
 def main() -> int:
@@ -27,7 +27,7 @@ def main() -> int:
     optimum_version = version("optimum-intel")
 
     # 1. Export once per model folder and optimum version; later runs load the saved IR.
-    home = Path(os.environ.get("SDCPU_HOME", Path.home() / ".cache" / "sdcpu"))
+    home = sdcpu_home()
     key = hashlib.sha256(f"{Path(spec['model_path']).resolve()}|{optimum_version}".encode()).hexdigest()[:16]
     exported = home / "optimum" / key
     start = time.perf_counter()

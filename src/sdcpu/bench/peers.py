@@ -2,8 +2,8 @@
 
 A peer cannot share sdcpu's `.venv` (each entry says why), so a `scripts/setup-NAME.sh` builds its own, exactly pinned
 (`.venv-NAME` in the checkout, or any interpreter named by the peer's variable). Its child script imports only the
-standard library, the peer and `sdcpu.bench.child` (dependency-free) through PYTHONPATH, runs the protocol, and prints
-one JSON row, like sdcpu's own child. A rung names its peer as `NAME` or `NAME:VARIANT` (stable-diffusion.cpp's weight
+standard library, the peer and sdcpu's dependency-free modules (`sdcpu.bench.child`, `sdcpu.home`) through
+PYTHONPATH, runs the protocol, and prints one JSON row, like sdcpu's own child. A rung names its peer as `NAME` or `NAME:VARIANT` (stable-diffusion.cpp's weight
 type: `stable-diffusion.cpp:q8_0`).
 """
 
