@@ -1,15 +1,17 @@
 """sdcpu bench: ladders and protocol (pure), the runner end to end on random:tiny, the report from a fixture of rows,
 and the CLI's refusals."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from machines import machine
-from sdcpu.bench import ladders, peers, report, runner
+from sdcpu.bench import inputs, ladders, peers, report, runner
 from sdcpu.cli import main
 from sdcpu import recipes
 from sdcpu.errors import UsageError
@@ -22,7 +24,10 @@ TINY = ladders.Protocol(model="random:tiny", width=64, height=64, steps=2, runs=
 def test_presets_and_validation():
     assert ladders.Protocol().to_dict() == dict(
         model="random:sd15", prompt="sailing ship in storm by Rembrandt", negative_prompt="", width=512, height=512,
-        steps=20, runs=10, warmup_steps=10, seed=0, guidance=7.5, num_images=1, preset="seed")
+        steps=20, runs=10, warmup_steps=10, seed=0, guidance=7.5, num_images=1, preset="seed", task="txt2img",
+        strength=None)
+    old = {k: v for k, v in TINY.to_dict().items() if k not in ("task", "strength")}  # a row from before tasks
+    assert ladders.Protocol.from_dict(old) == TINY
     # The flat dict is what a child reads back (sdcpu's or a peer's): it round-trips, and the call is generate's.
     assert ladders.Protocol.from_dict(TINY.to_dict()) == TINY
     call = TINY.request(steps=1)
@@ -33,6 +38,10 @@ def test_presets_and_validation():
         ladders.Protocol(width=100).validate()
     with pytest.raises(UsageError, match="runs must be at least 1"):
         ladders.Protocol(runs=0).validate()
+    # img2img at 0.5 of 20 steps runs the last 10; a 1-step warm-up would run none, so it runs the fewest that run one
+    edit = dataclasses.replace(TINY, task="img2img", strength=0.5, steps=20).validate()
+    assert (edit.steps_run, edit.warmup_steps_used, edit.run_count(edit.warmup_steps_used)) == (10, 2, 1)
+    assert ladders.Protocol.from_dict(edit.to_dict()) == edit
 
 
 @pytest.mark.parametrize("text, recipes", [
@@ -218,6 +227,9 @@ def test_compare_two_runs(tmp_path, capsys):
     (["--model", "random:huge"], "unknown random architecture"),
     (["--recipes", "baseline,peer:warp"], "--recipes: unknown peer 'warp'"),
     (["--recipes", "peer:stable-diffusion.cpp:q2_k"], "stable-diffusion.cpp has no variant 'q2_k'; choose from f32, q8_0"),
+    (["--strength", "0.5"], "--strength needs --task img2img or inpaint"),
+    (["--task", "img2img", "--strength", "1.5"], "strength must be in (0, 1]"),
+    (["--task", "img2img", "--strength", "0.1", "--steps", "4"], "4 steps at strength 0.1 run none"),
 ])
 def test_bench_refuses_bad_input_in_one_line(args, message, tmp_path, capsys):
     assert main(["bench", "--model", "random:tiny", "--out", str(tmp_path / "o"), *args]) == 2
@@ -234,3 +246,41 @@ def test_bench_refuses_a_non_empty_output_folder(tmp_path, capsys):
 def test_report_refuses_a_folder_without_results(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "no results.jsonl" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def img2img_run(tmp_path_factory, sdcpu_home):
+    """img2img at strength 0.5 of 4 steps (2 run) on random:tiny: baseline, tiny-vae (TAESD encodes too), and a peer
+    whose child runs text-to-image only."""
+    out = tmp_path_factory.mktemp("bench-img2img")
+    protocol = dataclasses.replace(TINY, steps=4, task="img2img", strength=0.5).validate()
+    rungs = (ladders.Rung("baseline", "baseline"), ladders.Rung("tiny-vae", "tiny-vae"),
+             ladders.Rung("optimum", "baseline", peer="optimum-intel"))
+    return out, runner.run(protocol, rungs, out)
+
+
+def test_an_img2img_bench_times_the_steps_it_runs_on_one_input_for_every_rung(img2img_run):
+    out, rows = img2img_run
+    base, tiny, peer = rows
+    assert base["inputs"] == tiny["inputs"] and Path(base["inputs"]["image"]).parent == out / "inputs"
+    assert Image.open(base["inputs"]["image"]).size == (64, 64) and base["inputs"]["mask"] is None
+    for row in (base, tiny):
+        assert row["steps_applied"] == 4 and row["steps_run"] == 2  # int(4 x 0.5)
+        assert row["s_per_step"] == pytest.approx(row["median_s"] / 2)
+        assert row["split"]["unet_calls"] == 3  # PNDM: one more UNet call than steps run
+        assert "Task: img2img, Denoising strength: 0.5" in Image.open(out / row["image"]).info["parameters"]
+    assert tiny["fidelity"]["psnr_db"] < 60  # TAESD's decode is not the VAE's (test_algorithms bounds it)
+    assert peer["failed"] == "RuntimeError: optimum-intel's bench child runs txt2img, not img2img"
+    assert "Task: img2img of the bench's own input image (inputs/) at strength 0.5: 2 steps of 4 run" in \
+        " ".join(report.header(rows))
+
+
+def test_the_bench_inputs_are_the_same_for_a_seed_and_inpainting_masks_the_centre(tmp_path):
+    protocol = dataclasses.replace(TINY, task="inpaint").validate()
+    first, again = inputs.write(protocol, tmp_path / "a"), inputs.write(protocol, tmp_path / "b")
+    assert Path(first["image"]).read_bytes() == Path(again["image"]).read_bytes()
+    mask = np.asarray(Image.open(first["mask"]))
+    assert mask[32, 32] == 255 and mask[0, 0] == 0 and (mask == 255).mean() == 0.25
+    edit = inputs.edit(protocol, first)
+    assert edit.task == "inpaint" and edit.strength == 1.0  # generate's default for inpainting
+    assert inputs.write(TINY, tmp_path / "c") == {} and inputs.edit(TINY, {}) is None

@@ -56,10 +56,16 @@ def min_steps(strength: float) -> int:
     return steps if steps_run(steps, strength) >= 1 else steps + 1
 
 
-def check_steps(steps: int, edit: "Edit | None") -> None:
-    if edit is not None and steps_run(steps, edit.strength) < 1:
-        raise UsageError(f"{steps} steps at strength {edit.strength} run none (int(steps x strength)): give at least "
-                         f"{min_steps(edit.strength)} steps")
+def default_strength(mask: bool) -> float:
+    """diffusers' defaults: inpainting repaints the masked area from noise (1), img2img keeps a quarter (0.75)."""
+    return 1.0 if mask else 0.75
+
+
+def check_steps(steps: int, strength: float | None) -> None:
+    """Refuse STEPS that would run none at STRENGTH (None: text-to-image, every step runs)."""
+    if strength is not None and steps_run(steps, strength) < 1:
+        raise UsageError(f"{steps} steps at strength {strength} run none (int(steps x strength)): give at least "
+                         f"{min_steps(strength)} steps")
 
 
 def check_strength(strength: float) -> float:
@@ -136,7 +142,7 @@ def call_arguments(edit: Edit | None, width: int, height: int, steps: int, count
     text-to-image); refuses steps that would run none."""
     if edit is None:
         return {}
-    check_steps(steps, edit)
+    check_steps(steps, edit.strength)
     sized = edit.sized(width, height)
     arguments = {"image": [sized.image] * count, "strength": sized.strength}
     if sized.mask is not None:

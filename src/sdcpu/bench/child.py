@@ -31,7 +31,7 @@ def run(spec: dict) -> dict:
     import torch
 
     from sdcpu import flops, generate, hardware, recipes, steps, verify
-    from sdcpu.bench import ladders
+    from sdcpu.bench import inputs, ladders
     from sdcpu.models import load_pipeline, parse_spec
 
     # 1. What the launcher really applied, before anything else runs.
@@ -53,20 +53,22 @@ def run(spec: dict) -> dict:
     defaults = steps.defaults(pipe)
     request = protocol.request(steps=defaults.get("num_inference_steps", protocol.steps),
                                guidance=defaults.get("guidance_scale", protocol.guidance))
+    protocol = dataclasses.replace(protocol, steps=request.steps)  # a recipe's own steps (lcm-lora's 4): steps run
+    edit = inputs.edit(protocol, spec.get("inputs"))  # img2img, inpainting: the runner's input image
 
     # 3. Warm-up: the first call compiles, for compiling steps; its time is kept apart.
-    progress(phase="warm-up", steps=protocol.warmup_steps)
-    warmup = generate.run(pipe, dataclasses.replace(request, steps=protocol.warmup_steps))
+    progress(phase="warm-up", steps=protocol.warmup_steps_used)
+    warmup = generate.run(pipe, dataclasses.replace(request, steps=protocol.warmup_steps_used), edit)
 
     # 4. Timed calls, each with its component split.
     calls = []
     for index in range(protocol.runs):
-        result = generate.run(pipe, request)
+        result = generate.run(pipe, request, edit)
         calls.append(result)
         progress(phase="run", run=index + 1, runs=protocol.runs, seconds=result.seconds,
-                 s_per_step=result.seconds / request.steps)
+                 s_per_step=result.seconds / protocol.steps_run)
     text = generate.parameters_text(request, request.seed, model=str(model), random_weights=model.random_weights,
-                                    scheduler=type(pipe.scheduler).__name__, recipe=str(recipe))
+                                    scheduler=type(pipe.scheduler).__name__, recipe=str(recipe), edit=edit)
     generate.save_png(calls[-1].images[0], Path(spec["image"]), text)
 
     # 5. The row: times, split, hardware-relative figures, memory.
@@ -79,8 +81,9 @@ def run(spec: dict) -> dict:
     cache = recipe.get("deepcache")
     shallow_calls = bool(cache and cache.value > 1 and any(o.applied for o in outcomes if o.step == str(cache)))
     row.update(
-        steps_applied=request.steps, guidance=request.guidance, cfg_batch=cfg_batch, scheduler=type(pipe.scheduler).__name__,
-        **timing_fields(times, request.steps, warmup.seconds, protocol.warmup_steps),
+        steps_applied=request.steps, steps_run=protocol.steps_run, guidance=request.guidance, cfg_batch=cfg_batch,
+        scheduler=type(pipe.scheduler).__name__,
+        **timing_fields(times, protocol.steps_run, warmup.seconds, protocol.run_count(protocol.warmup_steps_used)),
         split={
             "text_encoder_s": statistics.median(c.split.seconds.get("text_encoder", 0.0) for c in calls),
             "unet_s": unet_s, "unet_calls": unet_calls, "unet_per_call_s": unet_s / max(1, unet_calls),
@@ -111,8 +114,9 @@ def protocol_calls(call, protocol: dict):
 
 
 def timing_fields(times: list[float], steps: int, warmup_s: float, warmup_steps: int) -> dict:
-    """A rung's per-call times and their statistics; the warm-up call, and the part of it beyond its share of a timed
-    call (compilation, first-touch); peak RSS of this process so far."""
+    """A rung's per-call times and their statistics (STEPS, WARMUP_STEPS: the denoising steps each timed call and the
+    warm-up call run); the warm-up call, and the part of it beyond its share of a timed call (compilation,
+    first-touch); peak RSS of this process so far."""
     median = statistics.median(times)
     return {"times_s": [round(t, 3) for t in times], "mean_s": statistics.mean(times), "median_s": median,
             "min_s": min(times), "max_s": max(times), "s_per_step": median / steps, "warmup_s": round(warmup_s, 2),

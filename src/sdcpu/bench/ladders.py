@@ -6,7 +6,7 @@ what was measured (`full` keeps a step only when it made the image faster).
 
 from dataclasses import dataclass, fields
 
-from sdcpu import auto, recipes
+from sdcpu import auto, recipes, tasks
 from sdcpu.bench import peers
 from sdcpu.errors import UsageError
 from sdcpu.generate import Request
@@ -17,14 +17,17 @@ SEED_PROMPT = "sailing ship in storm by Rembrandt"
 @dataclass(frozen=True)
 class Protocol(Request):
     """The request every rung makes, repeated: the seed's by default, one warm-up call at 10 steps, then 10 timed calls
-    at 20 steps, 512x512, one image per call. Its flat `to_dict` is the `protocol` of results.jsonl and what a child,
-    sdcpu's or a peer's in its own environment, reads."""
+    at 20 steps, 512x512, one image per call; text-to-image, or img2img or inpainting (TASK) of the bench's own input
+    image at STRENGTH (default: generate's, 0.75 for img2img, 1 for inpainting). Its flat `to_dict` is the `protocol`
+    of results.jsonl and what a child, sdcpu's or a peer's in its own environment, reads."""
 
     prompt: str = SEED_PROMPT
     model: str = "random:sd15"
     runs: int = 10
     warmup_steps: int = 10
     preset: str = "seed"
+    task: str = "txt2img"
+    strength: float | None = None  # img2img and inpainting only
 
     def validate(self) -> "Protocol":
         super().validate()
@@ -33,7 +36,36 @@ class Protocol(Request):
         for name in ("runs", "warmup_steps"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.task not in tasks.TASKS:
+            raise UsageError(f"task {self.task!r}: choose from {', '.join(tasks.TASKS)}")
+        if self.task == "txt2img" and self.strength is not None:
+            raise UsageError("--strength needs --task img2img or inpaint")
+        if self.task != "txt2img":
+            tasks.check_strength(self.strength_used)
+            tasks.check_steps(self.steps, self.strength_used)
         return self
+
+    @property
+    def strength_used(self) -> float | None:
+        """The strength the calls run at: the one asked, else generate's default for the task; None for txt2img."""
+        if self.task == "txt2img":
+            return None
+        return self.strength if self.strength is not None else tasks.default_strength(self.task == "inpaint")
+
+    def run_count(self, steps: int) -> int:
+        """The denoising steps a call of STEPS runs (img2img and inpainting run the end of the schedule)."""
+        return steps if self.task == "txt2img" else tasks.steps_run(steps, self.strength_used)
+
+    @property
+    def steps_run(self) -> int:
+        return self.run_count(self.steps)
+
+    @property
+    def warmup_steps_used(self) -> int:
+        """The warm-up call's steps: at least one step run at the task's strength."""
+        if self.task == "txt2img":
+            return self.warmup_steps
+        return max(self.warmup_steps, tasks.min_steps(self.strength_used))
 
     def to_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

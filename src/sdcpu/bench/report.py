@@ -45,14 +45,27 @@ def _overrides(protocol: dict) -> str:
     return f"; {', '.join(changed).replace('_', '-')} from the command line" if changed else ""
 
 
+def _task(protocol: dict) -> str:
+    """' Task: img2img at strength 0.5 ...' for an edit bench; empty for text-to-image (rows older than tasks too)."""
+    task = protocol.get("task", "txt2img")
+    if task == "txt2img":
+        return ""
+    p = ladders.Protocol.from_dict(protocol)
+    what = "img2img of" if task == "img2img" else "inpainting (the centred quarter masked) of"
+    return (f" Task: {what} the bench's own input image (inputs/) at strength {p.strength_used}: "
+            f"{_steps(p.steps_run)} of {p.steps} run per call.")
+
+
 def header(rows: list[dict]) -> list[str]:
     first = rows[0]
     p, cpu = first["protocol"], first["cpu"]
     peaks = ", ".join(f"{dtype} {value:.0f}" for dtype, value in first["matmul_peak_gflop_s"].items())
     lines = [
         f"Model `{p['model']}`, {p['width']}x{p['height']}, {_steps(p['steps'])}, guidance {p['guidance']}, seed "
-        f"{p['seed']}, prompt \"{p['prompt']}\"; per rung 1 warm-up call at {_steps(p['warmup_steps'])} then "
-        f"{p['runs']} timed calls, each rung in a fresh process (preset `{p['preset']}`{_overrides(p)}).",
+        f"{p['seed']}, prompt \"{p['prompt']}\"; per rung 1 warm-up call at "
+        f"{_steps(ladders.Protocol.from_dict(p).warmup_steps_used)} then "
+        f"{p['runs']} timed calls, each rung in a fresh process (preset `{p['preset']}`{_overrides(p)})."
+        + _task(p),
         f"Machine: {cpu['model_name']}, {cpu['physical_cores']} physical cores / {cpu['logical_cpus']} logical CPUs, "
         f"{len(cpu['numa_nodes'])} NUMA node(s), bf16 {'native' if cpu['native_bf16'] else 'not native'}; matmul "
         f"peak GFLOP/s: {peaks}. {first['date']}, sdcpu {first['versions'].get('sdcpu')} (git {first['git']}), "

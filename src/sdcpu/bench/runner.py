@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from sdcpu import hardware, profiles, relaunch, steps
-from sdcpu.bench import child, fidelity, ladders, peers
+from sdcpu.bench import child, fidelity, inputs, ladders, peers
 from sdcpu.versions import versions
 
 RESULTS = "results.jsonl"
@@ -35,6 +35,7 @@ def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> li
     if model.kind == "random":
         random_models.ensure_built(model.ref)  # so the first rung does not pay the build
     context = {
+        "inputs": inputs.write(protocol, out / "inputs"),  # img2img and inpainting: the image every rung starts from
         "protocol": protocol.to_dict(), "cpu": cpu.to_dict(), "versions": versions(), "git": git_sha(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "matmul_peak_gflop_s": {"float32": flops.matmul_peak_gflops("float32"),
@@ -63,7 +64,8 @@ def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> li
 def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, started: float) -> dict:
     """The rung's own fields: its child's row, or `failed` with the reason."""
     slug = f"{row['index']:02d}-{re.sub(r'[^a-z0-9]+', '-', rung.name.lower()).strip('-')}"
-    spec = {"recipe": rung.recipe, "protocol": protocol.to_dict(), "image": str(out / "images" / f"{slug}.png")}
+    spec = {"recipe": rung.recipe, "protocol": protocol.to_dict(), "image": str(out / "images" / f"{slug}.png"),
+            "inputs": row["inputs"]}
     fields, before = {"image": f"images/{slug}.png"}, []
     try:
         if rung.peer:

@@ -7,6 +7,7 @@ Default protocol: the seed's (1 warm-up call at 10 steps, 10 timed calls at 20 s
 import dataclasses
 from pathlib import Path
 
+from sdcpu import tasks
 from sdcpu.bench import ladders
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
@@ -32,6 +33,9 @@ def register(sub):
     p.add_argument("--prompt")
     p.add_argument("--seed", type=int)
     p.add_argument("--guidance", type=float)
+    p.add_argument("--task", choices=tasks.TASKS, help="txt2img (default), img2img or inpaint: every rung edits the "
+                                                        "bench's own input image (OUT/inputs/), the same for each")
+    p.add_argument("--strength", type=float, help="img2img/inpaint strength (default 0.75 img2img, 1 inpaint)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder (default %(default)s/)")
     p.set_defaults(func=run)
 
@@ -43,7 +47,7 @@ def protocol_from(args) -> ladders.Protocol:
     parse_spec(args.model)  # refuse a bad model spec before anything is created
 
     changes = {"model": args.model, "preset": args.preset, **ladders.PRESETS[args.preset]}
-    for name in ("steps", "runs", "warmup_steps", "prompt", "seed", "guidance"):
+    for name in ("steps", "runs", "warmup_steps", "prompt", "seed", "guidance", "task", "strength"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.size:

@@ -55,7 +55,7 @@ def run(args) -> int:
         num_images=args.num_images,
     ).validate()
     edit = _edit(args)
-    tasks.check_steps(request.steps, edit)
+    tasks.check_steps(request.steps, edit and edit.strength)
     paths = generate.output_paths(args.output, request.seeds())
     relaunch.under_plan(recipe, cpu, why=why_auto)
 
@@ -113,5 +113,5 @@ def _edit(args):
                     data[option] = file.read(tasks.MAX_INPUT_BYTES + 1)
             except OSError as err:
                 raise UsageError(f"{option} {path}: {err.strerror}") from None
-    default = 1.0 if args.mask else 0.75  # diffusers' defaults: inpainting repaints the masked area from noise
-    return tasks.edit(data["--image"], data.get("--mask"), default if args.strength is None else args.strength)
+    strength = tasks.default_strength(args.mask is not None) if args.strength is None else args.strength
+    return tasks.edit(data["--image"], data.get("--mask"), strength)
