@@ -86,19 +86,48 @@ def test_the_three_tasks_share_one_set_of_weights(pipe):
     assert tasks.pipeline_for(pipe, "img2img") is img2img  # made once
 
 
-@pytest.mark.parametrize("recipe", ["openvino=f32", "tiny-vae", "deepcache=2", "channels_last"])
-def test_every_task_runs_under_a_recipe_step(recipe):
-    """Each step under img2img and inpainting: applied (the image made at the right size) or skipped with its
-    reason; OpenVINO converts the VAE encoder on the first call that needs it."""
+# Each recipe step under img2img and inpainting (compile and int8 compile or calibrate for minutes: slow, below).
+# bf16 is applied only where the CPU has it natively, else skipped with that reason: either outcome is checked.
+STEPS_UNDER_TASKS = ["openvino=f32", "tiny-vae", "deepcache=2", "tome", "lcm-lora", "channels_last", "bf16",
+                     "scheduler=dpm++"]
+
+
+def check_tasks_under(recipe: str, applied: bool = True) -> None:
+    """RECIPE's steps applied (or, where APPLIED is False, skipped with a reason), then img2img and inpainting each make
+    an image of the right size; OpenVINO converts the VAE encoder on the first call that needs it."""
     stepped = load_pipeline("random:tiny")
     _, outcomes = optimize(stepped, recipe)
-    (outcome,) = outcomes
-    assert outcome.applied, outcome.detail
+    for outcome in outcomes:
+        assert outcome.applied or (not applied and outcome.detail), outcome
     image = png(picture())
     for edit in (tasks.edit(image, strength=0.6), tasks.edit(image, png(mask(True)), strength=1.0)):
-        assert make(stepped, edit=edit).size == (SIZE, SIZE)
-    if recipe.startswith("openvino"):
+        made = make(stepped, edit=edit, steps=2 if "lcm-lora" not in recipe else 4)
+        assert made.size == (SIZE, SIZE) and np.asarray(made).std() > 0  # a picture, not a blank
+    if "openvino" in recipe:
         assert stepped.vae.encode_run.compiled is not None  # the encoder ran on OpenVINO, not on torch
+
+
+@pytest.mark.parametrize("recipe", STEPS_UNDER_TASKS)
+def test_every_task_runs_under_a_recipe_step(recipe):
+    check_tasks_under(recipe, applied=recipe != "bf16")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", ["compile", "openvino=f32,int8", "lcm-lora,openvino=f32"])
+def test_every_task_runs_under_a_compiling_or_quantizing_recipe(recipe):
+    check_tasks_under(recipe)
+
+
+def test_deepcache_restarts_its_schedule_for_each_img2img_image(pipe):
+    """img2img starts mid-schedule: DeepCache's first UNet call of each image must be a full one, so the same input
+    makes the same image twice (a stale cache from the first call would change the second), and the shallow calls
+    make it differ from the exact image."""
+    cached = load_pipeline("random:tiny")
+    optimize(cached, "deepcache=2")
+    edit = tasks.edit(png(picture()), strength=0.75)
+    first = make(cached, edit=edit, steps=4)
+    assert level_difference(first, make(cached, edit=edit, steps=4)) <= REMADE_ALONE_LEVELS
+    assert level_difference(first, make(pipe, edit=edit, steps=4)) > REMADE_ALONE_LEVELS
 
 
 def test_openvino_img2img_is_the_eager_image(pipe):

@@ -54,7 +54,7 @@ def run(spec: dict) -> dict:
     request = protocol.request(steps=defaults.get("num_inference_steps", protocol.steps),
                                guidance=defaults.get("guidance_scale", protocol.guidance))
     protocol = dataclasses.replace(protocol, steps=request.steps)  # a recipe's own steps (lcm-lora's 4): steps run
-    edit = inputs.edit(protocol, spec.get("inputs"))  # img2img, inpainting: the runner's input image
+    edit = inputs.edit(spec.get("inputs"))  # img2img, inpainting: the runner's input image
 
     # 3. Warm-up: the first call compiles, for compiling steps; its time is kept apart.
     progress(phase="warm-up", steps=protocol.warmup_steps_used)
@@ -97,20 +97,24 @@ def run(spec: dict) -> dict:
     return row
 
 
-def protocol_calls(call, protocol: dict):
-    """A peer child's calls: CALL(steps) once at the protocol's warm-up steps, then its timed calls, with the progress
-    lines sdcpu's own child prints; (warm-up seconds, the timed calls' seconds, the last call's result)."""
-    progress(phase="warm-up", steps=protocol["warmup_steps"])
+def protocol_calls(call, spec: dict):
+    """A peer child's calls: CALL(steps) once at the warm-up steps, then its timed calls, with the progress lines
+    sdcpu's own child prints; (warm-up seconds, the timed calls' seconds, the last call's result, the row's timing
+    fields)."""
+    protocol, edit = spec["protocol"], spec.get("inputs") or {}  # img2img, inpainting: inputs.write's counts
+    warmup_steps, steps_run = edit.get("warmup_steps", protocol["warmup_steps"]), edit.get("steps_run", protocol["steps"])
+    progress(phase="warm-up", steps=warmup_steps)
     start = time.perf_counter()
-    call(protocol["warmup_steps"])
+    call(warmup_steps)
     warmup_s, times = time.perf_counter() - start, []
     for index in range(protocol["runs"]):
         start = time.perf_counter()
         result = call(protocol["steps"])
         times.append(time.perf_counter() - start)
-        progress(phase="run", run=index + 1, runs=protocol["runs"], seconds=times[-1],
-                 s_per_step=times[-1] / protocol["steps"])
-    return warmup_s, times, result
+        progress(phase="run", run=index + 1, runs=protocol["runs"], seconds=times[-1], s_per_step=times[-1] / steps_run)
+    fields = {"steps_applied": protocol["steps"], "steps_run": steps_run,
+              **timing_fields(times, steps_run, warmup_s, edit.get("warmup_steps_run", warmup_steps))}
+    return result, fields
 
 
 def timing_fields(times: list[float], steps: int, warmup_s: float, warmup_steps: int) -> dict:

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from sdcpu.bench.child import protocol_calls, timing_fields
+from sdcpu.bench.child import protocol_calls
 from sdcpu.home import sdcpu_home
 
 
@@ -62,37 +62,44 @@ def main() -> int:
     # 1. The IR, exported once; then load, reshape to the protocol's static shape, compile.
     folder, cached, export_s = exported(spec["model_path"], spec["exporter"])
     start = time.perf_counter()
-    pipe = openvino_genai.Text2ImagePipeline(str(folder))
+    edit = spec.get("inputs") or {}  # img2img, inpainting: the bench's input image (sdcpu.bench.inputs)
+    kind = {"img2img": openvino_genai.Image2ImagePipeline, "inpaint": openvino_genai.InpaintingPipeline}.get(
+        edit.get("task"), openvino_genai.Text2ImagePipeline)
+    pipe = kind(str(folder))
     pipe.reshape(1, protocol["height"], protocol["width"], protocol["guidance"])
     pipe.compile("CPU", INFERENCE_NUM_THREADS=spec["threads"])
     compile_s = time.perf_counter() - start
     precision = openvino.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
 
     negative = {"negative_prompt": protocol["negative_prompt"]} if protocol.get("negative_prompt") else {}
+    inputs = [openvino.Tensor(numpy.asarray(Image.open(edit[name]).convert("RGB"))[None])
+              for name in ("image", "mask") if edit.get(name)]  # uint8 NHWC, as GenAI's samples pass them
+    if edit:
+        negative["strength"] = edit["strength"]
 
     def call(steps):
-        tensor = pipe.generate(protocol["prompt"], **negative,
+        tensor = pipe.generate(protocol["prompt"], *inputs, **negative,
                                width=protocol["width"], height=protocol["height"], num_inference_steps=steps,
                                guidance_scale=protocol["guidance"],
                                generator=openvino_genai.TorchGenerator(protocol["seed"]))
         return Image.fromarray(numpy.asarray(tensor.data[0]))
 
-    warmup_s, times, image = protocol_calls(call, protocol)
+    image, timing = protocol_calls(call, spec)
     image.save(spec["image"])
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
     row = {
-        "recipe_resolved": f"OpenVINO GenAI {version('openvino-genai')} Text2ImagePipeline, static "
+        "recipe_resolved": f"OpenVINO GenAI {version('openvino-genai')} {kind.__name__}, static "
                            f"{protocol['width']}x{protocol['height']}, CPU plugin precision {precision}, "
                            f"{spec['threads']} threads",
         "steps": [{"step": "export", "applied": True, "s": round(export_s, 2),
                    "detail": f"IR {'reused from' if cached else 'exported by optimum-cli to'} {folder}"},
                   {"step": "reshape+compile", "applied": True, "s": round(compile_s, 2), "detail": "CPU"}],
         "load_s": round(compile_s, 2), "prepare_s": round(export_s + compile_s, 2),
-        "cache_before": {"openvino": cached}, "steps_applied": protocol["steps"], "guidance": protocol["guidance"],
+        "cache_before": {"openvino": cached}, "guidance": protocol["guidance"],
         "cfg_batch": 2 if protocol["guidance"] > 1 else 1, "scheduler": scheduler,
         "random_weights": spec["random_weights"], "fidelity_note": None,
         "export_peak_rss_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
-        **timing_fields(times, protocol["steps"], warmup_s, protocol["warmup_steps"]),
+        **timing,
     }
     print(json.dumps(row), flush=True)
     return 0

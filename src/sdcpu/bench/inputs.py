@@ -10,7 +10,9 @@ from pathlib import Path
 
 
 def write(protocol, folder: Path) -> dict:
-    """Write PROTOCOL's inputs under FOLDER: {"image": path, "mask": path or None}; {} for text-to-image."""
+    """Write PROTOCOL's inputs under FOLDER; what every child reads of the task, sdcpu's or a peer's without sdcpu's
+    modules: {"task", "image": path, "mask": path or None, "strength", "warmup_steps" (what the warm-up call asks),
+    "steps_run", "warmup_steps_run" (the denoising steps a timed call and the warm-up run)}; {} for text-to-image."""
     if protocol.task == "txt2img":
         return {}
     from PIL import Image, ImageDraw
@@ -24,7 +26,10 @@ def write(protocol, folder: Path) -> dict:
     for _ in range(6):
         x, y, r = rng.randrange(width), rng.randrange(height), rng.randrange(8, max(9, min(width, height) // 4))
         draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(rng.randrange(256) for _ in range(3)))
-    paths = {"image": str(folder / "image.png"), "mask": None}
+    warmup = protocol.warmup_steps_used
+    paths = {"task": protocol.task, "image": str(folder / "image.png"), "mask": None,
+             "strength": protocol.strength_used, "warmup_steps": warmup, "steps_run": protocol.steps_run,
+             "warmup_steps_run": protocol.run_count(warmup)}
     image.save(paths["image"])
     if protocol.task == "inpaint":
         mask = Image.new("L", (width, height), 0)
@@ -34,11 +39,11 @@ def write(protocol, folder: Path) -> dict:
     return paths
 
 
-def edit(protocol, paths: dict):
-    """The tasks.Edit of PATHS (what write made) at the protocol's strength; None for text-to-image."""
-    if not paths:
+def edit(written: dict):
+    """The tasks.Edit of what write returned; None for text-to-image."""
+    if not written:
         return None
     from sdcpu import tasks
 
-    data = {name: Path(path).read_bytes() for name, path in paths.items() if path}
-    return tasks.edit(data["image"], data.get("mask"), protocol.strength_used)
+    mask = Path(written["mask"]).read_bytes() if written["mask"] else None
+    return tasks.edit(Path(written["image"]).read_bytes(), mask, written["strength"])

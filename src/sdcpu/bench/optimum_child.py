@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from sdcpu.bench.child import protocol_calls, timing_fields
+from sdcpu.bench.child import protocol_calls
 from sdcpu.home import sdcpu_home
 
 
@@ -22,7 +22,9 @@ def main() -> int:
 
     import openvino
     import torch
-    from optimum.intel import OVStableDiffusionPipeline
+    from optimum.intel import (OVStableDiffusionImg2ImgPipeline, OVStableDiffusionInpaintPipeline,
+                               OVStableDiffusionPipeline)
+    from PIL import Image
 
     optimum_version = version("optimum-intel")
 
@@ -32,33 +34,38 @@ def main() -> int:
     exported = home / "optimum" / key
     start = time.perf_counter()
     cached = (exported / "model_index.json").is_file()
-    if cached:
-        pipe = OVStableDiffusionPipeline.from_pretrained(exported, compile=False)
-    else:
-        pipe = OVStableDiffusionPipeline.from_pretrained(spec["model_path"], export=True, compile=False)
-        pipe.save_pretrained(exported)
+    edit = spec.get("inputs") or {}  # img2img, inpainting: the bench's input image (sdcpu.bench.inputs)
+    kind = {"img2img": OVStableDiffusionImg2ImgPipeline, "inpaint": OVStableDiffusionInpaintPipeline}.get(
+        edit.get("task"), OVStableDiffusionPipeline)
+    if not cached:  # the export holds every component (the VAE encoder too): one for all three tasks
+        OVStableDiffusionPipeline.from_pretrained(spec["model_path"], export=True, compile=False).save_pretrained(exported)
+    pipe = kind.from_pretrained(exported, compile=False)
     # 2. Static shapes, as the seed: batch 1, one image per prompt, the protocol's size.
     pipe.reshape(batch_size=1, height=protocol["height"], width=protocol["width"], num_images_per_prompt=1)
     pipe.compile()
     prepare_s = time.perf_counter() - start
 
-    def call(steps):
-        return pipe(protocol["prompt"], num_inference_steps=steps, height=protocol["height"], width=protocol["width"],
-                    guidance_scale=protocol["guidance"],
-                    generator=torch.Generator("cpu").manual_seed(protocol["seed"])).images[0]  # sdcpu's latents
+    images = {"image": Image.open(edit["image"]).convert("RGB"), "strength": edit["strength"]} if edit else {}
+    if edit.get("mask"):
+        images["mask_image"] = Image.open(edit["mask"]).convert("L")
+    size = {} if edit.get("task") == "img2img" else {"height": protocol["height"], "width": protocol["width"]}
 
-    warmup_s, times, image = protocol_calls(call, protocol)
+    def call(steps):
+        return pipe(protocol["prompt"], num_inference_steps=steps, guidance_scale=protocol["guidance"], **size,
+                    **images, generator=torch.Generator("cpu").manual_seed(protocol["seed"])).images[0]  # sdcpu's latents
+
+    image, timing = protocol_calls(call, spec)
     image.save(spec["image"])
     row = {
-        "recipe_resolved": f"optimum-intel {optimum_version} OVStableDiffusionPipeline, static {protocol['width']}x"
+        "recipe_resolved": f"optimum-intel {optimum_version} {kind.__name__}, static {protocol['width']}x"
                            f"{protocol['height']}, OpenVINO {openvino.__version__.split('-')[0]} default precision",
         "steps": [{"step": "export", "applied": True, "s": round(prepare_s, 2),
                    "detail": f"IR {'reused from' if cached else 'exported to'} {exported}"}],
         "load_s": round(prepare_s, 2), "prepare_s": round(prepare_s, 2),
-        "cache_before": {"openvino": cached}, "steps_applied": protocol["steps"], "guidance": protocol["guidance"],
+        "cache_before": {"openvino": cached}, "guidance": protocol["guidance"],
         "cfg_batch": 2 if protocol["guidance"] > 1 else 1, "scheduler": type(pipe.scheduler).__name__,
         "random_weights": spec["random_weights"],
-        **timing_fields(times, protocol["steps"], warmup_s, protocol["warmup_steps"]),
+        **timing,
     }
     print(json.dumps(row), flush=True)
     return 0

@@ -26,7 +26,6 @@ class Peer:
     own_environment: str  # why it cannot share sdcpu's .venv
     reads: str  # what it loads: "folder" (diffusers), "ir" (OpenVINO IR, exported by optimum-intel), "single-file"
     variants: tuple[str, ...] = ()  # what `NAME:VARIANT` may name; the first is the default
-    tasks: tuple[str, ...] = ("txt2img",)  # the bench tasks its child runs
 
     def python(self, environ) -> Path:
         return Path(environ.get(self.python_variable, CHECKOUT / self.venv / "bin" / "python"))
@@ -72,9 +71,6 @@ def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict, list[
     from sdcpu.home import sdcpu_home
 
     peer, variant = parse(text)
-    task = spec["protocol"].get("task", "txt2img")
-    if task not in peer.tasks:
-        raise RuntimeError(f"{peer.name}'s bench child runs {', '.join(peer.tasks)}, not {task}")
     for needed in (peer, EXPORTER) if peer.reads == "ir" else (peer,):
         if reason := needed.missing(environ):
             raise RuntimeError(reason if needed is peer else f"{peer.name} reads IR exported by optimum-intel: {reason}")

@@ -15,7 +15,7 @@ import sys
 import time
 from importlib.metadata import version
 
-from sdcpu.bench.child import protocol_calls, timing_fields
+from sdcpu.bench.child import protocol_calls
 
 TRAIN_TIMESTEPS = 1000  # SD's, and sd.cpp's fixed TIMESTEPS
 SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")  # diffusers options that move sigmas
@@ -75,19 +75,24 @@ def main() -> int:
 
     # 1. Load; q8_0 is converted from the f32 file here, as `sd-cli --type q8_0` does.
     start = time.perf_counter()
+    edit = spec.get("inputs") or {}  # img2img, inpainting: the bench's input image (sdcpu.bench.inputs)
     engine = StableDiffusion(model_path=spec["model_path"], wtype=weights, n_threads=spec["threads"],
-                             rng_type="cpu", sampler_rng_type="cpu", vae_decode_only=True, verbose=True)
+                             rng_type="cpu", sampler_rng_type="cpu", vae_decode_only=not edit, verbose=True)
     load_s = time.perf_counter() - start
     cfg_scale = protocol["guidance"] if protocol["guidance"] > 1 else 1.0  # diffusers: guidance <= 1 is no CFG
+
+    images = {"init_image": edit["image"], "strength": edit["strength"]} if edit else {}
+    if edit.get("mask"):
+        images["mask_image"] = edit["mask"]
 
     def call(steps):
         return engine.generate_image(
             protocol["prompt"], negative_prompt=protocol["negative_prompt"], width=protocol["width"],
             height=protocol["height"], cfg_scale=cfg_scale, sample_method=method, scheduler=schedule,
-            sample_steps=steps, seed=protocol["seed"])[0]
+            sample_steps=steps, seed=protocol["seed"], **images)[0]
 
     # 2. One warm-up call, then the timed calls.
-    warmup_s, times, image = protocol_calls(call, protocol)
+    image, timing = protocol_calls(call, spec)
     image.convert("RGB").save(spec["image"])  # the wrapper adds an opaque alpha channel to sd.cpp's RGB
     row = {
         "recipe_resolved": f"stable-diffusion.cpp (stable-diffusion-cpp-python {engine_version}) {weights} "
@@ -96,11 +101,11 @@ def main() -> int:
         "steps": [{"step": "load", "applied": True, "s": round(load_s, 2),
                    "detail": f"{spec['model_path']} loaded" + (f", converted to {weights}"
                                                                if weights != "f32" else "")}],
-        "load_s": round(load_s, 2), "prepare_s": round(load_s, 2), "steps_applied": protocol["steps"],
+        "load_s": round(load_s, 2), "prepare_s": round(load_s, 2),
         "guidance": protocol["guidance"], "cfg_batch": 2 if cfg_scale > 1 else 1, "scheduler": f"{method}/{schedule}",
         "random_weights": spec["random_weights"], "threads": spec["threads"], "fidelity_note": note,
         "ggml_cpu_features": features,
-        **timing_fields(times, protocol["steps"], warmup_s, protocol["warmup_steps"]),
+        **timing,
     }
     print(json.dumps(row), file=row_out, flush=True)
     return 0
