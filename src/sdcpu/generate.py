@@ -87,10 +87,12 @@ def run(pipe, request: Request, edit=None) -> Result:
     return run_batch(pipe, [request], edit)
 
 
-def run_batch(pipe, requests: list[Request], edit=None) -> Result:
+def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
     """REQUESTS (same size, steps and guidance) in one pipeline call, one prompt per image: the images come in request
     order, each from its own seed's generator, so a request's images are those it gets alone (up to float rounding).
-    EDIT (a tasks.Edit) makes it img2img or inpainting, on the same components."""
+    EDIT (a tasks.Edit) makes it img2img or inpainting, on the same components. ON_STEP(step_index, steps_run,
+    latents) is called after each denoising step (diffusers' callback_on_step_end); when it returns True the call
+    stops there (diffusers' interrupt) and the images are decoded from the latents it has."""
     import torch
 
     from sdcpu import tasks
@@ -104,6 +106,12 @@ def run_batch(pipe, requests: list[Request], edit=None) -> Result:
     generators = [torch.Generator("cpu").manual_seed(seed) for r in requests for seed in r.seeds()]
     target = tasks.pipeline_for(pipe, edit.task if edit else "txt2img")
     size = {} if edit and edit.task == "img2img" else {"width": first.width, "height": first.height}
+
+    def step_end(pipeline, index, timestep, tensors):
+        if on_step(index, pipeline.num_timesteps, tensors["latents"]):
+            pipeline._interrupt = True  # diffusers skips the remaining steps, then decodes
+        return tensors
+
     start = time.perf_counter()
     with torch.inference_mode(), component_split(pipe) as split:
         output = target(
@@ -114,8 +122,10 @@ def run_batch(pipe, requests: list[Request], edit=None) -> Result:
             generator=generators,
             **size,
             **tasks.call_arguments(edit, first.width, first.height, first.steps, len(prompts)),
+            **({} if on_step is None else {"callback_on_step_end": step_end}),
         )
-    return Result(images=output.images, seconds=time.perf_counter() - start, split=split)
+        images = tasks.pasted_back(target, edit, output.images, first.width, first.height)
+    return Result(images=images, seconds=time.perf_counter() - start, split=split)
 
 
 def parameters_text(request: Request, seed: int, *, model: str, random_weights: bool, scheduler: str, recipe: str,

@@ -7,6 +7,7 @@ runs diffusers' own pipeline, made from the loaded one with `from_pipe`: the sam
 (and whatever a recipe did to them: a backend's compiled UNet, TAESD, a LoRA) serves all three.
 """
 
+import dataclasses
 import hashlib
 import io
 import math
@@ -29,6 +30,7 @@ class Edit:
     mask: object = None  # PIL L, the image's size
     strength: float = 0.75
     image_sha256: str = ""
+    paste_back: bool = False  # the result pasted onto the image through the mask (A1111's overlay; its blur: soft seams)
 
     @property
     def task(self) -> str:
@@ -41,7 +43,7 @@ class Edit:
         if self.image.size == (width, height):
             return self
         mask = None if self.mask is None else self.mask.resize((width, height), Image.NEAREST)
-        return Edit(self.image.resize((width, height), Image.LANCZOS), mask, self.strength, self.image_sha256)
+        return dataclasses.replace(self, image=self.image.resize((width, height), Image.LANCZOS), mask=mask)
 
 
 def steps_run(steps: int, strength: float) -> int:
@@ -97,14 +99,21 @@ def decode(data: bytes, what: str):
         raise UsageError(f"{what}: a broken image ({err})") from None
 
 
-def edit(image_data: bytes, mask_data: bytes | None = None, strength: float = 0.75) -> Edit:
-    """An Edit from encoded IMAGE_DATA (and MASK_DATA: white = repaint), each checked by decoding."""
+def edit(image_data: bytes, mask_data: bytes | None = None, strength: float | None = None, *,
+         mask_alpha: bool = False) -> Edit:
+    """An Edit from encoded IMAGE_DATA (and MASK_DATA: white = repaint; with MASK_ALPHA, OpenAI's convention: alpha 0
+    marks the area to repaint), each checked by decoding. STRENGTH None: the task's default_strength."""
     image = decode(image_data, "image").convert("RGB")
     mask = None
     if mask_data is not None:
-        mask = decode(mask_data, "mask").convert("L")
+        mask = decode(mask_data, "mask")
+        if mask_alpha and not mask.has_transparency_data:
+            raise UsageError("mask: no alpha channel; its alpha 0 marks the area to edit (OpenAI's convention)")
+        mask = mask.convert("RGBA").getchannel("A").point([255] + [0] * 255) if mask_alpha else mask.convert("L")
         if mask.size != image.size:
             raise UsageError(f"mask: {mask.width}x{mask.height}, not the image's {image.width}x{image.height}")
+    if strength is None:
+        strength = default_strength(mask is not None)
     return Edit(image, mask, check_strength(strength), hashlib.sha256(image_data).hexdigest())
 
 
@@ -148,3 +157,12 @@ def call_arguments(edit: Edit | None, width: int, height: int, steps: int, count
     if sized.mask is not None:
         arguments["mask_image"] = [sized.mask] * count
     return arguments
+
+
+def pasted_back(pipeline, edit: Edit | None, images: list, width: int, height: int) -> list:
+    """IMAGES onto EDIT's image through its mask, where the edit asks for it (diffusers' apply_overlay), else as
+    they are."""
+    if edit is None or not edit.paste_back or edit.mask is None:
+        return images
+    sized = edit.sized(width, height)
+    return [pipeline.image_processor.apply_overlay(sized.mask, sized.image, image) for image in images]

@@ -113,5 +113,4 @@ def _edit(args):
                     data[option] = file.read(tasks.MAX_INPUT_BYTES + 1)
             except OSError as err:
                 raise UsageError(f"{option} {path}: {err.strerror}") from None
-    strength = tasks.default_strength(args.mask is not None) if args.strength is None else args.strength
-    return tasks.edit(data["--image"], data.get("--mask"), strength)
+    return tasks.edit(data["--image"], data.get("--mask"), args.strength)
