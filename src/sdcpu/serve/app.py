@@ -1,4 +1,5 @@
-"""The HTTP service: OpenAI's and AUTOMATIC1111's image APIs, /health, /metrics and the page at `/`, on FastAPI.
+"""The HTTP service: OpenAI's and AUTOMATIC1111's image APIs (their routes in openai_routes.py and a1111_routes.py),
+/health, /metrics and the page at `/`, on FastAPI.
 
 Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for
 bad input (400), a missing or wrong key (401), an unknown path (404); 503 with Retry-After when the queue is full or
@@ -12,10 +13,10 @@ import base64
 import contextlib
 import copy
 import hmac
-import json
+import io
 import math
 import os
-import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import resources
 
@@ -26,9 +27,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from sdcpu import generate, steps
-from sdcpu.serve import schemas
+from sdcpu.serve import a1111_routes, openai_routes, schemas
 from sdcpu.serve.metrics import Metrics
-from sdcpu.serve.queue import Done, NotReady, QueueFull, Worker
+from sdcpu.serve.preview import Previewer
+from sdcpu.serve.queue import Done, GenerationFailed, NotReady, QueueFull, Worker
 
 
 @dataclass(frozen=True)
@@ -40,12 +42,9 @@ class Settings:
     api_key: str | None = None
 
 
-class GenerationFailed(Exception):
-    """The pipeline raised while making a request's images: 500."""
-
-
 def create_app(worker: Worker, settings: Settings) -> FastAPI:
     metrics = Metrics(worker.depth)
+    service = Service(worker, settings, metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -56,7 +55,6 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     app = FastAPI(title="sdcpu serve", version="1", lifespan=lifespan)
     app.middleware("http")(metrics.middleware())
     _error_handlers(app, worker)
-    limits = _Limits(worker, settings)
 
     async def require_key(request: Request):
         expected = f"Bearer {settings.api_key}".encode()
@@ -64,27 +62,8 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
             raise HTTPException(401, "missing or wrong API key: send the header Authorization: Bearer KEY",
                                 headers={"WWW-Authenticate": "Bearer"})
 
-    async def run(job: schemas.Job) -> tuple[list[str], dict]:
-        future = worker.submit(job)  # NotReady, QueueFull: 503 at once
-        try:
-            done: Done = await asyncio.wrap_future(future)
-        except Exception as error:  # noqa: BLE001 - answered 500, the server goes on
-            raise GenerationFailed(f"generation failed: {error}") from error
-        metrics.images.inc(len(done.images))
-        info = _info(job, done, worker)
-        return await run_in_threadpool(_encode, done, job, settings, info), info
-
-    @app.post("/v1/images/generations", dependencies=[Depends(require_key)])
-    async def openai_images(body: schemas.OpenAIImageRequest):
-        """OpenAI's image generation; `steps`, `seed`, `negative_prompt` and `guidance` are sdcpu's extra fields."""
-        images, info = await run(schemas.from_openai(body, limits()))
-        return {"created": int(time.time()), "data": [{"b64_json": image} for image in images], "sdcpu": info}
-
-    @app.post("/sdapi/v1/txt2img", dependencies=[Depends(require_key)])
-    async def a1111_txt2img(body: schemas.A1111Txt2ImgRequest):
-        """AUTOMATIC1111's txt2img: `images` (base64 PNGs), the `parameters` asked, `info` (a JSON string)."""
-        images, info = await run(schemas.from_a1111(body, limits()))
-        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+    app.include_router(openai_routes.router(service), dependencies=[Depends(require_key)])
+    app.include_router(a1111_routes.router(service), dependencies=[Depends(require_key)])
 
     @app.get("/health")
     async def health():
@@ -106,27 +85,57 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     return app
 
 
-class _Limits:
-    """The request bounds, made once the model is loaded (they need its tokenizer and the recipe's call defaults)."""
+class Service:
+    """What the routes of both APIs share: the worker, the settings, the metrics, the request bounds, the previews."""
 
-    def __init__(self, worker: Worker, settings: Settings):
-        self.worker, self.settings, self.limits = worker, settings, None
+    def __init__(self, worker: Worker, settings: Settings, metrics: Metrics):
+        self.worker, self.settings, self.metrics = worker, settings, metrics
+        self._limits = self._previewer = None
 
-    def __call__(self) -> schemas.Limits:
-        if self.limits is None:
+    def limits(self) -> schemas.Limits:
+        """The request bounds, made once the model is loaded (they need its tokenizer and the recipe's defaults)."""
+        if self._limits is None:
             if not self.worker.ready:
                 raise NotReady(self.worker.state)
-            self.limits = schemas.Limits(self.settings.max_size, steps.defaults(self.worker.pipe),
-                                         copy.deepcopy(self.worker.pipe.tokenizer))
-        return self.limits
+            self._limits = schemas.Limits(self.settings.max_size, steps.defaults(self.worker.pipe),
+                                          copy.deepcopy(self.worker.pipe.tokenizer))
+        return self._limits
+
+    def preview_png(self, latents, width: int, height: int) -> str:
+        """The first image of LATENTS (a step's) as a base64 PNG of WIDTHxHEIGHT, decoded cheaply (sdcpu.serve.preview);
+        blocking: call it in a thread."""
+        if self._previewer is None:
+            self._previewer = Previewer(self.worker.pipe)
+        image = self._previewer.images(latents[:1], width, height)[0]
+        out = io.BytesIO()
+        image.save(out, format="PNG")
+        return base64.b64encode(out.getvalue()).decode()
+
+    def submit(self, job: schemas.Job) -> Future:
+        return self.worker.submit(job)  # NotReady, QueueFull: 503 at once
+
+    async def answer(self, job: schemas.Job, future: Future) -> tuple[list[str], dict]:
+        """The base64 PNGs of a submitted JOB and its info, once made."""
+        try:
+            done: Done = await asyncio.wrap_future(future)
+        except Exception as error:  # noqa: BLE001 - answered 500, the server goes on
+            raise GenerationFailed(f"generation failed: {error}") from error
+        self.metrics.images.inc(len(done.images))
+        info = _info(job, done, self.worker)
+        return await run_in_threadpool(_encode, done, job, self.settings, info), info
+
+    async def run(self, job: schemas.Job) -> tuple[list[str], dict]:
+        return await self.answer(job, self.submit(job))
 
 
 def _info(job: schemas.Job, done: Done, worker: Worker) -> dict:
-    r = job.request
+    r, edit = job.request, job.edit
     return {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "seed": r.seed, "all_seeds": r.seeds(),
             "steps": r.steps, "cfg_scale": r.guidance, "width": r.width, "height": r.height,
             "sampler_name": job.scheduler or worker.scheduler_name, "seconds": round(done.seconds, 3),
-            "batch_images": done.batch_images}
+            "batch_images": done.batch_images, "task": edit.task if edit else "txt2img",
+            "denoising_strength": edit.strength if edit else None, "steps_done": done.steps_done,
+            "interrupted": done.interrupted}
 
 
 def _encode(done: Done, job: schemas.Job, settings: Settings, info: dict) -> list[str]:
@@ -134,7 +143,7 @@ def _encode(done: Done, job: schemas.Job, settings: Settings, info: dict) -> lis
     out = []
     for image, seed in zip(done.images, job.request.seeds()):
         text = generate.parameters_text(job.request, seed, model=settings.model, random_weights=settings.random_weights,
-                                        scheduler=info["sampler_name"], recipe=settings.recipe)
+                                        scheduler=info["sampler_name"], recipe=settings.recipe, edit=job.edit)
         out.append(base64.b64encode(generate.encode_png(image, text)).decode())
     return out
 

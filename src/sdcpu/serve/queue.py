@@ -4,14 +4,18 @@ only share the same cores); requests wait in a bounded queue in front of it.
 The thread first loads, optimizes and warms up the model (`prepare`, so the first request pays no compile), then
 takes jobs in arrival order. With max_batch > 1, the jobs waiting with the same size, steps, guidance and scheduler
 as the first one join it in one pipeline call (a prompt list), up to max_batch images; benchmarks/serve_batching.py
-measures whether that is faster on a machine (it is off by default).
+measures whether that is faster on a machine (it is off by default). An img2img or inpainting job runs alone.
+
+The call running is `Worker.running` (its step, its latest latents: /sdapi/v1/progress reads it); `interrupt()` stops
+it at its next step, and its jobs get the images of the latents it has.
 """
 
 import collections
 import logging
 import threading
+import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sdcpu import generate, schedulers
 from sdcpu.serve.schemas import Job
@@ -27,16 +31,35 @@ class NotReady(Exception):
     """The model is still loading or warming up (or failed to): answered 503 with the reason."""
 
 
+class GenerationFailed(Exception):
+    """The pipeline raised while making a request's images: 500."""
+
+
 @dataclass(frozen=True)
 class Done:
     images: list  # PIL images of the job, in seed order
     seconds: float  # wall time of the pipeline call that made them
     batch_images: int  # images made by that call (more than the job's when batched)
+    steps_done: int  # denoising steps run (fewer than asked when interrupted)
+    interrupted: bool = False
+
+
+@dataclass
+class Running:
+    """The pipeline call in progress."""
+
+    jobs: list[Job]
+    steps: int  # the denoising steps it runs
+    started: float = field(default_factory=time.monotonic)
+    step: int = 0  # steps done
+    latents: object = None  # after the last step done
+    interrupted: bool = False
 
 
 def batch_key(job: Job) -> tuple:
     r = job.request
-    return r.width, r.height, r.steps, r.guidance, job.scheduler
+    # an edit's job runs alone: generate.run_batch takes one edit per call, and each request's Edit is its own object
+    return r.width, r.height, r.steps, r.guidance, job.scheduler, id(job.edit)
 
 
 class Worker:
@@ -47,6 +70,7 @@ class Worker:
         self.pipe = None
         self.scheduler_name = None  # the recipe's scheduler, used when a request names none
         self.last_seconds = 1.0  # the last pipeline call's wall time, for Retry-After
+        self.running: Running | None = None
         self._prepare, self._on_fatal = prepare, on_fatal
         self._waiting: collections.deque[tuple[Job, Future]] = collections.deque()
         self._cond = threading.Condition()
@@ -76,6 +100,13 @@ class Worker:
             self._waiting.append((job, future))
             self._cond.notify()
         return future
+
+    def interrupt(self) -> bool:
+        """Stop the call running at its next step (its jobs get the images it has); False when none runs."""
+        running = self.running
+        if running is not None:
+            running.interrupted = True
+        return running is not None
 
     def close(self, timeout: float | None = None) -> None:
         """Finish the jobs already queued, then stop the thread."""
@@ -120,18 +151,33 @@ class Worker:
         live = [(job, future) for job, future in batch if future.set_running_or_notify_cancel()]  # not given up
         if not live:
             return
+        jobs = [job for job, _ in live]
+        running = self.running = Running(jobs, jobs[0].steps_run)
+
+        def on_step(index, steps, latents):
+            running.step, running.steps, running.latents = index + 1, steps, latents
+            first = 0
+            for job in jobs:
+                if job.on_step is not None:
+                    job.on_step(index, steps, latents[first:first + job.request.num_images])
+                first += job.request.num_images
+            return running.interrupted
+
         try:
-            self._use_scheduler(live[0][0].scheduler)
-            result = generate.run_batch(self.pipe, [job.request for job, _ in live])
+            self._use_scheduler(jobs[0].scheduler)
+            result = generate.run_batch(self.pipe, [job.request for job in jobs], jobs[0].edit, on_step)
         except Exception as error:  # noqa: BLE001 - the requests fail, the worker goes on
             log.exception("generation failed")
             for _, future in live:
                 future.set_exception(error)
             return
+        finally:
+            self.running = None
         self.last_seconds = result.seconds
         images = iter(result.images)
         for job, future in live:
-            future.set_result(Done([next(images) for _ in job.request.seeds()], result.seconds, len(result.images)))
+            future.set_result(Done([next(images) for _ in job.request.seeds()], result.seconds, len(result.images),
+                                   running.step, running.interrupted))
 
     def _use_scheduler(self, name: str | None) -> None:
         """Swap to NAME's scheduler, made once from the recipe's own (None: the recipe's own)."""

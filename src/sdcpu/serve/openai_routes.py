@@ -1,0 +1,143 @@
+"""OpenAI's images API: /v1/images/generations (JSON) and /v1/images/edits (a multipart form), each answered whole or,
+with `stream: true`, as OpenAI's Server-Sent Events: `partial_images` (0-3) previews spread over the steps
+(`image_generation.partial_image`, for edits `image_edit.partial_image`), then the image (`*.completed`).
+
+An edits form is read in memory, never spooled to disk, and reading stops past its bound (an image and a mask of
+tasks.MAX_INPUT_BYTES each, and the text fields).
+"""
+
+import asyncio
+import json
+import time
+from dataclasses import replace
+
+from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from sdcpu import tasks
+from sdcpu.serve import schemas
+from sdcpu.serve.queue import GenerationFailed
+
+MAX_FORM_BYTES = 2 * tasks.MAX_INPUT_BYTES + 2**20  # the image, the mask, 1 MiB of text fields and multipart framing
+
+
+def router(service) -> APIRouter:
+    routes = APIRouter()
+
+    @routes.post("/v1/images/generations")
+    async def generations(body: schemas.OpenAIImageRequest):
+        """OpenAI's image generation; `steps`, `seed`, `negative_prompt` and `guidance` are sdcpu's extra fields."""
+        return await _answer(service, body, schemas.from_openai(body, service.limits()), "image_generation")
+
+    @routes.post("/v1/images/edits")
+    async def edits(request: Request):
+        """OpenAI's image edit (a form: `image` and `mask` files, alpha 0 of the mask = the area to edit; the fields of
+        generations and sdcpu's `strength`): img2img without a mask, inpainting with one."""
+        fields, files = await _form(request)
+        images, masks = files.pop("image", []) + files.pop("image[]", []), files.pop("mask", [])
+        if files:
+            raise schemas.BadRequest(f"{next(iter(files))}: Extra inputs are not permitted (a file edits does not take)")
+        if texts := [name for name in ("image", "image[]", "mask") if name in fields]:
+            raise schemas.BadRequest(f"{texts[0]}: send it as a file")
+        if not images:
+            raise schemas.BadRequest("image: Field required (a file)")
+        for name, sent in (("image", images), ("mask", masks)):
+            if len(sent) > 1:
+                raise schemas.BadRequest(f"{name}: one file, got {len(sent)} (sdcpu edits one image)")
+        try:
+            body = schemas.OpenAIEditForm.model_validate(fields)
+        except ValidationError as err:
+            raise RequestValidationError(err.errors()) from None
+        mask = await masks[0].read() if masks else None
+        edit = await run_in_threadpool(schemas.openai_edit, await images[0].read(), mask, body.strength)
+        return await _answer(service, body, schemas.from_openai(body, service.limits(), edit), "image_edit")
+
+    return routes
+
+
+async def _answer(service, body, job: schemas.Job, event_prefix: str):
+    if not body.stream:
+        images, info = await service.run(job)
+        return {"created": int(time.time()), "data": [{"b64_json": image} for image in images], "sdcpu": info}
+    return await _stream(service, job, body.partial_images, event_prefix)
+
+
+async def _stream(service, job: schemas.Job, partial_images: int, event_prefix: str) -> StreamingResponse:
+    """The job's previews after PARTIAL_IMAGES steps spread over its steps, then its image, as OpenAI's events."""
+    loop, latents = asyncio.get_running_loop(), asyncio.Queue()
+    r = job.request
+
+    def on_step(index, steps_run, step_latents):  # on the worker thread
+        if index + 1 in _partial_steps(steps_run, partial_images):
+            loop.call_soon_threadsafe(latents.put_nowait, step_latents.clone())
+
+    job = replace(job, on_step=on_step)
+    future = service.submit(job)  # a full queue or a model not ready: 503 now, before the stream starts
+    future.add_done_callback(lambda _: loop.call_soon_threadsafe(latents.put_nowait, None))
+    tokens = len(service.limits().tokenizer(r.prompt).input_ids)
+    common = {"created_at": int(time.time()), "size": f"{r.width}x{r.height}", "quality": "auto",
+              "background": "opaque", "output_format": "png"}
+
+    async def events():
+        index = 0
+        while (step_latents := await latents.get()) is not None:
+            image = await run_in_threadpool(service.preview_png, step_latents, r.width, r.height)
+            yield _event(f"{event_prefix}.partial_image", {**common, "b64_json": image, "partial_image_index": index})
+            index += 1
+        try:
+            images, info = await service.answer(job, future)
+        except GenerationFailed as error:
+            yield _event("error", {"error": {"message": str(error), "type": "server_error"}})
+            return
+        usage = {"input_tokens": tokens, "input_tokens_details": {"image_tokens": 0, "text_tokens": tokens},
+                 "output_tokens": 0, "total_tokens": tokens}  # sdcpu counts no image tokens: CLIP's text tokens
+        yield _event(f"{event_prefix}.completed", {**common, "b64_json": images[0], "usage": usage, "sdcpu": info})
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _partial_steps(steps: int, partial_images: int) -> set[int]:
+    """After which steps (1-based) the partial images are sent: evenly spread, none at the start or the end (the end
+    is the completed image), so a call of few steps sends fewer (as OpenAI allows)."""
+    return {round(steps * (i + 1) / (partial_images + 1)) for i in range(partial_images)} - {0, steps}
+
+
+def _event(kind: str, data: dict) -> str:
+    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
+
+
+class _InMemory(MultiPartParser):
+    spool_max_size = MAX_FORM_BYTES  # a file part stays in memory up to this: the whole form is bounded by it
+
+
+async def _form(request: Request) -> tuple[dict[str, str], dict[str, list]]:
+    """The edits form, read in memory up to MAX_FORM_BYTES: (its text fields, its files by field name)."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise schemas.BadRequest("send the edit as multipart/form-data (the image and the mask as files)")
+
+    async def bounded():
+        read = 0
+        async for chunk in request.stream():
+            read += len(chunk)
+            if read > MAX_FORM_BYTES:
+                raise schemas.BadRequest(f"the form is more than the {MAX_FORM_BYTES // 2**20} MiB accepted "
+                                         f"(an image and a mask of {tasks.MAX_INPUT_BYTES // 2**20} MiB each)")
+            yield chunk
+
+    try:
+        form = await _InMemory(request.headers, bounded(), max_files=4, max_fields=32).parse()
+    except MultiPartException as err:
+        raise schemas.BadRequest(f"the form: {err.message}") from None
+    fields, files = {}, {}
+    for name, value in form.multi_items():
+        if isinstance(value, str):
+            if name in fields:
+                raise schemas.BadRequest(f"{name}: given more than once")
+            fields[name] = value
+        else:
+            files.setdefault(name, []).append(value)
+    return fields, files

@@ -1,0 +1,62 @@
+"""Previews of a generation in progress: the latents of a step decoded cheaply, for /sdapi/v1/progress's current_image
+and OpenAI's streamed partial images.
+
+The decoder, chosen once (lazily, on the first preview):
+- the pipeline's own VAE when it already is TAESD (diffusers' AutoencoderTiny: the `tiny-vae` step);
+- TAESD: a `random:` model's random-weight one (built offline), else madebyollin/taesd if it is in the hub cache;
+- else A1111's "Approx cheap": a fixed linear map of SD 1.x's 4 latent channels to RGB, at the latent's size, upscaled.
+"""
+
+import logging
+import threading
+
+from sdcpu.algorithms.tiny_vae import TAESD
+
+log = logging.getLogger(__name__)
+
+# A1111's "Approx cheap" (modules/sd_vae_approx.py): latent channel -> RGB in [-1, 1], fitted on SD 1.x latents
+APPROX_CHEAP = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
+
+
+class Previewer:
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.source = None  # what decodes the previews, once chosen
+        self._decode = None
+        self._lock = threading.Lock()
+
+    def images(self, latents, width: int, height: int) -> list:
+        """LATENTS (a step's, as the UNet sees them) as PIL images of WIDTHxHEIGHT."""
+        import torch
+
+        with self._lock:
+            if self._decode is None:
+                self.source, self._decode = _decoder(self.pipe)
+        with torch.inference_mode():
+            pixels = self._decode(latents.float()).clamp(-1, 1)
+        return [image.resize((width, height)) for image in self.pipe.image_processor.postprocess(pixels)]
+
+
+def _decoder(pipe):
+    """(what it is, latents -> pixels in [-1, 1])."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    if isinstance(pipe.vae, AutoencoderTiny):
+        vae = pipe.vae
+        return "the pipeline's TAESD", lambda latents: vae.decode(latents.to(vae.dtype)).sample.float()
+    model = getattr(pipe, "sdcpu_model", None)
+    try:
+        if model is not None and model.random_weights:
+            from sdcpu import random_models
+
+            source, path = "random-weight TAESD", random_models.ensure_tiny_vae(pipe.vae_scale_factor)
+        else:
+            source, path = TAESD, TAESD
+        vae = AutoencoderTiny.from_pretrained(path, local_files_only=True).eval()
+        log.info("previews: %s", source)
+        return source, lambda latents: vae.decode(latents).sample
+    except Exception as err:  # noqa: BLE001 - not in the cache, offline: the weightless approximation serves
+        log.info("previews: approx cheap (no TAESD: %s)", type(err).__name__)
+    coefficients = torch.tensor(APPROX_CHEAP)
+    return "approx cheap", lambda latents: torch.einsum("bchw,cr->brhw", latents, coefficients)
