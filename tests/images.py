@@ -8,6 +8,9 @@ differs by 46 levels on average and 233 at most (random:tiny, 64x48, 2 steps: me
 prompts still fails.
 """
 
+import struct
+import zlib
+
 import numpy as np
 from PIL import Image
 
@@ -18,3 +21,13 @@ def level_difference(a: Image.Image, b: Image.Image) -> int:
     """The largest difference of one channel at one pixel, in 8-bit levels."""
     assert a.size == b.size and a.mode == b.mode
     return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims WIDTHxHEIGHT RGB pixels and holds none: a decoder that trusts it would allocate them."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))

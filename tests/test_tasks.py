@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from images import REMADE_ALONE_LEVELS, level_difference
+from images import REMADE_ALONE_LEVELS, level_difference, png_claiming
 from sdcpu import generate, load_pipeline, optimize, tasks
 from sdcpu.cli import main
 from sdcpu.errors import UsageError
@@ -150,16 +150,8 @@ def test_a_bad_input_image_is_one_clear_error(data, message):
 
 def test_an_oversized_header_is_refused_before_decoding():
     """A PNG claiming 40000x40000 pixels: refused from its header, never decoded (1.6 G pixels, 4.8 GB)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
     with pytest.raises(UsageError, match="more than the 16777216 pixels accepted"):
-        tasks.edit(data)
+        tasks.edit(png_claiming(40000, 40000))
 
 
 def test_a_mask_of_another_size_and_a_bad_strength_are_refused():
