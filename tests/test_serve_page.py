@@ -1,4 +1,5 @@
-"""sdcpu serve's web page in a real headless Chromium: a prompt is submitted through the form and the image appears.
+"""sdcpu serve's web page in a real headless Chromium: a prompt is submitted through the form, the streamed previews
+show, then the image.
 
 Chromium is driven over its DevTools protocol on a pipe (--remote-debugging-pipe: NUL-separated JSON on file
 descriptors 3 and 4), so no WebDriver or browser-automation package is needed."""
@@ -92,15 +93,17 @@ def test_the_page_generates_an_image_in_a_headless_browser(sdcpu_home, tmp_path)
         browser.evaluate("""
             document.getElementById('prompt').value = 'a lighthouse at dusk';
             document.getElementById('size').value = '256x256';
-            document.getElementById('steps').value = '2';
+            document.getElementById('steps').value = '4';
             document.getElementById('seed').value = '7';
             document.getElementById('go').click();""")
         shown = "(() => { const img = document.getElementById('image'); " \
-                "return !img.hidden && img.complete && img.naturalWidth > 0 ? [img.naturalWidth, img.naturalHeight] : null })()"
+                "return img.dataset.final === 'true' && img.complete && img.naturalWidth > 0 ? " \
+                "[img.naturalWidth, img.naturalHeight] : null })()"
         assert browser.wait_for(shown, 180) == [256, 256]
         assert browser.evaluate("document.getElementById('error').textContent") == ""
+        assert browser.evaluate("document.getElementById('image').dataset.partials") == "3"  # after steps 1, 2, 3
         timing = browser.evaluate("document.getElementById('timing').textContent")
-        assert timing.startswith("256x256, 2 steps, seed 7:") and " s generating" in timing
+        assert timing.startswith("256x256, 4 steps, seed 7:") and " s generating" in timing
     finally:
         browser.close()
         assert server.stop() == 0
