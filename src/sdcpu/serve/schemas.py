@@ -206,7 +206,7 @@ def _checked(job: Job, limits: Limits) -> Job:
     request = job.request
     with _answered_400():
         generate.check_size(request.width, request.height, limits.max_size)
-        tasks.check_steps(request.steps, job.edit)
+        tasks.check_steps(request.steps, job.edit and job.edit.strength)
     for field, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
         tokens = len(limits.tokenizer(text).input_ids)
         if tokens > limits.tokenizer.model_max_length:
