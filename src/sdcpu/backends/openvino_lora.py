@@ -1,0 +1,147 @@
+"""LoRAs on the `openvino` backend, without converting the UNet from torch again (its torch module is gone).
+
+- dW per layer: each LoRA is loaded by diffusers' own loader (kohya conversion, alphas, peft metadata) into a
+  skeleton of the UNet and of the text encoder built from their configs: meta-device modules whose base weights are
+  zero-stride CPU tensors (no memory), so peft's `get_delta_weight` gives B @ A x scale exactly as the eager adapters
+  apply it. A set's dW = sum of weight x that, in float32.
+- The IR: the converted weights are Constants named after the traced torch parameters (`self.module.<layer>.weight`,
+  [out, in] as torch's); `Edited` reads the IR (memory-mapped), replaces each target Constant with W + dW and
+  compiles that model. OpenVINO's compiled-blob cache is off for it (CACHE_DIR ""): with CACHE_MODE OPTIMIZE_SIZE a
+  blob carries no weights, so an edited model must never meet a blob or weights file of another. The IR on disk is
+  never written.
+- Switching: the compiled UNet and text encoder of the last CACHE_SETS LoRA sets are kept (keyed by each LoRA's
+  source and weight); switching back to one is a dictionary look-up, to none the base compiled models. A new set pays
+  dW and one compile per component it changes, at every input size the base has compiled. Each kept set costs one
+  compiled UNet's memory (the SD 1.5 UNet in f32: its 3.4 GB of weights, repacked), hence the small bound.
+
+Not done: switching without recompiling (LoRA A/B as extra inputs or states on each target MatMul, as OpenVINO GenAI
+does) would trade the compile per new set for extra matmuls at every step.
+"""
+
+import logging
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from sdcpu.backends import openvino
+from sdcpu.steps_base import Skip
+
+log = logging.getLogger(__name__)
+
+CACHE_SETS = 2
+COMPONENTS = ("unet", "text_encoder")
+ADAPTER = "delta"
+
+
+def use(pipe, loras) -> str:
+    switch = pipe.__dict__.get("sdcpu_lora_switch") or pipe.__dict__.setdefault("sdcpu_lora_switch", Switch(pipe))
+    return switch.use(pipe, tuple(loras))
+
+
+class Switch:
+    """The base compiled UNet and text encoder of PIPE, and those of the last CACHE_SETS LoRA sets."""
+
+    def __init__(self, pipe):
+        self.base = {name: getattr(pipe, name).run for name in COMPONENTS}
+        self.kept = OrderedDict()
+        self.hits = self.misses = 0
+
+    def use(self, pipe, loras) -> str:
+        key = tuple((lora.source, lora.digest(), lora.weight) for lora in loras)
+        start, how = time.perf_counter(), "base compiled models"
+        if not loras:
+            runs = self.base
+        elif key in self.kept:
+            self.kept.move_to_end(key)
+            runs, how = self.kept[key], "compiled models of this set kept in memory"
+            self.hits += 1
+        else:
+            runs = self.kept[key] = self.build(pipe, loras)
+            self.misses += 1
+            while len(self.kept) > CACHE_SETS:
+                self.kept.popitem(last=False)
+            how = f"dW added to {', '.join(n for n in COMPONENTS if runs[n] is not self.base[n])} IR weights, compiled"
+        for name in COMPONENTS:
+            getattr(pipe, name).run = runs[name]
+        names = ", ".join(f"{lora.name}:{lora.weight:g}" for lora in loras) or "no LoRA"
+        return f"{names} on OpenVINO: {how} in {time.perf_counter() - start:.2f} s"
+
+    def build(self, pipe, loras) -> dict:
+        deltas = set_deltas(pipe, loras)
+        if not any(deltas.values()):
+            raise Skip(f"no LoRA layers of {', '.join(lora.name for lora in loras)} match this UNet or text encoder")
+        runs = {}
+        for name in COMPONENTS:
+            base = self.base[name]
+            if not deltas[name]:
+                runs[name] = base
+                continue
+            runs[name] = edited = Edited(base, deltas[name])
+            for shapes in base.by_shape:  # pay the compile now, at the sizes already in use, not in the next image
+                edited.compile(shapes)
+        return runs
+
+
+def set_deltas(pipe, loras) -> dict[str, dict[str, torch.Tensor]]:
+    """{component: {layer: sum of weight x dW}} of the LoRA set, in float32."""
+    from peft.tuners.lora import LoraLayer
+
+    total = {name: {} for name in COMPONENTS}
+    for lora in loras:
+        for name, model in skeletons(pipe, lora).items():
+            for layer, module in model.named_modules():
+                if not isinstance(module, LoraLayer) or ADAPTER not in module.lora_A:
+                    continue
+                if module.use_dora.get(ADAPTER) or module.lora_bias.get(ADAPTER):
+                    raise Skip(f"LoRA {lora.name}: DoRA and LoRA biases are not applied to OpenVINO weights")
+                delta = lora.weight * module.get_delta_weight(ADAPTER).detach().float()
+                total[name][layer] = total[name][layer] + delta if layer in total[name] else delta
+    return total
+
+
+def skeletons(pipe, lora) -> dict:
+    """The UNet and text encoder skeletons of PIPE's configs with LORA loaded by diffusers as adapter ADAPTER."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(pipe.unet.config)
+        text_encoder = CLIPTextModel(pipe.text_encoder.config)
+    for model in (unet, text_encoder):  # peft puts adapters on the base layer's device: CPU, with no memory
+        for module in model.modules():
+            for tensors, make in ((module._parameters, lambda t: torch.nn.Parameter(t, requires_grad=False)),
+                                  (module._buffers, lambda t: t)):
+                for key, tensor in list(tensors.items()):
+                    if tensor is not None:
+                        tensors[key] = make(torch.zeros((), dtype=tensor.dtype).expand(tensor.shape))
+    state_dict, alphas, metadata = type(pipe).lora_state_dict(lora.source, return_lora_metadata=True,
+                                                              **lora.loader_kwargs())
+    common = {"network_alphas": alphas, "adapter_name": ADAPTER, "metadata": metadata, "low_cpu_mem_usage": True}
+    type(pipe).load_lora_into_unet(state_dict, unet=unet, **common)
+    type(pipe).load_lora_into_text_encoder(state_dict, text_encoder=text_encoder, **common)
+    return {"unet": unet, "text_encoder": text_encoder}
+
+
+class Edited(openvino.Compiled):
+    """BASE's IR with DELTAS added to its layers' weight Constants, compiled without OpenVINO's blob cache."""
+
+    def __init__(self, base: openvino.Compiled, deltas: dict[str, torch.Tensor]):
+        super().__init__(base.core, base.path, {**base.config, "CACHE_DIR": ""}, f"{base.name}+lora")
+        self.deltas = deltas
+
+    def read(self):
+        from openvino import opset13 as opset
+
+        model = super().read()
+        constants = {op.get_friendly_name(): op for op in model.get_ordered_ops() if op.get_type_name() == "Constant"}
+        for layer, delta in self.deltas.items():
+            constant = constants.get(f"self.module.{layer}.weight")
+            if constant is None or tuple(constant.shape) != tuple(delta.shape):
+                raise Skip(f"the {self.name} IR has no weight of {layer}'s shape {tuple(delta.shape)} to add a LoRA to")
+            weight = constant.get_data() + delta.numpy()
+            replaced = opset.constant(weight, dtype=np.float32)
+            replaced.set_friendly_name(constant.get_friendly_name())
+            constant.output(0).replace(replaced.output(0))
+        return model

@@ -1,0 +1,172 @@
+"""The user's own LoRAs on any recipe: `--lora FILE_OR_ID[:WEIGHT]`, A1111's `<lora:name:weight>` prompt tags, a
+folder of LoRAs, and `use(pipe, loras)`, which makes a pipeline run with exactly that set of LoRAs.
+
+Formats: whatever diffusers' `lora_state_dict` reads (kohya `lora_unet_*`/`lora_te_*` keys with their `.alpha`, the
+diffusers and peft layouts), from `.safetensors`; pickle files (`.bin`, `.pt`, `.ckpt`) only with trust_pickle, since
+loading one can run code. A hub id (`org/name`) or a diffusers-saved folder loads its safetensors weights.
+
+How `use` switches depends on what runs the UNet after `sdcpu.optimize`:
+- the eager torch UNet (baseline, channels_last, bf16, deepcache, tome, lcm-lora already fused): each LoRA is loaded
+  once as a peft adapter (diffusers' `load_lora_weights`, named from a hash of its source) and a set is switched with
+  `set_adapters(names, weights)` / `disable_lora()`: milliseconds, and no LoRA gives the base weights back bit for
+  bit in any dtype. Fusing (`fuse_lora`/`unfuse_lora`) would save the adapters' extra matmuls per step but adds and
+  subtracts W += dW at each switch, which drifts in bf16 (8 mantissa bits) and costs a pass over every target weight;
+- OpenVINO: the LoRA's per-layer dW added to the IR's weight constants (sdcpu.backends.openvino_lora), compiled once
+  per set and kept in a small in-memory cache;
+- `compile` (inductor, frozen weights) and `int8`: refused with the reason (Skip).
+"""
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from sdcpu.errors import UsageError
+from sdcpu.steps_base import Skip
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth")
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+PROMPT_TAG = re.compile(r"<lora:([^:>]+)(?::([^>]*))?>")
+
+
+@dataclass(frozen=True)
+class Lora:
+    """A LoRA: a file, a diffusers folder or a hub id, at WEIGHT (A1111's multiplier: 1 as trained, 0 none)."""
+
+    source: str
+    weight: float = 1.0
+    trust_pickle: bool = False
+
+    @property
+    def name(self) -> str:
+        """The name A1111 shows: a file's stem, else the folder's or id's last part."""
+        return Path(self.source).stem if Path(self.source).suffix else self.source.rstrip("/").split("/")[-1]
+
+    @property
+    def adapter(self) -> str:
+        """The peft adapter name: a hash of the source (the weight is set per call, not per adapter)."""
+        return "sdcpu_" + hashlib.sha256(self.source.encode()).hexdigest()[:12]
+
+    def digest(self) -> str:
+        """The first 12 hex digits of the file's SHA-256 (A1111's `Lora hashes`); a folder or hub id: its source."""
+        path = Path(self.source)
+        return _file_digest(path, path.stat().st_mtime_ns) if path.is_file() else self.source
+
+    def loader_kwargs(self) -> dict:
+        """diffusers' `lora_state_dict` options: safetensors only, unless pickle is trusted."""
+        return {} if self.trust_pickle else {"use_safetensors": True}
+
+
+@lru_cache(maxsize=64)
+def _file_digest(path: Path, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def parse(text: str, trust_pickle: bool = False) -> Lora:
+    """`FILE_OR_ID[:WEIGHT]` as a Lora, checked (the file exists, pickle only when trusted), or a one-line UsageError."""
+    source, weight = text, 1.0
+    if not Path(text).expanduser().exists() and ":" in text:
+        source, _, raw = text.rpartition(":")
+        weight = _weight(raw, f"--lora {text}")
+    path = Path(source).expanduser()
+    if path.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES) and not path.is_file():
+        raise UsageError(f"--lora {source}: no such file")
+    if path.suffix.lower() in PICKLE_SUFFIXES and not trust_pickle:
+        raise UsageError(f"--lora {source}: a {path.suffix} file is a pickle, and loading one can run code: "
+                         "pass --trust-pickle")
+    if not path.exists() and not HUB_ID.fullmatch(source):
+        raise UsageError(f"--lora {source}: neither a .safetensors file, a folder nor a hub id (org/name)")
+    return Lora(str(path.resolve()) if path.exists() else source, weight, trust_pickle)
+
+
+def _weight(raw: str, what: str) -> float:
+    try:
+        weight = float(raw)
+    except ValueError:
+        weight = math.nan
+    if not math.isfinite(weight):
+        raise UsageError(f"{what}: the weight {raw!r} is not a number (FILE_OR_ID[:WEIGHT], e.g. style.safetensors:0.8)")
+    return weight
+
+
+def prompt_loras(prompt: str) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """A1111's `<lora:name:weight>` tags (weight optional, default 1) taken out of PROMPT: the prompt without them
+    and the (name, weight) of each tag, in order."""
+    tags = tuple((name.strip(), 1.0 if raw is None else _weight(raw, f"<lora:{name}:{raw}>"))
+                 for name, raw in PROMPT_TAG.findall(prompt))
+    rest = " ".join(PROMPT_TAG.sub(" ", prompt).split())
+    return rest.replace(" ,", ","), tags
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A `--lora-dir`: its LoRAs are its .safetensors files, named by their stem; nothing outside it is reachable."""
+
+    path: Path
+
+    def names(self) -> list[str]:
+        return sorted(p.stem for p in Path(self.path).glob("*.safetensors") if p.is_file())
+
+    def resolve(self, name: str) -> Path:
+        """The file of the LoRA NAME, or a one-line UsageError: a path, `..` or a name not in the folder."""
+        if not name or "/" in name or "\\" in name or ".." in name:
+            raise UsageError(f"LoRA {name!r}: a name from the LoRA folder, not a path")
+        if name not in self.names():
+            raise UsageError(f"LoRA {name!r} is not in {self.path} ({', '.join(self.names()) or 'none there'})")
+        return Path(self.path) / f"{name}.safetensors"
+
+
+def use(pipe, loras: tuple[Lora, ...]) -> str:
+    """Make PIPE run with exactly LORAS (empty: none), whatever recipe optimized it; what was done. Raises Skip where
+    the LoRAs cannot apply to what runs the UNet (never leaves a LoRA silently out)."""
+    import torch
+
+    from sdcpu.backends import components
+
+    sources = [lora.source for lora in loras]
+    if len(set(sources)) < len(sources):
+        raise UsageError("a LoRA is named twice: give each once, with its weight")
+    unet = pipe.unet
+    if hasattr(unet, "_orig_mod"):
+        raise Skip("the compile step froze the UNet's weights into inductor's graph (freezing): a LoRA would need a "
+                   "new compile per set (minutes for SD 1.5); use openvino or the eager UNet")
+    if isinstance(unet, torch.nn.Module):
+        return _eager(pipe, loras)
+    if isinstance(unet, components.UNet):
+        from sdcpu.backends import openvino, openvino_lora
+
+        if isinstance(unet.run, openvino.Compiled) and unet.run.path.name == "unet.xml":  # not int8's IR
+            return openvino_lora.use(pipe, loras)
+    raise Skip(f"the UNet runs as {_runtime(unet)}: a LoRA cannot be added to quantized weights without quantizing "
+               "again; drop int8 from the recipe")
+
+
+def _runtime(unet) -> str:
+    run = unet.run
+    return f"OpenVINO IR {run.path.name}" if hasattr(run, "path") else type(run).__name__
+
+
+def _eager(pipe, loras) -> str:
+    loaded = {name for names in pipe.get_list_adapters().values() for name in names}
+    for lora in loras:
+        if lora.adapter not in loaded:
+            try:
+                pipe.load_lora_weights(lora.source, adapter_name=lora.adapter, **lora.loader_kwargs())
+            except ImportError as err:
+                raise Skip(f"loading a LoRA needs peft ({err})") from None
+            except (OSError, ValueError, RuntimeError, KeyError) as err:
+                raise UsageError(f"LoRA {lora.source}: cannot load it ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+    if not loras:
+        if loaded:
+            pipe.disable_lora()
+        return "no LoRA" + (" (adapters disabled: the base weights)" if loaded else "")
+    pipe.enable_lora()
+    pipe.set_adapters([lora.adapter for lora in loras], [lora.weight for lora in loras])
+    return "peft adapters on the eager UNet and text encoder: " + ", ".join(f"{l.name}:{l.weight:g}" for l in loras)
