@@ -23,3 +23,12 @@ def pipeline_for(pipe, task: str):
     from sdcpu.tasks import pipeline_for as _for
 
     return _for(pipe, task)
+
+
+def use_loras(pipe, loras):
+    """Make PIPE run with exactly LORAS (``sdcpu.lora.Lora``s, or ``"FILE_OR_ID[:WEIGHT]"`` strings; empty: none),
+    whatever recipe optimized it; returns what was done. Raises ``sdcpu.steps_base.Skip`` where the backend cannot
+    take a LoRA (compile, int8), with the reason."""
+    from sdcpu import lora
+
+    return lora.use(pipe, tuple(lora.parse(item) if isinstance(item, str) else item for item in loras))

@@ -91,14 +91,14 @@ def _weight(raw: str, what: str) -> float:
     except ValueError:
         weight = math.nan
     if not math.isfinite(weight):
-        raise UsageError(f"{what}: the weight {raw!r} is not a number (FILE_OR_ID[:WEIGHT], e.g. style.safetensors:0.8)")
+        raise UsageError(f"{what}: the weight {raw!r} is not a number")
     return weight
 
 
 def prompt_loras(prompt: str) -> tuple[str, tuple[tuple[str, float], ...]]:
     """A1111's `<lora:name:weight>` tags (weight optional, default 1) taken out of PROMPT: the prompt without them
     and the (name, weight) of each tag, in order."""
-    tags = tuple((name.strip(), 1.0 if raw is None else _weight(raw, f"<lora:{name}:{raw}>"))
+    tags = tuple((name.strip(), _weight(raw, f"<lora:{name}:{raw}>") if raw else 1.0)
                  for name, raw in PROMPT_TAG.findall(prompt))
     rest = " ".join(PROMPT_TAG.sub(" ", prompt).split())
     return rest.replace(" ,", ","), tags

@@ -1,0 +1,195 @@
+"""The user's LoRAs (sdcpu.lora) on random:tiny: parsing and refusals, prompt tags, the LoRA folder, the eager UNet's
+adapters, OpenVINO's edited IR weights and its cache, and the backends that refuse a LoRA."""
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sdcpu import hardware, load_pipeline, lora, use_loras
+from sdcpu.errors import UsageError
+from sdcpu.steps_base import Skip
+
+RANK = 4
+# A LoRA of 0.1 x randn factors at rank 4 on every attention projection moves random:tiny's 3-step image by 3e-2 max
+# abs (measured): far above float rounding (1e-6), so "differs" is asserted above 1e-3.
+CHANGED = 1e-3
+# Same weights through the same kernels in one process: what differs is only the order of float sums (kohya's alpha/2
+# against B x 0.5, adapter A + (-A) against none), measured 0 to 1.2e-6; 1e-5 leaves room for other ISAs and threads.
+SAME_ATOL = 1e-5
+# OpenVINO f32 against eager torch: 2.3e-6 measured with a LoRA (2.0e-6 without); test_openvino's bound.
+OPENVINO_ATOL = 1e-4
+
+
+def image(pipe, **kwargs):
+    return pipe("a sailing ship", num_inference_steps=3, height=64, width=64, output_type="np",
+                generator=torch.Generator().manual_seed(0), **kwargs).images
+
+
+def write_loras(pipe, folder, seed) -> tuple[str, str]:
+    """One random LoRA on the UNet's and the text encoder's attention projections, written twice: kohya's layout
+    (lora_unet_/lora_te_ keys, alpha = rank/2) and diffusers' peft layout (B pre-scaled by that 1/2)."""
+    generator = torch.Generator().manual_seed(seed)
+    kohya, peft = {}, {}
+    for model, kohya_prefix, peft_prefix in ((pipe.unet, "lora_unet_", "unet."),
+                                             (pipe.text_encoder, "lora_te_text_model_", "text_encoder.text_model.")):
+        for name, module in model.named_modules():
+            if name.endswith(("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")):
+                down = 0.1 * torch.randn(RANK, module.in_features, generator=generator)
+                up = 0.1 * torch.randn(module.out_features, RANK, generator=generator)
+                key = kohya_prefix + name.replace(".", "_")
+                kohya |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
+                          f"{key}.alpha": torch.tensor(RANK / 2)}
+                peft |= {f"{peft_prefix}{name}.lora_A.weight": down, f"{peft_prefix}{name}.lora_B.weight": up / 2}
+    paths = folder / f"kohya-{seed}.safetensors", folder / f"peft-{seed}.safetensors"
+    save_file(kohya, paths[0])
+    save_file(peft, paths[1])
+    return str(paths[0]), str(paths[1])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """{seed: (kohya file, peft file)}: LoRAs A (seed 1) and B (seed 2)."""
+    pipe, folder = load_pipeline("random:tiny"), tmp_path_factory.mktemp("loras")
+    return {seed: write_loras(pipe, folder, seed) for seed in (1, 2)}
+
+
+@pytest.fixture(scope="module")
+def eager(files):
+    """An eager random:tiny pipeline, and its images without a LoRA, with A and with B (peft layout), by name."""
+    pipe = load_pipeline("random:tiny")
+    images = {"none": image(pipe)}
+    for name, seed in (("A", 1), ("B", 2)):
+        use_loras(pipe, (lora.Lora(files[seed][1], 0.8),))
+        images[name] = image(pipe)
+    use_loras(pipe, ())
+    return pipe, images
+
+
+def test_parse_takes_a_trailing_weight_and_hub_ids(files):
+    assert lora.parse(files[1][0]) == lora.Lora(files[1][0], 1.0)
+    assert lora.parse(f"{files[1][0]}:0.6").weight == 0.6
+    assert lora.parse("org/style-lora:-0.5") == lora.Lora("org/style-lora", -0.5)
+    assert lora.parse("org/style-lora").name == "style-lora" and lora.Lora(files[1][0]).name == "kohya-1"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("style.safetensors:x", "weight 'x' is not a number"),
+    ("style.safetensors:nan", "is not a number"),
+    ("missing.safetensors", "no such file"),
+    ("not-an-id", "neither a .safetensors file, a folder nor a hub id"),
+])
+def test_parse_refuses_bad_input_in_one_line(text, message):
+    with pytest.raises(UsageError, match=message) as caught:
+        lora.parse(text)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_pickle_needs_trust_pickle(tmp_path):
+    path = tmp_path / "style.bin"
+    path.write_bytes(b"")
+    with pytest.raises(UsageError, match="can run code: pass --trust-pickle"):
+        lora.parse(str(path))
+    assert lora.parse(str(path), trust_pickle=True).trust_pickle
+
+
+def test_prompt_loras_takes_a1111_tags_out():
+    assert lora.prompt_loras("a castle <lora:ink:0.7>, at dusk <lora:film>") == (
+        "a castle, at dusk", (("ink", 0.7), ("film", 1.0)))
+    assert lora.prompt_loras("no tags") == ("no tags", ())
+    with pytest.raises(UsageError, match="not a number"):
+        lora.prompt_loras("<lora:ink:strong>")
+
+
+def test_folder_lists_safetensors_and_refuses_paths(tmp_path):
+    (tmp_path / "ink.safetensors").write_bytes(b"")
+    (tmp_path / "old.ckpt").write_bytes(b"")
+    folder = lora.Folder(tmp_path)
+    assert folder.names() == ["ink"] and folder.resolve("ink") == tmp_path / "ink.safetensors"
+    for name in ("../ink", "sub/ink", "..", "", "old", "C:\\ink"):
+        with pytest.raises(UsageError):
+            folder.resolve(name)
+
+
+def test_eager_lora_changes_the_image_and_none_gives_the_base_back(eager):
+    pipe, images = eager
+    assert np.abs(images["A"] - images["none"]).max() > CHANGED
+    assert np.abs(images["A"] - images["B"]).max() > CHANGED
+    np.testing.assert_allclose(image(pipe), images["none"], rtol=0, atol=SAME_ATOL)
+
+
+def test_kohya_and_peft_layouts_of_one_lora_make_the_same_image(eager, files):
+    pipe, images = eager
+    use_loras(pipe, (lora.Lora(files[1][0], 0.8),))
+    np.testing.assert_allclose(image(pipe), images["A"], rtol=0, atol=SAME_ATOL)
+    # A LoRA and its negative cancel: set_adapters sums weighted adapters
+    use_loras(pipe, (lora.Lora(files[1][0], 0.8), lora.Lora(files[1][1], -0.8)))
+    np.testing.assert_allclose(image(pipe), images["none"], rtol=0, atol=SAME_ATOL)
+    use_loras(pipe, ())
+
+
+def test_a_lora_named_twice_is_refused(eager, files):
+    with pytest.raises(UsageError, match="named twice"):
+        use_loras(eager[0], (lora.Lora(files[1][0]), lora.Lora(files[1][0], 0.5)))
+
+
+def test_compile_refuses_a_lora_with_the_reason(files):
+    from sdcpu import optimize
+
+    pipe, _ = optimize(load_pipeline("random:tiny"), "compile")  # lazy: nothing compiles before a call
+    with pytest.raises(Skip, match="froze the UNet's weights"):
+        use_loras(pipe, (lora.Lora(files[1][0]),))
+
+
+def test_int8_refuses_a_lora_with_the_reason(files, tmp_path):
+    from sdcpu.backends import components, openvino
+
+    pytest.importorskip("openvino")
+    pipe = load_pipeline("random:tiny")
+    core, config = openvino.runtime("f32")
+    # what the int8 step leaves after openvino: a UNet stand-in running the quantized IR
+    pipe.unet = components.UNet(openvino.Compiled(core, tmp_path / "unet-int8.xml", config, "unet-int8"),
+                                pipe.unet.config)
+    with pytest.raises(Skip, match="quantized weights"):
+        use_loras(pipe, (lora.Lora(files[1][0]),))
+
+
+@pytest.fixture(scope="module")
+def on_openvino():
+    """random:tiny on OpenVINO f32, and the digests of its IR files and the compiled-blob cache's file names."""
+    pytest.importorskip("openvino")
+    from sdcpu.backends import openvino
+    from sdcpu.recipes import Step
+
+    pipe = load_pipeline("random:tiny")
+    openvino.apply(pipe, Step("openvino"), dataclasses.replace(hardware.detect(), flags=frozenset()))  # f32
+    image(pipe)  # compiles the base models at 64x64 (their blobs go to the cache)
+    return pipe, disk(pipe)
+
+
+def disk(pipe) -> dict:
+    folder = pipe.unet.run.path.parent
+    digests = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    return {"ir": digests, "blobs": sorted(p.name for p in (folder.parent / "compiled").rglob("*"))}
+
+
+def test_openvino_lora_matches_eager_and_switching_back_hits_the_cache(on_openvino, eager, files):
+    pipe, before = on_openvino
+    _, images = eager
+    switch_to = {"A": (lora.Lora(files[1][1], 0.8),), "B": (lora.Lora(files[2][1], 0.8),), "none": ()}
+    for name in ("A", "B", "A", "none"):
+        use_loras(pipe, switch_to[name])
+        np.testing.assert_allclose(image(pipe), images[name], rtol=0, atol=OPENVINO_ATOL, err_msg=name)
+    switch = pipe.sdcpu_lora_switch
+    assert (switch.misses, switch.hits) == (2, 1)  # A and B compiled once each; A again came from memory
+    assert disk(pipe) == before  # the IR untouched, no blob written for an edited model
+
+
+def test_openvino_takes_kohya_keys_through_diffusers_conversion(on_openvino, eager, files):
+    pipe, _ = on_openvino
+    use_loras(pipe, (lora.Lora(files[1][0], 0.8),))
+    np.testing.assert_allclose(image(pipe), eager[1]["A"], rtol=0, atol=OPENVINO_ATOL)
+    use_loras(pipe, ())
