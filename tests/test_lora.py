@@ -193,3 +193,39 @@ def test_openvino_takes_kohya_keys_through_diffusers_conversion(on_openvino, eag
     use_loras(pipe, (lora.Lora(files[1][0], 0.8),))
     np.testing.assert_allclose(image(pipe), eager[1]["A"], rtol=0, atol=OPENVINO_ATOL)
     use_loras(pipe, ())
+
+
+TINY = ["--model", "random:tiny", "--size", "64x64", "--steps", "2"]
+
+
+def test_generate_applies_loras_and_records_them_a1111_style(files, tmp_path, capsys):
+    from PIL import Image
+
+    from sdcpu.cli import main
+
+    kohya, peft = files[1][0], files[2][1]
+    assert main(["generate", "a boat", *TINY, "--recipe", "baseline", "-o", str(tmp_path / "plain.png")]) == 0
+    assert main(["generate", "a boat", *TINY, "--recipe", "baseline", "--lora", f"{kohya}:0.8", "--lora", peft,
+                 "-o", str(tmp_path / "lora.png")]) == 0
+    assert "lora: peft adapters on the eager UNet and text encoder: kohya-1:0.8, peft-2:1" in capsys.readouterr().out
+    made = Image.open(tmp_path / "lora.png")
+    digests = [hashlib.sha256(open(path, "rb").read()).hexdigest()[:12] for path in (kohya, peft)]
+    assert made.text["parameters"].startswith("a boat <lora:kohya-1:0.8> <lora:peft-2:1>\n")
+    assert f'Lora hashes: "kohya-1: {digests[0]}, peft-2: {digests[1]}"' in made.text["parameters"]
+    plain = np.asarray(Image.open(tmp_path / "plain.png"), dtype=float)
+    assert np.abs(np.asarray(made, dtype=float) - plain).max() > 1  # levels of 255: the LoRAs changed the image
+
+
+@pytest.mark.parametrize("recipe, lora_arg, message", [
+    ("baseline", "missing.safetensors", "--lora missing.safetensors: no such file"),  # before the model loads
+    ("compile", "FILE", "--lora cannot apply on recipe compile: the compile step froze"),
+])
+def test_generate_refuses_a_lora_it_cannot_apply_in_one_line(files, tmp_path, capsys, recipe, lora_arg, message):
+    from sdcpu.cli import main
+
+    out = tmp_path / "out"
+    lora_arg = files[1][0] if lora_arg == "FILE" else lora_arg
+    assert main(["generate", "x", *TINY, "--recipe", recipe, "--lora", lora_arg, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not out.exists() or not list(out.iterdir()), "nothing written on error"

@@ -129,10 +129,12 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
 
 
 def parameters_text(request: Request, seed: int, *, model: str, random_weights: bool, scheduler: str, recipe: str,
-                    edit=None) -> str:
+                    edit=None, loras=()) -> str:
     """AUTOMATIC1111's `parameters` layout, which image viewers and web UIs already read, plus sdcpu's fields (the
-    task, and for img2img and inpainting A1111's `Denoising strength` and the input image's SHA-256)."""
-    lines = [request.prompt]
+    task, and for img2img and inpainting A1111's `Denoising strength` and the input image's SHA-256). LORAS (each
+    with name, weight, digest()) go as A1111 writes them: `<lora:name:weight>` tags after the prompt and
+    `Lora hashes`."""
+    lines = [request.prompt + "".join(f" <lora:{lora.name}:{lora.weight:g}>" for lora in loras)]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {request.negative_prompt}")
     lines.append(
@@ -140,6 +142,7 @@ def parameters_text(request: Request, seed: int, *, model: str, random_weights: 
         f"Size: {request.width}x{request.height}, Model: {model}, Recipe: {recipe}"
         + (f", Task: {edit.task}, Denoising strength: {edit.strength}, Init image hash: {edit.image_sha256}"
            if edit else "")
+        + (f', Lora hashes: "{", ".join(f"{lora.name}: {lora.digest()}" for lora in loras)}"' if loras else "")
     )
     if random_weights:
         lines.append(f"Note: {RANDOM_WEIGHTS_NOTE}")

@@ -133,23 +133,21 @@ def use(pipe, loras: tuple[Lora, ...]) -> str:
     if len(set(sources)) < len(sources):
         raise UsageError("a LoRA is named twice: give each once, with its weight")
     unet = pipe.unet
-    if hasattr(unet, "_orig_mod"):
-        raise Skip("the compile step froze the UNet's weights into inductor's graph (freezing): a LoRA would need a "
-                   "new compile per set (minutes for SD 1.5); use openvino or the eager UNet")
-    if isinstance(unet, torch.nn.Module):
+    if isinstance(unet, torch.nn.Module) and not hasattr(unet, "_orig_mod"):  # not torch.compile's wrapper
         return _eager(pipe, loras)
     if isinstance(unet, components.UNet):
         from sdcpu.backends import openvino, openvino_lora
 
         if isinstance(unet.run, openvino.Compiled) and unet.run.path.name == "unet.xml":  # not int8's IR
             return openvino_lora.use(pipe, loras)
-    raise Skip(f"the UNet runs as {_runtime(unet)}: a LoRA cannot be added to quantized weights without quantizing "
-               "again; drop int8 from the recipe")
-
-
-def _runtime(unet) -> str:
+    if not loras:
+        return "no LoRA"
+    if hasattr(unet, "_orig_mod"):
+        raise Skip("the compile step froze the UNet's weights into inductor's graph (freezing): a LoRA would need a "
+                   "new compile per set (minutes for SD 1.5); use openvino or the eager UNet")
     run = unet.run
-    return f"OpenVINO IR {run.path.name}" if hasattr(run, "path") else type(run).__name__
+    raise Skip(f"the UNet runs as {f'OpenVINO IR {run.path.name}' if hasattr(run, 'path') else type(run).__name__}: "
+               "a LoRA cannot be added to quantized weights without quantizing again; drop int8 from the recipe")
 
 
 def _eager(pipe, loras) -> str:

@@ -4,9 +4,10 @@ timing and self-describing PNGs."""
 import dataclasses
 import resource
 
-from sdcpu import auto, generate, hardware, models, recipes, relaunch, schedulers, steps, tasks
+from sdcpu import auto, generate, hardware, lora, models, recipes, relaunch, schedulers, steps, tasks
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
+from sdcpu.steps_base import Skip
 
 
 
@@ -34,7 +35,11 @@ def register(sub):
     p.add_argument("--strength", type=float, help="img2img/inpainting: how much of the schedule repaints the image, "
                                                   "(0, 1] (default 0.75; 1 for inpainting)")
     p.add_argument("-o", "--output", default="outputs", help="a folder, or a FILE.png (default %(default)s/)")
-    p.add_argument("--trust-pickle", action="store_true", help="allow .ckpt/.bin pickle checkpoints (they can run code)")
+    p.add_argument("--lora", action="append", default=[], metavar="FILE_OR_ID[:WEIGHT]",
+                   help="a LoRA (kohya or diffusers layout, .safetensors; a folder or hub id) at WEIGHT (default 1); "
+                        "repeat for several")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow .ckpt/.bin/.pt pickle checkpoints and LoRAs (they can run code)")
     p.set_defaults(func=run)
 
 
@@ -45,6 +50,7 @@ def run(args) -> int:
         raise UsageError(f"--quality sets the level of the auto recipe, not of --recipe {args.recipe}")
     width, height = generate.parse_size(args.size)
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
+    loras = tuple(lora.parse(text, trust_pickle=args.trust_pickle) for text in args.lora)
     # auto: a tuned profile for this model and size, else the class rules (said at the end); resolved once, before
     # the re-exec under the launch plan, which hands it down
     recipe, why_auto = relaunch.handed_down() or auto.resolve_for(
@@ -59,9 +65,14 @@ def run(args) -> int:
     paths = generate.output_paths(args.output, request.seeds())
     relaunch.under_plan(recipe, cpu, why=why_auto)
 
-    # 2. Load the model, optimize it, set its scheduler.
+    # 2. Load the model, optimize it, add the LoRAs, set its scheduler.
     pipe = models.load_pipeline(spec, progress=True)
     _, outcomes = steps.optimize(pipe, recipe, cpu)
+    if loras:
+        try:
+            print(f"lora: {lora.use(pipe, loras)}")
+        except Skip as skip:
+            raise UsageError(f"--lora cannot apply on recipe {recipe}: {skip}") from None
     defaults = steps.defaults(pipe)  # the recipe's steps= and guidance=, lcm-lora's 4 steps at guidance 1
     request = dataclasses.replace(
         request, steps=args.steps or defaults.get("num_inference_steps", request.steps),
@@ -80,7 +91,7 @@ def run(args) -> int:
     result = generate.run(pipe, request, edit)
     for image, seed, path in zip(result.images, request.seeds(), paths):
         text = generate.parameters_text(request, seed, model=str(spec), random_weights=spec.random_weights,
-                                        scheduler=scheduler, recipe=str(recipe), edit=edit)
+                                        scheduler=scheduler, recipe=str(recipe), edit=edit, loras=loras)
         generate.save_png(image, path, text)
         print(path)
 
