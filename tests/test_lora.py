@@ -229,3 +229,19 @@ def test_generate_refuses_a_lora_it_cannot_apply_in_one_line(files, tmp_path, ca
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists() or not list(out.iterdir()), "nothing written on error"
+
+
+# bf16 without native support is emulated: 24 s on 2 cores, hence slow
+@pytest.mark.parametrize("recipe", ["lcm-lora,deepcache=2",
+                                    pytest.param("channels_last,bf16!,tome", marks=pytest.mark.slow)])
+def test_eager_recipes_take_a_lora_and_give_the_base_back(files, recipe):
+    from sdcpu import optimize
+
+    pipe, outcomes = optimize(load_pipeline("random:tiny"), recipe)
+    assert all(outcome.applied for outcome in outcomes), outcomes
+    base = image(pipe)
+    use_loras(pipe, (lora.Lora(files[1][0], 0.8),))
+    assert np.abs(image(pipe) - base).max() > CHANGED
+    use_loras(pipe, ())
+    # disabled adapters leave the base layers' weights as they were, in bf16 too: the same kernels on the same inputs
+    np.testing.assert_allclose(image(pipe), base, rtol=0, atol=SAME_ATOL)
