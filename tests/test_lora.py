@@ -131,6 +131,18 @@ def test_kohya_and_peft_layouts_of_one_lora_make_the_same_image(eager, files):
     use_loras(pipe, ())
 
 
+def test_fused_sets_make_the_adapters_images_and_switching_puts_the_weights_back_exactly(eager, files):
+    pipe, images = eager
+    weights = {name: p.detach().clone() for name, p in pipe.unet.named_parameters() if "lora_" not in name}
+    for name, seed in (("A", 1), ("B", 2)):
+        use_loras(pipe, (lora.Lora(files[seed][1], 0.8),), fuse=True)
+        # fused W + dW against W x + B(A x): another order of float sums, same bound
+        np.testing.assert_allclose(image(pipe), images[name], rtol=0, atol=SAME_ATOL, err_msg=name)
+    use_loras(pipe, ())
+    assert all(torch.equal(p, weights[name]) for name, p in pipe.unet.named_parameters() if name in weights)
+    np.testing.assert_allclose(image(pipe), images["none"], rtol=0, atol=SAME_ATOL)
+
+
 def test_a_lora_named_twice_is_refused(eager, files):
     with pytest.raises(UsageError, match="named twice"):
         use_loras(eager[0], (lora.Lora(files[1][0]), lora.Lora(files[1][0], 0.5)))
@@ -207,7 +219,8 @@ def test_generate_applies_loras_and_records_them_a1111_style(files, tmp_path, ca
     assert main(["generate", "a boat", *TINY, "--recipe", "baseline", "-o", str(tmp_path / "plain.png")]) == 0
     assert main(["generate", "a boat", *TINY, "--recipe", "baseline", "--lora", f"{kohya}:0.8", "--lora", peft,
                  "-o", str(tmp_path / "lora.png")]) == 0
-    assert "lora: peft adapters on the eager UNet and text encoder: kohya-1:0.8, peft-2:1" in capsys.readouterr().out
+    assert "lora: peft adapters on the eager UNet and text encoder, fused into their weights: kohya-1:0.8, peft-2:1" in (
+        capsys.readouterr().out)
     made = Image.open(tmp_path / "lora.png")
     digests = [hashlib.sha256(open(path, "rb").read()).hexdigest()[:12] for path in (kohya, peft)]
     assert made.text["parameters"].startswith("a boat <lora:kohya-1:0.8> <lora:peft-2:1>\n")

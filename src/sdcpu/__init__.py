@@ -25,10 +25,11 @@ def pipeline_for(pipe, task: str):
     return _for(pipe, task)
 
 
-def use_loras(pipe, loras):
+def use_loras(pipe, loras, fuse=False):
     """Make PIPE run with exactly LORAS (``sdcpu.lora.Lora``s, or ``"FILE_OR_ID[:WEIGHT]"`` strings; empty: none),
-    whatever recipe optimized it; returns what was done. Raises ``sdcpu.steps_base.Skip`` where the backend cannot
+    whatever recipe optimized it; returns what was done. ``fuse``: on the eager UNet, fuse the set into the weights
+    (no per-step cost, a fuse per switch). Raises ``sdcpu.steps_base.Skip`` where the backend cannot
     take a LoRA (compile, int8), with the reason."""
     from sdcpu import lora
 
-    return lora.use(pipe, tuple(lora.parse(item) if isinstance(item, str) else item for item in loras))
+    return lora.use(pipe, tuple(lora.parse(item) if isinstance(item, str) else item for item in loras), fuse)

@@ -8,9 +8,11 @@ loading one can run code. A hub id (`org/name`) or a diffusers-saved folder load
 How `use` switches depends on what runs the UNet after `sdcpu.optimize`:
 - the eager torch UNet (baseline, channels_last, bf16, deepcache, tome, lcm-lora already fused): each LoRA is loaded
   once as a peft adapter (diffusers' `load_lora_weights`, named from a hash of its source) and a set is switched with
-  `set_adapters(names, weights)` / `disable_lora()`: milliseconds, and no LoRA gives the base weights back bit for
-  bit in any dtype. Fusing (`fuse_lora`/`unfuse_lora`) would save the adapters' extra matmuls per step but adds and
-  subtracts W += dW at each switch, which drifts in bf16 (8 mantissa bits) and costs a pass over every target weight;
+  `set_adapters(names, weights)` / `disable_lora()`: milliseconds, and no LoRA leaves the base weights untouched in
+  any dtype. The adapters' extra matmuls cost at every step (random:sd15, rank 16, 256x256 UNet call: +14% on a
+  shared 2-core machine), so `fuse=True` (what `generate --lora` uses: one set per process) also fuses the set into
+  the weights (`fuse_lora`; about 5 s there) after keeping the target layers' own weights, which the next switch
+  copies back: exact, where `unfuse_lora` alone subtracts dW again and drifts (8 mantissa bits in bf16);
 - OpenVINO: the LoRA's per-layer dW added to the IR's weight constants (sdcpu.backends.openvino_lora), compiled once
   per set and kept in a small in-memory cache;
 - `compile` (inductor, frozen weights) and `int8`: refused with the reason (Skip).
@@ -122,9 +124,10 @@ class Folder:
         return Path(self.path) / f"{name}.safetensors"
 
 
-def use(pipe, loras: tuple[Lora, ...]) -> str:
-    """Make PIPE run with exactly LORAS (empty: none), whatever recipe optimized it; what was done. Raises Skip where
-    the LoRAs cannot apply to what runs the UNet (never leaves a LoRA silently out)."""
+def use(pipe, loras: tuple[Lora, ...], fuse: bool = False) -> str:
+    """Make PIPE run with exactly LORAS (empty: none), whatever recipe optimized it; what was done. FUSE: on the eager
+    UNet, fuse the set into the weights (no per-step cost; each switch then costs a fuse). Raises Skip where the LoRAs
+    cannot apply to what runs the UNet (never leaves a LoRA silently out)."""
     import torch
 
     from sdcpu.backends import components
@@ -134,7 +137,7 @@ def use(pipe, loras: tuple[Lora, ...]) -> str:
         raise UsageError("a LoRA is named twice: give each once, with its weight")
     unet = pipe.unet
     if isinstance(unet, torch.nn.Module) and not hasattr(unet, "_orig_mod"):  # not torch.compile's wrapper
-        return _eager(pipe, loras)
+        return _eager(pipe, loras, fuse)
     if isinstance(unet, components.UNet):
         from sdcpu.backends import openvino, openvino_lora
 
@@ -150,7 +153,7 @@ def use(pipe, loras: tuple[Lora, ...]) -> str:
                "a LoRA cannot be added to quantized weights without quantizing again; drop int8 from the recipe")
 
 
-def _eager(pipe, loras) -> str:
+def _eager(pipe, loras, fuse: bool) -> str:
     loaded = {name for names in pipe.get_list_adapters().values() for name in names}
     for lora in loras:
         if lora.adapter not in loaded:
@@ -161,10 +164,35 @@ def _eager(pipe, loras) -> str:
             except (OSError, ValueError, RuntimeError, KeyError) as err:
                 raise UsageError(f"LoRA {lora.source}: cannot load it ({type(err).__name__}: "
                                  f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
+    _unfuse(pipe)
     if not loras:
         if loaded:
             pipe.disable_lora()
         return "no LoRA" + (" (adapters disabled: the base weights)" if loaded else "")
     pipe.enable_lora()
-    pipe.set_adapters([lora.adapter for lora in loras], [lora.weight for lora in loras])
-    return "peft adapters on the eager UNet and text encoder: " + ", ".join(f"{l.name}:{l.weight:g}" for l in loras)
+    names = [lora.adapter for lora in loras]
+    pipe.set_adapters(names, [lora.weight for lora in loras])
+    how = "peft adapters on the eager UNet and text encoder"
+    if fuse:
+        # the target layers' own weights, kept to put back exactly: unfuse_lora subtracts dW again, which drifts
+        pipe.sdcpu_lora_originals = [(layer, layer.base_layer.weight.detach().clone()) for layer in _layers(pipe)]
+        pipe.fuse_lora(adapter_names=names)
+        how += ", fused into their weights"
+    return f"{how}: " + ", ".join(f"{lora.name}:{lora.weight:g}" for lora in loras)
+
+
+def _layers(pipe):
+    from peft.tuners.lora import LoraLayer
+
+    return [module for model in (pipe.unet, pipe.text_encoder) for module in model.modules()
+            if isinstance(module, LoraLayer)]
+
+
+def _unfuse(pipe) -> None:
+    """Put back the weights a fused set changed, exactly, and mark the adapters unmerged."""
+    originals = pipe.__dict__.pop("sdcpu_lora_originals", None)
+    if originals is None:
+        return
+    pipe.unfuse_lora()
+    for layer, weight in originals:
+        layer.base_layer.weight.data.copy_(weight)

@@ -70,7 +70,7 @@ def run(args) -> int:
     _, outcomes = steps.optimize(pipe, recipe, cpu)
     if loras:
         try:
-            print(f"lora: {lora.use(pipe, loras)}")
+            print(f"lora: {lora.use(pipe, loras, fuse=True)}")  # one set per process: fused, no per-step cost
         except Skip as skip:
             raise UsageError(f"--lora cannot apply on recipe {recipe}: {skip}") from None
     defaults = steps.defaults(pipe)  # the recipe's steps= and guidance=, lcm-lora's 4 steps at guidance 1
