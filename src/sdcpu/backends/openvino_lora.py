@@ -81,6 +81,8 @@ class Switch:
             runs[name] = edited = Edited(base, deltas[name])
             for shapes in base.by_shape:  # pay the compile now, at the sizes already in use, not in the next image
                 edited.compile(shapes)
+            if not base.by_shape:
+                edited.read()  # nothing compiled yet: still refuse a LoRA that does not fit this IR now
         return runs
 
 
