@@ -258,3 +258,15 @@ def test_eager_recipes_take_a_lora_and_give_the_base_back(files, recipe):
     use_loras(pipe, ())
     # disabled adapters leave the base layers' weights as they were, in bf16 too: the same kernels on the same inputs
     np.testing.assert_allclose(image(pipe), base, rtol=0, atol=SAME_ATOL)
+
+
+def test_a_lora_of_another_model_is_one_line_on_eager_and_openvino(on_openvino, eager, tmp_path):
+    wrong = tmp_path / "wrong.safetensors"  # random:tiny's first attention projection, at other widths
+    layer = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q"
+    save_file({f"{layer}.lora_down.weight": torch.zeros(RANK, 320), f"{layer}.lora_up.weight": torch.zeros(320, RANK),
+               f"{layer}.alpha": torch.tensor(float(RANK))}, wrong)
+    for pipe in (eager[0], on_openvino[0]):
+        with pytest.raises(UsageError, match="wrong.safetensors: cannot load it") as caught:
+            use_loras(pipe, (lora.Lora(str(wrong)),))
+        assert "\n" not in str(caught.value)
+    use_loras(eager[0], ())

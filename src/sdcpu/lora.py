@@ -18,6 +18,7 @@ How `use` switches depends on what runs the UNet after `sdcpu.optimize`:
 - `compile` (inductor, frozen weights) and `int8`: refused with the reason (Skip).
 """
 
+import contextlib
 import hashlib
 import math
 import re
@@ -153,17 +154,25 @@ def use(pipe, loras: tuple[Lora, ...], fuse: bool = False) -> str:
                "a LoRA cannot be added to quantized weights without quantizing again; drop int8 from the recipe")
 
 
+@contextlib.contextmanager
+def loading(lora: Lora):
+    """diffusers' LoRA loading of LORA, its failures as one line: an unreadable file, keys or shapes of another
+    model; no peft: Skip."""
+    try:
+        yield
+    except ImportError as err:
+        raise Skip(f"loading a LoRA needs peft ({err})") from None
+    except (OSError, ValueError, RuntimeError, KeyError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
+        raise UsageError(f"LoRA {lora.source}: cannot load it ({type(err).__name__}: {detail})") from None
+
+
 def _eager(pipe, loras, fuse: bool) -> str:
     loaded = {name for names in pipe.get_list_adapters().values() for name in names}
     for lora in loras:
         if lora.adapter not in loaded:
-            try:
+            with loading(lora):
                 pipe.load_lora_weights(lora.source, adapter_name=lora.adapter, **lora.loader_kwargs())
-            except ImportError as err:
-                raise Skip(f"loading a LoRA needs peft ({err})") from None
-            except (OSError, ValueError, RuntimeError, KeyError) as err:
-                raise UsageError(f"LoRA {lora.source}: cannot load it ({type(err).__name__}: "
-                                 f"{str(err).splitlines()[0] if str(err) else 'no detail'})") from None
     _unfuse(pipe)
     if not loras:
         if loaded:

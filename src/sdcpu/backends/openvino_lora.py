@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from sdcpu.backends import openvino
+from sdcpu.lora import loading
 from sdcpu.steps_base import Skip
 
 log = logging.getLogger(__name__)
@@ -118,11 +119,12 @@ def skeletons(pipe, lora) -> dict:
                 for key, tensor in list(tensors.items()):
                     if tensor is not None:
                         tensors[key] = make(torch.zeros((), dtype=tensor.dtype).expand(tensor.shape))
-    state_dict, alphas, metadata = type(pipe).lora_state_dict(lora.source, return_lora_metadata=True,
-                                                              **lora.loader_kwargs())
-    common = {"network_alphas": alphas, "adapter_name": ADAPTER, "metadata": metadata, "low_cpu_mem_usage": True}
-    type(pipe).load_lora_into_unet(state_dict, unet=unet, **common)
-    type(pipe).load_lora_into_text_encoder(state_dict, text_encoder=text_encoder, **common)
+    with loading(lora):
+        state_dict, alphas, metadata = type(pipe).lora_state_dict(lora.source, return_lora_metadata=True,
+                                                                  **lora.loader_kwargs())
+        common = {"network_alphas": alphas, "adapter_name": ADAPTER, "metadata": metadata, "low_cpu_mem_usage": True}
+        type(pipe).load_lora_into_unet(state_dict, unet=unet, **common)
+        type(pipe).load_lora_into_text_encoder(state_dict, text_encoder=text_encoder, **common)
     return {"unet": unet, "text_encoder": text_encoder}
 
 
