@@ -85,7 +85,8 @@ def run(args) -> int:
     if any(o.applied and recipes.kind(o.step).compiles for o in outcomes):
         first = 1 if edit is None else tasks.min_steps(edit.strength)  # one step run
         warmup = generate.run(pipe, dataclasses.replace(request, steps=first, num_images=1), edit)
-        print(f"compile + one-step warm-up: {warmup.seconds:.1f} s (one-time; cached for the next process)")
+        cached = "LoRA-edited models compile again in each process" if loras else "cached for the next process"
+        print(f"compile + one-step warm-up: {warmup.seconds:.1f} s (one-time; {cached})")
 
     # 4. Generate, then write one PNG per image.
     result = generate.run(pipe, request, edit)
