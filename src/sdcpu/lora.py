@@ -45,7 +45,7 @@ class Lora:
     @property
     def name(self) -> str:
         """The name A1111 shows: a file's stem, else the folder's or id's last part."""
-        return Path(self.source).stem if Path(self.source).suffix else self.source.rstrip("/").split("/")[-1]
+        return Path(self.source).stem if Path(self.source).is_file() else self.source.rstrip("/").split("/")[-1]
 
     @property
     def adapter(self) -> str:
@@ -168,12 +168,12 @@ def loading(lora: Lora):
 
 
 def _eager(pipe, loras, fuse: bool) -> str:
+    _unfuse(pipe)
     loaded = {name for names in pipe.get_list_adapters().values() for name in names}
     for lora in loras:
         if lora.adapter not in loaded:
             with loading(lora):
                 pipe.load_lora_weights(lora.source, adapter_name=lora.adapter, **lora.loader_kwargs())
-    _unfuse(pipe)
     if not loras:
         if loaded:
             pipe.disable_lora()
@@ -183,18 +183,15 @@ def _eager(pipe, loras, fuse: bool) -> str:
     pipe.set_adapters(names, [lora.weight for lora in loras])
     how = "peft adapters on the eager UNet and text encoder"
     if fuse:
-        # the target layers' own weights, kept to put back exactly: unfuse_lora subtracts dW again, which drifts
-        pipe.sdcpu_lora_originals = [(layer, layer.base_layer.weight.detach().clone()) for layer in _layers(pipe)]
+        from peft.tuners.lora import LoraLayer
+
+        # the adapted layers' own weights, kept to put back exactly: unfuse_lora subtracts dW again, which drifts
+        pipe.sdcpu_lora_originals = [(layer, layer.base_layer.weight.detach().clone())
+                                     for model in (pipe.unet, pipe.text_encoder) for layer in model.modules()
+                                     if isinstance(layer, LoraLayer)]
         pipe.fuse_lora(adapter_names=names)
         how += ", fused into their weights"
     return f"{how}: " + ", ".join(f"{lora.name}:{lora.weight:g}" for lora in loras)
-
-
-def _layers(pipe):
-    from peft.tuners.lora import LoraLayer
-
-    return [module for model in (pipe.unet, pipe.text_encoder) for module in model.modules()
-            if isinstance(module, LoraLayer)]
 
 
 def _unfuse(pipe) -> None:

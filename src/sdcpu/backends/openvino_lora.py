@@ -12,13 +12,14 @@
 - Switching: the compiled UNet and text encoder of the last CACHE_SETS LoRA sets are kept (keyed by each LoRA's
   source and weight); switching back to one is a dictionary look-up, to none the base compiled models. A new set pays
   dW and one compile per component it changes, at every input size the base has compiled. Each kept set costs one
-  compiled UNet's memory (the SD 1.5 UNet in f32: its 3.4 GB of weights, repacked), hence the small bound.
+  compiled UNet's memory (SD 1.5 in f32: its weights repacked, 3.2 GiB as backends/mapped.py measured; the RSS after
+  each switch is in benchmarks/lora_switch.py's row), hence the small bound.
 
 Not done: switching without recompiling (LoRA A/B as extra inputs or states on each target MatMul, as OpenVINO GenAI
-does) would trade the compile per new set for extra matmuls at every step.
+does) would trade the compile per new set for extra matmuls at every step (the eager UNet's unfused adapters cost
++14% per call at rank 16, sdcpu.lora); with a few sets in turn, the kept compiled sets cost nothing per step.
 """
 
-import logging
 import time
 from collections import OrderedDict
 
@@ -29,16 +30,15 @@ from sdcpu.backends import openvino
 from sdcpu.lora import loading
 from sdcpu.steps_base import Skip
 
-log = logging.getLogger(__name__)
-
 CACHE_SETS = 2
 COMPONENTS = ("unet", "text_encoder")
 ADAPTER = "delta"
 
 
 def use(pipe, loras) -> str:
-    switch = pipe.__dict__.get("sdcpu_lora_switch") or pipe.__dict__.setdefault("sdcpu_lora_switch", Switch(pipe))
-    return switch.use(pipe, tuple(loras))
+    if "sdcpu_lora_switch" not in pipe.__dict__:  # made at the first call: the runs it keeps as base are LoRA-free
+        pipe.sdcpu_lora_switch = Switch(pipe)
+    return pipe.sdcpu_lora_switch.use(pipe, tuple(loras))
 
 
 class Switch:
