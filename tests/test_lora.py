@@ -200,10 +200,16 @@ def test_openvino_lora_matches_eager_and_switching_back_hits_the_cache(on_openvi
     assert disk(pipe) == before  # the IR untouched, no blob written for an edited model
 
 
-def test_openvino_takes_kohya_keys_through_diffusers_conversion(on_openvino, eager, files):
+def test_openvino_takes_kohya_keys_and_keeps_only_the_last_sets(on_openvino, eager, files):
+    from sdcpu.backends.openvino_lora import CACHE_SETS
+
     pipe, _ = on_openvino
-    use_loras(pipe, (lora.Lora(files[1][0], 0.8),))
+    for seed in (1, 2):
+        use_loras(pipe, (lora.Lora(files[seed][1], 0.8),))
+    use_loras(pipe, (lora.Lora(files[1][0], 0.8),))  # A in kohya's layout: another source, so another set
     np.testing.assert_allclose(image(pipe), eager[1]["A"], rtol=0, atol=OPENVINO_ATOL)
+    kept = [key[0][0] for key in pipe.sdcpu_lora_switch.kept]
+    assert CACHE_SETS == 2 and kept == [files[2][1], files[1][0]]  # A (peft layout), the oldest, went
     use_loras(pipe, ())
 
 
