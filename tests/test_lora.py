@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from loras import RANK, write_loras
 from sdcpu import hardware, load_pipeline, lora, use_loras
 from sdcpu.errors import UsageError
 from sdcpu.steps_base import Skip
 
-RANK = 4
 # A LoRA of 0.1 x randn factors at rank 4 on every attention projection moves random:tiny's 3-step image by 3e-2 max
 # abs (measured): far above float rounding (1e-6), so "differs" is asserted above 1e-3.
 CHANGED = 1e-3
@@ -27,27 +27,6 @@ OPENVINO_ATOL = 1e-4
 def image(pipe, **kwargs):
     return pipe("a sailing ship", num_inference_steps=3, height=64, width=64, output_type="np",
                 generator=torch.Generator().manual_seed(0), **kwargs).images
-
-
-def write_loras(pipe, folder, seed) -> tuple[str, str]:
-    """One random LoRA on the UNet's and the text encoder's attention projections, written twice: kohya's layout
-    (lora_unet_/lora_te_ keys, alpha = rank/2) and diffusers' peft layout (B pre-scaled by that 1/2)."""
-    generator = torch.Generator().manual_seed(seed)
-    kohya, peft = {}, {}
-    for model, kohya_prefix, peft_prefix in ((pipe.unet, "lora_unet_", "unet."),
-                                             (pipe.text_encoder, "lora_te_text_model_", "text_encoder.text_model.")):
-        for name, module in model.named_modules():
-            if name.endswith(("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")):
-                down = 0.1 * torch.randn(RANK, module.in_features, generator=generator)
-                up = 0.1 * torch.randn(module.out_features, RANK, generator=generator)
-                key = kohya_prefix + name.replace(".", "_")
-                kohya |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up,
-                          f"{key}.alpha": torch.tensor(RANK / 2)}
-                peft |= {f"{peft_prefix}{name}.lora_A.weight": down, f"{peft_prefix}{name}.lora_B.weight": up / 2}
-    paths = folder / f"kohya-{seed}.safetensors", folder / f"peft-{seed}.safetensors"
-    save_file(kohya, paths[0])
-    save_file(peft, paths[1])
-    return str(paths[0]), str(paths[1])
 
 
 @pytest.fixture(scope="module")

@@ -36,6 +36,9 @@ def register(sub):
                    help="N servers sharing --port (SO_REUSEPORT: the kernel spreads connections), each pinned to its "
                         "share of the cores with its own copy of the model; /metrics counts per instance (default 1)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set on each of --instances' copies
+    p.add_argument("--lora-dir", metavar="DIR",
+                   help="LoRAs requests may name (its .safetensors files, by stem): <lora:name:weight> in a prompt, "
+                        "or the OpenAI routes' `loras` field; never a path or URL from the network")
     p.add_argument("--trust-pickle", action="store_true", help="allow .ckpt/.bin pickle checkpoints (they can run code)")
     p.set_defaults(func=run)
 
@@ -49,6 +52,8 @@ def run(args) -> int:
     recipe, why_auto = relaunch.handed_down() or auto.resolve_for(args.recipe, cpu, args.model, width, height,
                                                                   long_running=True)
     generate.Request("warm-up", width=width, height=height).validate()
+    if args.lora_dir and not os.path.isdir(args.lora_dir):
+        raise UsageError(f"--lora-dir {args.lora_dir}: not a folder")
     for name in ("max_queue", "max_batch", "max_size", "instances"):
         value = getattr(args, name)
         if value < 1:
@@ -65,7 +70,8 @@ def run(args) -> int:
     from sdcpu.serve.queue import Worker
 
     settings = Settings(model=str(spec), recipe=str(recipe), random_weights=spec.random_weights,
-                        max_size=args.max_size, api_key=args.api_key)
+                        max_size=args.max_size, api_key=args.api_key,
+                        lora_dir=os.path.abspath(args.lora_dir) if args.lora_dir else None)
     def stop(error):
         server.should_exit = True
 

@@ -13,6 +13,7 @@ import time
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
+from sdcpu import lora
 from sdcpu.serve import schemas
 
 SHOWN_OPTIONS = {"samples_format": "png", "CLIP_stop_at_last_layers": 1}  # what clients read besides the checkpoint
@@ -68,6 +69,14 @@ def router(service) -> APIRouter:
     @routes.get("/samplers")
     async def samplers():
         return [{"name": name, "aliases": [scheduler], "options": {}} for name, scheduler in schemas.SAMPLERS.items()]
+
+    @routes.get("/loras")
+    async def loras():
+        """The LoRAs of --lora-dir, as A1111 lists them (a prompt names one as <lora:name:weight>); `path` is the file's
+        name only: the server's folders are not shown."""
+        folder = service.settings.lora_dir
+        names = lora.Folder(folder).names() if folder else []
+        return [{"name": name, "alias": name, "path": f"{name}.safetensors", "metadata": {}} for name in names]
 
     @routes.get("/options")
     async def options():

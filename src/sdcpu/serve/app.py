@@ -26,11 +26,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from sdcpu import generate, steps
+from sdcpu import generate, lora, steps
+from sdcpu.errors import UsageError
 from sdcpu.serve import a1111_routes, openai_routes, schemas
 from sdcpu.serve.metrics import Metrics
 from sdcpu.serve.preview import Previewer
 from sdcpu.serve.queue import Done, GenerationFailed, NotReady, QueueFull, Worker
+from sdcpu.steps_base import Skip
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Settings:
     random_weights: bool
     max_size: int = 1024
     api_key: str | None = None
+    lora_dir: str | None = None  # the LoRAs requests may name (serve --lora-dir)
 
 
 def create_app(worker: Worker, settings: Settings) -> FastAPI:
@@ -97,8 +100,9 @@ class Service:
         if self._limits is None:
             if not self.worker.ready:
                 raise NotReady(self.worker.state)
+            folder = lora.Folder(self.settings.lora_dir) if self.settings.lora_dir else None
             self._limits = schemas.Limits(self.settings.max_size, steps.defaults(self.worker.pipe),
-                                          copy.deepcopy(self.worker.pipe.tokenizer))
+                                          copy.deepcopy(self.worker.pipe.tokenizer), folder)
         return self._limits
 
     def preview_png(self, latents, width: int, height: int) -> str:
@@ -118,6 +122,8 @@ class Service:
         """The base64 PNGs of a submitted JOB and its info, once made."""
         try:
             done: Done = await asyncio.wrap_future(future)
+        except (UsageError, Skip) as error:  # the request's LoRAs cannot load or apply here: 400, not a server fault
+            raise schemas.BadRequest(str(error)) from None
         except Exception as error:  # noqa: BLE001 - answered 500, the server goes on
             raise GenerationFailed(f"generation failed: {error}") from error
         self.metrics.images.inc(len(done.images))
@@ -135,6 +141,7 @@ def _info(job: schemas.Job, done: Done, worker: Worker) -> dict:
             "sampler_name": job.scheduler or worker.scheduler_name, "seconds": round(done.seconds, 3),
             "batch_images": done.batch_images, "task": edit.task if edit else "txt2img",
             "denoising_strength": edit.strength if edit else None, "steps_done": done.steps_done,
+            "loras": [{"name": item.name, "weight": item.weight} for item in job.loras],
             "interrupted": done.interrupted}
 
 
@@ -143,7 +150,8 @@ def _encode(done: Done, job: schemas.Job, settings: Settings, info: dict) -> lis
     out = []
     for image, seed in zip(done.images, job.request.seeds()):
         text = generate.parameters_text(job.request, seed, model=settings.model, random_weights=settings.random_weights,
-                                        scheduler=info["sampler_name"], recipe=settings.recipe, edit=job.edit)
+                                        scheduler=info["sampler_name"], recipe=settings.recipe, edit=job.edit,
+                                        loras=job.loras)
         out.append(base64.b64encode(generate.encode_png(image, text)).decode())
     return out
 

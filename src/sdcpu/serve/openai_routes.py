@@ -90,8 +90,9 @@ async def _stream(service, job: schemas.Job, partial_images: int, event_prefix: 
             index += 1
         try:
             images, info = await service.answer(job, future)
-        except GenerationFailed as error:
-            yield _event("error", {"error": {"message": str(error), "type": "server_error"}})
+        except (GenerationFailed, schemas.BadRequest) as error:  # after a 200 began: an error event ends the stream
+            kind = "invalid_request_error" if isinstance(error, schemas.BadRequest) else "server_error"
+            yield _event("error", {"error": {"message": str(error), "type": kind}})
             return
         usage = {"input_tokens": tokens, "input_tokens_details": {"image_tokens": 0, "text_tokens": tokens},
                  "output_tokens": 0, "total_tokens": tokens}  # sdcpu counts no image tokens: CLIP's text tokens

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from sdcpu import generate, schedulers
+from sdcpu import generate, lora, schedulers
 from sdcpu.serve.schemas import Job
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Running:
 def batch_key(job: Job) -> tuple:
     r = job.request
     # an edit's job runs alone: generate.run_batch takes one edit per call, and each request's Edit is its own object
-    return r.width, r.height, r.steps, r.guidance, job.scheduler, id(job.edit)
+    return r.width, r.height, r.steps, r.guidance, job.scheduler, id(job.edit), job.loras
 
 
 class Worker:
@@ -125,6 +125,7 @@ class Worker:
             self._on_fatal(error)
             return
         self._schedulers = {None: self.pipe.scheduler}
+        self._loras = ()  # the LoRA set the pipeline runs with
         self.scheduler_name = schedulers.current_name(self.pipe)
         self.state = "ready"
         while batch := self._next_batch():
@@ -165,6 +166,7 @@ class Worker:
 
         try:
             self._use_scheduler(jobs[0].scheduler)
+            self._use_loras(jobs[0].loras)
             result = generate.run_batch(self.pipe, [job.request for job in jobs], jobs[0].edit, on_step)
         except Exception as error:  # noqa: BLE001 - the requests fail, the worker goes on
             log.exception("generation failed")
@@ -178,6 +180,14 @@ class Worker:
         for job, future in live:
             future.set_result(Done([next(images) for _ in job.request.seeds()], result.seconds, len(result.images),
                                    running.step, running.interrupted))
+
+    def _use_loras(self, loras: tuple) -> None:
+        """Switch the pipeline to the LoRA set LORAS (sdcpu.lora.use: adapters on the eager UNet, compiled sets kept
+        on OpenVINO), unless it runs with it already; a set that cannot apply fails its job alone."""
+        if loras != self._loras:
+            self._loras = None  # unknown until use() has finished: a failed switch is switched again next time
+            log.info("lora: %s", lora.use(self.pipe, loras))
+            self._loras = loras
 
     def _use_scheduler(self, name: str | None) -> None:
         """Swap to NAME's scheduler, made once from the recipe's own (None: the recipe's own)."""

@@ -18,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdcpu import generate, tasks
+from sdcpu import generate, lora, tasks
 from sdcpu.errors import UsageError
 from sdcpu.generate import Request
 
@@ -44,6 +44,7 @@ class Job:
     request: Request
     scheduler: str | None = None  # an sdcpu.schedulers name; None: the pipeline's own (the recipe's)
     edit: tasks.Edit | None = None  # img2img or inpainting; None: text-to-image
+    loras: tuple[lora.Lora, ...] = ()  # from the server's --lora-dir, named by the request
     # on_step(step_index, steps_run, latents of this job's images), on the worker thread after each step
     on_step: object = field(default=None, compare=False)
 
@@ -72,6 +73,7 @@ class _OpenAIFields(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     negative_prompt: str = ""
     guidance: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
+    loras: str = ""  # "name[:weight],...": LoRAs of the server's --lora-dir (as <lora:name:weight> in the prompt)
 
 
 class OpenAIImageRequest(_OpenAIFields):
@@ -123,6 +125,7 @@ class Limits:
     max_size: int  # the largest width or height served
     defaults: dict  # the recipe's call defaults (steps.defaults): num_inference_steps, guidance_scale
     tokenizer: object  # the pipeline's tokenizer (a copy: tokenizers are not thread-safe), to count prompt tokens
+    lora_folder: lora.Folder | None = None  # serve --lora-dir: the LoRAs requests may name
 
 
 def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = None) -> Job:
@@ -133,13 +136,14 @@ def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = N
     if body.partial_images and not body.stream:
         raise BadRequest("partial_images needs stream: true")
     width, height = _size(body.size) if body.size else edit.image.size if edit else (512, 512)
+    prompt, loras = _loras(body.prompt, body.loras, limits)
     request = Request(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, width=width, height=height,
+        prompt=prompt, negative_prompt=body.negative_prompt, width=width, height=height,
         steps=body.steps or limits.defaults.get("num_inference_steps", 20),
         guidance=limits.defaults.get("guidance_scale", 7.5) if body.guidance is None else body.guidance,
         seed=_seed(body.seed), num_images=body.n,
     )
-    return _checked(Job(request, edit=edit), limits)
+    return _checked(Job(request, edit=edit, loras=loras), limits)
 
 
 def openai_edit(image: bytes, mask: bytes | None, strength: float | None) -> tasks.Edit:
@@ -152,12 +156,31 @@ def from_a1111(body: A1111Txt2ImgRequest, limits: Limits, edit: tasks.Edit | Non
     sampler = body.sampler_name or body.sampler_index
     if sampler is not None and sampler not in SAMPLERS:
         raise BadRequest(f"sampler_name {sampler!r} is not served; choose from: {', '.join(SAMPLERS)}")
+    prompt, loras = _loras(body.prompt, "", limits)
     request = Request(
-        prompt=body.prompt, negative_prompt=body.negative_prompt, width=body.width, height=body.height,
+        prompt=prompt, negative_prompt=body.negative_prompt, width=body.width, height=body.height,
         steps=body.steps, guidance=body.cfg_scale, seed=_seed(None if body.seed == -1 else body.seed),
         num_images=body.batch_size,
     )
-    return _checked(Job(request, SAMPLERS.get(sampler), edit), limits)
+    return _checked(Job(request, SAMPLERS.get(sampler), edit, loras), limits)
+
+
+def _loras(prompt: str, listed: str, limits: Limits) -> tuple[str, tuple[lora.Lora, ...]]:
+    """PROMPT without its `<lora:name:weight>` tags, and the LoRAs those tags and LISTED (`name[:weight],...`, the
+    OpenAI routes' field) name, each a file of the server's --lora-dir: a request never names a path or URL."""
+    with _answered_400():
+        tags = "".join(f"<lora:{item.strip()}>" for item in listed.split(",") if item.strip())
+        prompt, named = lora.prompt_loras(prompt)
+        named += lora.prompt_loras(tags)[1]  # one parser for both spellings
+        if not named:
+            return prompt, ()
+        if limits.lora_folder is None:
+            raise BadRequest("this server serves no LoRAs: start sdcpu serve with --lora-dir DIR")
+        names = [name for name, _ in named]
+        if len(set(names)) < len(names):
+            raise BadRequest(f"LoRA {next(n for n in names if names.count(n) > 1)!r} is named twice: once, with its "
+                             "weight")
+        return prompt, tuple(lora.Lora(str(limits.lora_folder.resolve(name)), weight) for name, weight in named)
 
 
 def a1111_edit(body: A1111Img2ImgRequest) -> tasks.Edit:

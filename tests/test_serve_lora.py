@@ -1,0 +1,87 @@
+"""LoRAs over HTTP, against a live server on random:tiny with a --lora-dir: A1111's <lora:name:weight> prompt tags and
+the OpenAI routes' `loras` field (the real openai client), /sdapi/v1/loras, and the names a request may not use."""
+
+import base64
+import io
+
+import httpx2 as httpx
+import openai
+import pytest
+from PIL import Image
+
+from images import REMADE_ALONE_LEVELS, level_difference
+from loras import write_loras
+from serving import Server
+from sdcpu import load_pipeline, lora
+from sdcpu.serve import schemas
+
+# A LoRA of 0.1 x randn factors at rank 4 moves random:tiny's 64x64 image by tens of levels (test_lora: 3e-2 max abs
+# on [0, 1] pixels at 3 steps, about 8 levels): more than 2 levels apart means the LoRA was applied.
+APPLIED_LEVELS = REMADE_ALONE_LEVELS
+
+
+@pytest.fixture(scope="module")
+def lora_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("lora-dir")
+    write_loras(load_pipeline("random:tiny"), folder, 1)  # kohya-1 and peft-1: the same LoRA in two layouts
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(sdcpu_home, lora_dir):
+    live = Server("--lora-dir", str(lora_dir), home=sdcpu_home)
+    yield live
+    assert live.stop() == 0
+
+
+def txt2img(server, prompt: str) -> Image.Image:
+    response = httpx.post(f"{server.url}/sdapi/v1/txt2img", timeout=120,
+                          json={"prompt": prompt, "steps": 3, "width": 64, "height": 64, "seed": 5})
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+    image.load()
+    return image
+
+
+def test_a1111_lists_the_folder_and_applies_a_prompt_tag_then_goes_back(server):
+    listed = httpx.get(f"{server.url}/sdapi/v1/loras").json()
+    assert [item["name"] for item in listed] == ["kohya-1", "peft-1"]
+    assert all(item["path"] == f"{item['name']}.safetensors" for item in listed)  # no server path shown
+    base = txt2img(server, "a ship")
+    tagged = txt2img(server, "a ship <lora:kohya-1:0.8>")
+    assert level_difference(tagged, base) > APPLIED_LEVELS
+    text = tagged.info["parameters"]
+    assert text.startswith("a ship <lora:kohya-1:0.8>\n") and 'Lora hashes: "kohya-1: ' in text
+    # the other layout of the same LoRA: the same image (test_lora's kohya/peft bound, far below a level)
+    assert level_difference(txt2img(server, "a ship <lora:peft-1:0.8>"), tagged) <= REMADE_ALONE_LEVELS
+    assert level_difference(txt2img(server, "a ship"), base) <= REMADE_ALONE_LEVELS  # the set switched back to none
+
+
+def test_openai_names_loras_in_a_field_and_gets_the_tagged_image(server):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
+    answer = client.images.generate(prompt="a ship", size="64x64",
+                                    extra_body={"steps": 3, "seed": 5, "loras": "kohya-1:0.8"})
+    image = Image.open(io.BytesIO(base64.b64decode(answer.data[0].b64_json)))
+    assert level_difference(image.convert("RGB"), txt2img(server, "a ship <lora:kohya-1:0.8>")) <= REMADE_ALONE_LEVELS
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("a ship <lora:../kohya-1:1>", "a name from the LoRA folder, not a path"),
+    ("a ship <lora:/etc/passwd>", "a name from the LoRA folder, not a path"),
+    ("a ship <lora:nowhere:1>", "'nowhere' is not in"),
+    ("a ship <lora:kohya-1:lots>", "is not a number"),
+    ("a ship <lora:kohya-1:1> <lora:kohya-1:0.5>", "'kohya-1' is named twice"),
+])
+def test_a_lora_a_request_may_not_name_is_a_400_and_the_server_goes_on(server, prompt, message):
+    response = httpx.post(f"{server.url}/sdapi/v1/txt2img", json={"prompt": prompt, "steps": 1, "width": 64,
+                                                                  "height": 64})
+    assert response.status_code == 400 and message in response.json()["error"]["message"], response.text
+    assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_a_server_without_a_lora_dir_refuses_lora_names():
+    limits = schemas.Limits(1024, {}, tokenizer=None)
+    with pytest.raises(schemas.BadRequest, match="serves no LoRAs: start sdcpu serve with --lora-dir"):
+        schemas.from_a1111(schemas.A1111Txt2ImgRequest(prompt="a <lora:style:1>"), limits)
+    prompt, loras = lora.prompt_loras("a ship, <lora:style:0.5> at sea")
+    assert (prompt, loras) == ("a ship, at sea", (("style", 0.5),))
