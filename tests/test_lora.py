@@ -167,7 +167,10 @@ def disk(pipe) -> dict:
     return {"ir": digests, "blobs": sorted(p.name for p in (folder.parent / "compiled").rglob("*"))}
 
 
-def test_openvino_lora_matches_eager_and_switching_back_hits_the_cache(on_openvino, eager, files):
+def test_openvino_lora_matches_eager_and_switching_back_hits_the_cache(on_openvino, eager, files, monkeypatch):
+    from sdcpu.backends.openvino_lora import SETS_VARIABLE
+
+    monkeypatch.setenv(SETS_VARIABLE, "2")  # A and B both kept (one, by default: B would replace A)
     pipe, before = on_openvino
     _, images = eager
     switch_to = {"A": (lora.Lora(files[1][1], 0.8),), "B": (lora.Lora(files[2][1], 0.8),), "none": ()}
@@ -179,17 +182,21 @@ def test_openvino_lora_matches_eager_and_switching_back_hits_the_cache(on_openvi
     assert disk(pipe) == before  # the IR untouched, no blob written for an edited model
 
 
-def test_openvino_takes_kohya_keys_and_keeps_only_the_last_sets(on_openvino, eager, files):
-    from sdcpu.backends.openvino_lora import CACHE_SETS
+def test_openvino_takes_kohya_keys_and_keeps_only_the_last_sets(on_openvino, eager, files, monkeypatch):
+    from sdcpu.backends.openvino_lora import SETS_VARIABLE, kept_sets
 
+    monkeypatch.setenv(SETS_VARIABLE, "2")
     pipe, _ = on_openvino
     for seed in (1, 2):
         use_loras(pipe, (lora.Lora(files[seed][1], 0.8),))
     use_loras(pipe, (lora.Lora(files[1][0], 0.8),))  # A in kohya's layout: another source, so another set
     np.testing.assert_allclose(image(pipe), eager[1]["A"], rtol=0, atol=OPENVINO_ATOL)
     kept = [key[0][0] for key in pipe.sdcpu_lora_switch.kept]
-    assert CACHE_SETS == 2 and kept == [files[2][1], files[1][0]]  # A (peft layout), the oldest, went
+    assert kept_sets() == 2 and kept == [files[2][1], files[1][0]]  # A (peft layout), the oldest, went
     use_loras(pipe, ())
+    monkeypatch.setenv(SETS_VARIABLE, "many")
+    with pytest.raises(UsageError, match="SDCPU_LORA_SETS='many': a whole number >= 0"):
+        kept_sets()
 
 
 TINY = ["--model", "random:tiny", "--size", "64x64", "--steps", "2"]

@@ -9,17 +9,18 @@
   compiles that model. OpenVINO's compiled-blob cache is off for it (CACHE_DIR ""): with CACHE_MODE OPTIMIZE_SIZE a
   blob carries no weights, so an edited model must never meet a blob or weights file of another. The IR on disk is
   never written.
-- Switching: the compiled UNet and text encoder of the last CACHE_SETS LoRA sets are kept (keyed by each LoRA's
-  source and weight); switching back to one is a dictionary look-up, to none the base compiled models. A new set pays
-  dW and one compile per component it changes, at every input size the base has compiled. Each kept set costs one
-  compiled UNet's memory (SD 1.5 in f32: its weights repacked, 3.2 GiB as backends/mapped.py measured; the RSS after
-  each switch is in benchmarks/lora_switch.py's row), hence the small bound.
+- Switching: the compiled UNet and text encoder of the last $SDCPU_LORA_SETS LoRA sets (default 1) are kept (keyed
+  by each LoRA's source and weight); switching back to one is a dictionary look-up, to none the base compiled models.
+  A new set pays dW and one compile per component it changes, at every input size the base has compiled. Each kept
+  set costs one compiled UNet's memory: random:sd15 f32 at 512x512, 4.0 GiB each (RSS 5.5 -> 9.5 -> 13.5 GiB with two
+  kept, benchmarks/lora_switch.py), where a new set's compile took 4.8-8.3 s: hence one by default.
 
 Not done: switching without recompiling (LoRA A/B as extra inputs or states on each target MatMul, as OpenVINO GenAI
 does) would trade the compile per new set for extra matmuls at every step (the eager UNet's unfused adapters cost
 +14% per call at rank 16, sdcpu.lora); with a few sets in turn, the kept compiled sets cost nothing per step.
 """
 
+import os
 import time
 from collections import OrderedDict
 
@@ -27,10 +28,19 @@ import numpy as np
 import torch
 
 from sdcpu.backends import openvino
+from sdcpu.errors import UsageError
 from sdcpu.lora import loading
 from sdcpu.steps_base import Skip
 
-CACHE_SETS = 2
+SETS_VARIABLE, DEFAULT_SETS = "SDCPU_LORA_SETS", 1
+
+
+def kept_sets() -> int:
+    """How many LoRA sets stay compiled ($SDCPU_LORA_SETS, default 1; 0 keeps none but the base)."""
+    text = os.environ.get(SETS_VARIABLE, str(DEFAULT_SETS))
+    if not text.isdigit():
+        raise UsageError(f"{SETS_VARIABLE}={text!r}: a whole number >= 0 of LoRA sets kept compiled")
+    return int(text)
 COMPONENTS = ("unet", "text_encoder")
 ADAPTER = "delta"
 
@@ -42,7 +52,7 @@ def use(pipe, loras) -> str:
 
 
 class Switch:
-    """The base compiled UNet and text encoder of PIPE, and those of the last CACHE_SETS LoRA sets."""
+    """The base compiled UNet and text encoder of PIPE, and those of the last kept_sets() LoRA sets."""
 
     def __init__(self, pipe):
         self.base = {name: getattr(pipe, name).run for name in COMPONENTS}
@@ -61,7 +71,7 @@ class Switch:
         else:
             runs = self.kept[key] = self.build(pipe, loras)
             self.misses += 1
-            while len(self.kept) > CACHE_SETS:
+            while len(self.kept) > kept_sets():  # the set in use runs on until the next switch, kept or not
                 self.kept.popitem(last=False)
             how = f"dW added to {', '.join(n for n in COMPONENTS if runs[n] is not self.base[n])} IR weights, compiled"
         for name in COMPONENTS:

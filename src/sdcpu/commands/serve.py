@@ -13,6 +13,7 @@ from sdcpu import auto, generate, hardware, launcher, models, recipes, relaunch,
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
 from sdcpu.instances import run_instances
+from sdcpu.serve import preview
 
 
 
@@ -97,9 +98,10 @@ def _prepare(worker, spec, recipe, cpu, size):
     _, outcomes = steps.optimize(pipe, recipe, cpu)
     worker.state = f"warming up: one 1-step call at {size[0]}x{size[1]}"
     warmup = generate.run(pipe, generate.Request("warm-up", steps=1, width=size[0], height=size[1]))
+    previews = preview.previewer(pipe).source  # loaded now: the first streamed preview or progress image pays nothing
     skipped = "; ".join(str(outcome) for outcome in outcomes if not outcome.applied)
-    print(f"sdcpu serve: ready (warm-up {warmup.seconds:.1f} s)" + (f"; skipped: {skipped}" if skipped else ""),
-          flush=True)
+    print(f"sdcpu serve: ready (warm-up {warmup.seconds:.1f} s; previews: {previews})"
+          + (f"; skipped: {skipped}" if skipped else ""), flush=True)
     return pipe
 
 

@@ -28,9 +28,8 @@ from starlette.exceptions import HTTPException
 
 from sdcpu import generate, lora, steps
 from sdcpu.errors import UsageError
-from sdcpu.serve import a1111_routes, openai_routes, schemas
+from sdcpu.serve import a1111_routes, openai_routes, preview, schemas
 from sdcpu.serve.metrics import Metrics
-from sdcpu.serve.preview import Previewer
 from sdcpu.serve.queue import Done, GenerationFailed, NotReady, QueueFull, Worker
 from sdcpu.steps_base import Skip
 
@@ -93,7 +92,7 @@ class Service:
 
     def __init__(self, worker: Worker, settings: Settings, metrics: Metrics):
         self.worker, self.settings, self.metrics = worker, settings, metrics
-        self._limits = self._previewer = None
+        self._limits = None
 
     def limits(self) -> schemas.Limits:
         """The request bounds, made once the model is loaded (they need its tokenizer and the recipe's defaults)."""
@@ -108,9 +107,7 @@ class Service:
     def preview_png(self, latents, width: int, height: int) -> str:
         """The first image of LATENTS (a step's) as a base64 PNG of WIDTHxHEIGHT, decoded cheaply (sdcpu.serve.preview);
         blocking: call it in a thread."""
-        if self._previewer is None:
-            self._previewer = Previewer(self.worker.pipe)
-        image = self._previewer.images(latents[:1], width, height)[0]
+        image = preview.previewer(self.worker.pipe).images(latents[:1], width, height)[0]
         out = io.BytesIO()
         image.save(out, format="PNG")
         return base64.b64encode(out.getvalue()).decode()

@@ -1,7 +1,7 @@
 """Previews of a generation in progress: the latents of a step decoded cheaply, for /sdapi/v1/progress's current_image
 and OpenAI's streamed partial images.
 
-The decoder, chosen once (lazily, on the first preview):
+The decoder, chosen once per pipeline and loaded while `sdcpu serve` warms up (so the first preview pays no load):
 - the pipeline's own VAE when it already is TAESD (diffusers' AutoencoderTiny: the `tiny-vae` step);
 - TAESD: a `random:` model's random-weight one (built offline), else madebyollin/taesd if it is in the hub cache;
 - else A1111's "Approx cheap": a fixed linear map of SD 1.x's 4 latent channels to RGB, at the latent's size, upscaled.
@@ -18,20 +18,26 @@ log = logging.getLogger(__name__)
 APPROX_CHEAP = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
 
 
+_MADE = threading.Lock()
+
+
+def previewer(pipe) -> "Previewer":
+    """PIPE's Previewer, made (its decoder loaded) on the first call and kept on PIPE."""
+    with _MADE:
+        if "sdcpu_previewer" not in pipe.__dict__:
+            pipe.sdcpu_previewer = Previewer(pipe)
+    return pipe.sdcpu_previewer
+
+
 class Previewer:
     def __init__(self, pipe):
         self.pipe = pipe
-        self.source = None  # what decodes the previews, once chosen
-        self._decode = None
-        self._lock = threading.Lock()
+        self.source, self._decode = _decoder(pipe)  # what decodes the previews, and how
 
     def images(self, latents, width: int, height: int) -> list:
         """LATENTS (a step's, as the UNet sees them) as PIL images of WIDTHxHEIGHT."""
         import torch
 
-        with self._lock:
-            if self._decode is None:
-                self.source, self._decode = _decoder(self.pipe)
         with torch.inference_mode():
             pixels = self._decode(latents.float()).clamp(-1, 1)
         return [image.resize((width, height)) for image in self.pipe.image_processor.postprocess(pixels)]
