@@ -1,5 +1,6 @@
-"""AUTOMATIC1111's API, as its clients use it: txt2img, img2img, progress, interrupt, the loaded model, samplers and
-options.
+"""AUTOMATIC1111's API, as its clients use it: txt2img and img2img (their fields: a1111_fields.py), progress, interrupt,
+and the listings clients read before they generate (models, samplers, schedulers, options, upscalers, LoRAs, scripts,
+command-line flags), in A1111's shapes with what sdcpu has.
 
 /sdapi/v1/progress reads the call running: its step, an ETA from the time per step so far, and (unless
 skip_current_image) a preview of its first image decoded cheaply from the latest latents. /sdapi/v1/interrupt stops
