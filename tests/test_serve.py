@@ -50,7 +50,7 @@ def test_a1111_txt2img_with_a_sampler(server):
     answer = httpx.post(f"{server.url}/sdapi/v1/txt2img", json=body, headers=AUTH, timeout=60).json()
     info = json.loads(answer["info"])
     assert [png(image).size for image in answer["images"]] == [(64, 64), (64, 64)]
-    assert info["all_seeds"] == [7, 8] and info["sampler_name"] == "dpm++" and info["seconds"] > 0
+    assert info["all_seeds"] == [7, 8] and info["sampler_name"] == "DPM++ 2M" and info["sdcpu_scheduler"] == "dpm++" and info["seconds"] > 0
     assert answer["parameters"]["prompt"] == "a lighthouse"
     again = httpx.post(f"{server.url}/sdapi/v1/txt2img", json={**body, "batch_size": 1}, headers=AUTH, timeout=60)
     alone, batched = png(again.json()["images"][0]), [png(image) for image in answer["images"]]
@@ -84,7 +84,8 @@ MALFORMED = [  # (path, body as sent, what the message says)
     ("/sdapi/v1/txt2img", {"prompt": "x", "cfg_scale": 31}, "cfg_scale: Input should be less than or equal to 30"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "Euler z"}, "sampler_name 'Euler z' is not served"),
-    ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": True}, "enable_hr: Extra inputs are not permitted"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": True}, "enable_hr true: asks for hires fix"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "hires": True}, "hires: Extra inputs are not permitted"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "negative_prompt": LONG}, "negative_prompt is 82 tokens"),
     ("/sdapi/v1/txt2img", {"prompt": None}, "prompt: Input should be a valid string"),
 ]

@@ -160,6 +160,7 @@ def test_bad_uploads_are_a_400_on_both_routes_and_the_server_goes_on(server, ima
 
 
 IMAGE = base64.b64encode(encoded(PICTURE)).decode()
+MASK = base64.b64encode(encoded(left_mask("L", 255, 0))).decode()
 REFUSED = [  # (path, what is sent, what the message says)
     ("/v1/images/edits", {"data": {"prompt": "x", "quality": "high"}}, "quality: Extra inputs are not permitted"),
     ("/v1/images/edits", {"data": {"prompt": "x", "steps": "2.5"}}, "steps: Input should be a valid integer"),
@@ -174,10 +175,10 @@ REFUSED = [  # (path, what is sent, what the message says)
     ("/sdapi/v1/img2img", {"json": {"prompt": "x"}}, "init_images: Field required"),
     ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE, IMAGE]}}, "init_images: List should have at most 1 item"),
     ("/sdapi/v1/img2img", {"json": {"init_images": ["%%%"]}}, "init_images: not base64"),
-    ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE], "inpainting_fill": 0}}, "inpainting_fill: Input should be 1"),
-    ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE], "resize_mode": 1}}, "resize_mode: Input should be 0"),
-    ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE], "inpaint_full_res": True}}, "inpaint_full_res: Input should be False"),
-    ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE], "image_cfg_scale": 1.5}}, "image_cfg_scale: Extra inputs"),
+    ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE], "mask": MASK, "inpainting_fill": 0}}, "inpainting_fill 0: asks for"),
+    ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE], "resize_mode": 1}}, "resize_mode 1: asks for"),
+    ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE], "mask": MASK, "inpainting_fill": 1, "inpaint_full_res": True}}, "inpaint_full_res true: asks for"),
+    ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE], "enable_hr": False}}, "enable_hr: Extra inputs"),
     ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE], "denoising_strength": "0.5"}}, "denoising_strength: Input should be a valid number"),
     ("/sdapi/v1/options", {"json": {"sd_model_checkpoint": "v1-5.safetensors"}}, "this server runs 'random:tiny' only"),
     ("/sdapi/v1/options", {"json": {"sd_vae": "auto"}}, "sd_vae: Extra inputs are not permitted"),

@@ -13,7 +13,7 @@ from images import REMADE_ALONE_LEVELS, level_difference
 from loras import write_loras
 from serving import Server
 from sdcpu import load_pipeline, lora
-from sdcpu.serve import schemas
+from sdcpu.serve import a1111_fields, schemas
 
 # A LoRA of 0.1 x randn factors at rank 4 moves random:tiny's 64x64 image by tens of levels (test_lora: 3e-2 max abs
 # on [0, 1] pixels at 3 steps, about 8 levels): more than 2 levels apart means the LoRA was applied.
@@ -82,6 +82,6 @@ def test_a_lora_a_request_may_not_name_is_a_400_and_the_server_goes_on(server, p
 def test_a_server_without_a_lora_dir_refuses_lora_names():
     limits = schemas.Limits(1024, {}, tokenizer=None)
     with pytest.raises(schemas.BadRequest, match="serves no LoRAs: start sdcpu serve with --lora-dir"):
-        schemas.from_a1111(schemas.A1111Txt2ImgRequest(prompt="a <lora:style:1>"), limits)
+        a1111_fields.from_a1111(a1111_fields.A1111Txt2ImgRequest(prompt="a <lora:style:1>"), limits)
     prompt, loras = lora.prompt_loras("a ship, <lora:style:0.5> at sea")
     assert (prompt, loras) == ("a ship, at sea", (("style", 0.5),))

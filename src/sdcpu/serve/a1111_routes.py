@@ -1,5 +1,6 @@
-"""AUTOMATIC1111's API, as its clients use it: txt2img, img2img, progress, interrupt, the loaded model, samplers and
-options.
+"""AUTOMATIC1111's API, as its clients use it: txt2img and img2img (their fields: a1111_fields.py), progress, interrupt,
+and the listings clients read before they generate (models, samplers, schedulers, options, upscalers, LoRAs, scripts,
+command-line flags), in A1111's shapes with what sdcpu has.
 
 /sdapi/v1/progress reads the call running: its step, an ETA from the time per step so far, and (unless
 skip_current_image) a preview of its first image decoded cheaply from the latest latents. /sdapi/v1/interrupt stops
@@ -14,28 +15,37 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from sdcpu import lora
-from sdcpu.serve import schemas
-
-SHOWN_OPTIONS = {"samples_format": "png", "CLIP_stop_at_last_layers": 1}  # what clients read besides the checkpoint
-
+from sdcpu.serve import a1111_fields, schemas
 
 def router(service) -> APIRouter:
     routes = APIRouter(prefix="/sdapi/v1")
     worker, model = service.worker, service.settings.model
 
     @routes.post("/txt2img")
-    async def txt2img(body: schemas.A1111Txt2ImgRequest):
-        """AUTOMATIC1111's txt2img: `images` (base64 PNGs), the `parameters` asked, `info` (a JSON string)."""
-        images, info = await service.run(schemas.from_a1111(body, service.limits()))
-        return {"images": images, "parameters": body.model_dump(), "info": json.dumps(info)}
+    async def txt2img(body: a1111_fields.A1111Txt2ImgRequest):
+        """AUTOMATIC1111's txt2img: `images` (base64 PNGs), `parameters` (the request, every field), `info` (a JSON
+        string with A1111's keys and sdcpu's)."""
+        return await _generate(body, a1111_fields.from_a1111(body, service.limits()), body.model_dump())
 
     @routes.post("/img2img")
-    async def img2img(body: schemas.A1111Img2ImgRequest):
+    async def img2img(body: a1111_fields.A1111Img2ImgRequest):
         """AUTOMATIC1111's img2img and inpainting (with `mask`: white = repaint); txt2img's fields and answer."""
-        edit = await run_in_threadpool(schemas.a1111_edit, body)
-        images, info = await service.run(schemas.from_a1111(body, service.limits(), edit))
-        parameters = body.model_dump(exclude={"init_images", "mask"})  # the inputs are not echoed back
-        return {"images": images, "parameters": parameters, "info": json.dumps(info)}
+        edit = await run_in_threadpool(a1111_fields.a1111_edit, body)
+        inputs = set() if body.include_init_images else {"init_images", "mask"}  # not echoed back unless asked
+        return await _generate(body, a1111_fields.from_a1111(body, service.limits(), edit), body.model_dump(
+            exclude=inputs))
+
+    async def _generate(body, jobs: list, parameters: dict) -> dict:
+        """JOBS (n_iter of them) one after another; an interrupt stops the iterations left, as in A1111."""
+        images, infos = [], []
+        for job in jobs:
+            made, info = await service.run(job)
+            images += made
+            infos.append(info)
+            if info["interrupted"]:
+                break
+        info = _a1111_info(body, infos, model)
+        return {"images": images if body.send_images else [], "parameters": parameters, "info": json.dumps(info)}
 
     @routes.get("/progress")
     async def progress(skip_current_image: bool = False):
@@ -68,7 +78,33 @@ def router(service) -> APIRouter:
 
     @routes.get("/samplers")
     async def samplers():
-        return [{"name": name, "aliases": [scheduler], "options": {}} for name, scheduler in schemas.SAMPLERS.items()]
+        return [{"name": name, "aliases": [scheduler], "options": {}} for name, scheduler in a1111_fields.SAMPLERS.items()]
+
+    @routes.get("/schedulers")
+    async def schedules():
+        """A1111's noise schedules sdcpu serves (the `scheduler` field): Automatic, the sampler's own; Karras."""
+        return [{"name": label.lower(), "label": label, "aliases": None, "default_rho": 7.0 if label == "Karras" else
+                 -1.0, "need_inner_model": False} for label in a1111_fields.SCHEDULES]
+
+    @routes.get("/upscalers")
+    async def upscalers():
+        """A1111's "None" upscaler only: sdcpu upscales nothing (hires fix and the extras tab are not served)."""
+        return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 1.0}]
+
+    @routes.get("/latent-upscale-modes")
+    async def latent_upscale_modes():
+        return []
+
+    @routes.get("/scripts")
+    async def scripts():
+        """No scripts: clients read this to know which extensions (ControlNet, ADetailer...) to send arguments to."""
+        return {"txt2img": [], "img2img": []}
+
+    @routes.get("/cmd-flags")
+    async def cmd_flags():
+        """The few of A1111's command-line flags that describe this server (an API-only server on the CPU)."""
+        return {"api": True, "nowebui": True, "ckpt": model, "use_cpu": ["all"], "skip_torch_cuda_test": True,
+                "lora_dir": None}
 
     @routes.get("/loras")
     async def loras():
@@ -80,10 +116,10 @@ def router(service) -> APIRouter:
 
     @routes.get("/options")
     async def options():
-        return {"sd_model_checkpoint": model, "sd_checkpoint_hash": None, **SHOWN_OPTIONS}
+        return {"sd_model_checkpoint": model, "sd_checkpoint_hash": None, **a1111_fields.SHOWN_OPTIONS}
 
     @routes.post("/options")
-    async def set_options(body: schemas.A1111Options):
+    async def set_options(body: a1111_fields.A1111Options):
         """Only sd_model_checkpoint, and only to the model loaded: sdcpu serves one model per process."""
         if body.sd_model_checkpoint not in (None, model):
             raise schemas.BadRequest(f"sd_model_checkpoint {body.sd_model_checkpoint!r}: this server runs {model!r} "
@@ -96,3 +132,23 @@ def router(service) -> APIRouter:
 def _state(job: str, count: int, step: int, steps: int, interrupted: bool) -> dict:
     return {"skipped": False, "interrupted": interrupted, "job": job, "job_count": count, "job_no": 0,
             "sampling_step": step, "sampling_steps": steps}
+
+
+def _a1111_info(body, infos: list[dict], model: str) -> dict:
+    """A1111's `info` of INFOS (one per n_iter; app._info's), with sdcpu's own keys beside A1111's."""
+    first, seeds = infos[0], [seed for info in infos for seed in info["all_seeds"]]
+    count = len(seeds)
+    return {
+        **first, "seconds": round(sum(info["seconds"] for info in infos), 3), "sdcpu_scheduler": first["sampler_name"],
+        "interrupted": any(info["interrupted"] for info in infos),
+        "prompt": body.prompt, "all_prompts": [body.prompt] * count, "negative_prompt": body.negative_prompt,
+        "all_negative_prompts": [body.negative_prompt] * count, "seed": seeds[0], "all_seeds": seeds,
+        "subseed": body.subseed, "all_subseeds": [body.subseed] * count, "subseed_strength": 0,
+        "sampler_name": a1111_fields.sampler_label(first["sampler_name"]), "batch_size": body.batch_size,
+        "restore_faces": False, "face_restoration_model": None, "sd_model_name": model, "sd_model_hash": None,
+        "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": first["denoising_strength"] or body.denoising_strength, "extra_generation_params": {},
+        "index_of_first_image": 0, "infotexts": [text for info in infos for text in info["infotexts"]],
+        "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+        "is_using_inpainting_conditioning": False, "version": "sdcpu",
+    }

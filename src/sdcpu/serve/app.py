@@ -101,7 +101,8 @@ class Service:
                 raise NotReady(self.worker.state)
             folder = lora.Folder(self.settings.lora_dir) if self.settings.lora_dir else None
             self._limits = schemas.Limits(self.settings.max_size, steps.defaults(self.worker.pipe),
-                                          copy.deepcopy(self.worker.pipe.tokenizer), folder)
+                                          copy.deepcopy(self.worker.pipe.tokenizer), folder, self.settings.model,
+                                          self.worker.scheduler_name)
         return self._limits
 
     def preview_png(self, latents, width: int, height: int) -> str:
@@ -125,7 +126,9 @@ class Service:
             raise GenerationFailed(f"generation failed: {error}") from error
         self.metrics.images.inc(len(done.images))
         info = _info(job, done, self.worker)
-        return await run_in_threadpool(_encode, done, job, self.settings, info), info
+        encoded = await run_in_threadpool(_encode, done, job, self.settings, info)
+        info["infotexts"] = [text for _, text in encoded]  # each PNG's parameters chunk (A1111's infotexts)
+        return [image for image, _ in encoded], info
 
     async def run(self, job: schemas.Job) -> tuple[list[str], dict]:
         return await self.answer(job, self.submit(job))
@@ -142,14 +145,14 @@ def _info(job: schemas.Job, done: Done, worker: Worker) -> dict:
             "interrupted": done.interrupted}
 
 
-def _encode(done: Done, job: schemas.Job, settings: Settings, info: dict) -> list[str]:
-    """Base64 PNGs, each with its `parameters` chunk (as `sdcpu generate` writes them)."""
+def _encode(done: Done, job: schemas.Job, settings: Settings, info: dict) -> list[tuple[str, str]]:
+    """Base64 PNGs, each with its `parameters` chunk (as `sdcpu generate` writes them), and that chunk."""
     out = []
     for image, seed in zip(done.images, job.request.seeds()):
         text = generate.parameters_text(job.request, seed, model=settings.model, random_weights=settings.random_weights,
                                         scheduler=info["sampler_name"], recipe=settings.recipe, edit=job.edit,
                                         loras=job.loras)
-        out.append(base64.b64encode(generate.encode_png(image, text)).decode())
+        out.append((base64.b64encode(generate.encode_png(image, text)).decode(), text))
     return out
 
 

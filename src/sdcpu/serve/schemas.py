@@ -1,10 +1,10 @@
-"""What the two APIs accept, checked strictly: OpenAI's image generations (JSON) and edits (a form) and AUTOMATIC1111's
-txt2img and img2img, each turned into a `Job` (a generate.Request, the scheduler to use, the tasks.Edit of img2img and
-inpainting).
+"""What the two APIs accept, checked strictly: OpenAI's image generations (JSON) and edits (a form) here, AUTOMATIC1111's
+txt2img and img2img in a1111_fields.py; each is turned into a `Job` (a generate.Request, the scheduler to use, the
+tasks.Edit of img2img and inpainting), with the checks both share (prompt length, size, LoRA names).
 
-Strict means: a field of the wrong type ("20" for steps), a field the API does not have or sdcpu does not implement
-(A1111's hires fix, restore_faces...) and a value out of bounds are refused with a 400 naming the field, never
-coerced or ignored (an edits form is text: its numbers and booleans are read from their text, nothing else). A prompt
+Strict means: a field of the wrong type ("20" for steps), a field the API does not have, a value that asks for what
+sdcpu does not do (A1111's hires fix on, restore_faces on...) and a value out of bounds are refused with a 400 naming
+the field, never coerced or ignored (an edits form is text: its numbers and booleans are read from their text, nothing else). A prompt
 longer than the text encoder reads (77 CLIP tokens, start and end included) is refused
 too: truncating it would silently drop the end of what was asked for.
 """
@@ -13,7 +13,7 @@ import base64
 import binascii
 import contextlib
 import secrets
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -27,13 +27,6 @@ MAX_IMAGES = 10  # OpenAI's bound on n
 MAX_GUIDANCE = 30.0  # A1111's CFG scale maximum
 MAX_SEED = 2**32 - 1
 MAX_PARTIAL_IMAGES = 3  # OpenAI's bound on partial_images
-
-# A1111 sampler names (and sdcpu's own scheduler names) -> sdcpu.schedulers names, for samplers diffusers has.
-SAMPLERS = {
-    "Euler": "euler", "Euler a": "euler-a", "Heun": "heun", "DDIM": "ddim", "PLMS": "pndm", "PNDM": "pndm",
-    "DPM++ 2M": "dpm++", "DPM++ 2M Karras": "dpm++-karras", "UniPC": "unipc", "LCM": "lcm",
-}
-
 
 class BadRequest(ValueError):
     """A request the server refuses: answered 400 with this one-line message."""
@@ -53,7 +46,7 @@ class Job:
         return self.request.steps if self.edit is None else tasks.steps_run(self.request.steps, self.edit.strength)
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
@@ -88,44 +81,14 @@ class OpenAIEditForm(_OpenAIFields):
     strength: float | None = Field(None, gt=0, le=1)  # sdcpu's: None, diffusers' default for the task
 
 
-class A1111Txt2ImgRequest(_Strict):
-    prompt: str = ""
-    negative_prompt: str = ""
-    steps: int = Field(20, ge=1, le=MAX_STEPS)
-    width: int = 512
-    height: int = 512
-    seed: int = Field(-1, ge=-1, le=MAX_SEED)  # -1: a random seed, as in A1111
-    cfg_scale: float = Field(7.0, ge=0, le=MAX_GUIDANCE)
-    batch_size: int = Field(1, ge=1, le=MAX_IMAGES)
-    n_iter: Literal[1] = 1
-    sampler_name: str | None = None
-    sampler_index: str | None = None  # the older spelling of sampler_name
-    send_images: Literal[True] = True
-    save_images: Literal[False] = False
-
-
-class A1111Img2ImgRequest(A1111Txt2ImgRequest):
-    init_images: list[str] = Field(min_length=1, max_length=1)  # base64, a data: URL prefix allowed; one image
-    mask: str | None = None  # base64; white = repaint
-    denoising_strength: float = Field(0.75, gt=0, le=1)
-    mask_blur: int = Field(4, ge=0, le=64)  # A1111's default and slider maximum
-    inpainting_mask_invert: Literal[0, 1] = 0
-    # what diffusers does, alone: the masked area starts from the image ("original"); A1111's default 0 is "fill"
-    inpainting_fill: Literal[1] = 1
-    resize_mode: Literal[0] = 0  # a plain resize to width x height
-    inpaint_full_res: Literal[False] = False  # the whole image is repainted at its size, not a crop around the mask
-
-
-class A1111Options(_Strict):
-    sd_model_checkpoint: str | None = None  # the only option set: to the model loaded
-
-
 @dataclass(frozen=True)
 class Limits:
     max_size: int  # the largest width or height served
     defaults: dict  # the recipe's call defaults (steps.defaults): num_inference_steps, guidance_scale
     tokenizer: object  # the pipeline's tokenizer (a copy: tokenizers are not thread-safe), to count prompt tokens
     lora_folder: lora.Folder | None = None  # serve --lora-dir: the LoRAs requests may name
+    model: str = ""  # the model served (A1111's sd_model_checkpoint)
+    scheduler: str | None = None  # the recipe's scheduler (an sdcpu.schedulers name), run when a request names none
 
 
 def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = None) -> Job:
@@ -136,39 +99,26 @@ def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = N
     if body.partial_images and not body.stream:
         raise BadRequest("partial_images needs stream: true")
     width, height = _size(body.size) if body.size else edit.image.size if edit else (512, 512)
-    prompt, loras = _loras(body.prompt, body.loras, limits)
+    prompt, loras = loras_of(body.prompt, body.loras, limits)
     request = Request(
         prompt=prompt, negative_prompt=body.negative_prompt, width=width, height=height,
         steps=body.steps or limits.defaults.get("num_inference_steps", 20),
         guidance=limits.defaults.get("guidance_scale", 7.5) if body.guidance is None else body.guidance,
-        seed=_seed(body.seed), num_images=body.n,
+        seed=seed_of(body.seed), num_images=body.n,
     )
-    return _checked(Job(request, edit=edit, loras=loras), limits)
+    return checked(Job(request, edit=edit, loras=loras), limits)
 
 
 def openai_edit(image: bytes, mask: bytes | None, strength: float | None) -> tasks.Edit:
     """The uploads of /v1/images/edits, decoded and checked; the mask's alpha 0 marks the area to edit (OpenAI's)."""
-    with _answered_400():
+    with answered_400():
         return tasks.edit(image, mask, strength, mask_alpha=True)
 
 
-def from_a1111(body: A1111Txt2ImgRequest, limits: Limits, edit: tasks.Edit | None = None) -> Job:
-    sampler = body.sampler_name or body.sampler_index
-    if sampler is not None and sampler not in SAMPLERS:
-        raise BadRequest(f"sampler_name {sampler!r} is not served; choose from: {', '.join(SAMPLERS)}")
-    prompt, loras = _loras(body.prompt, "", limits)
-    request = Request(
-        prompt=prompt, negative_prompt=body.negative_prompt, width=body.width, height=body.height,
-        steps=body.steps, guidance=body.cfg_scale, seed=_seed(None if body.seed == -1 else body.seed),
-        num_images=body.batch_size,
-    )
-    return _checked(Job(request, SAMPLERS.get(sampler), edit, loras), limits)
-
-
-def _loras(prompt: str, listed: str, limits: Limits) -> tuple[str, tuple[lora.Lora, ...]]:
+def loras_of(prompt: str, listed: str, limits: Limits) -> tuple[str, tuple[lora.Lora, ...]]:
     """PROMPT without its `<lora:name:weight>` tags, and the LoRAs those tags and LISTED (`name[:weight],...`, the
     OpenAI routes' field) name, each a file of the server's --lora-dir: a request never names a path or URL."""
-    with _answered_400():
+    with answered_400():
         tags = "".join(f"<lora:{item.strip()}>" for item in listed.split(",") if item.strip())
         prompt, named = lora.prompt_loras(prompt)
         named += lora.prompt_loras(tags)[1]  # one parser for both spellings
@@ -183,22 +133,7 @@ def _loras(prompt: str, listed: str, limits: Limits) -> tuple[str, tuple[lora.Lo
         return prompt, tuple(lora.Lora(str(limits.lora_folder.resolve(name)), weight) for name, weight in named)
 
 
-def a1111_edit(body: A1111Img2ImgRequest) -> tasks.Edit:
-    """img2img's init image and mask, decoded and checked; the mask inverted and blurred as A1111 does (the blurred
-    mask also pastes the result back onto the image: A1111's overlay, which makes the seams soft)."""
-    from PIL import ImageFilter, ImageOps
-
-    with _answered_400():
-        edit = tasks.edit(_base64("init_images", body.init_images[0]),
-                          None if body.mask is None else _base64("mask", body.mask), body.denoising_strength)
-    if edit.mask is None:
-        return edit
-    mask = ImageOps.invert(edit.mask) if body.inpainting_mask_invert else edit.mask
-    return replace(edit, mask=mask.filter(ImageFilter.GaussianBlur(body.mask_blur)) if body.mask_blur else mask,
-                   paste_back=True)
-
-
-def _base64(field_name: str, text: str) -> bytes:
+def decode_base64(field_name: str, text: str) -> bytes:
     if len(text) > tasks.MAX_INPUT_BYTES * 4 // 3 + 100:  # base64's 4 characters per 3 bytes, and a data: prefix
         raise BadRequest(f"{field_name}: more than the {tasks.MAX_INPUT_BYTES // 2**20} MiB accepted")
     try:
@@ -208,7 +143,7 @@ def _base64(field_name: str, text: str) -> bytes:
 
 
 @contextlib.contextmanager
-def _answered_400():
+def answered_400():
     """The shared request checks (sdcpu.generate) raise UsageError; the server answers them 400."""
     try:
         yield
@@ -217,17 +152,17 @@ def _answered_400():
 
 
 def _size(text: str) -> tuple[int, int]:
-    with _answered_400():
+    with answered_400():
         return generate.parse_size(text)
 
 
-def _seed(seed: int | None) -> int:
+def seed_of(seed: int | None) -> int:
     return secrets.randbelow(MAX_SEED - MAX_IMAGES) if seed is None else seed
 
 
-def _checked(job: Job, limits: Limits) -> Job:
+def checked(job: Job, limits: Limits) -> Job:
     request = job.request
-    with _answered_400():
+    with answered_400():
         generate.check_size(request.width, request.height, limits.max_size)
         tasks.check_steps(request.steps, job.edit and job.edit.strength)
     for field, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
