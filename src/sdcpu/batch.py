@@ -1,0 +1,219 @@
+"""`sdcpu batch`'s jobs and its resumable output folder, pure where possible: a jobs file (.jsonl, .csv, .txt) read
+into validated jobs, the manifest (one JSON row per image, appended and fsynced), what a rerun still has to make, and
+the folder's batch.json that ties it to one jobs file and one set of options."""
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from sdcpu import schedulers
+from sdcpu.errors import UsageError
+from sdcpu.generate import Request, parse_size
+
+FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "size": str, "steps": int, "guidance": float,
+          "scheduler": str, "n": int}
+FORMATS = (".jsonl", ".csv", ".txt")
+MANIFEST, STATE = "manifest.jsonl", "batch.json"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One line of the jobs file: N images of a prompt, seeds seed..seed+n-1. STEPS and GUIDANCE are None where
+    neither the row nor the command line set them (the recipe's call defaults, else 20 and 7.5, fill them in)."""
+
+    line: int
+    prompt: str
+    negative_prompt: str = ""
+    seed: int = 0
+    size: str = "512x512"
+    steps: int | None = None
+    guidance: float | None = None
+    scheduler: str | None = None
+    n: int = 1
+
+    def request(self, seed: int, call_defaults: dict | None = None) -> Request:
+        """The one-image request of SEED, the job's unset steps and guidance taken from CALL_DEFAULTS
+        (steps_base.defaults: the recipe's steps= and guidance=)."""
+        call_defaults = call_defaults or {}
+        width, height = parse_size(self.size)
+        steps = self.steps if self.steps is not None else call_defaults.get("num_inference_steps", 20)
+        guidance = self.guidance if self.guidance is not None else call_defaults.get("guidance_scale", 7.5)
+        return Request(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=steps, width=width,
+                       height=height, seed=seed, guidance=guidance)
+
+    def seeds(self) -> list[int]:
+        return [self.seed + i for i in range(self.n)]
+
+    def validate(self) -> "Job":
+        """The checks of `sdcpu generate`: size, steps, guidance, the number of images, the scheduler."""
+        if not self.prompt.strip():
+            raise UsageError("empty prompt")
+        dataclasses.replace(self.request(self.seed), num_images=self.n).validate()
+        if self.scheduler is not None:
+            schedulers.lookup(self.scheduler)
+        return self
+
+
+@dataclass(frozen=True)
+class Bad:
+    line: int
+    error: str
+
+
+def _typed(name: str, value):
+    """VALUE as field NAME's type; CSV cells come as text. UsageError when it is not one."""
+    kind = FIELDS[name]
+    if isinstance(value, str) and kind is not str:
+        try:
+            value = kind(value)
+        except ValueError:
+            raise UsageError(f"{name}: expected a {kind.__name__}, got {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise UsageError(f"{name}: expected a {kind.__name__}, got {value!r}")
+    return value
+
+
+def job_of(line: int, row: dict, defaults: Job) -> Job:
+    """The job of ROW (its keys among FIELDS, the rest from DEFAULTS: the command line), validated."""
+    unknown = sorted(set(row) - set(FIELDS))
+    if unknown:
+        raise UsageError(f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(FIELDS)}")
+    if "prompt" not in row:
+        raise UsageError("no prompt")
+    given = {name: _typed(name, value) for name, value in row.items() if value is not None}
+    return dataclasses.replace(defaults, line=line, **given).validate()
+
+
+def _rows(path: Path, text: str):
+    """(line number, dict or a UsageError) for each non-blank row of the jobs file."""
+    if path.suffix == ".txt":
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                yield number, {"prompt": line.strip()}
+    elif path.suffix == ".jsonl":
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as err:
+                yield number, UsageError(f"not JSON: {err}")
+                continue
+            yield number, row if isinstance(row, dict) else UsageError("not a JSON object")
+    else:
+        reader = csv.DictReader(io.StringIO(text))
+        unknown = sorted(set(reader.fieldnames or ()) - set(FIELDS))
+        if unknown or "prompt" not in (reader.fieldnames or ()):
+            raise UsageError(f"{path}: its header needs a prompt column and columns among {', '.join(FIELDS)}"
+                             + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
+        for row in reader:  # an empty cell leaves the field to the command line
+            yield reader.line_num, {key: value for key, value in row.items() if value not in ("", None)}
+
+
+def read_jobs(path: Path, defaults: Job) -> tuple[list[Job], list[Bad], str]:
+    """(the valid jobs, the bad rows with their line numbers, the SHA-256 of the file's bytes) of the jobs file."""
+    if path.suffix not in FORMATS:
+        raise UsageError(f"{path}: a jobs file is {', '.join(FORMATS)}")
+    try:
+        data = path.read_bytes()
+        text = data.decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: {getattr(err, 'strerror', None) or err}") from None
+    jobs, bad = [], []
+    for number, row in _rows(path, text):
+        try:
+            if isinstance(row, UsageError):
+                raise row
+            jobs.append(job_of(number, row, defaults))
+        except UsageError as err:
+            bad.append(Bad(number, str(err)))
+    return jobs, bad, hashlib.sha256(data).hexdigest()
+
+
+def image_name(line: int, seed: int) -> str:
+    """A job's image file: from its line and seed, so a rerun finds it."""
+    return f"L{line:05d}-s{seed}.png"
+
+
+def check_state(folder: Path, jobs_sha256: str, options: dict) -> None:
+    """Tie FOLDER to one jobs file and one set of options: batch.json is written on the first run and a rerun that
+    differs from it is refused."""
+    state = {"jobs_sha256": jobs_sha256, "options": options}
+    path = folder / STATE
+    if path.exists():
+        before = json.loads(path.read_text())
+        if before["jobs_sha256"] != jobs_sha256:
+            raise UsageError(f"{folder} holds a batch of another jobs file (or one since edited): use a new --out")
+        changed = sorted(k for k in {*before["options"], *options} if before["options"].get(k) != options.get(k))
+        if changed:
+            raise UsageError(f"{folder} holds a batch run with other options ({', '.join(changed)}): "
+                             f"rerun with the same ones or use a new --out")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.part")
+    tmp.write_text(json.dumps(state, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """The manifest's rows; a torn last line (a crash mid-write) is left out."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines(keepends=True):
+        if line.endswith("\n"):
+            rows.append(json.loads(line))
+    return rows
+
+
+def open_manifest(path: Path):
+    """The manifest, opened to append after its last whole row (a torn last line is cut off first)."""
+    file = open(path, "a+b")
+    file.seek(0)
+    data = file.read()
+    whole = data.rfind(b"\n") + 1
+    if whole != len(data):
+        file.truncate(whole)
+    return file
+
+
+def append(file, row: dict) -> None:
+    """One row: one write, flushed and fsynced, so a crash leaves at most a torn last line."""
+    file.write((json.dumps(row) + "\n").encode())
+    file.flush()
+    os.fsync(file.fileno())
+
+
+def remove_parts(folder: Path) -> list[Path]:
+    """Remove the temporary files of images a killed run was writing (generate.save_png's *.png.part)."""
+    parts = sorted(folder.glob("*.png.part"))
+    for part in parts:
+        part.unlink()
+    return parts
+
+
+def todo(jobs: list[Job], rows: list[dict], folder: Path) -> list[tuple[Job, int]]:
+    """(job, seed) of each image the manifest and the files do not prove made: an "ok" row whose file exists."""
+    done = {(r["line"], r["seed"]) for r in rows if r["status"] == "ok" and (folder / r["file"]).exists()}
+    return [(job, seed) for job in jobs for seed in job.seeds() if (job.line, seed) not in done]
+
+
+def reported(rows: list[dict]) -> set[int]:
+    """The lines whose refusal (a bad row: no seed) the manifest already holds."""
+    return {r["line"] for r in rows if r["status"] == "error" and r["seed"] is None}
+
+
+def groups(images: list[tuple[Job, int]], max_batch: int, shape) -> list[list[tuple[Job, int]]]:
+    """IMAGES in pipeline calls of up to MAX_BATCH images of one SHAPE(job) (size, steps, guidance, scheduler), in
+    the order each shape first appears."""
+    by_shape: dict = {}
+    for image in images:
+        by_shape.setdefault(shape(image[0]), []).append(image)
+    return [same[i:i + max_batch] for same in by_shape.values() for i in range(0, len(same), max_batch)]
