@@ -65,10 +65,10 @@ class Bad:
     error: str
 
 
-def _typed(name: str, value):
-    """VALUE as field NAME's type; CSV cells come as text. UsageError when it is not one."""
+def _typed(name: str, value, text: bool):
+    """VALUE as field NAME's type (TEXT: a CSV cell, converted). UsageError when it is not one."""
     kind = FIELDS[name]
-    if isinstance(value, str) and kind is not str:
+    if text and kind is not str:
         try:
             value = kind(value)
         except ValueError:
@@ -80,14 +80,15 @@ def _typed(name: str, value):
     return value
 
 
-def job_of(line: int, row: dict, defaults: Job) -> Job:
-    """The job of ROW (its keys among FIELDS, the rest from DEFAULTS: the command line), validated."""
+def job_of(line: int, row: dict, defaults: Job, text: bool = False) -> Job:
+    """The job of ROW (its keys among FIELDS, the rest from DEFAULTS: the command line; TEXT: CSV cells, converted),
+    validated."""
     unknown = sorted(set(row) - set(FIELDS))
     if unknown:
         raise UsageError(f"unknown key(s) {', '.join(map(repr, unknown))}; known: {', '.join(FIELDS)}")
     if "prompt" not in row:
         raise UsageError("no prompt")
-    given = {name: _typed(name, value) for name, value in row.items() if value is not None}
+    given = {name: _typed(name, value, text) for name, value in row.items() if value is not None}
     return dataclasses.replace(defaults, line=line, **given).validate()
 
 
@@ -131,7 +132,7 @@ def read_jobs(path: Path, defaults: Job) -> tuple[list[Job], list[Bad], str]:
         try:
             if isinstance(row, UsageError):
                 raise row
-            jobs.append(job_of(number, row, defaults))
+            jobs.append(job_of(number, row, defaults, text=path.suffix == ".csv"))
         except UsageError as err:
             bad.append(Bad(number, str(err)))
     return jobs, bad, hashlib.sha256(data).hexdigest()
