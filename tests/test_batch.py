@@ -61,6 +61,8 @@ def test_a_torn_manifest_line_is_ignored_then_cut_off(tmp_path):
     assert [row["line"] for row in batch.read_manifest(path)] == [1]
     with batch.open_manifest(path) as file:
         batch.append(file, {"line": 3, "seed": 0, "file": None, "status": "error"})
+        with pytest.raises(UsageError, match="another sdcpu batch is writing there"):
+            batch.open_manifest(path)
     assert [row["line"] for row in batch.read_manifest(path)] == [1, 3]
     (tmp_path / "a.png").write_bytes(b"")
     jobs = [batch.Job(line=1, prompt="a"), batch.Job(line=3, prompt="c", n=2)]

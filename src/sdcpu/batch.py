@@ -4,6 +4,7 @@ the folder's batch.json that ties it to one jobs file and one set of options."""
 
 import csv
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
@@ -175,8 +176,14 @@ def read_manifest(path: Path) -> list[dict]:
 
 
 def open_manifest(path: Path):
-    """The manifest, opened to append after its last whole row (a torn last line is cut off first)."""
+    """The manifest, locked (one run per folder) and opened to append after its last whole row (a torn last line is
+    cut off first)."""
     file = open(path, "a+b")
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        file.close()
+        raise UsageError(f"{path.parent}: another sdcpu batch is writing there") from None
     file.seek(0)
     data = file.read()
     whole = data.rfind(b"\n") + 1
