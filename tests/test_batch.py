@@ -96,7 +96,8 @@ def test_a_bad_row_is_reported_the_rest_runs_and_a_changed_rerun_is_refused(tmp_
     assert len(rows) == 8 and sum(r["status"] == "ok" for r in rows) == 7
     (error,) = [r for r in rows if r["status"] == "error"]
     assert error["line"] == 5 and "multiple of 8" in error["error"]
-    assert sorted(p.name for p in out.glob("*.png")) == sorted(batch.image_name(i + 1, 40 + i) for i in range(8) if i != 4)
+    expected = sorted(batch.image_name(i + 1, 40 + i) for i in range(8) if i != 4)
+    assert sorted(p.name for p in out.glob("*.png")) == expected
     params = Image.open(out / "L00001-s40.png").text["parameters"]
     assert params.startswith("boat 0\nSteps: 2, Sampler: pndm, CFG scale: 7.5, Seed: 40, Size: 64x64")
     assert main(["batch", str(jobs), "--out", str(out), *TINY]) == 1  # all made: nothing added
@@ -134,6 +135,30 @@ def test_txt_and_csv_jobs_take_the_options_and_batched_calls_give_the_same_image
     assert alone.text["parameters"] == params  # the same image, made alone
     batched = Image.open(tmp_path / "txt" / "L00003-s10.png")
     assert level_difference(alone.convert("RGB"), batched.convert("RGB")) <= REMADE_ALONE_LEVELS
+
+
+def test_a_failed_call_is_an_error_row_and_a_rerun_retries_it(tmp_path, monkeypatch, capsys):
+    from sdcpu import generate
+
+    run_batch = generate.run_batch
+
+    def failing(pipe, requests, *args):
+        if any(r.prompt == "boom" for r in requests):
+            raise RuntimeError("boom")
+        return run_batch(pipe, requests, *args)
+
+    jobs, out = tmp_path / "jobs.txt", tmp_path / "out"
+    jobs.write_text("fine\nboom\n")
+    monkeypatch.setattr(generate, "run_batch", failing)
+    assert main(["batch", str(jobs), "--out", str(out), *TINY]) == 1
+    assert "1 image(s) made, 1 failed, 0 already there" in capsys.readouterr().out
+    assert [(r["line"], r["status"], r["error"]) for r in manifest(out)] == [(1, "ok", None),
+                                                                             (2, "error", "RuntimeError: boom")]
+    monkeypatch.setattr(generate, "run_batch", run_batch)
+    assert main(["batch", str(jobs), "--out", str(out), *TINY]) == 0
+    assert "1 image(s) made, 0 failed, 1 already there" in capsys.readouterr().out
+    assert [(r["line"], r["status"]) for r in manifest(out)] == [(1, "ok"), (2, "error"), (2, "ok")]
+    assert sorted(p.name for p in out.glob("*.png")) == ["L00001-s0.png", "L00002-s0.png"]
 
 
 @pytest.mark.slow  # about 30 s on 2 cores: two processes load the model

@@ -65,25 +65,25 @@ def run(args) -> int:
     relaunch.under_plan(recipe, cpu, why=why_auto)
     _report(path, bad)  # after the re-exec, so said once
 
-    # 2. What is left: the manifest's "ok" rows whose file exists are done; a killed run's temporary files go.
-    batch.remove_parts(folder)
-    rows = batch.read_manifest(folder / batch.MANIFEST)
-    images = batch.todo(jobs, rows, folder)
-    total = sum(job.n for job in jobs)
+    # 2. What is left (the folder locked first): the manifest's "ok" rows whose file exists are done; a killed run's
+    # temporary files go.
     with batch.open_manifest(folder / batch.MANIFEST) as manifest:
+        batch.remove_parts(folder)
+        rows = batch.read_manifest(folder / batch.MANIFEST)
+        images = batch.todo(jobs, rows, folder)
+        total = sum(job.n for job in jobs)
         for row in bad:
             if row.line not in batch.reported(rows):
                 batch.append(manifest, {"line": row.line, "seed": None, "file": None, "seconds": None,
                                         "recipe": str(recipe), "status": "error", "error": row.error})
-        if not images:
-            print(f"{folder}: all {total} image(s) already made")
-            return 1 if bad else 0
-        failed = _make(args, spec, recipe, cpu, images, total, folder, manifest) or bool(bad)
+        failed = _make(args, spec, recipe, cpu, images, total, folder, manifest) if images else 0
+    print(f"{folder}: {len(images) - failed} image(s) made, {failed} failed, {total - len(images)} already there"
+          + (f", {len(bad)} bad row(s)" if bad else "") + f"; recipe {recipe.name}: {recipe}")
     if why_auto:
         print(f"auto: {why_auto}")
     if spec.random_weights:
         print(f"note: {generate.RANDOM_WEIGHTS_NOTE}")
-    return 1 if failed else 0
+    return 1 if failed or bad else 0
 
 
 def _report(path, bad) -> None:
@@ -91,8 +91,8 @@ def _report(path, bad) -> None:
         print(f"sdcpu batch: {path}:{row.line}: {row.error}", file=sys.stderr)
 
 
-def _make(args, spec, recipe, cpu, images, total, folder, manifest) -> bool:
-    """Make IMAGES (job, seed), a manifest row as each is written; True if any failed."""
+def _make(args, spec, recipe, cpu, images, total, folder, manifest) -> int:
+    """Make IMAGES (job, seed), a manifest row as each is written; the number that failed."""
     from tqdm import tqdm
 
     # 3. Load the model, optimize it; a compiling backend compiles on a one-step warm-up.
@@ -120,7 +120,7 @@ def _make(args, spec, recipe, cpu, images, total, folder, manifest) -> bool:
         request = job.request(job.seed, call_defaults)
         return request.width, request.height, request.steps, request.guidance, job.scheduler
 
-    failed, start = False, time.perf_counter()
+    failed, start = 0, time.perf_counter()
     with tqdm(total=total, initial=total - len(images), unit="image", dynamic_ncols=True) as bar:
         for group in batch.groups(images, args.max_batch, shape):
             requests = [job.request(seed, call_defaults) for job, seed in group]
@@ -128,10 +128,11 @@ def _make(args, spec, recipe, cpu, images, total, folder, manifest) -> bool:
                 scheduler = use_scheduler(group[0][0].scheduler)
                 result = generate.run_batch(pipe, requests)
             except Exception as err:  # one failed call is reported in the manifest; the rest of the batch runs
-                failed = True
+                failed += len(group)
                 for job, seed in group:
                     batch.append(manifest, {"line": job.line, "seed": seed, "file": None, "seconds": None,
-                                            "recipe": str(recipe), "status": "error", "error": f"{type(err).__name__}: {err}"})
+                                            "recipe": str(recipe), "status": "error",
+                                            "error": f"{type(err).__name__}: {err}"})
                 bar.update(len(group))
                 continue
             for (job, seed), request, image in zip(group, requests, result.images):
