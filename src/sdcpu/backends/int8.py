@@ -22,7 +22,6 @@ import importlib.util
 import logging
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from importlib import metadata
@@ -33,6 +32,7 @@ import torch
 
 from sdcpu.auto_rules import INT8_MEMORY_GIB
 from sdcpu.backends.components import Entry, UNet
+from sdcpu.launcher import python_module
 from sdcpu.steps_base import Skip, defaults
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def _quantize_in_child(source: Path, calls, target: Path) -> int:
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".calibration-") as folder:
         samples = Path(folder) / "samples.npz"
         np.savez(samples, **{f"{i}_{j}": x.numpy() for i, call in enumerate(calls) for j, x in enumerate(call)})
-        child = subprocess.Popen([sys.executable, "-m", "sdcpu.backends.int8_child", str(source),
+        child = subprocess.Popen([*python_module("sdcpu.backends.int8_child"), str(source),
                                   str(samples), str(target)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
         with child.stdout:
