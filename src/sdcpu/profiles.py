@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdcpu import locks
 from sdcpu.home import sdcpu_home
 from sdcpu.versions import installed
 
@@ -87,10 +88,11 @@ def save(data: dict, report: str) -> Path:
     slug = re.sub(r"[^a-z0-9]+", "-", data["model"].lower()).strip("-")
     digest = hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:8]
     path = folder() / f"{slug}-{k['workload']['size']}-{k['quality']}-{digest}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, **data, "report": path.with_suffix(".md").name}
-    path.with_suffix(".md").write_text(report)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    with locks.exclusive(path):  # two tunes of one key: one after the other, each file whole
+        locks.remove_stale(path)
+        locks.write_text(path.with_suffix(".md"), report)
+        locks.write_text(path, json.dumps(data, indent=2) + "\n")
     return path
 
 
