@@ -67,6 +67,7 @@ def run(args) -> int:
 
     # 2. Load the model, optimize it, add the LoRAs, set its scheduler.
     pipe = models.load_pipeline(spec, progress=True)
+    generate.check_tokens(pipe.tokenizer, request)
     _, outcomes = steps.optimize(pipe, recipe, cpu)
     if loras:
         try:
