@@ -8,6 +8,7 @@ from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference
 from sdcpu.cli import main
+from sdcpu.errors import UsageError
 
 TINY = ["--model", "random:tiny", "--size", "80x64", "--steps", "2", "--recipe", "baseline"]
 
@@ -139,3 +140,30 @@ def test_a_re_executed_generate_takes_the_recipe_its_parent_resolved(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Recipe: channels_last" in Image.open(tmp_path / "a.png").text["parameters"]
     assert "auto: x" in proc.stdout
+
+
+def test_two_runs_into_one_folder_never_overwrite_each_others_images(tmp_path):
+    from sdcpu import generate
+
+    image = Image.new("RGB", (64, 64))
+    (first,) = generate.output_paths(str(tmp_path), [0])  # both runs pick their names before their (slow) model load
+    (second,) = generate.output_paths(str(tmp_path), [0])
+    assert first == second == tmp_path / "00000-0.png"
+    assert generate.save_png(image, second, "second", overwrite=False, renumber=True) == second
+    assert generate.save_png(image, first, "first", overwrite=False, renumber=True) == tmp_path / "00001-0.png"
+    assert [Image.open(tmp_path / name).text["parameters"] for name in ("00000-0.png", "00001-0.png")] == [
+        "second", "first"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000-0.png", "00001-0.png"]  # no temporary file left
+    with pytest.raises(UsageError, match="00001-0.png exists .written since this command started.: pass --overwrite"):
+        generate.save_png(image, tmp_path / "00001-0.png", "third", overwrite=False)
+
+
+def test_an_existing_output_file_is_replaced_only_with_overwrite(tmp_path, capsys):
+    target = tmp_path / "a.png"
+    target.write_bytes(b"mine")
+    assert cli(["generate", "x", *TINY, "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"{target} exists: pass --overwrite to replace it" in err and len(err.strip().splitlines()) == 1
+    assert target.read_bytes() == b"mine"
+    assert main(["generate", "x", *TINY, "-o", str(target), "--overwrite"]) == 0
+    assert "Seed: 0" in Image.open(target).text["parameters"]

@@ -3,6 +3,7 @@
 import io
 import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -173,16 +174,27 @@ def _one_line(text: str) -> str:
     return " ".join(text.splitlines())
 
 
-def output_paths(output: str, seeds: list[int]) -> list[Path]:
-    """Where the images of SEEDS go: OUTPUT itself if it names a .png (numbered when several), else new files in it."""
+NUMBERED = re.compile(r"(\d{5})-(\d+)\.png")  # a file generate numbers in an output folder: NUMBER-SEED.png
+
+
+def numbered(output: str) -> bool:
+    """Whether OUTPUT is a folder, whose images are numbered after those already there (else a FILE.png)."""
+    return Path(output).suffix.lower() != ".png"
+
+
+def output_paths(output: str, seeds: list[int], overwrite: bool = False) -> list[Path]:
+    """Where the images of SEEDS go: OUTPUT itself if it names a .png (numbered when several; refused where one exists,
+    unless OVERWRITE), else new numbered files in it (save_png takes the next number where one is taken meanwhile)."""
     target = Path(output).expanduser()
-    if target.suffix.lower() == ".png":
+    if not numbered(output):
         folder = target.parent
         names = [target.name] if len(seeds) == 1 else [f"{target.stem}-{seed}.png" for seed in seeds]
+        existing = [name for name in names if (folder / name).exists()]
+        if existing and not overwrite:
+            raise UsageError(f"{folder / existing[0]} exists: pass --overwrite to replace it")
     else:
         folder = target
-        taken = [int(p.name[:5]) for p in folder.glob("[0-9][0-9][0-9][0-9][0-9]-*.png")] if folder.is_dir() else []
-        first = max(taken, default=-1) + 1
+        first = _next_number(folder) if folder.is_dir() else 0
         names = [f"{first + i:05d}-{seed}.png" for i, seed in enumerate(seeds)]
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -191,6 +203,11 @@ def output_paths(output: str, seeds: list[int]) -> list[Path]:
     if not os.access(folder, os.W_OK):
         raise UsageError(f"output folder {folder} is not writable")
     return [folder / name for name in names]
+
+
+def _next_number(folder: Path) -> int:
+    taken = [int(match[1]) for path in folder.glob("[0-9]" * 5 + "-*.png") if (match := NUMBERED.fullmatch(path.name))]
+    return max(taken, default=-1) + 1
 
 
 def encode_png(image, parameters: str) -> bytes:
@@ -204,13 +221,26 @@ def encode_png(image, parameters: str) -> bytes:
     return out.getvalue()
 
 
-def save_png(image, path: Path, parameters: str) -> None:
-    """Write IMAGE with a `parameters` text chunk; written to a temporary file first, so never half-written."""
+def save_png(image, path: Path, parameters: str, *, overwrite: bool = True, renumber: bool = False) -> Path:
+    """Write IMAGE with a `parameters` text chunk to a temporary file, then put it at PATH (never half-written); the
+    path written. OVERWRITE False: PATH is claimed exclusively (a hard link), refused where a file is already there;
+    RENUMBER (PATH is NUMBER-SEED.png in an output folder): the next free number is taken instead, so two commands
+    writing into one folder never overwrite each other's images."""
     fd, tmp = tempfile.mkstemp(suffix=".png.part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(encode_png(image, parameters))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        if overwrite and not renumber:
+            os.replace(tmp, path)
+            return path
+        while True:
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                if not renumber:
+                    raise UsageError(f"{path} exists (written since this command started): pass --overwrite to "
+                                     "replace it") from None
+                path = path.with_name(f"{_next_number(path.parent):05d}-{NUMBERED.fullmatch(path.name)[2]}.png")
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # linked or refused: the temporary name goes
