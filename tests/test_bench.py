@@ -34,7 +34,7 @@ def test_presets_and_validation():
     assert type(call) is Request and (call.prompt, call.width, call.steps, call.seed) == (TINY.prompt, 64, 1, 0)
     with pytest.raises(UsageError, match="one image"):
         ladders.Protocol(num_images=2).validate()
-    with pytest.raises(UsageError, match="width 100: must be a multiple of 8, at least 64"):
+    with pytest.raises(UsageError, match="width 100: must be a multiple of 8 from 64 to 4096"):
         ladders.Protocol(width=100).validate()
     with pytest.raises(UsageError, match="runs must be at least 1"):
         ladders.Protocol(runs=0).validate()

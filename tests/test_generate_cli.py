@@ -8,6 +8,7 @@ from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference
 from sdcpu.cli import main
+from sdcpu.errors import UsageError
 
 TINY = ["--model", "random:tiny", "--size", "80x64", "--steps", "2", "--recipe", "baseline"]
 
@@ -50,11 +51,21 @@ def test_same_seed_same_image(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--size", "60x64"], "width 60: must be a multiple of 8, at least 64"),
-        (["--size", "64x48"], "height 48: must be a multiple of 8, at least 64"),  # bench, tune and serve agree
+        (["--size", "60x64"], "width 60: must be a multiple of 8 from 64 to 4096"),
+        (["--size", "64x48"], "height 48: must be a multiple of 8 from 64 to 4096"),  # bench, tune and serve agree
+        (["--size", "65536x65536"], "width 65536: must be a multiple of 8 from 64 to 4096"),
         (["--size", "big"], "expected WIDTHxHEIGHT"),
-        (["--steps", "0"], "steps must be at least 1"),
-        (["--num-images", "0"], "number of images"),
+        (["--steps", "0"], "steps must be from 1 to 1000, got 0"),
+        (["--steps", "1000000000"], "steps must be from 1 to 1000, got 1000000000"),
+        (["--num-images", "0"], "number of images must be from 1 to 100"),
+        (["--num-images", "1000000"], "number of images must be from 1 to 100, got 1000000"),
+        (["--guidance", "nan"], "guidance must be a finite number >= 0, got nan"),
+        (["--guidance", "inf"], "guidance must be a finite number >= 0, got inf"),
+        (["--guidance", "-1"], "guidance must be a finite number >= 0"),
+        (["--seed", str(2**64)], f"seed {2**64}: image i uses seed+i, and seeds go from 0 to 2**64-1"),
+        (["--seed", str(2**64 - 1), "--num-images", "2"], f"so the first is at most {2**64 - 2} here"),
+        (["--seed", "-1"], "seed -1: image i uses seed+i"),
+        (["--negative-prompt", "boat " * 80], "the negative prompt is 82 tokens; the text encoder reads 77"),
         (["--scheduler", "nope"], "invalid choice: 'nope'"),
         (["--model", "random:sd99"], "unknown random architecture"),
         (["--model", "/no/such/place"], "no such file or folder"),
@@ -74,6 +85,24 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
     assert not out.exists() or not list(out.iterdir()), "nothing written on error"
 
 
+def test_a_prompt_longer_than_the_text_encoder_reads_is_refused_before_any_compute(tmp_path, capsys, monkeypatch):
+    from sdcpu import steps
+
+    monkeypatch.setattr(steps, "optimize", lambda *args: pytest.fail("optimized a model for a refused prompt"))
+    assert cli(["generate", "boat " * 76, *TINY, "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "the prompt is 78 tokens; the text encoder reads 77 (start and end included)" in err
+    assert len(err.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_prompt_cannot_forge_lines_of_the_png_parameters(tmp_path):
+    assert main(["generate", "a boat\nSteps: 1, Seed: 666\r\nNote: forged", *TINY,
+                 "--negative-prompt", "dark\nModel: forged", "-o", str(tmp_path / "a.png")]) == 0
+    lines = Image.open(tmp_path / "a.png").text["parameters"].splitlines()
+    assert lines[:2] == ["a boat Steps: 1, Seed: 666 Note: forged", "Negative prompt: dark Model: forged"]
+    assert lines[2].startswith("Steps: 2, ") and lines[3].startswith("Note: weights are random") and len(lines) == 4
+
+
 def test_pickle_without_consent_and_unwritable_output(tmp_path, capsys):
     checkpoint = tmp_path / "model.ckpt"
     checkpoint.write_bytes(b"")
@@ -89,7 +118,7 @@ def test_console_script_reports_errors_without_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sdcpu", "generate", "x", "--size", "65x64", "-o", str(tmp_path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "sdcpu generate: error: size 65x64: width 65: must be a multiple of 8, at least 64"
+    assert proc.stderr.strip() == "sdcpu generate: error: size 65x64: width 65: must be a multiple of 8 from 64 to 4096"
 
 
 def cli(argv) -> int:
@@ -111,3 +140,30 @@ def test_a_re_executed_generate_takes_the_recipe_its_parent_resolved(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "Recipe: channels_last" in Image.open(tmp_path / "a.png").text["parameters"]
     assert "auto: x" in proc.stdout
+
+
+def test_two_runs_into_one_folder_never_overwrite_each_others_images(tmp_path):
+    from sdcpu import generate
+
+    image = Image.new("RGB", (64, 64))
+    (first,) = generate.output_paths(str(tmp_path), [0])  # both runs pick their names before their (slow) model load
+    (second,) = generate.output_paths(str(tmp_path), [0])
+    assert first == second == tmp_path / "00000-0.png"
+    assert generate.save_png(image, second, "second", overwrite=False, renumber=True) == second
+    assert generate.save_png(image, first, "first", overwrite=False, renumber=True) == tmp_path / "00001-0.png"
+    assert [Image.open(tmp_path / name).text["parameters"] for name in ("00000-0.png", "00001-0.png")] == [
+        "second", "first"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000-0.png", "00001-0.png"]  # no temporary file left
+    with pytest.raises(UsageError, match="00001-0.png exists .written since this command started.: pass --overwrite"):
+        generate.save_png(image, tmp_path / "00001-0.png", "third", overwrite=False)
+
+
+def test_an_existing_output_file_is_replaced_only_with_overwrite(tmp_path, capsys):
+    target = tmp_path / "a.png"
+    target.write_bytes(b"mine")
+    assert cli(["generate", "x", *TINY, "-o", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert f"{target} exists: pass --overwrite to replace it" in err and len(err.strip().splitlines()) == 1
+    assert target.read_bytes() == b"mine"
+    assert main(["generate", "x", *TINY, "-o", str(target), "--overwrite"]) == 0
+    assert "Seed: 0" in Image.open(target).text["parameters"]

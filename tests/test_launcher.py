@@ -1,4 +1,5 @@
 import dataclasses
+import os
 import shlex
 import subprocess
 import sys
@@ -251,3 +252,36 @@ def test_jemalloc_default_preloads_jemalloc_without_the_seeds_malloc_conf():
     assert seed.env["MALLOC_CONF"] == JEMALLOC_CONF
     with pytest.raises(UsageError, match="expected `default`"):
         recipes.parse("jemalloc=fast")
+
+
+HOSTILE = "import pathlib; pathlib.Path(__file__).with_name('imported').touch()\n"
+
+
+@pytest.fixture
+def hostile_folder(tmp_path, monkeypatch):
+    """The folder a user runs sdcpu from, holding a json.py that marks the folder when it is imported."""
+    (tmp_path / "json.py").write_text(HOSTILE)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_children_do_not_import_modules_from_the_current_folder(hostile_folder, monkeypatch):
+    from sdcpu import hardware, recipes, relaunch
+
+    cpu = hardware.detect()
+    measuring, env, _ = relaunch.child_command(recipes.parse("baseline"), cpu, dict(os.environ), "sdcpu.verify", {})
+    started = []
+    monkeypatch.setattr(launcher, "apply", lambda plan, argv, environ: started.append(argv))
+    monkeypatch.setattr(sys, "argv", ["sdcpu", "--help"])
+    relaunch.under_plan(recipes.parse("threads=1"), cpu, environ={})
+    for argv in (measuring[:-1], started[0]):  # the measuring child's JSON spec is not what sdcpu.verify reads
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=hostile_folder, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert not (hostile_folder / "imported").exists(), f"{argv} imported ./json.py"
+
+
+def test_every_python_child_starts_through_python_module():
+    sources = Path(__file__).parents[1] / "src" / "sdcpu"
+    offenders = [str(path) for path in sources.rglob("*.py")
+                 if 'sys.executable, "-m"' in path.read_text()]
+    assert not offenders

@@ -67,6 +67,13 @@ def test_parse_refuses_bad_input_in_one_line(text, message):
     assert "\n" not in str(caught.value)
 
 
+def test_a_missing_path_that_looks_like_a_hub_id_is_a_path_where_its_folder_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "loras").mkdir()
+    with pytest.raises(UsageError, match="loras/mine: no such file or folder .read as a path, since loras is a folder"):
+        lora.parse("loras/mine")
+
+
 def test_a_pickle_needs_trust_pickle(tmp_path):
     path = tmp_path / "style.bin"
     path.write_bytes(b"")

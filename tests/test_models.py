@@ -45,3 +45,30 @@ def test_random_folder_loaded_by_path_still_says_random(tiny_pipe):
     assert spec.kind == "folder" and spec.random_weights
     pipe = models.load_pipeline(spec)
     assert type(pipe).__name__ == "StableDiffusionPipeline"
+
+
+def test_a_path_that_looks_like_a_hub_id_is_a_path_where_its_folder_exists(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(UsageError, match="models/sd15: no such folder .read as a path, not a hub id"):
+        models.parse_spec("models/sd15")
+    assert models.parse_spec("org/name").kind == "hub"  # no folder org here: a hub id
+
+
+def test_pickle_weights_in_a_folder_load_only_with_trust_pickle(tiny_pipe, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from sdcpu import random_models
+
+    folder = tmp_path / "model"
+    shutil.copytree(random_models.built_folder("tiny"), folder)
+    (weights,) = (folder / "unet").glob("*.safetensors")
+    torch.save(load_file(weights), folder / "unet" / "diffusion_pytorch_model.bin")  # only a pickle left
+    weights.unlink()
+    with pytest.raises(UsageError, match=r"model: .*\(.bin pickle weights load only with --trust-pickle\)"):
+        models.load_pipeline(str(folder))
+    trusted = models.load_pipeline(str(folder), trust_pickle=True)
+    assert torch.equal(trusted.unet.conv_in.weight, tiny_pipe.unet.conv_in.weight)

@@ -1,10 +1,48 @@
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from sdcpu import random_models
+
+# A child that imports everything first, says so, then builds random:tiny once the file named by argv[1] exists.
+BUILDER = """
+import pathlib, sys, time
+import diffusers, transformers
+from sdcpu import random_models
+print("ready", flush=True)
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.01)
+random_models.ensure_built("tiny")
+"""
+
+
+def staging_left(folder: Path) -> list[str]:
+    """The staging entries beside FOLDER (its lock file is not one)."""
+    return [p.name for p in folder.parent.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
+
+
+def builders(count: int, home: Path, go: Path) -> list[subprocess.Popen]:
+    """COUNT builder children with HOME as SDCPU_HOME, each ready (imports done) and waiting for GO."""
+    env = {**os.environ, "SDCPU_HOME": str(home)}
+    children = [subprocess.Popen([sys.executable, "-P", "-c", BUILDER, str(go)], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(count)]
+    for child in children:
+        assert child.stdout.readline() == "ready\n", child.stderr.read()
+    return children
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def state_hash(pipe) -> str:
@@ -26,7 +64,7 @@ def test_cached_folder_loads_back_the_same_weights(tiny_pipe):
     assert state_hash(tiny_pipe) == state_hash(random_models.build_pipeline("tiny", 0))
     folder = random_models.cache_dir("random-tiny-seed0")
     assert json.loads((folder / random_models.MARKER).read_text())["weights"] == "random"
-    assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "no staging folder left behind"
+    assert not staging_left(folder), "no staging folder left behind"
 
 
 def test_text_encoder_weights_are_keyed_as_in_sd15s_own_files(tiny_pipe):
@@ -79,3 +117,40 @@ def test_sd15_builds_and_denoises_one_step(sdcpu_home):
     pipe = load_pipeline("random:sd15")
     result = generate.run(pipe, generate.Request("a ship", steps=1, width=256, height=256))
     assert result.images[0].size == (256, 256)
+
+
+def test_two_processes_building_one_model_at_once_both_succeed(tmp_path):
+    go = tmp_path / "go"
+    children = builders(2, tmp_path, go)
+    go.touch()  # both find no model and start at once: one builds, the other waits for its lock, then finds it built
+    for child in children:
+        assert child.wait(timeout=600) == 0, child.stderr.read()
+    folder = tmp_path / "models" / random_models.built_folder("tiny").name
+    assert (folder / "model_index.json").is_file() and not staging_left(folder)
+
+
+def test_a_build_removes_the_staging_of_a_dead_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDCPU_HOME", str(tmp_path))
+    folder = random_models.built_folder("tiny")
+    stale = folder.with_name(f".{folder.name}.{dead_pid()}")
+    (stale / "unet").mkdir(parents=True)
+    (stale / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"half-written")
+    assert random_models.ensure_built("tiny") == folder
+    assert not staging_left(folder)
+
+
+def test_a_build_killed_mid_write_is_rebuilt_with_no_staging_left(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDCPU_HOME", str(tmp_path))
+    folder = random_models.built_folder("tiny")
+    go = tmp_path / "go"
+    (child,) = builders(1, tmp_path, go)
+    go.touch()
+    deadline = time.monotonic() + 300
+    while not (folder.parent.is_dir() and staging_left(folder)):  # killed as soon as its staging folder appears
+        assert child.poll() is None and time.monotonic() < deadline, "the build never staged"
+        time.sleep(0.01)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert staging_left(folder) and not folder.exists()
+    assert random_models.ensure_built("tiny") == folder
+    assert (folder / "model_index.json").is_file() and not staging_left(folder)

@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import logging
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +84,21 @@ def test_workload_of_reads_the_unet_config_without_loading_the_model(home, tiny_
     assert profile.workload_of("random:tiny", 64, 48) == profile.Workload(profile.unet_hash(tiny_pipe.unet.config),
                                                                           "64x48")
     assert profile.workload_of("random:sd99", 64, 64) is None and profile.workload_of("/no/such", 64, 64) is None
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "profiles"
+
+
+def test_a_malformed_profile_is_ignored_with_one_warning(home, caplog):
+    data = json.loads((FIXTURES / "malformed.json").read_text())  # no `created`, a string estimate
+    data["key"] = profile.key(SPR, "high", TINY)  # it matches here: only its malformed fields can rule it out
+    (home / "profiles").mkdir()
+    (home / "profiles" / "malformed.json").write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING, logger="sdcpu.profiles"):
+        for _ in range(2):
+            assert auto.recipe(SPR, {}, workload=TINY)[1][0] == auto.NO_PROFILE
+        good = write(created="2026-11-26T12:00:00+00:00")
+        assert auto.recipe(SPR, {}, workload=TINY)[1][0].startswith(f"tuned profile {good}")
+    (warning,) = caplog.messages
+    assert "malformed.json: created is missing or not a string; ignored" in warning
+    assert profile.malformed({**data, "created": "2026", "estimate_s": 1.0, "recipe": "nonsense"}).startswith("recipe")

@@ -1,7 +1,9 @@
 """Text-to-image generation on a loaded pipeline: request validation, the timed call, PNGs that describe themselves."""
 
 import io
+import math
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -11,6 +13,13 @@ from sdcpu.errors import UsageError
 from sdcpu.timing import Split, component_split
 
 RANDOM_WEIGHTS_NOTE = "weights are random (an sdcpu test model): the image is noise, only its timing is meaningful"
+
+
+MIN_SIDE = 64  # a latent of 8x8: SD's UNet halves it three times
+MAX_SIDE = 4096  # a 4096x4096 image: SD 1.5's attention at that size already needs tens of GiB
+MAX_STEPS = 1000  # SD's training schedule has 1000 timesteps
+MAX_IMAGES = 100
+MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
 
 
 @dataclass(frozen=True)
@@ -25,13 +34,17 @@ class Request:
     num_images: int = 1
 
     def validate(self) -> "Request":
+        """Refuse what no entry point makes, before any model loads: every bound of a request is here."""
         check_size(self.width, self.height)
-        if self.steps < 1:
-            raise UsageError(f"steps must be at least 1, got {self.steps}")
-        if self.num_images < 1:
-            raise UsageError(f"the number of images must be at least 1, got {self.num_images}")
-        if self.guidance < 0:
-            raise UsageError(f"guidance must be >= 0, got {self.guidance}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise UsageError(f"steps must be from 1 to {MAX_STEPS}, got {self.steps}")
+        if not 1 <= self.num_images <= MAX_IMAGES:
+            raise UsageError(f"the number of images must be from 1 to {MAX_IMAGES}, got {self.num_images}")
+        if not 0 <= self.seed <= MAX_SEED - (self.num_images - 1):
+            raise UsageError(f"seed {self.seed}: image i uses seed+i, and seeds go from 0 to 2**64-1 "
+                             f"({MAX_SEED}), so the first is at most {MAX_SEED - (self.num_images - 1)} here")
+        if not (math.isfinite(self.guidance) and self.guidance >= 0):  # NaN would silently turn guidance off
+            raise UsageError(f"guidance must be a finite number >= 0, got {self.guidance}")
         return self
 
     def seeds(self) -> list[int]:
@@ -60,16 +73,23 @@ class Result:
         return ": ".join(parts) + f" ({self.seconds / steps:.3f} s per step overall)"
 
 
-MIN_SIDE = 64  # a latent of 8x8: SD's UNet halves it three times
-
-
-def check_size(width: int, height: int, max_side: int | None = None) -> None:
-    """Refuse a size sdcpu does not make: each side a multiple of 8 (the VAE's factor) from MIN_SIDE to MAX_SIDE. The
-    one size check of every entry point: generate, bench, tune, serve."""
+def check_size(width: int, height: int, max_side: int = MAX_SIDE) -> None:
+    """Refuse a size sdcpu does not make: each side a multiple of 8 (the VAE's factor) from MIN_SIDE to MAX_SIDE (or
+    a server's smaller bound). The one size check of every entry point: generate, bench, tune, serve."""
     for side, value in (("width", width), ("height", height)):
-        if value % 8 or value < MIN_SIDE or (max_side is not None and value > max_side):
-            bound = f" from {MIN_SIDE} to {max_side}" if max_side is not None else f", at least {MIN_SIDE}"
-            raise UsageError(f"size {width}x{height}: {side} {value}: must be a multiple of 8{bound}")
+        if value % 8 or not MIN_SIDE <= value <= max_side:
+            raise UsageError(f"size {width}x{height}: {side} {value}: must be a multiple of 8 from {MIN_SIDE} to "
+                             f"{max_side}")
+
+
+def check_tokens(tokenizer, request: Request) -> None:
+    """Refuse a prompt longer than the text encoder reads (the pipeline would silently drop its end): checked once
+    the tokenizer is loaded, before any compute."""
+    for field, text in (("prompt", request.prompt), ("negative prompt", request.negative_prompt)):
+        tokens = len(tokenizer(text).input_ids)
+        if tokens > tokenizer.model_max_length:
+            raise UsageError(f"the {field} is {tokens} tokens; the text encoder reads {tokenizer.model_max_length} "
+                             "(start and end included): shorten it")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -134,9 +154,9 @@ def parameters_text(request: Request, seed: int, *, model: str, random_weights: 
     task, and for img2img and inpainting A1111's `Denoising strength` and the input image's SHA-256). LORAS (each
     with name, weight, digest()) go as A1111 writes them: `<lora:name:weight>` tags after the prompt and
     `Lora hashes`."""
-    lines = [request.prompt + "".join(f" <lora:{lora.name}:{lora.weight:g}>" for lora in loras)]
+    lines = [_one_line(request.prompt) + "".join(f" <lora:{lora.name}:{lora.weight:g}>" for lora in loras)]
     if request.negative_prompt:
-        lines.append(f"Negative prompt: {request.negative_prompt}")
+        lines.append(f"Negative prompt: {_one_line(request.negative_prompt)}")
     lines.append(
         f"Steps: {request.steps}, Sampler: {scheduler}, CFG scale: {request.guidance}, Seed: {seed}, "
         f"Size: {request.width}x{request.height}, Model: {model}, Recipe: {recipe}"
@@ -149,16 +169,32 @@ def parameters_text(request: Request, seed: int, *, model: str, random_weights: 
     return "\n".join(lines)
 
 
-def output_paths(output: str, seeds: list[int]) -> list[Path]:
-    """Where the images of SEEDS go: OUTPUT itself if it names a .png (numbered when several), else new files in it."""
+def _one_line(text: str) -> str:
+    """TEXT with its line breaks as spaces (the same CLIP tokens), so a prompt cannot forge a line of `parameters`."""
+    return " ".join(text.splitlines())
+
+
+NUMBERED = re.compile(r"(\d{5})-(\d+)\.png")  # a file generate numbers in an output folder: NUMBER-SEED.png
+
+
+def numbered(output: str) -> bool:
+    """Whether OUTPUT is a folder, whose images are numbered after those already there (else a FILE.png)."""
+    return Path(output).suffix.lower() != ".png"
+
+
+def output_paths(output: str, seeds: list[int], overwrite: bool = False) -> list[Path]:
+    """Where the images of SEEDS go: OUTPUT itself if it names a .png (numbered when several; refused where one exists,
+    unless OVERWRITE), else new numbered files in it (save_png takes the next number where one is taken meanwhile)."""
     target = Path(output).expanduser()
-    if target.suffix.lower() == ".png":
+    if not numbered(output):
         folder = target.parent
         names = [target.name] if len(seeds) == 1 else [f"{target.stem}-{seed}.png" for seed in seeds]
+        existing = [name for name in names if (folder / name).exists()]
+        if existing and not overwrite:
+            raise UsageError(f"{folder / existing[0]} exists: pass --overwrite to replace it")
     else:
         folder = target
-        taken = [int(p.name[:5]) for p in folder.glob("[0-9][0-9][0-9][0-9][0-9]-*.png")] if folder.is_dir() else []
-        first = max(taken, default=-1) + 1
+        first = _next_number(folder) if folder.is_dir() else 0
         names = [f"{first + i:05d}-{seed}.png" for i, seed in enumerate(seeds)]
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -167,6 +203,11 @@ def output_paths(output: str, seeds: list[int]) -> list[Path]:
     if not os.access(folder, os.W_OK):
         raise UsageError(f"output folder {folder} is not writable")
     return [folder / name for name in names]
+
+
+def _next_number(folder: Path) -> int:
+    taken = [int(match[1]) for path in folder.glob("[0-9]" * 5 + "-*.png") if (match := NUMBERED.fullmatch(path.name))]
+    return max(taken, default=-1) + 1
 
 
 def encode_png(image, parameters: str) -> bytes:
@@ -180,13 +221,26 @@ def encode_png(image, parameters: str) -> bytes:
     return out.getvalue()
 
 
-def save_png(image, path: Path, parameters: str) -> None:
-    """Write IMAGE with a `parameters` text chunk; written to a temporary file first, so never half-written."""
+def save_png(image, path: Path, parameters: str, *, overwrite: bool = True, renumber: bool = False) -> Path:
+    """Write IMAGE with a `parameters` text chunk to a temporary file, then put it at PATH (never half-written); the
+    path written. OVERWRITE False: PATH is claimed exclusively (a hard link), refused where a file is already there;
+    RENUMBER (PATH is NUMBER-SEED.png in an output folder): the next free number is taken instead, so two commands
+    writing into one folder never overwrite each other's images."""
     fd, tmp = tempfile.mkstemp(suffix=".png.part", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(encode_png(image, parameters))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        if overwrite and not renumber:
+            os.replace(tmp, path)
+            return path
+        while True:
+            try:
+                os.link(tmp, path)
+                return path
+            except FileExistsError:
+                if not renumber:
+                    raise UsageError(f"{path} exists (written since this command started): pass --overwrite to "
+                                     "replace it") from None
+                path = path.with_name(f"{_next_number(path.parent):05d}-{NUMBERED.fullmatch(path.name)[2]}.png")
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # linked or refused: the temporary name goes

@@ -101,6 +101,12 @@ class LaunchPlan:
         return {**base, **self.env}
 
 
+def python_module(module: str) -> list[str]:
+    """The argv of `python -P -m MODULE`, how sdcpu starts every Python child: -P (safe path) keeps the current
+    folder off sys.path, so a json.py in the folder sdcpu runs from is never imported in place of the real one."""
+    return [sys.executable, "-P", "-m", module]
+
+
 def library_kind(path: str) -> str | None:
     """'.../libjemalloc.so.2' -> 'jemalloc'; None for other libraries."""
     name = os.path.basename(path)

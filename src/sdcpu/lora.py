@@ -85,6 +85,9 @@ def parse(text: str, trust_pickle: bool = False) -> Lora:
                          "pass --trust-pickle")
     if not path.exists() and not HUB_ID.fullmatch(source):
         raise UsageError(f"--lora {source}: neither a .safetensors file, a folder nor a hub id (org/name)")
+    if not path.exists() and path.parent.is_dir():  # `loras/mine` where loras/ is here: a path, not a hub id
+        raise UsageError(f"--lora {source}: no such file or folder (read as a path, since {path.parent} is a folder "
+                         "here)")
     return Lora(str(path.resolve()) if path.exists() else source, weight, trust_pickle)
 
 

@@ -8,7 +8,7 @@ import json
 import logging
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdcpu.errors import UsageError
@@ -27,6 +27,7 @@ class ModelSpec:
     kind: str  # "random" | "folder" | "file" | "hub"
     ref: str  # the architecture, path or hub id
     random_weights: bool = False  # random:ARCH, or a folder sdcpu built from one
+    trust_pickle: bool = field(default=False, compare=False)  # its components may load from .bin pickles
 
     def __str__(self):
         return f"random:{self.ref}" if self.kind == "random" else self.ref
@@ -45,7 +46,7 @@ def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
             raise UsageError(f"{spec}: not a diffusers pipeline folder (no model_index.json)")
         marker = path / random_models.MARKER
         random_weights = marker.is_file() and json.loads(marker.read_text())["weights"] == "random"
-        return ModelSpec("folder", str(path), random_weights)
+        return ModelSpec("folder", str(path), random_weights, trust_pickle)
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise UsageError(f"{spec}: no such file")
@@ -56,7 +57,10 @@ def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
             )
         return ModelSpec("file", str(path))
     if HUB_ID.match(spec) and not path.exists():
-        return ModelSpec("hub", spec)
+        if path.parent.is_dir():
+            raise UsageError(f"{spec}: no such folder (read as a path, not a hub id, since {path.parent} is a folder "
+                             "here; for the hub model, run from another folder)")
+        return ModelSpec("hub", spec, trust_pickle=trust_pickle)
     raise UsageError(f"{spec}: no such file or folder, and not a hub id (org/name) or random:ARCH")
 
 
@@ -78,17 +82,23 @@ def _load(spec: ModelSpec):
     diffusers.utils.logging.disable_progress_bar()  # per-file loading bars; the denoising bar is the pipeline's own
     transformers.utils.logging.disable_progress_bar()
 
+    # a component with only .bin (pickle) weights loads only with trust_pickle; diffusers would fall back to it
+    safe = {"dtype": torch.float32, "use_safetensors": None if spec.trust_pickle else True}
     if spec.kind == "random":
         folder = random_models.ensure_built(spec.ref)
-        return DiffusionPipeline.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
+        return DiffusionPipeline.from_pretrained(folder, local_files_only=True, **safe)
     if spec.kind == "folder":
-        return DiffusionPipeline.from_pretrained(spec.ref, local_files_only=True, dtype=torch.float32)
+        try:
+            return DiffusionPipeline.from_pretrained(spec.ref, local_files_only=True, **safe)
+        except OSError as err:  # diffusers' word for a component without .safetensors weights, among others
+            raise UsageError(f"{spec.ref}: {str(err).strip().splitlines()[0]} (.bin pickle weights load only with "
+                             "--trust-pickle)") from err
     if spec.kind == "file":
         return StableDiffusionPipeline.from_single_file(
             spec.ref, config=_single_file_config(spec.ref), dtype=torch.float32
         )
     try:
-        return DiffusionPipeline.from_pretrained(spec.ref, dtype=torch.float32)
+        return DiffusionPipeline.from_pretrained(spec.ref, **safe)
     except OSError as err:  # diffusers reports a missing network or repository as OSError
         raise UsageError(
             f"cannot load {spec.ref!r} from the Hugging Face hub: it is not in the local cache, and the hub "

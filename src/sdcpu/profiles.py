@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdcpu import locks, recipes
+from sdcpu.errors import UsageError
 from sdcpu.home import sdcpu_home
 from sdcpu.versions import installed
 
@@ -87,10 +89,11 @@ def save(data: dict, report: str) -> Path:
     slug = re.sub(r"[^a-z0-9]+", "-", data["model"].lower()).strip("-")
     digest = hashlib.sha256(json.dumps(k, sort_keys=True).encode()).hexdigest()[:8]
     path = folder() / f"{slug}-{k['workload']['size']}-{k['quality']}-{digest}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = {"format": FORMAT, **data, "report": path.with_suffix(".md").name}
-    path.with_suffix(".md").write_text(report)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    with locks.exclusive(path):  # two tunes of one key: one after the other, each file whole
+        locks.remove_stale(path)
+        locks.write_text(path.with_suffix(".md"), report)
+        locks.write_text(path, json.dumps(data, indent=2) + "\n")
     return path
 
 
@@ -101,21 +104,53 @@ def find(cpu, quality: str, workload: Workload | None = None) -> Profile | None:
     for path in sorted(folder().glob("*.json")):
         try:
             data = json.loads(path.read_text())
-            k = data["key"]
-        except (OSError, ValueError, KeyError, TypeError):
-            log.warning("profile %s: unreadable, ignored", path)
+        except (OSError, ValueError):
+            data = None
+        problem = malformed(data)
+        if problem:
+            if path not in _warned:
+                _warned.add(path)
+                log.warning("profile %s: %s; ignored (delete it, or run sdcpu tune again)", path, problem)
             continue
+        k = data["key"]
         same = all(k.get(part) == wanted[part] for part in ("machine", "versions", "quality"))
         if same and (workload is None or k.get("workload") == wanted["workload"]) and data.get("format") == FORMAT:
             matches.append(Profile(path, data))
     return max(matches, key=lambda p: p.data["created"], default=None)
 
 
+_warned: set[Path] = set()  # the malformed profiles this process has warned about: once each
+FIELDS = {"format": int, "created": str, "model": str, "recipe": str, "estimate_s": (int, float),
+          "baseline_s": (int, float), "why": str, "key": dict}
+KEY_FIELDS = {"machine": dict, "versions": dict, "quality": str, "workload": dict}
+
+
+def malformed(data) -> str | None:
+    """What is wrong with a profile's DATA (None: nothing), so one edited by hand or cut short is ignored."""
+    if not isinstance(data, dict):
+        return "not a JSON object"
+    for fields, where, within in ((FIELDS, "", data), (KEY_FIELDS, "key.", data.get("key"))):
+        for field, kind in fields.items():
+            if not isinstance(within.get(field), kind) or isinstance(within.get(field), bool):
+                return f"{where}{field} is missing or not {_kind_name(kind)}"
+    workload = data["key"]["workload"]
+    if not all(isinstance(workload.get(field), str) for field in ("unet", "size")):
+        return "key.workload needs unet and size, as strings"
+    try:
+        recipes.parse(data["recipe"])
+    except UsageError as err:
+        return f"recipe {data['recipe']!r}: {err}"
+    return None
+
+
+def _kind_name(kind) -> str:
+    return "a number" if kind == (int, float) else {int: "an integer", str: "a string", dict: "an object"}[kind]
+
+
 def workload_of(model: str, width: int, height: int) -> Workload | None:
     """The workload of MODEL (a model spec) at WIDTHxHEIGHT from its UNet config on disk, without loading it; None
     where the config is not here (a file checkpoint, a hub model not yet downloaded, a random model not yet built)."""
     from sdcpu import random_models
-    from sdcpu.errors import UsageError
     from sdcpu.models import parse_spec
 
     try:

@@ -12,12 +12,11 @@ token: a different token id, the same compute). Weights are seeded: the same see
 import gzip
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from sdcpu import locks
 from sdcpu.home import sdcpu_home
 
 CLIP_VOCAB_SIZE = 49408
@@ -165,16 +164,21 @@ def ensure_config_folder(arch: str) -> Path:
 
 
 def cached_folder(folder: Path, write, marker: str = "model_index.json") -> Path:
-    """Return FOLDER, first filling it with write(staging) and renaming it into place: never half-written."""
+    """Return FOLDER, first filling it with write(staging) and renaming it into place: never half-written. One process
+    builds it at a time (a second one waits, then finds it built); staging left by a killed build is removed."""
     if (folder / marker).is_file():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        write(staging)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with locks.exclusive(folder):
+        if (folder / marker).is_file():
+            return folder
+        locks.remove_stale(folder)
+        staging = locks.staging(folder)
+        try:
+            staging.mkdir()
+            write(staging)
+            os.replace(staging, folder)
+        finally:
+            locks.remove(staging)
     return folder
 
 

@@ -31,10 +31,10 @@ def instance_plans(options: launcher.LaunchOptions, cpu, environ=os.environ) -> 
 
 
 def child_command(recipe: recipes.Recipe, cpu, environ, module: str, spec: dict):
-    """(argv, environment, plan or None) of `python -m MODULE SPEC_JSON` started under RECIPE's launch plan."""
+    """(argv, environment, plan or None) of `python -P -m MODULE SPEC_JSON` started under RECIPE's launch plan."""
     plan = recipe_plan(recipe, cpu, environ)
     prefix, env = (plan.argv_prefix, plan.environ(environ)) if plan else ((), dict(environ))
-    return [*prefix, sys.executable, "-m", module, json.dumps(spec)], env, plan
+    return [*prefix, *launcher.python_module(module), json.dumps(spec)], env, plan
 
 
 def child_row(stdout: str, stderr_lines, code: int) -> dict:
@@ -66,4 +66,4 @@ def under_plan(recipe: recipes.Recipe, cpu, environ=os.environ, why: str | None 
         log.warning("launcher: asked for but not applied here: %s", ", ".join(plan.missing))
     log.info("re-executing under the launch plan of %s: %s", recipe, launcher.shell_line(plan, ["sdcpu", "..."]))
     resolved = json.dumps({"recipe": recipe.to_json(), "why": why})
-    launcher.apply(plan, [sys.executable, "-m", "sdcpu", *sys.argv[1:]], {**environ, MARK: "1", RESOLVED: resolved})
+    launcher.apply(plan, [*launcher.python_module("sdcpu"), *sys.argv[1:]], {**environ, MARK: "1", RESOLVED: resolved})

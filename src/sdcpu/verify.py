@@ -11,11 +11,10 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 from sdcpu.hardware import format_cpu_list, parse_cpu_list
-from sdcpu.launcher import ENV_VARS, LIBRARY_PREFIXES, LaunchPlan, library_kind
+from sdcpu.launcher import ENV_VARS, LIBRARY_PREFIXES, LaunchPlan, library_kind, python_module
 
 
 def mapped_paths(maps_text: str) -> tuple[str, ...]:
@@ -77,7 +76,7 @@ def describe(snap: dict) -> str:
 
 def probe(plan: LaunchPlan, environ) -> tuple[dict, list[str]]:
     """Snapshot a fresh Python child started exactly as the plan starts its command; (snapshot, failures)."""
-    command = [*plan.argv_prefix, sys.executable, "-m", "sdcpu.verify"]
+    command = [*plan.argv_prefix, *python_module("sdcpu.verify")]
     result = subprocess.run(command, env=plan.environ(environ), capture_output=True, text=True)
     if result.returncode != 0:
         return {}, [f"the probe child failed (exit {result.returncode}): {result.stderr.strip()[-500:]}"]

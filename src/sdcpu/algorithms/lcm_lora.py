@@ -27,7 +27,7 @@ def apply(pipe, step, cpu) -> str:
     else:
         source = step.value or LCM_LORA_SD15
     try:
-        pipe.load_lora_weights(source, adapter_name="lcm")
+        pipe.load_lora_weights(source, adapter_name="lcm", use_safetensors=True)  # never a pickle
     except ImportError as err:
         raise Skip(f"loading a LoRA needs peft ({err})") from None
     except Exception as err:  # noqa: BLE001 -- hub, network or format: all mean the step cannot apply

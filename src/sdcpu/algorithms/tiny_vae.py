@@ -23,7 +23,7 @@ def apply(pipe, step, cpu) -> str:
     else:
         source = step.value or TAESD
         try:
-            vae = AutoencoderTiny.from_pretrained(source)
+            vae = AutoencoderTiny.from_pretrained(source, use_safetensors=True)  # never a pickle
         except Exception as err:  # noqa: BLE001 -- hub, network or format: all mean the step cannot apply
             raise Skip(f"cannot load an AutoencoderTiny from {source!r} ({type(err).__name__}; offline?)") from None
     if vae.config.latent_channels != pipe.unet.config.out_channels:

@@ -22,8 +22,6 @@ import importlib.util
 import logging
 import os
 import subprocess
-import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -31,8 +29,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sdcpu import locks
 from sdcpu.auto_rules import INT8_MEMORY_GIB
 from sdcpu.backends.components import Entry, UNet
+from sdcpu.launcher import python_module
 from sdcpu.steps_base import Skip, defaults
 
 log = logging.getLogger(__name__)
@@ -99,31 +99,42 @@ def _openvino(pipe, cpu) -> str:
         if cpu.memory_bytes < INT8_MEMORY_GIB * 2**30:
             raise Skip(f"the one-time quantization of this UNet needs {INT8_MEMORY_GIB} GiB of memory, this machine "
                        f"has {cpu.memory_bytes / 2**30:.1f} GiB")
-        start = time.perf_counter()
-        calls = calibration_inputs(pipe)
-        run.release()  # the child reads the IR from disk: this process's compiled UNet would only add to the peak
-        gc.collect()
-        peak = _quantize_in_child(run.path, calls, path)
-        made = (f", calibrated on {len(calls)} UNet calls and quantized in a child process in "
-                f"{time.perf_counter() - start:.1f} s (its peak RSS {peak / 2**30:.1f} GiB)")
+        with locks.exclusive(path):  # another process quantizing this UNet: wait for its IR
+            made = "" if path.is_file() else _quantize(pipe, run, path)
     pipe.unet = UNet(openvino.Compiled(run.core, path, run.config, "unet-int8"), pipe.unet.config)
     return (f"UNet hybrid int8 (NNCF {metadata.version('nncf')}): int8 weights on linear layers, int8 weights and "
             f"activations on convolutions and attention matmuls{made}; IR {path}")
 
 
+def _quantize(pipe, run, path: Path) -> str:
+    """Calibrate on PIPE, quantize the UNet IR that RUN compiled into PATH; what was done, for the step's detail."""
+    locks.remove_stale(path)  # the calibration samples and IR staging of a killed quantization
+    start = time.perf_counter()
+    calls = calibration_inputs(pipe)
+    run.release()  # the child reads the IR from disk: this process's compiled UNet would only add to the peak
+    gc.collect()
+    peak = _quantize_in_child(run.path, calls, path)
+    return (f", calibrated on {len(calls)} UNet calls and quantized in a child process in "
+            f"{time.perf_counter() - start:.1f} s (its peak RSS {peak / 2**30:.1f} GiB)")
+
+
 def _quantize_in_child(source: Path, calls, target: Path) -> int:
     """Quantize the IR at SOURCE into TARGET in a child process (sdcpu.backends.int8_child), calibrated on CALLS;
     the child's peak RSS in bytes. Its memory goes back to the system when it exits."""
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".calibration-") as folder:
-        samples = Path(folder) / "samples.npz"
+    folder = locks.staging(target, ".calibration")
+    folder.mkdir()
+    try:
+        samples = folder / "samples.npz"
         np.savez(samples, **{f"{i}_{j}": x.numpy() for i, call in enumerate(calls) for j, x in enumerate(call)})
-        child = subprocess.Popen([sys.executable, "-m", "sdcpu.backends.int8_child", str(source),
+        child = subprocess.Popen([*python_module("sdcpu.backends.int8_child"), str(source),
                                   str(samples), str(target)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
         with child.stdout:
             output = child.stdout.read()
         _, status, usage = os.wait4(child.pid, 0)  # reaped here, with its own resource usage
         child.returncode = code = os.waitstatus_to_exitcode(status)
+    finally:
+        locks.remove(folder)
     if code != 0:
         last = output.strip().splitlines()[-1:] or [f"exit {code}"]
         raise RuntimeError(f"int8 quantization failed in its child process: {last[0]}")

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sdcpu import locks
+
 
 def hybrid(nncf, model, samples):
     """NNCF's hybrid quantization, as optimum-intel does for diffusion: int8 weights on the linear MatMuls (their
@@ -54,10 +56,14 @@ def load_samples(path) -> list[tuple]:
 def save(model, path: str) -> None:
     import openvino as ov
 
-    staging = f"{os.path.dirname(path)}/.{os.path.basename(path)[:-4]}.{os.getpid()}.xml"
-    ov.save_model(model, staging, compress_to_fp16=False)
-    os.replace(staging[:-4] + ".bin", path[:-4] + ".bin")
-    os.replace(staging, path)
+    target = Path(path)
+    staging = locks.staging(target, ".xml")
+    try:
+        ov.save_model(model, staging, compress_to_fp16=False)
+        os.replace(staging.with_suffix(".bin"), target.with_suffix(".bin"))
+        os.replace(staging, target)
+    finally:
+        locks.remove(staging, staging.with_suffix(".bin"))
 
 
 def main(argv) -> int:

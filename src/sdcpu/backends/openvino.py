@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from sdcpu import recipes
+from sdcpu import locks, recipes
 from sdcpu.backends import mapped
 from sdcpu.backends.components import VAE, Entry, Moments, TextEncoder, UNet
 from sdcpu.launcher import library_kind
@@ -66,8 +66,7 @@ def apply(pipe, step, cpu) -> str:
     encoder = Lazy(Moments(pipe.vae).eval(), folder / "vae_encoder.xml", core, config)
     for name, wrapper in (("text_encoder", TextEncoder), ("unet", UNet), ("vae", VAE)):
         path = folder / f"{name}.xml"
-        if not path.is_file():
-            convert(getattr(pipe, name), name, path)
+        if not path.is_file() and convert(getattr(pipe, name), name, path):
             converted.append(name)
         extra = {"encode": encoder} if name == "vae" else {}
         setattr(pipe, name, wrapper(Compiled(core, path, config, name), getattr(pipe, name).config, **extra))
@@ -131,25 +130,33 @@ def _traced(module, name):
     return Entry(module, "decode"), (torch.randn(1, module.config.latent_channels, EXAMPLE_LATENT, EXAMPLE_LATENT),)
 
 
-def convert(module, name, path):
-    """Trace MODULE's pipeline-facing call into OpenVINO and save it as f32 IR at PATH (written, then renamed)."""
+def convert(module, name, path) -> bool:
+    """Trace MODULE's pipeline-facing call into OpenVINO and save it as f32 IR at PATH (written, then renamed); False
+    when another process converted it while this one waited for the lock."""
     import openvino as ov
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
-    start = time.perf_counter()
-    entry, example = _traced(module, name)
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: expected
-        # convert_model(module, example_input=...) traces with check_trace, which runs the model twice more (60% of
-        # the conversion time); the decoder takes trace options, as optimum-intel's exporter does
-        decoder = TorchScriptPythonDecoder(entry, example_input=example, trace_kwargs={"check_trace": False})
-        model = ov.convert_model(decoder)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.stem}.{os.getpid()}.xml")
-    ov.save_model(model, staging, compress_to_fp16=False)  # save_model halves weights unless told not to
-    os.replace(staging.with_suffix(".bin"), path.with_suffix(".bin"))
-    os.replace(staging, path)
+    with locks.exclusive(path):
+        if path.is_file():
+            return False
+        locks.remove_stale(path)
+        start = time.perf_counter()
+        entry, example = _traced(module, name)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: expected
+            # convert_model(module, example_input=...) traces with check_trace, which runs the model twice more (60%
+            # of the conversion time); the decoder takes trace options, as optimum-intel's exporter does
+            decoder = TorchScriptPythonDecoder(entry, example_input=example, trace_kwargs={"check_trace": False})
+            model = ov.convert_model(decoder)
+        staging = locks.staging(path, ".xml")
+        try:
+            ov.save_model(model, staging, compress_to_fp16=False)  # save_model halves weights unless told not to
+            os.replace(staging.with_suffix(".bin"), path.with_suffix(".bin"))
+            os.replace(staging, path)
+        finally:
+            locks.remove(staging, staging.with_suffix(".bin"))
     log.info("openvino: converted %s in %.1f s to %s", name, time.perf_counter() - start, path)
+    return True
 
 
 class Lazy:

@@ -35,6 +35,7 @@ def register(sub):
     p.add_argument("--strength", type=float, help="img2img/inpainting: how much of the schedule repaints the image, "
                                                   "(0, 1] (default 0.75; 1 for inpainting)")
     p.add_argument("-o", "--output", default="outputs", help="a folder, or a FILE.png (default %(default)s/)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing -o FILE.png (else refused)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE_OR_ID[:WEIGHT]",
                    help="a LoRA (kohya or diffusers layout, .safetensors; a folder or hub id) at WEIGHT (default 1); "
                         "repeat for several")
@@ -62,11 +63,12 @@ def run(args) -> int:
     ).validate()
     edit = _edit(args)
     tasks.check_steps(request.steps, edit and edit.strength)
-    paths = generate.output_paths(args.output, request.seeds())
+    paths = generate.output_paths(args.output, request.seeds(), overwrite=args.overwrite)
     relaunch.under_plan(recipe, cpu, why=why_auto)
 
     # 2. Load the model, optimize it, add the LoRAs, set its scheduler.
     pipe = models.load_pipeline(spec, progress=True)
+    generate.check_tokens(pipe.tokenizer, request)
     _, outcomes = steps.optimize(pipe, recipe, cpu)
     if loras:
         try:
@@ -93,8 +95,7 @@ def run(args) -> int:
     for image, seed, path in zip(result.images, request.seeds(), paths):
         text = generate.parameters_text(request, seed, model=str(spec), random_weights=spec.random_weights,
                                         scheduler=scheduler, recipe=str(recipe), edit=edit, loras=loras)
-        generate.save_png(image, path, text)
-        print(path)
+        print(generate.save_png(image, path, text, overwrite=args.overwrite, renumber=generate.numbered(args.output)))
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     run = request.steps if edit is None else tasks.steps_run(request.steps, edit.strength)

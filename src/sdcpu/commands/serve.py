@@ -113,7 +113,7 @@ def _run_instances(args, recipe, cpu) -> int:
     options = dataclasses.replace(recipes.launch_options(recipe), instances=args.instances, pin=True)
     plans = relaunch.instance_plans(options, cpu)
     _listen(args.host, args.port).close()  # a taken port fails here, once, not in every copy
-    copy = [sys.executable, "-m", "sdcpu", *sys.argv[1:], "--instances", "1", "--reuse-port"]  # the last value wins
+    copy = [sys.executable, "-P", "-m", "sdcpu", *sys.argv[1:], "--instances", "1", "--reuse-port"]  # the last value wins
     for index, plan in enumerate(plans):
         print(f"sdcpu serve: instance {index}: {launcher.shell_line(plan, ['sdcpu', 'serve', '...'])}", flush=True)
     return run_instances(plans, copy, {**os.environ, relaunch.MARK: "1"})
