@@ -117,7 +117,7 @@ def test_api_key_is_needed_on_the_apis_and_metrics_not_on_health_and_page(server
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "<form" in page.text
     assert "http" not in page.text.replace("http-equiv", ""), "the page loads nothing from elsewhere"
-    assert "/v1/images/generations" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert httpx.get(f"{server.url}/openapi.json").status_code == 404, "docs are off without --docs"
 
 
 def test_bounded_load_every_request_answered_200_or_503_and_metrics_agree(server):

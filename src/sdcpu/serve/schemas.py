@@ -27,6 +27,7 @@ MAX_IMAGES = 10  # OpenAI's bound on n
 MAX_GUIDANCE = 30.0  # A1111's CFG scale maximum
 MAX_SEED = 2**32 - 1
 MAX_PARTIAL_IMAGES = 3  # OpenAI's bound on partial_images
+MAX_BASE64_CHARS = tasks.MAX_INPUT_BYTES * 4 // 3 + 100  # one upload as base64 (4 characters per 3 bytes), data: prefix
 
 class BadRequest(ValueError):
     """A request the server refuses: answered 400 with this one-line message."""
@@ -134,7 +135,7 @@ def loras_of(prompt: str, listed: str, limits: Limits) -> tuple[str, tuple[lora.
 
 
 def decode_base64(field_name: str, text: str) -> bytes:
-    if len(text) > tasks.MAX_INPUT_BYTES * 4 // 3 + 100:  # base64's 4 characters per 3 bytes, and a data: prefix
+    if len(text) > MAX_BASE64_CHARS:
         raise BadRequest(f"{field_name}: more than the {tasks.MAX_INPUT_BYTES // 2**20} MiB accepted")
     try:
         return base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
