@@ -161,13 +161,23 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(sdcpu_home):
     assert live.proc.wait(timeout=60) == 0
 
 
+def test_an_empty_key_in_the_environment_is_refused(capsys, monkeypatch):
+    monkeypatch.setenv("SDCPU_API_KEY", "")
+    assert main(["serve", "--recipe", "baseline", "--model", "random:tiny"]) == 2
+    assert "the API key is empty" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("args, message", [
     (["--max-queue", "0"], "--max-queue must be at least 1"),
     (["--instances", "2", "--port", "0"], "--instances needs a fixed --port"),
     (["--warmup-size", "65x64"], "width 65: must be a multiple of 8"),
     (["--model", "random:sd99"], "unknown random architecture"),
+    (["--api-key", ""], "the API key is empty"),
+    (["--host", "0.0.0.0"], "no API key is set: pass --api-key KEY (or $SDCPU_API_KEY), or --insecure-no-key"),
+    (["--host", "box.lan"], "--host box.lan is reachable from other machines"),
 ])
-def test_bad_command_line_is_one_line_and_exit_2(capsys, args, message):
+def test_bad_command_line_is_one_line_and_exit_2(capsys, monkeypatch, args, message):
+    monkeypatch.delenv("SDCPU_API_KEY", raising=False)
     assert main(["serve", "--recipe", "baseline", "--model", "random:tiny", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
