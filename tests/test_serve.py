@@ -70,6 +70,9 @@ MALFORMED = [  # (path, body as sent, what the message says)
     ("/v1/images/generations", {"prompt": "x", "n": 11}, "n: Input should be less than or equal to 10"),
     ("/v1/images/generations", {"prompt": "x", "n": "2"}, "n: Input should be a valid integer"),
     ("/v1/images/generations", {"prompt": "x", "size": "big"}, "expected WIDTHxHEIGHT"),
+    ("/v1/images/generations", {"prompt": "x", "size": "²x512"}, "expected WIDTHxHEIGHT"),
+    ("/v1/images/generations", {"prompt": "x", "size": "٥١٢x512"}, "expected WIDTHxHEIGHT"),  # Arabic-Indic 512
+    ("/v1/images/generations", {"prompt": "x", "size": "9" * 5000 + "x512"}, "size: String should have at most"),
     ("/v1/images/generations", {"prompt": "x", "size": "60x64"}, "width 60: must be a multiple of 8"),
     ("/v1/images/generations", {"prompt": "x", "size": "64x2048"}, "height 2048: must be a multiple of 8 from 64 to 1024"),
     ("/v1/images/generations", {"prompt": "x", "response_format": "url"}, "'url' is not served"),
@@ -88,6 +91,12 @@ MALFORMED = [  # (path, body as sent, what the message says)
     ("/sdapi/v1/txt2img", {"prompt": "x", "hires": True}, "hires: Extra inputs are not permitted"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "negative_prompt": LONG}, "negative_prompt is 82 tokens"),
     ("/sdapi/v1/txt2img", {"prompt": None}, "prompt: Input should be a valid string"),
+    ("/v1/images/generations", {"prompt": "x", "user": "u" * 257}, "user: String should have at most 256 characters"),
+    ("/v1/images/generations", {"prompt": "x", "model": "m" * 257}, "model: String should have at most 256"),
+    ("/v1/images/generations", {"prompt": "x " * 2049}, "prompt: String should have at most 4096 characters"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "s" * 257}, "sampler_name: String should have at most"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "hr_sampler_name": "s" * 257}, "hr_sampler_name: String should have"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": ["x"], "scheduler": "k" * 257}, "scheduler: String should"),
 ]
 
 

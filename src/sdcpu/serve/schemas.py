@@ -14,7 +14,7 @@ import binascii
 import contextlib
 import secrets
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +27,8 @@ MAX_IMAGES = 10  # OpenAI's bound on n
 MAX_GUIDANCE = 30.0  # A1111's CFG scale maximum
 MAX_SEED = 2**32 - 1
 MAX_PARTIAL_IMAGES = 3  # OpenAI's bound on partial_images
+MAX_PROMPT_CHARS = 4096  # far more than 77 CLIP tokens take (the token check is the real bound), room for LoRA tags
+MAX_NAME_CHARS = 256  # a model, user, sampler, schedule or option name
 MAX_BASE64_CHARS = tasks.MAX_INPUT_BYTES * 4 // 3 + 100  # one upload as base64 (4 characters per 3 bytes), data: prefix
 
 class BadRequest(ValueError):
@@ -47,6 +49,10 @@ class Job:
         return self.request.steps if self.edit is None else tasks.steps_run(self.request.steps, self.edit.strength)
 
 
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -54,20 +60,20 @@ class Strict(BaseModel):
 class _OpenAIFields(BaseModel):
     """The fields OpenAI's generations and edits share, and sdcpu's extras."""
 
-    prompt: str = Field(min_length=1)
+    prompt: Prompt = Field(min_length=1)
     n: int = Field(1, ge=1, le=MAX_IMAGES)
-    size: str | None = None  # generations: 512x512; edits: the image's own size
+    size: str | None = Field(None, max_length=11)  # generations: 512x512; edits: the image's own size
     response_format: Literal["b64_json", "url"] = "b64_json"
     stream: bool = False
     partial_images: int = Field(0, ge=0, le=MAX_PARTIAL_IMAGES)
-    model: str | None = None  # any name is accepted: the server runs the one model it loaded
-    user: str | None = None
+    model: Name | None = None  # any name is accepted: the server runs the one model it loaded
+    user: Name | None = None
     # sdcpu's extra fields
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    negative_prompt: str = ""
+    negative_prompt: Prompt = ""
     guidance: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
-    loras: str = ""  # "name[:weight],...": LoRAs of the server's --lora-dir (as <lora:name:weight> in the prompt)
+    loras: Annotated[str, Field(max_length=4 * MAX_NAME_CHARS)] = ""  # "name[:weight],...": LoRAs of the server's --lora-dir (as <lora:name:weight> in the prompt)
 
 
 class OpenAIImageRequest(_OpenAIFields):
