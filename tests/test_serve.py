@@ -91,6 +91,9 @@ MALFORMED = [  # (path, body as sent, what the message says)
     ("/sdapi/v1/txt2img", {"prompt": "x", "hires": True}, "hires: Extra inputs are not permitted"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "negative_prompt": LONG}, "negative_prompt is 82 tokens"),
     ("/sdapi/v1/txt2img", {"prompt": None}, "prompt: Input should be a valid string"),
+    ("/v1/images/generations", {"prompt": "x", "size": "1024x1024", "steps": 150, "n": 2},
+     "asks for 315 M pixel-steps (width x height x steps x images); this server makes at most 157 M a request"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "width": 1024, "height": 1024, "steps": 100, "n_iter": 2}, "210 M pixel"),
     ("/v1/images/generations", {"prompt": "x", "user": "u" * 257}, "user: String should have at most 256 characters"),
     ("/v1/images/generations", {"prompt": "x", "model": "m" * 257}, "model: String should have at most 256"),
     ("/v1/images/generations", {"prompt": "x " * 2049}, "prompt: String should have at most 4096 characters"),
@@ -182,6 +185,7 @@ def test_an_empty_key_in_the_environment_is_refused(capsys, monkeypatch):
     (["--warmup-size", "65x64"], "width 65: must be a multiple of 8"),
     (["--model", "random:sd99"], "unknown random architecture"),
     (["--api-key", ""], "the API key is empty"),
+    (["--max-request-seconds", "0"], "--max-request-seconds must be more than 0"),
     (["--host", "0.0.0.0"], "no API key is set: pass --api-key KEY (or $SDCPU_API_KEY), or --insecure-no-key"),
     (["--host", "box.lan"], "--host box.lan is reachable from other machines"),
 ])

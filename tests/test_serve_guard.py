@@ -1,8 +1,9 @@
-"""serve/guard.py and the answers every route shares, in process (no model: the worker is never started): the Host
-check, the key checked before the body is read, body bounds, 500s with an id, /health without the key, /docs off."""
+"""serve/guard.py and the answers every route shares, in process (the worker not started but for the time bound): the
+Host check, the key checked before the body is read, body bounds, 500s with an id, /health without the key, /docs off,
+--max-request-seconds."""
 
 import asyncio
-import json
+import time
 
 import httpx2 as httpx
 import pytest
@@ -16,8 +17,8 @@ KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def app_for(**settings):
-    worker = Worker(lambda w: None, max_queue=1)  # never started: "loading the model"
+def app_for(prepare=lambda w: None, **settings):
+    worker = Worker(prepare, max_queue=1)  # not started: "loading the model"
     settings = {"model": "random:tiny", "recipe": "baseline", "random_weights": True, "api_key": KEY, **settings}
     return worker, create_app(worker, Settings(**settings))
 
@@ -130,3 +131,22 @@ def test_docs_are_off_unless_asked_for():
     _, with_docs = app_for(docs=True)
     assert "/v1/images/generations" in call(with_docs, "GET", "/openapi.json").json()["paths"]
     assert call(with_docs, "GET", "/docs").status_code == 200
+
+
+def test_a_call_past_max_seconds_stops_at_its_next_step_is_answered_504_and_the_server_goes_on(tiny_pipe):
+    worker, app = app_for(lambda w: tiny_pipe, api_key=None)
+    worker.max_seconds = 1e-9  # any step takes longer
+    worker.start()
+    deadline = time.monotonic() + 60
+    while not worker.ready:
+        assert time.monotonic() < deadline and not worker.state.startswith("failed"), worker.state
+        time.sleep(0.01)
+    try:
+        body = {"prompt": "x", "size": "64x64", "steps": 4}
+        message = error_of(call(app, "POST", "/v1/images/generations", json=body), 504)
+        assert "ran past --max-request-seconds 1e-09 and was stopped after 1 of " in message
+        worker.max_seconds = 3600
+        answer = call(app, "POST", "/v1/images/generations", json=body)
+        assert answer.status_code == 200 and not answer.json()["sdcpu"]["interrupted"]
+    finally:
+        worker.close()

@@ -39,6 +39,9 @@ def register(sub):
     p.add_argument("--max-batch", type=int, default=1,
                    help="images one pipeline call may make for waiting requests of the same size, steps, guidance "
                         "and sampler (default %(default)s: no batching; benchmarks/serve_batching.py measures it)")
+    p.add_argument("--max-request-seconds", type=float, metavar="S",
+                   help="stop a pipeline call still running S seconds after it began, at its next step, and answer "
+                        "its requests 504 (default: no bound)")
     p.add_argument("--max-size", type=int, default=1024, help="the largest width or height served (default %(default)s)")
     p.add_argument("--warmup-size", default="512x512",
                    help="size of the one-step warm-up call made before /health says ready (default %(default)s)")
@@ -69,6 +72,8 @@ def run(args) -> int:
         value = getattr(args, name)
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.max_request_seconds is not None and not args.max_request_seconds > 0:
+        raise UsageError(f"--max-request-seconds must be more than 0, got {args.max_request_seconds:g}")
     if args.instances > 1:
         return _run_instances(args, recipe, cpu)
     relaunch.under_plan(recipe, cpu, why=why_auto)  # refuses the recipe step instances=N: --instances is this command's
@@ -88,7 +93,7 @@ def run(args) -> int:
         server.should_exit = True
 
     worker = Worker(lambda w: _prepare(w, spec, recipe, cpu, (width, height)), max_queue=args.max_queue,
-                    max_batch=args.max_batch, on_fatal=stop)
+                    max_batch=args.max_batch, max_seconds=args.max_request_seconds, on_fatal=stop)
     server = uvicorn.Server(uvicorn.Config(create_app(worker, settings), log_level="info" if args.verbose else "warning"))
     host, port = sock.getsockname()[:2]
     print(f"sdcpu serve: listening on http://{host}:{port} (pid {os.getpid()}); loading {spec}, recipe {recipe}"

@@ -219,8 +219,8 @@ def from_a1111(body: BaseModel, limits: Limits, edit: tasks.Edit | None = None) 
         prompt=prompt, negative_prompt=body.negative_prompt, width=body.width, height=body.height,
         steps=body.steps, guidance=body.cfg_scale, seed=first, num_images=body.batch_size,
     )
-    return [schemas.checked(Job(replace(request, seed=first + i * body.batch_size), scheduler, edit, loras), limits)
-            for i in range(body.n_iter)]
+    return schemas.check_work([schemas.checked(Job(replace(request, seed=first + i * body.batch_size), scheduler, edit,
+                                                   loras), limits) for i in range(body.n_iter)], limits)
 
 
 def a1111_edit(body: BaseModel) -> tasks.Edit:

@@ -3,7 +3,7 @@
 
 Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for
 bad input or a Host the server does not answer to (400), a missing or wrong key (401), an unknown path (404), a body
-too large (413); 503 with Retry-After when the queue is full or the model is not ready; 500 (a short message and an
+too large (413); 503 with Retry-After when the queue is full or the model is not ready; 504 when a call runs past --max-request-seconds; 500 (a short message and an
 id, the details in the log) when a generation fails or a route breaks. The server keeps serving after any of them.
 With an API key, /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY` (serve/guard.py checks it, the Host
 and the body's size before a route reads the body); / and /health stay open, /health saying only ready or not.
@@ -31,7 +31,7 @@ from sdcpu import generate, lora, steps
 from sdcpu.errors import UsageError
 from sdcpu.serve import a1111_routes, guard, openai_routes, preview, schemas
 from sdcpu.serve.metrics import Metrics
-from sdcpu.serve.queue import Done, GenerationFailed, NotReady, QueueFull, Worker
+from sdcpu.serve.queue import Done, GenerationFailed, NotReady, QueueFull, TimedOut, Worker
 from sdcpu.steps_base import Skip
 
 
@@ -123,6 +123,8 @@ class Service:
             done: Done = await asyncio.wrap_future(future)
         except (UsageError, Skip) as error:  # the request's LoRAs cannot load or apply here: 400, not a server fault
             raise schemas.BadRequest(str(error)) from None
+        except TimedOut:
+            raise
         except Exception as error:  # noqa: BLE001 - answered 500, the server goes on
             raise GenerationFailed(guard.incident("generation failed", error)) from error
         self.metrics.images.inc(len(done.images))
@@ -189,6 +191,10 @@ def _error_handlers(app: FastAPI, worker: Worker) -> None:
     @app.exception_handler(NotReady)
     async def not_ready(request, exc):
         return _error(503, f"not ready: {exc}", "server_not_ready", {"Retry-After": "5"})
+
+    @app.exception_handler(TimedOut)
+    async def timed_out(request, exc):
+        return _error(504, str(exc), "timeout")
 
     @app.exception_handler(GenerationFailed)
     async def failed(request, exc):

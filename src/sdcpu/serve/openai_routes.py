@@ -20,7 +20,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from sdcpu.serve import schemas
 from sdcpu.serve.guard import FORM_BYTES
-from sdcpu.serve.queue import GenerationFailed
+from sdcpu.serve.queue import GenerationFailed, TimedOut
 
 
 def router(service) -> APIRouter:
@@ -88,8 +88,8 @@ async def _stream(service, job: schemas.Job, partial_images: int, event_prefix: 
             index += 1
         try:
             images, info = await service.answer(job, future)
-        except (GenerationFailed, schemas.BadRequest) as error:  # after a 200 began: an error event ends the stream
-            kind = "invalid_request_error" if isinstance(error, schemas.BadRequest) else "server_error"
+        except (GenerationFailed, TimedOut, schemas.BadRequest) as error:  # after a 200 began: an error event ends it
+            kind = {schemas.BadRequest: "invalid_request_error", TimedOut: "timeout"}.get(type(error), "server_error")
             yield _event("error", {"error": {"message": str(error), "type": kind}})
             return
         usage = {"input_tokens": tokens, "input_tokens_details": {"image_tokens": 0, "text_tokens": tokens},

@@ -113,7 +113,7 @@ def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = N
         guidance=limits.defaults.get("guidance_scale", 7.5) if body.guidance is None else body.guidance,
         seed=seed_of(body.seed), num_images=body.n,
     )
-    return checked(Job(request, edit=edit, loras=loras), limits)
+    return check_work([checked(Job(request, edit=edit, loras=loras), limits)], limits)[0]
 
 
 def openai_edit(image: bytes, mask: bytes | None, strength: float | None) -> tasks.Edit:
@@ -178,3 +178,15 @@ def checked(job: Job, limits: Limits) -> Job:
             raise BadRequest(f"{field} is {tokens} tokens; the text encoder reads {limits.tokenizer.model_max_length} "
                              "(start and end included): shorten it")
     return job
+
+
+def check_work(jobs: list[Job], limits: Limits) -> list[Job]:
+    """Refuse a request (JOBS) asking for more than one image at the largest size and the most steps: pixels x
+    steps x images, at most max_size^2 x MAX_STEPS (1024x1024x150 = 157 M by default)."""
+    work = sum(job.request.width * job.request.height * job.steps_run * job.request.num_images for job in jobs)
+    bound = limits.max_size**2 * MAX_STEPS
+    if work > bound:
+        raise BadRequest(f"the request asks for {work / 1e6:.0f} M pixel-steps (width x height x steps x images); "
+                         f"this server makes at most {bound / 1e6:.0f} M a request (one {limits.max_size}x"
+                         f"{limits.max_size} image at {MAX_STEPS} steps)")
+    return jobs
