@@ -25,8 +25,8 @@ def register(sub):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default %(default)s; 0: a free one, printed)")
     p.add_argument("--api-key", default=os.environ.get("SDCPU_API_KEY"),
-                   help="require Authorization: Bearer KEY on the APIs and /metrics (default: $SDCPU_API_KEY, else none; "
-                        "an empty key is refused)")
+                   help="require Authorization: Bearer KEY on the APIs and /metrics (default: $SDCPU_API_KEY, else "
+                        "none; an empty key is refused)")
     p.add_argument("--insecure-no-key", action="store_true",
                    help="allow a --host other than loopback without an API key (anyone who reaches it can use it)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",

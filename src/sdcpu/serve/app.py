@@ -3,8 +3,9 @@
 
 Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for
 bad input or a Host the server does not answer to (400), a missing or wrong key (401), an unknown path (404), a body
-too large (413); 503 with Retry-After when the queue is full or the model is not ready; 504 when a call runs past --max-request-seconds; 500 (a short message and an
-id, the details in the log) when a generation fails or a route breaks. The server keeps serving after any of them.
+too large (413); 503 with Retry-After when the queue is full or the model is not ready; 504 when a call runs past
+--max-request-seconds; 500 (a short message and an id, the details in the log) when a generation fails or a route
+breaks. The server keeps serving after any of them.
 With an API key, /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY` (serve/guard.py checks it, the Host
 and the body's size before a route reads the body); / and /health stay open, /health saying only ready or not.
 /docs, /redoc and /openapi.json (Swagger UI loads its script from a CDN) are served only with `docs`.

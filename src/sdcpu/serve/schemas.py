@@ -73,7 +73,8 @@ class _OpenAIFields(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     negative_prompt: Prompt = ""
     guidance: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
-    loras: Annotated[str, Field(max_length=4 * MAX_NAME_CHARS)] = ""  # "name[:weight],...": LoRAs of the server's --lora-dir (as <lora:name:weight> in the prompt)
+    # "name[:weight],...": LoRAs of the server's --lora-dir (as <lora:name:weight> in the prompt)
+    loras: Annotated[str, Field(max_length=4 * MAX_NAME_CHARS)] = ""
 
 
 class OpenAIImageRequest(_OpenAIFields):
