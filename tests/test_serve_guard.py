@@ -9,7 +9,7 @@ import httpx2 as httpx
 import pytest
 
 from serving import counter
-from sdcpu.serve import guard
+from sdcpu.serve import guard, queue
 from sdcpu.serve.app import Settings, create_app
 from sdcpu.serve.queue import Worker
 
@@ -133,20 +133,42 @@ def test_docs_are_off_unless_asked_for():
     assert call(with_docs, "GET", "/docs").status_code == 200
 
 
-def test_a_call_past_max_seconds_stops_at_its_next_step_is_answered_504_and_the_server_goes_on(tiny_pipe):
+@pytest.fixture(scope="module")
+def ready(tiny_pipe):
+    """An app whose worker runs random:tiny, without a key."""
     worker, app = app_for(lambda w: tiny_pipe, api_key=None)
-    worker.max_seconds = 1e-9  # any step takes longer
     worker.start()
     deadline = time.monotonic() + 60
     while not worker.ready:
         assert time.monotonic() < deadline and not worker.state.startswith("failed"), worker.state
         time.sleep(0.01)
+    yield worker, app
+    worker.close()
+
+
+BODY = {"prompt": "x", "size": "64x64", "steps": 4}
+
+
+def test_a_call_past_max_seconds_stops_at_its_next_step_is_answered_504_and_the_server_goes_on(ready):
+    worker, app = ready
+    worker.max_seconds = 1e-9  # any step takes longer
     try:
-        body = {"prompt": "x", "size": "64x64", "steps": 4}
-        message = error_of(call(app, "POST", "/v1/images/generations", json=body), 504)
-        assert "ran past --max-request-seconds 1e-09 and was stopped after 1 of " in message
-        worker.max_seconds = 3600
-        answer = call(app, "POST", "/v1/images/generations", json=body)
-        assert answer.status_code == 200 and not answer.json()["sdcpu"]["interrupted"]
+        message = error_of(call(app, "POST", "/v1/images/generations", json=BODY), 504)
     finally:
-        worker.close()
+        worker.max_seconds = None
+    assert "ran past --max-request-seconds 1e-09 and was stopped after 1 of " in message
+    answer = call(app, "POST", "/v1/images/generations", json=BODY)
+    assert answer.status_code == 200 and not answer.json()["sdcpu"]["interrupted"]
+
+
+def test_a_failed_generation_answers_an_id_not_the_exception_text(ready, monkeypatch, caplog):
+    _, app = ready
+
+    def fails(*args):
+        raise RuntimeError("cannot open /home/someone/models/unet.bin")
+
+    monkeypatch.setattr(queue.generate, "run_batch", fails)
+    message = error_of(call(app, "POST", "/v1/images/generations", json=BODY), 500)
+    assert message.startswith("generation failed; the server's log has the details under error id ")
+    assert "/home/someone" not in message and "/home/someone" in caplog.text
+    assert f"error id {message.rsplit(' ', 1)[1]}" in caplog.text
