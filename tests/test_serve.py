@@ -179,6 +179,17 @@ def test_an_empty_key_in_the_environment_is_refused(capsys, monkeypatch):
     assert "the API key is empty" in capsys.readouterr().err
 
 
+def test_allowed_host_and_docs_reach_the_server(sdcpu_home):
+    live = Server("--allowed-host", "box.lan", "--docs", home=sdcpu_home)
+    try:
+        assert httpx.get(f"{live.url}/health", headers={"Host": "box.lan:7860"}).status_code == 200
+        refused = httpx.get(f"{live.url}/health", headers={"Host": "rebound.example"})
+        assert refused.status_code == 400 and "--allowed-host" in refused.json()["error"]["message"]
+        assert "/v1/images/generations" in httpx.get(f"{live.url}/openapi.json").json()["paths"]
+    finally:
+        assert live.stop() == 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["--max-queue", "0"], "--max-queue must be at least 1"),
     (["--instances", "2", "--port", "0"], "--instances needs a fixed --port"),
