@@ -10,6 +10,7 @@ import torch
 
 from sdcpu import hardware, load_pipeline
 from sdcpu.backends import openvino as backend
+from sdcpu.errors import UsageError
 from sdcpu.recipes import Step
 from sdcpu.steps_base import Skip
 
@@ -76,6 +77,18 @@ def test_another_size_compiles_again(converted, eager):
     image(pipe)
     np.testing.assert_allclose(image(pipe, 64, 48), eager(64, 48), rtol=0, atol=F32_ATOL)
     assert {shapes[0] for shapes in pipe.unet.run.by_shape} >= {(2, 4, 32, 32), (2, 4, 32, 24)}
+
+
+def test_the_shapes_used_last_stay_compiled_the_least_recently_used_goes(converted, monkeypatch):
+    pipe, _ = converted
+    monkeypatch.setenv(backend.SHAPES_VARIABLE, "2")
+    for height, width in ((64, 64), (64, 48), (64, 64), (48, 64)):  # 64x48 is the one not used since
+        image(pipe, height, width)
+    assert [shapes[0] for shapes in pipe.unet.run.by_shape] == [(2, 4, 32, 32), (2, 4, 24, 32)]
+    assert backend.DEFAULT_SHAPES == 4
+    monkeypatch.setenv(backend.SHAPES_VARIABLE, "0")
+    with pytest.raises(UsageError, match="SDCPU_OPENVINO_SHAPES='0': a whole number >= 1"):
+        backend.kept_shapes()
 
 
 def test_second_pipeline_reuses_ir_and_compiled_cache(ov, converted, eager):

@@ -70,6 +70,9 @@ MALFORMED = [  # (path, body as sent, what the message says)
     ("/v1/images/generations", {"prompt": "x", "n": 11}, "n: Input should be less than or equal to 10"),
     ("/v1/images/generations", {"prompt": "x", "n": "2"}, "n: Input should be a valid integer"),
     ("/v1/images/generations", {"prompt": "x", "size": "big"}, "expected WIDTHxHEIGHT"),
+    ("/v1/images/generations", {"prompt": "x", "size": "²x512"}, "expected WIDTHxHEIGHT"),
+    ("/v1/images/generations", {"prompt": "x", "size": "٥١٢x512"}, "expected WIDTHxHEIGHT"),  # Arabic-Indic 512
+    ("/v1/images/generations", {"prompt": "x", "size": "9" * 5000 + "x512"}, "size: String should have at most"),
     ("/v1/images/generations", {"prompt": "x", "size": "60x64"}, "width 60: must be a multiple of 8"),
     ("/v1/images/generations", {"prompt": "x", "size": "64x2048"}, "height 2048: must be a multiple of 8 from 64 to 1024"),
     ("/v1/images/generations", {"prompt": "x", "response_format": "url"}, "'url' is not served"),
@@ -88,6 +91,15 @@ MALFORMED = [  # (path, body as sent, what the message says)
     ("/sdapi/v1/txt2img", {"prompt": "x", "hires": True}, "hires: Extra inputs are not permitted"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "negative_prompt": LONG}, "negative_prompt is 82 tokens"),
     ("/sdapi/v1/txt2img", {"prompt": None}, "prompt: Input should be a valid string"),
+    ("/v1/images/generations", {"prompt": "x", "size": "1024x1024", "steps": 150, "n": 2},
+     "asks for 315 M pixel-steps (width x height x steps x images); this server makes at most 157 M a request"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "width": 1024, "height": 1024, "steps": 100, "n_iter": 2}, "210 M pixel"),
+    ("/v1/images/generations", {"prompt": "x", "user": "u" * 257}, "user: String should have at most 256 characters"),
+    ("/v1/images/generations", {"prompt": "x", "model": "m" * 257}, "model: String should have at most 256"),
+    ("/v1/images/generations", {"prompt": "x " * 2049}, "prompt: String should have at most 4096 characters"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "s" * 257}, "sampler_name: String should have at most"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "hr_sampler_name": "s" * 257}, "hr_sampler_name: String should have"),
+    ("/sdapi/v1/img2img", {"prompt": "x", "init_images": ["x"], "scheduler": "k" * 257}, "scheduler: String should"),
 ]
 
 
@@ -117,7 +129,7 @@ def test_api_key_is_needed_on_the_apis_and_metrics_not_on_health_and_page(server
     page = httpx.get(f"{server.url}/")
     assert page.status_code == 200 and "<form" in page.text
     assert "http" not in page.text.replace("http-equiv", ""), "the page loads nothing from elsewhere"
-    assert "/v1/images/generations" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    assert httpx.get(f"{server.url}/openapi.json").status_code == 404, "docs are off without --docs"
 
 
 def test_bounded_load_every_request_answered_200_or_503_and_metrics_agree(server):
@@ -161,13 +173,35 @@ def test_sigterm_finishes_the_request_in_flight_then_exits_0(sdcpu_home):
     assert live.proc.wait(timeout=60) == 0
 
 
+def test_an_empty_key_in_the_environment_is_refused(capsys, monkeypatch):
+    monkeypatch.setenv("SDCPU_API_KEY", "")
+    assert main(["serve", "--recipe", "baseline", "--model", "random:tiny"]) == 2
+    assert "the API key is empty" in capsys.readouterr().err
+
+
+def test_allowed_host_and_docs_reach_the_server(sdcpu_home):
+    live = Server("--allowed-host", "box.lan", "--docs", home=sdcpu_home)
+    try:
+        assert httpx.get(f"{live.url}/health", headers={"Host": "box.lan:7860"}).status_code == 200
+        refused = httpx.get(f"{live.url}/health", headers={"Host": "rebound.example"})
+        assert refused.status_code == 400 and "--allowed-host" in refused.json()["error"]["message"]
+        assert "/v1/images/generations" in httpx.get(f"{live.url}/openapi.json").json()["paths"]
+    finally:
+        assert live.stop() == 0
+
+
 @pytest.mark.parametrize("args, message", [
     (["--max-queue", "0"], "--max-queue must be at least 1"),
     (["--instances", "2", "--port", "0"], "--instances needs a fixed --port"),
     (["--warmup-size", "65x64"], "width 65: must be a multiple of 8"),
     (["--model", "random:sd99"], "unknown random architecture"),
+    (["--api-key", ""], "the API key is empty"),
+    (["--max-request-seconds", "0"], "--max-request-seconds must be more than 0"),
+    (["--host", "0.0.0.0"], "no API key is set: pass --api-key KEY (or $SDCPU_API_KEY), or --insecure-no-key"),
+    (["--host", "box.lan"], "--host box.lan is reachable from other machines"),
 ])
-def test_bad_command_line_is_one_line_and_exit_2(capsys, args, message):
+def test_bad_command_line_is_one_line_and_exit_2(capsys, monkeypatch, args, message):
+    monkeypatch.delenv("SDCPU_API_KEY", raising=False)
     assert main(["serve", "--recipe", "baseline", "--model", "random:tiny", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err

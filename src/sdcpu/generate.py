@@ -93,11 +93,12 @@ def check_tokens(tokenizer, request: Request) -> None:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """'512x768' -> (512, 768): width first, like every image tool."""
-    try:
-        width, height = (int(part) for part in text.lower().split("x"))
-    except ValueError:
-        raise UsageError(f"size {text!r}: expected WIDTHxHEIGHT, e.g. 512x512") from None
+    """'512x768' -> (512, 768): width first, like every image tool; ASCII digits only (int() also reads other
+    scripts' digits), at most 5 a side."""
+    parts = text.lower().split("x")  # ^[0-9]{1,5}x[0-9]{1,5}$
+    if len(parts) != 2 or not all(part.isascii() and part.isdigit() and len(part) <= 5 for part in parts):
+        raise UsageError(f"size {text[:20]!r}: expected WIDTHxHEIGHT, e.g. 512x512")
+    width, height = map(int, parts)
     return width, height
 
 

@@ -9,7 +9,9 @@ fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
   configs and a strided sample of every weight tensor, so a second process reads the IR (memory-mapped) instead of
   converting, and a different model never reuses it. The torch modules are dropped once converted (peak RSS).
 - Static shapes: a wrapper compiles a copy of its model reshaped to each new set of input shapes it sees (cached per
-  shape, one INFO line per compile), so a call at another size compiles again instead of failing. OpenVINO's
+  shape, one INFO line per compile), so a call at another size compiles again instead of failing. Each model keeps
+  the $SDCPU_OPENVINO_SHAPES (default 4) shapes used last compiled (each is a copy of the weights in the plugin's
+  layout): a fifth size or batch drops the least recently used, which compiles again if it comes back. OpenVINO's
   compiled-model cache ($SDCPU_HOME/openvino/compiled/<precision>) makes those compiles fast in a later process.
 - Precision (INFERENCE_PRECISION_HINT): `openvino=f32|bf16` as asked, by default bf16 where the CPU has native bf16
   (AMX, AVX512_BF16), else f32; always set, since OpenVINO's CPU default is bf16 wherever the CPU has it. Threads
@@ -20,6 +22,7 @@ fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
   encoder (img2img, inpainting) is converted and compiled on its first call, never for text-to-image.
 """
 
+import collections
 import gc
 import hashlib
 import json
@@ -34,6 +37,7 @@ import torch
 from sdcpu import locks, recipes
 from sdcpu.backends import mapped
 from sdcpu.backends.components import VAE, Entry, Moments, TextEncoder, UNet
+from sdcpu.errors import UsageError
 from sdcpu.launcher import library_kind
 from sdcpu.home import sdcpu_home
 from sdcpu.steps_base import Skip
@@ -44,6 +48,7 @@ log = logging.getLogger(__name__)
 IR_FORMAT = 1  # bump when what is traced changes, so IR saved by an older sdcpu is converted again
 EXAMPLE_LATENT = 64  # traced latent size: SD 1.5's, divisible by every SD UNet's upsampling factor
 EXAMPLE_TOKENS = 77  # CLIP's context length
+SHAPES_VARIABLE, DEFAULT_SHAPES = "SDCPU_OPENVINO_SHAPES", 4  # input shapes each model keeps compiled
 
 
 def apply(pipe, step, cpu) -> str:
@@ -174,6 +179,18 @@ class Lazy:
         return self.compiled(*inputs)
 
 
+def kept_shapes() -> int:
+    """How many input shapes each model keeps compiled ($SDCPU_OPENVINO_SHAPES, default 4, at least 1)."""
+    text = os.environ.get(SHAPES_VARIABLE, str(DEFAULT_SHAPES))
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise UsageError(f"{SHAPES_VARIABLE}={text!r}: a whole number >= 1 of input shapes kept compiled per model")
+    return int(text)
+
+
+def _sizes(shapes) -> str:
+    return " ".join("x".join(map(str, shape)) for shape in shapes)
+
+
 class Compiled:
     """A dynamic-shape OpenVINO model (IR at PATH), compiled for each new set of static input shapes on first use.
 
@@ -182,11 +199,14 @@ class Compiled:
 
     def __init__(self, core, path: Path, config: dict, name: str):
         self.core, self.path, self.config, self.name = core, path, config, name
-        self.by_shape = {}
+        self.by_shape = collections.OrderedDict()  # the least recently used first
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         shapes = tuple(tuple(x.shape) for x in inputs)
-        compiled = self.by_shape.get(shapes) or self.compile(shapes)
+        compiled = self.by_shape.get(shapes)
+        if compiled is None:
+            compiled = self.compile(shapes)
+        self.by_shape.move_to_end(shapes)
         outputs = compiled([x.numpy() for x in inputs])
         return tuple(torch.from_numpy(array) for array in outputs.to_tuple())
 
@@ -202,9 +222,12 @@ class Compiled:
             model.reshape({port: list(shape) for port, shape in zip(model.inputs, shapes)})
             self.by_shape[shapes] = compiled = self.core.compile_model(model, "CPU", self.config)
             del model
-        sizes = " ".join("x".join(map(str, shape)) for shape in shapes)
-        log.info("openvino: compiled %s for %s in %.1f s (%s)", self.name, sizes,
+        log.info("openvino: compiled %s for %s in %.1f s (%s)", self.name, _sizes(shapes),
                  time.perf_counter() - start, self.config["INFERENCE_PRECISION_HINT"])
+        while len(self.by_shape) > kept_shapes():
+            dropped, _ = self.by_shape.popitem(last=False)
+            log.info("openvino: dropped %s compiled for %s (%s=%d)", self.name, _sizes(dropped), SHAPES_VARIABLE,
+                     kept_shapes())
         return compiled
 
     def release(self):

@@ -4,6 +4,7 @@ warm. It listens at once and loads, optimizes and warms up the model behind /hea
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import signal
 import socket
@@ -24,12 +25,23 @@ def register(sub):
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default %(default)s; 0: a free one, printed)")
     p.add_argument("--api-key", default=os.environ.get("SDCPU_API_KEY"),
-                   help="require Authorization: Bearer KEY on the APIs and /metrics (default: $SDCPU_API_KEY, else none)")
+                   help="require Authorization: Bearer KEY on the APIs and /metrics (default: $SDCPU_API_KEY, else "
+                        "none; an empty key is refused)")
+    p.add_argument("--insecure-no-key", action="store_true",
+                   help="allow a --host other than loopback without an API key (anyone who reaches it can use it)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name clients reach this server by, besides localhost, 127.0.0.1, [::1] and --host "
+                        "(repeatable); requests naming another get 400 (DNS rebinding)")
+    p.add_argument("--docs", action="store_true",
+                   help="serve /docs, /redoc and /openapi.json (FastAPI's Swagger UI loads its script from a CDN)")
     p.add_argument("--max-queue", type=int, default=16,
                    help="requests that may wait for the worker; more are answered 503 (default %(default)s)")
     p.add_argument("--max-batch", type=int, default=1,
                    help="images one pipeline call may make for waiting requests of the same size, steps, guidance "
                         "and sampler (default %(default)s: no batching; benchmarks/serve_batching.py measures it)")
+    p.add_argument("--max-request-seconds", type=float, metavar="S",
+                   help="stop a pipeline call still running S seconds after it began, at its next step, and answer "
+                        "its requests 504 (default: no bound)")
     p.add_argument("--max-size", type=int, default=1024, help="the largest width or height served (default %(default)s)")
     p.add_argument("--warmup-size", default="512x512",
                    help="size of the one-step warm-up call made before /health says ready (default %(default)s)")
@@ -46,6 +58,7 @@ def register(sub):
 
 def run(args) -> int:
     # 1. Check every input before the slow load; listen on the port, so a taken one fails now.
+    _check_access(args.host, args.api_key, args.insecure_no_key)
     cpu = hardware.detect()
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
     width, height = generate.parse_size(args.warmup_size)
@@ -59,6 +72,8 @@ def run(args) -> int:
         value = getattr(args, name)
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.max_request_seconds is not None and not args.max_request_seconds > 0:
+        raise UsageError(f"--max-request-seconds must be more than 0, got {args.max_request_seconds:g}")
     if args.instances > 1:
         return _run_instances(args, recipe, cpu)
     relaunch.under_plan(recipe, cpu, why=why_auto)  # refuses the recipe step instances=N: --instances is this command's
@@ -72,12 +87,13 @@ def run(args) -> int:
 
     settings = Settings(model=str(spec), recipe=str(recipe), random_weights=spec.random_weights,
                         max_size=args.max_size, api_key=args.api_key,
-                        lora_dir=os.path.abspath(args.lora_dir) if args.lora_dir else None)
+                        lora_dir=os.path.abspath(args.lora_dir) if args.lora_dir else None,
+                        hosts=(args.host, *args.allowed_host), docs=args.docs)
     def stop(error):
         server.should_exit = True
 
     worker = Worker(lambda w: _prepare(w, spec, recipe, cpu, (width, height)), max_queue=args.max_queue,
-                    max_batch=args.max_batch, on_fatal=stop)
+                    max_batch=args.max_batch, max_seconds=args.max_request_seconds, on_fatal=stop)
     server = uvicorn.Server(uvicorn.Config(create_app(worker, settings), log_level="info" if args.verbose else "warning"))
     host, port = sock.getsockname()[:2]
     print(f"sdcpu serve: listening on http://{host}:{port} (pid {os.getpid()}); loading {spec}, recipe {recipe}"
@@ -88,6 +104,19 @@ def run(args) -> int:
     if worker.state.startswith("failed"):
         raise UsageError(f"cannot serve {spec}: {worker.state.removeprefix('failed: ')}")
     return 0
+
+
+def _check_access(host: str, api_key: str | None, insecure_no_key: bool) -> None:
+    """Refuse an empty key (it would turn auth off unseen) and a bind beyond loopback without a key, unless asked."""
+    if api_key == "":
+        raise UsageError("the API key is empty (--api-key or $SDCPU_API_KEY): give a key, or leave both unset")
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to any address
+        loopback = False
+    if not loopback and api_key is None and not insecure_no_key:
+        raise UsageError(f"--host {host} is reachable from other machines and no API key is set: pass --api-key KEY "
+                         "(or $SDCPU_API_KEY), or --insecure-no-key to serve anyone who reaches it")
 
 
 def _prepare(worker, spec, recipe, cpu, size):

@@ -68,12 +68,12 @@ def _fill(value, body, scheduler) -> bool:
 
 
 OFF, NONE, EMPTY_LIST, EMPTY_DICT = (False, None), (None,), ([], None), ({}, None)
-Text, Int, Float, Bool = str | None, int | None, float | None, bool | None
+Text, Int, Float, Bool = schemas.Name | None, int | None, float | None, bool | None  # every string bounded
 
 COMMON = {
-    "prompt": honoured(str, "", "the prompt; <lora:name:weight> tags name LoRAs of --lora-dir"),
-    "negative_prompt": honoured(str, "", "the negative prompt"),
-    "styles": neutral(list[str] | None, [], EMPTY_LIST, "saved prompt styles"),
+    "prompt": honoured(schemas.Prompt, "", "the prompt; <lora:name:weight> tags name LoRAs of --lora-dir"),
+    "negative_prompt": honoured(schemas.Prompt, "", "the negative prompt"),
+    "styles": neutral(list[schemas.Name] | None, [], EMPTY_LIST, "saved prompt styles"),
     "seed": honoured(Annotated[int, Field(ge=-1, le=MAX_SEED)], -1, "image i uses seed+i; -1 a random seed"),
     "subseed": neutral(Int, -1, _any, "nothing: a subseed matters only with subseed_strength, which must be 0"),
     "subseed_strength": neutral(Float, 0, (0, None), "variation seeds"),
@@ -122,8 +122,8 @@ TXT2IMG = {
     **{name: neutral(type_, default, _any, "nothing: hires fix is off") for name, type_, default in (
         ("hr_scale", Float, 2.0), ("hr_upscaler", Text, None), ("hr_second_pass_steps", Int, 0),
         ("hr_resize_x", Int, 0), ("hr_resize_y", Int, 0), ("hr_checkpoint_name", Text, None),
-        ("hr_sampler_name", Text, None), ("hr_scheduler", Text, None), ("hr_prompt", Text, ""),
-        ("hr_negative_prompt", Text, ""))},
+        ("hr_sampler_name", Text, None), ("hr_scheduler", Text, None), ("hr_prompt", schemas.Prompt | None, ""),
+        ("hr_negative_prompt", schemas.Prompt | None, ""))},
     "firstpass_image": neutral(Text, None, NONE, "a given first-pass image for hires fix"),
 }
 IMG2IMG = {
@@ -133,7 +133,7 @@ IMG2IMG = {
     "resize_mode": neutral(Int, 0, (0, None), "a resize mode other than 0 (a plain resize to width x height)"),
     "denoising_strength": honoured(Annotated[float, Field(gt=0, le=1)], 0.75, "the strength"),
     "image_cfg_scale": neutral(Float, None, _any, "nothing: it is read by InstructPix2Pix models only"),
-    "mask": honoured(Text, None, "inpainting's mask (base64; white = repaint)"),
+    "mask": honoured(str | None, None, "inpainting's mask (base64; white = repaint)"),
     "mask_blur_x": honoured(Annotated[int, Field(ge=0, le=64)], 4, "the mask's horizontal blur, without mask_blur"),
     "mask_blur_y": honoured(Annotated[int, Field(ge=0, le=64)], 4, "the mask's vertical blur, without mask_blur"),
     "mask_blur": honoured(Annotated[int, Field(ge=0, le=64)] | None, 4, "the mask's Gaussian blur, both ways"),
@@ -175,7 +175,7 @@ def refusal(body: BaseModel, scheduler: str | None, model: str) -> str | None:
 
 
 class A1111Options(schemas.Strict):
-    sd_model_checkpoint: str | None = None  # the only option set: to the model loaded
+    sd_model_checkpoint: schemas.Name | None = None  # the only option set: to the model loaded
 
 
 def sampler_label(scheduler: str | None) -> str | None:
@@ -219,8 +219,8 @@ def from_a1111(body: BaseModel, limits: Limits, edit: tasks.Edit | None = None) 
         prompt=prompt, negative_prompt=body.negative_prompt, width=body.width, height=body.height,
         steps=body.steps, guidance=body.cfg_scale, seed=first, num_images=body.batch_size,
     )
-    return [schemas.checked(Job(replace(request, seed=first + i * body.batch_size), scheduler, edit, loras), limits)
-            for i in range(body.n_iter)]
+    return schemas.check_work([schemas.checked(Job(replace(request, seed=first + i * body.batch_size), scheduler, edit,
+                                                   loras), limits) for i in range(body.n_iter)], limits)
 
 
 def a1111_edit(body: BaseModel) -> tasks.Edit:

@@ -2,17 +2,19 @@
 /health, /metrics and the page at `/`, on FastAPI.
 
 Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for
-bad input (400), a missing or wrong key (401), an unknown path (404); 503 with Retry-After when the queue is full or
-the model is not ready; 500 when a generation itself fails. The server keeps serving after any of them.
-With an API key, /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY`; /, /health, /docs and
-/openapi.json stay open (they hold no images and no secrets).
+bad input or a Host the server does not answer to (400), a missing or wrong key (401), an unknown path (404), a body
+too large (413); 503 with Retry-After when the queue is full or the model is not ready; 504 when a call runs past
+--max-request-seconds; 500 (a short message and an id, the details in the log) when a generation fails or a route
+breaks. The server keeps serving after any of them.
+With an API key, /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY` (serve/guard.py checks it, the Host
+and the body's size before a route reads the body); / and /health stay open, /health saying only ready or not.
+/docs, /redoc and /openapi.json (Swagger UI loads its script from a CDN) are served only with `docs`.
 """
 
 import asyncio
 import base64
 import contextlib
 import copy
-import hmac
 import io
 import math
 import os
@@ -20,7 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import resources
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
@@ -28,9 +30,9 @@ from starlette.exceptions import HTTPException
 
 from sdcpu import generate, lora, steps
 from sdcpu.errors import UsageError
-from sdcpu.serve import a1111_routes, openai_routes, preview, schemas
+from sdcpu.serve import a1111_routes, guard, openai_routes, preview, schemas
 from sdcpu.serve.metrics import Metrics
-from sdcpu.serve.queue import Done, GenerationFailed, NotReady, QueueFull, Worker
+from sdcpu.serve.queue import Done, GenerationFailed, NotReady, QueueFull, TimedOut, Worker
 from sdcpu.steps_base import Skip
 
 
@@ -42,6 +44,8 @@ class Settings:
     max_size: int = 1024
     api_key: str | None = None
     lora_dir: str | None = None  # the LoRAs requests may name (serve --lora-dir)
+    hosts: tuple[str, ...] = guard.LOOPBACK  # the Host names answered (serve --host, --allowed-host)
+    docs: bool = False  # serve /docs, /redoc, /openapi.json (serve --docs)
 
 
 def create_app(worker: Worker, settings: Settings) -> FastAPI:
@@ -54,28 +58,26 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
         yield
         await run_in_threadpool(worker.close)  # uvicorn has let every in-flight request finish by now
 
-    app = FastAPI(title="sdcpu serve", version="1", lifespan=lifespan)
-    app.middleware("http")(metrics.middleware())
+    docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="sdcpu serve", version="1", lifespan=lifespan, **docs)
+    app.add_middleware(guard.Guard, api_key=settings.api_key, hosts=(*guard.LOOPBACK, *settings.hosts))
+    app.middleware("http")(metrics.middleware())  # outside the guard: its refusals and 500s are counted
     _error_handlers(app, worker)
-
-    async def require_key(request: Request):
-        expected = f"Bearer {settings.api_key}".encode()
-        if settings.api_key and not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected):
-            raise HTTPException(401, "missing or wrong API key: send the header Authorization: Bearer KEY",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    app.include_router(openai_routes.router(service), dependencies=[Depends(require_key)])
-    app.include_router(a1111_routes.router(service), dependencies=[Depends(require_key)])
+    app.include_router(openai_routes.router(service))
+    app.include_router(a1111_routes.router(service))
 
     @app.get("/health")
-    async def health():
-        """200 once the model is loaded and warmed up, else 503 with what it is doing (or why it failed)."""
-        body = {"status": "ready" if worker.ready else "not ready", "state": worker.state, "model": settings.model,
-                "recipe": settings.recipe, "queue_depth": worker.depth(), "max_queue": worker.max_queue,
-                "pid": os.getpid()}  # which instance answered, under --instances
+    async def health(request: Request):
+        """200 once the model is loaded and warmed up, else 503 with what it is doing (or why it failed); with an API
+        key, only ready or not unless the key is sent."""
+        body = {"status": "ready" if worker.ready else "not ready"}
+        if guard.authorized(request.headers, settings.api_key):
+            body |= {"state": worker.state, "model": settings.model, "recipe": settings.recipe,
+                     "queue_depth": worker.depth(), "max_queue": worker.max_queue,
+                     "pid": os.getpid()}  # which instance answered, under --instances
         return JSONResponse(body, status_code=200 if worker.ready else 503)
 
-    @app.get("/metrics", dependencies=[Depends(require_key)])
+    @app.get("/metrics")
     async def prometheus():
         content, media_type = metrics.render()
         return Response(content, media_type=media_type)
@@ -122,8 +124,10 @@ class Service:
             done: Done = await asyncio.wrap_future(future)
         except (UsageError, Skip) as error:  # the request's LoRAs cannot load or apply here: 400, not a server fault
             raise schemas.BadRequest(str(error)) from None
+        except TimedOut:
+            raise
         except Exception as error:  # noqa: BLE001 - answered 500, the server goes on
-            raise GenerationFailed(f"generation failed: {error}") from error
+            raise GenerationFailed(guard.incident("generation failed", error)) from error
         self.metrics.images.inc(len(done.images))
         info = _info(job, done, self.worker)
         encoded = await run_in_threadpool(_encode, done, job, self.settings, info)
@@ -188,6 +192,10 @@ def _error_handlers(app: FastAPI, worker: Worker) -> None:
     @app.exception_handler(NotReady)
     async def not_ready(request, exc):
         return _error(503, f"not ready: {exc}", "server_not_ready", {"Retry-After": "5"})
+
+    @app.exception_handler(TimedOut)
+    async def timed_out(request, exc):
+        return _error(504, str(exc), "timeout")
 
     @app.exception_handler(GenerationFailed)
     async def failed(request, exc):

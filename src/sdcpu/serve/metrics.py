@@ -1,7 +1,8 @@
 """Prometheus metrics of one server (its own registry, so several apps in one process never share counts):
 
 - sdcpu_queue_depth: requests waiting for the worker (gauge, read when scraped)
-- sdcpu_requests_total{endpoint, status}: every answered request (endpoint: the route's path, `other` for none)
+- sdcpu_requests_total{endpoint, status}: every answered request (endpoint: the route's path; `other` for none: an
+  unknown path, or a request serve/guard.py refused before routing)
 - sdcpu_request_seconds{endpoint}: request latency as the server saw it (histogram)
 - sdcpu_images_generated_total: images answered
 """

@@ -2,8 +2,8 @@
 with `stream: true`, as OpenAI's Server-Sent Events: `partial_images` (0-3) previews spread over the steps
 (`image_generation.partial_image`, for edits `image_edit.partial_image`), then the image (`*.completed`).
 
-An edits form is read in memory, never spooled to disk, and reading stops past its bound (an image and a mask of
-tasks.MAX_INPUT_BYTES each, and the text fields).
+An edits form is read in memory, never spooled to disk; serve/guard.py stops reading it past guard.FORM_BYTES (an
+image and a mask of tasks.MAX_INPUT_BYTES each, and the text fields).
 """
 
 import asyncio
@@ -18,11 +18,9 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from sdcpu import tasks
 from sdcpu.serve import schemas
-from sdcpu.serve.queue import GenerationFailed
-
-MAX_FORM_BYTES = 2 * tasks.MAX_INPUT_BYTES + 2**20  # the image, the mask, 1 MiB of text fields and multipart framing
+from sdcpu.serve.guard import FORM_BYTES
+from sdcpu.serve.queue import GenerationFailed, TimedOut
 
 
 def router(service) -> APIRouter:
@@ -92,8 +90,8 @@ async def _stream(service, job: schemas.Job, partial_images: int, event_prefix: 
             index += 1
         try:
             images, info = await service.answer(job, future)
-        except (GenerationFailed, schemas.BadRequest) as error:  # after a 200 began: an error event ends the stream
-            kind = "invalid_request_error" if isinstance(error, schemas.BadRequest) else "server_error"
+        except (GenerationFailed, TimedOut, schemas.BadRequest) as error:  # after a 200 began: an error event ends it
+            kind = {schemas.BadRequest: "invalid_request_error", TimedOut: "timeout"}.get(type(error), "server_error")
             yield _event("error", {"error": {"message": str(error), "type": kind}})
             return
         usage = {"input_tokens": tokens, "input_tokens_details": {"image_tokens": 0, "text_tokens": tokens},
@@ -114,25 +112,15 @@ def _event(kind: str, data: dict) -> str:
 
 
 class _InMemory(MultiPartParser):
-    spool_max_size = MAX_FORM_BYTES  # a file part stays in memory up to this: the whole form is bounded by it
+    spool_max_size = FORM_BYTES  # a file part stays in memory up to this: the guard bounds the whole form by it
 
 
 async def _form(request: Request) -> tuple[dict[str, str], dict[str, list]]:
-    """The edits form, read in memory up to MAX_FORM_BYTES: (its text fields, its files by field name)."""
+    """The edits form, read in memory: (its text fields, its files by field name)."""
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise schemas.BadRequest("send the edit as multipart/form-data (the image and the mask as files)")
-
-    async def bounded():
-        read = 0
-        async for chunk in request.stream():
-            read += len(chunk)
-            if read > MAX_FORM_BYTES:
-                raise schemas.BadRequest(f"the form is more than the {MAX_FORM_BYTES // 2**20} MiB accepted "
-                                         f"(an image and a mask of {tasks.MAX_INPUT_BYTES // 2**20} MiB each)")
-            yield chunk
-
     try:
-        form = await _InMemory(request.headers, bounded(), max_files=4, max_fields=32).parse()
+        form = await _InMemory(request.headers, request.stream(), max_files=4, max_fields=32).parse()
     except MultiPartException as err:
         raise schemas.BadRequest(f"the form: {err.message}") from None
     fields, files = {}, {}

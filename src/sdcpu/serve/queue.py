@@ -7,7 +7,8 @@ as the first one join it in one pipeline call (a prompt list), up to max_batch i
 measures whether that is faster on a machine (it is off by default). An img2img or inpainting job runs alone.
 
 The call running is `Worker.running` (its step, its latest latents: /sdapi/v1/progress reads it); `interrupt()` stops
-it at its next step, and its jobs get the images of the latents it has.
+it at its next step, and its jobs get the images of the latents it has. A call still running `max_seconds` after it
+began (serve --max-request-seconds) stops at its next step too, and its jobs fail with TimedOut (504).
 """
 
 import collections
@@ -35,6 +36,10 @@ class GenerationFailed(Exception):
     """The pipeline raised while making a request's images: 500."""
 
 
+class TimedOut(Exception):
+    """The pipeline call ran past max_seconds and was stopped: 504."""
+
+
 @dataclass(frozen=True)
 class Done:
     images: list  # PIL images of the job, in seed order
@@ -54,6 +59,7 @@ class Running:
     step: int = 0  # steps done
     latents: object = None  # after the last step done
     interrupted: bool = False
+    timed_out: bool = False
 
 
 def batch_key(job: Job) -> tuple:
@@ -63,9 +69,11 @@ def batch_key(job: Job) -> tuple:
 
 
 class Worker:
-    def __init__(self, prepare, *, max_queue: int, max_batch: int = 1, on_fatal=lambda error: None):
-        """PREPARE() -> pipeline runs on the worker thread before any job; ON_FATAL(error) is told when it fails."""
-        self.max_queue, self.max_batch = max_queue, max_batch
+    def __init__(self, prepare, *, max_queue: int, max_batch: int = 1, max_seconds: float | None = None,
+                 on_fatal=lambda error: None):
+        """PREPARE() -> pipeline runs on the worker thread before any job; ON_FATAL(error) is told when it fails;
+        MAX_SECONDS bounds each pipeline call (None: unbounded)."""
+        self.max_queue, self.max_batch, self.max_seconds = max_queue, max_batch, max_seconds
         self.state = "loading the model"  # what /health says until "ready"
         self.pipe = None
         self.scheduler_name = None  # the recipe's scheduler, used when a request names none
@@ -162,7 +170,9 @@ class Worker:
                 if job.on_step is not None:
                     job.on_step(index, steps, latents[first:first + job.request.num_images])
                 first += job.request.num_images
-            return running.interrupted
+            if self.max_seconds is not None and time.monotonic() - running.started > self.max_seconds:
+                running.timed_out = True
+            return running.interrupted or running.timed_out
 
         try:
             self._use_scheduler(jobs[0].scheduler)
@@ -176,6 +186,12 @@ class Worker:
         finally:
             self.running = None
         self.last_seconds = result.seconds
+        if running.timed_out:
+            error = TimedOut(f"the request ran past --max-request-seconds {self.max_seconds:g} and was stopped after "
+                             f"{running.step} of {running.steps} steps; ask for fewer steps, images or pixels")
+            for _, future in live:
+                future.set_exception(error)
+            return
         images = iter(result.images)
         for job, future in live:
             future.set_result(Done([next(images) for _ in job.request.seeds()], result.seconds, len(result.images),

@@ -14,7 +14,7 @@ import binascii
 import contextlib
 import secrets
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,6 +27,9 @@ MAX_IMAGES = 10  # OpenAI's bound on n
 MAX_GUIDANCE = 30.0  # A1111's CFG scale maximum
 MAX_SEED = 2**32 - 1
 MAX_PARTIAL_IMAGES = 3  # OpenAI's bound on partial_images
+MAX_PROMPT_CHARS = 4096  # far more than 77 CLIP tokens take (the token check is the real bound), room for LoRA tags
+MAX_NAME_CHARS = 256  # a model, user, sampler, schedule or option name
+MAX_BASE64_CHARS = tasks.MAX_INPUT_BYTES * 4 // 3 + 100  # one upload as base64 (4 characters per 3 bytes), data: prefix
 
 class BadRequest(ValueError):
     """A request the server refuses: answered 400 with this one-line message."""
@@ -46,6 +49,10 @@ class Job:
         return self.request.steps if self.edit is None else tasks.steps_run(self.request.steps, self.edit.strength)
 
 
+Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -53,20 +60,21 @@ class Strict(BaseModel):
 class _OpenAIFields(BaseModel):
     """The fields OpenAI's generations and edits share, and sdcpu's extras."""
 
-    prompt: str = Field(min_length=1)
+    prompt: Prompt = Field(min_length=1)
     n: int = Field(1, ge=1, le=MAX_IMAGES)
-    size: str | None = None  # generations: 512x512; edits: the image's own size
+    size: str | None = Field(None, max_length=11)  # generations: 512x512; edits: the image's own size
     response_format: Literal["b64_json", "url"] = "b64_json"
     stream: bool = False
     partial_images: int = Field(0, ge=0, le=MAX_PARTIAL_IMAGES)
-    model: str | None = None  # any name is accepted: the server runs the one model it loaded
-    user: str | None = None
+    model: Name | None = None  # any name is accepted: the server runs the one model it loaded
+    user: Name | None = None
     # sdcpu's extra fields
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
-    negative_prompt: str = ""
+    negative_prompt: Prompt = ""
     guidance: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
-    loras: str = ""  # "name[:weight],...": LoRAs of the server's --lora-dir (as <lora:name:weight> in the prompt)
+    # "name[:weight],...": LoRAs of the server's --lora-dir (as <lora:name:weight> in the prompt)
+    loras: Annotated[str, Field(max_length=4 * MAX_NAME_CHARS)] = ""
 
 
 class OpenAIImageRequest(_OpenAIFields):
@@ -106,7 +114,7 @@ def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = N
         guidance=limits.defaults.get("guidance_scale", 7.5) if body.guidance is None else body.guidance,
         seed=seed_of(body.seed), num_images=body.n,
     )
-    return checked(Job(request, edit=edit, loras=loras), limits)
+    return check_work([checked(Job(request, edit=edit, loras=loras), limits)], limits)[0]
 
 
 def openai_edit(image: bytes, mask: bytes | None, strength: float | None) -> tasks.Edit:
@@ -134,7 +142,7 @@ def loras_of(prompt: str, listed: str, limits: Limits) -> tuple[str, tuple[lora.
 
 
 def decode_base64(field_name: str, text: str) -> bytes:
-    if len(text) > tasks.MAX_INPUT_BYTES * 4 // 3 + 100:  # base64's 4 characters per 3 bytes, and a data: prefix
+    if len(text) > MAX_BASE64_CHARS:
         raise BadRequest(f"{field_name}: more than the {tasks.MAX_INPUT_BYTES // 2**20} MiB accepted")
     try:
         return base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
@@ -171,3 +179,15 @@ def checked(job: Job, limits: Limits) -> Job:
             raise BadRequest(f"{field} is {tokens} tokens; the text encoder reads {limits.tokenizer.model_max_length} "
                              "(start and end included): shorten it")
     return job
+
+
+def check_work(jobs: list[Job], limits: Limits) -> list[Job]:
+    """Refuse a request (JOBS) asking for more than one image at the largest size and the most steps: pixels x
+    steps x images, at most max_size^2 x MAX_STEPS (1024x1024x150 = 157 M by default)."""
+    work = sum(job.request.width * job.request.height * job.steps_run * job.request.num_images for job in jobs)
+    bound = limits.max_size**2 * MAX_STEPS
+    if work > bound:
+        raise BadRequest(f"the request asks for {work / 1e6:.0f} M pixel-steps (width x height x steps x images); "
+                         f"this server makes at most {bound / 1e6:.0f} M a request (one {limits.max_size}x"
+                         f"{limits.max_size} image at {MAX_STEPS} steps)")
+    return jobs
