@@ -16,3 +16,14 @@ def tiny_pipe(sdcpu_home):
     from sdcpu import load_pipeline
 
     return load_pipeline("random:tiny")
+
+
+@pytest.fixture(scope="module")
+def server(sdcpu_home):
+    """A live `sdcpu serve` on random:tiny with its default options, one per test module (a module needing options
+    defines its own `server`)."""
+    from serving import Server
+
+    live = Server(home=sdcpu_home)
+    yield live
+    assert live.stop() == 0

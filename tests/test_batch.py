@@ -39,7 +39,7 @@ def test_rows_are_read_with_defaults_and_refused_with_their_line(tmp_path):
     assert jobs == [batch.Job(line=1, prompt="a", size="64x64", seed=3, steps=2, guidance=3.0, n=2)]
     assert jobs[0].seeds() == [3, 4] and len(digest) == 64
     assert [b.line for b in bad] == [3, 4, 5, 6, 7, 8, 9, 10]
-    for b, words in zip(bad, ["unknown key(s) 'colour'", "not JSON", "steps must be at least 1",
+    for b, words in zip(bad, ["unknown key(s) 'colour'", "not JSON", "steps must be from 1 to 1000",
                               "unknown scheduler 'nope'", "not a JSON object", "seed: expected a int",
                               "no prompt", "expected WIDTHxHEIGHT"]):
         assert words in b.error, b
@@ -83,8 +83,8 @@ def test_strict_refuses_every_bad_row_before_starting(tmp_path, capsys):
     jobs = write_jobs(tmp_path / "jobs.jsonl", ROWS[:5] + [{"prompt": "x", "steps": -1}])
     assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), *TINY, "--strict"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"sdcpu batch: {jobs}:5: size 60x64: width 60: must be a multiple of 8, at least 64",
-                   f"sdcpu batch: {jobs}:6: steps must be at least 1, got -1"]
+    assert err == [f"sdcpu batch: {jobs}:5: size 60x64: width 60: must be a multiple of 8 from 64 to 4096",
+                   f"sdcpu batch: {jobs}:6: steps must be from 1 to 1000, got -1"]
     assert not (tmp_path / "out").exists()
 
 

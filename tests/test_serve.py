@@ -89,7 +89,7 @@ MALFORMED = [  # (path, body as sent, what the message says)
     ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "Euler z"}, "sampler_name 'Euler z' is not served"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": True}, "enable_hr true: asks for hires fix"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "hires": True}, "hires: Extra inputs are not permitted"),
-    ("/sdapi/v1/txt2img", {"prompt": "x", "negative_prompt": LONG}, "negative_prompt is 82 tokens"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "negative_prompt": LONG}, "negative prompt is 82 tokens"),
     ("/sdapi/v1/txt2img", {"prompt": None}, "prompt: Input should be a valid string"),
     ("/v1/images/generations", {"prompt": "x", "size": "1024x1024", "steps": 150, "n": 2},
      "asks for 315 M pixel-steps (width x height x steps x images); this server makes at most 157 M a request"),

@@ -15,16 +15,8 @@ import pytest
 from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference, png_claiming
-from serving import Server
 
 SIZE = (80, 64)
-
-
-@pytest.fixture(scope="module")
-def server(sdcpu_home):
-    live = Server(home=sdcpu_home)
-    yield live
-    assert live.stop() == 0
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,9 @@ import webuiapi
 from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference
-from serving import Server
 from sdcpu.serve import a1111_fields
 
 TINY = {"width": 80, "height": 64, "steps": 2}
-
-
-@pytest.fixture(scope="module")
-def server(sdcpu_home):
-    live = Server(home=sdcpu_home)
-    yield live
-    assert live.stop() == 0
 
 
 @pytest.fixture(scope="module")

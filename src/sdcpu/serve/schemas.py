@@ -173,11 +173,7 @@ def checked(job: Job, limits: Limits) -> Job:
     with answered_400():
         generate.check_size(request.width, request.height, limits.max_size)
         tasks.check_steps(request.steps, job.edit and job.edit.strength)
-    for field, text in (("prompt", request.prompt), ("negative_prompt", request.negative_prompt)):
-        tokens = len(limits.tokenizer(text).input_ids)
-        if tokens > limits.tokenizer.model_max_length:
-            raise BadRequest(f"{field} is {tokens} tokens; the text encoder reads {limits.tokenizer.model_max_length} "
-                             "(start and end included): shorten it")
+        generate.check_tokens(limits.tokenizer, request)  # the one prompt-length check, generate's
     return job
 
 
