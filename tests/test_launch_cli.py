@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -134,3 +135,31 @@ def test_signals_are_forwarded_to_every_instance():
         parent.send_signal(signal.SIGTERM)  # the children sit in their own process group: only the forwarder reaches them
     assert parent.wait(timeout=30) == 7
     assert b"instance 0 exited with 7" in parent.stderr.read()
+
+
+def test_instances_die_with_a_killed_supervisor(tmp_path):
+    """SIGKILL leaves no chance to forward anything: the copies go through the parent-death signal. Each writes its pid
+    and sleeps; after the supervisor is killed, each must be gone within 30 s (it exits at once on SIGTERM: the bound is
+    for a loaded machine, not a speed)."""
+    code = ("import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close(); time.sleep(300)")
+    supervisor = subprocess.Popen([sys.executable, "-m", "sdcpu", "launch", "--instances", "2", "--",
+                                   sys.executable, "-c", code, str(tmp_path)])
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.iterdir())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pids = [int(path.name) for path in tmp_path.iterdir()]
+    assert len(pids) == 2
+    supervisor.kill()
+    supervisor.wait()
+    deadline = time.monotonic() + 30
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in pids)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not open(f"/proc/{pid}/stat").read().split(") ")[1].startswith("Z")  # a zombie has exited
