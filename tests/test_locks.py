@@ -32,3 +32,4 @@ def test_write_text_leaves_the_whole_file_and_no_staging(tmp_path):
         locks.write_text(path, "{}\n")
     assert path.read_text() == "{}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == [".profile.json.lock", "profile.json"]
+
