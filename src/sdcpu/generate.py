@@ -127,6 +127,7 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
     generators = [torch.Generator("cpu").manual_seed(seed) for r in requests for seed in r.seeds()]
     target = tasks.pipeline_for(pipe, edit.task if edit else "txt2img")
     size = {} if edit and edit.task == "img2img" else {"width": first.width, "height": first.height}
+    sized = edit and edit.sized(first.width, first.height)  # once: the call's input and its paste-back
 
     def step_end(pipeline, index, timestep, tensors):
         if on_step(index, pipeline.num_timesteps, tensors["latents"]):
@@ -142,10 +143,10 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
             guidance_scale=first.guidance,
             generator=generators,
             **size,
-            **tasks.call_arguments(edit, first.width, first.height, first.steps, len(prompts)),
+            **tasks.call_arguments(sized, first.steps, len(prompts)),
             **({} if on_step is None else {"callback_on_step_end": step_end}),
         )
-        images = tasks.pasted_back(target, edit, output.images, first.width, first.height)
+        images = tasks.pasted_back(target, sized, output.images)
     return Result(images=images, seconds=time.perf_counter() - start, split=split)
 
 

@@ -46,10 +46,10 @@ class Edit:
         return dataclasses.replace(self, image=self.image.resize((width, height), Image.LANCZOS), mask=mask)
 
 
-def steps_run(steps: int, strength: float) -> int:
-    """The denoising steps an img2img or inpainting call runs: diffusers' int(steps x strength), the end of the
-    schedule (strength 0.5 of 20 steps: the last 10)."""
-    return min(int(steps * strength), steps)
+def steps_run(steps: int, strength: float | None) -> int:
+    """The denoising steps a call of STEPS runs: every one for text-to-image (STRENGTH None), else diffusers'
+    int(steps x strength), the end of the schedule (strength 0.5 of 20 steps: the last 10)."""
+    return steps if strength is None else min(int(steps * strength), steps)
 
 
 def min_steps(strength: float) -> int:
@@ -65,7 +65,7 @@ def default_strength(mask: bool) -> float:
 
 def check_steps(steps: int, strength: float | None) -> None:
     """Refuse STEPS that would run none at STRENGTH (None: text-to-image, every step runs)."""
-    if strength is not None and steps_run(steps, strength) < 1:
+    if steps_run(steps, strength) < 1:
         raise UsageError(f"{steps} steps at strength {strength} run none (int(steps x strength)): give at least "
                          f"{min_steps(strength)} steps")
 
@@ -146,23 +146,21 @@ def pipeline_for(pipe, task: str):
     return kept[task]
 
 
-def call_arguments(edit: Edit | None, width: int, height: int, steps: int, count: int) -> dict:
-    """The pipeline-call arguments of EDIT's task for COUNT images of WIDTHxHEIGHT at STEPS (none for
+def call_arguments(sized: Edit | None, steps: int, count: int) -> dict:
+    """The pipeline-call arguments of an edit (already sized to the request) for COUNT images at STEPS (none for
     text-to-image); refuses steps that would run none."""
-    if edit is None:
+    if sized is None:
         return {}
-    check_steps(steps, edit.strength)
-    sized = edit.sized(width, height)
+    check_steps(steps, sized.strength)
     arguments = {"image": [sized.image] * count, "strength": sized.strength}
     if sized.mask is not None:
         arguments["mask_image"] = [sized.mask] * count
     return arguments
 
 
-def pasted_back(pipeline, edit: Edit | None, images: list, width: int, height: int) -> list:
-    """IMAGES onto EDIT's image through its mask, where the edit asks for it (diffusers' apply_overlay), else as
-    they are."""
-    if edit is None or not edit.paste_back or edit.mask is None:
+def pasted_back(pipeline, sized: Edit | None, images: list) -> list:
+    """IMAGES onto the (sized) edit's image through its mask, where the edit asks for it (diffusers' apply_overlay),
+    else as they are."""
+    if sized is None or not sized.paste_back or sized.mask is None:
         return images
-    sized = edit.sized(width, height)
     return [pipeline.image_processor.apply_overlay(sized.mask, sized.image, image) for image in images]

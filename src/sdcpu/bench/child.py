@@ -99,8 +99,7 @@ def run(spec: dict) -> dict:
 
 def protocol_calls(call, spec: dict):
     """A peer child's calls: CALL(steps) once at the warm-up steps, then its timed calls, with the progress lines
-    sdcpu's own child prints; (warm-up seconds, the timed calls' seconds, the last call's result, the row's timing
-    fields)."""
+    sdcpu's own child prints; (the last call's result, the row's step counts and timing fields)."""
     protocol, edit = spec["protocol"], spec.get("inputs") or {}  # img2img, inpainting: inputs.write's counts
     warmup_steps, steps_run = edit.get("warmup_steps", protocol["warmup_steps"]), edit.get("steps_run", protocol["steps"])
     progress(phase="warm-up", steps=warmup_steps)

@@ -54,7 +54,7 @@ class Protocol(Request):
 
     def run_count(self, steps: int) -> int:
         """The denoising steps a call of STEPS runs (img2img and inpainting run the end of the schedule)."""
-        return steps if self.task == "txt2img" else tasks.steps_run(steps, self.strength_used)
+        return tasks.steps_run(steps, self.strength_used)
 
     @property
     def steps_run(self) -> int:

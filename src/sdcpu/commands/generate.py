@@ -98,7 +98,7 @@ def run(args) -> int:
         print(generate.save_png(image, path, text, overwrite=args.overwrite, renumber=generate.numbered(args.output)))
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    run = request.steps if edit is None else tasks.steps_run(request.steps, edit.strength)
+    run = tasks.steps_run(request.steps, edit and edit.strength)
     task = f"{edit.task}, {request.steps} steps x strength {edit.strength}: {run} run" if edit else f"{run} steps"
     print(f"{result.summary(run)}; {task}, {width}x{height}, {scheduler}, "
           f"{len(result.images)} image(s), peak RSS {peak:.2f} GiB, recipe {recipe.name}: {recipe}")

@@ -14,7 +14,6 @@ import time
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from sdcpu import lora
 from sdcpu.serve import a1111_fields, schemas
 
 def router(service) -> APIRouter:
@@ -110,8 +109,7 @@ def router(service) -> APIRouter:
     async def loras():
         """The LoRAs of --lora-dir, as A1111 lists them (a prompt names one as <lora:name:weight>); `path` is the file's
         name only: the server's folders are not shown."""
-        folder = service.settings.lora_dir
-        names = lora.Folder(folder).names() if folder else []
+        names = service.lora_folder.names() if service.lora_folder else []
         return [{"name": name, "alias": name, "path": f"{name}.safetensors", "metadata": {}} for name in names]
 
     @routes.get("/options")

@@ -94,6 +94,7 @@ class Service:
 
     def __init__(self, worker: Worker, settings: Settings, metrics: Metrics):
         self.worker, self.settings, self.metrics = worker, settings, metrics
+        self.lora_folder = lora.Folder(settings.lora_dir) if settings.lora_dir else None  # serve --lora-dir
         self._limits = None
 
     def limits(self) -> schemas.Limits:
@@ -101,9 +102,9 @@ class Service:
         if self._limits is None:
             if not self.worker.ready:
                 raise NotReady(self.worker.state)
-            folder = lora.Folder(self.settings.lora_dir) if self.settings.lora_dir else None
             self._limits = schemas.Limits(self.settings.max_size, steps.defaults(self.worker.pipe),
-                                          copy.deepcopy(self.worker.pipe.tokenizer), folder, self.settings.model,
+                                          copy.deepcopy(self.worker.pipe.tokenizer), self.lora_folder,
+                                          self.settings.model,
                                           self.worker.scheduler_name)
         return self._limits
 

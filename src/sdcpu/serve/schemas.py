@@ -46,7 +46,7 @@ class Job:
 
     @property
     def steps_run(self) -> int:
-        return self.request.steps if self.edit is None else tasks.steps_run(self.request.steps, self.edit.strength)
+        return tasks.steps_run(self.request.steps, self.edit and self.edit.strength)
 
 
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
