@@ -77,3 +77,18 @@ def test_every_runtime_step_kind_has_a_function():
 
     runtime = {name for name, kind in STEP_KINDS.items() if kind.group != "system"}
     assert runtime == set(steps.REGISTRY)
+
+
+def test_a_swapped_scheduler_is_made_from_the_pipelines_own_never_from_another_swapped_one():
+    """dpm++ made from dpm++-karras's config would keep its Karras sigmas (from_config carries every option over)."""
+    from sdcpu import schedulers
+
+    pipe = load_pipeline("random:tiny")
+    own, swap = pipe.scheduler, schedulers.Swapper(pipe)
+    assert swap.use("dpm++-karras") == "dpm++-karras" and pipe.scheduler.config.use_karras_sigmas
+    assert swap.use("dpm++") == "dpm++" and not pipe.scheduler.config.get("use_karras_sigmas")
+    assert swap.use(None) == schedulers.current_name(pipe) and pipe.scheduler is own
+    pipe.scheduler = own
+    schedulers.set_scheduler(pipe, "dpm++-karras")
+    schedulers.set_scheduler(pipe, "dpm++")  # what batch did: from the last swapped one's config
+    assert schedulers.current_name(pipe) == "dpm++-karras"

@@ -33,6 +33,23 @@ def set_scheduler(pipe, name: str) -> None:
     pipe.scheduler = cls.from_config(pipe.scheduler.config, **choice.options)
 
 
+class Swapper:
+    """PIPE's schedulers by name, each made once from the pipeline's own (the recipe's), never from another swapped
+    one, whose options it would inherit (dpm++ made from dpm++-karras's config keeps Karras sigmas)."""
+
+    def __init__(self, pipe):
+        self.pipe, self.made = pipe, {None: pipe.scheduler}
+
+    def use(self, name: str | None) -> str:
+        """Swap PIPE to NAME's scheduler (None: the pipeline's own); its current_name."""
+        if name not in self.made:
+            self.pipe.scheduler = self.made[None]
+            set_scheduler(self.pipe, name)
+            self.made[name] = self.pipe.scheduler
+        self.pipe.scheduler = self.made[name]
+        return current_name(self.pipe)
+
+
 def lookup(name: str) -> SchedulerChoice:
     if name not in SCHEDULERS:
         raise UsageError(f"unknown scheduler {name!r}; choose from: {', '.join(SCHEDULERS)}")

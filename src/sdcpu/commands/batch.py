@@ -100,14 +100,7 @@ def _make(args, spec, recipe, cpu, images, total, folder, manifest) -> int:
     _, outcomes = steps.optimize(pipe, recipe, cpu)
     pipe.set_progress_bar_config(disable=True)  # one bar: images, not each call's steps
     call_defaults = steps_base.defaults(pipe)
-    own = pipe.scheduler
-
-    def use_scheduler(name):
-        if name is None:
-            pipe.scheduler = own
-        else:
-            schedulers.set_scheduler(pipe, name)
-        return schedulers.current_name(pipe)
+    use_scheduler = schedulers.Swapper(pipe).use  # each made once from the recipe's own
 
     first_job, first_seed = images[0]
     if any(o.applied and recipes.kind(o.step).compiles for o in outcomes):

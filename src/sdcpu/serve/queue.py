@@ -132,7 +132,7 @@ class Worker:
             log.error("model preparation failed: %s", error, exc_info=error)
             self._on_fatal(error)
             return
-        self._schedulers = {None: self.pipe.scheduler}
+        self._schedulers = schedulers.Swapper(self.pipe)
         self._loras = ()  # the LoRA set the pipeline runs with
         self.scheduler_name = schedulers.current_name(self.pipe)
         self.state = "ready"
@@ -175,7 +175,7 @@ class Worker:
             return running.interrupted or running.timed_out
 
         try:
-            self._use_scheduler(jobs[0].scheduler)
+            self._schedulers.use(jobs[0].scheduler)
             self._use_loras(jobs[0].loras)
             result = generate.run_batch(self.pipe, [job.request for job in jobs], jobs[0].edit, on_step)
         except Exception as error:  # noqa: BLE001 - the requests fail, the worker goes on
@@ -204,11 +204,3 @@ class Worker:
             self._loras = None  # unknown until use() has finished: a failed switch is switched again next time
             log.info("lora: %s", lora.use(self.pipe, loras))
             self._loras = loras
-
-    def _use_scheduler(self, name: str | None) -> None:
-        """Swap to NAME's scheduler, made once from the recipe's own (None: the recipe's own)."""
-        if name not in self._schedulers:
-            self.pipe.scheduler = self._schedulers[None]
-            schedulers.set_scheduler(self.pipe, name)
-            self._schedulers[name] = self.pipe.scheduler
-        self.pipe.scheduler = self._schedulers[name]
