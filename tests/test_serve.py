@@ -150,7 +150,7 @@ def test_bounded_load_every_request_answered_200_or_503_and_metrics_agree(server
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(sdcpu_home):
-    live = Server(home=sdcpu_home)
+    live = Server("--drain-seconds", "300", home=sdcpu_home)  # the default 30 s may not be enough on a busy machine
     body = {"prompt": "x", "width": 128, "height": 128, "steps": 40}
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, f"{live.url}/sdapi/v1/txt2img", json=body, timeout=300)
@@ -197,6 +197,8 @@ def test_allowed_host_and_docs_reach_the_server(sdcpu_home):
     (["--model", "random:sd99"], "unknown random architecture"),
     (["--api-key", ""], "the API key is empty"),
     (["--max-request-seconds", "0"], "--max-request-seconds must be more than 0"),
+    (["--drain-seconds", "-1"], "--drain-seconds must be 0 or more"),
+    (["--drain-seconds", "nan"], "--drain-seconds must be 0 or more"),
     (["--host", "0.0.0.0"], "no API key is set: pass --api-key KEY (or $SDCPU_API_KEY), or --insecure-no-key"),
     (["--host", "box.lan"], "--host box.lan is reachable from other machines"),
 ])

@@ -134,6 +134,7 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
             pipeline._interrupt = True  # diffusers skips the remaining steps, then decodes
         return tensors
 
+    pipe.vae.enable_slicing()  # the images decoded one at a time: n 1024x1024 images need one image's VAE memory
     start = time.perf_counter()
     with torch.inference_mode(), component_split(pipe) as split:
         output = target(

@@ -63,8 +63,17 @@ class VAE(Component):
         super().__init__(run, config)
         self.encode_run = encode
 
+    use_slicing = False
+
+    def enable_slicing(self):
+        """Decode a batch one image at a time (AutoencoderKL's option, same name): its memory is one image's."""
+        self.use_slicing = True
+
     def decode(self, latents, return_dict=True, generator=None):
-        (image,) = self.run(latents)
+        if self.use_slicing:
+            image = torch.cat([self.run(one)[0] for one in latents.split(1)])
+        else:
+            (image,) = self.run(latents)
         return DecoderOutput(sample=image) if return_dict else (image,)
 
     def encode(self, images, return_dict=True):

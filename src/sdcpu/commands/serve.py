@@ -42,6 +42,9 @@ def register(sub):
     p.add_argument("--max-request-seconds", type=float, metavar="S",
                    help="stop a pipeline call still running S seconds after it began, at its next step, and answer "
                         "its requests 504 (default: no bound)")
+    p.add_argument("--drain-seconds", type=float, default=30, metavar="S",
+                   help="on SIGTERM, stop taking requests and finish those queued and running for up to S seconds; "
+                        "any left then are answered 503 (default %(default)s)")
     p.add_argument("--max-size", type=int, default=1024, help="the largest width or height served (default %(default)s)")
     p.add_argument("--warmup-size", default="512x512",
                    help="size of the one-step warm-up call made before /health says ready (default %(default)s)")
@@ -74,6 +77,8 @@ def run(args) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.max_request_seconds is not None and not args.max_request_seconds > 0:
         raise UsageError(f"--max-request-seconds must be more than 0, got {args.max_request_seconds:g}")
+    if not 0 <= args.drain_seconds < float("inf"):
+        raise UsageError(f"--drain-seconds must be 0 or more, got {args.drain_seconds:g}")
     if args.instances > 1:
         return _run_instances(args, recipe, cpu)
     relaunch.under_plan(recipe, cpu, why=why_auto)  # refuses the recipe step instances=N: --instances is this command's
@@ -94,7 +99,14 @@ def run(args) -> int:
 
     worker = Worker(lambda w: _prepare(w, spec, recipe, cpu, (width, height)), max_queue=args.max_queue,
                     max_batch=args.max_batch, max_seconds=args.max_request_seconds, on_fatal=stop)
-    server = uvicorn.Server(uvicorn.Config(create_app(worker, settings), log_level="info" if args.verbose else "warning"))
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):  # SIGTERM, SIGINT: the worker drains while uvicorn stops listening
+            worker.drain(args.drain_seconds)
+            super().handle_exit(sig, frame)
+
+    # uvicorn waits for the requests in flight; past the drain time they are answered 503, encoded and sent in moments
+    server = Server(uvicorn.Config(create_app(worker, settings), log_level="info" if args.verbose else "warning",
+                                   timeout_graceful_shutdown=args.drain_seconds + 10))
     host, port = sock.getsockname()[:2]
     print(f"sdcpu serve: listening on http://{host}:{port} (pid {os.getpid()}); loading {spec}, recipe {recipe}"
           + (f"; auto: {why_auto}" if why_auto else ""), flush=True)

@@ -11,7 +11,7 @@ info saying `interrupted`. Requests waiting are not affected.
 import json
 import time
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from sdcpu.serve import a1111_fields, schemas
@@ -21,24 +21,24 @@ def router(service) -> APIRouter:
     worker, model = service.worker, service.settings.model
 
     @routes.post("/txt2img")
-    async def txt2img(body: a1111_fields.A1111Txt2ImgRequest):
+    async def txt2img(body: a1111_fields.A1111Txt2ImgRequest, request: Request):
         """AUTOMATIC1111's txt2img: `images` (base64 PNGs), `parameters` (the request, every field), `info` (a JSON
         string with A1111's keys and sdcpu's)."""
-        return await _generate(body, a1111_fields.from_a1111(body, service.limits()), body.model_dump())
+        return await _generate(request, body, a1111_fields.from_a1111(body, service.limits()), body.model_dump())
 
     @routes.post("/img2img")
-    async def img2img(body: a1111_fields.A1111Img2ImgRequest):
+    async def img2img(body: a1111_fields.A1111Img2ImgRequest, request: Request):
         """AUTOMATIC1111's img2img and inpainting (with `mask`: white = repaint); txt2img's fields and answer."""
         edit = await run_in_threadpool(a1111_fields.a1111_edit, body)
         inputs = set() if body.include_init_images else {"init_images", "mask"}  # not echoed back unless asked
-        return await _generate(body, a1111_fields.from_a1111(body, service.limits(), edit), body.model_dump(
+        return await _generate(request, body, a1111_fields.from_a1111(body, service.limits(), edit), body.model_dump(
             exclude=inputs))
 
-    async def _generate(body, jobs: list, parameters: dict) -> dict:
+    async def _generate(request: Request, body, jobs: list, parameters: dict) -> dict:
         """JOBS (n_iter of them) one after another; an interrupt stops the iterations left, as in A1111."""
         images, infos = [], []
         for job in jobs:
-            made, info = await service.run(job)
+            made, info = await service.run(job, request)
             images += made
             infos.append(info)
             if info["interrupted"]:

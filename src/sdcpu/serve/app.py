@@ -4,8 +4,9 @@
 Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for
 bad input or a Host the server does not answer to (400), a missing or wrong key (401), an unknown path (404), a body
 too large (413); 503 with Retry-After when the queue is full or the model is not ready; 504 when a call runs past
---max-request-seconds; 500 (a short message and an id, the details in the log) when a generation fails or a route
-breaks. The server keeps serving after any of them.
+--max-request-seconds; 503 when the server shuts down and its drain time is over (queue.Worker.drain); 500 (a short
+message and an id, the details in the log) when a generation fails or a route breaks. The server keeps serving after
+any of them. A client that disconnects before its answer cancels its job (queue.Worker.cancel), counted as status 499.
 With an API key, /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY` (serve/guard.py checks it, the Host
 and the body's size before a route reads the body); / and /health stay open, /health saying only ready or not.
 /docs, /redoc and /openapi.json (Swagger UI loads its script from a CDN) are served only with `docs`.
@@ -32,7 +33,7 @@ from sdcpu import generate, lora, steps
 from sdcpu.errors import UsageError
 from sdcpu.serve import a1111_routes, guard, openai_routes, preview, schemas
 from sdcpu.serve.metrics import Metrics
-from sdcpu.serve.queue import Done, GenerationFailed, NotReady, QueueFull, TimedOut, Worker
+from sdcpu.serve.queue import ClientGone, Done, GenerationFailed, NotReady, QueueFull, ShuttingDown, TimedOut, Worker
 from sdcpu.steps_base import Skip
 
 
@@ -119,13 +120,14 @@ class Service:
     def submit(self, job: schemas.Job) -> Future:
         return self.worker.submit(job)  # NotReady, QueueFull: 503 at once
 
-    async def answer(self, job: schemas.Job, future: Future) -> tuple[list[str], dict]:
-        """The base64 PNGs of a submitted JOB and its info, once made."""
+    async def answer(self, job: schemas.Job, future: Future, request: Request | None) -> tuple[list[str], dict]:
+        """The base64 PNGs of a submitted JOB and its info, once made; ClientGone (the job cancelled) if REQUEST's
+        client disconnects first (None: a stream, whose response notices the disconnect and cancels the job)."""
         try:
-            done: Done = await asyncio.wrap_future(future)
+            done: Done = await self._unless_gone(future, request)
         except (UsageError, Skip) as error:  # the request's LoRAs cannot load or apply here: 400, not a server fault
             raise schemas.BadRequest(str(error)) from None
-        except TimedOut:
+        except (TimedOut, ShuttingDown, ClientGone):
             raise
         except Exception as error:  # noqa: BLE001 - answered 500, the server goes on
             raise GenerationFailed(guard.incident("generation failed", error)) from error
@@ -135,8 +137,30 @@ class Service:
         info["infotexts"] = [text for _, text in encoded]  # each PNG's parameters chunk (A1111's infotexts)
         return [image for image, _ in encoded], info
 
-    async def run(self, job: schemas.Job) -> tuple[list[str], dict]:
-        return await self.answer(job, self.submit(job))
+    async def run(self, job: schemas.Job, request: Request) -> tuple[list[str], dict]:
+        return await self.answer(job, self.submit(job), request)
+
+    async def _unless_gone(self, future: Future, request: Request) -> Done:
+        """FUTURE's result, unless REQUEST's client disconnects first: then its job is cancelled, ClientGone."""
+        made = asyncio.wrap_future(future)
+        if request is None:
+            return await made
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({made, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+        if not made.done():
+            self.worker.cancel(future)
+            made.cancel()
+            raise ClientGone("the client disconnected before its answer")
+        return made.result()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client of REQUEST (its body read) has disconnected."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _info(job: schemas.Job, done: Done, worker: Worker) -> dict:
@@ -197,6 +221,14 @@ def _error_handlers(app: FastAPI, worker: Worker) -> None:
     @app.exception_handler(TimedOut)
     async def timed_out(request, exc):
         return _error(504, str(exc), "timeout")
+
+    @app.exception_handler(ShuttingDown)
+    async def shutting_down(request, exc):
+        return _error(503, str(exc), "server_shutting_down", {"Retry-After": "5"})
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request, exc):  # nginx's "client closed request": read by /metrics only
+        return _error(499, str(exc), "client_closed_request")
 
     @app.exception_handler(GenerationFailed)
     async def failed(request, exc):

@@ -20,16 +20,16 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from sdcpu.serve import schemas
 from sdcpu.serve.guard import FORM_BYTES
-from sdcpu.serve.queue import GenerationFailed, TimedOut
+from sdcpu.serve.queue import GenerationFailed, ShuttingDown, TimedOut
 
 
 def router(service) -> APIRouter:
     routes = APIRouter()
 
     @routes.post("/v1/images/generations")
-    async def generations(body: schemas.OpenAIImageRequest):
+    async def generations(body: schemas.OpenAIImageRequest, request: Request):
         """OpenAI's image generation; `steps`, `seed`, `negative_prompt` and `guidance` are sdcpu's extra fields."""
-        return await _answer(service, body, schemas.from_openai(body, service.limits()), "image_generation")
+        return await _answer(service, request, body, schemas.from_openai(body, service.limits()), "image_generation")
 
     @routes.post("/v1/images/edits")
     async def edits(request: Request):
@@ -52,14 +52,14 @@ def router(service) -> APIRouter:
             raise RequestValidationError(err.errors()) from None
         mask = await masks[0].read() if masks else None
         edit = await run_in_threadpool(schemas.openai_edit, await images[0].read(), mask, body.strength)
-        return await _answer(service, body, schemas.from_openai(body, service.limits(), edit), "image_edit")
+        return await _answer(service, request, body, schemas.from_openai(body, service.limits(), edit), "image_edit")
 
     return routes
 
 
-async def _answer(service, body, job: schemas.Job, event_prefix: str):
+async def _answer(service, request: Request, body, job: schemas.Job, event_prefix: str):
     if not body.stream:
-        images, info = await service.run(job)
+        images, info = await service.run(job, request)
         return {"created": int(time.time()), "data": [{"b64_json": image} for image in images], "sdcpu": info}
     return await _stream(service, job, body.partial_images, event_prefix)
 
@@ -84,16 +84,19 @@ async def _stream(service, job: schemas.Job, partial_images: int, event_prefix: 
               "background": "opaque", "output_format": "png"}
 
     async def events():
-        index = 0
-        while (image := await previews.get()) is not None:
-            yield _event(f"{event_prefix}.partial_image", {**common, "b64_json": image, "partial_image_index": index})
-            index += 1
         try:
-            images, info = await service.answer(job, future)
-        except (GenerationFailed, TimedOut, schemas.BadRequest) as error:  # after a 200 began: an error event ends it
-            kind = {schemas.BadRequest: "invalid_request_error", TimedOut: "timeout"}.get(type(error), "server_error")
+            index = 0
+            while (image := await previews.get()) is not None:
+                yield _event(f"{event_prefix}.partial_image", {**common, "b64_json": image, "partial_image_index": index})
+                index += 1
+            images, info = await service.answer(job, future, None)
+        except (GenerationFailed, TimedOut, ShuttingDown, schemas.BadRequest) as error:  # after a 200 began: an error
+            kind = {schemas.BadRequest: "invalid_request_error", TimedOut: "timeout",  # event ends it
+                    ShuttingDown: "server_shutting_down"}.get(type(error), "server_error")
             yield _event("error", {"error": {"message": str(error), "type": kind}})
             return
+        finally:  # the client gone (the response cancels this generator) or done: a job still on cancels
+            service.worker.cancel(future)
         usage = {"input_tokens": tokens, "input_tokens_details": {"image_tokens": 0, "text_tokens": tokens},
                  "output_tokens": 0, "total_tokens": tokens}  # sdcpu counts no image tokens: CLIP's text tokens
         yield _event(f"{event_prefix}.completed", {**common, "b64_json": images[0], "usage": usage, "sdcpu": info})

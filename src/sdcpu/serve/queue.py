@@ -9,6 +9,11 @@ measures whether that is faster on a machine (it is off by default). An img2img 
 The call running is `Worker.running` (its step, its latest latents: /sdapi/v1/progress reads it); `interrupt()` stops
 it at its next step, and its jobs get the images of the latents it has. A call still running `max_seconds` after it
 began (serve --max-request-seconds) stops at its next step too, and its jobs fail with TimedOut (504).
+
+`cancel(future)` forgets a job whose client has gone: a waiting one leaves the queue, a running one is dropped from
+its call, and a call none of whose jobs is still wanted stops at its next step, so the next job starts at once.
+`drain(seconds)` (on SIGTERM) refuses new jobs and lets those queued finish; any still queued or running SECONDS
+later fail with ShuttingDown (503), the running call stopped at its next step.
 """
 
 import collections
@@ -40,6 +45,14 @@ class TimedOut(Exception):
     """The pipeline call ran past max_seconds and was stopped: 504."""
 
 
+class ShuttingDown(Exception):
+    """The server is shutting down and its drain time is over: 503."""
+
+
+class ClientGone(Exception):
+    """The job's client has gone: no one reads its answer."""
+
+
 @dataclass(frozen=True)
 class Done:
     images: list  # PIL images of the job, in seed order
@@ -54,12 +67,14 @@ class Running:
     """The pipeline call in progress."""
 
     jobs: list[Job]
+    futures: list[Future]  # the jobs' own, in the same order
     steps: int  # the denoising steps it runs
     started: float = field(default_factory=time.monotonic)
     step: int = 0  # steps done
     latents: object = None  # after the last step done
     interrupted: bool = False
     timed_out: bool = False
+    aborted: bool = False  # the drain time is over
 
 
 def batch_key(job: Job) -> tuple:
@@ -83,6 +98,7 @@ class Worker:
         self._waiting: collections.deque[tuple[Job, Future]] = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._gone: set[Future] = set()  # jobs taken from the queue whose client has gone
         self._thread = threading.Thread(target=self._main, name="sdcpu-worker", daemon=True)
 
     @property
@@ -115,6 +131,38 @@ class Worker:
         if running is not None:
             running.interrupted = True
         return running is not None
+
+    def cancel(self, future: Future) -> None:
+        """Forget the job of FUTURE: its client has gone. A running call none of whose jobs is wanted any more stops
+        at its next step."""
+        with self._cond:
+            for item in self._waiting:
+                if item[1] is future:
+                    self._waiting.remove(item)
+                    future.cancel()
+                    return
+            if not future.done():
+                self._gone.add(future)  # running, or about to run
+
+    def drain(self, seconds: float) -> None:
+        """Refuse new jobs now; fail those still queued or running SECONDS from now with ShuttingDown."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        timer = threading.Timer(seconds, self._abort, args=(seconds,))
+        timer.daemon = True
+        timer.start()
+
+    def _abort(self, seconds: float) -> None:
+        error = ShuttingDown(f"the server is shutting down and its {seconds:g} s drain time is over")
+        with self._cond:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for _, future in waiting:
+            if future.set_running_or_notify_cancel():
+                future.set_exception(error)
+        running = self.running
+        if running is not None:
+            running.aborted = True
 
     def close(self, timeout: float | None = None) -> None:
         """Finish the jobs already queued, then stop the thread."""
@@ -161,7 +209,7 @@ class Worker:
         if not live:
             return
         jobs = [job for job, _ in live]
-        running = self.running = Running(jobs, jobs[0].steps_run)
+        running = self.running = Running(jobs, [future for _, future in live], jobs[0].steps_run)
 
         def on_step(index, steps, latents):
             running.step, running.steps, running.latents = index + 1, steps, latents
@@ -172,7 +220,8 @@ class Worker:
                 first += job.request.num_images
             if self.max_seconds is not None and time.monotonic() - running.started > self.max_seconds:
                 running.timed_out = True
-            return running.interrupted or running.timed_out
+            wanted = not self._gone.issuperset(running.futures)
+            return running.interrupted or running.timed_out or running.aborted or not wanted
 
         try:
             self._schedulers.use(jobs[0].scheduler)
@@ -185,10 +234,19 @@ class Worker:
             return
         finally:
             self.running = None
+            with self._cond:  # the jobs of no other call can be in it: each is queued, done or in this call
+                gone, self._gone = self._gone & set(running.futures), set()
         self.last_seconds = result.seconds
-        if running.timed_out:
+        error = None
+        if running.aborted:
+            error = ShuttingDown(f"the server is shutting down: the request was stopped after {running.step} of "
+                                 f"{running.steps} steps when its drain time was over")
+        elif running.timed_out:
             error = TimedOut(f"the request ran past --max-request-seconds {self.max_seconds:g} and was stopped after "
                              f"{running.step} of {running.steps} steps; ask for fewer steps, images or pixels")
+        elif gone.issuperset(running.futures):
+            error = ClientGone("every client of the call has gone")
+        if error is not None:
             for _, future in live:
                 future.set_exception(error)
             return
