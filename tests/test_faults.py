@@ -1,5 +1,6 @@
 """Faults on random:tiny: a process SIGKILLed while it writes into $SDCPU_HOME (an OpenVINO IR conversion, a profile)
-leaves its staging behind; the next run removes it, succeeds, and leaves only whole artifacts.
+leaves its staging behind; the next run removes it, succeeds, and leaves only whole artifacts. Two first conversions
+at once convert each component once.
 
 A model build killed mid-write and two first builds at once are in test_random_models.py.
 
@@ -10,6 +11,7 @@ the exact point, just before os.replace puts a named file into place (as a kill,
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -49,6 +51,19 @@ from sdcpu.recipes import Step
 openvino.apply(load_pipeline("random:tiny"), Step("openvino", "f32"), hardware.detect())
 """
 
+# Converts once the file named by argv[1] exists (its imports and model load done), and prints the step's detail.
+CONVERT_ON_GO = """
+import pathlib, sys, time
+from sdcpu import hardware, load_pipeline
+from sdcpu.backends import openvino
+from sdcpu.recipes import Step
+pipe = load_pipeline("random:tiny")
+print("ready", flush=True)
+while not pathlib.Path(sys.argv[1]).exists():
+    time.sleep(0.01)
+print(openvino.apply(pipe, Step("openvino", "f32"), hardware.detect()), flush=True)
+"""
+
 SAVE_PROFILE = """
 import json
 from sdcpu import profiles
@@ -81,7 +96,7 @@ IR = ("text_encoder", "unet", "vae")  # in the order the openvino step converts 
 
 
 @pytest.mark.slow  # 20-40 s each on 2 cores: a child's imports and conversions, then three more conversions here
-@pytest.mark.parametrize("name", ["text_encoder.xml", "unet.bin", "unet.xml"])  # weights in place, graph staged; or both
+@pytest.mark.parametrize("name", ["text_encoder.xml", "unet.bin", "unet.xml"])  # the weights in place, or both staged
 def test_an_ir_conversion_killed_mid_write_is_converted_again_with_no_staging_left(home, name):
     pytest.importorskip("openvino")
     from sdcpu.backends import openvino as backend
@@ -100,6 +115,26 @@ def test_an_ir_conversion_killed_mid_write_is_converted_again_with_no_staging_le
     assert image.shape == (1, 64, 64, 3) and (0 <= image).all() and (image <= 1).all()
     assert {p.name for p in folder.iterdir()} == {f"{c}.{e}" for c in IR for e in ("xml", "bin")} | {
         f".{c}.xml.lock" for c in IR}
+    assert not staging(home)
+
+
+@pytest.mark.slow  # about 40 s on 2 cores: two children's imports and conversions
+def test_two_first_conversions_at_once_both_succeed_and_convert_each_component_once(home):
+    pytest.importorskip("openvino")
+    load_pipeline("random:tiny")  # built here first: the children race on the IR alone
+    go, env = home / "go", {**os.environ, "SDCPU_HOME": str(home)}
+    children = [subprocess.Popen([sys.executable, "-P", "-c", CONVERT_ON_GO, str(go)], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for child in children:
+        assert child.stdout.readline() == "ready\n", child.stderr.read()[-3000:]
+    go.touch()
+    converted = []
+    for child in children:
+        out, err = child.communicate(timeout=300)
+        assert child.returncode == 0, err[-3000:]
+        match = re.search(r"IR (?:converted (.*) in [0-9.]+ s|reused) in ", out)
+        converted += match[1].split(", ") if match[1] else []
+    assert sorted(converted) == sorted(IR)  # the one waiting for a lock found that component converted
     assert not staging(home)
 
 
