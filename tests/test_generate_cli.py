@@ -158,6 +158,31 @@ def test_two_runs_into_one_folder_never_overwrite_each_others_images(tmp_path):
         generate.save_png(image, tmp_path / "00001-0.png", "third", overwrite=False)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+@pytest.mark.parametrize("overwrite", [True, False])  # replaced into place, or claimed by a hard link
+def test_pngs_honour_the_umask_as_a_plain_open_would(tmp_path, umask, overwrite):
+    from sdcpu import generate
+
+    old = os.umask(umask)
+    try:
+        path = generate.save_png(Image.new("RGB", (8, 8)), tmp_path / "00000-0.png", "", overwrite=overwrite)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_numbering_goes_on_past_99999(tmp_path):
+    from sdcpu import generate
+
+    for name in ("00007-1.png", "99999-3.png", "100000-2.png", "100001-x.png", "notes-5.png"):
+        (tmp_path / name).touch()  # numbers come from the names alone: empty files do
+    first, _ = generate.output_paths(str(tmp_path), [4, 5])
+    assert first == tmp_path / "100001-4.png"
+    first.touch()  # another run wrote this name meanwhile: the next number after it
+    assert generate.save_png(Image.new("RGB", (8, 8)), first, "", overwrite=False, renumber=True) == (
+        tmp_path / "100002-4.png")
+
+
 def test_an_existing_output_file_is_replaced_only_with_overwrite(tmp_path, capsys):
     target = tmp_path / "a.png"
     target.write_bytes(b"mine")

@@ -4,11 +4,11 @@ import io
 import math
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sdcpu import locks
 from sdcpu.errors import UsageError
 from sdcpu.timing import Split, component_split
 
@@ -177,7 +177,7 @@ def _one_line(text: str) -> str:
     return " ".join(text.splitlines())
 
 
-NUMBERED = re.compile(r"(\d{5})-(\d+)\.png")  # a file generate numbers in an output folder: NUMBER-SEED.png
+NUMBERED = re.compile(r"(\d{5,})-(\d+)\.png")  # a file generate numbers in an output folder: NUMBER-SEED.png
 
 
 def numbered(output: str) -> bool:
@@ -209,7 +209,7 @@ def output_paths(output: str, seeds: list[int], overwrite: bool = False) -> list
 
 
 def _next_number(folder: Path) -> int:
-    taken = [int(match[1]) for path in folder.glob("[0-9]" * 5 + "-*.png") if (match := NUMBERED.fullmatch(path.name))]
+    taken = [int(match[1]) for path in folder.glob("[0-9]*-*.png") if (match := NUMBERED.fullmatch(path.name))]
     return max(taken, default=-1) + 1
 
 
@@ -225,13 +225,15 @@ def encode_png(image, parameters: str) -> bytes:
 
 
 def save_png(image, path: Path, parameters: str, *, overwrite: bool = True, renumber: bool = False) -> Path:
-    """Write IMAGE with a `parameters` text chunk to a temporary file, then put it at PATH (never half-written); the
-    path written. OVERWRITE False: PATH is claimed exclusively (a hard link), refused where a file is already there;
-    RENUMBER (PATH is NUMBER-SEED.png in an output folder): the next free number is taken instead, so two commands
-    writing into one folder never overwrite each other's images."""
-    fd, tmp = tempfile.mkstemp(suffix=".png.part", dir=path.parent)
+    """Write IMAGE with a `parameters` text chunk to this process's staging file (made as open() makes a file: mode
+    0666 less the umask), then put it at PATH (never half-written); the path written. OVERWRITE False: PATH is claimed
+    exclusively (a hard link), refused where a file is already there; RENUMBER (PATH is NUMBER-SEED.png in an output
+    folder): the next free number is taken instead, so two commands writing into one folder never overwrite each
+    other's images."""
+    tmp = locks.staging(path, ".png.part")
     try:
-        with os.fdopen(fd, "wb") as out:
+        tmp.unlink(missing_ok=True)  # a killed process with this pid may have left it linked to its image: not into it
+        with open(tmp, "xb") as out:
             out.write(encode_png(image, parameters))
         if overwrite and not renumber:
             os.replace(tmp, path)
@@ -246,4 +248,4 @@ def save_png(image, path: Path, parameters: str, *, overwrite: bool = True, renu
                                      "replace it") from None
                 path = path.with_name(f"{_next_number(path.parent):05d}-{NUMBERED.fullmatch(path.name)[2]}.png")
     finally:
-        Path(tmp).unlink(missing_ok=True)  # linked or refused: the temporary name goes
+        tmp.unlink(missing_ok=True)  # linked or refused: the temporary name goes
