@@ -43,7 +43,7 @@ def register(sub):
 
 
 OPTIONS = ("model", "recipe", "quality", "size", "steps", "seed", "guidance", "negative_prompt", "num_images",
-           "scheduler")  # what batch.json ties a folder to: all that changes an image (--max-batch only its rounding)
+           "scheduler")  # what batch.json ties a folder to: all that changes an image (--max-batch, --ray: rounding)
 
 
 def run(args) -> int:
