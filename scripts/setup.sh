@@ -25,6 +25,6 @@ stamp=.venv/.sdcpu-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt "$stamp" ]; then
     say "installing Python packages into .venv (first time: a few minutes)"
     # shellcheck disable=SC2046
-    .venv/bin/python -m pip install -q $(pip_extra_index) -c constraints.txt -e ".[test,openvino]"
+    .venv/bin/python -m pip install -q $(pip_extra_index) -c constraints.txt -e ".[test,openvino,ray]"
     touch "$stamp"
 fi

@@ -192,6 +192,13 @@ def open_manifest(path: Path):
     return file
 
 
+def row(line: int, seed: int | None, recipe, *, file: str | None = None, seconds: float | None = None,
+        error: str | None = None) -> dict:
+    """A manifest row: an image made (FILE, SECONDS) or not (ERROR; SEED None: a bad row of the jobs file)."""
+    return {"line": line, "seed": seed, "file": file, "seconds": seconds, "recipe": str(recipe),
+            "status": "error" if error else "ok", "error": error}
+
+
 def append(file, row: dict) -> None:
     """One row: one write, flushed and fsynced, so a crash leaves at most a torn last line."""
     file.write((json.dumps(row) + "\n").encode())

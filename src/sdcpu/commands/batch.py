@@ -1,13 +1,12 @@
 """`sdcpu batch JOBS --out DIR`: every job of a .jsonl, .csv or .txt file, one self-describing PNG per image and a
 manifest row as each is written; rerun with the same arguments, it makes only what is missing."""
 
-import dataclasses
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from sdcpu import auto, batch, generate, hardware, models, recipes, relaunch, schedulers, steps, steps_base
+from sdcpu import auto, batch, batch_make, batch_ray, generate, hardware, models, recipes, relaunch, schedulers
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
 
@@ -33,11 +32,18 @@ def register(sub):
                    help="images of the same size, steps, guidance and scheduler per pipeline call (default 1)")
     p.add_argument("--strict", action="store_true", help="refuse the whole file if any row is bad (exit 2)")
     p.add_argument("--trust-pickle", action="store_true", help="allow pickle checkpoints (they can run code)")
+    p.add_argument("--ray", nargs="?", const=batch_ray.LOCAL, metavar="ADDRESS",
+                   help="run on Ray Data: alone, a Ray started on this machine; ADDRESS (HOST:PORT): a running "
+                        "cluster's head (needs pip install -e '.[ray]')")
+    p.add_argument("--actors", type=int, help="with --ray: actors, each with one pipeline (default: the cluster's "
+                                              "CPUs / --cores-per-actor)")
+    p.add_argument("--cores-per-actor", type=int, help="with --ray: physical cores (and threads) of each actor "
+                                                       "(default 1)")
     p.set_defaults(func=run)
 
 
 OPTIONS = ("model", "recipe", "quality", "size", "steps", "seed", "guidance", "negative_prompt", "num_images",
-           "scheduler")  # what batch.json ties a folder to: all that changes an image (--max-batch only its rounding)
+           "scheduler")  # what batch.json ties a folder to: all that changes an image (--max-batch, --ray: rounding)
 
 
 def run(args) -> int:
@@ -47,6 +53,7 @@ def run(args) -> int:
         raise UsageError(f"--quality sets the level of the auto recipe, not of --recipe {args.recipe}")
     if args.max_batch < 1:
         raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
+    ray_options = batch_ray.check(args.ray, args.actors, args.cores_per_actor)
     defaults = batch.Job(line=0, prompt="x", negative_prompt=args.negative_prompt, seed=args.seed, size=args.size,
                          steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
                          n=args.num_images).validate()
@@ -62,7 +69,8 @@ def run(args) -> int:
     width, height = generate.parse_size(Counter(job.size for job in jobs).most_common(1)[0][0])
     recipe, why_auto = relaunch.handed_down() or auto.resolve_for(
         f"auto:{args.quality}" if args.quality else args.recipe, cpu, args.model, width, height)
-    relaunch.under_plan(recipe, cpu, why=why_auto)
+    if ray_options is None:  # on Ray the actors compute, each started under its share of the plan
+        relaunch.under_plan(recipe, cpu, why=why_auto)
     _report(path, bad)  # after the re-exec, so said once
 
     # 2. What is left (the folder locked first): the manifest's "ok" rows whose file exists are done; a killed run's
@@ -74,9 +82,12 @@ def run(args) -> int:
         total = sum(job.n for job in jobs)
         for row in bad:
             if row.line not in batch.reported(rows):
-                batch.append(manifest, {"line": row.line, "seed": None, "file": None, "seconds": None,
-                                        "recipe": str(recipe), "status": "error", "error": row.error})
-        failed = _make(args, spec, recipe, cpu, images, total, folder, manifest) if images else 0
+                batch.append(manifest, batch.row(row.line, None, recipe, error=row.error))
+        failed = 0
+        if images:
+            made = (batch_ray.rows(ray_options, spec, recipe, cpu, images, folder, args.max_batch) if ray_options
+                    else _made_here(args, spec, recipe, cpu, images, folder))
+            failed = _record(made, manifest, total, len(images))
     print(f"{folder}: {len(images) - failed} image(s) made, {failed} failed, {total - len(images)} already there"
           + (f", {len(bad)} bad row(s)" if bad else "") + f"; recipe {recipe.name}: {recipe}")
     if why_auto:
@@ -91,52 +102,28 @@ def _report(path, bad) -> None:
         print(f"sdcpu batch: {path}:{row.line}: {row.error}", file=sys.stderr)
 
 
-def _make(args, spec, recipe, cpu, images, total, folder, manifest) -> int:
-    """Make IMAGES (job, seed), a manifest row as each is written; the number that failed."""
+def _made_here(args, spec, recipe, cpu, images, folder):
+    """The rows of IMAGES made in this process, each as its PNG is written (the model loaded first)."""
+    maker = batch_make.Maker(spec, recipe, cpu, folder, images[0], progress=True)
+    if maker.warmup_seconds is not None:
+        print(f"compile + one-step warm-up: {maker.warmup_seconds:.1f} s (one-time)")
+    return maker.rows(images, args.max_batch)
+
+
+def _record(rows, manifest, total: int, left: int) -> int:
+    """Append each of ROWS to the manifest as it comes, once per (line, seed) (a batch Ray retried after its actor
+    died may bring an image again), with a progress bar of the TOTAL images, LEFT of them to make; the number that
+    failed."""
     from tqdm import tqdm
 
-    # 3. Load the model, optimize it; a compiling backend compiles on a one-step warm-up.
-    pipe = models.load_pipeline(spec, progress=True)
-    _, outcomes = steps.optimize(pipe, recipe, cpu)
-    pipe.set_progress_bar_config(disable=True)  # one bar: images, not each call's steps
-    call_defaults = steps_base.defaults(pipe)
-    use_scheduler = schedulers.Swapper(pipe).use  # each made once from the recipe's own
-
-    first_job, first_seed = images[0]
-    if any(o.applied and recipes.kind(o.step).compiles for o in outcomes):
-        use_scheduler(first_job.scheduler)
-        warmup = generate.run(pipe, dataclasses.replace(first_job.request(first_seed, call_defaults), steps=1))
-        print(f"compile + one-step warm-up: {warmup.seconds:.1f} s (one-time)")
-
-    # 4. One pipeline call per group of images of one shape; each image written, then its manifest row.
-    def shape(job):
-        request = job.request(job.seed, call_defaults)
-        return request.width, request.height, request.steps, request.guidance, job.scheduler
-
-    failed, start = 0, time.perf_counter()
-    with tqdm(total=total, initial=total - len(images), unit="image", dynamic_ncols=True) as bar:
-        for group in batch.groups(images, args.max_batch, shape):
-            requests = [job.request(seed, call_defaults) for job, seed in group]
-            try:
-                scheduler = use_scheduler(group[0][0].scheduler)
-                result = generate.run_batch(pipe, requests)
-            except Exception as err:  # one failed call is reported in the manifest; the rest of the batch runs
-                failed += len(group)
-                for job, seed in group:
-                    batch.append(manifest, {"line": job.line, "seed": seed, "file": None, "seconds": None,
-                                            "recipe": str(recipe), "status": "error",
-                                            "error": f"{type(err).__name__}: {err}"})
-                bar.update(len(group))
+    seen, failed, start = set(), 0, time.perf_counter()
+    with tqdm(total=total, initial=total - left, unit="image", dynamic_ncols=True) as bar:
+        for row in rows:
+            if (row["line"], row["seed"]) in seen:
                 continue
-            for (job, seed), request, image in zip(group, requests, result.images):
-                name = batch.image_name(job.line, seed)
-                text = generate.parameters_text(request, seed, model=str(spec), random_weights=spec.random_weights,
-                                                scheduler=scheduler, recipe=str(recipe))
-                generate.save_png(image, folder / name, text)
-                batch.append(manifest, {"line": job.line, "seed": seed, "file": name,
-                                        "seconds": round(result.seconds_per_image(), 3), "recipe": str(recipe),
-                                        "status": "ok", "error": None})
-                bar.update(1)
-                made = bar.n - bar.initial
-                bar.set_postfix_str(f"{made / (time.perf_counter() - start) * 60:.1f} images/min")
+            seen.add((row["line"], row["seed"]))
+            batch.append(manifest, row)
+            failed += row["status"] == "error"
+            bar.update(1)
+            bar.set_postfix_str(f"{(bar.n - bar.initial) / (time.perf_counter() - start) * 60:.1f} images/min")
     return failed
