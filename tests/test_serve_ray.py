@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from serving import SRC, Server, free_port
-from sdcpu.cli import main
+from sdcpu.cli import build_parser, main
 from test_serve import AUTH, KEY, TINY, png
 
 SLOW = {"prompt": "x", "width": 128, "height": 128, "steps": 30}  # seconds on one core, long enough to overlap
@@ -138,3 +138,17 @@ def test_without_ray_one_line_names_the_install_command(capsys, monkeypatch):
     assert main(["serve", "--recipe", "baseline", "--model", "random:tiny", "--ray", "--port", "7000"]) == 2
     err = capsys.readouterr().err
     assert "pip install -e '.[ray]'" in err and len(err.strip().splitlines()) == 1, err
+
+
+
+def test_a_replica_admits_more_than_its_worker_holds_so_the_worker_answers_503():
+    from sdcpu.serve.ray_deploy import HEADROOM, deployment_options
+
+    parse = build_parser().parse_args
+    options = deployment_options(parse(["serve", "--ray", "--max-queue", "3", "--max-batch", "2", "--max-replicas",
+                                        "4"]), usable_cores=16)
+    assert options["max_ongoing_requests"] == 2 + 3 + HEADROOM  # running + waiting, then the light routes
+    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2}
+    assert options["ray_actor_options"] == {"num_cpus": 4}  # 16 cores / at most 4 replicas
+    fixed = deployment_options(parse(["serve", "--ray", "--replicas", "2", "--cores-per-replica", "3"]), 16)
+    assert fixed["num_replicas"] == 2 and fixed["ray_actor_options"] == {"num_cpus": 3}

@@ -31,6 +31,7 @@ from sdcpu.errors import UsageError
 try:
     import ray
     from ray import serve
+    from ray.serve.exceptions import BackPressureError
 except ImportError as error:
     raise UsageError(f"--ray needs Ray Serve ({error}): pip install -e '.[ray]'") from None
 
@@ -55,10 +56,10 @@ class Replica:
     def __serve_build_asgi_app__(self):
         return self.service
 
-    def check_health(self):
-        """Ray restarts a replica whose model could not be prepared."""
-        if self.worker.state.startswith("failed"):
-            raise RuntimeError(self.worker.state)
+    def failure(self) -> str | None:
+        """Why this replica's model could not be prepared (the driver stops the service, as `sdcpu serve` exits);
+        None while it loads or serves."""
+        return self.worker.state.removeprefix("failed: ") if self.worker.state.startswith("failed") else None
 
 
 def _take_share(cores: int, index: int) -> tuple[int, ...]:
@@ -121,12 +122,16 @@ def run(args, spec, recipe, cpu) -> int:
         print(f"sdcpu serve: listening on http://{args.host}:{args.port} (pid {os.getpid()}, Ray Serve "
               f"{'on this machine' if local else f'cluster {args.ray}'}); {scaling} replicas x {cores} cores; "
               f"loading {spec}, recipe {recipe}", flush=True)
+        replicas = serve.get_app_handle(APP)
         while not stopping.wait(1.0):
-            state = serve.status().applications.get(APP)
-            if state is None:  # `serve shutdown` or `serve delete` on the cluster
+            if APP not in serve.status().applications:  # `serve shutdown` or `serve delete` on the cluster
                 return 0
-            if state.status == "DEPLOY_FAILED":
-                raise UsageError(f"cannot serve {spec}: {state.message}")
+            try:
+                failure = replicas.failure.remote().result(timeout_s=30)  # one replica's, each time another
+            except (BackPressureError, TimeoutError):  # every replica busy: asked again next time
+                continue
+            if failure:
+                raise UsageError(f"cannot serve {spec}: {failure}")
         return 0
     finally:
         if APP in serve.status().applications:
