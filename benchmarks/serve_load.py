@@ -4,6 +4,7 @@ before and after (from its pid, when given). tests/test_serve.py runs the same `
 
     python benchmarks/serve_load.py --url http://127.0.0.1:7860 --clients 16 --requests 200 --pid PID
     python benchmarks/serve_load.py --start --clients 16 --requests 200   # starts random:tiny itself, then stops it
+    python benchmarks/serve_load.py --url http://127.0.0.1:7860 --clients 16 --requests 200  # `sdcpu serve --ray`
 """
 
 import argparse

@@ -1,55 +1,29 @@
 """`sdcpu batch --ray` on a real local Ray cluster (2 CPUs) that this module starts once and stops at its end."""
 
-import importlib.util
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-import uuid
 
 import psutil
 import pytest
 from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference
+from raycluster import MARK, local_cluster
 from machines import machine
-from sdcpu import batch, batch_ray
+from sdcpu import batch, ray_shares
 from sdcpu.commands import batch as commands_batch
 from sdcpu.cli import main
 from test_batch import ROWS, SRC, TINY, manifest, write_jobs
 
 
-# A driver that owns a 2-CPU Ray: its raylet, and every actor it starts, inherit this process's environment (the test
-# SDCPU_HOME, sdcpu on PYTHONPATH, MARK to find them by); closing its stdin shuts that Ray down, and only it.
-CLUSTER = """import sys, ray
-ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-print(ray.get_runtime_context().gcs_address, flush=True)
-sys.stdin.read()
-ray.shutdown()
-"""
-MARK = "SDCPU_TEST_RAY_CLUSTER"
-
-
 @pytest.fixture(scope="module")
 def cluster():
-    """(its address, the MARK its processes carry). Ray 2.60's token authentication is on for a ray.init cluster, and a
-    driver given an address uses it only where told (RAY_AUTH_MODE=token; the token is in ~/.ray/auth_token), read
-    when ray is first imported: the tests import it only through sdcpu, after this."""
-    if importlib.util.find_spec("ray") is None:
-        pytest.skip("the ray extra is not installed")
-    token = uuid.uuid4().hex
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RAY_AUTH_MODE", "token")
-        env = {**os.environ, MARK: token, "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
-        owner = subprocess.Popen([sys.executable, "-c", CLUSTER], env=env, stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        address = owner.stdout.readline().strip()
-        assert address, "the Ray cluster did not start"
-        yield address, token
-        owner.stdin.close()
-        assert owner.wait(timeout=60) == 0
+    with local_cluster() as address_and_mark:
+        yield address_and_mark
 
 
 def actor_pids(token: str) -> list[int]:
@@ -139,11 +113,11 @@ def test_a_row_brought_again_by_a_retried_batch_is_written_once(tmp_path):
 def test_shares_of_a_node_are_claimed_once_each_and_freed_with_their_holder(tmp_path):
     cpu = machine("spr-2s-amx")
     cores, half = cpu.usable_physical_cores, len(cpu.usable_physical_cores) // 2
-    first, second = batch_ray.claim_share(cpu, half, tmp_path), batch_ray.claim_share(cpu, half, tmp_path)
+    first, second = ray_shares.claim(cpu, half, tmp_path), ray_shares.claim(cpu, half, tmp_path)
     assert (first[1], second[1]) == (cores[:half], cores[half:2 * half])
-    assert batch_ray.claim_share(cpu, half, tmp_path) is None  # both taken: that actor runs unpinned
+    assert ray_shares.claim(cpu, half, tmp_path) is None  # both taken: that actor runs unpinned
     first[0].close()  # its holder died: the kernel frees the lock
-    assert batch_ray.claim_share(cpu, half, tmp_path)[1] == cores[:half]
+    assert ray_shares.claim(cpu, half, tmp_path)[1] == cores[:half]
 
 
 def test_without_ray_the_error_names_the_install_command(tmp_path):

@@ -10,15 +10,12 @@ never torn).
 """
 
 import dataclasses
-import fcntl
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdcpu import batch, batch_make, hardware, launcher, recipes, relaunch
+from sdcpu import batch, batch_make, hardware, ray_shares, recipes, relaunch
 from sdcpu.errors import UsageError
 
 LOCAL = "local"  # --ray without an address: ray.init's own word for a Ray started here
@@ -119,30 +116,11 @@ class Actor:
 
     def __init__(self, spec, recipe, folder: str, first, cores: int):
         cpu = hardware.detect()
-        self.share = claim_share(cpu, cores) if recipes.launch_options(recipe).pin else None
-        if self.share:  # before torch starts its threads: they inherit it
-            os.sched_setaffinity(0, self.share[1])
+        self.share = ray_shares.claim(cpu, cores) if recipes.launch_options(recipe).pin else None
+        if self.share:  # None where every share is taken: that actor runs unpinned
+            ray_shares.pin(self.share[1])
         self.maker = batch_make.Maker(spec, recipe, cpu, Path(folder), first)
 
     def __call__(self, rows: dict) -> dict:
         images = [(batch.Job(**json.loads(job)), int(seed)) for job, seed in zip(rows["job"], rows["seed"])]
         return {"row": [json.dumps(row) for row in self.maker.rows(images, len(images))]}
-
-
-def claim_share(cpu, cores: int, folder: Path | None = None):
-    """This process's share of CORES of the node's usable physical cores: the first of the launch plan's pinned
-    instances no live process holds. Each share is an flock in FOLDER (by default the node's temporary folder) that
-    the kernel releases when its holder dies, so a restarted actor takes the share its predecessor had. (the lock's
-    file, to keep open while this process runs; the share's CPUs), or None where every share is taken."""
-    options = launcher.LaunchOptions(threads=cores, instances=max(1, len(cpu.usable_physical_cores) // cores), pin=True)
-    folder = folder or Path(tempfile.gettempdir()) / f"sdcpu-ray-shares-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    for index, plan in enumerate(launcher.plan(cpu, options, {}, {})):
-        lock = open(folder / f"{index}.lock", "a")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.close()
-            continue
-        return lock, plan.cpus
-    return None

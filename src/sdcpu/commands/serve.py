@@ -52,6 +52,18 @@ def register(sub):
                    help="N servers sharing --port (SO_REUSEPORT: the kernel spreads connections), each pinned to its "
                         "share of the cores with its own copy of the model; /metrics counts per instance (default 1)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set on each of --instances' copies
+    ray = p.add_argument_group("Ray Serve (sdcpu.serve.ray_deploy)")
+    ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="serve as a Ray Serve application: alone, on a Ray started here for this machine's cores; "
+                          "with ADDRESS (host:port of a head node, or auto), on that cluster")
+    ray.add_argument("--replicas", type=int, metavar="N", help="with --ray: N replicas, each a warm pipeline (default 1)")
+    ray.add_argument("--min-replicas", type=int, metavar="N",
+                     help="with --ray and --max-replicas: Ray's autoscaler keeps at least N replicas (default 1)")
+    ray.add_argument("--max-replicas", type=int, metavar="N",
+                     help="with --ray: autoscale up to N replicas, adding one while requests wait")
+    ray.add_argument("--cores-per-replica", type=int, metavar="K",
+                     help="with --ray: the physical cores each replica asks Ray for, pins itself to and runs torch's "
+                          "threads on (default: this machine's usable physical cores / the most replicas)")
     p.add_argument("--lora-dir", metavar="DIR",
                    help="LoRAs requests may name (its .safetensors files, by stem): <lora:name:weight> in a prompt, "
                         "or the OpenAI routes' `loras` field; never a path or URL from the network")
@@ -79,6 +91,11 @@ def run(args) -> int:
         raise UsageError(f"--max-request-seconds must be more than 0, got {args.max_request_seconds:g}")
     if not 0 <= args.drain_seconds < float("inf"):
         raise UsageError(f"--drain-seconds must be 0 or more, got {args.drain_seconds:g}")
+    _check_ray_options(args)
+    if args.ray is not None:
+        from sdcpu.serve import ray_deploy  # UsageError naming the install command when Ray is missing
+
+        return ray_deploy.run(args, spec, recipe, cpu)
     if args.instances > 1:
         return _run_instances(args, recipe, cpu)
     relaunch.under_plan(recipe, cpu, why=why_auto)  # refuses the recipe step instances=N: --instances is this command's
@@ -87,25 +104,18 @@ def run(args) -> int:
     # 2. Serve: the worker thread loads, optimizes and warms up behind /health.
     import uvicorn
 
-    from sdcpu.serve.app import Settings, create_app
-    from sdcpu.serve.queue import Worker
-
-    settings = Settings(model=str(spec), recipe=str(recipe), random_weights=spec.random_weights,
-                        max_size=args.max_size, api_key=args.api_key,
-                        lora_dir=os.path.abspath(args.lora_dir) if args.lora_dir else None,
-                        hosts=(args.host, *args.allowed_host), docs=args.docs)
     def stop(error):
         server.should_exit = True
 
-    worker = Worker(lambda w: _prepare(w, spec, recipe, cpu, (width, height)), max_queue=args.max_queue,
-                    max_batch=args.max_batch, max_seconds=args.max_request_seconds, on_fatal=stop)
+    worker, app = build(args, spec, recipe, cpu, on_fatal=stop)
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):  # SIGTERM, SIGINT: the worker drains while uvicorn stops listening
             worker.drain(args.drain_seconds)
             super().handle_exit(sig, frame)
 
     # uvicorn waits for the requests in flight; past the drain time they are answered 503, encoded and sent in moments
-    server = Server(uvicorn.Config(create_app(worker, settings), log_level="info" if args.verbose else "warning",
+    server = Server(uvicorn.Config(app, log_level="info" if args.verbose else "warning",
                                    timeout_graceful_shutdown=args.drain_seconds + 10))
     host, port = sock.getsockname()[:2]
     print(f"sdcpu serve: listening on http://{host}:{port} (pid {os.getpid()}); loading {spec}, recipe {recipe}"
@@ -116,6 +126,47 @@ def run(args) -> int:
     if worker.state.startswith("failed"):
         raise UsageError(f"cannot serve {spec}: {worker.state.removeprefix('failed: ')}")
     return 0
+
+
+def build(args, spec, recipe, cpu, on_fatal):
+    """(worker, app): the service ARGS ask for, on one pipeline of SPEC optimized with RECIPE for CPU, its worker
+    started by the app's lifespan; ON_FATAL(error) is told when the model cannot be prepared. The one place the
+    service is put together: run() serves it with uvicorn, each Ray Serve replica (sdcpu.serve.ray_deploy) with Ray."""
+    from sdcpu.serve.app import Settings, create_app
+    from sdcpu.serve.queue import Worker
+
+    size = generate.parse_size(args.warmup_size)
+    settings = Settings(model=str(spec), recipe=str(recipe), random_weights=spec.random_weights,
+                        max_size=args.max_size, api_key=args.api_key,
+                        lora_dir=os.path.abspath(args.lora_dir) if args.lora_dir else None,
+                        hosts=(args.host, *args.allowed_host), docs=args.docs)
+    worker = Worker(lambda w: _prepare(w, spec, recipe, cpu, size), max_queue=args.max_queue,
+                    max_batch=args.max_batch, max_seconds=args.max_request_seconds, on_fatal=on_fatal)
+    return worker, create_app(worker, settings)
+
+
+def _check_ray_options(args) -> None:
+    """The Ray Serve options: only with --ray, in bounds, and not mixed with --instances or a port picked at random
+    (every node's proxy listens on the same one)."""
+    given = [name for name in ("replicas", "min_replicas", "max_replicas", "cores_per_replica")
+             if getattr(args, name) is not None]
+    if args.ray is None:
+        if given:
+            raise UsageError(f"--{given[0].replace('_', '-')} needs --ray")
+        return
+    for name in given:
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.replicas is not None and (args.min_replicas is not None or args.max_replicas is not None):
+        raise UsageError("--replicas is a fixed count: give it, or --min-replicas/--max-replicas, not both")
+    if args.min_replicas is not None and args.max_replicas is None:
+        raise UsageError("--min-replicas needs --max-replicas (the autoscaler's upper bound)")
+    if args.max_replicas is not None and args.max_replicas < (args.min_replicas or 1):
+        raise UsageError(f"--max-replicas {args.max_replicas} is below --min-replicas {args.min_replicas}")
+    if args.instances > 1:
+        raise UsageError("--instances starts copies on this machine; with --ray, give --replicas")
+    if args.port == 0:
+        raise UsageError("--ray needs a fixed --port: Ray Serve's proxy listens on it on every node")
 
 
 def _check_access(host: str, api_key: str | None, insecure_no_key: bool) -> None:
