@@ -36,8 +36,10 @@ class Report:
 
 
 def load(url: str, *, clients: int, requests: int, body: dict, headers=None, timeout: float = 120,
-         path: str = "/v1/images/generations") -> Report:
-    """CLIENTS threads post BODY to URL+PATH until REQUESTS have been sent; every request has a TIMEOUT."""
+         path: str = "/v1/images/generations", backoff: bool = False) -> Report:
+    """CLIENTS threads post BODY to URL+PATH until REQUESTS have been sent; every request has a TIMEOUT. BACKOFF: a
+    client answered 503 waits the Retry-After it was given before its next request, as a polite client does
+    (without, it asks again at once: the most 503s)."""
     report, lock = Report(), threading.Lock()
     remaining = iter(range(requests))
 
@@ -58,6 +60,8 @@ def load(url: str, *, clients: int, requests: int, body: dict, headers=None, tim
                     report.statuses[answer.status_code] += 1
                     report.latencies.append(time.perf_counter() - start)
                     report.retry_after_missing += answer.status_code == 503 and "retry-after" not in answer.headers
+                if backoff and answer.status_code == 503:
+                    time.sleep(float(answer.headers.get("retry-after", 1)))
 
     start = time.perf_counter()
     threads = [threading.Thread(target=client) for _ in range(clients)]
@@ -85,6 +89,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--max-queue", default="4", help="with --start")
     parser.add_argument("--api-key")
+    parser.add_argument("--backoff", action="store_true", help="after a 503, wait its Retry-After before asking again")
     args = parser.parse_args()
     server = None
     if args.start:
@@ -98,7 +103,8 @@ def main() -> int:
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     before = rss_mib(args.pid) if args.pid else None
     report = load(args.url, clients=args.clients, requests=args.requests, headers=headers,
-                  body={"prompt": "sailing ship in storm by Rembrandt", "size": args.size, "steps": args.steps})
+                  body={"prompt": "sailing ship in storm by Rembrandt", "size": args.size, "steps": args.steps},
+                  backoff=args.backoff)
     after = rss_mib(args.pid) if args.pid else None
     others = {status: n for status, n in report.statuses.items() if status not in (200, 503)}
     print(f"requests {args.requests}, concurrency {args.clients}, {args.size}, {args.steps} steps, "

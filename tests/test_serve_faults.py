@@ -122,13 +122,13 @@ def rss_bytes(pid: int) -> int:
 
 @pytest.mark.slow
 def test_a_1000_request_soak_at_8_clients_is_answered_200_or_503_with_rss_flat(sdcpu_home, capsys):
-    live = Server("--max-queue", "4", home=sdcpu_home)
+    live = Server("--max-queue", "6", home=sdcpu_home)  # 1 running + 6 waiting: the 8th client gets a 503 at times
     try:
         body = {"prompt": "a soak", "size": "64x64", "steps": 2}
         bench = load_benchmark()
         bench.load(live.url, clients=8, requests=100, body=body, timeout=60)  # warm: allocator pools, compiled paths
         before = rss_bytes(live.proc.pid)
-        report = bench.load(live.url, clients=8, requests=1000, body=body, timeout=60)
+        report = bench.load(live.url, clients=8, requests=1000, body=body, timeout=60, backoff=True)
         after = rss_bytes(live.proc.pid)
     finally:
         assert live.stop() == 0
@@ -137,5 +137,5 @@ def test_a_1000_request_soak_at_8_clients_is_answered_200_or_503_with_rss_flat(s
               f"{report.percentile(50):.3f} s, p95 {report.percentile(95):.3f} s, RSS {before / 2**20:.0f} -> "
               f"{after / 2**20:.0f} MiB")
     assert report.answered == 1000 and not report.failures and set(report.statuses) <= {200, 503}, report.statuses
-    assert report.statuses[200] >= 1 and report.retry_after_missing == 0
+    assert report.statuses[200] >= 500 and report.retry_after_missing == 0, "a soak of the generation path"
     assert after < before * 1.10, "the issue's bound: RSS growth under 10% over 1000 requests"
