@@ -237,6 +237,12 @@ def test_bench_refuses_bad_input_in_one_line(args, message, tmp_path, capsys):
     assert message in err and err.count("\n") == 1
 
 
+def test_bench_refuses_an_output_that_is_a_file(tmp_path, capsys):
+    (tmp_path / "results").write_text("mine")
+    assert main(["bench", "--model", "random:tiny", "--out", str(tmp_path / "results")]) == 2
+    assert "is a file: give a folder" in capsys.readouterr().err and (tmp_path / "results").read_text() == "mine"
+
+
 def test_bench_refuses_a_non_empty_output_folder(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
     assert main(["bench", "--model", "random:tiny", "--out", str(tmp_path)]) == 2

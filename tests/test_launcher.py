@@ -129,8 +129,10 @@ def test_thread_counts_and_oversubscription():
     cpu = machine("epyc-2core-avx2")
     (one,) = plan(cpu, LaunchOptions(threads=1, pin=True), {}, {}, NUMACTL)
     assert one.env["OMP_NUM_THREADS"] == "1" and one.argv_prefix[2] == "0"  # pinned to as many cores as threads
-    (many,) = plan(cpu, LaunchOptions(threads=4), {}, {})
-    assert many.env["OMP_NUM_THREADS"] == "4" and any("oversubscribe" in note for note in many.notes)
+    many = plan(cpu, LaunchOptions(threads=2, instances=2), {}, {})
+    assert [p.env["OMP_NUM_THREADS"] for p in many] == ["2", "2"] and any("oversubscribe" in n for n in many[0].notes)
+    with pytest.raises(UsageError, match=r"threads=4: more than the 2 CPUs this process may use"):
+        plan(cpu, LaunchOptions(threads=4), {}, {})  # more OpenMP threads than CPUs: never faster (issue 18)
     unpinned = plan(cpu, LaunchOptions(instances=3), {}, {})
     assert [p.env["OMP_NUM_THREADS"] for p in unpinned] == ["1"] * 3
     with pytest.raises(UsageError, match="3 pinned instances need 3"):

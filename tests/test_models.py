@@ -72,3 +72,12 @@ def test_pickle_weights_in_a_folder_load_only_with_trust_pickle(tiny_pipe, tmp_p
         models.load_pipeline(str(folder))
     trusted = models.load_pipeline(str(folder), trust_pickle=True)
     assert torch.equal(trusted.unet.conv_in.weight, tiny_pipe.unet.conv_in.weight)
+
+
+@pytest.mark.parametrize("marker", ["{", "[1]", '{"spec": "random:tiny"}'])
+def test_a_malformed_random_marker_is_refused_in_one_line(tmp_path, marker):
+    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "sdcpu.json").write_text(marker)
+    with pytest.raises(UsageError, match=r"sdcpu\.json: not the marker sdcpu writes .*; remove it, or rebuild") as err:
+        models.parse_spec(str(tmp_path))
+    assert "\n" not in str(err.value)

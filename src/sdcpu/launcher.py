@@ -184,6 +184,9 @@ def plan(cpu: CpuInfo, options: LaunchOptions, environ, libs, pinning_tools=froz
     if options.pin and options.instances > len(cores):
         raise UsageError(f"{options.instances} pinned instances need {options.instances} usable physical cores; "
                          f"this process may use {len(cores)}")
+    if options.threads is not None and options.threads > len(cpu.usable_cpus):
+        raise UsageError(f"threads={options.threads}: more than the {len(cpu.usable_cpus)} CPUs this process may use "
+                         f"(threads beyond them only wait for each other)")
     share = max(1, len(cores) // options.instances)
     threads = options.threads or share
     notes = [_share_note(cpu, cores)]

@@ -33,6 +33,19 @@ class ModelSpec:
         return f"random:{self.ref}" if self.kind == "random" else self.ref
 
 
+def _random_weights(marker: Path) -> bool:
+    """Whether the folder's sdcpu marker (random_models.MARKER, absent in a real model's folder) says its weights are
+    random; a marker that is not the JSON object sdcpu writes is refused, not read as real weights."""
+    if not marker.is_file():
+        return False
+    try:
+        weights = json.loads(marker.read_text())["weights"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{marker}: not the marker sdcpu writes into a random model's folder ({type(err).__name__}: "
+                         f"{err}); remove it, or rebuild the folder") from None
+    return weights == "random"
+
+
 def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
     """Classify a model spec, refusing what cannot be loaded with a one-line reason."""
     if spec.startswith("random:"):
@@ -44,9 +57,7 @@ def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise UsageError(f"{spec}: not a diffusers pipeline folder (no model_index.json)")
-        marker = path / random_models.MARKER
-        random_weights = marker.is_file() and json.loads(marker.read_text())["weights"] == "random"
-        return ModelSpec("folder", str(path), random_weights, trust_pickle)
+        return ModelSpec("folder", str(path), _random_weights(path / random_models.MARKER), trust_pickle)
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise UsageError(f"{spec}: no such file")

@@ -60,6 +60,8 @@ def run(args) -> int:
 
     protocol = protocol_from(args)
     ladder = ladders.parse_recipes(args.recipes) if args.recipes else args.ladder
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out} is a file: give a folder for the results")
     if args.out.exists() and any(args.out.iterdir()):
         raise UsageError(f"output folder {args.out} is not empty: pick another --out, or remove it")
     try:

@@ -10,11 +10,10 @@ import signal
 import socket
 import sys
 
-from sdcpu import auto, generate, hardware, launcher, models, recipes, relaunch, steps
+from sdcpu import auto, generate, hardware, launcher, models, recipes, relaunch
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
 from sdcpu.instances import run_instances
-from sdcpu.serve import preview
 
 
 
@@ -104,10 +103,12 @@ def run(args) -> int:
     # 2. Serve: the worker thread loads, optimizes and warms up behind /health.
     import uvicorn
 
+    from sdcpu.serve import service
+
     def stop(error):
         server.should_exit = True
 
-    worker, app = build(args, spec, recipe, cpu, on_fatal=stop)
+    worker, app = service.build(args, spec, recipe, cpu, on_fatal=stop)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):  # SIGTERM, SIGINT: the worker drains while uvicorn stops listening
@@ -126,23 +127,6 @@ def run(args) -> int:
     if worker.state.startswith("failed"):
         raise UsageError(f"cannot serve {spec}: {worker.state.removeprefix('failed: ')}")
     return 0
-
-
-def build(args, spec, recipe, cpu, on_fatal):
-    """(worker, app): the service ARGS ask for, on one pipeline of SPEC optimized with RECIPE for CPU, its worker
-    started by the app's lifespan; ON_FATAL(error) is told when the model cannot be prepared. The one place the
-    service is put together: run() serves it with uvicorn, each Ray Serve replica (sdcpu.serve.ray_deploy) with Ray."""
-    from sdcpu.serve.app import Settings, create_app
-    from sdcpu.serve.queue import Worker
-
-    size = generate.parse_size(args.warmup_size)
-    settings = Settings(model=str(spec), recipe=str(recipe), random_weights=spec.random_weights,
-                        max_size=args.max_size, api_key=args.api_key,
-                        lora_dir=os.path.abspath(args.lora_dir) if args.lora_dir else None,
-                        hosts=(args.host, *args.allowed_host), docs=args.docs)
-    worker = Worker(lambda w: _prepare(w, spec, recipe, cpu, size), max_queue=args.max_queue,
-                    max_batch=args.max_batch, max_seconds=args.max_request_seconds, on_fatal=on_fatal)
-    return worker, create_app(worker, settings)
 
 
 def _check_ray_options(args) -> None:
@@ -180,21 +164,6 @@ def _check_access(host: str, api_key: str | None, insecure_no_key: bool) -> None
     if not loopback and api_key is None and not insecure_no_key:
         raise UsageError(f"--host {host} is reachable from other machines and no API key is set: pass --api-key KEY "
                          "(or $SDCPU_API_KEY), or --insecure-no-key to serve anyone who reaches it")
-
-
-def _prepare(worker, spec, recipe, cpu, size):
-    """Load, optimize, warm up (compiling steps compile on this call): the pipeline the worker will own."""
-    worker.state = f"loading {spec}"
-    pipe = models.load_pipeline(spec)
-    worker.state = f"optimizing with {recipe}"
-    _, outcomes = steps.optimize(pipe, recipe, cpu)
-    worker.state = f"warming up: one 1-step call at {size[0]}x{size[1]}"
-    warmup = generate.run(pipe, generate.Request("warm-up", steps=1, width=size[0], height=size[1]))
-    previews = preview.previewer(pipe).source  # loaded now: the first streamed preview or progress image pays nothing
-    skipped = "; ".join(str(outcome) for outcome in outcomes if not outcome.applied)
-    print(f"sdcpu serve: ready (warm-up {warmup.seconds:.1f} s; previews: {previews})"
-          + (f"; skipped: {skipped}" if skipped else ""), flush=True)
-    return pipe
 
 
 def _run_instances(args, recipe, cpu) -> int:

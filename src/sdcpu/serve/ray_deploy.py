@@ -1,5 +1,5 @@
 """`sdcpu serve --ray [ADDRESS]`: the service of `sdcpu serve` as a Ray Serve application. Every replica builds the
-same app with `sdcpu.commands.serve.build` (its Worker, both APIs, the page, the API key and Host guard, the body
+same app with `sdcpu.serve.service.build` (its Worker, both APIs, the page, the API key and Host guard, the body
 limits, /health, /metrics); Ray runs its lifespan (worker.start, then worker.close when the replica stops).
 
 This process (the driver) starts a Ray on this machine (`--ray` alone, num_cpus its usable physical cores) or joins
@@ -36,7 +36,7 @@ except ImportError as error:
     raise UsageError(f"--ray needs Ray Serve ({error}): pip install -e '.[ray]'") from None
 
 from sdcpu import hardware, ray_shares
-from sdcpu.commands import serve as serve_command
+from sdcpu.serve import service
 
 log = logging.getLogger(__name__)
 APP = "sdcpu"  # the Ray Serve application's name
@@ -52,10 +52,10 @@ class Replica:
         if self.share:  # None where every share is taken: that replica runs unpinned
             ray_shares.pin(self.share[1])
             log.info("replica pinned to CPUs %s", hardware.format_cpu_list(self.share[1]))
-        self.worker, self.service = serve_command.build(args, spec, recipe, hardware.detect(), on_fatal=lambda _: None)
+        self.worker, self.asgi = service.build(args, spec, recipe, hardware.detect(), on_fatal=lambda _: None)
 
     def __serve_build_asgi_app__(self):
-        return self.service
+        return self.asgi
 
     def failure(self) -> str | None:
         """Why this replica's model could not be prepared (the driver stops the service, as `sdcpu serve` exits);
