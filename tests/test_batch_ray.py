@@ -14,7 +14,7 @@ from PIL import Image
 from images import REMADE_ALONE_LEVELS, level_difference
 from raycluster import MARK, local_cluster
 from machines import machine
-from sdcpu import batch, ray_shares
+from sdcpu import batch, batch_ray, ray_shares, recipes
 from sdcpu.commands import batch as commands_batch
 from sdcpu.cli import main
 from test_batch import ROWS, SRC, TINY, manifest, write_jobs
@@ -130,3 +130,10 @@ def test_without_ray_the_error_names_the_install_command(tmp_path):
     assert done.stderr.strip().splitlines()[-1].startswith("sdcpu batch: error: --ray needs Ray")
     assert done.stderr.rstrip().endswith(": pip install -e '.[ray]'")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_actor_runs_its_cores_threads_even_where_the_driver_has_fewer_cpus():
+    """On a cluster the driver (here a canned 2-CPU machine) makes the actors' environment for nodes that may have
+    more CPUs: 8 threads per actor is their share there, not refused as more than the driver's CPUs."""
+    environ = batch_ray.actor_environ(recipes.parse("openvino=f32"), machine("epyc-2core-avx2"), 8)
+    assert environ["OMP_NUM_THREADS"] == "8"

@@ -104,10 +104,11 @@ def _shape(job):
 
 def actor_environ(recipe, cpu, cores: int) -> dict[str, str]:
     """The variables each actor starts with: its recipe's launch plan (allocator, OpenMP runtime) for one process of
-    CORES threads, the user's own values kept as the plan keeps them."""
-    options = dataclasses.replace(recipes.launch_options(recipe), threads=cores, instances=1, pin=False)
+    CORES threads, the user's own values kept as the plan keeps them. The plan is made on this machine (the driver's),
+    which on a cluster may have fewer CPUs than an actor's node: its thread count is set to CORES after."""
+    options = dataclasses.replace(recipes.launch_options(recipe), threads=None, instances=1, pin=False)
     plan = relaunch.instance_plans(options, cpu)[0]
-    return {**plan.kept, **plan.env}
+    return {**plan.kept, **plan.env, "OMP_NUM_THREADS": str(cores)}
 
 
 class Actor:

@@ -48,11 +48,12 @@ class Replica:
     """One replica: its share of the node's cores, one warm pipeline, the app of `sdcpu serve`."""
 
     def __init__(self, args, spec, recipe, cores: int):
-        self.share = ray_shares.claim(hardware.detect(), cores)
+        cpu = hardware.detect()
+        self.share = ray_shares.claim(cpu, cores)
         if self.share:  # None where every share is taken: that replica runs unpinned
             ray_shares.pin(self.share[1])
             log.info("replica pinned to CPUs %s", hardware.format_cpu_list(self.share[1]))
-        self.worker, self.asgi = service.build(args, spec, recipe, hardware.detect(), on_fatal=lambda _: None)
+        self.worker, self.asgi = service.build(args, spec, recipe, cpu, on_fatal=lambda _: None)
 
     def __serve_build_asgi_app__(self):
         return self.asgi
