@@ -18,13 +18,12 @@ from pathlib import Path
 from sdcpu import batch, batch_make, hardware, ray_shares, recipes, relaunch
 from sdcpu.errors import UsageError
 
-LOCAL = "local"  # --ray without an address: ray.init's own word for a Ray started here
 INSTALL = "pip install -e '.[ray]'"
 
 
 @dataclass(frozen=True)
 class RayOptions:
-    address: str  # LOCAL or a cluster's HOST:PORT
+    address: str  # ray_shares.LOCAL or a cluster's HOST:PORT
     actors: int | None  # None: the cluster's CPUs / cores_per_actor
     cores_per_actor: int
 
@@ -57,7 +56,7 @@ def rows(options: RayOptions, spec, recipe, cpu, images, folder: Path, max_batch
     """Start or join Ray and check the actor pool fits the cluster (here, before the manifest sees anything); then the
     manifest rows of IMAGES (job, seed), as the actors make them (Ray is shut down when they end)."""
     ray = _import_ray()
-    local = options.address == LOCAL
+    local = options.address == ray_shares.LOCAL
     ray.init(address=options.address, num_cpus=len(cpu.usable_physical_cores) if local else None,
              include_dashboard=False if local else None, logging_level=logging.WARNING,
              log_to_driver=logging.getLogger().isEnabledFor(logging.DEBUG))  # the actors' output: with -v

@@ -1,6 +1,7 @@
 """A Ray worker process's share of its node's physical cores (`batch --ray`'s actors, `serve --ray`'s replicas): the
 shares are the pinned instances of the launch plan (as `serve --instances` splits the cores), each claimed with an
-flock the kernel releases when its holder dies, so a restarted actor or replica takes the share its predecessor had."""
+flock the kernel releases when its holder dies, so a restarted actor or replica takes the share its predecessor had.
+Also the word both commands' `--ray` takes for a Ray started on this machine."""
 
 import fcntl
 import os
@@ -8,6 +9,8 @@ import tempfile
 from pathlib import Path
 
 from sdcpu import launcher
+
+LOCAL = "local"  # --ray without an address (batch and serve): ray.init's own word for a Ray started here
 
 
 def claim(cpu, cores: int, folder: Path | None = None):

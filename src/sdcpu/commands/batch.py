@@ -6,7 +6,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sdcpu import auto, batch, batch_make, batch_ray, generate, hardware, models, recipes, relaunch, schedulers
+from sdcpu import (auto, batch, batch_make, batch_ray, generate, hardware, models, ray_shares, recipes, relaunch,
+                   schedulers)
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
 
@@ -32,7 +33,7 @@ def register(sub):
                    help="images of the same size, steps, guidance and scheduler per pipeline call (default 1)")
     p.add_argument("--strict", action="store_true", help="refuse the whole file if any row is bad (exit 2)")
     p.add_argument("--trust-pickle", action="store_true", help="allow pickle checkpoints (they can run code)")
-    p.add_argument("--ray", nargs="?", const=batch_ray.LOCAL, metavar="ADDRESS",
+    p.add_argument("--ray", nargs="?", const=ray_shares.LOCAL, metavar="ADDRESS",
                    help="run on Ray Data: alone, a Ray started on this machine; ADDRESS (HOST:PORT): a running "
                         "cluster's head (needs pip install -e '.[ray]')")
     p.add_argument("--actors", type=int, help="with --ray: actors, each with one pipeline (default: the cluster's "

@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 
-from sdcpu import auto, generate, hardware, launcher, models, recipes, relaunch
+from sdcpu import auto, generate, hardware, launcher, models, ray_shares, recipes, relaunch
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
 from sdcpu.instances import run_instances
@@ -52,7 +52,7 @@ def register(sub):
                         "share of the cores with its own copy of the model; /metrics counts per instance (default 1)")
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set on each of --instances' copies
     ray = p.add_argument_group("Ray Serve (sdcpu.serve.ray_deploy)")
-    ray.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+    ray.add_argument("--ray", nargs="?", const=ray_shares.LOCAL, metavar="ADDRESS",
                      help="serve as a Ray Serve application: alone, on a Ray started here for this machine's cores; "
                           "with ADDRESS (host:port of a head node, or auto), on that cluster")
     ray.add_argument("--replicas", type=int, metavar="N", help="with --ray: N replicas, each a warm pipeline (default 1)")

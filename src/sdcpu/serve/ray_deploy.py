@@ -86,7 +86,7 @@ def run(args, spec, recipe, cpu) -> int:
     """Deploy the replicas, print where they listen, wait for SIGTERM/SIGINT or `serve shutdown`; 0 once drained."""
     options = deployment_options(args, len(cpu.usable_physical_cores))
     cores, most = options["ray_actor_options"]["num_cpus"], args.max_replicas or args.replicas or 1
-    local = args.ray == "local"
+    local = args.ray == ray_shares.LOCAL
     if local and cores * most > len(cpu.usable_physical_cores):
         raise UsageError(f"{most} replicas x {cores} cores need {cores * most} physical cores; this machine has "
                          f"{len(cpu.usable_physical_cores)} usable (give --cores-per-replica or fewer replicas)")
