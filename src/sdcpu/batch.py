@@ -225,6 +225,13 @@ def reported(rows: list[dict]) -> set[int]:
     return {r["line"] for r in rows if r["status"] == "error" and r["seed"] is None}
 
 
+def shape(job: Job, call_defaults: dict | None = None) -> tuple:
+    """What images must share to share a pipeline call: size, steps and guidance (the unset ones from CALL_DEFAULTS,
+    steps_base.defaults: where no pipeline is loaded, as on Ray's driver, 20 and 7.5), and the scheduler."""
+    request = job.request(job.seed, call_defaults)
+    return request.width, request.height, request.steps, request.guidance, job.scheduler
+
+
 def groups(images: list[tuple[Job, int]], max_batch: int, shape) -> list[list[tuple[Job, int]]]:
     """IMAGES in pipeline calls of up to MAX_BATCH images of one SHAPE(job) (size, steps, guidance, scheduler), in
     the order each shape first appears."""

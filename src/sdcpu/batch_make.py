@@ -25,9 +25,7 @@ class Maker:
             self.warmup_seconds = generate.run(self.pipe, request).seconds
 
     def shape(self, job):
-        """What images must share to share a call: size, steps, guidance, scheduler."""
-        request = job.request(job.seed, self.call_defaults)
-        return request.width, request.height, request.steps, request.guidance, job.scheduler
+        return batch.shape(job, self.call_defaults)
 
     def rows(self, images, max_batch: int):
         """Make IMAGES (job, seed) in calls of up to MAX_BATCH; yield each image's manifest row once its PNG is written

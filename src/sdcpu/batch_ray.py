@@ -82,7 +82,7 @@ def _results(ray, actors, cores, environ, spec, recipe, images, folder, max_batc
         if not logging.getLogger().isEnabledFor(logging.DEBUG):  # Ray Data logs each execution at INFO; -v shows it
             logging.getLogger("ray.data").setLevel(logging.ERROR)
         # same-shape images next to each other, so a batch of MAX_BATCH rows is mostly one pipeline call
-        ordered = [image for group in batch.groups(images, max_batch, _shape) for image in group]
+        ordered = [image for group in batch.groups(images, max_batch, batch.shape) for image in group]
         dataset = ray.data.from_items([{"job": json.dumps(dataclasses.asdict(job)), "seed": seed}
                                        for job, seed in ordered], override_num_blocks=len(ordered))
         made = dataset.map_batches(
@@ -95,10 +95,6 @@ def _results(ray, actors, cores, environ, spec, recipe, images, folder, max_batc
         batch.remove_parts(folder)  # a temporary PNG an actor left as it died (none writes now)
     finally:
         ray.shutdown()
-
-
-def _shape(job):
-    return job.size, job.steps, job.guidance, job.scheduler
 
 
 def actor_environ(recipe, cpu, cores: int) -> dict[str, str]:

@@ -140,8 +140,9 @@ class Service:
     async def run(self, job: schemas.Job, request: Request) -> tuple[list[str], dict]:
         return await self.answer(job, self.submit(job), request)
 
-    async def _unless_gone(self, future: Future, request: Request) -> Done:
-        """FUTURE's result, unless REQUEST's client disconnects first: then its job is cancelled, ClientGone."""
+    async def _unless_gone(self, future: Future, request: Request | None) -> Done:
+        """FUTURE's result, unless REQUEST's client disconnects first: then its job is cancelled, ClientGone (None: not
+        watched)."""
         made = asyncio.wrap_future(future)
         if request is None:
             return await made

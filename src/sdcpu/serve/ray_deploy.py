@@ -64,9 +64,14 @@ class Replica:
         return self.worker.state.removeprefix("failed: ") if self.worker.state.startswith("failed") else None
 
 
+def _most_replicas(args) -> int:
+    """The replicas there may be at once: --max-replicas when autoscaling, else --replicas (default 1)."""
+    return args.max_replicas or args.replicas or 1
+
+
 def deployment_options(args, usable_cores: int) -> dict:
     """The Ray Serve deployment options of ARGS: replicas or autoscaling bounds, each replica's cores, the limits."""
-    most = args.max_replicas or args.replicas or 1
+    most = _most_replicas(args)
     cores = args.cores_per_replica or max(1, usable_cores // most)
     admitted = args.max_batch + args.max_queue + HEADROOM
     scaling = ({"autoscaling_config": {"min_replicas": args.min_replicas or 1, "max_replicas": args.max_replicas,
@@ -85,7 +90,7 @@ def _logging(args) -> dict:
 def run(args, spec, recipe, cpu) -> int:
     """Deploy the replicas, print where they listen, wait for SIGTERM/SIGINT or `serve shutdown`; 0 once drained."""
     options = deployment_options(args, len(cpu.usable_physical_cores))
-    cores, most = options["ray_actor_options"]["num_cpus"], args.max_replicas or args.replicas or 1
+    cores, most = options["ray_actor_options"]["num_cpus"], _most_replicas(args)
     local = args.ray == ray_shares.LOCAL
     if local and cores * most > len(cpu.usable_physical_cores):
         raise UsageError(f"{most} replicas x {cores} cores need {cores * most} physical cores; this machine has "
