@@ -1,4 +1,12 @@
+import importlib.util
+import os
+
 import pytest
+
+# A test never reaches the network, wherever it runs. Set before any test module imports huggingface_hub (at collection, through diffusers), which reads this once at import:
+# set later, it would leave the hub online, and a test asking for a model it does not have would try the network
+# (23 s of retries in test_algorithms' tiny-vae refusal).
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -7,7 +15,6 @@ def sdcpu_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("sdcpu-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SDCPU_HOME", str(home))
-        mp.setenv("HF_HUB_OFFLINE", "1")  # a test never reaches the network, wherever it runs
         yield home
 
 
@@ -20,10 +27,21 @@ def tiny_pipe(sdcpu_home):
 
 @pytest.fixture(scope="module")
 def server(sdcpu_home):
-    """A live `sdcpu serve` on random:tiny with its default options, one per test module (a module needing options
-    defines its own `server`)."""
-    from serving import Server
+    """A live service of `sdcpu serve` on random:tiny with its default options, in this process, one per test module
+    (a module needing options defines its own `server`)."""
+    from serving import InProcess
 
-    live = Server(home=sdcpu_home)
+    live = InProcess()
     yield live
     assert live.stop() == 0
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """installed(*modules): only these of openvino and nncf can be imported (auto's rules read what is installed)."""
+    find_spec = importlib.util.find_spec
+
+    def only(*modules):
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name: (
+            None if name in ("openvino", "nncf") and name not in modules else find_spec(name)))
+    return only

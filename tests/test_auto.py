@@ -2,7 +2,6 @@
 with openvino and nncf present or not. Each expected recipe is the one auto_rules says measured fastest there."""
 
 import dataclasses
-import importlib.util
 
 import pytest
 
@@ -11,19 +10,7 @@ from sdcpu import auto, auto_rules, hardware, steps
 
 LIBS = {"jemalloc": "/usr/lib/libjemalloc.so.2", "tcmalloc": "/usr/lib/libtcmalloc.so.4", "iomp": "/venv/lib/libiomp5.so"}
 NUMACTL = frozenset({"numactl"})
-GRAVITON2 = dataclasses.replace(machine("graviton3-aarch64"), flags=frozenset({"asimd", "asimddp"}))  # no BF16
 AVX2_24G = dataclasses.replace(machine("epyc-2core-avx2"), memory_bytes=24 * 2**30)  # issue 13's EPYC
-
-
-@pytest.fixture
-def installed(monkeypatch):
-    """installed(*modules): only these of openvino and nncf can be imported."""
-    find_spec = importlib.util.find_spec
-
-    def only(*modules):
-        monkeypatch.setattr(importlib.util, "find_spec", lambda name: (
-            None if name in ("openvino", "nncf") and name not in modules else find_spec(name)))
-    return only
 
 
 def recipes_of(cpu, **kwargs) -> tuple[str, str, str]:
@@ -36,7 +23,7 @@ def recipes_of(cpu, **kwargs) -> tuple[str, str, str]:
     (machine("epyc-zen4-2core-avx512bf16"), "openvino=f32", "openvino=bf16", "openvino=bf16,tiny-vae"),  # 8 GiB
     (machine("this-kvm-xeon-amx"), "openvino=f32", "iomp,openvino=bf16", "iomp,openvino=bf16,int8,tiny-vae"),
     (machine("graviton3-aarch64"), "baseline", "bf16", "bf16,deepcache=2,tiny-vae"),
-    (GRAVITON2, "baseline", "baseline", "deepcache=2,tiny-vae"),
+    (machine("graviton2-aarch64"), "baseline", "baseline", "deepcache=2,tiny-vae"),
 ])
 def test_each_class_takes_what_measured_fastest_there_with_openvino(installed, cpu, exact, high, fast):
     installed("openvino", "nncf")
@@ -62,6 +49,15 @@ def test_a_long_running_server_compiles_where_openvino_is_missing(installed):
     assert recipes_of(AVX2_24G, long_running=True)[0] == "openvino=f32"  # faster than compile, and no 4-minute wait
 
 
+def test_a_long_running_server_on_zen4_compiles_torch_bf16_where_openvino_is_missing(installed):
+    zen4 = machine("this-kvm-epyc-zen4-avx512bf16")
+    installed()
+    assert recipes_of(zen4, long_running=True) == ("compile", "bf16,compile", "bf16,deepcache=2,tiny-vae")
+    assert recipes_of(zen4)[:2] == ("baseline", "bf16")  # a one-shot process never waits for the compile
+    installed("openvino", "nncf")
+    assert recipes_of(zen4, long_running=True) == recipes_of(zen4)  # OpenVINO bf16 tied it, without the compile
+
+
 def test_int8_needs_nncf_and_the_memory_of_its_quantization(installed):
     installed("openvino", "nncf")
     recipe, reasons = auto.recipe(machine("epyc-2core-avx2"), {}, quality="fast", libs=LIBS, tools=NUMACTL)  # 8 GiB
@@ -70,6 +66,21 @@ def test_int8_needs_nncf_and_the_memory_of_its_quantization(installed):
     installed("openvino")
     recipe, reasons = auto.recipe(AVX2_24G, {}, quality="fast", libs=LIBS, tools=NUMACTL)
     assert str(recipe) == "openvino=f32,tiny-vae" and any("nncf not installed" in r for r in reasons)
+
+
+def reduced_precision(recipe) -> bool:
+    """The recipe computes in bf16: torch's bf16 step, or OpenVINO at bf16."""
+    return bool(recipe.get("bf16")) or getattr(recipe.get("openvino"), "value", None) == "bf16"
+
+
+@pytest.mark.parametrize("modules", [("openvino", "nncf"), ()])
+@pytest.mark.parametrize("name", NAMES)
+def test_bf16_at_high_and_fast_exactly_where_the_cpu_has_it_natively_never_at_exact(installed, name, modules):
+    installed(*modules)
+    cpu = machine(name)
+    exact, high, fast = (auto.recipe(cpu, {}, quality=q, libs=LIBS, tools=NUMACTL)[0] for q in auto.QUALITIES)
+    assert not reduced_precision(exact)
+    assert reduced_precision(high) == reduced_precision(fast) == cpu.native_bf16
 
 
 @pytest.mark.parametrize("name", NAMES)

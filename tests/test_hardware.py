@@ -4,7 +4,7 @@ import os
 import pytest
 
 from machines import NAMES, machine
-from sdcpu import hardware
+from sdcpu import auto_rules, hardware
 from sdcpu.hardware import format_cpu_list, parse_cpu_list, parse_cpu_max, parse_topology
 
 # name: (arch, vendor, model, sockets, physical cores, logical CPUs, threads/core, NUMA nodes, usable physical cores,
@@ -28,11 +28,22 @@ EXPECTED = {
                          "0,2,4,6,8,10,12-19", False, {"avx2", "fma", "avx_vnni"}, {"avx512f", "amx_bf16"}, 16),
     "this-kvm-xeon-amx": ("x86_64", "GenuineIntel", "Intel(R) Xeon(R) Processor", 1, 2, 2, 1, 1, "0-1", True,
                           {"avx512f", "avx512_bf16", "amx_bf16", "amx_int8", "amx_tile", "avx_vnni"}, set(), 24),
+    "this-kvm-epyc-zen4-avx512bf16": ("x86_64", "AuthenticAMD", "AMD EPYC", 1, 2, 2, 1, 1, "0-1", True,
+                                      {"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, {"amx_bf16", "avx_vnni"}, 24),
+    "graviton2-aarch64": ("aarch64", "ARM", "Neoverse-N1", 1, 16, 16, 1, 1, "0-15", False, {"asimd", "asimddp"},
+                          {"bf16", "sve"}, 32),
+    "xeon-e5-2core-avx": ("x86_64", "GenuineIntel", "Intel(R) Xeon(R) CPU E5-2670 0 @ 2.60GHz", 1, 2, 2, 1, 1, "0-1",
+                          False, {"avx"}, {"avx2", "fma", "avx512f"}, 8),
 }
 
 
 def test_every_fixture_has_expectations():
     assert sorted(EXPECTED) == NAMES
+
+
+def test_every_cpu_class_has_a_fixture():
+    """So that the class rules run on every class, whatever machine the tests run on."""
+    assert {auto_rules.classify(machine(name)) for name in NAMES} == set(auto_rules.CLASSES)
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
