@@ -35,6 +35,11 @@ AVX512_INT8 = ("on the AVX-512 Xeon (VNNI), A B A B: +int8 1.50x and 1.75x over 
                "1.62 and 1.50 s per call), 39.8 dB; with tiny-vae 3.70 vs 10.70 s/image for vanilla (2.89x)")
 AVX512_SYSTEM = "jemalloc,iomp,pin 0.86x and tcmalloc,iomp,pin 1.10x on the AVX-512 Xeon"
 
+# This project's runs on the Zen 4 EPYC (2-core KVM, AVX512_BF16 without AMX), 2026-12-03, BENCHMARKS.md.
+ZEN4_RUNS = ("`sdcpu bench --model random:sd15 --preset quick` with baseline, auto:exact, auto and auto:fast, once with "
+             "torch bf16 (issue 25) and once with bf16,compile beside them")
+ZEN4_COMPILE = "bf16,compile 7.39 vs OpenVINO bf16 7.77 s/image in one run (UNet 1.13 vs 1.19 s a call)"
+
 EAGER = Candidate("", "fp32 eager: nothing measured faster without openvino (pip install -c constraints.txt openvino)")
 # Without OpenVINO (or for `high` on a class without native bf16) a long-running server compiles the fp32 UNet once.
 COMPILE = Candidate("compile", "compile (inductor, fp32): +compile 1.45x over the system rung in the AVX2 EPYC's full "
@@ -86,20 +91,31 @@ CLASSES = {
         ),
     ),
     "avx512_bf16": CpuClass(
-        "avx512_bf16", "AVX512_BF16 without AMX (Zen 4, Cooper Lake): no sdcpu measurement on this class; bf16 is "
-        "native (OpenVINO's CPU plugin takes bf16 as its default precision where AVX512_BF16 is present), the fp32 "
-        "rules are those of AVX-512 without bf16",
-        exact=_NO_BF16["exact"],
+        "avx512_bf16", "AVX512_BF16 without AMX (Zen 4, Cooper Lake): measured on a 2-core KVM EPYC (Zen 4), "
+        f"2026-12-03, in two runs: {ZEN4_RUNS}",
+        exact=(
+            Candidate("openvino=f32", "OpenVINO f32: exact (86.8 dB vs fp32 eager); 15.90 vs 22.61 s/image (1.42x) and "
+                      "13.41 vs 24.12 s (1.80x) on the Zen 4 EPYC", needs=("openvino",)),
+            COMPILE, EAGER,
+        ),
         high=(
-            Candidate("openvino=bf16", "OpenVINO bf16: native bf16 dot products; on AMX OpenVINO bf16 measured 1.5x "
-                      "torch bf16", needs=("openvino",)),
-            Candidate("bf16", "torch bf16: native bf16 dot products (AVX512_BF16)"),
+            Candidate("openvino=bf16", "OpenVINO bf16 (native AVX512_BF16 dot products): 7.77 vs 22.61 s/image (2.91x) "
+                      "and 7.17 vs 24.12 s (3.36x) on the Zen 4 EPYC, 48.5 dB, peak RSS 4.45 GiB; in serve too: torch "
+                      f"{ZEN4_COMPILE} is a tie inside the VMs' spread after 160 s of compiling in each process, at "
+                      "5.50 GiB", needs=("openvino",)),
+            Candidate("bf16,compile", f"torch {ZEN4_COMPILE}: 3.06x vanilla on the Zen 4 EPYC, after 160 s of "
+                      "compiling in each process: only where one process serves many images", long_running=True),
+            Candidate("bf16", "torch bf16: 11.14 vs 24.12 s/image (2.17x) on the Zen 4 EPYC"),
         ),
         fast=(
-            Candidate("openvino=bf16,int8,tiny-vae", "int8 and tiny-vae on OpenVINO: as on AMX and AVX2, where both "
-                      "measured faster", needs=("openvino", "nncf"), min_memory_gib=INT8_MEMORY_GIB),
-            Candidate("openvino=bf16,tiny-vae", "tiny-vae on OpenVINO bf16", needs=("openvino",)),
-            Candidate("bf16,deepcache=2,tiny-vae", "deepcache=2 and tiny-vae on torch bf16"),
+            Candidate("openvino=bf16,int8,tiny-vae", "int8 and tiny-vae on OpenVINO bf16: 4.10 vs 22.61 s/image "
+                      "(5.52x) and 4.87 vs 24.12 s (4.95x) on the Zen 4 EPYC, peak RSS 4.45 GiB; the first run "
+                      "quantizes the UNet once (556-689 s there, kept on disk)",
+                      needs=("openvino", "nncf"), min_memory_gib=INT8_MEMORY_GIB),
+            Candidate("openvino=bf16,tiny-vae", "tiny-vae on OpenVINO bf16 (int8 needs nncf and "
+                      f"{INT8_MEMORY_GIB} GiB for its one-time quantization)", needs=("openvino",)),
+            Candidate("bf16,deepcache=2,tiny-vae", "deepcache=2 and tiny-vae on torch bf16 (deepcache=2 measured "
+                      "1.43x on AMX; not measured on this class)"),
         ),
     ),
     "avx512": CpuClass(
