@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from machines import machine
+from machines import NAMES, machine
+from sdcpu import auto_rules, recipes
 from sdcpu.bench import inputs, ladders, peers, report, runner
 from sdcpu.cli import main
-from sdcpu import recipes
 from sdcpu.errors import UsageError
 from sdcpu.generate import Request
 
@@ -82,18 +82,32 @@ def test_recipes_option_refuses_a_bad_recipe_before_running():
         ladders.parse_recipes("baseline;auto:turbo")
 
 
-@pytest.mark.parametrize("name, framework", [
-    ("spr-2s-amx", "jemalloc,iomp,pin,channels_last,bf16,compile"),  # the seed's own rung where bf16 is native
-    ("epyc-2core-avx2", "iomp,pin,openvino=f32"),  # fp32 inductor compiles ~4 minutes: OpenVINO f32 instead
-    ("kvm-xeon-avx512-noamx", "iomp,pin,openvino=f32"),
-])
-def test_seed_ladder_adapts_its_framework_rung_to_the_cpu(name, framework):
+# The seed's framework rung by class, with and without OpenVINO: what auto's rules take at `high` in a one-shot process
+# beside the system rung's steps (OpenVINO without the preloaded allocator it aborts beside); never the seed's bf16 +
+# compile, whose inductor compile takes minutes in each process.
+SEED_FRAMEWORK = {
+    "amx": ("iomp,pin,openvino=bf16", "jemalloc,iomp,pin,bf16"),
+    "avx512_bf16": ("iomp,pin,openvino=bf16", "jemalloc,iomp,pin,bf16"),
+    "avx512": ("iomp,pin,openvino=f32", "jemalloc,iomp,pin"),
+    "avx2": ("iomp,pin,openvino=f32", "jemalloc,iomp,pin"),
+    "aarch64_bf16": ("jemalloc,iomp,pin,bf16", "jemalloc,iomp,pin,bf16"),
+    "aarch64": ("jemalloc,iomp,pin", "jemalloc,iomp,pin"),
+    "x86": ("jemalloc,iomp,pin", "jemalloc,iomp,pin"),
+}
+
+
+@pytest.mark.parametrize("openvino", [True, False])
+@pytest.mark.parametrize("name", NAMES)
+def test_seed_ladder_adapts_its_framework_rung_to_the_cpu(installed, name, openvino):
+    installed(*(("openvino", "nncf") if openvino else ()))
+    framework = SEED_FRAMEWORK[auto_rules.classify(machine(name))][0 if openvino else 1]
     rungs = list(ladders.rungs("seed", machine(name)))
     assert [(r.name, r.recipe) for r in rungs] == [
         ("baseline", "baseline"), ("+system", "system"), ("+framework", framework),
         ("+scheduler", f"{framework},scheduler=dpm++")]
     for rung in rungs[1:]:
         assert recipes.parse(rung.recipe)  # a recipe the runner can take
+    assert all("not bf16 + compile" in rung.note for rung in rungs[2:])
 
 
 def test_full_ladder_keeps_a_step_only_when_it_was_faster_and_names_each_rungs_parent():
@@ -207,6 +221,17 @@ def test_report_from_fixture_rows(tmp_path):
     page = paths[2].read_text()
     assert "<img src='ladder.png'>" in page and page.count("<figure>") == sum(
         "median_s" in row for row in report.load(tmp_path / "run"))
+
+
+def test_a_peers_undivided_time_is_one_whole_pipeline_bar_not_other():
+    rows = report.load(FIXTURE)[:2]
+    peer = {key: value for key, value in rows[1].items() if key != "split"}  # a peer's row: no component split
+    parts = report.chart_parts([rows[0], peer])
+    split = rows[0]["split"]
+    assert parts[report.WHOLE] == [0.0, peer["median_s"]] and [values[1] for values in parts.values()].count(0.0) == 4
+    assert parts["UNet"][0] == split["unet_s"] and parts[report.WHOLE][0] == 0.0
+    assert sum(values[0] for values in parts.values()) == pytest.approx(max(rows[0]["median_s"], sum(
+        split[key] for key in ("text_encoder_s", "unet_s", "vae_decode_s"))))  # the bar is the row's time
 
 
 def test_compare_two_runs(tmp_path, capsys):

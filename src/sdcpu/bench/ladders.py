@@ -93,13 +93,9 @@ class Rung:
     recipe: str  # a recipe as `sdcpu generate --recipe` takes it
     peer: str | None = None  # a peer run by its own runner and environment instead of sdcpu's child
     parent: str | None = None  # the rung this one adds a step to (the full ladder): its speedup is shown against it
+    note: str | None = None  # why the rung is what it is on this machine, shown in the report
 
 
-# The seed's framework rung where bf16 is not native: its bf16 would be skipped, leaving an fp32 inductor compile of
-# ~4 minutes per process (246 s on an AVX2 EPYC, twice in the ladder); OpenVINO f32, the write-up's static-shapes
-# path, measured faster there (+openvino 1.61x vs +compile 1.45x vanilla, one run) after a ~1 minute conversion kept
-# on disk. OpenVINO cannot sit beside a preloaded allocator: the rung keeps the system rung's OpenMP and pinning.
-FRAMEWORK_WITHOUT_BF16 = "iomp,pin,openvino=f32"
 STATIC = {
     "peers": (
         Rung("diffusers eager (peer)", "baseline"),
@@ -168,12 +164,28 @@ def rungs(ladder: str | tuple[Rung, ...], cpu):
 
 
 def _seed(cpu):
-    """The seed's rungs, cumulative, adapted to CPU: bf16 and inductor where bf16 is native, else OpenVINO f32."""
+    """The seed's rungs, cumulative, adapted to CPU. Its framework rung (IPEX bf16 + channels_last, then a compiled
+    UNet) is, on every class, what auto's rules take at `high` for a one-shot process on top of the system rung: an
+    fp32 or bf16 inductor compile costs 1.5-4 minutes in every process (232 s on a Zen 4 EPYC, 246 s on an AVX2 one,
+    twice in the ladder) and measured slower than OpenVINO (Zen 4: 7.95 s vs 7.17 s/image for OpenVINO bf16), whose
+    conversion is kept on disk. The rung's note says so."""
     yield Rung("baseline", "baseline")
     yield Rung("+system", "system")
-    framework = recipes.NAMED["framework"] if cpu.native_bf16 else FRAMEWORK_WITHOUT_BF16
-    yield Rung("+framework", framework)
-    yield Rung("+scheduler", f"{framework},scheduler=dpm++")
+    framework, why = seed_framework(cpu)
+    note = f"the seed's framework rung on this class: {why}"
+    yield Rung("+framework", framework, note=note)
+    yield Rung("+scheduler", f"{framework},scheduler=dpm++", note=note)
+
+
+def seed_framework(cpu) -> tuple[str, str]:
+    """(the seed's framework rung on CPU, why): the system rung's steps that can sit beside what auto's rules take at
+    `high` in a one-shot process (OpenVINO cannot sit beside a preloaded allocator), then those steps."""
+    chosen, reasons = auto.choose(cpu, "high")
+    names = {step.name for step in chosen.steps}
+    system = [s for s in recipes.NAMED["system"].split(",") if not recipes.conflict({s, *names})]
+    taken = [str(step) for step in chosen.steps if step.name not in system]
+    why = next(reason for reason in reasons if reason.startswith("high: "))[len("high: "):]
+    return ",".join(system + taken), f"{why} (not bf16 + compile: minutes of inductor compiling in each process)"
 
 
 def _full():

@@ -103,7 +103,8 @@ def cells(row: dict, base: dict, parent: dict) -> list[str]:
 
 
 def notes(row: dict) -> list[str]:
-    found = [f"{s['step']} skipped: {s['detail']}" for s in row.get("steps", ()) if not s["applied"]]
+    found = [row["note"]] if row.get("note") else []
+    found += [f"{s['step']} skipped: {s['detail']}" for s in row.get("steps", ()) if not s["applied"]]
     found += [f"launcher: {m} not applied" for m in (row.get("launch") or {}).get("missing", ())]
     found += [f"verify: {f}" for f in (row.get("verify") or {}).get("failures", ())]
     if any(s["applied"] and s["step"].startswith("deepcache=") and s["step"] != "deepcache=1"
@@ -142,8 +143,25 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+WHOLE = "whole pipeline"  # a row timed as one call (a peer's runner), not divided into components
+
+
+def chart_parts(rows: list[dict]) -> dict[str, list[float]]:
+    """Each bar's parts, by name: the text encoder, UNet and VAE decode of a row that measured them, with its rest
+    (scheduler, pre/post-processing) as "other"; a row without a split (a peer) is one undivided part."""
+    parts = {"text encoder": [], "UNet": [], "VAE decode": [], "other": [], WHOLE: []}
+    for row in rows:
+        split = row.get("split") or {}
+        known = [split.get("text_encoder_s", 0.0), split.get("unet_s", 0.0), split.get("vae_decode_s", 0.0)]
+        rest = max(0.0, row["median_s"] - sum(known))
+        values = [*known, rest, 0.0] if split else [0.0, 0.0, 0.0, 0.0, row["median_s"]]
+        for name, value in zip(parts, values):
+            parts[name].append(value)
+    return parts
+
+
 def chart(rows: list[dict], path: Path) -> None:
-    """Stacked bars of s/image per rung: text encoder, UNet, VAE decode, the rest (scheduler, pre/post-processing)."""
+    """Stacked bars of s/image per rung (`chart_parts`), a note under them where a bar is one undivided call."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,12 +169,7 @@ def chart(rows: list[dict], path: Path) -> None:
 
     done = [row for row in rows if "median_s" in row]
     labels = [f"{row['index'] + 1}. {row['rung']}" for row in done]
-    parts = {"text encoder": [], "UNet": [], "VAE decode": [], "other": []}
-    for row in done:
-        split = row.get("split") or {}
-        known = [split.get("text_encoder_s", 0.0), split.get("unet_s", 0.0), split.get("vae_decode_s", 0.0)]
-        for name, value in zip(parts, [*known, max(0.0, row["median_s"] - sum(known))]):
-            parts[name].append(value)
+    parts = chart_parts(done)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(done)), 4.5))
     bottom = [0.0] * len(done)
     for name, values in parts.items():
@@ -170,6 +183,8 @@ def chart(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("seconds per image (medians of each part)")
     ax.margins(y=0.12)  # room for the labels above the tallest bar
     ax.legend()
+    if any(parts[WHOLE]):
+        fig.text(0.01, 0.01, f"{WHOLE}: a peer's runner times its whole call, not each component", fontsize=8)
     plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -46,7 +46,7 @@ def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> li
     with open(out / RESULTS, "w") as results:
         while True:
             row = {"index": len(rows), "rung": rung.name, "recipe": rung.recipe, "peer": rung.peer, "parent": rung.parent,
-                   **context}
+                   **({"note": rung.note} if rung.note else {}), **context}
             row.update(run_rung(rung, row, protocol, out, cpu, environ, started))
             if "median_s" in row and rows and "median_s" in rows[0]:
                 row["fidelity"] = compare(row, rows[0], out)
