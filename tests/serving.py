@@ -1,10 +1,13 @@
-"""A live `sdcpu serve` on random:tiny for the serve tests: started as a subprocess on a free loopback port."""
+"""A live `sdcpu serve` on random:tiny for the serve tests, on a free loopback port: `Server`, the command as a
+subprocess (what signals, --instances and the process's exit need), or `InProcess`, the same service on a real socket
+served by uvicorn on a thread of the test process (the HTTP surface, with no interpreter to start)."""
 
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +46,39 @@ class Server:
         if self.proc.poll() is None:
             self.proc.terminate()
         return self.proc.wait(timeout=60)
+
+
+class InProcess:
+    """The service `sdcpu serve ARGS` runs (serve.service.build, as the command and each Ray replica build it), served
+    by uvicorn on a thread; ready once /health says so."""
+
+    def __init__(self, *args: str):
+        import uvicorn
+
+        from sdcpu import hardware, models, recipes
+        from sdcpu.cli import build_parser
+        from sdcpu.serve import service
+
+        options = build_parser().parse_args(["serve", "--model", "random:tiny", "--recipe", "baseline",
+                                             "--warmup-size", "64x64", *args])
+        worker, app = service.build(options, models.parse_spec(options.model), recipes.parse(options.recipe),
+                                    hardware.detect(), on_fatal=lambda error: setattr(self.server, "should_exit", True))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))  # off the main thread: no signals
+        sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 120
+        while not worker.ready:
+            assert self.thread.is_alive() and not worker.state.startswith("failed"), worker.state
+            assert time.monotonic() < deadline, "the service did not get ready"
+            time.sleep(0.05)
+
+    def stop(self) -> int:
+        """Shut down as uvicorn does on a signal (requests in flight finish, the worker closes); 0 when it did."""
+        self.server.should_exit = True
+        self.thread.join(timeout=60)
+        return int(self.thread.is_alive())
 
 
 def free_port() -> int:

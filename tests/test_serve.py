@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference
-from serving import Server, counter, free_port, load_benchmark
+from serving import InProcess, Server, counter, free_port, load_benchmark
 from sdcpu.cli import main
 
 KEY = "test-key"
@@ -24,7 +24,7 @@ TINY = {"width": 64, "height": 64, "steps": 2}
 
 @pytest.fixture(scope="module")
 def server(sdcpu_home):
-    live = Server("--api-key", KEY, "--max-queue", "4", home=sdcpu_home)
+    live = InProcess("--api-key", KEY, "--max-queue", "4")
     yield live
     assert live.stop() == 0
 
@@ -151,10 +151,13 @@ def test_bounded_load_every_request_answered_200_or_503_and_metrics_agree(server
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(sdcpu_home):
     live = Server("--drain-seconds", "300", home=sdcpu_home)  # the default 30 s may not be enough on a busy machine
-    body = {"prompt": "x", "width": 128, "height": 128, "steps": 40}
+    body = {"prompt": "x", "width": 64, "height": 64, "steps": 100}  # 100 steps of 20-100 ms on 2 cores
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, f"{live.url}/sdapi/v1/txt2img", json=body, timeout=300)
-        time.sleep(1.0)  # the request is running
+        progress = f"{live.url}/sdapi/v1/progress?skip_current_image=true"
+        while httpx.get(progress).json()["state"]["sampling_step"] < 1:  # the request is running
+            assert not pending.done(), pending.result().text
+            time.sleep(0.02)
         live.proc.send_signal(signal.SIGTERM)
         assert not pending.done()
         deadline = time.monotonic() + 30
@@ -179,17 +182,6 @@ def test_an_empty_key_in_the_environment_is_refused(capsys, monkeypatch):
     assert "the API key is empty" in capsys.readouterr().err
 
 
-def test_allowed_host_and_docs_reach_the_server(sdcpu_home):
-    live = Server("--allowed-host", "box.lan", "--docs", home=sdcpu_home)
-    try:
-        assert httpx.get(f"{live.url}/health", headers={"Host": "box.lan:7860"}).status_code == 200
-        refused = httpx.get(f"{live.url}/health", headers={"Host": "rebound.example"})
-        assert refused.status_code == 400 and "--allowed-host" in refused.json()["error"]["message"]
-        assert "/v1/images/generations" in httpx.get(f"{live.url}/openapi.json").json()["paths"]
-    finally:
-        assert live.stop() == 0
-
-
 @pytest.mark.parametrize("args, message", [
     (["--max-queue", "0"], "--max-queue must be at least 1"),
     (["--instances", "2", "--port", "0"], "--instances needs a fixed --port"),
@@ -209,9 +201,10 @@ def test_bad_command_line_is_one_line_and_exit_2(capsys, monkeypatch, args, mess
     assert message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_instances_share_one_port_and_all_drain_on_sigterm(sdcpu_home):
+def test_instances_share_one_port_take_the_command_lines_options_and_all_drain_on_sigterm(sdcpu_home):
+    """The live command, each instance a process of its own: its options reach the server (--allowed-host, --docs)."""
     port = free_port()
-    live = Server("--instances", "2", home=sdcpu_home, port=port)
+    live = Server("--instances", "2", "--allowed-host", "box.lan", "--docs", home=sdcpu_home, port=port)
     pids, deadline = set(), time.monotonic() + 300  # each instance has one core: slow on a busy machine
     while len(pids) < 2:  # each request a new connection: the kernel spreads them over the instances
         assert time.monotonic() < deadline, f"only instance(s) {pids} answered ready"
@@ -222,6 +215,10 @@ def test_instances_share_one_port_and_all_drain_on_sigterm(sdcpu_home):
     assert live.proc.pid not in pids and live.url.endswith(f":{port}")
     answer = httpx.post(f"{live.url}/sdapi/v1/txt2img", json={"prompt": "x", **TINY}, timeout=120)
     assert answer.status_code == 200
+    assert httpx.get(f"{live.url}/health", headers={"Host": "box.lan:7860"}).status_code == 200
+    refused = httpx.get(f"{live.url}/health", headers={"Host": "rebound.example"})
+    assert refused.status_code == 400 and "--allowed-host" in refused.json()["error"]["message"]
+    assert "/v1/images/generations" in httpx.get(f"{live.url}/openapi.json").json()["paths"]
     assert live.stop() == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{live.url}/health", timeout=5)

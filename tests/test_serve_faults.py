@@ -11,7 +11,7 @@ import time
 import httpx2 as httpx
 import pytest
 
-from serving import Server, counter, load_benchmark
+from serving import InProcess, Server, counter, load_benchmark
 
 LONG = {"prompt": "x", "width": 64, "height": 64, "steps": 150, "seed": 4}  # 150 steps of 20-100 ms on 2 cores
 
@@ -45,7 +45,7 @@ def post_and_hang_up(url: str, path: str, body: dict) -> socket.socket:
 
 @pytest.fixture(scope="module")
 def server(sdcpu_home):
-    live = Server("--max-queue", "4", home=sdcpu_home)
+    live = InProcess("--max-queue", "4")
     yield live
     assert live.stop() == 0
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference
 from loras import write_loras
-from serving import Server
+from serving import InProcess
 from sdcpu import load_pipeline, lora
 from sdcpu.serve import a1111_fields, schemas
 
@@ -29,7 +29,7 @@ def lora_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(sdcpu_home, lora_dir):
-    live = Server("--lora-dir", str(lora_dir), home=sdcpu_home)
+    live = InProcess("--lora-dir", str(lora_dir))
     yield live
     assert live.stop() == 0
 

@@ -47,6 +47,20 @@ def test_bf16_applies_only_where_native_unless_forced(reference):
     assert np.abs(image(pipe) - reference).max() < 5e-2
 
 
+def test_compile_wraps_unet_and_decoder_and_the_compiled_decoder_is_exact_and_cached_in_sdcpu_home(sdcpu_home):
+    """The step as it runs, on the VAE decoder alone (its compile: ~30 s on 2 cores); the whole image, UNet included,
+    is the slow test below."""
+    eager = load_pipeline("random:tiny")
+    pipe, outcomes = optimized("channels_last,compile")
+    assert outcomes["compile"].applied and isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
+    latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        compiled, plain = pipe.vae.decode(latents).sample, eager.vae.decode(latents).sample
+    assert np.abs((compiled - plain).numpy()).max() < 2e-4  # [-1, 1] output: the 1e-4 bound on [0, 1] pixels
+    assert any((sdcpu_home / "inductor").iterdir())  # not torch's /tmp default: a second process finds it
+
+
+@pytest.mark.slow  # inductor compiles the tiny UNet: ~70 s on 2 cores, a quarter of the fast suite's budget
 def test_compile_fp32_matches_eager_and_caches_in_sdcpu_home(reference, sdcpu_home):
     pipe, outcomes = optimized("channels_last,compile")
     assert outcomes["compile"].applied
