@@ -7,12 +7,19 @@ import pytest
 # set later, it would leave the hub online, and a test asking for a model it does not have would try the network
 # (23 s of retries in test_algorithms' tiny-vae refusal).
 os.environ["HF_HUB_OFFLINE"] = "1"
+# Ray reads this once too, when first imported, and a test file may import it (through sdcpu) before another's local
+# cluster starts: its drivers join that cluster with token authentication (tests/raycluster.py).
+os.environ["RAY_AUTH_MODE"] = "token"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def sdcpu_home(tmp_path_factory):
-    """Every test builds and caches models in a fresh SDCPU_HOME, never in the user's cache."""
-    home = tmp_path_factory.mktemp("sdcpu-home")
+    """Every test builds and caches models in a fresh SDCPU_HOME, never in the user's cache. pytest-xdist's workers
+    share the run's one, as sdcpu's processes on one machine do: its locks make each model and IR once (a test that
+    must see a first build or conversion makes its own home)."""
+    root = tmp_path_factory.getbasetemp()
+    home = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "sdcpu-home"
+    home.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SDCPU_HOME", str(home))
         yield home

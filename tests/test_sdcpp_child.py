@@ -58,7 +58,7 @@ def run_child(checkpoint: Path, image: Path, weights: str, **protocol) -> tuple[
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # random:sd15 written as one checkpoint, then sd.cpp loads and runs it: minutes on 2 cores
 @needs_sdcpp
 @pytest.mark.parametrize("weights", ["f32", "q8_0"])
 def test_sdcpp_child_loads_the_sd15_checkpoint_and_makes_an_image(tmp_path, weights):
@@ -76,7 +76,7 @@ def test_sdcpp_child_loads_the_sd15_checkpoint_and_makes_an_image(tmp_path, weig
         assert (image.size, image.mode) == ((256, 256), "RGB")
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # random:sd15 in sd.cpp and in diffusers, one step each: a minute or two on 2 cores
 @needs_sdcpp
 def test_sdcpp_euler_image_is_diffusers_own_for_the_seed(tmp_path):
     """The case fidelity_note is None for: random:sd15 with SD-Turbo's Euler (trailing) scheduler, 1 step, no CFG."""

@@ -120,7 +120,7 @@ def rss_bytes(pid: int) -> int:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 1000 requests after 100 of warm-up: about 2 minutes on 2 cores
 def test_a_1000_request_soak_at_8_clients_is_answered_200_or_503_with_rss_flat(sdcpu_home, capsys):
     live = Server("--max-queue", "6", home=sdcpu_home)  # 1 running + 6 waiting: the 8th client gets a 503 at times
     try:

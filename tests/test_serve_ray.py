@@ -44,7 +44,7 @@ def applications(address: str) -> list[str]:
     return json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"'))
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # Ray Serve deploys two replicas, each loading its model: a minute or more on 2 cores
 def test_both_apis_and_a_stream_through_rays_proxy(server):
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key=KEY)
     answer = client.images.generate(prompt="a red boat", n=2, size="80x64", response_format="b64_json",
@@ -66,7 +66,7 @@ def test_both_apis_and_a_stream_through_rays_proxy(server):
     assert server.proc.pid not in pids
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # Ray Serve deploys two replicas, each loading its model: a minute or more on 2 cores
 def test_the_key_the_host_guard_and_the_body_limit_hold(server):
     for headers in ({}, {"Authorization": "Bearer wrong"}):
         answer = httpx.post(f"{server.url}/sdapi/v1/txt2img", json={"prompt": "x"}, headers=headers)
@@ -79,7 +79,7 @@ def test_the_key_the_host_guard_and_the_body_limit_hold(server):
     assert huge.status_code == 413 and huge.json()["error"]["type"] == "invalid_request_error"
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # Ray Serve deploys two replicas, each loading its model: a minute or more on 2 cores
 def test_a_full_system_answers_sdcpus_503_with_retry_after(server):
     # 2 replicas, each 1 running + 1 waiting (--max-queue 1): of 8 at once, at least 4 find every Worker full
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -92,7 +92,7 @@ def test_a_full_system_answers_sdcpus_503_with_retry_after(server):
             assert answer.json()["error"]["type"] == "server_busy" and int(answer.headers["Retry-After"]) >= 1
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # Ray Serve deploys two replicas, each loading its model: a minute or more on 2 cores
 def test_sigterm_drains_the_request_in_flight_exits_0_and_removes_the_app(server, cluster):
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(httpx.post, f"{server.url}/sdapi/v1/txt2img", json=SLOW, headers=AUTH, timeout=300)

@@ -112,7 +112,7 @@ def test_every_task_runs_under_a_recipe_step(recipe):
     check_tasks_under(recipe, applied=recipe != "bf16")
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # compile and int8 compile or calibrate for minutes on 2 cores
 @pytest.mark.parametrize("recipe", ["compile", "openvino=f32,int8", "lcm-lora,openvino=f32"])
 def test_every_task_runs_under_a_compiling_or_quantizing_recipe(recipe):
     check_tasks_under(recipe)

@@ -13,7 +13,7 @@ from sdcpu.cli import main
 
 def test_tune_writes_a_profile_that_info_and_generate_then_use(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SDCPU_HOME", str(tmp_path))  # the profile must not leak into the other tests' auto
-    assert main(["tune", "--model", "random:tiny", "--budget", "1"]) == 0
+    assert main(["tune", "--model", "random:tiny", "--budget", "0.5"]) == 0
     out = capsys.readouterr().out
     (path,) = (tmp_path / "profiles").glob("*.json")
     data = json.loads(path.read_text())
