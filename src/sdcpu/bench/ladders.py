@@ -80,10 +80,11 @@ class Protocol(Request):
         return Request(**{**own, **changes}).validate()
 
 
-# `quick` fits the README's main job in <= 15 minutes on a 2-core machine: a quarter of the pixels, 4 steps, 3 runs.
+# `quick` fits the README's main job, set-up included, in <= 8 minutes on a 2-core machine of any class: a quarter of
+# the pixels, 4 steps, 2 timed runs (the seed ladder's four rungs took 5:45 with 3 runs on a Zen 4 EPYC).
 PRESETS = {
     "seed": {},
-    "quick": dict(width=256, height=256, steps=4, runs=3, warmup_steps=1),
+    "quick": dict(width=256, height=256, steps=4, runs=2, warmup_steps=1),
 }
 
 
@@ -165,27 +166,21 @@ def rungs(ladder: str | tuple[Rung, ...], cpu):
 
 def _seed(cpu):
     """The seed's rungs, cumulative, adapted to CPU. Its framework rung (IPEX bf16 + channels_last, then a compiled
-    UNet) is, on every class, what auto's rules take at `high` for a one-shot process on top of the system rung: an
-    fp32 or bf16 inductor compile costs 1.5-4 minutes in every process (232 s on a Zen 4 EPYC, 246 s on an AVX2 one,
-    twice in the ladder) and measured slower than OpenVINO (Zen 4: 7.95 s vs 7.17 s/image for OpenVINO bf16), whose
-    conversion is kept on disk. The rung's note says so."""
+    UNet) is, on every class, what auto's rules take at `high` for a one-shot process, beside the system rung's steps
+    that can sit with it (OpenVINO cannot sit beside a preloaded allocator): an fp32 or bf16 inductor compile costs
+    1.5-4 minutes in every process (232 s on a Zen 4 EPYC, 246 s on an AVX2 one, twice in the ladder) and at best tied
+    OpenVINO (Zen 4, two runs: 7.39 and 7.95 s vs 7.77 and 7.17 s/image for OpenVINO bf16), whose conversion is kept
+    on disk. The rung's note says so."""
     yield Rung("baseline", "baseline")
     yield Rung("+system", "system")
-    framework, why = seed_framework(cpu)
-    note = f"the seed's framework rung on this class: {why}"
-    yield Rung("+framework", framework, note=note)
-    yield Rung("+scheduler", f"{framework},scheduler=dpm++", note=note)
-
-
-def seed_framework(cpu) -> tuple[str, str]:
-    """(the seed's framework rung on CPU, why): the system rung's steps that can sit beside what auto's rules take at
-    `high` in a one-shot process (OpenVINO cannot sit beside a preloaded allocator), then those steps."""
-    chosen, reasons = auto.choose(cpu, "high")
+    chosen, _ = auto.choose(cpu, "high")
     names = {step.name for step in chosen.steps}
     system = [s for s in recipes.NAMED["system"].split(",") if not recipes.conflict({s, *names})]
-    taken = [str(step) for step in chosen.steps if step.name not in system]
-    why = next(reason for reason in reasons if reason.startswith("high: "))[len("high: "):]
-    return ",".join(system + taken), f"{why} (not bf16 + compile: minutes of inductor compiling in each process)"
+    framework = ",".join(system + [str(step) for step in chosen.steps if step.name not in system])
+    note = ("the seed's framework rung on this class: what auto takes at high in one process, not bf16 + compile "
+            "(minutes of inductor compiling in every process)")
+    yield Rung("+framework", framework, note=note)
+    yield Rung("+scheduler", f"{framework},scheduler=dpm++", note=note)
 
 
 def _full():
