@@ -17,17 +17,27 @@ def recipes_of(cpu, **kwargs) -> tuple[str, str, str]:
     return tuple(str(auto.recipe(cpu, {}, quality=q, libs=LIBS, tools=NUMACTL, **kwargs)[0]) for q in auto.QUALITIES)
 
 
-@pytest.mark.parametrize("cpu, exact, high, fast", [
+# One row per class at least (checked below): a change to one class's rules shows here as that class's row only.
+WITH_OPENVINO = [
     (AVX2_24G, "openvino=f32", "openvino=f32", "openvino=f32,int8,tiny-vae"),
     (machine("kvm-xeon-avx512-noamx"), "openvino=f32", "openvino=f32", "openvino=f32,int8,tiny-vae"),
     (machine("epyc-zen4-2core-avx512bf16"), "openvino=f32", "openvino=bf16", "openvino=bf16,tiny-vae"),  # 8 GiB
+    (machine("this-kvm-epyc-zen4-avx512bf16"), "openvino=f32", "openvino=bf16", "openvino=bf16,int8,tiny-vae"),
     (machine("this-kvm-xeon-amx"), "openvino=f32", "iomp,openvino=bf16", "iomp,openvino=bf16,int8,tiny-vae"),
     (machine("graviton3-aarch64"), "baseline", "bf16", "bf16,deepcache=2,tiny-vae"),
     (machine("graviton2-aarch64"), "baseline", "baseline", "deepcache=2,tiny-vae"),
-])
+    (machine("xeon-e5-2core-avx"), "baseline", "baseline", "deepcache=2,tiny-vae"),
+]
+
+
+@pytest.mark.parametrize("cpu, exact, high, fast", WITH_OPENVINO)
 def test_each_class_takes_what_measured_fastest_there_with_openvino(installed, cpu, exact, high, fast):
     installed("openvino", "nncf")
     assert recipes_of(cpu) == (exact, high, fast)
+
+
+def test_every_class_has_its_expected_recipes_above():
+    assert {auto_rules.classify(row[0]) for row in WITH_OPENVINO} == set(auto_rules.CLASSES)
 
 
 @pytest.mark.parametrize("cpu, exact, high, fast", [

@@ -173,15 +173,16 @@ def chart(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(done)), 4.5))
     bottom = [0.0] * len(done)
     for name, values in parts.items():
-        ax.bar(labels, values, bottom=bottom, label=name)
-        bottom = [b + v for b, v in zip(bottom, values)]
+        if any(values):  # a part no bar has stays out of the legend
+            ax.bar(labels, values, bottom=bottom, label=name)
+            bottom = [b + v for b, v in zip(bottom, values)]
     for x, row in enumerate(done):
         ax.annotate(f"{row['median_s']:.2f} s", (x, bottom[x]), ha="center", va="bottom", fontsize=9)
     p = rows[0]["protocol"]
     random = " (random weights)" if any(row.get("random_weights") for row in rows) else ""
     ax.set_title(f"{p['model']}{random}, {p['width']}x{p['height']}, {p['steps']} steps: s/image per rung")
     ax.set_ylabel("seconds per image (medians of each part)")
-    ax.margins(y=0.12)  # room for the labels above the tallest bar
+    ax.set_ylim(0, 1.12 * max(bottom, default=0) or 1)  # room for the labels above the tallest bar
     ax.legend()
     if any(parts[WHOLE]):
         fig.text(0.01, 0.01, f"{WHOLE}: a peer's runner times its whole call, not each component", fontsize=8)
