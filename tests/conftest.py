@@ -3,9 +3,10 @@ import os
 
 import pytest
 
-# A test never reaches the network, wherever it runs. Set before any test module imports huggingface_hub (at collection, through diffusers), which reads this once at import:
-# set later, it would leave the hub online, and a test asking for a model it does not have would try the network
-# (23 s of retries in test_algorithms' tiny-vae refusal).
+# A test never reaches the network, wherever it runs. Set before any test module imports huggingface_hub (at
+# collection, through diffusers), which reads this once at import: set later, it would leave the hub online, and a
+# test asking for a model it does not have would try the network (23 s of retries in test_algorithms' tiny-vae
+# refusal).
 os.environ["HF_HUB_OFFLINE"] = "1"
 # Ray reads this once too, when first imported, and a test file may import it (through sdcpu) before another's local
 # cluster starts: its drivers join that cluster with token authentication (tests/raycluster.py).

@@ -50,7 +50,7 @@ class Server:
 
 class InProcess:
     """The service `sdcpu serve ARGS` runs (serve.service.build, as the command and each Ray replica build it), served
-    by uvicorn on a thread; ready once /health says so."""
+    by uvicorn on a thread; returned once its worker is ready (the model loaded and warmed up)."""
 
     def __init__(self, *args: str):
         import uvicorn

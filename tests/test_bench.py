@@ -285,7 +285,8 @@ def test_report_refuses_a_folder_without_results(tmp_path, capsys):
 def test_an_img2img_bench_times_the_steps_it_runs_on_one_input_for_every_rung(tiny_run):
     out, rows = tiny_run
     base, tiny = rows[0], rows[3]
-    assert all(row["inputs"] == base["inputs"] for row in rows) and Path(base["inputs"]["image"]).parent == out / "inputs"
+    assert all(row["inputs"] == base["inputs"] for row in rows)
+    assert Path(base["inputs"]["image"]).parent == out / "inputs"
     assert Image.open(base["inputs"]["image"]).size == (64, 64) and base["inputs"]["mask"] is None
     for row in (base, tiny):
         assert row["steps_applied"] == 4 and row["steps_run"] == 2  # int(4 x 0.5)
