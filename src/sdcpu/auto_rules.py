@@ -38,7 +38,8 @@ AVX512_SYSTEM = "jemalloc,iomp,pin 0.86x and tcmalloc,iomp,pin 1.10x on the AVX-
 # This project's runs on the Zen 4 EPYC (2-core KVM, AVX512_BF16 without AMX), 2026-12-03, BENCHMARKS.md.
 ZEN4_RUNS = ("`sdcpu bench --model random:sd15 --preset quick` with baseline, auto:exact, auto and auto:fast, once with "
              "torch bf16 (issue 25) and once with bf16,compile beside them")
-ZEN4_COMPILE = "bf16,compile 7.39 vs OpenVINO bf16 7.77 s/image in one run (UNet 1.13 vs 1.19 s a call)"
+ZEN4_COMPILE = ("bf16,compile 7.39 vs OpenVINO bf16 7.77 s/image in one run, then 8.11 and 7.38 vs 7.05 and 6.92 A B A "
+                "B (peak RSS 5.50 vs 2.73-2.91 GiB; 89-96 s of compiling even with inductor's cache warm)")
 
 EAGER = Candidate("", "fp32 eager: nothing measured faster without openvino (pip install -c constraints.txt openvino)")
 # Without OpenVINO (or for `high` on a class without native bf16) a long-running server compiles the fp32 UNet once.
@@ -101,10 +102,11 @@ CLASSES = {
         high=(
             Candidate("openvino=bf16", "OpenVINO bf16 (native AVX512_BF16 dot products): 7.77 vs 22.61 s/image (2.91x) "
                       "and 7.17 vs 24.12 s (3.36x) on the Zen 4 EPYC, 48.5 dB, peak RSS 4.45 GiB; in serve too: torch "
-                      f"{ZEN4_COMPILE} is a tie inside the VMs' spread after 160 s of compiling in each process, at "
-                      "5.50 GiB", needs=("openvino",)),
-            Candidate("bf16,compile", f"torch {ZEN4_COMPILE}: 3.06x vanilla on the Zen 4 EPYC, after 160 s of "
-                      "compiling in each process: only where one process serves many images", long_running=True),
+                      f"{ZEN4_COMPILE}: OpenVINO as fast or faster, at half the memory, without the compile",
+                      needs=("openvino",)),
+            Candidate("bf16,compile", "torch bf16,compile: 3.06x vanilla on the Zen 4 EPYC (7.39 vs 22.61 s/image), "
+                      "after 160 s of compiling in each process: only where one process serves many images",
+                      long_running=True),
             Candidate("bf16", "torch bf16: 11.14 vs 24.12 s/image (2.17x) on the Zen 4 EPYC"),
         ),
         fast=(
