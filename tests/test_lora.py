@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from loras import RANK, write_loras
-from sdcpu import hardware, load_pipeline, lora, use_loras
+from sdcpu import hardware, load_pipeline, lora, state, use_loras
 from sdcpu.errors import UsageError
 from sdcpu.steps_base import Skip
 
@@ -142,15 +142,10 @@ def test_compile_refuses_a_lora_with_the_reason(files):
         use_loras(pipe, (lora.Lora(files[1][0]),))
 
 
-def test_int8_refuses_a_lora_with_the_reason(files, tmp_path):
-    from sdcpu.backends import components, openvino
-
-    pytest.importorskip("openvino")
+@pytest.mark.parametrize("runtime", [state.Runtime.OPENVINO_INT8, state.Runtime.PT2E_INT8])
+def test_int8_refuses_a_lora_with_the_reason(files, runtime):
     pipe = load_pipeline("random:tiny")
-    core, config = openvino.runtime("f32")
-    # what the int8 step leaves after openvino: a UNet stand-in running the quantized IR
-    pipe.unet = components.UNet(openvino.Compiled(core, tmp_path / "unet-int8.xml", config, "unet-int8"),
-                                pipe.unet.config)
+    state.of(pipe).runtime = runtime  # what the int8 step records after openvino or compile (NNCF's takes minutes)
     with pytest.raises(Skip, match="quantized weights"):
         use_loras(pipe, (lora.Lora(files[1][0]),))
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from sdcpu import random_models
+from sdcpu.families import clip
 
 # A child that imports everything first, says so, then builds random:tiny once the file named by argv[1] exists.
 BUILDER = """
@@ -77,7 +78,7 @@ def test_text_encoder_weights_are_keyed_as_in_sd15s_own_files(tiny_pipe):
 
 
 def test_tokenizer_is_clips_own():
-    tok = random_models.clip_tokenizer()
+    tok = clip.tokenizer()
     assert len(tok) == 49408 and tok.model_max_length == 77
     # ids of the real openai/clip-vit-large-patch14 tokenizer for this prompt
     assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]

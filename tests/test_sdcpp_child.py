@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from sdcpu import random_models, single_file
+from sdcpu.families import sd
 from sdcpu.bench import ladders, peers, sdcpp_child
 
 SDCPP = peers.PEERS["stable-diffusion.cpp"]
@@ -93,7 +94,7 @@ def test_sdcpp_euler_image_is_diffusers_own_for_the_seed(tmp_path):
     index = json.loads((built / "model_index.json").read_text())
     index["scheduler"] = ["diffusers", "EulerDiscreteScheduler"]
     (folder / "model_index.json").write_text(json.dumps(index))
-    EulerDiscreteScheduler.from_config(random_models.TURBO_SCHEDULER).save_config(folder / "scheduler")
+    EulerDiscreteScheduler.from_config(sd.TURBO_SCHEDULER).save_config(folder / "scheduler")
     row, _ = run_child(single_file.ensure_checkpoint(folder), tmp_path / "sdcpp.png", "f32", steps=1, guidance=1.0)
     assert row["scheduler"] == "euler/simple" and row["fidelity_note"] is None
     reference = generate.run(load_pipeline(str(folder)), generate.Request(

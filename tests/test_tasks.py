@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference, png_claiming
-from sdcpu import generate, load_pipeline, optimize, tasks
+from sdcpu import families, generate, load_pipeline, optimize, tasks
 from sdcpu.cli import main
 from sdcpu.errors import UsageError
 
@@ -64,7 +64,7 @@ def test_inpainting_repaints_white_and_keeps_black(pipe):
 
 def test_an_inpainting_unet_inpaints_and_refuses_text_to_image():
     inpainting = load_pipeline("random:tiny-inpainting")
-    assert inpainting.unet.config.in_channels == 9 and tasks.inpainting_unet(inpainting)
+    assert inpainting.unet.config.in_channels == 9 and families.of(inpainting).inpainting(inpainting)
     edit = tasks.edit(png(picture()), png(mask(True)), strength=1.0)
     assert make(inpainting, edit=edit).size == (SIZE, SIZE)
     with pytest.raises(UsageError, match="inpainting one \\(9 input channels\\)"):

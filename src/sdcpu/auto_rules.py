@@ -10,6 +10,8 @@ a neighbouring class says so in its summary.
 
 from dataclasses import dataclass
 
+from sdcpu.families import sd
+
 
 @dataclass(frozen=True)
 class Candidate:
@@ -48,7 +50,7 @@ COMPILE = Candidate("compile", "compile (inductor, fp32): +compile 1.45x over th
                     "serves many images", long_running=True)
 DEEPCACHE = Candidate("deepcache=2,tiny-vae", "deepcache=2 and tiny-vae on the eager UNet: 1.23x on the AVX2 EPYC "
                       "(2026-12-01, with the slower jemalloc,iomp,pin beside them); deepcache=2 alone 1.36x at 43.6 dB")
-INT8_MEMORY_GIB = 11  # int8's one-time quantization of the SD 1.5 UNet: child 6.1 + parent 4.4 GiB peaks, measured
+INT8_MEMORY_GIB = sd.FAMILY.int8_memory_gib  # the rules below are SD 1.5's measurements
 
 # What every class without native bf16 measured, AVX2 and AVX-512 alike: OpenVINO f32 is faster than torch and exact.
 _NO_BF16 = dict(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from sdcpu import families, state
 from sdcpu.errors import UsageError
 from sdcpu.steps_base import Skip
 
@@ -132,29 +133,19 @@ def use(pipe, loras: tuple[Lora, ...], fuse: bool = False) -> str:
     """Make PIPE run with exactly LORAS (empty: none), whatever recipe optimized it; what was done. FUSE: on the eager
     UNet, fuse the set into the weights (no per-step cost; each switch then costs a fuse). Raises Skip where the LoRAs
     cannot apply to what runs the UNet (never leaves a LoRA silently out)."""
-    import torch
-
-    from sdcpu.backends import components
-
     sources = [lora.source for lora in loras]
     if len(set(sources)) < len(sources):
         raise UsageError("a LoRA is named twice: give each once, with its weight")
-    unet = pipe.unet
-    if isinstance(unet, torch.nn.Module) and not hasattr(unet, "_orig_mod"):  # not torch.compile's wrapper
+    runtime = state.of(pipe).runtime
+    if runtime.lora == "peft":
         return _eager(pipe, loras, fuse)
-    if isinstance(unet, components.UNet):
-        from sdcpu.backends import openvino, openvino_lora
+    if runtime.lora == "ir-deltas":
+        from sdcpu.backends import openvino_lora
 
-        if isinstance(unet.run, openvino.Compiled) and unet.run.path.name == "unet.xml":  # not int8's IR
-            return openvino_lora.use(pipe, loras)
+        return openvino_lora.use(pipe, loras)
     if not loras:
         return "no LoRA"
-    if hasattr(unet, "_orig_mod"):
-        raise Skip("the compile step froze the UNet's weights into inductor's graph (freezing): a LoRA would need a "
-                   "new compile per set (minutes for SD 1.5); use openvino or the eager UNet")
-    run = unet.run
-    raise Skip(f"the UNet runs as {f'OpenVINO IR {run.path.name}' if hasattr(run, 'path') else type(run).__name__}: "
-               "a LoRA cannot be added to quantized weights without quantizing again; drop int8 from the recipe")
+    raise Skip(f"the UNet runs as {runtime.summary}: {runtime.no_lora}")
 
 
 @contextlib.contextmanager
@@ -190,7 +181,8 @@ def _eager(pipe, loras, fuse: bool) -> str:
 
         # the adapted layers' own weights, kept to put back exactly: unfuse_lora subtracts dW again, which drifts
         pipe.sdcpu_lora_originals = [(layer, layer.base_layer.weight.detach().clone())
-                                     for model in (pipe.unet, pipe.text_encoder) for layer in model.modules()
+                                     for name in families.of(pipe).lora_targets
+                                     for layer in getattr(pipe, name).modules()
                                      if isinstance(layer, LoraLayer)]
         pipe.fuse_lora(adapter_names=names)
         how += ", fused into their weights"

@@ -11,15 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdcpu import families, random_models
 from sdcpu.errors import UsageError
-from sdcpu import random_models
 
 log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".ckpt", ".bin", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-SD1_CONFIG_REPOS = {"stable-diffusion-v1-5/stable-diffusion-v1-5", "runwayml/stable-diffusion-v1-5"}
 
 
 @dataclass(frozen=True)
@@ -79,6 +78,7 @@ def load_pipeline(spec: str, *, trust_pickle: bool = False, progress: bool = Fal
     """Load any model spec as a float32 diffusers pipeline on the CPU."""
     parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec, trust_pickle=trust_pickle)
     pipe = _load(parsed)
+    families.of(pipe)  # a model of no family sdcpu knows is refused here, not half-way through a recipe
     pipe.set_progress_bar_config(disable=not progress)
     pipe.sdcpu_model = parsed
     return pipe
@@ -88,7 +88,7 @@ def _load(spec: ModelSpec):
     import diffusers.utils.logging
     import torch
     import transformers.utils.logging
-    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
     diffusers.utils.logging.disable_progress_bar()  # per-file loading bars; the denoising bar is the pipeline's own
     transformers.utils.logging.disable_progress_bar()
@@ -105,9 +105,7 @@ def _load(spec: ModelSpec):
             raise UsageError(f"{spec.ref}: {str(err).strip().splitlines()[0]} (.bin pickle weights load only with "
                              "--trust-pickle)") from err
     if spec.kind == "file":
-        return StableDiffusionPipeline.from_single_file(
-            spec.ref, config=_single_file_config(spec.ref), dtype=torch.float32
-        )
+        return _load_single_file(spec.ref)
     try:
         return DiffusionPipeline.from_pretrained(spec.ref, **safe)
     except OSError as err:  # diffusers reports a missing network or repository as OSError
@@ -117,16 +115,22 @@ def _load(spec: ModelSpec):
         ) from err
 
 
-def _single_file_config(path: str) -> str:
-    """The diffusers config for a single-file checkpoint: SD 1.x's is built locally, so no network is needed."""
+def _load_single_file(path: str):
+    """An original-layout checkpoint through diffusers' from_single_file, against the config of the architecture
+    diffusers infers from its keys: built locally where a family has that architecture (no network), else the hub's."""
+    import diffusers
+    import torch
     from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
 
     checkpoint = _LazySafetensors(path) if path.endswith(".safetensors") else load_single_file_checkpoint(path)
     repo = fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
-    if repo in SD1_CONFIG_REPOS:
-        return str(random_models.ensure_config_folder("sd15"))
-    log.info("%s looks like %s; its config comes from the hub", path, repo)
-    return repo
+    family, arch = families.of_single_file(repo)
+    if arch:
+        config = str(random_models.ensure_config_folder(arch))
+    else:
+        log.info("%s looks like %s; its config comes from the hub", path, repo)
+        config = repo
+    return getattr(diffusers, family.pipelines["txt2img"]).from_single_file(path, config=config, dtype=torch.float32)
 
 
 class _LazySafetensors(Mapping):

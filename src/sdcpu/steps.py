@@ -9,7 +9,7 @@ import importlib
 import logging
 import time
 
-from sdcpu import hardware, recipes, schedulers
+from sdcpu import families, hardware, recipes, schedulers
 from sdcpu.steps_base import Outcome, Skip, defaults
 
 log = logging.getLogger(__name__)
@@ -29,12 +29,14 @@ def optimize(pipe, recipe="auto", cpu=None):
     cpu = cpu or hardware.detect()
     if isinstance(recipe, str):
         recipe = resolve(recipe, cpu)
-    outcomes = []
+    refuses, outcomes = families.of(pipe).refuses, []
     for item in recipe.steps:
         if item.group == "system":
             continue
         start = time.perf_counter()
         try:
+            if item.name in refuses:
+                raise Skip(refuses[item.name])
             detail, applied = REGISTRY[item.name](pipe, item, cpu), True
         except Skip as skip:
             detail, applied = str(skip), False

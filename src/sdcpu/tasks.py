@@ -117,29 +117,27 @@ def edit(image_data: bytes, mask_data: bytes | None = None, strength: float | No
     return Edit(image, mask, check_strength(strength), hashlib.sha256(image_data).hexdigest())
 
 
-def inpainting_unet(pipe) -> bool:
-    """Whether PIPE's UNet is an inpainting one: latents, mask and masked-image latents in (9 channels for SD)."""
-    return pipe.unet.config.in_channels == 2 * pipe.vae.config.latent_channels + 1
-
-
 def pipeline_for(pipe, task: str):
-    """PIPE's pipeline for TASK, built once from its components (diffusers' from_pipe) and kept on PIPE."""
+    """PIPE's pipeline for TASK (its family's diffusers class), built once from its components (diffusers' from_pipe)
+    and kept on PIPE."""
+    import diffusers
+
+    from sdcpu import families
+
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
-    if task != "inpaint" and inpainting_unet(pipe):
-        raise UsageError(f"this model's UNet is an inpainting one ({pipe.unet.config.in_channels} input channels): "
+    family = families.of(pipe)
+    if task != "inpaint" and family.inpainting(pipe):
+        channels = getattr(pipe, family.denoiser.attribute).config.in_channels
+        raise UsageError(f"this model's {family.denoiser.label} is an inpainting one ({channels} input channels): "
                          "it makes only inpainting; give an image and a mask")
-    if task == "txt2img":
-        return pipe
-    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline
-
-    kind = StableDiffusionImg2ImgPipeline if task == "img2img" else StableDiffusionInpaintPipeline
+    kind = getattr(diffusers, family.pipelines[task])
     if isinstance(pipe, kind):
         return pipe
     kept = pipe.__dict__.setdefault("sdcpu_tasks", {})
     if task not in kept:
         # the components given by name: from_pipe would drop one of another class than the model's own (TAESD as vae)
-        made = kind.from_pipe(pipe, **{name: getattr(pipe, name) for name in ("vae", "unet", "text_encoder")})
+        made = kind.from_pipe(pipe, **{name: getattr(pipe, name) for name in family.components})
         made.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         made.sdcpu_model = getattr(pipe, "sdcpu_model", None)
         kept[task] = made

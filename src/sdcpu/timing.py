@@ -1,11 +1,21 @@
-"""Where a pipeline call spends its time: text encoder, UNet (per call) and VAE decode, timed with perf_counter."""
+"""Where a pipeline call spends its time: text encoding, the denoiser (per call) and decoding, timed with perf_counter.
+
+The split's keys are the three roles, named as reports and bench rows have always named them: `text_encoder` (every
+text encoder of the family, summed), `unet` (the family's denoiser, whatever its kind) and `vae` (its decoder).
+"""
 
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-# (component attribute, method) pairs timed during a call; the UNet is called once per denoising step.
-TIMED = (("text_encoder", "forward"), ("unet", "forward"), ("vae", "decode"))
+from sdcpu import families
+
+
+def timed(pipe) -> list[tuple[str, str, str]]:
+    """(component attribute, method, role) of what a call of PIPE times; the denoiser runs once per step."""
+    family = families.of(pipe)
+    return [*((name, "forward", "text_encoder") for name in family.text_encoders),
+            (family.denoiser.attribute, "forward", "unet"), (family.decoder, "decode", "vae")]
 
 
 @dataclass
@@ -22,12 +32,12 @@ def component_split(pipe):
     """Time PIPE's components while the block runs; yields the Split being filled. Methods are restored after."""
     split = Split()
     wrapped = []
-    for name, method in TIMED:
+    for name, method, role in timed(pipe):
         component = getattr(pipe, name, None)
         if component is None:
             continue
         own = vars(component).get(method)  # torch.compile's module keeps its compiled forward on the instance
-        setattr(component, method, _timed(getattr(component, method), name, split))
+        setattr(component, method, _timed(getattr(component, method), role, split))
         wrapped.append((component, method, own))
     try:
         yield split

@@ -5,27 +5,29 @@ An LCM-LoRA distils a model's 20-50-step sampling into 2-8 steps. It is loaded w
 LCMScheduler and the call defaults become 4 steps at guidance 1.0. Guidance <= 1 drops classifier-free guidance, so
 each UNet call runs batch 1 instead of 2: half the UNet work per step on top of the fewer steps.
 
-`lcm-lora` loads latent-consistency/lcm-lora-sdv1-5 (hub, cached after the first download); `lcm-lora=ID|DIR|FILE`
+`lcm-lora` loads the model family's LCM-LoRA (SD 1.x: latent-consistency/lcm-lora-sdv1-5; hub, cached after the
+first download); `lcm-lora=ID|DIR|FILE`
 any other. A `random:` model gets a random LoRA of the same shape built offline, so timings stay faithful.
 """
 
-from sdcpu import schedulers
+from sdcpu import families, schedulers, state
 from sdcpu.steps_base import Skip
 
-LCM_LORA_SD15 = "latent-consistency/lcm-lora-sdv1-5"
 STEPS, GUIDANCE = 4, 1.0
 
 
 def apply(pipe, step, cpu) -> str:
-    import torch
-
-    if not isinstance(pipe.unet, torch.nn.Module) or hasattr(pipe.unet, "_orig_mod"):
-        raise Skip(f"needs the eager torch UNet, found {type(pipe.unet).__name__}: put lcm-lora before a backend step")
+    family, runtime = families.of(pipe), state.of(pipe).runtime
+    if runtime is not state.Runtime.EAGER:
+        raise Skip(f"needs the eager torch {family.denoiser.label}, found {runtime.summary}: put lcm-lora before a "
+                   "backend step")
     model = getattr(pipe, "sdcpu_model", None)
     if step.value is None and model is not None and model.random_weights:
         source = str(random_lora(pipe))
+    elif step.value or family.lcm_lora:
+        source = step.value or family.lcm_lora
     else:
-        source = step.value or LCM_LORA_SD15
+        raise Skip(f"no LCM-LoRA is known for {family.summary}: give one, lcm-lora=HUB_ID|DIR|FILE")
     try:
         pipe.load_lora_weights(source, adapter_name="lcm", use_safetensors=True)  # never a pickle
     except ImportError as err:

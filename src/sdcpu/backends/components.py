@@ -1,6 +1,7 @@
-"""Pipeline-facing stand-ins for the UNet, the VAE decoder and the text encoder when another runtime runs them
-(OpenVINO, a quantized exported graph): each keeps what StableDiffusionPipeline reads (config, dtype, device, call
-signature, return type) and hands tensors to RUN, a callable returning a tuple of tensors.
+"""Pipeline-facing stand-ins for the denoiser, the VAE and the text encoder when another runtime runs them (OpenVINO,
+a quantized exported graph): each keeps what the diffusers pipeline reads (config, dtype, device, call signature,
+return type) and hands tensors to RUN, a callable returning a tuple of tensors. The denoiser's tensor inputs are its
+family's (sdcpu.families.base.Denoiser); any other option is refused rather than silently ignored.
 """
 
 import torch
@@ -11,14 +12,16 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 
 class Entry(torch.nn.Module):
-    """A module's pipeline-facing call with tensor inputs and a tuple output: what a converter traces or exports."""
+    """A module's pipeline-facing call with tensor inputs and a tuple output: what a converter traces or exports.
+    SIGNATURE (a family's Denoiser) says which inputs travel in `added_cond_kwargs`."""
 
-    def __init__(self, module, method="forward"):
+    def __init__(self, module, method="forward", signature=None):
         super().__init__()
-        self.module, self.method = module, method
+        self.module, self.method, self.signature = module, method, signature
 
     def forward(self, *inputs):
-        return getattr(self.module, self.method)(*inputs, return_dict=False)
+        args, kwargs = self.signature.call_arguments(inputs) if self.signature else (inputs, {})
+        return getattr(self.module, self.method)(*args, **kwargs, return_dict=False)
 
 
 def refuse(what: str, **options):
@@ -41,17 +44,28 @@ class Component:
         return self.forward(*args, **kwargs)
 
 
-class UNet(Component):
-    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None, cross_attention_kwargs=None,
-                added_cond_kwargs=None, return_dict=True):
-        refuse("UNet", timestep_cond=timestep_cond, cross_attention_kwargs=cross_attention_kwargs,
-               added_cond_kwargs=added_cond_kwargs)
-        factor = 2 ** (len(self.config.block_out_channels) - 1)  # converted for latents it halves evenly
+class Denoiser(Component):
+    """The family's denoiser (SD's UNet): its tensor inputs, in the order SIGNATURE names them, handed to RUN."""
+
+    def __init__(self, run, config, signature, latent_multiple: int):
+        super().__init__(run, config)
+        self.signature, self.latent_multiple = signature, latent_multiple
+
+    def forward(self, sample, timestep, *args, added_cond_kwargs=None, return_dict=True, **kwargs):
+        named = dict(zip(self.signature.inputs[2:], args)) | {k: kwargs.pop(k) for k in self.signature.inputs if k in kwargs}
+        refuse(self.signature.label, **kwargs)
+        extra = set(added_cond_kwargs or ()) - set(self.signature.added)
+        if extra:
+            raise NotImplementedError(f"the {self.signature.label} does not support added_cond_kwargs "
+                                      f"{', '.join(sorted(extra))}")
+        named |= dict(added_cond_kwargs or {})
+        factor = self.latent_multiple  # converted for latents it halves evenly
         if sample.shape[-2] % factor or sample.shape[-1] % factor:
-            raise ValueError(f"the UNet needs latent height and width divisible by {factor} "
-                             f"(image sides divisible by {8 * factor} for SD), got {tuple(sample.shape[-2:])}")
+            raise ValueError(f"the {self.signature.label} needs latent height and width divisible by {factor}, got "
+                             f"{tuple(sample.shape[-2:])}")
         timestep = torch.as_tensor(timestep, dtype=torch.float32).expand(sample.shape[0]).contiguous()
-        (noise,) = self.run(sample, timestep, encoder_hidden_states)
+        inputs = [sample, timestep, *(named[name] for name in self.signature.inputs[2:])]
+        (noise,) = self.run(*inputs)
         return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
 
 

@@ -1,4 +1,4 @@
-"""The `compile` step: torch.compile (inductor) of the UNet and the VAE decoder, weights frozen and prepacked.
+"""The `compile` step: torch.compile (inductor) of the denoiser and the VAE decoder, weights frozen and prepacked.
 
 Compilation is lazy: the first call at a new shape pays it (minutes for SD 1.5 on a few cores). Freezing turns the
 weights into constants that inductor folds and prepacks into oneDNN's blocked layouts; the FX graph cache, kept under
@@ -7,6 +7,7 @@ $SDCPU_HOME/inductor, lets a second process skip most of the compile.
 
 import os
 
+from sdcpu import families, state
 from sdcpu.home import sdcpu_home
 
 
@@ -22,9 +23,12 @@ def apply(pipe, item, cpu) -> str:
 
     inductor.freezing = True
     inductor.fx_graph_cache = True
-    pipe.unet = torch.compile(pipe.unet)
-    pipe.vae.decode = torch.compile(pipe.vae.decode)
+    family = families.of(pipe)
+    setattr(pipe, family.denoiser.attribute, torch.compile(getattr(pipe, family.denoiser.attribute)))
+    decoder = getattr(pipe, family.decoder)
+    decoder.decode = torch.compile(decoder.decode)
+    state.of(pipe).runtime = state.Runtime.INDUCTOR
     return (
-        "UNet and VAE decoder compiled by inductor with frozen, prepacked weights; the first call at each size "
+        f"{family.denoiser.label} and VAE decoder compiled by inductor with frozen, prepacked weights; the first call at each size "
         f"compiles (reported apart), graphs cached in {os.environ['TORCHINDUCTOR_CACHE_DIR']}"
     )

@@ -7,7 +7,8 @@
   is kept beside the UNet's ($SDCPU_HOME/openvino/<key>/unet-int8.xml): later processes reuse it. The quantization
   runs in a child process (sdcpu.backends.int8_child) after this one drops its compiled UNet, so the two peaks do
   not add up: on random:sd15, child 6.1 GiB and this process 4.4 GiB, where quantizing in place peaked at 13.9 GiB.
-  A machine with less than INT8_MEMORY_GIB of memory is refused with the reason (an OOM kill is not a slow first run).
+  A machine with less memory than the family's `int8_memory_gib` is refused with the reason (an OOM kill is not a
+  slow first run).
 - After `compile`: torchao's PT2E flow (torch.ao.quantization is deprecated): the eager fp32 UNet exported with
   dynamic batch and latent size, X86InductorQuantizer's default static int8 (weights per channel, activations per
   tensor), then compiled by inductor with the compile step's frozen weights. Done in every process (minutes for SD 1.5).
@@ -29,9 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdcpu import locks
-from sdcpu.auto_rules import INT8_MEMORY_GIB
-from sdcpu.backends.components import Entry, UNet
+from sdcpu import families, locks, state
+from sdcpu.backends.components import Denoiser, Entry
 from sdcpu.launcher import python_module
 from sdcpu.steps_base import Skip, defaults
 
@@ -46,71 +46,79 @@ IR_NAME = "unet-int8.xml"
 
 
 def apply(pipe, step, cpu) -> str:
-    from sdcpu import tasks
-    from sdcpu.backends import openvino
-
-    if tasks.inpainting_unet(pipe):
-        raise Skip("int8 calibrates on text-to-image calls, which an inpainting UNet (9 input channels) cannot make")
-
-    if isinstance(pipe.unet, UNet) and isinstance(pipe.unet.run, openvino.Compiled):
-        return _openvino(pipe, cpu)
-    if hasattr(pipe.unet, "_orig_mod"):  # torch.compile's wrapper
-        return _inductor(pipe)
-    raise Skip("int8 quantizes the UNet a backend runs: put it after `openvino` (NNCF) or `compile` (torchao PT2E)")
+    family = families.of(pipe)
+    if family.inpainting(pipe):
+        raise Skip(f"int8 calibrates on text-to-image calls, which an inpainting {family.denoiser.label} cannot make")
+    runtime = state.of(pipe).runtime
+    if runtime.int8 == "nncf":
+        return _openvino(pipe, cpu, family)
+    if runtime.int8 == "pt2e":
+        return _inductor(pipe, family)
+    raise Skip(f"int8 quantizes the {family.denoiser.label} a backend runs, not {runtime.summary}: put it after "
+               "`openvino` (NNCF) or `compile` (torchao PT2E)")
 
 
 class Recorder:
-    """Stands in for the pipeline's UNet and keeps the tensors of each call."""
+    """Stands in for the pipeline's denoiser and keeps the tensor inputs of each call, in its family's order."""
 
-    def __init__(self, unet):
-        self.unet, self.calls = unet, []
+    def __init__(self, denoiser, signature):
+        self.denoiser, self.signature, self.calls = denoiser, signature, []
 
     def __getattr__(self, name):
-        return getattr(self.unet, name)
+        return getattr(self.denoiser, name)
 
-    def __call__(self, sample, timestep, encoder_hidden_states, **kwargs):
+    def __call__(self, sample, timestep, *args, **kwargs):
+        named = dict(zip(self.signature.inputs[2:], args)) | dict(kwargs.get("added_cond_kwargs") or {})
+        named |= {name: kwargs[name] for name in self.signature.inputs if name in kwargs}
         timestep_batch = torch.as_tensor(timestep, dtype=torch.float32).expand(sample.shape[0])
-        self.calls.append((sample.clone(), timestep_batch.clone(), encoder_hidden_states.clone()))
-        return self.unet(sample, timestep, encoder_hidden_states, **kwargs)
+        inputs = (sample, timestep_batch, *(named[name] for name in self.signature.inputs[2:]))
+        self.calls.append(tuple(x.clone() for x in inputs))
+        return self.denoiser(sample, timestep, *args, **kwargs)
 
 
-def calibration_inputs(pipe) -> list[tuple]:
-    """The UNet's inputs (sample, timestep per batch item, text states) over the calibration images."""
-    unet = pipe.unet
-    pipe.unet = recorder = Recorder(unet)
+def calibration_inputs(pipe, family) -> list[tuple]:
+    """The denoiser's inputs (sample, timestep per batch item, the family's others) over the calibration images."""
+    name = family.denoiser.attribute
+    denoiser = getattr(pipe, name)
+    recorder = Recorder(denoiser, family.denoiser)
+    setattr(pipe, name, recorder)
     try:
-        side = unet.config.sample_size * pipe.vae_scale_factor
+        side = family.native_size(pipe)
         for index, prompt in enumerate(CALIBRATION_PROMPTS):
             pipe(prompt, num_inference_steps=CALIBRATION_STEPS, height=side, width=side, output_type="latent",
                  generator=torch.Generator().manual_seed(index))
     finally:
-        pipe.unet = unet
+        setattr(pipe, name, denoiser)
     return recorder.calls
 
 
-def _openvino(pipe, cpu) -> str:
+def _openvino(pipe, cpu, family) -> str:
     if importlib.util.find_spec("nncf") is None:
         raise Skip("nncf is not installed: pip install -c constraints.txt nncf")
     from sdcpu.backends import openvino
 
-    run = pipe.unet.run
+    stand_in = getattr(pipe, family.denoiser.attribute)
+    run = stand_in.run
     path, made = run.path.with_name(IR_NAME), ""
     if not path.is_file():
-        if cpu.memory_bytes < INT8_MEMORY_GIB * 2**30:
-            raise Skip(f"the one-time quantization of this UNet needs {INT8_MEMORY_GIB} GiB of memory, this machine "
-                       f"has {cpu.memory_bytes / 2**30:.1f} GiB")
+        if cpu.memory_bytes < family.int8_memory_gib * 2**30:
+            raise Skip(f"the one-time quantization of this {family.denoiser.label} needs {family.int8_memory_gib} "
+                       f"GiB of memory, this machine has {cpu.memory_bytes / 2**30:.1f} GiB")
         with locks.exclusive(path):  # another process quantizing this UNet: wait for its IR
-            made = "" if path.is_file() else _quantize(pipe, run, path)
-    pipe.unet = UNet(openvino.Compiled(run.core, path, run.config, "unet-int8"), pipe.unet.config)
+            made = "" if path.is_file() else _quantize(pipe, family, run, path)
+    compiled = openvino.Compiled(run.core, path, run.config, path.stem)
+    setattr(pipe, family.denoiser.attribute, Denoiser(compiled, stand_in.config, stand_in.signature,
+                                                      stand_in.latent_multiple))
+    state.of(pipe).runtime = state.Runtime.OPENVINO_INT8
     return (f"UNet hybrid int8 (NNCF {metadata.version('nncf')}): int8 weights on linear layers, int8 weights and "
             f"activations on convolutions and attention matmuls{made}; IR {path}")
 
 
-def _quantize(pipe, run, path: Path) -> str:
+def _quantize(pipe, family, run, path: Path) -> str:
     """Calibrate on PIPE, quantize the UNet IR that RUN compiled into PATH; what was done, for the step's detail."""
     locks.remove_stale(path)  # the calibration samples and IR staging of a killed quantization
     start = time.perf_counter()
-    calls = calibration_inputs(pipe)
+    calls = calibration_inputs(pipe, family)
     run.release()  # the child reads the IR from disk: this process's compiled UNet would only add to the peak
     gc.collect()
     peak = _quantize_in_child(run.path, calls, path)
@@ -141,34 +149,38 @@ def _quantize_in_child(source: Path, calls, target: Path) -> int:
     return usage.ru_maxrss * 1024
 
 
-def _inductor(pipe) -> str:
+def _inductor(pipe, family) -> str:
     try:
         from torchao.quantization.pt2e import quantize_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
     except ImportError:
         raise Skip("torchao is not installed: pip install -c constraints.txt torchao") from None
-    compiled, eager = pipe.unet, pipe.unet._orig_mod
+    name = family.denoiser.attribute
+    compiled = getattr(pipe, name)
+    eager = compiled._orig_mod  # torch.compile's wrapper keeps the eager module
     if eager.dtype != torch.float32:
-        raise Skip(f"PT2E int8 quantizes an fp32 UNet, this one is {eager.dtype}: drop bf16 from the recipe")
-    if defaults(pipe).get("guidance_scale", 7.5) <= 1:
-        raise Skip("PT2E int8's exported UNet takes CFG batches (2 or more); this recipe sets guidance <= 1")
+        raise Skip(f"PT2E int8 quantizes an fp32 {family.denoiser.label}, this one is {eager.dtype}: drop bf16 from the recipe")
+    if defaults(pipe).get("guidance_scale", family.defaults.guidance) <= 1:
+        raise Skip(f"PT2E int8's exported {family.denoiser.label} takes CFG batches (2 or more); this recipe sets guidance <= 1")
     start = time.perf_counter()
-    pipe.unet = eager  # calibrate eagerly: the compiled UNet would compile first
+    setattr(pipe, name, eager)  # calibrate eagerly: the compiled module would compile first
     try:
-        samples = calibration_inputs(pipe)
+        samples = calibration_inputs(pipe, family)
     finally:
-        pipe.unet = compiled
-    factor = 2 ** (len(eager.config.block_out_channels) - 1)
+        setattr(pipe, name, compiled)
+    factor = family.latent_multiple(eager.config)
     batch = torch.export.Dim("batch", min=2, max=32)  # export specializes batch 1: CFG batches only
     height, width = torch.export.Dim("height", min=1, max=256), torch.export.Dim("width", min=1, max=256)
-    dynamic = ({0: batch, 2: factor * height, 3: factor * width}, {0: batch}, {0: batch})
+    dynamic = ({0: batch, 2: factor * height, 3: factor * width}, *({0: batch} for _ in samples[0][1:]))
     with torch.no_grad():
-        graph = torch.export.export(Entry(eager), samples[0], dynamic_shapes=(dynamic,)).module()  # Entry takes *inputs
+        entry = Entry(eager, signature=family.denoiser)  # Entry takes *inputs
+        graph = torch.export.export(entry, samples[0], dynamic_shapes=(dynamic,)).module()
         quantizer = x86.X86InductorQuantizer().set_global(x86.get_default_x86_inductor_quantization_config())
         prepared = quantize_pt2e.prepare_pt2e(graph, quantizer)
         for call in samples:
             prepared(*call)
         quantized = torch.compile(quantize_pt2e.convert_pt2e(prepared))
-    pipe.unet = UNet(quantized, eager.config)
-    return (f"UNet int8 by torchao PT2E (X86InductorQuantizer: static int8 weights and activations), calibrated on "
-            f"{len(samples)} UNet calls in {time.perf_counter() - start:.1f} s, compiled by inductor at its first call")
+    setattr(pipe, name, Denoiser(quantized, eager.config, family.denoiser, factor))
+    state.of(pipe).runtime = state.Runtime.PT2E_INT8
+    return (f"{family.denoiser.label} int8 by torchao PT2E (X86InductorQuantizer: static int8 weights and activations), calibrated on "
+            f"{len(samples)} calls in {time.perf_counter() - start:.1f} s, compiled by inductor at its first call")

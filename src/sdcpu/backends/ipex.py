@@ -1,6 +1,7 @@
 """The `ipex` step: Intel Extension for PyTorch, the seed's framework rung. End-of-life (last release 2.8, tied to
 torch 2.8): applied only when it is installed and built for the torch in use, skipped with the reason otherwise."""
 
+from sdcpu import families, state
 from sdcpu.steps_base import Skip
 
 
@@ -13,7 +14,9 @@ def apply(pipe, item, cpu) -> str:
         raise Skip("intel_extension_for_pytorch is not installed (end-of-life; its last release needs torch 2.8)") from None
     if ipex.__version__.split("+")[0].rsplit(".", 1)[0] != torch.__version__.split("+")[0].rsplit(".", 1)[0]:
         raise Skip(f"IPEX {ipex.__version__} does not match torch {torch.__version__}")
-    dtype = next(pipe.unet.parameters()).dtype
-    for name in ("unet", "vae", "text_encoder"):
+    family = families.of(pipe)
+    dtype = next(getattr(pipe, family.denoiser.attribute).parameters()).dtype
+    for name in family.components:
         setattr(pipe, name, ipex.optimize(getattr(pipe, name).eval(), dtype=dtype, inplace=True))
-    return f"UNet, VAE and text encoder prepared by ipex.optimize ({dtype}), IPEX {ipex.__version__}"
+    state.of(pipe).runtime = state.Runtime.IPEX
+    return f"{', '.join(family.components)} prepared by ipex.optimize ({dtype}), IPEX {ipex.__version__}"

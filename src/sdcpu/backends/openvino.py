@@ -1,10 +1,11 @@
-"""The `openvino` step: the UNet, the VAE decoder and the text encoder run by OpenVINO, compiled for static shapes.
+"""The `openvino` step: the denoiser, the VAE decoder and the text encoders run by OpenVINO, compiled for static shapes.
 
 It uses the `openvino` package directly (`openvino.convert_model` on the torch modules), not optimum-intel:
 optimum-intel 2.2 pins huggingface-hub<1.22 while diffusers 0.42.1 needs >=1.32, and it drags in torchvision, which
 fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
 
-- Conversion: each component's pipeline-facing call (UNet forward, `vae.decode`, text encoder forward) is traced once
+- Conversion: each of the model family's components' pipeline-facing call (the denoiser's forward with the family's
+  traced inputs, `vae.decode`, each text encoder's forward) is traced once
   into a dynamic-shape model and saved as f32 IR under $SDCPU_HOME/openvino/<key>/; the key hashes the component
   configs and a strided sample of every weight tensor, so a second process reads the IR (memory-mapped) instead of
   converting, and a different model never reuses it. The torch modules are dropped once converted (peak RSS).
@@ -17,8 +18,9 @@ fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
   (AMX, AVX512_BF16), else f32; always set, since OpenVINO's CPU default is bf16 wherever the CPU has it. Threads
   follow torch's (OMP_NUM_THREADS).
 - The wrappers keep what StableDiffusionPipeline reads (config, dtype, device, call signatures, return shapes), so the
-  pipeline is called as before. Not supported, with an error saying so: clip_skip, a text attention mask, UNet extras
-  (timestep_cond, cross_attention_kwargs, added_cond_kwargs), latent sizes the UNet cannot halve evenly. The VAE
+  pipeline is called as before. Not supported, with an error saying so: clip_skip, a text attention mask, denoiser
+  options beyond the family's traced inputs (timestep_cond, cross_attention_kwargs), latent sizes the UNet cannot
+  halve evenly. The VAE
   encoder (img2img, inpainting) is converted and compiled on its first call, never for text-to-image.
 """
 
@@ -34,9 +36,9 @@ from pathlib import Path
 
 import torch
 
-from sdcpu import locks, recipes
+from sdcpu import families, locks, recipes, state
 from sdcpu.backends import mapped
-from sdcpu.backends.components import VAE, Entry, Moments, TextEncoder, UNet
+from sdcpu.backends.components import VAE, Denoiser, Entry, Moments, TextEncoder
 from sdcpu.errors import UsageError
 from sdcpu.launcher import library_kind
 from sdcpu.home import sdcpu_home
@@ -47,7 +49,6 @@ log = logging.getLogger(__name__)
 
 IR_FORMAT = 1  # bump when what is traced changes, so IR saved by an older sdcpu is converted again
 EXAMPLE_LATENT = 64  # traced latent size: SD 1.5's, divisible by every SD UNet's upsampling factor
-EXAMPLE_TOKENS = 77  # CLIP's context length
 SHAPES_VARIABLE, DEFAULT_SHAPES = "SDCPU_OPENVINO_SHAPES", 4  # input shapes each model keeps compiled
 
 
@@ -61,21 +62,30 @@ def apply(pipe, step, cpu) -> str:
         raise Skip(f"{', '.join(preloaded)} is preloaded in this process: {recipes.PRELOADED_ALLOCATOR}; run openvino "
                    "without an allocator step")
     precision = step.value or ("bf16" if cpu.native_bf16 else "f32")
-    cast = pipe.unet.dtype if pipe.unet.dtype != torch.float32 else None
+    family = families.of(pipe)
+    denoiser = getattr(pipe, family.denoiser.attribute)
+    cast = denoiser.dtype if denoiser.dtype != torch.float32 else None
     if cast:  # traced with fp32 inputs; OpenVINO's precision hint, not the torch dtype, sets the compute precision
         pipe.to(dtype=torch.float32)
     folder = sdcpu_home() / "openvino" / cache_key(pipe, ov.__version__)
     core, config = runtime(precision)
     start, converted = time.perf_counter(), []
     # img2img and inpainting encode the input image: the encoder is converted on its first call, never for text-to-image
-    encoder = Lazy(Moments(pipe.vae).eval(), folder / "vae_encoder.xml", core, config)
-    for name, wrapper in (("text_encoder", TextEncoder), ("unet", UNet), ("vae", VAE)):
-        path = folder / f"{name}.xml"
-        if not path.is_file() and convert(getattr(pipe, name), name, path):
+    encoder = Lazy(Moments(getattr(pipe, family.decoder)).eval(), folder / "vae_encoder.xml", core, config)
+    for name in family.components:
+        path, module = folder / f"{name}.xml", getattr(pipe, name)
+        if not path.is_file() and convert(module, name, path, family):
             converted.append(name)
-        extra = {"encode": encoder} if name == "vae" else {}
-        setattr(pipe, name, wrapper(Compiled(core, path, config, name), getattr(pipe, name).config, **extra))
+        run = Compiled(core, path, config, name)
+        if name == family.denoiser.attribute:
+            stand_in = Denoiser(run, module.config, family.denoiser, family.latent_multiple(module.config))
+        elif name == family.decoder:
+            stand_in = VAE(run, module.config, encode=encoder)
+        else:
+            stand_in = TextEncoder(run, module.config)
+        setattr(pipe, name, stand_in)
         gc.collect()  # the torch module is gone: return its memory before the next conversion
+    state.of(pipe).runtime = state.Runtime.OPENVINO
     ir = f"converted {', '.join(converted)} in {time.perf_counter() - start:.1f} s" if converted else "reused"
     why = "asked for" if step.value else cpu.native_bf16_reason
     if precision == "bf16" and not cpu.native_bf16:
@@ -110,7 +120,7 @@ def runtime(precision: str):
 def cache_key(pipe, ov_version: str) -> str:
     """A hash of the components' configs and a sample of every weight: a different model gets a different key."""
     digest = hashlib.sha256(json.dumps([IR_FORMAT, ov_version]).encode())
-    for name in ("text_encoder", "unet", "vae"):
+    for name in families.of(pipe).components:
         module = getattr(pipe, name)
         config = dict(module.config) if isinstance(module.config, dict) else module.config.to_dict()
         public = {k: v for k, v in config.items() if not k.startswith("_")}  # not _name_or_path: weights decide
@@ -121,23 +131,21 @@ def cache_key(pipe, ov_version: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _traced(module, name):
-    """The entry to trace for component NAME and an example input for it."""
-    if name == "text_encoder":
-        return Entry(module), (torch.zeros(1, EXAMPLE_TOKENS, dtype=torch.long),)
-    if name == "unet":
-        config = module.config
-        sample = torch.randn(2, config.in_channels, EXAMPLE_LATENT, EXAMPLE_LATENT)
-        context = torch.randn(2, EXAMPLE_TOKENS, config.cross_attention_dim)
-        return Entry(module), (sample, torch.full((2,), 500.0), context)
-    if name == "vae_encoder":  # MODULE is a Moments; images at 8x the traced latent size
+def _traced(module, name, family):
+    """The entry to trace for FAMILY's component NAME (the VAE encoder: a Moments) and an example input for it."""
+    if name == "vae_encoder":  # images at 8x the traced latent size
         return module, (torch.randn(1, module.encoder.conv_in.in_channels, EXAMPLE_LATENT * 8, EXAMPLE_LATENT * 8),)
+    if name in family.text_encoders:
+        return Entry(module), (torch.zeros(1, family.tokens, dtype=torch.long),)
+    if name == family.denoiser.attribute:
+        latent = (EXAMPLE_LATENT, EXAMPLE_LATENT)
+        return Entry(module, signature=family.denoiser), family.example_inputs(module.config, 2, latent, torch.float32)
     return Entry(module, "decode"), (torch.randn(1, module.config.latent_channels, EXAMPLE_LATENT, EXAMPLE_LATENT),)
 
 
-def convert(module, name, path) -> bool:
-    """Trace MODULE's pipeline-facing call into OpenVINO and save it as f32 IR at PATH (written, then renamed); False
-    when another process converted it while this one waited for the lock."""
+def convert(module, name, path, family) -> bool:
+    """Trace MODULE (FAMILY's component NAME)'s pipeline-facing call into OpenVINO and save it as f32 IR at PATH
+    (written, then renamed); False when another process converted it while this one waited for the lock."""
     import openvino as ov
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
@@ -146,7 +154,7 @@ def convert(module, name, path) -> bool:
             return False
         locks.remove_stale(path)
         start = time.perf_counter()
-        entry, example = _traced(module, name)
+        entry, example = _traced(module, name, family)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: expected
             # convert_model(module, example_input=...) traces with check_trace, which runs the model twice more (60%
@@ -174,7 +182,7 @@ class Lazy:
     def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.compiled is None:
             if not self.path.is_file():
-                convert(self.module, self.path.stem, self.path)
+                convert(self.module, self.path.stem, self.path, None)
             self.compiled, self.module = Compiled(self.core, self.path, self.config, self.path.stem), None
         return self.compiled(*inputs)
 

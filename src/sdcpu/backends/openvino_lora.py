@@ -27,6 +27,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from sdcpu import families
 from sdcpu.backends import openvino
 from sdcpu.errors import UsageError
 from sdcpu.lora import loading
@@ -41,8 +42,12 @@ def kept_sets() -> int:
     if not text.isdigit():
         raise UsageError(f"{SETS_VARIABLE}={text!r}: a whole number >= 0 of LoRA sets kept compiled")
     return int(text)
-COMPONENTS = ("unet", "text_encoder")
 ADAPTER = "delta"
+
+
+def targets(pipe) -> tuple[str, ...]:
+    """The components of PIPE a LoRA may change: its family's denoiser and text encoders."""
+    return families.of(pipe).lora_targets
 
 
 def use(pipe, loras) -> str:
@@ -55,7 +60,8 @@ class Switch:
     """The base compiled UNet and text encoder of PIPE, and those of the last kept_sets() LoRA sets."""
 
     def __init__(self, pipe):
-        self.base = {name: getattr(pipe, name).run for name in COMPONENTS}
+        self.components = targets(pipe)
+        self.base = {name: getattr(pipe, name).run for name in self.components}
         self.kept = OrderedDict()
         self.hits = self.misses = 0
 
@@ -73,8 +79,8 @@ class Switch:
             self.misses += 1
             while len(self.kept) > kept_sets():  # the set in use runs on until the next switch, kept or not
                 self.kept.popitem(last=False)
-            how = f"dW added to {', '.join(n for n in COMPONENTS if runs[n] is not self.base[n])} IR weights, compiled"
-        for name in COMPONENTS:
+            how = f"dW added to {', '.join(n for n in runs if runs[n] is not self.base[n])} IR weights, compiled"
+        for name in self.components:
             getattr(pipe, name).run = runs[name]
         names = ", ".join(f"{lora.name}:{lora.weight:g}" for lora in loras) or "no LoRA"
         return f"{names} on OpenVINO: {how} in {time.perf_counter() - start:.2f} s"
@@ -82,9 +88,10 @@ class Switch:
     def build(self, pipe, loras) -> dict:
         deltas = set_deltas(pipe, loras)
         if not any(deltas.values()):
-            raise Skip(f"no LoRA layers of {', '.join(lora.name for lora in loras)} match this UNet or text encoder")
+            raise Skip(f"no LoRA layers of {', '.join(lora.name for lora in loras)} match this model's "
+                       f"{' or '.join(self.components)}")
         runs = {}
-        for name in COMPONENTS:
+        for name in self.components:
             base = self.base[name]
             if not deltas[name]:
                 runs[name] = base
@@ -101,7 +108,7 @@ def set_deltas(pipe, loras) -> dict[str, dict[str, torch.Tensor]]:
     """{component: {layer: sum of weight x dW}} of the LoRA set, in float32."""
     from peft.tuners.lora import LoraLayer
 
-    total = {name: {} for name in COMPONENTS}
+    total = {name: {} for name in targets(pipe)}
     for lora in loras:
         for name, model in skeletons(pipe, lora).items():
             for layer, module in model.named_modules():
@@ -115,15 +122,13 @@ def set_deltas(pipe, loras) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def skeletons(pipe, lora) -> dict:
-    """The UNet and text encoder skeletons of PIPE's configs with LORA loaded by diffusers as adapter ADAPTER."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel
-
+    """Skeletons of PIPE's LoRA targets (built by its family from their configs, on the meta device) with LORA loaded
+    by the family's diffusers loaders as adapter ADAPTER."""
+    family = families.of(pipe)
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(pipe.unet.config)
-        text_encoder = CLIPTextModel(pipe.text_encoder.config)
-    for model in (unet, text_encoder):  # peft puts adapters on the base layer's device: CPU, with no memory
-        for module in model.modules():
+        models = family.skeletons(pipe)
+    for model in models.values():
+        for module in model.modules():  # peft puts adapters on the base layer's device: CPU, with no memory
             for tensors, make in ((module._parameters, lambda t: torch.nn.Parameter(t, requires_grad=False)),
                                   (module._buffers, lambda t: t)):
                 for key, tensor in list(tensors.items()):
@@ -133,9 +138,8 @@ def skeletons(pipe, lora) -> dict:
         state_dict, alphas, metadata = type(pipe).lora_state_dict(lora.source, return_lora_metadata=True,
                                                                   **lora.loader_kwargs())
         common = {"network_alphas": alphas, "adapter_name": ADAPTER, "metadata": metadata, "low_cpu_mem_usage": True}
-        type(pipe).load_lora_into_unet(state_dict, unet=unet, **common)
-        type(pipe).load_lora_into_text_encoder(state_dict, text_encoder=text_encoder, **common)
-    return {"unet": unet, "text_encoder": text_encoder}
+        family.load_lora(type(pipe), state_dict, models, **common)
+    return models
 
 
 class Edited(openvino.Compiled):

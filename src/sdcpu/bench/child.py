@@ -30,7 +30,7 @@ def cache_state() -> dict:
 def run(spec: dict) -> dict:
     import torch
 
-    from sdcpu import flops, generate, hardware, recipes, steps, verify
+    from sdcpu import families, generate, hardware, recipes, steps, verify
     from sdcpu.bench import inputs, ladders
     from sdcpu.models import load_pipeline, parse_spec
 
@@ -76,7 +76,8 @@ def run(spec: dict) -> dict:
     unet_calls = calls[-1].split.calls.get("unet", 0)
     cfg_batch = 2 if request.guidance > 1 else 1
     latent = (request.height // pipe.vae_scale_factor, request.width // pipe.vae_scale_factor)
-    unet_flops = flops.unet_flops(pipe.unet.config, cfg_batch, latent)
+    family = families.of(pipe)
+    unet_flops = family.flops(getattr(pipe, family.denoiser.attribute).config, cfg_batch, latent)
     unet_s = statistics.median(c.split.seconds.get("unet", 0.0) for c in calls)
     cache = recipe.get("deepcache")
     shallow_calls = bool(cache and cache.value > 1 and any(o.applied for o in outcomes if o.step == str(cache)))

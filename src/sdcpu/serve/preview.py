@@ -3,20 +3,16 @@ and OpenAI's streamed partial images.
 
 The decoder, chosen once per pipeline and loaded while `sdcpu serve` warms up (so the first preview pays no load):
 - the pipeline's own VAE when it already is TAESD (diffusers' AutoencoderTiny: the `tiny-vae` step);
-- TAESD: a `random:` model's random-weight one (built offline), else madebyollin/taesd if it is in the hub cache;
-- else A1111's "Approx cheap": a fixed linear map of SD 1.x's 4 latent channels to RGB, at the latent's size, upscaled.
+- TAESD: a `random:` model's random-weight one (built offline), else the model family's TAESD if it is in the hub cache;
+- else A1111's "Approx cheap": the family's fixed linear map of latent channels to RGB, at the latent's size, upscaled.
 """
 
 import logging
 import threading
 
-from sdcpu.algorithms.tiny_vae import TAESD
+from sdcpu import families
 
 log = logging.getLogger(__name__)
-
-# A1111's "Approx cheap" (modules/sd_vae_approx.py): latent channel -> RGB in [-1, 1], fitted on SD 1.x latents
-APPROX_CHEAP = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
-
 
 _MADE = threading.Lock()
 
@@ -58,11 +54,11 @@ def _decoder(pipe):
 
             source, path = "random-weight TAESD", random_models.ensure_tiny_vae(pipe.vae_scale_factor)
         else:
-            source, path = TAESD, TAESD
+            source = path = families.of(pipe).tiny_vae
         vae = AutoencoderTiny.from_pretrained(path, local_files_only=True).eval()
         log.info("previews: %s", source)
         return source, lambda latents: vae.decode(latents).sample
     except Exception as err:  # noqa: BLE001 - not in the cache, offline: the weightless approximation serves
         log.info("previews: approx cheap (no TAESD: %s)", type(err).__name__)
-    coefficients = torch.tensor(APPROX_CHEAP)
+    coefficients = torch.tensor(families.of(pipe).latent_rgb)
     return "approx cheap", lambda latents: torch.einsum("bchw,cr->brhw", latents, coefficients)

@@ -1,0 +1,124 @@
+"""What a model family is: everything sdcpu knows of one kind of diffusion model, declared in one place.
+
+A family says which diffusers pipeline runs each task, which pipeline attribute denoises and what its traced inputs
+are, which components encode text, its request defaults, its distilled decoder and LCM-LoRA, its random-weight
+architectures, its FLOP count, and which recipe steps cannot serve it and why. Backends, algorithms, bench, tune,
+serve and the rules read these facts from `sdcpu.families.of(pipe)`; none of them names a family's classes.
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """What a request that leaves them out gets: denoising steps, guidance scale, and the image side (None: the
+    denoiser's native sample size times the VAE's scale)."""
+
+    steps: int = 20
+    guidance: float = 7.5
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """The denoiser as a backend traces it: its pipeline attribute and its tensor inputs in call order; those named in
+    ADDED travel in diffusers' `added_cond_kwargs` (SDXL's text_embeds and time_ids), the rest positionally."""
+
+    attribute: str = "unet"
+    label: str = "UNet"  # its name in messages
+    inputs: tuple[str, ...] = ("sample", "timestep", "encoder_hidden_states")
+    added: tuple[str, ...] = ()
+
+    def call_arguments(self, inputs: tuple) -> tuple[tuple, dict]:
+        """The denoiser's positional and keyword arguments for INPUTS given in `inputs` order."""
+        named = dict(zip(self.inputs, inputs))
+        added = {name: named.pop(name) for name in self.added}
+        return tuple(named.values()), ({"added_cond_kwargs": added} if added else {})
+
+
+@dataclass(frozen=True)
+class Arch:
+    """A random-weight architecture of a family: its components' configs as the family's builder reads them."""
+
+    components: Mapping[str, dict]
+    scheduler: tuple[str, dict]  # a diffusers scheduler class and its config
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family's facts; the behaviour that differs per family is a method a family module overrides."""
+
+    name: str
+    summary: str
+    pipelines: Mapping[str, str]  # task (txt2img, img2img, inpaint) -> the diffusers pipeline class running it
+    denoiser: Denoiser
+    text_encoders: tuple[str, ...]  # pipeline attributes, in the order the pipeline calls them
+    tokens: int  # the prompt length the text encoders run at (traced and calibrated for)
+    decoder: str = "vae"  # the pipeline attribute whose `decode` turns latents into images
+    defaults: Defaults = Defaults()
+    tiny_vae: str = ""  # hub id of its distilled decoder (AutoencoderTiny), "" when it has none
+    lcm_lora: str = ""  # hub id of its LCM-LoRA, "" when it has none
+    latent_rgb: tuple = ()  # latent channel -> (R, G, B) in [-1, 1]: a preview without any decoder (A1111's approx cheap)
+    archs: Mapping[str, Arch] = field(default_factory=dict)  # random:NAME -> its architecture
+    # single-file checkpoints: the hub repo diffusers infers from the keys -> the architecture whose config folder
+    # sdcpu builds locally for it (no network)
+    single_file_configs: Mapping[str, str] = field(default_factory=dict)
+    refuses: Mapping[str, str] = field(default_factory=dict)  # recipe step -> why it cannot serve this family
+    int8_memory_gib: float = 0.0  # the one-time int8 quantization's need (calibration, then NNCF in a child)
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The pipeline attributes holding its networks: text encoders, denoiser, decoder."""
+        return (*self.text_encoders, self.denoiser.attribute, self.decoder)
+
+    def runs(self, pipeline_class: str) -> bool:
+        """Whether a diffusers pipeline of PIPELINE_CLASS is one of this family's."""
+        return pipeline_class in self.pipelines.values()
+
+    def native_size(self, pipe) -> int:
+        """The image side PIPE makes when a request gives none: the family's, else its denoiser's native sample size
+        times the VAE's scale."""
+        return self.defaults.size or getattr(pipe, self.denoiser.attribute).config.sample_size * pipe.vae_scale_factor
+
+    def inpainting(self, pipe) -> bool:
+        """Whether PIPE's denoiser is an inpainting one (it takes the mask and the masked image's latents too)."""
+        return False
+
+    def pipeline_class(self, task: str, pipe) -> str:
+        """The diffusers pipeline class that runs TASK with PIPE's components."""
+        return self.pipelines[task]
+
+    def latent_multiple(self, config) -> int:
+        """What the latent height and width of the denoiser with CONFIG must be a multiple of."""
+        raise NotImplementedError
+
+    def example_inputs(self, config, batch: int, latent: tuple[int, int], dtype) -> tuple:
+        """Inputs of the denoiser with CONFIG for BATCH latents of size LATENT, in `denoiser.inputs` order: what a
+        backend traces it with and what a probe times."""
+        raise NotImplementedError
+
+    def build(self, arch: str, seed: int):
+        """A pipeline of random:ARCH with weights seeded by SEED."""
+        raise NotImplementedError
+
+    def save(self, pipe, folder) -> None:
+        """Write PIPE (a random build) as a diffusers folder at FOLDER."""
+        pipe.save_pretrained(folder, safe_serialization=True)
+
+    @property
+    def lora_targets(self) -> tuple[str, ...]:
+        """The components a LoRA may change: the denoiser and the text encoders."""
+        return self.denoiser.attribute, *self.text_encoders
+
+    def skeletons(self, pipe) -> dict:
+        """Modules of PIPE's LoRA targets' classes and configs (the caller picks the device: meta, no weights)."""
+        raise NotImplementedError
+
+    def load_lora(self, pipeline_class, state_dict, models: dict, **options) -> None:
+        """Load a LoRA's STATE_DICT into MODELS (component -> module) with PIPELINE_CLASS's own loaders."""
+        raise NotImplementedError
+
+    def flops(self, config, batch: int, latent: tuple[int, int]) -> int:
+        """FLOPs of one denoiser forward with CONFIG, counted on the meta device."""
+        raise NotImplementedError
