@@ -10,7 +10,7 @@ import importlib.util
 import os
 import sys
 
-from sdcpu import hardware, launcher, profiles
+from sdcpu import hardware, launcher, profiles, recipes
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
 from sdcpu.tune import probe, report, search, space
@@ -65,8 +65,8 @@ def run(args) -> int:
     model = parse_spec(args.model)
     cpu = hardware.detect()
     libs, tools = launcher.look_around(cpu, os.environ)
-    installed = {name for name, module in (("openvino", "openvino"), ("ipex", "intel_extension_for_pytorch"))
-                 if importlib.util.find_spec(module)}
+    installed = {name for name, kind in recipes.STEP_KINDS.items()
+                 if kind.needs and importlib.util.find_spec(kind.needs)}
     space_ = space.build(cpu, libs, tools, installed, args.quality)
     if model.kind == "random":
         random_models.ensure_built(model.ref)
