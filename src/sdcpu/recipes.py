@@ -112,8 +112,8 @@ STEP_KINDS = {
                          module="sdcpu.backends.inductor", role="backend", compiles=True, ladder="compile"),
     "openvino": StepKind("framework", _precision, "UNet, VAE decoder and text encoder run by OpenVINO, static shapes; "
                          "=f32|bf16 sets the precision (default: bf16 where the CPU has it natively, else f32)",
-                         optional=True, module="sdcpu.backends.openvino", role="backend", compiles=True, ladder="openvino",
-                         needs="openvino", own_threads=True),
+                         optional=True, module="sdcpu.backends.openvino", role="backend", compiles=True,
+                         ladder="openvino", needs="openvino", own_threads=True),
     "int8": StepKind("framework", summary="the UNet a backend runs, quantized to int8 (NNCF after openvino, torchao "
                      "PT2E after compile)", module="sdcpu.backends.int8", role="after_backend", ladder="int8",
                      cuts_work=True),
