@@ -58,6 +58,7 @@ class InProcess:
         from sdcpu import hardware, models, recipes
         from sdcpu.cli import build_parser
         from sdcpu.serve import service
+        from sdcpu.serve.queue import Phase
 
         options = build_parser().parse_args(["serve", "--model", "random:tiny", "--recipe", "baseline",
                                              "--warmup-size", "64x64", *args])
@@ -70,7 +71,7 @@ class InProcess:
         self.thread.start()
         deadline = time.monotonic() + 120
         while not worker.ready:
-            assert self.thread.is_alive() and not worker.state.startswith("failed"), worker.state
+            assert self.thread.is_alive() and worker.phase is not Phase.FAILED, worker.state
             assert time.monotonic() < deadline, "the service did not get ready"
             time.sleep(0.05)
 

@@ -62,6 +62,54 @@ def test_launch_options_from_system_steps():
     assert plain.bind_threads and not recipes.launch_options(recipes.parse("iomp,pin,openvino")).bind_threads
 
 
+def test_system_steps_are_the_launch_options_inverse():
+    assert all(k.launch for k in recipes.STEP_KINDS.values() if k.group == "system")
+    for text in ("baseline", "tcmalloc,iomp,threads=3,pin,instances=2", "jemalloc=default,pin", "jemalloc,iomp"):
+        recipe = recipes.parse(text)
+        assert recipes.system_steps(recipes.launch_options(recipe)) == recipe.group("system")
+
+
+def test_each_ladder_entry_is_its_own_step():
+    for name, k in recipes.STEP_KINDS.items():
+        assert k.ladder is None or recipes.Step.parse(k.ladder).name == name
+
+
+def test_a_step_added_to_the_table_appears_in_the_full_ladder_tune_and_auto_fast(monkeypatch):
+    """Two dummy steps, declared in STEP_KINDS only: a backend (`warp`) and a work-cutting step (`skim`)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from machines import machine
+    from sdcpu import auto, auto_rules
+    from sdcpu.bench import ladders
+    from sdcpu.tune import space
+
+    monkeypatch.setitem(recipes.STEP_KINDS, "warp", recipes.StepKind("framework", summary="a dummy backend",
+                                                                     role="backend", ladder="warp"))
+    monkeypatch.setitem(recipes.STEP_KINDS, "skim", recipes.StepKind("algorithm", summary="a dummy cut",
+                                                                     ladder="skim", cuts_work=True))
+    cpu = machine("spr-2s-amx")
+
+    gen = ladders.rungs("full", cpu)
+    names = [next(gen).name]
+    while True:  # every rung fails: nothing is kept, each step is tried on the system rung
+        try:
+            names.append(gen.send({"failed": "dummy"}).name)
+        except StopIteration:
+            break
+    assert names == ["baseline", "+system", "+channels_last", "+bf16", "+compile", "+openvino", "+ipex",
+                     "+scheduler=dpm++", "+warp", "+int8", "+tiny-vae", "+skim", "+lcm-lora", "+deepcache=2", "+tome"]
+
+    built = space.build(cpu, {}, frozenset(), set(), "high")
+    assert built.dimensions[built.index("backend")].options == ("eager", "compile", "warp")
+    assert built.recipe(built.with_option(built.default, "backend", "warp")) == "warp"
+
+    klass = dataclasses.replace(auto_rules.cpu_class(cpu), fast=(auto_rules.Candidate("bf16,skim", "a dummy cut"),))
+    monkeypatch.setattr(auto_rules, "cpu_class", lambda _: klass)
+    monkeypatch.setattr(auto.profiles, "find", lambda *_: SimpleNamespace(recipe="bf16", reason=lambda _: "tuned"))
+    assert str(auto.recipe(cpu, {}, quality="fast")[0]) == "bf16,skim"
+
+
 def test_layers_import_downwards_only():
     """Nothing under src/sdcpu imports the commands but the CLI, and auto reads profiles without sdcpu.tune."""
     import re

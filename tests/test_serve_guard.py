@@ -11,7 +11,7 @@ import pytest
 from serving import counter
 from sdcpu.serve import guard, queue
 from sdcpu.serve.app import Settings, create_app
-from sdcpu.serve.queue import Worker
+from sdcpu.serve.queue import Phase, Worker
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -97,7 +97,7 @@ def test_only_the_host_names_the_server_is_bound_to_are_answered(host, status):
 
 def test_a_route_that_breaks_answers_500_json_with_an_id_and_is_counted(caplog):
     worker, app = app_for()
-    worker.state, worker.pipe = "ready", object()  # a pipeline without a tokenizer: Service.limits raises
+    worker.phase, worker.pipe = Phase.READY, object()  # a pipeline without a tokenizer: Service.limits raises
     message = error_of(call(app, "POST", "/v1/images/generations", json={"prompt": "x"}, headers=AUTH), 500)
     ident = message.rsplit(" ", 1)[1]
     assert message.startswith("internal error;") and "object" not in message and len(ident) == 8
@@ -124,6 +124,18 @@ def test_health_without_the_key_says_only_ready_or_not():
     assert call(open_app, "GET", "/health").json()["recipe"] == "baseline"
 
 
+def test_a_failed_preparation_is_a_phase_with_its_error_and_health_says_why():
+    def prepare(worker):
+        worker.state = "optimizing"
+        raise RuntimeError("no such model")
+
+    worker, app = app_for(prepare, api_key=None)
+    worker.start().close(10)
+    assert worker.phase is Phase.FAILED and str(worker.error) == "no such model"
+    health = call(app, "GET", "/health")
+    assert health.status_code == 503 and health.json()["state"] == "failed: no such model"
+
+
 def test_docs_are_off_unless_asked_for():
     _, app = app_for()
     for path in ("/docs", "/redoc", "/openapi.json"):
@@ -140,7 +152,7 @@ def ready(tiny_pipe):
     worker.start()
     deadline = time.monotonic() + 60
     while not worker.ready:
-        assert time.monotonic() < deadline and not worker.state.startswith("failed"), worker.state
+        assert time.monotonic() < deadline and worker.phase is not Phase.FAILED, worker.state
         time.sleep(0.01)
     yield worker, app
     worker.close()

@@ -24,8 +24,7 @@ QUALITIES = ("exact", "high", "fast")
 NO_PROFILE = ("no tuned profile matches this machine, model and versions: the rules of this CPU's class below, "
               "measured on a machine of that class or taken from published figures, as each says (`sdcpu tune` measures "
               "what is fastest on this one)")
-BACKENDS = recipes.with_role("backend")
-WORK_CUTTING = {"int8", "tiny-vae", "deepcache"}  # what `fast` adds on top of a tuned profile
+BACKENDS = frozenset(recipes.with_role("backend"))
 
 
 def parse(text: str) -> str:
@@ -79,10 +78,7 @@ def _system(cpu, libs, tools, chosen: set[str]) -> tuple[tuple[Step, ...], tuple
     if clash:
         reasons = tuple(r for r in reasons if not r.startswith("allocator")) + (f"no {options.allocator}: {clash}",)
         options = dataclasses.replace(options, allocator="default")
-    steps = [Step(options.allocator)] if options.allocator != "default" else []
-    steps += [Step("iomp")] if options.openmp == "iomp" else []
-    steps += [Step("pin")] if options.pin else []
-    return tuple(steps), reasons
+    return recipes.system_steps(options), reasons
 
 
 def recipe(cpu, environ=os.environ, quality="high", workload=None, long_running=False,
@@ -110,13 +106,14 @@ def recipe(cpu, environ=os.environ, quality="high", workload=None, long_running=
 
 def _fast_on_top(cpu, steps) -> tuple[list[Step], str]:
     """What `fast` adds to a tuned profile's recipe: the work-cutting steps of the class's first fast candidate that
-    can be taken here and runs the UNet the same way (on a backend, where int8 follows it; eagerly, for deepcache)."""
+    can be taken here and runs the UNet the same way (on a backend, where int8 follows it; eagerly, for deepcache).
+    A work-cutting step is one whose kind says it `cuts_work`."""
     names = {step.name for step in steps}
     backend = bool(names & BACKENDS)
     for candidate in auto_rules.cpu_class(cpu).fast:
         parsed = recipes.parse(candidate.steps)
         if bool({s.name for s in parsed.steps} & BACKENDS) == backend and _unmet(candidate, cpu, False) is None:
-            added = [step for step in parsed.steps if step.name in WORK_CUTTING and step.name not in names]
+            added = [step for step in parsed.steps if recipes.kind(step.name).cuts_work and step.name not in names]
             return added, candidate.why
     return [Step.parse("tiny-vae")], "tiny-vae: a distilled decoder, on any backend"
 

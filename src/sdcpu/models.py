@@ -4,6 +4,7 @@ Every kind goes through diffusers' own loaders (`from_pretrained`, `from_single_
 once, cached as diffusers folders and loaded back through the same `from_pretrained` path as real weights.
 """
 
+import enum
 import json
 import logging
 import re
@@ -21,15 +22,25 @@ SINGLE_FILE_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+class Source(enum.StrEnum):
+    """Where a model spec's weights come from: built at random (`random:ARCH`), a diffusers folder, a single
+    checkpoint file, or the Hugging Face hub."""
+
+    RANDOM = "random"
+    FOLDER = "folder"
+    FILE = "file"
+    HUB = "hub"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    kind: str  # "random" | "folder" | "file" | "hub"
+    kind: Source
     ref: str  # the architecture, path or hub id
     random_weights: bool = False  # random:ARCH, or a folder sdcpu built from one
     trust_pickle: bool = field(default=False, compare=False)  # its components may load from .bin pickles
 
     def __str__(self):
-        return f"random:{self.ref}" if self.kind == "random" else self.ref
+        return f"random:{self.ref}" if self.kind is Source.RANDOM else self.ref
 
 
 def _random_weights(marker: Path) -> bool:
@@ -51,12 +62,12 @@ def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
         arch = spec.removeprefix("random:")
         if arch not in random_models.ARCHS:
             raise UsageError(f"unknown random architecture {arch!r}; choose from: {', '.join(random_models.ARCHS)}")
-        return ModelSpec("random", arch, random_weights=True)
+        return ModelSpec(Source.RANDOM, arch, random_weights=True)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise UsageError(f"{spec}: not a diffusers pipeline folder (no model_index.json)")
-        return ModelSpec("folder", str(path), _random_weights(path / random_models.MARKER), trust_pickle)
+        return ModelSpec(Source.FOLDER, str(path), _random_weights(path / random_models.MARKER), trust_pickle)
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
             raise UsageError(f"{spec}: no such file")
@@ -65,12 +76,12 @@ def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
                 f"{spec}: pickle checkpoints can run arbitrary code when loaded; "
                 "convert it to .safetensors or pass --trust-pickle if you trust its source"
             )
-        return ModelSpec("file", str(path))
+        return ModelSpec(Source.FILE, str(path))
     if HUB_ID.match(spec) and not path.exists():
         if path.parent.is_dir():
             raise UsageError(f"{spec}: no such folder (read as a path, not a hub id, since {path.parent} is a folder "
                              "here; for the hub model, run from another folder)")
-        return ModelSpec("hub", spec, trust_pickle=trust_pickle)
+        return ModelSpec(Source.HUB, spec, trust_pickle=trust_pickle)
     raise UsageError(f"{spec}: no such file or folder, and not a hub id (org/name) or random:ARCH")
 
 
@@ -95,16 +106,16 @@ def _load(spec: ModelSpec):
 
     # a component with only .bin (pickle) weights loads only with trust_pickle; diffusers would fall back to it
     safe = {"dtype": torch.float32, "use_safetensors": None if spec.trust_pickle else True}
-    if spec.kind == "random":
+    if spec.kind is Source.RANDOM:
         folder = random_models.ensure_built(spec.ref)
         return DiffusionPipeline.from_pretrained(folder, local_files_only=True, **safe)
-    if spec.kind == "folder":
+    if spec.kind is Source.FOLDER:
         try:
             return DiffusionPipeline.from_pretrained(spec.ref, local_files_only=True, **safe)
         except OSError as err:  # diffusers' word for a component without .safetensors weights, among others
             raise UsageError(f"{spec.ref}: {str(err).strip().splitlines()[0]} (.bin pickle weights load only with "
                              "--trust-pickle)") from err
-    if spec.kind == "file":
+    if spec.kind is Source.FILE:
         return _load_single_file(spec.ref)
     try:
         return DiffusionPipeline.from_pretrained(spec.ref, **safe)

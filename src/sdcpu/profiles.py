@@ -151,17 +151,17 @@ def workload_of(model: str, width: int, height: int) -> Workload | None:
     """The workload of MODEL (a model spec) at WIDTHxHEIGHT from its UNet config on disk, without loading it; None
     where the config is not here (a file checkpoint, a hub model not yet downloaded, a random model not yet built)."""
     from sdcpu import random_models
-    from sdcpu.models import parse_spec
+    from sdcpu.models import Source, parse_spec
 
     try:
         spec = parse_spec(model)
     except UsageError:
         return None
-    if spec.kind == "random":
+    if spec.kind is Source.RANDOM:
         config = random_models.built_folder(spec.ref) / "unet" / "config.json"
-    elif spec.kind == "folder":
+    elif spec.kind is Source.FOLDER:
         config = Path(spec.ref) / "unet" / "config.json"
-    elif spec.kind == "hub":
+    elif spec.kind is Source.HUB:
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(spec.ref, "unet/config.json")

@@ -53,9 +53,18 @@ def _precision(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class Launch:
+    """What a system step sets in the launcher's options (sdcpu.launcher.LaunchOptions): FIELD, to VALUE, or to the
+    step's own value where VALUE is None (`threads=8`)."""
+
+    field: str
+    value: object = None
+
+
+@dataclass(frozen=True)
 class StepKind:
-    """Everything sdcpu knows of a step, declared once: the registry, the parser, auto, the ladders, tune's search
-    and the reports read it from here."""
+    """Everything sdcpu knows of a step, declared once: the registry, the parser, auto, the ladders, tune's search,
+    the launcher's options and the reports read it from here."""
 
     group: str  # system | framework | algorithm
     value: object = None  # parser of the step's value; None: the step takes no value
@@ -67,39 +76,62 @@ class StepKind:
     # backend built, "eager" patches the eager UNet's forward (no backend may follow).
     role: str = ""
     compiles: bool = False  # its first call compiles: callers warm it up and report that time apart
+    # The step as the full bench ladder tries it (`deepcache=2`); None: the ladder leaves it out.
+    ladder: str | None = None
+    # It cuts work at a small cost in fidelity: auto's `fast` level adds it on top of a tuned profile, and the full
+    # ladder tries it after the steps that keep the image.
+    cuts_work: bool = False
+    needs: str | None = None  # the Python package it needs beyond torch: tune offers a backend only where it imports
+    own_threads: bool = False  # it computes on a thread pool of its own: the launcher leaves OpenMP threads unbound
+    launch: Launch | None = None  # a system step's option for the launcher
+
+    @property
+    def own_precision(self) -> bool:
+        """It takes its precision as its value (`openvino=bf16`): torch's bf16 step has no place beside it."""
+        return self.value is _precision
 
 
 STEP_KINDS = {
     "jemalloc": StepKind("system", _jemalloc_conf, "jemalloc allocator with the seed's MALLOC_CONF (LD_PRELOAD); "
-                         "=default keeps jemalloc's own configuration", optional=True),
-    "tcmalloc": StepKind("system", summary="tcmalloc allocator (LD_PRELOAD)"),
-    "iomp": StepKind("system", summary="Intel OpenMP runtime libiomp5 (LD_PRELOAD) with KMP_* settings"),
-    "threads": StepKind("system", _count, "OMP_NUM_THREADS per instance (default: usable physical cores)"),
-    "pin": StepKind("system", summary="bind to the usable physical cores and their NUMA memory (numactl, else taskset)"),
-    "instances": StepKind("system", _count, "N pinned copies splitting the cores (throughput mode)"),
-    "channels_last": StepKind("framework", summary="NHWC memory format for the UNet and VAE convolutions"),
-    "bf16": StepKind("framework", summary="bfloat16 weights and activations; only on CPUs with native bf16"),
+                         "=default keeps jemalloc's own configuration", optional=True,
+                         launch=Launch("allocator", "jemalloc")),
+    "tcmalloc": StepKind("system", summary="tcmalloc allocator (LD_PRELOAD)", launch=Launch("allocator", "tcmalloc")),
+    "iomp": StepKind("system", summary="Intel OpenMP runtime libiomp5 (LD_PRELOAD) with KMP_* settings",
+                     launch=Launch("openmp", "iomp")),
+    "threads": StepKind("system", _count, "OMP_NUM_THREADS per instance (default: usable physical cores)",
+                        launch=Launch("threads")),
+    "pin": StepKind("system", summary="bind to the usable physical cores and their NUMA memory (numactl, else taskset)",
+                    launch=Launch("pin", True)),
+    "instances": StepKind("system", _count, "N pinned copies splitting the cores (throughput mode)",
+                          launch=Launch("instances")),
+    "channels_last": StepKind("framework", summary="NHWC memory format for the UNet and VAE convolutions",
+                              ladder="channels_last"),
+    "bf16": StepKind("framework", summary="bfloat16 weights and activations; only on CPUs with native bf16",
+                     ladder="bf16"),
     "compile": StepKind("framework", summary="torch.compile (inductor, freezing) of the UNet and VAE decoder",
-                         module="sdcpu.backends.inductor", role="backend", compiles=True),
+                         module="sdcpu.backends.inductor", role="backend", compiles=True, ladder="compile"),
     "openvino": StepKind("framework", _precision, "UNet, VAE decoder and text encoder run by OpenVINO, static shapes; "
                          "=f32|bf16 sets the precision (default: bf16 where the CPU has it natively, else f32)",
-                         optional=True, module="sdcpu.backends.openvino", role="backend", compiles=True),
+                         optional=True, module="sdcpu.backends.openvino", role="backend", compiles=True,
+                         ladder="openvino", needs="openvino", own_threads=True),
     "int8": StepKind("framework", summary="the UNet a backend runs, quantized to int8 (NNCF after openvino, torchao "
-                     "PT2E after compile)", module="sdcpu.backends.int8", role="after_backend"),
+                     "PT2E after compile)", module="sdcpu.backends.int8", role="after_backend", ladder="int8",
+                     cuts_work=True),
     "ipex": StepKind("framework", summary="Intel Extension for PyTorch (end-of-life), only when installed and matching",
-                     module="sdcpu.backends.ipex", role="backend"),
-    "scheduler": StepKind("algorithm", _scheduler, "swap the scheduler (e.g. dpm++)"),
+                     module="sdcpu.backends.ipex", role="backend", ladder="ipex", needs="intel_extension_for_pytorch"),
+    "scheduler": StepKind("algorithm", _scheduler, "swap the scheduler (e.g. dpm++)", ladder="scheduler=dpm++"),
     "lcm-lora": StepKind("algorithm", str, "LCM-LoRA fused into the UNet, LCM scheduler, 4 steps at guidance 1; "
                          "=HUB_ID|DIR|FILE picks the LoRA (default latent-consistency/lcm-lora-sdv1-5; random for "
-                         "random: models)", optional=True, module="sdcpu.algorithms.lcm_lora", role="before_backend"),
+                         "random: models)", optional=True, module="sdcpu.algorithms.lcm_lora", role="before_backend",
+                         ladder="lcm-lora"),
     "deepcache": StepKind("algorithm", _count, "DeepCache: the full UNet every N calls, its shallow branch between",
-                          module="sdcpu.algorithms.deepcache", role="eager"),
+                          module="sdcpu.algorithms.deepcache", role="eager", ladder="deepcache=2", cuts_work=True),
     "tome": StepKind("algorithm", _ratio, "token merging: =R (default 0.5) of the tokens merged before each "
                      "self-attention at the finest attention level", optional=True, module="sdcpu.algorithms.tome",
-                     role="eager"),
+                     role="eager", ladder="tome"),
     "tiny-vae": StepKind("algorithm", str, "TAESD (AutoencoderTiny) as the VAE decoder; =HUB_ID|FOLDER picks "
                          "the weights (default madebyollin/taesd; random for random: models)", optional=True,
-                         module="sdcpu.algorithms.tiny_vae"),
+                         module="sdcpu.algorithms.tiny_vae", ladder="tiny-vae", cuts_work=True),
     "steps": StepKind("algorithm", _count, "default number of denoising steps"),
     "guidance": StepKind("algorithm", _guidance, "default classifier-free guidance scale"),
 }
@@ -110,9 +142,9 @@ def kind(step: str) -> StepKind:
     return STEP_KINDS[step.split("=")[0].removesuffix("!")]
 
 
-def with_role(role: str) -> frozenset[str]:
-    """The names of the steps of ROLE."""
-    return frozenset(name for name, k in STEP_KINDS.items() if k.role == role)
+def with_role(role: str) -> tuple[str, ...]:
+    """The names of the steps of ROLE, in STEP_KINDS order."""
+    return tuple(name for name, k in STEP_KINDS.items() if k.role == role)
 
 
 @dataclass(frozen=True)
@@ -230,17 +262,28 @@ def parse(text: str) -> Recipe:
 
 
 def launch_options(recipe: Recipe):
-    """The recipe's system steps as the launcher's options."""
+    """The recipe's system steps as the launcher's options: each sets its kind's `launch`."""
     from sdcpu.launcher import LaunchOptions
 
-    allocator = next((s.name for s in recipe.group("system") if s.name in ("jemalloc", "tcmalloc")), "default")
-    threads, instances = recipe.get("threads"), recipe.get("instances")
-    return LaunchOptions(
-        allocator=allocator,
-        openmp="iomp" if recipe.get("iomp") else None,
-        threads=threads.value if threads else None,
-        pin=recipe.get("pin") is not None,
-        instances=instances.value if instances else 1,
-        jemalloc_conf=not (recipe.get("jemalloc") and recipe.get("jemalloc").value == "default"),
-        bind_threads=recipe.get("openvino") is None,  # OpenVINO computes on its own threads: see LaunchOptions
-    )
+    chosen = {}
+    for step in recipe.group("system"):
+        launch = STEP_KINDS[step.name].launch
+        chosen[launch.field] = step.value if launch.value is None else launch.value
+    jemalloc = recipe.get("jemalloc")
+    return LaunchOptions(**chosen, jemalloc_conf=not (jemalloc and jemalloc.value == "default"),
+                         bind_threads=not any(STEP_KINDS[step.name].own_threads for step in recipe.steps))
+
+
+def system_steps(options) -> tuple[Step, ...]:
+    """The system steps that give the launcher's OPTIONS (launch_options' inverse), in STEP_KINDS order: each step
+    whose `launch` value the options hold, and each that carries an option's value where it is not the default."""
+    from sdcpu.launcher import LaunchOptions
+
+    steps = []
+    for name, launch in ((name, k.launch) for name, k in STEP_KINDS.items() if k.launch):
+        held = getattr(options, launch.field)
+        if launch.value is None and held != getattr(LaunchOptions(), launch.field):
+            steps.append(Step(name, held))
+        elif launch.value is not None and held == launch.value:
+            steps.append(Step(name, "default" if name == "jemalloc" and not options.jemalloc_conf else None))
+    return tuple(steps)

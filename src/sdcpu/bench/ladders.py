@@ -110,14 +110,11 @@ STATIC = {
     ),
 }
 LADDERS = ("seed", *STATIC, "full")
-# The full ladder's steps, in the order it tries them; where each goes is its kind's role (recipes.StepKind).
-FRAMEWORK = ("channels_last", "bf16", "compile", "openvino", "ipex")
-WORK_CUTTING = ("scheduler=dpm++", "int8", "tiny-vae")  # on the fastest recipe so far
-BEFORE_BACKEND = ("lcm-lora",)  # inserted before the fastest recipe's backend
-EAGER_ONLY = ("deepcache=2", "tome")  # on the fastest recipe without a backend: alternatives, never kept
-# Dropped when the step joins, besides what recipes.conflict refuses beside it: OpenVINO takes its precision as a
-# compile hint (bf16 where native), so torch bf16 would only round the weights it converts (and miss the IR cache).
-SUPERSEDED = {"openvino": ("bf16",)}
+# The full ladder tries each kind's `ladder` step in stages, in STEP_KINDS order within one: the steps that keep the
+# image (0), then those that cut work (1), each on the fastest recipe so far (a backend on the fastest eager one); the
+# steps that go before that recipe's backend (2); last the eager-only ones (3), alternatives on the fastest recipe
+# without a backend, never kept.
+STAGES = {"before_backend": 2, "eager": 3}  # by role; any other role: 1 where the step cuts work, else 0
 
 
 PEER_PREFIX = "peer:"  # a --recipes item that runs a peer: peer:stable-diffusion.cpp:q8_0
@@ -189,15 +186,21 @@ def _full():
     yield Rung("baseline", "baseline")
     system = Rung("+system", "system", parent="baseline")
     best = eager = (recipes.NAMED["system"].split(","), system.name, (yield system))  # (recipe, rung name, row)
-    for step in FRAMEWORK + WORK_CUTTING + BEFORE_BACKEND + EAGER_ONLY:
+    for step in _tried():
         recipe, parent = _stack(step, best, eager)
         rung = Rung(f"+{step}", ",".join(recipe), parent=parent[1])
         row = yield rung
-        if step in EAGER_ONLY or not _applied(row, step) or not _faster(row, parent[2]):
+        if _role(step) == "eager" or not _applied(row, step) or not _faster(row, parent[2]):
             continue
         best = (recipe, rung.name, row)
         if not any(_role(s) == "backend" for s in recipe):
             eager = best
+
+
+def _tried() -> tuple[str, ...]:
+    """The steps the full ladder tries, in the order it tries them (STAGES)."""
+    kinds = [k for k in recipes.STEP_KINDS.values() if k.ladder]
+    return tuple(k.ladder for k in sorted(kinds, key=lambda k: STAGES.get(k.role, int(k.cuts_work))))
 
 
 def _stack(step: str, best, eager):
@@ -208,8 +211,11 @@ def _stack(step: str, best, eager):
         tail = [s for s in best[0] if _role(s) in ("backend", "after_backend")]
         return [*(s for s in best[0] if s not in tail), step, *tail], best
     # A backend goes on the fastest eager recipe (it replaces any other backend, and gets back what that one dropped).
+    # One that takes its precision as its value (OpenVINO: a compile hint, bf16 where native) drops torch's bf16,
+    # which would only round the weights it converts (and miss the IR cache).
     base = eager[0] if _role(step) == "backend" else best[0]
-    kept = [s for s in base if s not in SUPERSEDED.get(step, ()) and not recipes.conflict({s, step})]
+    superseded = ("bf16",) if recipes.kind(step).own_precision else ()
+    kept = [s for s in base if s not in superseded and not recipes.conflict({s, step})]
     return [*kept, step], best
 
 

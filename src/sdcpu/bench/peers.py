@@ -75,13 +75,13 @@ def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict, list[
         if reason := needed.missing(environ):
             raise RuntimeError(reason if needed is peer else f"{peer.name} reads IR exported by optimum-intel: {reason}")
     model = models.parse_spec(spec["protocol"]["model"])
-    if model.kind == "file" and peer.reads != "single-file":
+    if model.kind is models.Source.FILE and peer.reads != "single-file":
         raise RuntimeError(f"{peer.name} reads a diffusers folder or hub id, not a single-file checkpoint")
-    folder = str(random_models.ensure_built(model.ref)) if model.kind == "random" else model.ref
+    folder = str(random_models.ensure_built(model.ref)) if model.kind is models.Source.RANDOM else model.ref
     fields = {"model_path": folder, "random_weights": model.random_weights, "variant": variant,
               "threads": len(cpu.usable_physical_cores)}
     done = []
-    if peer.reads == "single-file" and model.kind != "file":
+    if peer.reads == "single-file" and model.kind is not models.Source.FILE:
         from sdcpu import single_file
 
         start, cached = time.perf_counter(), single_file.checkpoint_path(Path(folder)).is_file()
@@ -91,7 +91,7 @@ def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict, list[
     if peer.reads == "ir":
         fields["exporter"] = str(EXPORTER.python(environ).with_name("optimum-cli"))
     env = {**environ, "PYTHONPATH": str(SOURCE), "SDCPU_HOME": str(sdcpu_home())}
-    if model.kind in ("random", "folder"):
+    if model.kind in (models.Source.RANDOM, models.Source.FOLDER):
         env["HF_HUB_OFFLINE"] = "1"
     child = Path(__file__).with_name(peer.child)
     return [str(peer.python(environ)), str(child), json.dumps({**spec, **fields})], env, done

@@ -25,14 +25,14 @@ RESULTS = "results.jsonl"
 def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> list[dict]:
     """Run LADDER (a name or rungs) under PROTOCOL; rows are written to OUT/results.jsonl as they come."""
     from sdcpu import flops, random_models
-    from sdcpu.models import parse_spec
+    from sdcpu.models import Source, parse_spec
 
     model = parse_spec(protocol.model)  # refuse a bad spec before anything runs
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     cpu = hardware.detect()
     _say(f"preparing: {protocol.model} (random models are built on first use), fp32 matmul peak", end="\n")
-    if model.kind == "random":
+    if model.kind is Source.RANDOM:
         random_models.ensure_built(model.ref)  # so the first rung does not pay the build
     context = {
         "inputs": inputs.write(protocol, out / "inputs"),  # img2img and inpainting: the image every rung starts from

@@ -104,6 +104,7 @@ def run(args) -> int:
     import uvicorn
 
     from sdcpu.serve import service
+    from sdcpu.serve.queue import Phase
 
     def stop(error):
         server.should_exit = True
@@ -124,8 +125,8 @@ def run(args) -> int:
     # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully; ignoring it then exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
     server.run(sockets=[sock])
-    if worker.state.startswith("failed"):
-        raise UsageError(f"cannot serve {spec}: {worker.state.removeprefix('failed: ')}")
+    if worker.phase is Phase.FAILED:
+        raise UsageError(f"cannot serve {spec}: {worker.error}")
     return 0
 
 

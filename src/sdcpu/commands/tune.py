@@ -10,7 +10,7 @@ import importlib.util
 import os
 import sys
 
-from sdcpu import hardware, launcher, profiles
+from sdcpu import hardware, launcher, profiles, recipes
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
 from sdcpu.tune import probe, report, search, space
@@ -54,7 +54,7 @@ def _say(text: str) -> None:
 def run(args) -> int:
     from sdcpu import random_models
     from sdcpu.generate import check_size, parse_size
-    from sdcpu.models import parse_spec
+    from sdcpu.models import Source, parse_spec
 
     # 1. Check the input, look at the machine, build the space of what it can run.
     if args.steps < 1 or args.repeats < 2:
@@ -65,10 +65,10 @@ def run(args) -> int:
     model = parse_spec(args.model)
     cpu = hardware.detect()
     libs, tools = launcher.look_around(cpu, os.environ)
-    installed = {name for name, module in (("openvino", "openvino"), ("ipex", "intel_extension_for_pytorch"))
-                 if importlib.util.find_spec(module)}
+    installed = {name for name, kind in recipes.STEP_KINDS.items()
+                 if kind.needs and importlib.util.find_spec(kind.needs)}
     space_ = space.build(cpu, libs, tools, installed, args.quality)
-    if model.kind == "random":
+    if model.kind is Source.RANDOM:
         random_models.ensure_built(model.ref)
     budget_s, spent = args.budget * 60, 0.0
     spec = {"model": args.model, "size": size, "repeats": args.repeats}

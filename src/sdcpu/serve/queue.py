@@ -17,6 +17,7 @@ later fail with ShuttingDown (503), the running call stopped at its next step.
 """
 
 import collections
+import enum
 import logging
 import threading
 import time
@@ -51,6 +52,14 @@ class ShuttingDown(Exception):
 
 class ClientGone(Exception):
     """The job's client has gone: no one reads its answer."""
+
+
+class Phase(enum.Enum):
+    """Where the worker is: preparing its pipeline, ready for jobs, or failed to prepare it (Worker.error says why)."""
+
+    PREPARING = "preparing"
+    READY = "ready"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -89,7 +98,8 @@ class Worker:
         """PREPARE() -> pipeline runs on the worker thread before any job; ON_FATAL(error) is told when it fails;
         MAX_SECONDS bounds each pipeline call (None: unbounded)."""
         self.max_queue, self.max_batch, self.max_seconds = max_queue, max_batch, max_seconds
-        self.state = "loading the model"  # what /health says until "ready"
+        self.phase, self.error = Phase.PREPARING, None  # error: why preparing failed
+        self._preparing = "loading the model"  # the part of the preparation under way (PREPARE sets `state`)
         self.pipe = None
         self.scheduler_name = None  # the recipe's scheduler, used when a request names none
         self.last_seconds = 1.0  # the last pipeline call's wall time, for Retry-After
@@ -103,7 +113,17 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return self.state == "ready"
+        return self.phase is Phase.READY
+
+    @property
+    def state(self) -> str:
+        """What /health says: the part of the preparation under way, `ready`, or `failed: ERROR`."""
+        return {Phase.READY: "ready", Phase.FAILED: f"failed: {self.error}"}.get(self.phase, self._preparing)
+
+    @state.setter
+    def state(self, preparing: str) -> None:
+        """PREPARE says which part of the preparation is under way (`loading MODEL`)."""
+        self._preparing = preparing
 
     def depth(self) -> int:
         """Jobs waiting (not counting the one running)."""
@@ -176,14 +196,14 @@ class Worker:
         try:
             self.pipe = self._prepare(self)
         except Exception as error:  # noqa: BLE001 - any failure is reported, the server cannot serve without a model
-            self.state = f"failed: {error}"
+            self.error, self.phase = error, Phase.FAILED
             log.error("model preparation failed: %s", error, exc_info=error)
             self._on_fatal(error)
             return
         self._schedulers = schedulers.Swapper(self.pipe)
         self._loras = ()  # the LoRA set the pipeline runs with
         self.scheduler_name = schedulers.current_name(self.pipe)
-        self.state = "ready"
+        self.phase = Phase.READY
         while batch := self._next_batch():
             self._run(batch)
 

@@ -37,6 +37,7 @@ except ImportError as error:
 
 from sdcpu import hardware, ray_shares
 from sdcpu.serve import service
+from sdcpu.serve.queue import Phase
 
 log = logging.getLogger(__name__)
 APP = "sdcpu"  # the Ray Serve application's name
@@ -61,7 +62,7 @@ class Replica:
     def failure(self) -> str | None:
         """Why this replica's model could not be prepared (the driver stops the service, as `sdcpu serve` exits);
         None while it loads or serves."""
-        return self.worker.state.removeprefix("failed: ") if self.worker.state.startswith("failed") else None
+        return str(self.worker.error) if self.worker.phase is Phase.FAILED else None
 
 
 def _most_replicas(args) -> int:

@@ -9,6 +9,7 @@ a backend that is not installed are left out. Combinations that cannot work are 
 from dataclasses import dataclass
 
 from sdcpu import recipes
+from sdcpu.launcher import LaunchOptions
 
 Config = tuple[str, ...]  # one option per dimension, in Space.dimensions order
 
@@ -37,17 +38,23 @@ class Space:
     def describe(self, config: Config) -> dict[str, str]:
         return {d.name: option for d, option in zip(self.dimensions, config)}
 
+    def _launch_options(self, config: Config) -> LaunchOptions:
+        """The configuration's system dimensions, named as the launcher's options, as those options (the first thread
+        count, the launcher's own default, as None)."""
+        c = self.describe(config)
+        allocator, _, conf = c.get("allocator", "default").partition("=")
+        threads = None if c.get("threads") == self.describe(self.default).get("threads") else int(c["threads"])
+        return LaunchOptions(allocator=allocator, openmp=c.get("openmp"), threads=threads, pin=c.get("pin") == "on",
+                             jemalloc_conf=conf != "default")
+
     def recipe(self, config: Config) -> str:
         """The configuration as recipe steps (system first, then framework), `baseline` for the default."""
         c = self.describe(config)
-        steps = [c["allocator"]] if c.get("allocator", "default") != "default" else []
-        steps += ["iomp"] if c.get("openmp") == "iomp" else []
-        steps += [f"threads={c['threads']}"] if c.get("threads") != self.describe(self.default).get("threads") else []
-        steps += ["pin"] if c.get("pin") == "on" else []
+        steps = [str(step) for step in recipes.system_steps(self._launch_options(config))]
         steps += ["channels_last"] if c.get("layout") == "channels_last" else []
         bf16, backend = c.get("precision") == "bf16", c.get("backend", "eager")
-        if backend == "openvino":
-            steps.append(f"openvino={'bf16' if bf16 else 'f32'}")  # OpenVINO sets its own precision
+        if backend != "eager" and recipes.kind(backend).own_precision:
+            steps.append(f"{backend}={'bf16' if bf16 else 'f32'}")
         else:
             steps += ["bf16"] if bf16 else []
             steps += [backend] if backend != "eager" else []
@@ -68,13 +75,14 @@ def thread_counts(physical: int, logical: int) -> tuple[int, ...]:
 
 
 def build(cpu, libs: dict, pinning_tools, installed: set[str], quality: str) -> Space:
-    """The dimensions this machine offers. `installed` names the optional backends importable here (openvino, ipex);
-    quality `exact` keeps everything fp32."""
+    """The dimensions this machine offers. `installed` names the backends whose package (their kind's `needs`) imports
+    here; quality `exact` keeps everything fp32."""
     allocators = ["default"] + [a for a in ("tcmalloc",) if libs.get(a)]
     allocators += ["jemalloc", "jemalloc=default"] if libs.get("jemalloc") else []
     dimensions = [
         Dimension("precision", ("fp32", "bf16") if cpu.native_bf16 and quality != "exact" else ("fp32",)),
-        Dimension("backend", ("eager", "compile", *(b for b in ("openvino", "ipex") if b in installed))),
+        Dimension("backend", ("eager", *(b for b in recipes.with_role("backend")
+                                         if recipes.STEP_KINDS[b].needs is None or b in installed))),
         Dimension("threads", tuple(map(str, thread_counts(len(cpu.usable_physical_cores), len(cpu.usable_cpus))))),
         Dimension("allocator", tuple(allocators)),
         Dimension("openmp", ("gomp", "iomp") if libs.get("iomp") and cpu.arch == "x86_64" else ("gomp",)),
