@@ -1,6 +1,8 @@
 """sdcpu: Stable Diffusion inference as fast as the CPU allows, with honest measurements."""
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+__version__ = metadata.version("sdcpu")
 
 
 def load_pipeline(spec: str, **kwargs):

@@ -3,9 +3,7 @@
 import platform
 from importlib import metadata
 
-from sdcpu import __version__
-
-PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "openvino", "intel_extension_for_pytorch")
+PACKAGES = ("sdcpu", "torch", "diffusers", "transformers", "accelerate", "openvino", "intel_extension_for_pytorch")
 
 
 def installed(names=PACKAGES) -> dict:
@@ -21,4 +19,5 @@ def installed(names=PACKAGES) -> dict:
 
 def versions() -> dict:
     """sdcpu's, Python's and each package's version (None: not installed)."""
-    return {"sdcpu": __version__, "python": platform.python_version(), **installed()}
+    found = installed()
+    return {"sdcpu": found.pop("sdcpu"), "python": platform.python_version(), **found}
