@@ -55,15 +55,12 @@ class InProcess:
     def __init__(self, *args: str):
         import uvicorn
 
-        from sdcpu import hardware, models, recipes
-        from sdcpu.cli import build_parser
+        from sdcpu import hardware
         from sdcpu.serve import service
         from sdcpu.serve.queue import Phase
 
-        options = build_parser().parse_args(["serve", "--model", "random:tiny", "--recipe", "baseline",
-                                             "--warmup-size", "64x64", *args])
-        worker, app = service.build(options, models.parse_spec(options.model), recipes.parse(options.recipe),
-                                    hardware.detect(), on_fatal=lambda error: setattr(self.server, "should_exit", True))
+        worker, app = service.build(options(*args), hardware.detect(),
+                                    on_fatal=lambda error: setattr(self.server, "should_exit", True))
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))  # off the main thread: no signals
         sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -80,6 +77,17 @@ class InProcess:
         self.server.should_exit = True
         self.thread.join(timeout=60)
         return int(self.thread.is_alive())
+
+
+def options(*args: str):
+    """The service.Options of `sdcpu serve ARGS` on random:tiny, recipe baseline, warmed up at 64x64."""
+    from sdcpu import models, recipes
+    from sdcpu.cli import build_parser
+    from sdcpu.commands.serve import service_options
+
+    parsed = build_parser().parse_args(["serve", "--model", "random:tiny", "--recipe", "baseline",
+                                        "--warmup-size", "64x64", *args])
+    return service_options(parsed, models.parse_spec(parsed.model), recipes.parse(parsed.recipe))
 
 
 def free_port() -> int:

@@ -2,13 +2,16 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference
+from sdcpu import batch, generate
 from sdcpu.cli import main
 from sdcpu.errors import UsageError
+from sdcpu.serve import schemas
 
 TINY = ["--model", "random:tiny", "--size", "80x64", "--steps", "2", "--recipe", "baseline"]
 
@@ -40,6 +43,26 @@ def test_recipe_call_defaults_apply_unless_the_command_line_says_otherwise(tmp_p
     assert main(["generate", "x", *base, "--recipe", "steps=2,guidance=3", "--steps", "3",
                  "-o", str(tmp_path / "mixed.png")]) == 0
     assert "Steps: 3, Sampler: pndm, CFG scale: 3.0," in Image.open(tmp_path / "mixed.png").text["parameters"]
+
+
+class _Tokenizer:
+    model_max_length = 77
+
+    def __call__(self, text):
+        return SimpleNamespace(input_ids=text.split())
+
+
+def test_a_request_that_sets_nothing_takes_the_defaults_it_is_handed_at_every_entry_point():
+    """generate.Defaults is declared once: the recipe's call defaults go over the model's, and batch's rows and serve's
+    OpenAI bodies take those they are handed (a model's, a recipe's), not numbers of their own."""
+    recipe_steps_4 = SimpleNamespace(sdcpu_defaults={"num_inference_steps": 4})
+    defaults = generate.defaults_for(recipe_steps_4, generate.Defaults(steps=9, guidance=2.5, width=128, height=96))
+    assert defaults == generate.Defaults(steps=4, guidance=2.5, width=128, height=96)
+    row = batch.Job(line=1, prompt="x", size="128x96").request(0, defaults)
+    served = schemas.from_openai(schemas.OpenAIImageRequest(prompt="x"),
+                                 schemas.Limits(1024, defaults, _Tokenizer())).request
+    for request in (row, served):
+        assert (request.steps, request.guidance, request.width, request.height) == (4, 2.5, 128, 96)
 
 
 def test_same_seed_same_image(tmp_path):

@@ -14,9 +14,10 @@ import httpx2 as httpx
 import openai
 import pytest
 
+import serving
 from raycluster import local_cluster
 from serving import Server, free_port
-from sdcpu.cli import build_parser, main
+from sdcpu.cli import main
 from test_serve import AUTH, KEY, TINY, png
 
 SLOW = {"prompt": "x", "width": 128, "height": 128, "steps": 30}  # seconds on one core, long enough to overlap
@@ -132,11 +133,10 @@ def test_without_ray_one_line_names_the_install_command(capsys, monkeypatch):
 def test_a_replica_admits_more_than_its_worker_holds_so_the_worker_answers_503():
     from sdcpu.serve.ray_deploy import HEADROOM, deployment_options
 
-    parse = build_parser().parse_args
-    options = deployment_options(parse(["serve", "--ray", "--max-queue", "3", "--max-batch", "2", "--max-replicas",
-                                        "4"]), usable_cores=16)
+    options = deployment_options(serving.options("--ray", "--max-queue", "3", "--max-batch", "2", "--max-replicas",
+                                                 "4"), usable_cores=16)
     assert options["max_ongoing_requests"] == 2 + 3 + HEADROOM  # running + waiting, then the light routes
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2}
     assert options["ray_actor_options"] == {"num_cpus": 4}  # 16 cores / at most 4 replicas
-    fixed = deployment_options(parse(["serve", "--ray", "--replicas", "2", "--cores-per-replica", "3"]), 16)
+    fixed = deployment_options(serving.options("--ray", "--replicas", "2", "--cores-per-replica", "3"), 16)
     assert fixed["num_replicas"] == 2 and fixed["ray_actor_options"] == {"num_cpus": 3}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sdcpu import schedulers
 from sdcpu.errors import UsageError
-from sdcpu.generate import Request, parse_size
+from sdcpu.generate import DEFAULTS, Defaults, Request, parse_size
 
 FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "size": str, "steps": int, "guidance": float,
           "scheduler": str, "n": int}
@@ -25,25 +25,24 @@ MANIFEST, STATE = "manifest.jsonl", "batch.json"
 @dataclass(frozen=True)
 class Job:
     """One line of the jobs file: N images of a prompt, seeds seed..seed+n-1. STEPS and GUIDANCE are None where
-    neither the row nor the command line set them (the recipe's call defaults, else 20 and 7.5, fill them in)."""
+    neither the row nor the command line set them (generate.defaults_for the pipeline fills them in)."""
 
     line: int
     prompt: str
     negative_prompt: str = ""
     seed: int = 0
-    size: str = "512x512"
+    size: str = DEFAULTS.size
     steps: int | None = None
     guidance: float | None = None
     scheduler: str | None = None
     n: int = 1
 
-    def request(self, seed: int, call_defaults: dict | None = None) -> Request:
-        """The one-image request of SEED, the job's unset steps and guidance taken from CALL_DEFAULTS
-        (steps_base.defaults: the recipe's steps= and guidance=)."""
-        call_defaults = call_defaults or {}
+    def request(self, seed: int, defaults: Defaults = DEFAULTS) -> Request:
+        """The one-image request of SEED, the job's unset steps and guidance taken from DEFAULTS
+        (generate.defaults_for the pipeline: the recipe's steps= and guidance=, else the model's)."""
         width, height = parse_size(self.size)
-        steps = self.steps if self.steps is not None else call_defaults.get("num_inference_steps", 20)
-        guidance = self.guidance if self.guidance is not None else call_defaults.get("guidance_scale", 7.5)
+        steps = self.steps if self.steps is not None else defaults.steps
+        guidance = self.guidance if self.guidance is not None else defaults.guidance
         return Request(prompt=self.prompt, negative_prompt=self.negative_prompt, steps=steps, width=width,
                        height=height, seed=seed, guidance=guidance)
 
@@ -225,10 +224,10 @@ def reported(rows: list[dict]) -> set[int]:
     return {r["line"] for r in rows if r["status"] == "error" and r["seed"] is None}
 
 
-def shape(job: Job, call_defaults: dict | None = None) -> tuple:
-    """What images must share to share a pipeline call: size, steps and guidance (the unset ones from CALL_DEFAULTS,
-    steps_base.defaults: where no pipeline is loaded, as on Ray's driver, 20 and 7.5), and the scheduler."""
-    request = job.request(job.seed, call_defaults)
+def shape(job: Job, defaults: Defaults = DEFAULTS) -> tuple:
+    """What images must share to share a pipeline call: size, steps and guidance (the unset ones from DEFAULTS: where
+    no pipeline is loaded, as on Ray's driver, the model's), and the scheduler."""
+    request = job.request(job.seed, defaults)
     return request.width, request.height, request.steps, request.guidance, job.scheduler
 
 

@@ -3,35 +3,38 @@ the output folder and its manifest row. What the single process runs, and each R
 
 import dataclasses
 
-from sdcpu import batch, generate, models, recipes, schedulers, steps, steps_base
+from sdcpu import batch, generate, schedulers
+from sdcpu.prepare import prepare
 
 
 class Maker:
     """SPEC's pipeline optimized by RECIPE for CPU (a compiling backend compiles on a one-step warm-up at FIRST's
-    shape, a (job, seed)), writing images into FOLDER."""
+    shape, a (job, seed): its seconds are `warmup_seconds`, None without one), writing images into FOLDER."""
 
     def __init__(self, spec, recipe, cpu, folder, first, *, progress: bool = False):
         self.spec, self.recipe, self.folder = spec, recipe, folder
-        self.pipe = models.load_pipeline(spec, progress=progress)
-        _, outcomes = steps.optimize(self.pipe, recipe, cpu)
-        self.pipe.set_progress_bar_config(disable=True)  # one bar: images, not each call's steps
-        self.call_defaults = steps_base.defaults(self.pipe)
-        self.use_scheduler = schedulers.Swapper(self.pipe).use  # each made once from the recipe's own
-        self.warmup_seconds = None
-        if any(o.applied and recipes.kind(o.step).compiles for o in outcomes):
-            job, seed = first
+        job, seed = first
+
+        def optimized(pipe):
+            pipe.set_progress_bar_config(disable=True)  # one bar: images, not each call's steps
+            self.use_scheduler = schedulers.Swapper(pipe).use  # each made once from the recipe's own
+
+        def warmup(defaults):
             self.use_scheduler(job.scheduler)
-            request = dataclasses.replace(job.request(seed, self.call_defaults), steps=1)
-            self.warmup_seconds = generate.run(self.pipe, request).seconds
+            return dataclasses.replace(job.request(seed, defaults), steps=1)
+
+        prepared = prepare(spec, recipe, cpu, progress=progress, optimized=optimized, warmup=warmup)
+        self.pipe, self.defaults = prepared.pipe, prepared.defaults
+        self.warmup_seconds = prepared.warmup and prepared.warmup.seconds
 
     def shape(self, job):
-        return batch.shape(job, self.call_defaults)
+        return batch.shape(job, self.defaults)
 
     def rows(self, images, max_batch: int):
         """Make IMAGES (job, seed) in calls of up to MAX_BATCH; yield each image's manifest row once its PNG is written
         (a failed call: an error row for each of its images, and the rest runs)."""
         for group in batch.groups(images, max_batch, self.shape):
-            requests = [job.request(seed, self.call_defaults) for job, seed in group]
+            requests = [job.request(seed, self.defaults) for job, seed in group]
             try:
                 scheduler = self.use_scheduler(group[0][0].scheduler)
                 result = generate.run_batch(self.pipe, requests)

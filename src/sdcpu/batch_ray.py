@@ -52,9 +52,21 @@ def _import_ray():
     return ray
 
 
-def rows(options: RayOptions, spec, recipe, cpu, images, folder: Path, max_batch: int):
-    """Start or join Ray and check the actor pool fits the cluster (here, before the manifest sees anything); then the
-    manifest rows of IMAGES (job, seed), as the actors make them (Ray is shut down when they end)."""
+@dataclass(frozen=True)
+class Pool:
+    """The actor pool on a running Ray: ACTORS actors of CORES cores each, on a cluster of CPUS."""
+
+    version: str  # Ray's
+    cpus: int
+    actors: int
+    cores: int
+
+    def __str__(self):
+        return f"Ray {self.version}, {self.cpus} CPUs: {self.actors} actor(s) x {self.cores} core(s)"
+
+
+def start(options: RayOptions, cpu) -> Pool:
+    """Start or join Ray and check the actor pool fits the cluster (here, before the manifest sees anything)."""
     ray = _import_ray()
     local = options.address == ray_shares.LOCAL
     ray.init(address=options.address, num_cpus=len(cpu.usable_physical_cores) if local else None,
@@ -67,11 +79,18 @@ def rows(options: RayOptions, spec, recipe, cpu, images, folder: Path, max_batch
         if actors * cores > cpus:
             raise UsageError(f"{actors} actor(s) x {cores} core(s) need {actors * cores} CPUs; the Ray cluster at "
                              f"{options.address} has {cpus}")
-        print(f"sdcpu batch: Ray {ray.__version__}, {cpus} CPUs: {actors} actor(s) x {cores} core(s)", flush=True)
     except BaseException:
         ray.shutdown()
         raise
-    return _results(ray, actors, cores, actor_environ(recipe, cpu, cores), spec, recipe, images, folder, max_batch)
+    return Pool(ray.__version__, cpus, actors, cores)
+
+
+def rows(pool: Pool, spec, recipe, cpu, images, folder: Path, max_batch: int):
+    """The manifest rows of IMAGES (job, seed), as POOL's actors make them (Ray, started, is shut down when they
+    end)."""
+    ray = _import_ray()
+    return _results(ray, pool.actors, pool.cores, actor_environ(recipe, cpu, pool.cores), spec, recipe, images, folder,
+                    max_batch)
 
 
 def _results(ray, actors, cores, environ, spec, recipe, images, folder, max_batch):

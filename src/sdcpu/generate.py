@@ -5,10 +5,10 @@ import math
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sdcpu import locks
+from sdcpu import locks, steps_base
 from sdcpu.errors import UsageError
 from sdcpu.timing import Split, component_split
 
@@ -23,14 +23,41 @@ MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
 
 
 @dataclass(frozen=True)
+class Defaults:
+    """What a request leaves unset takes: denoising steps, guidance scale and size. The one declaration of them: every
+    entry point (generate, batch, serve, bench) reads them from here, through `defaults_for`."""
+
+    steps: int = 20
+    guidance: float = 7.5
+    width: int = 512
+    height: int = 512
+
+    @property
+    def size(self) -> str:
+        """'512x512': the size as the command lines write it."""
+        return f"{self.width}x{self.height}"
+
+
+DEFAULTS = Defaults()  # SD 1.x and 2.x's; a model family will bring its own
+
+
+def defaults_for(pipe, base: Defaults = DEFAULTS) -> Defaults:
+    """The defaults of a request on PIPE: BASE (the model's; bench: its protocol's) with the call defaults of the
+    recipe PIPE was optimized with over it (its steps= and guidance=; lcm-lora's 4 steps at guidance 1)."""
+    call = steps_base.defaults(pipe)
+    return replace(base, steps=call.get("num_inference_steps", base.steps),
+                   guidance=call.get("guidance_scale", base.guidance))
+
+
+@dataclass(frozen=True)
 class Request:
     prompt: str
     negative_prompt: str = ""
-    steps: int = 20
-    width: int = 512
-    height: int = 512
+    steps: int = DEFAULTS.steps
+    width: int = DEFAULTS.width
+    height: int = DEFAULTS.height
     seed: int = 0
-    guidance: float = 7.5
+    guidance: float = DEFAULTS.guidance
     num_images: int = 1
 
     def validate(self) -> "Request":

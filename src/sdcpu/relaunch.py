@@ -46,6 +46,12 @@ def child_row(stdout: str, stderr_lines, code: int) -> dict:
     return {"failed": f"{errors[-1] if errors else 'no output'} (exit {code})"}
 
 
+def write_row(row: dict, out=None) -> None:
+    """A measuring child's result as child_row reads it: one JSON line on OUT (default stdout; a child whose libraries
+    print on stdout writes it to a copy of the real one). The one place a child below the commands prints."""
+    print(json.dumps(row), file=out or sys.stdout, flush=True)
+
+
 def handed_down(environ=os.environ) -> tuple[recipes.Recipe, str | None] | None:
     """(the recipe, why auto chose it) the parent resolved before re-executing this process under its plan; None when
     this process was not started that way."""

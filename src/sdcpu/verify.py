@@ -85,4 +85,6 @@ def probe(plan: LaunchPlan, environ) -> tuple[dict, list[str]]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(snapshot()))
+    from sdcpu.relaunch import write_row
+
+    write_row(snapshot())

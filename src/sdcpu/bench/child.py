@@ -1,8 +1,9 @@
 """One bench rung, run inside its own fresh process (started by the runner under the rung's launch plan).
 
-`python -m sdcpu.bench.child SPEC_JSON` loads the model, applies the recipe's framework and algorithm steps, makes one
-warm-up call (it compiles, for compiling steps: timed apart), then the timed calls with the per-component split, saves
-the image of the last call, and prints one JSON row on stdout. Progress goes to stderr as `PROGRESS {json}` lines.
+`python -m sdcpu.bench.child SPEC_JSON` prepares the model (sdcpu.prepare: loads it, applies the recipe's framework
+and algorithm steps, makes one warm-up call: it compiles, for compiling steps, timed apart), then makes the timed calls
+with the per-component split, saves the image of the last call, and prints one JSON row on stdout (`write_row`).
+Progress goes to stderr as `PROGRESS {json}` lines.
 """
 
 import dataclasses
@@ -30,37 +31,36 @@ def cache_state() -> dict:
 def run(spec: dict) -> dict:
     import torch
 
-    from sdcpu import families, generate, hardware, recipes, steps, verify
+    from sdcpu import families, generate, hardware, recipes, verify
     from sdcpu.bench import inputs, ladders
-    from sdcpu.models import load_pipeline, parse_spec
+    from sdcpu.models import parse_spec
+    from sdcpu.prepare import prepare
 
     # 1. What the launcher really applied, before anything else runs.
     snap = verify.snapshot()
     row = {"verify": {**verify_summary(snap), "failures": verify.check(snap)}, "cache_before": cache_state()}
 
-    # 2. Load and optimize.
+    # 2. Load, optimize, then the warm-up call: the first call compiles, for compiling steps; its time is kept apart.
     protocol = ladders.Protocol.from_dict(spec["protocol"])
-    start = time.perf_counter()
     model = parse_spec(protocol.model)
-    pipe = load_pipeline(model)
-    row["load_s"] = round(time.perf_counter() - start, 2)
-    cpu = hardware.detect()
     recipe = recipes.Recipe.from_json(spec["recipe"])  # resolved by the runner, which planned the launch for it
-    pipe, outcomes = steps.optimize(pipe, recipe, cpu)
+    edit = inputs.edit(spec.get("inputs"))  # img2img, inpainting: the runner's input image
+
+    def warmup_request(defaults):
+        progress(phase="warm-up", steps=protocol.warmup_steps_used)
+        return _request(protocol, defaults, steps=protocol.warmup_steps_used)
+
+    prepared = prepare(model, recipe, hardware.detect(), warmup=warmup_request, edit=edit, always_warm=True,
+                       base=generate.Defaults(protocol.steps, protocol.guidance, protocol.width, protocol.height))
+    pipe, outcomes, warmup = prepared.pipe, prepared.outcomes, prepared.warmup
+    row["load_s"] = round(prepared.load_seconds, 2)
     row["recipe_resolved"] = str(recipe)
     row["steps"] = [{"step": o.step, "applied": o.applied, "detail": o.detail, "s": round(o.seconds, 2)}
                     for o in outcomes]
-    defaults = steps.defaults(pipe)
-    request = protocol.request(steps=defaults.get("num_inference_steps", protocol.steps),
-                               guidance=defaults.get("guidance_scale", protocol.guidance))
+    request = _request(protocol, prepared.defaults)
     protocol = dataclasses.replace(protocol, steps=request.steps)  # a recipe's own steps (lcm-lora's 4): steps run
-    edit = inputs.edit(spec.get("inputs"))  # img2img, inpainting: the runner's input image
 
-    # 3. Warm-up: the first call compiles, for compiling steps; its time is kept apart.
-    progress(phase="warm-up", steps=protocol.warmup_steps_used)
-    warmup = generate.run(pipe, dataclasses.replace(request, steps=protocol.warmup_steps_used), edit)
-
-    # 4. Timed calls, each with its component split.
+    # 3. Timed calls, each with its component split.
     calls = []
     for index in range(protocol.runs):
         result = generate.run(pipe, request, edit)
@@ -71,7 +71,7 @@ def run(spec: dict) -> dict:
                                     scheduler=type(pipe.scheduler).__name__, recipe=str(recipe), edit=edit)
     generate.save_png(calls[-1].images[0], Path(spec["image"]), text)
 
-    # 5. The row: times, split, hardware-relative figures, memory.
+    # 4. The row: times, split, hardware-relative figures, memory.
     times = [c.seconds for c in calls]
     unet_calls = calls[-1].split.calls.get("unet", 0)
     cfg_batch = 2 if request.guidance > 1 else 1
@@ -96,6 +96,11 @@ def run(spec: dict) -> dict:
         random_weights=model.random_weights, threads=torch.get_num_threads(),
     )
     return row
+
+
+def _request(protocol, defaults, **changes):
+    """The call each timed run makes (with CHANGES): the protocol's, at the recipe's own steps and guidance."""
+    return protocol.request(**{"steps": defaults.steps, "guidance": defaults.guidance, **changes})
 
 
 def protocol_calls(call, spec: dict):
@@ -135,7 +140,9 @@ def verify_summary(snap: dict) -> dict:
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
-    print(json.dumps(run(spec)), flush=True)
+    from sdcpu.relaunch import write_row
+
+    write_row(run(spec))
     return 0
 
 

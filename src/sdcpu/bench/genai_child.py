@@ -23,6 +23,7 @@ from pathlib import Path
 
 from sdcpu.bench.child import protocol_calls
 from sdcpu.home import sdcpu_home
+from sdcpu.relaunch import write_row
 
 
 def exported(model_path: str, exporter: str) -> tuple[Path, bool, float]:
@@ -101,7 +102,7 @@ def main() -> int:
         "export_peak_rss_gib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20,
         **timing,
     }
-    print(json.dumps(row), flush=True)
+    write_row(row)
     return 0
 
 

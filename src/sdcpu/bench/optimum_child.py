@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sdcpu.bench.child import protocol_calls
 from sdcpu.home import sdcpu_home
+from sdcpu.relaunch import write_row
 
 
 def main() -> int:
@@ -67,7 +68,7 @@ def main() -> int:
         "random_weights": spec["random_weights"],
         **timing,
     }
-    print(json.dumps(row), flush=True)
+    write_row(row)
     return 0
 
 

@@ -11,7 +11,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,8 +21,10 @@ from sdcpu.versions import versions
 RESULTS = "results.jsonl"
 
 
-def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> list[dict]:
-    """Run LADDER (a name or rungs) under PROTOCOL; rows are written to OUT/results.jsonl as they come."""
+def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ, say=lambda text, final=False: None
+        ) -> list[dict]:
+    """Run LADDER (a name or rungs) under PROTOCOL; rows are written to OUT/results.jsonl as they come. SAY(text,
+    final) is told what happens: each rung's progress (FINAL False: the next line replaces it), then its summary."""
     from sdcpu import flops, random_models
     from sdcpu.models import Source, parse_spec
 
@@ -31,7 +32,7 @@ def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> li
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     cpu = hardware.detect()
-    _say(f"preparing: {protocol.model} (random models are built on first use), fp32 matmul peak", end="\n")
+    say(f"preparing: {protocol.model} (random models are built on first use), fp32 matmul peak", True)
     if model.kind is Source.RANDOM:
         random_models.ensure_built(model.ref)  # so the first rung does not pay the build
     context = {
@@ -47,13 +48,14 @@ def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> li
         while True:
             row = {"index": len(rows), "rung": rung.name, "recipe": rung.recipe, "peer": rung.peer, "parent": rung.parent,
                    **({"note": rung.note} if rung.note else {}), **context}
-            row.update(run_rung(rung, row, protocol, out, cpu, environ, started))
+            row.update(run_rung(rung, row, protocol, out, cpu, environ,
+                                lambda event: say(progress_line(row, rung, event, started))))
             if "median_s" in row and rows and "median_s" in rows[0]:
                 row["fidelity"] = compare(row, rows[0], out)
             results.write(json.dumps(row) + "\n")
             results.flush()
             rows.append(row)
-            _say(summary_line(row), end="\n")
+            say(summary_line(row), True)
             try:
                 rung = gen.send(row)
             except StopIteration:
@@ -61,8 +63,9 @@ def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ) -> li
     return rows
 
 
-def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, started: float) -> dict:
-    """The rung's own fields: its child's row, or `failed` with the reason."""
+def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, on_progress) -> dict:
+    """The rung's own fields: its child's row, or `failed` with the reason; ON_PROGRESS(event) is told each of the
+    child's progress events."""
     slug = f"{row['index']:02d}-{re.sub(r'[^a-z0-9]+', '-', rung.name.lower()).strip('-')}"
     spec = {"recipe": rung.recipe, "protocol": protocol.to_dict(), "image": str(out / "images" / f"{slug}.png"),
             "inputs": row["inputs"]}
@@ -89,7 +92,7 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, s
         for line in proc.stderr:
             log.write(line)
             if line.startswith(child.PROGRESS):
-                _say(progress_line(row, rung, json.loads(line[len(child.PROGRESS):]), started))
+                on_progress(json.loads(line[len(child.PROGRESS):]))
             else:
                 errors.append(line)
         proc.wait()
@@ -120,14 +123,6 @@ def summary_line(row) -> str:
     if "failed" in row:
         return f"rung {row['index'] + 1} {row['rung']}: FAILED: {row['failed']}"
     return f"rung {row['index'] + 1} {row['rung']}: {row['median_s']:.2f} s/image median ({row['s_per_step']:.3f} s/step)"
-
-
-def _say(text: str, end: str = "") -> None:
-    """One live line on a terminal (rewritten in place), one line per event elsewhere."""
-    if sys.stderr.isatty():
-        print(f"\r\033[K{text}", end=end or "", file=sys.stderr, flush=True)
-    else:
-        print(text, file=sys.stderr, flush=True)
 
 
 def _rgb(path: Path):

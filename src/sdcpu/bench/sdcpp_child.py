@@ -16,6 +16,7 @@ import time
 from importlib.metadata import version
 
 from sdcpu.bench.child import protocol_calls
+from sdcpu.relaunch import write_row
 
 TRAIN_TIMESTEPS = 1000  # SD's, and sd.cpp's fixed TIMESTEPS
 SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")  # diffusers options that move sigmas
@@ -107,7 +108,7 @@ def main() -> int:
         "ggml_cpu_features": features,
         **timing,
     }
-    print(json.dumps(row), file=row_out, flush=True)
+    write_row(row, row_out)
     return 0
 
 

@@ -6,10 +6,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sdcpu import (auto, batch, batch_make, batch_ray, generate, hardware, models, ray_shares, recipes, relaunch,
-                   schedulers)
-from sdcpu.commands.options import add_model
+from sdcpu import batch, batch_make, batch_ray, generate, hardware, models, ray_shares, relaunch, schedulers
+from sdcpu.commands.options import add_model, add_recipe, resolve_recipe
 from sdcpu.errors import UsageError
+from sdcpu.generate import DEFAULTS
 
 
 def register(sub):
@@ -19,12 +19,13 @@ def register(sub):
                                                "or a .txt (one prompt a line)")
     p.add_argument("--out", required=True, metavar="DIR", help="the images, manifest.jsonl and batch.json")
     add_model(p)
-    p.add_argument("--recipe", default="auto", help="as for `sdcpu generate` (default %(default)s)")
-    p.add_argument("--quality", choices=auto.QUALITIES, help="the auto recipe's quality level")
-    p.add_argument("--size", default="512x512", help="WIDTHxHEIGHT of jobs that set none (default %(default)s)")
-    p.add_argument("--steps", type=int, help="steps of jobs that set none (default: the recipe's, else 20)")
+    add_recipe(p)
+    p.add_argument("--size", default=DEFAULTS.size, help="WIDTHxHEIGHT of jobs that set none (default %(default)s)")
+    p.add_argument("--steps", type=int,
+                   help=f"steps of jobs that set none (default: the recipe's, else {DEFAULTS.steps})")
     p.add_argument("--seed", type=int, default=0, help="seed of jobs that set none (default %(default)s)")
-    p.add_argument("--guidance", type=float, help="guidance of jobs that set none (default: the recipe's, else 7.5)")
+    p.add_argument("--guidance", type=float,
+                   help=f"guidance of jobs that set none (default: the recipe's, else {DEFAULTS.guidance})")
     p.add_argument("--negative-prompt", default="", help="negative prompt of jobs that set none")
     p.add_argument("--num-images", type=int, default=1, help="images of jobs that set no n (default %(default)s)")
     p.add_argument("--scheduler", choices=list(schedulers.SCHEDULERS), metavar="NAME",
@@ -50,8 +51,6 @@ OPTIONS = ("model", "recipe", "quality", "size", "steps", "seed", "guidance", "n
 def run(args) -> int:
     # 1. Read and check every row and the folder before the (slow) model load; then start under the recipe's plan.
     cpu = hardware.detect()
-    if args.quality and not recipes.is_auto(args.recipe):
-        raise UsageError(f"--quality sets the level of the auto recipe, not of --recipe {args.recipe}")
     if args.max_batch < 1:
         raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
     ray_options = batch_ray.check(args.ray, args.actors, args.cores_per_actor)
@@ -68,8 +67,7 @@ def run(args) -> int:
         raise UsageError(f"{path}: no job to run")
     batch.check_state(folder, digest, {name: getattr(args, name) for name in OPTIONS})
     width, height = generate.parse_size(Counter(job.size for job in jobs).most_common(1)[0][0])
-    recipe, why_auto = relaunch.handed_down() or auto.resolve_for(
-        f"auto:{args.quality}" if args.quality else args.recipe, cpu, args.model, width, height)
+    recipe, why_auto = resolve_recipe(args, cpu, width, height)
     if ray_options is None:  # on Ray the actors compute, each started under its share of the plan
         relaunch.under_plan(recipe, cpu, why=why_auto)
     _report(path, bad)  # after the re-exec, so said once
@@ -86,7 +84,7 @@ def run(args) -> int:
                 batch.append(manifest, batch.row(row.line, None, recipe, error=row.error))
         failed = 0
         if images:
-            made = (batch_ray.rows(ray_options, spec, recipe, cpu, images, folder, args.max_batch) if ray_options
+            made = (_made_on_ray(ray_options, spec, recipe, cpu, images, folder, args.max_batch) if ray_options
                     else _made_here(args, spec, recipe, cpu, images, folder))
             failed = _record(made, manifest, total, len(images))
     print(f"{folder}: {len(images) - failed} image(s) made, {failed} failed, {total - len(images)} already there"
@@ -109,6 +107,13 @@ def _made_here(args, spec, recipe, cpu, images, folder):
     if maker.warmup_seconds is not None:
         print(f"compile + one-step warm-up: {maker.warmup_seconds:.1f} s (one-time)")
     return maker.rows(images, args.max_batch)
+
+
+def _made_on_ray(options, spec, recipe, cpu, images, folder, max_batch: int):
+    """The rows of IMAGES made by a pool of Ray actors, each as its PNG is written (the pool started first)."""
+    pool = batch_ray.start(options, cpu)
+    print(f"sdcpu batch: {pool}", flush=True)
+    return batch_ray.rows(pool, spec, recipe, cpu, images, folder, max_batch)
 
 
 def _record(rows, manifest, total: int, left: int) -> int:

@@ -5,6 +5,7 @@ Default protocol: the seed's (1 warm-up call at 10 steps, 10 timed calls at 20 s
 (256x256, 4 steps, 3 runs, 1-step warm-up) fits a 2-core machine in about 15 minutes; any option below overrides it."""
 
 import dataclasses
+import sys
 from pathlib import Path
 
 from sdcpu import tasks
@@ -68,8 +69,16 @@ def run(args) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UsageError(f"cannot create output folder {args.out}: {err.strerror}") from None
-    rows = runner.run(protocol, ladder, args.out)
+    rows = runner.run(protocol, ladder, args.out, say=_say)
     paths = report.write(args.out)
     print(report.markdown(rows))
     print("\n".join(f"wrote {path}" for path in [args.out / runner.RESULTS, *paths]))
     return 1 if all("failed" in row for row in rows) else 0
+
+
+def _say(text: str, final: bool = False) -> None:
+    """One live line on a terminal (rewritten in place until a FINAL one), one line per event elsewhere."""
+    if sys.stderr.isatty():
+        print(f"\r\033[K{text}", end="\n" if final else "", file=sys.stderr, flush=True)
+    else:
+        print(text, file=sys.stderr, flush=True)

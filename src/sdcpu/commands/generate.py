@@ -1,30 +1,27 @@
 """`sdcpu generate PROMPT`: images from a prompt (and from an image: img2img, inpainting with a mask), with their
 timing and self-describing PNGs."""
 
-import dataclasses
 import resource
+from dataclasses import replace
 
-from sdcpu import auto, generate, hardware, lora, models, recipes, relaunch, schedulers, steps, tasks
-from sdcpu.commands.options import add_model
+from sdcpu import generate, hardware, lora, models, relaunch, schedulers, tasks
+from sdcpu.commands.options import add_model, add_recipe, resolve_recipe
 from sdcpu.errors import UsageError
+from sdcpu.generate import DEFAULTS
+from sdcpu.prepare import prepare
 from sdcpu.steps_base import Skip
-
 
 
 def register(sub):
     p = sub.add_parser("generate", help="generate images from a prompt", description=__doc__)
     p.add_argument("prompt")
     add_model(p)
-    p.add_argument("--recipe", default="auto",
-                   help="a named recipe (baseline, system, framework, seed, auto) or steps, e.g. "
-                        "jemalloc,iomp,pin,channels_last,bf16 (default %(default)s; `sdcpu info` shows what it picks)")
-    p.add_argument("--quality", choices=("exact", "high", "fast"),
-                   help="the auto recipe's quality level: exact (fp32 only), high (default: + native bf16), fast "
-                        "(+ deepcache, tiny-vae); same as --recipe auto:LEVEL")
-    p.add_argument("--steps", type=int, help="denoising steps (default: the recipe's steps=, else 20)")
-    p.add_argument("--size", default="512x512", help="WIDTHxHEIGHT, multiples of 8 (default %(default)s)")
+    add_recipe(p)
+    p.add_argument("--steps", type=int, help=f"denoising steps (default: the recipe's steps=, else {DEFAULTS.steps})")
+    p.add_argument("--size", default=DEFAULTS.size, help="WIDTHxHEIGHT, multiples of 8 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i (default %(default)s)")
-    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the recipe's, else 7.5)")
+    p.add_argument("--guidance", type=float,
+                   help=f"classifier-free guidance scale (default: the recipe's guidance=, else {DEFAULTS.guidance})")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--scheduler", choices=list(schedulers.SCHEDULERS), metavar="NAME",
@@ -47,50 +44,44 @@ def register(sub):
 def run(args) -> int:
     # 1. Check every input before the (slow) model load, so a typo costs nothing; then start under the recipe's plan.
     cpu = hardware.detect()
-    if args.quality and not recipes.is_auto(args.recipe):
-        raise UsageError(f"--quality sets the level of the auto recipe, not of --recipe {args.recipe}")
     width, height = generate.parse_size(args.size)
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
     loras = tuple(lora.parse(text, trust_pickle=args.trust_pickle) for text in args.lora)
-    # auto: a tuned profile for this model and size, else the class rules (said at the end); resolved once, before
-    # the re-exec under the launch plan, which hands it down
-    recipe, why_auto = relaunch.handed_down() or auto.resolve_for(
-        f"auto:{args.quality}" if args.quality else args.recipe, cpu, args.model, width, height)
-    request = generate.Request(
-        prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height, seed=args.seed,
-        steps=20 if args.steps is None else args.steps, guidance=7.5 if args.guidance is None else args.guidance,
-        num_images=args.num_images,
-    ).validate()
+    # auto: a tuned profile for this model and size, else the class rules (said at the end)
+    recipe, why_auto = resolve_recipe(args, cpu, width, height)
+    asked = generate.Request(prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height,
+                             seed=args.seed, num_images=args.num_images)
+    request = _with_defaults(asked, args, DEFAULTS).validate()
     edit = _edit(args)
     tasks.check_steps(request.steps, edit and edit.strength)
     paths = generate.output_paths(args.output, request.seeds(), overwrite=args.overwrite)
     relaunch.under_plan(recipe, cpu, why=why_auto)
 
-    # 2. Load the model, optimize it, add the LoRAs, set its scheduler.
-    pipe = models.load_pipeline(spec, progress=True)
-    generate.check_tokens(pipe.tokenizer, request)
-    _, outcomes = steps.optimize(pipe, recipe, cpu)
-    if loras:
-        try:
-            print(f"lora: {lora.use(pipe, loras, fuse=True)}")  # one set per process: fused, no per-step cost
-        except Skip as skip:
-            raise UsageError(f"--lora cannot apply on recipe {recipe}: {skip}") from None
-    defaults = steps.defaults(pipe)  # the recipe's steps= and guidance=, lcm-lora's 4 steps at guidance 1
-    request = dataclasses.replace(
-        request, steps=args.steps or defaults.get("num_inference_steps", request.steps),
-        guidance=args.guidance if args.guidance is not None else defaults.get("guidance_scale", request.guidance))
-    if args.scheduler:
-        schedulers.set_scheduler(pipe, args.scheduler)
-    scheduler = schedulers.current_name(pipe)
+    # 2. Load the model, optimize it, add the LoRAs, set its scheduler; compiling backends compile on their first
+    # call: pay that on a one-step warm-up (one step run), reported apart.
+    def optimized(pipe):
+        if loras:
+            try:
+                print(f"lora: {lora.use(pipe, loras, fuse=True)}")  # one set per process: fused, no per-step cost
+            except Skip as skip:
+                raise UsageError(f"--lora cannot apply on recipe {recipe}: {skip}") from None
+        if args.scheduler:
+            schedulers.set_scheduler(pipe, args.scheduler)
 
-    # 3. Compiling backends compile on their first call: pay that on a one-step warm-up, reported apart.
-    if any(o.applied and recipes.kind(o.step).compiles for o in outcomes):
+    def warmup(defaults):
         first = 1 if edit is None else tasks.min_steps(edit.strength)  # one step run
-        warmup = generate.run(pipe, dataclasses.replace(request, steps=first, num_images=1), edit)
-        cached = "LoRA-edited models compile again in each process" if loras else "cached for the next process"
-        print(f"compile + one-step warm-up: {warmup.seconds:.1f} s (one-time; {cached})")
+        return replace(_with_defaults(asked, args, defaults), steps=first, num_images=1)
 
-    # 4. Generate, then write one PNG per image.
+    prepared = prepare(spec, recipe, cpu, progress=True, edit=edit, warmup=warmup, optimized=optimized,
+                       loaded=lambda pipe: generate.check_tokens(pipe.tokenizer, request))
+    pipe = prepared.pipe
+    request = _with_defaults(asked, args, prepared.defaults)  # the recipe's steps= and guidance=, lcm-lora's 4 at 1
+    scheduler = schedulers.current_name(pipe)
+    if prepared.warmup:
+        cached = "LoRA-edited models compile again in each process" if loras else "cached for the next process"
+        print(f"compile + one-step warm-up: {prepared.warmup.seconds:.1f} s (one-time; {cached})")
+
+    # 3. Generate, then write one PNG per image.
     result = generate.run(pipe, request, edit)
     for image, seed, path in zip(result.images, request.seeds(), paths):
         text = generate.parameters_text(request, seed, model=str(spec), random_weights=spec.random_weights,
@@ -104,12 +95,17 @@ def run(args) -> int:
           f"{len(result.images)} image(s), peak RSS {peak:.2f} GiB, recipe {recipe.name}: {recipe}")
     if why_auto:
         print(f"auto: {why_auto}")
-    skipped = [str(outcome) for outcome in outcomes if not outcome.applied]
-    if skipped:
-        print("skipped: " + "; ".join(skipped))
+    if prepared.skipped:
+        print("skipped: " + "; ".join(map(str, prepared.skipped)))
     if spec.random_weights:
         print(f"note: {generate.RANDOM_WEIGHTS_NOTE}; pass --model org/name, a diffusers folder or a .safetensors file")
     return 0
+
+
+def _with_defaults(request, args, defaults):
+    """REQUEST with --steps and --guidance where given, else DEFAULTS'."""
+    return replace(request, steps=defaults.steps if args.steps is None else args.steps,
+                   guidance=defaults.guidance if args.guidance is None else args.guidance)
 
 
 def _edit(args):

@@ -1,6 +1,9 @@
-"""Command-line options that more than one command takes, declared once."""
+"""Command-line options that more than one command takes, declared once, and what the commands make of them."""
 
 import os
+
+from sdcpu import auto, recipes, relaunch
+from sdcpu.errors import UsageError
 
 DEFAULT_MODEL = "random:sd15"
 
@@ -10,3 +13,27 @@ def add_model(parser) -> None:
     parser.add_argument("--model", default=os.environ.get("SDCPU_MODEL", DEFAULT_MODEL),
                         help="random:ARCH | org/name (hub) | FOLDER | FILE.safetensors "
                              "(default: $SDCPU_MODEL or %(default)s)")
+
+
+def add_recipe(parser, quality: bool = True) -> None:
+    """`--recipe RECIPE` (default auto) and, with QUALITY, `--quality LEVEL`: the auto recipe's level."""
+    parser.add_argument("--recipe", default="auto",
+                        help="a named recipe (baseline, system, framework, seed, auto) or steps, e.g. "
+                             "jemalloc,iomp,pin,channels_last,bf16 (default %(default)s; `sdcpu info` shows what it "
+                             "picks)")
+    if quality:
+        parser.add_argument("--quality", choices=auto.QUALITIES,
+                            help="the auto recipe's quality level: exact (fp32 only), high (default: + native bf16), "
+                                 "fast (+ deepcache, tiny-vae); same as --recipe auto:LEVEL")
+
+
+def resolve_recipe(args, cpu, width: int, height: int, long_running: bool = False) -> tuple[recipes.Recipe, str | None]:
+    """(the recipe, why auto chose it or None) of ARGS' --recipe and --quality: the one this process's parent resolved
+    and handed down when it re-executed it under the recipe's launch plan, else resolved here, once, before that
+    re-exec (auto: a tuned profile for --model at WIDTHxHEIGHT, else the class rules, for a LONG_RUNNING process or
+    a one-shot one)."""
+    quality = getattr(args, "quality", None)
+    if quality and not recipes.is_auto(args.recipe):
+        raise UsageError(f"--quality sets the level of the auto recipe, not of --recipe {args.recipe}")
+    return relaunch.handed_down() or auto.resolve_for(f"auto:{quality}" if quality else args.recipe, cpu, args.model,
+                                                      width, height, long_running=long_running)

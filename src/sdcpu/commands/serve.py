@@ -10,19 +10,20 @@ import signal
 import socket
 import sys
 
-from sdcpu import auto, generate, hardware, launcher, models, ray_shares, recipes, relaunch
-from sdcpu.commands.options import add_model
+from sdcpu import generate, hardware, launcher, models, ray_shares, recipes, relaunch
+from sdcpu.commands.options import add_model, add_recipe, resolve_recipe
 from sdcpu.errors import UsageError
 from sdcpu.instances import run_instances
+from sdcpu.serve.options import Options, Replicas
 
 
 
 def register(sub):
     p = sub.add_parser("serve", help="serve images over HTTP (OpenAI and A1111 APIs, a web page)", description=__doc__)
     add_model(p)
-    p.add_argument("--recipe", default="auto", help="a named recipe or steps, as for generate (default %(default)s)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
-    p.add_argument("--port", type=int, default=7860, help="port (default %(default)s; 0: a free one, printed)")
+    add_recipe(p, quality=False)
+    p.add_argument("--host", default=Options.host, help="address to listen on (default %(default)s: this machine only)")
+    p.add_argument("--port", type=int, default=Options.port, help="port (default %(default)s; 0: a free one, printed)")
     p.add_argument("--api-key", default=os.environ.get("SDCPU_API_KEY"),
                    help="require Authorization: Bearer KEY on the APIs and /metrics (default: $SDCPU_API_KEY, else "
                         "none; an empty key is refused)")
@@ -33,19 +34,20 @@ def register(sub):
                         "(repeatable); requests naming another get 400 (DNS rebinding)")
     p.add_argument("--docs", action="store_true",
                    help="serve /docs, /redoc and /openapi.json (FastAPI's Swagger UI loads its script from a CDN)")
-    p.add_argument("--max-queue", type=int, default=16,
+    p.add_argument("--max-queue", type=int, default=Options.max_queue,
                    help="requests that may wait for the worker; more are answered 503 (default %(default)s)")
-    p.add_argument("--max-batch", type=int, default=1,
+    p.add_argument("--max-batch", type=int, default=Options.max_batch,
                    help="images one pipeline call may make for waiting requests of the same size, steps, guidance "
                         "and sampler (default %(default)s: no batching; benchmarks/serve_batching.py measures it)")
     p.add_argument("--max-request-seconds", type=float, metavar="S",
                    help="stop a pipeline call still running S seconds after it began, at its next step, and answer "
                         "its requests 504 (default: no bound)")
-    p.add_argument("--drain-seconds", type=float, default=30, metavar="S",
+    p.add_argument("--drain-seconds", type=float, default=Options.drain_seconds, metavar="S",
                    help="on SIGTERM, stop taking requests and finish those queued and running for up to S seconds; "
                         "any left then are answered 503 (default %(default)s)")
-    p.add_argument("--max-size", type=int, default=1024, help="the largest width or height served (default %(default)s)")
-    p.add_argument("--warmup-size", default="512x512",
+    p.add_argument("--max-size", type=int, default=Options.max_size,
+                   help="the largest width or height served (default %(default)s)")
+    p.add_argument("--warmup-size", default="x".join(map(str, Options.warmup_size)),
                    help="size of the one-step warm-up call made before /health says ready (default %(default)s)")
     p.add_argument("--instances", type=int, default=1,
                    help="N servers sharing --port (SO_REUSEPORT: the kernel spreads connections), each pinned to its "
@@ -77,8 +79,7 @@ def run(args) -> int:
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
     width, height = generate.parse_size(args.warmup_size)
     # auto: a tuned profile for this model at the warm-up size, else the class rules for a long-running process
-    recipe, why_auto = relaunch.handed_down() or auto.resolve_for(args.recipe, cpu, args.model, width, height,
-                                                                  long_running=True)
+    recipe, why_auto = resolve_recipe(args, cpu, width, height, long_running=True)
     generate.Request("warm-up", width=width, height=height).validate()
     if args.lora_dir and not os.path.isdir(args.lora_dir):
         raise UsageError(f"--lora-dir {args.lora_dir}: not a folder")
@@ -91,10 +92,11 @@ def run(args) -> int:
     if not 0 <= args.drain_seconds < float("inf"):
         raise UsageError(f"--drain-seconds must be 0 or more, got {args.drain_seconds:g}")
     _check_ray_options(args)
-    if args.ray is not None:
+    options = service_options(args, spec, recipe)
+    if options.ray is not None:
         from sdcpu.serve import ray_deploy  # UsageError naming the install command when Ray is missing
 
-        return ray_deploy.run(args, spec, recipe, cpu)
+        return ray_deploy.run(options, cpu, on_listening=_say)
     if args.instances > 1:
         return _run_instances(args, recipe, cpu)
     relaunch.under_plan(recipe, cpu, why=why_auto)  # refuses the recipe step instances=N: --instances is this command's
@@ -109,7 +111,7 @@ def run(args) -> int:
     def stop(error):
         server.should_exit = True
 
-    worker, app = service.build(args, spec, recipe, cpu, on_fatal=stop)
+    worker, app = service.build(options, cpu, on_fatal=stop, on_ready=_say)
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig, frame):  # SIGTERM, SIGINT: the worker drains while uvicorn stops listening
@@ -128,6 +130,22 @@ def run(args) -> int:
     if worker.phase is Phase.FAILED:
         raise UsageError(f"cannot serve {spec}: {worker.error}")
     return 0
+
+
+def service_options(args, spec, recipe) -> Options:
+    """The service ARGS ask for, on SPEC optimized by RECIPE (both resolved), as the service and Ray take it."""
+    ray = None if args.ray is None else Replicas(args.ray, args.replicas, args.min_replicas, args.max_replicas,
+                                                 args.cores_per_replica)
+    return Options(spec, recipe, host=args.host, port=args.port, api_key=args.api_key,
+                   allowed_hosts=tuple(args.allowed_host), docs=args.docs,
+                   lora_dir=os.path.abspath(args.lora_dir) if args.lora_dir else None, max_queue=args.max_queue,
+                   max_batch=args.max_batch, max_request_seconds=args.max_request_seconds,
+                   drain_seconds=args.drain_seconds, max_size=args.max_size,
+                   warmup_size=generate.parse_size(args.warmup_size), verbose=args.verbose, ray=ray)
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
 
 
 def _check_ray_options(args) -> None:

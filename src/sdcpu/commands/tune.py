@@ -13,6 +13,7 @@ import sys
 from sdcpu import hardware, launcher, profiles, recipes
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
+from sdcpu.generate import DEFAULTS
 from sdcpu.tune import probe, report, search, space
 
 # Extra first-call seconds a backend costs in a process: (fixed, per SD 1.5-sized UNet). compile measured 60-107 s
@@ -37,7 +38,7 @@ def register(sub):
     add_model(p)
     p.add_argument("--size", help="WIDTHxHEIGHT of the images to tune for (default: the model's own, 512x512 for "
                                   "SD 1.5)")
-    p.add_argument("--steps", type=int, default=20,
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps,
                    help="denoising steps per image in the estimate (default %(default)s)")
     p.add_argument("--budget", type=_minutes, default=15.0, help="minutes to spend measuring (default %(default)s)")
     p.add_argument("--quality", choices=("exact", "high"), default="high",

@@ -29,7 +29,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from sdcpu import generate, lora, steps
+from sdcpu import generate, lora
 from sdcpu.errors import UsageError
 from sdcpu.serve import a1111_routes, guard, openai_routes, preview, schemas
 from sdcpu.serve.metrics import Metrics
@@ -103,7 +103,7 @@ class Service:
         if self._limits is None:
             if not self.worker.ready:
                 raise NotReady(self.worker.state)
-            self._limits = schemas.Limits(self.settings.max_size, steps.defaults(self.worker.pipe),
+            self._limits = schemas.Limits(self.settings.max_size, generate.defaults_for(self.worker.pipe),
                                           copy.deepcopy(self.worker.pipe.tokenizer), self.lora_folder,
                                           self.settings.model,
                                           self.worker.scheduler_name)

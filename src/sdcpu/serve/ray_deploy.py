@@ -37,6 +37,7 @@ except ImportError as error:
 
 from sdcpu import hardware, ray_shares
 from sdcpu.serve import service
+from sdcpu.serve.options import Options
 from sdcpu.serve.queue import Phase
 
 log = logging.getLogger(__name__)
@@ -48,13 +49,13 @@ HEADROOM = 8  # requests a replica admits beyond its Worker's: /health, /metrics
 class Replica:
     """One replica: its share of the node's cores, one warm pipeline, the app of `sdcpu serve`."""
 
-    def __init__(self, args, spec, recipe, cores: int):
+    def __init__(self, options: Options, cores: int):
         cpu = hardware.detect()
         self.share = ray_shares.claim(cpu, cores)
         if self.share:  # None where every share is taken: that replica runs unpinned
             ray_shares.pin(self.share[1])
             log.info("replica pinned to CPUs %s", hardware.format_cpu_list(self.share[1]))
-        self.worker, self.asgi = service.build(args, spec, recipe, cpu, on_fatal=lambda _: None)
+        self.worker, self.asgi = service.build(options, cpu, on_fatal=lambda _: None, on_ready=log.info)
 
     def __serve_build_asgi_app__(self):
         return self.asgi
@@ -65,57 +66,55 @@ class Replica:
         return str(self.worker.error) if self.worker.phase is Phase.FAILED else None
 
 
-def _most_replicas(args) -> int:
-    """The replicas there may be at once: --max-replicas when autoscaling, else --replicas (default 1)."""
-    return args.max_replicas or args.replicas or 1
-
-
-def deployment_options(args, usable_cores: int) -> dict:
-    """The Ray Serve deployment options of ARGS: replicas or autoscaling bounds, each replica's cores, the limits."""
-    most = _most_replicas(args)
-    cores = args.cores_per_replica or max(1, usable_cores // most)
-    admitted = args.max_batch + args.max_queue + HEADROOM
-    scaling = ({"autoscaling_config": {"min_replicas": args.min_replicas or 1, "max_replicas": args.max_replicas,
-                                       "target_ongoing_requests": args.max_batch}}  # one more while requests wait
-               if args.max_replicas else {"num_replicas": args.replicas or 1})
+def deployment_options(options: Options, usable_cores: int) -> dict:
+    """The Ray Serve deployment options of OPTIONS: replicas or autoscaling bounds, each replica's cores, the
+    limits."""
+    ray = options.ray
+    cores = ray.cores or max(1, usable_cores // ray.most)
+    admitted = options.max_batch + options.max_queue + HEADROOM
+    scaling = ({"autoscaling_config": {"min_replicas": ray.min_replicas or 1, "max_replicas": ray.max_replicas,
+                                       "target_ongoing_requests": options.max_batch}}  # one more while requests wait
+               if ray.max_replicas else {"num_replicas": ray.replicas or 1})
     return {**scaling, "ray_actor_options": {"num_cpus": cores}, "max_ongoing_requests": admitted,
             "max_queued_requests": admitted, "backpressure_config": {"retry_after_s": 1},
-            "graceful_shutdown_timeout_s": args.drain_seconds, "logging_config": _logging(args)}
+            "graceful_shutdown_timeout_s": options.drain_seconds, "logging_config": _logging(options)}
 
 
-def _logging(args) -> dict:
+def _logging(options: Options) -> dict:
     """Ray Serve's logging for the replicas, the proxies and the controller: warnings, no access log (-v: info)."""
-    return {"log_level": "INFO" if args.verbose else "WARNING", "enable_access_log": False}
+    return {"log_level": "INFO" if options.verbose else "WARNING", "enable_access_log": False}
 
 
-def run(args, spec, recipe, cpu) -> int:
-    """Deploy the replicas, print where they listen, wait for SIGTERM/SIGINT or `serve shutdown`; 0 once drained."""
-    options = deployment_options(args, len(cpu.usable_physical_cores))
-    cores, most = options["ray_actor_options"]["num_cpus"], _most_replicas(args)
-    local = args.ray == ray_shares.LOCAL
+def run(options: Options, cpu, on_listening) -> int:
+    """Deploy the replicas, tell ON_LISTENING(message) where they listen, wait for SIGTERM/SIGINT or `serve
+    shutdown`; 0 once drained."""
+    spec, recipe, address = options.spec, options.recipe, options.ray.address
+    deployment = deployment_options(options, len(cpu.usable_physical_cores))
+    cores, most = deployment["ray_actor_options"]["num_cpus"], options.ray.most
+    local = address == ray_shares.LOCAL
     if local and cores * most > len(cpu.usable_physical_cores):
         raise UsageError(f"{most} replicas x {cores} cores need {cores * most} physical cores; this machine has "
                          f"{len(cpu.usable_physical_cores)} usable (give --cores-per-replica or fewer replicas)")
     try:
-        ray.init(address=args.ray, num_cpus=len(cpu.usable_physical_cores) if local else None,
-                 include_dashboard=False, logging_level=logging.INFO if args.verbose else logging.WARNING)
+        ray.init(address=address, num_cpus=len(cpu.usable_physical_cores) if local else None,
+                 include_dashboard=False, logging_level=logging.INFO if options.verbose else logging.WARNING)
     except (ConnectionError, ValueError) as error:
-        raise UsageError(f"--ray {args.ray}: {error} (a cluster with token authentication also needs "
+        raise UsageError(f"--ray {address}: {error} (a cluster with token authentication also needs "
                          "RAY_AUTH_MODE=token and its token here)") from None
     stopping = threading.Event()  # set here, after ray.init: it sets its own SIGTERM handler (sys.exit)
     previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        logging.getLogger("ray.serve").setLevel(logging.INFO if args.verbose else logging.WARNING)
-        serve.start(http_options={"host": args.host, "port": args.port}, logging_config=_logging(args))
-        app = serve.deployment(Replica, name="sdcpu-replica", **options).bind(args, spec, recipe, cores)
+        logging.getLogger("ray.serve").setLevel(logging.INFO if options.verbose else logging.WARNING)
+        serve.start(http_options={"host": options.host, "port": options.port}, logging_config=_logging(options))
+        app = serve.deployment(Replica, name="sdcpu-replica", **deployment).bind(options, cores)
         try:
             serve.run(app, name=APP, route_prefix="/")
         except RuntimeError as error:  # a replica that cannot start, its traceback in the log above
             raise UsageError(f"cannot serve {spec} on Ray: {error}") from None
-        scaling = f"{args.min_replicas or 1}..{most}" if args.max_replicas else str(most)
-        print(f"sdcpu serve: listening on http://{args.host}:{args.port} (pid {os.getpid()}, Ray Serve "
-              f"{'on this machine' if local else f'cluster {args.ray}'}); {scaling} replicas x {cores} cores; "
-              f"loading {spec}, recipe {recipe}", flush=True)
+        scaling = f"{options.ray.min_replicas or 1}..{most}" if options.ray.max_replicas else str(most)
+        on_listening(f"sdcpu serve: listening on http://{options.host}:{options.port} (pid {os.getpid()}, Ray Serve "
+                     f"{'on this machine' if local else f'cluster {address}'}); {scaling} replicas x {cores} cores; "
+                     f"loading {spec}, recipe {recipe}")
         replicas = serve.get_app_handle(APP)
         while not stopping.wait(1.0):
             if APP not in serve.status().applications:  # `serve shutdown` or `serve delete` on the cluster

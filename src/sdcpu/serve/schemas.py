@@ -92,7 +92,7 @@ class OpenAIEditForm(_OpenAIFields):
 @dataclass(frozen=True)
 class Limits:
     max_size: int  # the largest width or height served
-    defaults: dict  # the recipe's call defaults (steps.defaults): num_inference_steps, guidance_scale
+    defaults: generate.Defaults  # generate.defaults_for the pipeline: the recipe's steps= and guidance=, else the model's
     tokenizer: object  # the pipeline's tokenizer (a copy: tokenizers are not thread-safe), to count prompt tokens
     lora_folder: lora.Folder | None = None  # serve --lora-dir: the LoRAs requests may name
     model: str = ""  # the model served (A1111's sd_model_checkpoint)
@@ -106,12 +106,13 @@ def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = N
         raise BadRequest("stream: true makes one image: n must be 1")
     if body.partial_images and not body.stream:
         raise BadRequest("partial_images needs stream: true")
-    width, height = _size(body.size) if body.size else edit.image.size if edit else (512, 512)
+    width, height = (_size(body.size) if body.size else edit.image.size if edit
+                     else (limits.defaults.width, limits.defaults.height))
     prompt, loras = loras_of(body.prompt, body.loras, limits)
     request = Request(
         prompt=prompt, negative_prompt=body.negative_prompt, width=width, height=height,
-        steps=body.steps or limits.defaults.get("num_inference_steps", 20),
-        guidance=limits.defaults.get("guidance_scale", 7.5) if body.guidance is None else body.guidance,
+        steps=body.steps or limits.defaults.steps,
+        guidance=limits.defaults.guidance if body.guidance is None else body.guidance,
         seed=seed_of(body.seed), num_images=body.n,
     )
     return check_work([checked(Job(request, edit=edit, loras=loras), limits)], limits)[0]

@@ -45,25 +45,29 @@ def time_calls(fn, n: int) -> tuple[list[float], object]:
 
 
 def measure(spec: dict) -> dict:
-    """Inside the child: load, optimize, time; the row the parent reads."""
+    """Inside the child: prepare (load, optimize; no warm-up: the first calls are measured), time; the row the parent
+    reads."""
     import torch
 
-    from sdcpu import hardware, recipes, steps, verify
-    from sdcpu.models import load_pipeline
+    from sdcpu import hardware, recipes, verify
+    from sdcpu.prepare import prepare
     from sdcpu.profiles import unet_hash
 
     snap = verify.snapshot()
-    start = time.perf_counter()
-    pipe = load_pipeline(spec["model"])
-    unet_config, scale = pipe.unet.config, pipe.vae_scale_factor
-    width, height = spec["size"] or (unet_config.sample_size * scale,) * 2
-    row = {"load_s": round(time.perf_counter() - start, 2), "width": width, "height": height,
-           "unet_hash": unet_hash(unet_config), "unet_params": sum(p.numel() for p in pipe.unet.parameters()),
-           "verify_failures": verify.check(snap), "threads": torch.get_num_threads()}
-    _, outcomes = steps.optimize(pipe, recipes.Recipe.from_json(spec["recipe"]), hardware.detect())
-    row["skipped"] = [f"{o.step}: {o.detail}" for o in outcomes if not o.applied]
+    loaded = {}  # the model's own UNet config and figures, read before a backend stands in for its UNet
+
+    def facts(pipe):
+        config = loaded["config"] = pipe.unet.config
+        width, height = spec["size"] or (config.sample_size * pipe.vae_scale_factor,) * 2
+        loaded["row"] = {"width": width, "height": height, "unet_hash": unet_hash(config),
+                         "unet_params": sum(p.numel() for p in pipe.unet.parameters())}
+
+    prepared = prepare(spec["model"], recipes.Recipe.from_json(spec["recipe"]), hardware.detect(), loaded=facts)
+    row = {"load_s": round(prepared.load_seconds, 2), **loaded["row"], "verify_failures": verify.check(snap),
+           "threads": torch.get_num_threads(), "skipped": [f"{o.step}: {o.detail}" for o in prepared.skipped]}
+    pipe, width, height, scale = prepared.pipe, row["width"], row["height"], prepared.pipe.vae_scale_factor
     unet, vae = pipe.unet, pipe.vae
-    sample, timestep, states = unet_inputs(unet_config, BATCH, (height // scale, width // scale), unet.dtype)
+    sample, timestep, states = unet_inputs(loaded["config"], BATCH, (height // scale, width // scale), unet.dtype)
     latents = torch.randn(1, vae.config.latent_channels, height // scale, width // scale,
                           generator=torch.Generator().manual_seed(2)).to(vae.dtype)
     forward = lambda: unet(sample, timestep, states, return_dict=False)  # noqa: E731
@@ -108,4 +112,6 @@ def to_result(config, row: dict, wall_s: float, steps: int) -> Result:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(json.loads(sys.argv[1]))), flush=True)
+    from sdcpu.relaunch import write_row
+
+    write_row(measure(json.loads(sys.argv[1])))

@@ -1,0 +1,45 @@
+"""What `sdcpu serve` is asked to serve, and how, as plain data: commands/serve.py makes it from the command line;
+the service (serve/service.py) and each Ray Serve replica (serve/ray_deploy.py) are built from it."""
+
+from dataclasses import dataclass
+
+from sdcpu.generate import DEFAULTS
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """`serve --ray`: where Ray runs, and its replicas (a fixed count, or autoscaling bounds), each on CORES."""
+
+    address: str  # ray_shares.LOCAL, or a cluster head's HOST:PORT (or auto)
+    replicas: int | None = None  # a fixed count (None: 1, or autoscaling with max_replicas)
+    min_replicas: int | None = None  # the autoscaler's lower bound (None: 1)
+    max_replicas: int | None = None  # autoscale up to this many; None: a fixed count
+    cores: int | None = None  # physical cores of each replica; None: the usable cores / the most replicas
+
+    @property
+    def most(self) -> int:
+        """The replicas there may be at once: max_replicas when autoscaling, else replicas (default 1)."""
+        return self.max_replicas or self.replicas or 1
+
+
+@dataclass(frozen=True)
+class Options:
+    """The service of one model SPEC optimized by RECIPE (both resolved): where it listens, who may use it, the
+    worker's bounds, the warm-up's size, and with RAY its Ray Serve replicas (None: one process)."""
+
+    spec: object  # a models.ModelSpec
+    recipe: object  # a recipes.Recipe
+    host: str = "127.0.0.1"
+    port: int = 7860  # 0: a free one
+    api_key: str | None = None  # None: no key asked
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered besides localhost, the loopback addresses and HOST
+    docs: bool = False  # serve /docs, /redoc, /openapi.json
+    lora_dir: str | None = None  # an absolute folder: the LoRAs requests may name
+    max_queue: int = 16  # requests that may wait for the worker
+    max_batch: int = 1  # images one pipeline call may make for waiting requests of one shape
+    max_request_seconds: float | None = None  # a pipeline call still running then stops (None: no bound)
+    drain_seconds: float = 30  # on SIGTERM, how long queued and running requests may finish
+    max_size: int = 1024  # the largest width or height served
+    warmup_size: tuple[int, int] = (DEFAULTS.width, DEFAULTS.height)  # of the one-step warm-up call
+    verbose: bool = False  # info logging (Ray Serve's too)
+    ray: Replicas | None = None
