@@ -145,7 +145,7 @@ def use(pipe, loras: tuple[Lora, ...], fuse: bool = False) -> str:
         return openvino_lora.use(pipe, loras)
     if not loras:
         return "no LoRA"
-    raise Skip(f"the UNet runs as {runtime.summary}: {runtime.no_lora}")
+    raise Skip(runtime.no_lora)
 
 
 @contextlib.contextmanager

@@ -15,10 +15,10 @@ class Runtime(enum.Enum):
                 "the compile step froze the UNet's weights into inductor's graph (freezing): a LoRA would need a new "
                 "compile per set (minutes for SD 1.5); use openvino or the eager UNet")
     OPENVINO = ("OpenVINO IR", "ir-deltas", "nncf", "")
-    OPENVINO_INT8 = ("OpenVINO hybrid int8 IR", None, None, "a LoRA cannot be added to quantized weights without "
-                     "quantizing again; drop int8 from the recipe")
-    PT2E_INT8 = ("torchao PT2E int8, compiled by inductor", None, None, "a LoRA cannot be added to quantized weights "
-                 "without quantizing again; drop int8 from the recipe")
+    OPENVINO_INT8 = ("OpenVINO hybrid int8 IR", None, None, "the UNet runs as OpenVINO hybrid int8 IR: a LoRA cannot be "
+                     "added to quantized weights without quantizing again; drop int8 from the recipe")
+    PT2E_INT8 = ("torchao PT2E int8, compiled by inductor", None, None, "the UNet runs as torchao PT2E int8: a LoRA "
+                 "cannot be added to quantized weights without quantizing again; drop int8 from the recipe")
     IPEX = ("Intel Extension for PyTorch", None, None, "ipex prepared the weights in its own layout: drop ipex from "
             "the recipe to use LoRAs")
 
