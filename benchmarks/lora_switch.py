@@ -20,9 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from sdcpu import generate, load_pipeline, optimize, use_loras
+from sdcpu import load_pipeline, optimize, use_loras
 from sdcpu.algorithms import lcm_lora
-from sdcpu.lora import Lora
+from sdcpu.models.loras import Lora
+from sdcpu.pipeline import generate
 
 
 def rss_gib() -> float:

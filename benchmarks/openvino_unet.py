@@ -22,8 +22,8 @@ import time
 import torch
 
 from sdcpu.backends import openvino as backend
-from sdcpu.home import sdcpu_home
-from sdcpu.random_models import build_pipeline
+from sdcpu.models.random_models import build_pipeline
+from sdcpu.system.home import sdcpu_home
 
 CONFIGS = {"eager": None, "ov-f32": "f32", "ov-bf16": "bf16"}
 

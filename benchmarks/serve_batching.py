@@ -10,7 +10,9 @@ Run it under the recipe's launch plan, as the server does (`sdcpu launch --auto 
 import argparse
 import time
 
-from sdcpu import generate, hardware, load_pipeline, steps
+from sdcpu import load_pipeline
+from sdcpu.pipeline import generate, optimizer
+from sdcpu.system import hardware
 
 
 def main():
@@ -25,7 +27,7 @@ def main():
     width, height = generate.parse_size(args.size)
     cpu = hardware.detect()
     pipe = load_pipeline(args.model)
-    steps.optimize(pipe, steps.resolve(args.recipe, cpu), cpu)
+    optimizer.optimize(pipe, optimizer.resolve(args.recipe, cpu), cpu)
     requests = [generate.Request(f"prompt {i}", steps=args.steps, width=width, height=height, seed=i)
                 for i in range(args.batch)]
     start = time.perf_counter()

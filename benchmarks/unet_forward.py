@@ -19,8 +19,9 @@ import time
 
 import torch
 
-from sdcpu import flops, load_pipeline, optimize, verify
-from sdcpu.tune.probe import BATCH, TOKENS, time_calls, unet_inputs
+from sdcpu import families, load_pipeline, optimize
+from sdcpu.system import verify
+from sdcpu.tune.probe import BATCH, forward, time_calls
 
 LATENT = 64
 
@@ -45,12 +46,12 @@ def main():
     pipe, outcomes = optimize(pipe, args.recipe)
     row["steps"] = [{"step": o.step, "applied": o.applied, "detail": o.detail, "s": round(o.seconds, 1)}
                     for o in outcomes]
-    unet = pipe.unet
-    sample, timestep, states = unet_inputs(unet.config, BATCH, (LATENT, LATENT), unet.dtype)
+    family = families.of(pipe)
+    unet = getattr(pipe, family.denoiser.attribute)
     with torch.inference_mode():  # the first call compiles, for the compiling steps
-        times, (output,) = time_calls(lambda: unet(sample, timestep, states, return_dict=False), args.runs + 1)
+        times, (output,) = time_calls(forward(family, unet, unet.config, (LATENT, LATENT)), args.runs + 1)
     median = statistics.median(times[1:])
-    count = flops.unet_flops(unet.config, BATCH, (LATENT, LATENT), TOKENS)
+    count = family.flops(unet.config, BATCH, (LATENT, LATENT))
     output = output.float()
     if args.save:
         torch.save(output, args.save)

@@ -86,10 +86,10 @@ def launcher_ladder(runs, out) -> tuple[list[dict], str]:
 
 
 def framework_ladder(runs, out) -> tuple[list[dict], str]:
-    from sdcpu import flops
-    from sdcpu.home import sdcpu_home
+    from sdcpu.bench import peak
+    from sdcpu.system.home import sdcpu_home
 
-    peaks = {dtype: flops.matmul_peak_gflops(dtype) for dtype in ("float32", "bfloat16")}
+    peaks = {dtype: peak.matmul_peak_gflops(dtype) for dtype in ("float32", "bfloat16")}
     home = Path(tempfile.mkdtemp(prefix="sdcpu-bench-", dir=out))
     (home / "models").symlink_to(sdcpu_home() / "models")  # built models shared; compile caches start empty
     env = {**os.environ, "SDCPU_HOME": str(home)}

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from sdcpu.hardware import CpuInfo, MachineTexts, from_texts, parse_cpu_list
+from sdcpu.system.hardware import CpuInfo, from_texts, MachineTexts, parse_cpu_list
 
 ROOT = Path(__file__).parent / "fixtures" / "machines"
 NAMES = sorted(p.name for p in ROOT.iterdir() if p.is_dir())

@@ -55,9 +55,9 @@ class InProcess:
     def __init__(self, *args: str):
         import uvicorn
 
-        from sdcpu import hardware
         from sdcpu.serve import service
         from sdcpu.serve.queue import Phase
+        from sdcpu.system import hardware
 
         worker, app = service.build(options(*args), hardware.detect(),
                                     on_fatal=lambda error: setattr(self.server, "should_exit", True))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sdcpu import load_pipeline, optimize
+from sdcpu.models import state
 
 
 def image(pipe, steps=6):
@@ -72,30 +73,28 @@ def test_tiny_vae_on_a_random_model_is_a_random_taesd_built_offline(reference):
 
 def test_tiny_vae_without_the_hub_is_skipped_with_the_reason():
     pipe = load_pipeline("random:tiny")
-    pipe.sdcpu_model = None  # as a user's own pipeline: the real TAESD is needed, and the tests run offline
+    state.of(pipe).model = None  # as a user's own pipeline: the real TAESD is needed, and the tests run offline
     _, outcomes = optimize(pipe, "tiny-vae")
     assert not outcomes[0].applied and "cannot load an AutoencoderTiny from 'madebyollin/taesd'" in outcomes[0].detail
 
 
 def test_lcm_lora_is_fused_with_the_lcm_scheduler_and_few_step_defaults():
-    from sdcpu import steps
-
     plain = load_pipeline("random:tiny")
     pipe, outcomes = optimize(load_pipeline("random:tiny"), "lcm-lora")
     assert outcomes[0].applied and "UNet batch 1" in outcomes[0].detail
     assert type(pipe.scheduler).__name__ == "LCMScheduler"
-    assert steps.defaults(pipe) == {"num_inference_steps": 4, "guidance_scale": 1.0}
+    assert state.of(pipe).defaults == {"num_inference_steps": 4, "guidance_scale": 1.0}
     q = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
     fused, original = pipe.unet.get_submodule(q), plain.unet.get_submodule(q)
     assert type(fused) is torch.nn.Linear and not torch.equal(fused.weight, original.weight)  # fused, no adapter
     first, second = (pipe("a boat", height=64, width=64, output_type="np", generator=torch.Generator().manual_seed(0),
-                          **steps.defaults(pipe)).images for _ in range(2))
+                          **state.of(pipe).defaults).images for _ in range(2))
     assert first.shape == (1, 64, 64, 3) and np.isfinite(first).all() and np.array_equal(first, second)
 
 
 def test_lcm_lora_without_the_hub_is_skipped_with_the_reason():
     pipe = load_pipeline("random:tiny")
-    pipe.sdcpu_model = None
+    state.of(pipe).model = None
     _, outcomes = optimize(pipe, "lcm-lora")
     assert not outcomes[0].applied and "latent-consistency/lcm-lora-sdv1-5" in outcomes[0].detail
 

@@ -6,7 +6,9 @@ import dataclasses
 import pytest
 
 from machines import NAMES, machine
-from sdcpu import auto, auto_rules, hardware, steps
+from sdcpu.pipeline import optimizer
+from sdcpu.recipes import auto, auto_rules
+from sdcpu.system import hardware
 
 LIBS = {"jemalloc": "/usr/lib/libjemalloc.so.2", "tcmalloc": "/usr/lib/libtcmalloc.so.4", "iomp": "/venv/lib/libiomp5.so"}
 NUMACTL = frozenset({"numactl"})
@@ -128,7 +130,7 @@ def test_info_names_the_class_of_the_machine_it_runs_on():
     collected = info.collect()
     cpu = hardware.detect()
     assert f"CPU class {auto_rules.classify(cpu)}: " in "\n".join(collected["auto"]["reasons"])
-    assert collected["auto"]["recipe"] == str(steps.resolve("auto", cpu))
+    assert collected["auto"]["recipe"] == str(optimizer.resolve("auto", cpu))
 
 
 def test_launch_auto_shows_the_system_steps_of_the_auto_recipe():
@@ -144,7 +146,7 @@ def test_an_unknown_quality_is_refused():
     from sdcpu.errors import UsageError
 
     with pytest.raises(UsageError, match="unknown quality 'turbo'"):
-        steps.resolve("auto:turbo", machine("spr-2s-amx"))
+        optimizer.resolve("auto:turbo", machine("spr-2s-amx"))
 
 
 @pytest.mark.parametrize("name", sorted(auto_rules.CLASSES))

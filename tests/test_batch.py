@@ -138,7 +138,7 @@ def test_txt_and_csv_jobs_take_the_options_and_batched_calls_give_the_same_image
 
 
 def test_a_failed_call_is_an_error_row_and_a_rerun_retries_it(tmp_path, monkeypatch, capsys):
-    from sdcpu import generate
+    from sdcpu.pipeline import generate
 
     run_batch = generate.run_batch
 

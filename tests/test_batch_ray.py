@@ -14,9 +14,11 @@ from PIL import Image
 from images import REMADE_ALONE_LEVELS, level_difference
 from raycluster import MARK, local_cluster
 from machines import machine
-from sdcpu import batch, batch_ray, ray_shares, recipes
-from sdcpu.commands import batch as commands_batch
+from sdcpu import batch, recipes
+from sdcpu.batch import on_ray
 from sdcpu.cli import main
+from sdcpu.commands import batch as commands_batch
+from sdcpu.system import ray_shares
 from test_batch import ROWS, SRC, TINY, manifest, write_jobs
 
 
@@ -135,5 +137,5 @@ def test_without_ray_the_error_names_the_install_command(tmp_path):
 def test_an_actor_runs_its_cores_threads_even_where_the_driver_has_fewer_cpus():
     """On a cluster the driver (here a canned 2-CPU machine) makes the actors' environment for nodes that may have
     more CPUs: 8 threads per actor is their share there, not refused as more than the driver's CPUs."""
-    environ = batch_ray.actor_environ(recipes.parse("openvino=f32"), machine("epyc-2core-avx2"), 8)
+    environ = on_ray.actor_environ(recipes.parse("openvino=f32"), machine("epyc-2core-avx2"), 8)
     assert environ["OMP_NUM_THREADS"] == "8"

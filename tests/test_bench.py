@@ -11,11 +11,12 @@ import pytest
 from PIL import Image
 
 from machines import NAMES, machine
-from sdcpu import auto_rules, recipes
+from sdcpu import recipes
 from sdcpu.bench import inputs, ladders, peers, report, runner
 from sdcpu.cli import main
 from sdcpu.errors import UsageError
-from sdcpu.generate import Request
+from sdcpu.pipeline.generate import Request
+from sdcpu.recipes import auto_rules
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bench"
 TINY = ladders.Protocol(model="random:tiny", width=64, height=64, steps=2, runs=2, warmup_steps=1)

@@ -6,10 +6,12 @@ import dataclasses
 import pytest
 import torch
 
-from sdcpu import families, load_pipeline, optimize, state
+from sdcpu import families, load_pipeline, optimize
 from sdcpu.backends.components import Denoiser, Entry
 from sdcpu.errors import UsageError
 from sdcpu.families import base, sd
+from sdcpu.models import state
+from sdcpu.pipeline import generate
 
 
 def test_every_random_architecture_belongs_to_one_family_that_builds_it():
@@ -35,11 +37,13 @@ def test_a_step_its_family_refuses_is_skipped_with_the_familys_reason(monkeypatc
     assert outcomes[1].applied  # the family refuses tome only
 
 
-def test_the_family_sets_the_default_image_side():
+def test_a_request_that_sets_nothing_takes_its_familys_defaults_under_the_recipes(monkeypatch):
     pipe = load_pipeline("random:tiny")
-    assert sd.FAMILY.native_size(pipe) == pipe.unet.config.sample_size * pipe.vae_scale_factor
-    sized = dataclasses.replace(sd.FAMILY, defaults=base.Defaults(size=96))
-    assert sized.native_size(pipe) == 96
+    assert generate.defaults_for(pipe) == sd.FAMILY.defaults
+    own = dataclasses.replace(sd.FAMILY, defaults=base.Defaults(steps=9, guidance=3.0, width=96, height=64))
+    monkeypatch.setattr(families, "FAMILIES", (own,))
+    optimize(pipe, "steps=4")
+    assert generate.defaults_for(pipe) == base.Defaults(steps=4, guidance=3.0, width=96, height=64)
 
 
 # SDXL's UNet takes two inputs beyond SD's, in diffusers' added_cond_kwargs: a stand-in must hand them on in order.

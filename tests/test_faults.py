@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from sdcpu import hardware, load_pipeline
-from sdcpu import profiles as profile
-from sdcpu.recipes import Step
+from sdcpu import load_pipeline
+from sdcpu.recipes import profiles as profile, Step
+from sdcpu.system import hardware
 
 F32_CPU = dataclasses.replace(hardware.detect(), flags=frozenset())  # the f32 precision hint: no bf16 compile
 
@@ -45,18 +45,20 @@ exec(sys.argv[2])
 """
 
 CONVERT = """
-from sdcpu import hardware, load_pipeline
+from sdcpu import load_pipeline
 from sdcpu.backends import openvino
 from sdcpu.recipes import Step
+from sdcpu.system import hardware
 openvino.apply(load_pipeline("random:tiny"), Step("openvino", "f32"), hardware.detect())
 """
 
 # Converts once the file named by argv[1] exists (its imports and model load done), and prints the step's detail.
 CONVERT_ON_GO = """
 import pathlib, sys, time
-from sdcpu import hardware, load_pipeline
+from sdcpu import load_pipeline
 from sdcpu.backends import openvino
 from sdcpu.recipes import Step
+from sdcpu.system import hardware
 pipe = load_pipeline("random:tiny")
 print("ready", flush=True)
 while not pathlib.Path(sys.argv[1]).exists():
@@ -66,7 +68,7 @@ print(openvino.apply(pipe, Step("openvino", "f32"), hardware.detect()), flush=Tr
 
 SAVE_PROFILE = """
 import json
-from sdcpu import profiles
+from sdcpu.recipes import profiles
 profiles.save(*json.loads(sys.argv[3]))
 """
 

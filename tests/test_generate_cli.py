@@ -8,9 +8,12 @@ import pytest
 from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference
-from sdcpu import batch, generate
+from sdcpu import batch
 from sdcpu.cli import main
 from sdcpu.errors import UsageError
+from sdcpu.families.base import Defaults
+from sdcpu.models import state
+from sdcpu.pipeline import generate
 from sdcpu.serve import schemas
 
 TINY = ["--model", "random:tiny", "--size", "80x64", "--steps", "2", "--recipe", "baseline"]
@@ -55,9 +58,10 @@ class _Tokenizer:
 def test_a_request_that_sets_nothing_takes_the_defaults_it_is_handed_at_every_entry_point():
     """generate.Defaults is declared once: the recipe's call defaults go over the model's, and batch's rows and serve's
     OpenAI bodies take those they are handed (a model's, a recipe's), not numbers of their own."""
-    recipe_steps_4 = SimpleNamespace(sdcpu_defaults={"num_inference_steps": 4})
-    defaults = generate.defaults_for(recipe_steps_4, generate.Defaults(steps=9, guidance=2.5, width=128, height=96))
-    assert defaults == generate.Defaults(steps=4, guidance=2.5, width=128, height=96)
+    recipe_steps_4 = SimpleNamespace()
+    state.of(recipe_steps_4).defaults["num_inference_steps"] = 4
+    defaults = generate.defaults_for(recipe_steps_4, Defaults(steps=9, guidance=2.5, width=128, height=96))
+    assert defaults == Defaults(steps=4, guidance=2.5, width=128, height=96)
     row = batch.Job(line=1, prompt="x", size="128x96").request(0, defaults)
     served = schemas.from_openai(schemas.OpenAIImageRequest(prompt="x"),
                                  schemas.Limits(1024, defaults, _Tokenizer())).request
@@ -109,9 +113,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
 
 
 def test_a_prompt_longer_than_the_text_encoder_reads_is_refused_before_any_compute(tmp_path, capsys, monkeypatch):
-    from sdcpu import steps
+    from sdcpu.pipeline import optimizer
 
-    monkeypatch.setattr(steps, "optimize", lambda *args: pytest.fail("optimized a model for a refused prompt"))
+    monkeypatch.setattr(optimizer, "optimize", lambda *args: pytest.fail("optimized a model for a refused prompt"))
     assert cli(["generate", "boat " * 76, *TINY, "-o", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "the prompt is 78 tokens; the text encoder reads 77 (start and end included)" in err
@@ -154,7 +158,8 @@ def cli(argv) -> int:
 
 def test_a_re_executed_generate_takes_the_recipe_its_parent_resolved(tmp_path):
     """The parent resolves auto once and hands it down through the re-exec; the child does not resolve it again."""
-    from sdcpu import recipes, relaunch
+    from sdcpu import recipes
+    from sdcpu.recipes import relaunch
 
     handed = recipes.Recipe("auto", (recipes.Step("channels_last"),))
     env = {**os.environ, relaunch.MARK: "1", relaunch.RESOLVED: json.dumps({"recipe": handed.to_json(), "why": "x"})}
@@ -166,7 +171,7 @@ def test_a_re_executed_generate_takes_the_recipe_its_parent_resolved(tmp_path):
 
 
 def test_two_runs_into_one_folder_never_overwrite_each_others_images(tmp_path):
-    from sdcpu import generate
+    from sdcpu.pipeline import generate
 
     image = Image.new("RGB", (64, 64))
     (first,) = generate.output_paths(str(tmp_path), [0])  # both runs pick their names before their (slow) model load
@@ -184,7 +189,7 @@ def test_two_runs_into_one_folder_never_overwrite_each_others_images(tmp_path):
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 @pytest.mark.parametrize("overwrite", [True, False])  # replaced into place, or claimed by a hard link
 def test_pngs_honour_the_umask_as_a_plain_open_would(tmp_path, umask, overwrite):
-    from sdcpu import generate
+    from sdcpu.pipeline import generate
 
     old = os.umask(umask)
     try:
@@ -195,7 +200,7 @@ def test_pngs_honour_the_umask_as_a_plain_open_would(tmp_path, umask, overwrite)
 
 
 def test_numbering_goes_on_past_99999(tmp_path):
-    from sdcpu import generate
+    from sdcpu.pipeline import generate
 
     for name in ("00007-1.png", "99999-3.png", "100000-2.png", "100001-x.png", "notes-5.png"):
         (tmp_path / name).touch()  # numbers come from the names alone: empty files do

@@ -4,8 +4,9 @@ import os
 import pytest
 
 from machines import NAMES, machine
-from sdcpu import auto_rules, hardware
-from sdcpu.hardware import format_cpu_list, parse_cpu_list, parse_cpu_max, parse_topology
+from sdcpu.recipes import auto_rules
+from sdcpu.system import hardware
+from sdcpu.system.hardware import format_cpu_list, parse_cpu_list, parse_cpu_max, parse_topology
 
 # name: (arch, vendor, model, sockets, physical cores, logical CPUs, threads/core, NUMA nodes, usable physical cores,
 #        native bf16, flags present, flags absent, GiB)

@@ -6,8 +6,8 @@ import pytest
 
 
 def test_the_home_is_made_private_and_one_others_can_write_to_is_refused(tmp_path, monkeypatch):
-    from sdcpu import home
     from sdcpu.errors import UsageError
+    from sdcpu.system import home
 
     monkeypatch.setenv("SDCPU_HOME", str(tmp_path / "new" / "home"))
     made = home.sdcpu_home()

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from sdcpu import launcher
 from sdcpu.cli import main
+from sdcpu.system import launcher
 
 LIBS = launcher.find_libraries(launcher.library_dirs(os.environ))
 # one write() per child: two instances share the pipe, and print() may split a line into two writes

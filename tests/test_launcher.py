@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from machines import NAMES, machine
-from sdcpu import launcher
 from sdcpu.errors import UsageError
-from sdcpu.launcher import JEMALLOC_CONF, LaunchOptions, LaunchPlan, auto_options, plan
+from sdcpu.system import launcher
+from sdcpu.system.launcher import auto_options, JEMALLOC_CONF, LaunchOptions, LaunchPlan, plan
 
 LIBS = {"jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "tcmalloc": "/usr/lib/libtcmalloc_minimal.so.4",
         "iomp": "/venv/lib/libiomp5.so"}
@@ -187,7 +187,7 @@ def test_every_variable_a_plan_sets_is_documented():
 def test_docs_table_matches_the_code():
     assert launcher.env_table_markdown() in DOCS.read_text(), (
         "docs/launcher.md is stale: paste the output of "
-        "python -c 'from sdcpu.launcher import env_table_markdown; print(env_table_markdown())'")
+        "python -c 'from sdcpu.system.launcher import env_table_markdown; print(env_table_markdown())'")
 
 
 def test_library_kind():
@@ -224,7 +224,7 @@ def test_this_machine_finds_the_installed_libraries():
 
 
 def test_probe_pinning_tools_runs_them():
-    from sdcpu.hardware import detect
+    from sdcpu.system.hardware import detect
 
     tools = launcher.probe_pinning_tools(detect())
     assert tools <= {"numactl", "taskset"}
@@ -233,7 +233,7 @@ def test_probe_pinning_tools_runs_them():
 
 
 def test_apply_execs_with_the_plan_env():
-    code = ("from sdcpu.launcher import LaunchPlan, apply; "
+    code = ("from sdcpu.system.launcher import LaunchPlan, apply; "
             "apply(LaunchPlan({'SDCPU_X': 'from-plan'}, (), ()), ['sh', '-c', 'echo $SDCPU_X $KEEP'])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"KEEP": "kept", "PATH": "/usr/bin:/bin"})
     assert out.stdout.split() == ["from-plan", "kept"]
@@ -268,15 +268,17 @@ def hostile_folder(tmp_path, monkeypatch):
 
 
 def test_children_do_not_import_modules_from_the_current_folder(hostile_folder, monkeypatch):
-    from sdcpu import hardware, recipes, relaunch
+    from sdcpu import recipes
+    from sdcpu.recipes import relaunch
+    from sdcpu.system import hardware
 
     cpu = hardware.detect()
-    measuring, env, _ = relaunch.child_command(recipes.parse("baseline"), cpu, dict(os.environ), "sdcpu.verify", {})
+    measuring, env, _ = relaunch.child_command(recipes.parse("baseline"), cpu, dict(os.environ), "sdcpu.system.verify", {})
     started = []
     monkeypatch.setattr(launcher, "apply", lambda plan, argv, environ: started.append(argv))
     monkeypatch.setattr(sys, "argv", ["sdcpu", "--help"])
     relaunch.under_plan(recipes.parse("threads=1"), cpu, environ={})
-    for argv in (measuring[:-1], started[0]):  # the measuring child's JSON spec is not what sdcpu.verify reads
+    for argv in (measuring[:-1], started[0]):  # the measuring child's JSON spec is not what sdcpu.system.verify reads
         done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=hostile_folder, timeout=120)
         assert done.returncode == 0, done.stderr
         assert not (hostile_folder / "imported").exists(), f"{argv} imported ./json.py"

@@ -3,7 +3,7 @@
 import os
 import subprocess
 
-from sdcpu import locks
+from sdcpu.system import locks
 
 
 def dead_pid() -> int:

@@ -1,4 +1,4 @@
-"""The user's LoRAs (sdcpu.lora) on random:tiny: parsing and refusals, prompt tags, the LoRA folder, the eager UNet's
+"""The user's LoRAs (sdcpu.pipeline.lora) on random:tiny: parsing and refusals, prompt tags, the LoRA folder, the eager UNet's
 adapters, OpenVINO's edited IR weights and its cache, and the backends that refuse a LoRA."""
 
 import dataclasses
@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import save_file
 
 from loras import RANK, write_loras
-from sdcpu import hardware, load_pipeline, lora, state, use_loras
-from sdcpu.errors import UsageError
-from sdcpu.steps_base import Skip
+from sdcpu import load_pipeline, use_loras
+from sdcpu.errors import Skip, UsageError
+from sdcpu.models.loras import Folder, Lora, parse, prompt_loras, state
+from sdcpu.system import hardware
 
 # A LoRA of 0.1 x randn factors at rank 4 on every attention projection moves random:tiny's 3-step image by 3e-2 max
 # abs (measured): far above float rounding (1e-6), so "differs" is asserted above 1e-3.
@@ -42,17 +43,17 @@ def eager(files):
     pipe = load_pipeline("random:tiny")
     images = {"none": image(pipe)}
     for name, seed in (("A", 1), ("B", 2)):
-        use_loras(pipe, (lora.Lora(files[seed][1], 0.8),))
+        use_loras(pipe, (Lora(files[seed][1], 0.8),))
         images[name] = image(pipe)
     use_loras(pipe, ())
     return pipe, images
 
 
 def test_parse_takes_a_trailing_weight_and_hub_ids(files):
-    assert lora.parse(files[1][0]) == lora.Lora(files[1][0], 1.0)
-    assert lora.parse(f"{files[1][0]}:0.6").weight == 0.6
-    assert lora.parse("org/style-lora:-0.5") == lora.Lora("org/style-lora", -0.5)
-    assert lora.parse("org/style-lora").name == "style-lora" and lora.Lora(files[1][0]).name == "kohya-1"
+    assert parse(files[1][0]) == Lora(files[1][0], 1.0)
+    assert parse(f"{files[1][0]}:0.6").weight == 0.6
+    assert parse("org/style-lora:-0.5") == Lora("org/style-lora", -0.5)
+    assert parse("org/style-lora").name == "style-lora" and Lora(files[1][0]).name == "kohya-1"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -63,7 +64,7 @@ def test_parse_takes_a_trailing_weight_and_hub_ids(files):
 ])
 def test_parse_refuses_bad_input_in_one_line(text, message):
     with pytest.raises(UsageError, match=message) as caught:
-        lora.parse(text)
+        parse(text)
     assert "\n" not in str(caught.value)
 
 
@@ -71,29 +72,29 @@ def test_a_missing_path_that_looks_like_a_hub_id_is_a_path_where_its_folder_exis
     monkeypatch.chdir(tmp_path)
     (tmp_path / "loras").mkdir()
     with pytest.raises(UsageError, match="loras/mine: no such file or folder .read as a path, since loras is a folder"):
-        lora.parse("loras/mine")
+        parse("loras/mine")
 
 
 def test_a_pickle_needs_trust_pickle(tmp_path):
     path = tmp_path / "style.bin"
     path.write_bytes(b"")
     with pytest.raises(UsageError, match="can run code: pass --trust-pickle"):
-        lora.parse(str(path))
-    assert lora.parse(str(path), trust_pickle=True).trust_pickle
+        parse(str(path))
+    assert parse(str(path), trust_pickle=True).trust_pickle
 
 
 def test_prompt_loras_takes_a1111_tags_out():
-    assert lora.prompt_loras("a castle <lora:ink:0.7>, at dusk <lora:film>") == (
+    assert prompt_loras("a castle <lora:ink:0.7>, at dusk <lora:film>") == (
         "a castle, at dusk", (("ink", 0.7), ("film", 1.0)))
-    assert lora.prompt_loras("no tags") == ("no tags", ())
+    assert prompt_loras("no tags") == ("no tags", ())
     with pytest.raises(UsageError, match="not a number"):
-        lora.prompt_loras("<lora:ink:strong>")
+        prompt_loras("<lora:ink:strong>")
 
 
 def test_folder_lists_safetensors_and_refuses_paths(tmp_path):
     (tmp_path / "ink.safetensors").write_bytes(b"")
     (tmp_path / "old.ckpt").write_bytes(b"")
-    folder = lora.Folder(tmp_path)
+    folder = Folder(tmp_path)
     assert folder.names() == ["ink"] and folder.resolve("ink") == tmp_path / "ink.safetensors"
     for name in ("../ink", "sub/ink", "..", "", "old", "C:\\ink"):
         with pytest.raises(UsageError):
@@ -109,10 +110,10 @@ def test_eager_lora_changes_the_image_and_none_gives_the_base_back(eager):
 
 def test_kohya_and_peft_layouts_of_one_lora_make_the_same_image(eager, files):
     pipe, images = eager
-    use_loras(pipe, (lora.Lora(files[1][0], 0.8),))
+    use_loras(pipe, (Lora(files[1][0], 0.8),))
     np.testing.assert_allclose(image(pipe), images["A"], rtol=0, atol=SAME_ATOL)
     # A LoRA and its negative cancel: set_adapters sums weighted adapters
-    use_loras(pipe, (lora.Lora(files[1][0], 0.8), lora.Lora(files[1][1], -0.8)))
+    use_loras(pipe, (Lora(files[1][0], 0.8), Lora(files[1][1], -0.8)))
     np.testing.assert_allclose(image(pipe), images["none"], rtol=0, atol=SAME_ATOL)
     use_loras(pipe, ())
 
@@ -121,7 +122,7 @@ def test_fused_sets_make_the_adapters_images_and_switching_puts_the_weights_back
     pipe, images = eager
     weights = {name: p.detach().clone() for name, p in pipe.unet.named_parameters() if "lora_" not in name}
     for name, seed in (("A", 1), ("B", 2)):
-        use_loras(pipe, (lora.Lora(files[seed][1], 0.8),), fuse=True)
+        use_loras(pipe, (Lora(files[seed][1], 0.8),), fuse=True)
         # fused W + dW against W x + B(A x): another order of float sums, same bound
         np.testing.assert_allclose(image(pipe), images[name], rtol=0, atol=SAME_ATOL, err_msg=name)
     use_loras(pipe, ())
@@ -131,7 +132,7 @@ def test_fused_sets_make_the_adapters_images_and_switching_puts_the_weights_back
 
 def test_a_lora_named_twice_is_refused(eager, files):
     with pytest.raises(UsageError, match="named twice"):
-        use_loras(eager[0], (lora.Lora(files[1][0]), lora.Lora(files[1][0], 0.5)))
+        use_loras(eager[0], (Lora(files[1][0]), Lora(files[1][0], 0.5)))
 
 
 def test_compile_refuses_a_lora_with_the_reason(files):
@@ -139,7 +140,7 @@ def test_compile_refuses_a_lora_with_the_reason(files):
 
     pipe, _ = optimize(load_pipeline("random:tiny"), "compile")  # lazy: nothing compiles before a call
     with pytest.raises(Skip, match="froze the UNet's weights"):
-        use_loras(pipe, (lora.Lora(files[1][0]),))
+        use_loras(pipe, (Lora(files[1][0]),))
 
 
 @pytest.mark.parametrize("runtime", [state.Runtime.OPENVINO_INT8, state.Runtime.PT2E_INT8])
@@ -147,7 +148,7 @@ def test_int8_refuses_a_lora_with_the_reason(files, runtime):
     pipe = load_pipeline("random:tiny")
     state.of(pipe).runtime = runtime  # what the int8 step records after openvino or compile (NNCF's takes minutes)
     with pytest.raises(Skip, match="quantized weights"):
-        use_loras(pipe, (lora.Lora(files[1][0]),))
+        use_loras(pipe, (Lora(files[1][0]),))
 
 
 @pytest.fixture(scope="module")
@@ -175,25 +176,25 @@ def test_openvino_lora_matches_eager_and_switching_back_hits_the_cache(on_openvi
     monkeypatch.setenv(SETS_VARIABLE, "2")  # A and B both kept (one, by default: B would replace A)
     pipe, before = on_openvino
     _, images = eager
-    switch_to = {"A": (lora.Lora(files[1][1], 0.8),), "B": (lora.Lora(files[2][1], 0.8),), "none": ()}
+    switch_to = {"A": (Lora(files[1][1], 0.8),), "B": (Lora(files[2][1], 0.8),), "none": ()}
     for name in ("A", "B", "A", "none"):
         use_loras(pipe, switch_to[name])
         np.testing.assert_allclose(image(pipe), images[name], rtol=0, atol=OPENVINO_ATOL, err_msg=name)
-    switch = pipe.sdcpu_lora_switch
+    switch = state.of(pipe).lora
     assert (switch.misses, switch.hits) == (2, 1)  # A and B compiled once each; A again came from memory
     assert disk(pipe) == before  # the IR untouched, no blob written for an edited model
 
 
 def test_openvino_takes_kohya_keys_and_keeps_only_the_last_sets(on_openvino, eager, files, monkeypatch):
-    from sdcpu.backends.openvino_lora import SETS_VARIABLE, kept_sets
+    from sdcpu.backends.openvino_lora import kept_sets, SETS_VARIABLE
 
     monkeypatch.setenv(SETS_VARIABLE, "2")
     pipe, _ = on_openvino
     for seed in (1, 2):
-        use_loras(pipe, (lora.Lora(files[seed][1], 0.8),))
-    use_loras(pipe, (lora.Lora(files[1][0], 0.8),))  # A in kohya's layout: another source, so another set
+        use_loras(pipe, (Lora(files[seed][1], 0.8),))
+    use_loras(pipe, (Lora(files[1][0], 0.8),))  # A in kohya's layout: another source, so another set
     np.testing.assert_allclose(image(pipe), eager[1]["A"], rtol=0, atol=OPENVINO_ATOL)
-    kept = [key[0][0] for key in pipe.sdcpu_lora_switch.kept]
+    kept = [key[0][0] for key in state.of(pipe).lora.kept]
     assert kept_sets() == 2 and kept == [files[2][1], files[1][0]]  # A (peft layout), the oldest, went
     use_loras(pipe, ())
     monkeypatch.setenv(SETS_VARIABLE, "many")
@@ -247,7 +248,7 @@ def test_eager_recipes_take_a_lora_and_give_the_base_back(files, recipe):
     pipe, outcomes = optimize(load_pipeline("random:tiny"), recipe)
     assert all(outcome.applied for outcome in outcomes), outcomes
     base = image(pipe)
-    use_loras(pipe, (lora.Lora(files[1][0], 0.8),))
+    use_loras(pipe, (Lora(files[1][0], 0.8),))
     assert np.abs(image(pipe) - base).max() > CHANGED
     use_loras(pipe, ())
     # disabled adapters leave the base layers' weights as they were, in bf16 too: the same kernels on the same inputs
@@ -261,6 +262,6 @@ def test_a_lora_of_another_model_is_one_line_on_eager_and_openvino(on_openvino, 
                f"{layer}.alpha": torch.tensor(float(RANK))}, wrong)
     for pipe in (eager[0], on_openvino[0]):
         with pytest.raises(UsageError, match="wrong.safetensors: cannot load it") as caught:
-            use_loras(pipe, (lora.Lora(str(wrong)),))
+            use_loras(pipe, (Lora(str(wrong)),))
         assert "\n" not in str(caught.value)
     use_loras(eager[0], ())

@@ -39,7 +39,7 @@ def test_hub_id_is_recognised_and_fails_cleanly_offline():
 
 
 def test_random_folder_loaded_by_path_still_says_random(tiny_pipe):
-    from sdcpu import random_models
+    from sdcpu.models import random_models
 
     spec = models.parse_spec(str(random_models.cache_dir("random-tiny-seed0")))
     assert spec.kind == "folder" and spec.random_weights
@@ -61,7 +61,7 @@ def test_pickle_weights_in_a_folder_load_only_with_trust_pickle(tiny_pipe, tmp_p
     import torch
     from safetensors.torch import load_file
 
-    from sdcpu import random_models
+    from sdcpu.models import random_models
 
     folder = tmp_path / "model"
     shutil.copytree(random_models.built_folder("tiny"), folder)

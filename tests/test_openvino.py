@@ -9,11 +9,11 @@ import pytest
 import torch
 from images import REMADE_ALONE_LEVELS, level_difference
 
-from sdcpu import hardware, load_pipeline
+from sdcpu import load_pipeline
 from sdcpu.backends import openvino as backend
-from sdcpu.errors import UsageError
+from sdcpu.errors import Skip, UsageError
 from sdcpu.recipes import Step
-from sdcpu.steps_base import Skip
+from sdcpu.system import hardware
 
 STEP = Step("openvino")
 HERE = hardware.detect()
@@ -160,7 +160,7 @@ def test_after_bf16_converts_from_the_cast_weights(ov):
 def test_a_batch_is_decoded_one_image_at_a_time(converted):
     """generate.run_batch decodes one image at a time (a batch of n 1024x1024 images needs one image's VAE memory): on
     OpenVINO the VAE is compiled for one latent only, and the batch's images are those each makes alone."""
-    from sdcpu.generate import Request, run_batch
+    from sdcpu.pipeline.generate import Request, run_batch
 
     pipe, _ = converted
     pipe.vae.run.release()

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdcpu import random_models
 from sdcpu.families import clip
+from sdcpu.models import random_models
 
 # A child that imports everything first, says so, then builds random:tiny once the file named by argv[1] exists.
 BUILDER = """
 import pathlib, sys, time
 import diffusers, transformers
-from sdcpu import random_models
+from sdcpu.models import random_models
 print("ready", flush=True)
 while not pathlib.Path(sys.argv[1]).exists():
     time.sleep(0.01)
@@ -113,7 +113,8 @@ def test_config_folder_has_configs_and_no_weights():
 
 @pytest.mark.slow  # builds random:sd15 (4.3 GB written) and runs its 860M UNet: a minute or two on 2 cores
 def test_sd15_builds_and_denoises_one_step(sdcpu_home):
-    from sdcpu import generate, load_pipeline
+    from sdcpu import load_pipeline
+    from sdcpu.pipeline import generate
 
     pipe = load_pipeline("random:sd15")
     result = generate.run(pipe, generate.Request("a ship", steps=1, width=256, height=256))

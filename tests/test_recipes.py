@@ -80,8 +80,8 @@ def test_a_step_added_to_the_table_appears_in_the_full_ladder_tune_and_auto_fast
     from types import SimpleNamespace
 
     from machines import machine
-    from sdcpu import auto, auto_rules
     from sdcpu.bench import ladders
+    from sdcpu.recipes import auto, auto_rules
     from sdcpu.tune import space
 
     monkeypatch.setitem(recipes.STEP_KINDS, "warp", recipes.StepKind("framework", summary="a dummy backend",

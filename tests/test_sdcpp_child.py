@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sdcpu import random_models, single_file
-from sdcpu.families import sd
 from sdcpu.bench import ladders, peers, sdcpp_child
+from sdcpu.families import sd
+from sdcpu.models import random_models, single_file
 
 SDCPP = peers.PEERS["stable-diffusion.cpp"]
 
@@ -84,8 +84,9 @@ def test_sdcpp_euler_image_is_diffusers_own_for_the_seed(tmp_path):
     from diffusers import EulerDiscreteScheduler
     from PIL import Image
 
-    from sdcpu import generate, load_pipeline
+    from sdcpu import load_pipeline
     from sdcpu.bench import fidelity
+    from sdcpu.pipeline import generate
 
     built, folder = random_models.ensure_built("sd15"), tmp_path / "euler"
     folder.mkdir()

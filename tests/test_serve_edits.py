@@ -6,7 +6,6 @@ import concurrent.futures
 import io
 import json
 import time
-from types import SimpleNamespace
 
 import httpx2 as httpx
 import numpy as np
@@ -15,6 +14,8 @@ import pytest
 from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference, png_claiming
+from sdcpu import load_pipeline
+from sdcpu.models import state
 
 SIZE = (80, 64)
 
@@ -202,11 +203,11 @@ def test_model_sampler_and_option_routes(server):
 def test_previews_fall_back_to_approx_cheap_without_taesd():
     """No TAESD in the hub cache (tests are offline) and no tiny VAE in the pipeline: A1111's linear approximation."""
     import torch
-    from diffusers.image_processor import VaeImageProcessor
 
     from sdcpu.serve.preview import Previewer
 
-    pipe = SimpleNamespace(vae=None, sdcpu_model=None, vae_scale_factor=8, image_processor=VaeImageProcessor())
+    pipe = load_pipeline("random:tiny")
+    state.of(pipe).model = None  # a user's own model: not a random one, whose random TAESD is built offline
     previewer = Previewer(pipe)
     [image] = previewer.images(torch.randn(1, 4, 8, 10), 80, 64)
     assert previewer.source == "approx cheap" and image.size == SIZE

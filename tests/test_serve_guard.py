@@ -10,7 +10,7 @@ import pytest
 
 from serving import counter
 from sdcpu.serve import guard, queue
-from sdcpu.serve.app import Settings, create_app
+from sdcpu.serve.app import create_app, Settings
 from sdcpu.serve.queue import Phase, Worker
 
 KEY = "test-key"

@@ -12,7 +12,9 @@ from PIL import Image
 from images import REMADE_ALONE_LEVELS, level_difference
 from loras import write_loras
 from serving import InProcess
-from sdcpu import generate, load_pipeline, lora
+from sdcpu import load_pipeline
+from sdcpu.models.loras import prompt_loras
+from sdcpu.pipeline import generate
 from sdcpu.serve import a1111_fields, schemas
 
 # A LoRA of 0.1 x randn factors at rank 4 moves random:tiny's 64x64 image by tens of levels (test_lora: 3e-2 max abs
@@ -83,5 +85,5 @@ def test_a_server_without_a_lora_dir_refuses_lora_names():
     limits = schemas.Limits(1024, generate.DEFAULTS, tokenizer=None)
     with pytest.raises(schemas.BadRequest, match="serves no LoRAs: start sdcpu serve with --lora-dir"):
         a1111_fields.from_a1111(a1111_fields.A1111Txt2ImgRequest(prompt="a <lora:style:1>"), limits)
-    prompt, loras = lora.prompt_loras("a ship, <lora:style:0.5> at sea")
+    prompt, loras = prompt_loras("a ship, <lora:style:0.5> at sea")
     assert (prompt, loras) == ("a ship, at sea", (("style", 0.5),))

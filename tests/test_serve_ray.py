@@ -131,7 +131,7 @@ def test_without_ray_one_line_names_the_install_command(capsys, monkeypatch):
 
 
 def test_a_replica_admits_more_than_its_worker_holds_so_the_worker_answers_503():
-    from sdcpu.serve.ray_deploy import HEADROOM, deployment_options
+    from sdcpu.serve.ray_deploy import deployment_options, HEADROOM
 
     options = deployment_options(serving.options("--ray", "--max-queue", "3", "--max-batch", "2", "--max-replicas",
                                                  "4"), usable_cores=16)

@@ -1,4 +1,4 @@
-"""sdcpu.single_file: a diffusers folder as one original-layout checkpoint, read back by diffusers' own loader."""
+"""sdcpu.models.single_file: a diffusers folder as one original-layout checkpoint, read back by diffusers' own loader."""
 
 import json
 import os
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from sdcpu import random_models, single_file
+from sdcpu.models import random_models, single_file
 
 
 @pytest.fixture(scope="module")

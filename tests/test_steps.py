@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from sdcpu import load_pipeline, optimize, steps
+from sdcpu import load_pipeline, optimize
+from sdcpu.models import state
+from sdcpu.pipeline import optimizer
 from machines import machine
 
 SPR = machine("spr-2s-amx")  # native bf16 (AMX)
@@ -76,9 +78,9 @@ def test_ipex_is_skipped_with_a_reason_when_absent():
 def test_algorithm_steps_set_scheduler_and_call_defaults():
     pipe, outcomes = optimized("scheduler=dpm++,steps=6,guidance=1.0")
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
-    assert steps.defaults(pipe) == {"num_inference_steps": 6, "guidance_scale": 1.0}
+    assert state.of(pipe).defaults == {"num_inference_steps": 6, "guidance_scale": 1.0}
     assert "no CFG batch" in outcomes["guidance=1.0"].detail
-    assert str(pipe.sdcpu_recipe) == "scheduler=dpm++,steps=6,guidance=1.0"
+    assert str(state.of(pipe).recipe) == "scheduler=dpm++,steps=6,guidance=1.0"
 
 
 def test_system_steps_are_left_to_the_launcher():
@@ -90,12 +92,12 @@ def test_every_runtime_step_kind_has_a_function():
     from sdcpu.recipes import STEP_KINDS
 
     runtime = {name for name, kind in STEP_KINDS.items() if kind.group != "system"}
-    assert runtime == set(steps.REGISTRY)
+    assert runtime == set(optimizer.REGISTRY)
 
 
 def test_a_swapped_scheduler_is_made_from_the_pipelines_own_never_from_another_swapped_one():
     """dpm++ made from dpm++-karras's config would keep its Karras sigmas (from_config carries every option over)."""
-    from sdcpu import schedulers
+    from sdcpu.models import schedulers
 
     pipe = load_pipeline("random:tiny")
     own, swap = pipe.scheduler, schedulers.Swapper(pipe)

@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference, png_claiming
-from sdcpu import families, generate, load_pipeline, optimize, tasks
+from sdcpu import families, load_pipeline, optimize
 from sdcpu.cli import main
 from sdcpu.errors import UsageError
+from sdcpu.pipeline import generate, tasks
 
 SIZE = 64
 

@@ -1,5 +1,7 @@
-from sdcpu import generate, load_pipeline, schedulers
-from sdcpu.timing import component_split
+from sdcpu import load_pipeline
+from sdcpu.models import schedulers
+from sdcpu.pipeline import generate
+from sdcpu.pipeline.timing import component_split
 
 
 def test_split_counts_one_unet_call_per_step_and_restores_the_methods():

@@ -60,7 +60,7 @@ def cli(argv) -> int:
 def test_a_probe_runs_under_its_launch_plan_and_reports_a_skipped_step():
     import importlib.util
 
-    from sdcpu import hardware
+    from sdcpu.system import hardware
     from sdcpu.tune import probe
 
     if importlib.util.find_spec("intel_extension_for_pytorch"):

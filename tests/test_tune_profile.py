@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from machines import machine
-from sdcpu import auto
-from sdcpu import profiles as profile
+from sdcpu.recipes import auto, profiles as profile
 
 SPR = machine("spr-2s-amx")
 TINY = profile.Workload("3fdbfbafd0e0", "64x64")
@@ -94,7 +93,7 @@ def test_a_malformed_profile_is_ignored_with_one_warning(home, caplog):
     data["key"] = profile.key(SPR, "high", TINY)  # it matches here: only its malformed fields can rule it out
     (home / "profiles").mkdir()
     (home / "profiles" / "malformed.json").write_text(json.dumps(data))
-    with caplog.at_level(logging.WARNING, logger="sdcpu.profiles"):
+    with caplog.at_level(logging.WARNING, logger="sdcpu.recipes.profiles"):
         for _ in range(2):
             assert auto.recipe(SPR, {}, workload=TINY)[1][0] == auto.NO_PROFILE
         good = write(created="2026-11-26T12:00:00+00:00")

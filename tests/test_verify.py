@@ -4,7 +4,7 @@ import threading
 import pytest
 import torch
 
-from sdcpu import verify
+from sdcpu.system import verify
 
 MAPS = """\
 55d0c0a00000-55d0c0a28000 r--p 00000000 08:01 1234    /usr/bin/python3.11

@@ -14,7 +14,7 @@ def load_pipeline(spec: str, **kwargs):
 
 def optimize(pipe, recipe="auto", cpu=None):
     """Apply a recipe's framework and algorithm steps to PIPE in place: returns (pipe, outcome of each step)."""
-    from sdcpu.steps import optimize as _optimize
+    from sdcpu.pipeline.optimizer import optimize as _optimize
 
     return _optimize(pipe, recipe, cpu)
 
@@ -22,16 +22,17 @@ def optimize(pipe, recipe="auto", cpu=None):
 def pipeline_for(pipe, task: str):
     """diffusers' own pipeline for TASK ("txt2img", "img2img", "inpaint") on PIPE's components, made once with
     ``from_pipe``: one set of weights, optimized or not, serves all three."""
-    from sdcpu.tasks import pipeline_for as _for
+    from sdcpu.pipeline.tasks import pipeline_for as _for
 
     return _for(pipe, task)
 
 
 def use_loras(pipe, loras, fuse=False):
-    """Make PIPE run with exactly LORAS (``sdcpu.lora.Lora``s, or ``"FILE_OR_ID[:WEIGHT]"`` strings; empty: none),
-    whatever recipe optimized it; returns what was done. ``fuse``: on the eager UNet, fuse the set into the weights
-    (no per-step cost, a fuse per switch). Raises ``sdcpu.steps_base.Skip`` where the backend cannot
-    take a LoRA (compile, int8), with the reason."""
-    from sdcpu import lora
+    """Make PIPE run with exactly LORAS (``sdcpu.models.loras.Lora``s, or ``"FILE_OR_ID[:WEIGHT]"`` strings; empty:
+    none), whatever recipe optimized it; returns what was done. ``fuse``: on the eager UNet, fuse the set into the
+    weights (no per-step cost, a fuse per switch). Raises ``sdcpu.errors.Skip`` where the backend cannot take a LoRA
+    (compile, int8), with the reason."""
+    from sdcpu.models.loras import parse
+    from sdcpu.pipeline.lora import use
 
-    return lora.use(pipe, tuple(lora.parse(item) if isinstance(item, str) else item for item in loras), fuse)
+    return use(pipe, tuple(parse(item) if isinstance(item, str) else item for item in loras), fuse)

@@ -13,7 +13,7 @@ every image starts with a full call. The UNet runs eagerly: put deepcache before
 from diffusers import UNet2DConditionModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
-from sdcpu.steps_base import Skip
+from sdcpu.errors import Skip
 
 
 def apply(pipe, step, cpu) -> str:

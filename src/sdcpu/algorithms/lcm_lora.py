@@ -10,8 +10,9 @@ first download); `lcm-lora=ID|DIR|FILE`
 any other. A `random:` model gets a random LoRA of the same shape built offline, so timings stay faithful.
 """
 
-from sdcpu import families, schedulers, state
-from sdcpu.steps_base import Skip
+from sdcpu import families
+from sdcpu.errors import Skip
+from sdcpu.models import schedulers, state
 
 STEPS, GUIDANCE = 4, 1.0
 
@@ -21,7 +22,7 @@ def apply(pipe, step, cpu) -> str:
     if runtime is not state.Runtime.EAGER:
         raise Skip(f"needs the eager torch {family.denoiser.label}, found {runtime.summary}: put lcm-lora before a "
                    "backend step")
-    model = getattr(pipe, "sdcpu_model", None)
+    model = state.of(pipe).model
     if step.value is None and model is not None and model.random_weights:
         source = str(random_lora(pipe))
     elif step.value or family.lcm_lora:
@@ -37,15 +38,14 @@ def apply(pipe, step, cpu) -> str:
     pipe.fuse_lora()
     pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
     schedulers.set_scheduler(pipe, "lcm")
-    pipe.sdcpu_defaults = {**getattr(pipe, "sdcpu_defaults", {}), "num_inference_steps": STEPS,
-                           "guidance_scale": GUIDANCE}
+    state.of(pipe).defaults.update(num_inference_steps=STEPS, guidance_scale=GUIDANCE)
     return (f"LCM-LoRA from {source} fused into the UNet; LCMScheduler, {STEPS} steps at guidance {GUIDANCE} unless a "
             "call says otherwise (guidance <= 1: UNet batch 1, no CFG)")
 
 
 def random_lora(pipe, rank: int = 4, seed: int = 0):
     """A cached random LoRA (peft layout, rank RANK) on the UNet's attention projections: LCM-LoRA's shape."""
-    from sdcpu import random_models
+    from sdcpu.models import random_models
 
     def write(folder):
         import torch
@@ -59,5 +59,5 @@ def random_lora(pipe, rank: int = 4, seed: int = 0):
                 weights[f"unet.{name}.lora_B.weight"] = 0.01 * torch.randn(module.out_features, rank, generator=generator)
         save_file(weights, folder / "pytorch_lora_weights.safetensors")
 
-    key = f"random-lora-{pipe.sdcpu_model.ref}-r{rank}-seed{seed}"
+    key = f"random-lora-{state.of(pipe).model.ref}-r{rank}-seed{seed}"
     return random_models.cached_folder(random_models.cache_dir(key), write, "pytorch_lora_weights.safetensors")

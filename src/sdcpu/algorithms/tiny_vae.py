@@ -6,16 +6,17 @@ decoder): a few GFLOP per 512x512 image instead of the SD VAE decoder's ~2500, a
 """
 
 from sdcpu import families
-from sdcpu.steps_base import Skip
+from sdcpu.errors import Skip
+from sdcpu.models import state
 
 
 def apply(pipe, step, cpu) -> str:
     import torch
     from diffusers import AutoencoderTiny
 
-    from sdcpu import random_models
+    from sdcpu.models import random_models
 
-    model = getattr(pipe, "sdcpu_model", None)
+    model = state.of(pipe).model
     if step.value is None and model is not None and model.random_weights:
         source, vae = "random weights (a random: model)", AutoencoderTiny.from_pretrained(
             random_models.ensure_tiny_vae(pipe.vae_scale_factor), local_files_only=True)

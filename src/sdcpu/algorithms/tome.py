@@ -20,7 +20,7 @@ import math
 import torch
 from diffusers import UNet2DConditionModel
 
-from sdcpu.steps_base import Skip
+from sdcpu.errors import Skip
 
 
 def apply(pipe, step, cpu) -> str:

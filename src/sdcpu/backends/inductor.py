@@ -7,8 +7,9 @@ $SDCPU_HOME/inductor, lets a second process skip most of the compile.
 
 import os
 
-from sdcpu import families, state
-from sdcpu.home import sdcpu_home
+from sdcpu import families
+from sdcpu.models import state
+from sdcpu.system.home import sdcpu_home
 
 
 def apply(pipe, item, cpu) -> str:

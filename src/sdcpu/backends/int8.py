@@ -30,10 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdcpu import families, locks, state
+from sdcpu import families
 from sdcpu.backends.components import Denoiser, Entry
-from sdcpu.launcher import python_module
-from sdcpu.steps_base import Skip, defaults
+from sdcpu.errors import Skip
+from sdcpu.models import state
+from sdcpu.system import locks
+from sdcpu.system.launcher import python_module
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +162,7 @@ def _inductor(pipe, family) -> str:
     eager = compiled._orig_mod  # torch.compile's wrapper keeps the eager module
     if eager.dtype != torch.float32:
         raise Skip(f"PT2E int8 quantizes an fp32 {family.denoiser.label}, this one is {eager.dtype}: drop bf16 from the recipe")
-    if defaults(pipe).get("guidance_scale", family.defaults.guidance) <= 1:
+    if state.of(pipe).defaults.get("guidance_scale", family.defaults.guidance) <= 1:
         raise Skip(f"PT2E int8's exported {family.denoiser.label} takes CFG batches (2 or more); this recipe sets guidance <= 1")
     start = time.perf_counter()
     setattr(pipe, name, eager)  # calibrate eagerly: the compiled module would compile first

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdcpu import locks
+from sdcpu.system import locks
 
 
 def hybrid(nncf, model, samples):

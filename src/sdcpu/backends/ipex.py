@@ -1,8 +1,9 @@
 """The `ipex` step: Intel Extension for PyTorch, the seed's framework rung. End-of-life (last release 2.8, tied to
 torch 2.8): applied only when it is installed and built for the torch in use, skipped with the reason otherwise."""
 
-from sdcpu import families, state
-from sdcpu.steps_base import Skip
+from sdcpu import families
+from sdcpu.errors import Skip
+from sdcpu.models import state
 
 
 def apply(pipe, item, cpu) -> str:

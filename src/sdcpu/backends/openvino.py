@@ -36,14 +36,15 @@ from pathlib import Path
 
 import torch
 
-from sdcpu import families, locks, recipes, state
+from sdcpu import families, recipes
 from sdcpu.backends import mapped
-from sdcpu.backends.components import VAE, Denoiser, Entry, Moments, TextEncoder
-from sdcpu.errors import UsageError
-from sdcpu.launcher import library_kind
-from sdcpu.home import sdcpu_home
-from sdcpu.steps_base import Skip
-from sdcpu.verify import mapped_paths
+from sdcpu.backends.components import Denoiser, Entry, Moments, TextEncoder, VAE
+from sdcpu.errors import Skip, UsageError
+from sdcpu.models import state
+from sdcpu.system import locks
+from sdcpu.system.home import sdcpu_home
+from sdcpu.system.launcher import library_kind
+from sdcpu.system.verify import mapped_paths
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@
 
 Not done: switching without recompiling (LoRA A/B as extra inputs or states on each target MatMul, as OpenVINO GenAI
 does) would trade the compile per new set for extra matmuls at every step (the eager UNet's unfused adapters cost
-+14% per call at rank 16, sdcpu.lora); with a few sets in turn, the kept compiled sets cost nothing per step.
++14% per call at rank 16, sdcpu.pipeline.lora); with a few sets in turn, the kept compiled sets cost nothing per step.
 """
 
 import os
@@ -29,9 +29,9 @@ import torch
 
 from sdcpu import families
 from sdcpu.backends import openvino
-from sdcpu.errors import UsageError
-from sdcpu.lora import loading
-from sdcpu.steps_base import Skip
+from sdcpu.errors import Skip, UsageError
+from sdcpu.models import state
+from sdcpu.models.loras import loading
 
 SETS_VARIABLE, DEFAULT_SETS = "SDCPU_LORA_SETS", 1
 
@@ -51,9 +51,10 @@ def targets(pipe) -> tuple[str, ...]:
 
 
 def use(pipe, loras) -> str:
-    if "sdcpu_lora_switch" not in pipe.__dict__:  # made at the first call: the runs it keeps as base are LoRA-free
-        pipe.sdcpu_lora_switch = Switch(pipe)
-    return pipe.sdcpu_lora_switch.use(pipe, tuple(loras))
+    kept = state.of(pipe)
+    if kept.lora is None:  # made at the first call: the runs it keeps as base are LoRA-free
+        kept.lora = Switch(pipe)
+    return kept.lora.use(pipe, tuple(loras))
 
 
 class Switch:

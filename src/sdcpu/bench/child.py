@@ -1,6 +1,6 @@
 """One bench rung, run inside its own fresh process (started by the runner under the rung's launch plan).
 
-`python -m sdcpu.bench.child SPEC_JSON` prepares the model (sdcpu.prepare: loads it, applies the recipe's framework
+`python -m sdcpu.bench.child SPEC_JSON` prepares the model (sdcpu.pipeline.prepare: loads it, applies the recipe's framework
 and algorithm steps, makes one warm-up call: it compiles, for compiling steps, timed apart), then makes the timed calls
 with the per-component split, saves the image of the last call, and prints one JSON row on stdout (`write_row`).
 Progress goes to stderr as `PROGRESS {json}` lines.
@@ -23,7 +23,7 @@ def progress(**event) -> None:
 
 def cache_state() -> dict:
     """Which compile caches already hold something: a compiling rung runs cold or warm."""
-    from sdcpu.home import sdcpu_home
+    from sdcpu.system.home import sdcpu_home
 
     return {name: any((sdcpu_home() / name).glob("*")) for name in ("inductor", "openvino")}
 
@@ -31,10 +31,13 @@ def cache_state() -> dict:
 def run(spec: dict) -> dict:
     import torch
 
-    from sdcpu import families, generate, hardware, recipes, verify
+    from sdcpu import families, recipes
     from sdcpu.bench import inputs, ladders
+    from sdcpu.families.base import Defaults
     from sdcpu.models import parse_spec
-    from sdcpu.prepare import prepare
+    from sdcpu.pipeline import generate
+    from sdcpu.pipeline.prepare import prepare
+    from sdcpu.system import hardware, verify
 
     # 1. What the launcher really applied, before anything else runs.
     snap = verify.snapshot()
@@ -51,7 +54,7 @@ def run(spec: dict) -> dict:
         return _request(protocol, defaults, steps=protocol.warmup_steps_used)
 
     prepared = prepare(model, recipe, hardware.detect(), warmup=warmup_request, edit=edit, always_warm=True,
-                       base=generate.Defaults(protocol.steps, protocol.guidance, protocol.width, protocol.height))
+                       base=Defaults(protocol.steps, protocol.guidance, protocol.width, protocol.height))
     pipe, outcomes, warmup = prepared.pipe, prepared.outcomes, prepared.warmup
     row["load_s"] = round(prepared.load_seconds, 2)
     row["recipe_resolved"] = str(recipe)
@@ -140,7 +143,7 @@ def verify_summary(snap: dict) -> dict:
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
-    from sdcpu.relaunch import write_row
+    from sdcpu.system.children import write_row
 
     write_row(run(spec))
     return 0

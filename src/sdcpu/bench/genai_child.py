@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from sdcpu.bench.child import protocol_calls
-from sdcpu.home import sdcpu_home
-from sdcpu.relaunch import write_row
+from sdcpu.system.children import write_row
+from sdcpu.system.home import sdcpu_home
 
 
 def exported(model_path: str, exporter: str) -> tuple[Path, bool, float]:

@@ -43,7 +43,7 @@ def edit(written: dict):
     """The tasks.Edit of what write returned; None for text-to-image."""
     if not written:
         return None
-    from sdcpu import tasks
+    from sdcpu.pipeline import tasks
 
     mask = Path(written["mask"]).read_bytes() if written["mask"] else None
     return tasks.edit(Path(written["image"]).read_bytes(), mask, written["strength"])

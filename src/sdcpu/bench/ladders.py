@@ -6,10 +6,12 @@ what was measured (`full` keeps a step only when it made the image faster).
 
 from dataclasses import dataclass, fields
 
-from sdcpu import auto, recipes, tasks
+from sdcpu import recipes
 from sdcpu.bench import peers
 from sdcpu.errors import UsageError
-from sdcpu.generate import Request
+from sdcpu.pipeline import tasks
+from sdcpu.pipeline.generate import Request
+from sdcpu.recipes import auto
 
 SEED_PROMPT = "sailing ship in storm by Rembrandt"
 

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 from sdcpu.bench.child import protocol_calls
-from sdcpu.home import sdcpu_home
-from sdcpu.relaunch import write_row
+from sdcpu.system.children import write_row
+from sdcpu.system.home import sdcpu_home
 
 
 def main() -> int:

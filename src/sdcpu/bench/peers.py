@@ -2,7 +2,7 @@
 
 A peer cannot share sdcpu's `.venv` (each entry says why), so a `scripts/setup-NAME.sh` builds its own, exactly pinned
 (`.venv-NAME` in the checkout, or any interpreter named by the peer's variable). Its child script imports only the
-standard library, the peer and sdcpu's dependency-free modules (`sdcpu.bench.child`, `sdcpu.home`) through
+standard library, the peer and sdcpu's dependency-free modules (`sdcpu.bench.child`, `sdcpu.system.home`) through
 PYTHONPATH, runs the protocol, and prints one JSON row, like sdcpu's own child. A rung names its peer as `NAME` or `NAME:VARIANT` (stable-diffusion.cpp's weight
 type: `stable-diffusion.cpp:q8_0`).
 """
@@ -67,8 +67,9 @@ def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict, list[
     a checkpoint written, timed); raises RuntimeError with the reason when it cannot run."""
     import time
 
-    from sdcpu import models, random_models
-    from sdcpu.home import sdcpu_home
+    from sdcpu import models
+    from sdcpu.models import random_models
+    from sdcpu.system.home import sdcpu_home
 
     peer, variant = parse(text)
     for needed in (peer, EXPORTER) if peer.reads == "ir" else (peer,):
@@ -82,7 +83,7 @@ def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict, list[
               "threads": len(cpu.usable_physical_cores)}
     done = []
     if peer.reads == "single-file" and model.kind is not models.Source.FILE:
-        from sdcpu import single_file
+        from sdcpu.models import single_file
 
         start, cached = time.perf_counter(), single_file.checkpoint_path(Path(folder)).is_file()
         fields["model_path"] = str(single_file.ensure_checkpoint(Path(folder)))

@@ -14,9 +14,11 @@ import subprocess
 import time
 from pathlib import Path
 
-from sdcpu import hardware, profiles, relaunch, steps
 from sdcpu.bench import child, fidelity, inputs, ladders, peers
-from sdcpu.versions import versions
+from sdcpu.pipeline import optimizer
+from sdcpu.recipes import profiles, relaunch
+from sdcpu.system import children, hardware
+from sdcpu.system.versions import versions
 
 RESULTS = "results.jsonl"
 
@@ -25,8 +27,8 @@ def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ, say=l
         ) -> list[dict]:
     """Run LADDER (a name or rungs) under PROTOCOL; rows are written to OUT/results.jsonl as they come. SAY(text,
     final) is told what happens: each rung's progress (FINAL False: the next line replaces it), then its summary."""
-    from sdcpu import flops, random_models
-    from sdcpu.models import Source, parse_spec
+    from sdcpu.bench import peak
+    from sdcpu.models import parse_spec, random_models, Source
 
     model = parse_spec(protocol.model)  # refuse a bad spec before anything runs
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -39,8 +41,8 @@ def run(protocol: ladders.Protocol, ladder, out: Path, environ=os.environ, say=l
         "inputs": inputs.write(protocol, out / "inputs"),  # img2img and inpainting: the image every rung starts from
         "protocol": protocol.to_dict(), "cpu": cpu.to_dict(), "versions": versions(), "git": git_sha(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "matmul_peak_gflop_s": {"float32": flops.matmul_peak_gflops("float32"),
-                                **({"bfloat16": flops.matmul_peak_gflops("bfloat16")} if cpu.native_bf16 else {})},
+        "matmul_peak_gflop_s": {"float32": peak.matmul_peak_gflops("float32"),
+                                **({"bfloat16": peak.matmul_peak_gflops("bfloat16")} if cpu.native_bf16 else {})},
     }
     rows, gen = [], ladders.rungs(ladder, cpu)
     rung, started = next(gen), time.perf_counter()
@@ -76,7 +78,7 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, o
         else:
             # resolved once, here: the child optimizes with exactly the recipe its launch plan was made for
             workload = profiles.workload_of(protocol.model, protocol.width, protocol.height)
-            recipe = steps.resolve(rung.recipe, cpu, workload)
+            recipe = optimizer.resolve(rung.recipe, cpu, workload)
             spec["recipe"] = recipe.to_json()
             command, env, plan = relaunch.child_command(recipe, cpu, environ, "sdcpu.bench.child", spec)
             prefix = plan.argv_prefix if plan else ()
@@ -96,7 +98,7 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, o
             else:
                 errors.append(line)
         proc.wait()
-    row = relaunch.child_row(stdout.read_text(), errors, proc.returncode)
+    row = children.child_row(stdout.read_text(), errors, proc.returncode)
     if before and "steps" in row:
         row["steps"] = before + row["steps"]  # what the parent prepared for a peer (a checkpoint written), timed
     return {**fields, **row}

@@ -1,6 +1,6 @@
 """The stable-diffusion.cpp peer rung, run by its own Python (scripts/setup-sdcpp.sh): ggml's C++ engine for SD.
 
-Argv: one JSON spec, {protocol, image, model_path (an original-layout .safetensors, sdcpu.single_file), variant ("f32"
+Argv: one JSON spec, {protocol, image, model_path (an original-layout .safetensors, sdcpu.models.single_file), variant ("f32"
 or "q8_0": sd.cpp's weight type, converted on load; sd.cpp keeps convolution kernels f16 whatever the type), threads
 (the usable physical cores), random_weights}. The engine is used as its own CLI uses it for text-to-image: one context
 holding the model (VAE decode-only), the given threads, torch's CPU generator for the initial noise (rng "cpu"), flash
@@ -16,7 +16,7 @@ import time
 from importlib.metadata import version
 
 from sdcpu.bench.child import protocol_calls
-from sdcpu.relaunch import write_row
+from sdcpu.system.children import write_row
 
 TRAIN_TIMESTEPS = 1000  # SD's, and sd.cpp's fixed TIMESTEPS
 SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")  # diffusers options that move sigmas
@@ -51,12 +51,12 @@ def sampler_for(scheduler: dict, steps: int) -> tuple[str, str, str | None]:
 
 
 def checkpoint_scheduler(path: str) -> dict:
-    """The diffusers scheduler config sdcpu.single_file stored in the checkpoint's safetensors header."""
+    """The diffusers scheduler config sdcpu.models.single_file stored in the checkpoint's safetensors header."""
     with open(path, "rb") as file:
         header = json.loads(file.read(int.from_bytes(file.read(8), "little")))
     stored = header.get("__metadata__", {}).get("sdcpu_scheduler")
     if stored is None:
-        raise ValueError(f"{path}: no sdcpu_scheduler in its metadata (written by sdcpu.single_file.ensure_checkpoint)")
+        raise ValueError(f"{path}: no sdcpu_scheduler in its metadata (written by sdcpu.models.single_file.ensure_checkpoint)")
     return json.loads(stored)
 
 

@@ -6,10 +6,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sdcpu import batch, batch_make, batch_ray, generate, hardware, models, ray_shares, relaunch, schedulers
+from sdcpu import batch, models
+from sdcpu.batch import make, on_ray
 from sdcpu.commands.options import add_model, add_recipe, resolve_recipe
 from sdcpu.errors import UsageError
-from sdcpu.generate import DEFAULTS
+from sdcpu.models import schedulers
+from sdcpu.pipeline import generate
+from sdcpu.pipeline.generate import DEFAULTS
+from sdcpu.recipes import relaunch
+from sdcpu.system import hardware, ray_shares
 
 
 def register(sub):
@@ -53,7 +58,7 @@ def run(args) -> int:
     cpu = hardware.detect()
     if args.max_batch < 1:
         raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
-    ray_options = batch_ray.check(args.ray, args.actors, args.cores_per_actor)
+    ray_options = on_ray.check(args.ray, args.actors, args.cores_per_actor)
     defaults = batch.Job(line=0, prompt="x", negative_prompt=args.negative_prompt, seed=args.seed, size=args.size,
                          steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
                          n=args.num_images).validate()
@@ -103,7 +108,7 @@ def _report(path, bad) -> None:
 
 def _made_here(args, spec, recipe, cpu, images, folder):
     """The rows of IMAGES made in this process, each as its PNG is written (the model loaded first)."""
-    maker = batch_make.Maker(spec, recipe, cpu, folder, images[0], progress=True)
+    maker = make.Maker(spec, recipe, cpu, folder, images[0], progress=True)
     if maker.warmup_seconds is not None:
         print(f"compile + one-step warm-up: {maker.warmup_seconds:.1f} s (one-time)")
     return maker.rows(images, args.max_batch)
@@ -111,9 +116,9 @@ def _made_here(args, spec, recipe, cpu, images, folder):
 
 def _made_on_ray(options, spec, recipe, cpu, images, folder, max_batch: int):
     """The rows of IMAGES made by a pool of Ray actors, each as its PNG is written (the pool started first)."""
-    pool = batch_ray.start(options, cpu)
+    pool = on_ray.start(options, cpu)
     print(f"sdcpu batch: {pool}", flush=True)
-    return batch_ray.rows(pool, spec, recipe, cpu, images, folder, max_batch)
+    return on_ray.rows(pool, spec, recipe, cpu, images, folder, max_batch)
 
 
 def _record(rows, manifest, total: int, left: int) -> int:

@@ -8,10 +8,10 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from sdcpu import tasks
 from sdcpu.bench import ladders
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
+from sdcpu.pipeline import tasks
 
 
 def register(sub):
@@ -42,8 +42,8 @@ def register(sub):
 
 
 def protocol_from(args) -> ladders.Protocol:
-    from sdcpu.generate import parse_size
     from sdcpu.models import parse_spec
+    from sdcpu.pipeline.generate import parse_size
 
     parse_spec(args.model)  # refuse a bad model spec before anything is created
 

@@ -4,12 +4,16 @@ timing and self-describing PNGs."""
 import resource
 from dataclasses import replace
 
-from sdcpu import generate, hardware, lora, models, relaunch, schedulers, tasks
+from sdcpu import models
 from sdcpu.commands.options import add_model, add_recipe, resolve_recipe
-from sdcpu.errors import UsageError
-from sdcpu.generate import DEFAULTS
-from sdcpu.prepare import prepare
-from sdcpu.steps_base import Skip
+from sdcpu.errors import Skip, UsageError
+from sdcpu.models import schedulers
+from sdcpu.models.loras import parse
+from sdcpu.pipeline import generate, lora, tasks
+from sdcpu.pipeline.generate import DEFAULTS
+from sdcpu.pipeline.prepare import prepare
+from sdcpu.recipes import relaunch
+from sdcpu.system import hardware
 
 
 def register(sub):
@@ -46,7 +50,7 @@ def run(args) -> int:
     cpu = hardware.detect()
     width, height = generate.parse_size(args.size)
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
-    loras = tuple(lora.parse(text, trust_pickle=args.trust_pickle) for text in args.lora)
+    loras = tuple(parse(text, trust_pickle=args.trust_pickle) for text in args.lora)
     # auto: a tuned profile for this model and size, else the class rules (said at the end)
     recipe, why_auto = resolve_recipe(args, cpu, width, height)
     asked = generate.Request(prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height,

@@ -2,8 +2,9 @@
 
 import json
 
-from sdcpu import auto, hardware, profiles
-from sdcpu.versions import versions
+from sdcpu.recipes import auto, profiles
+from sdcpu.system import hardware
+from sdcpu.system.versions import versions
 
 X86_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8")
 ARM_FLAGS = ("asimd", "sve", "bf16", "i8mm")

@@ -7,9 +7,10 @@ import dataclasses
 import logging
 import os
 
-from sdcpu import auto, hardware, launcher, verify
 from sdcpu.errors import UsageError
-from sdcpu.instances import run_instances
+from sdcpu.recipes import auto
+from sdcpu.system import hardware, launcher, verify
+from sdcpu.system.instances import run_instances
 
 log = logging.getLogger(__name__)
 

@@ -2,8 +2,9 @@
 
 import os
 
-from sdcpu import auto, recipes, relaunch
+from sdcpu import recipes
 from sdcpu.errors import UsageError
+from sdcpu.recipes import auto, relaunch
 
 DEFAULT_MODEL = "random:sd15"
 

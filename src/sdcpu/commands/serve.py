@@ -10,11 +10,14 @@ import signal
 import socket
 import sys
 
-from sdcpu import generate, hardware, launcher, models, ray_shares, recipes, relaunch
+from sdcpu import models, recipes
 from sdcpu.commands.options import add_model, add_recipe, resolve_recipe
 from sdcpu.errors import UsageError
-from sdcpu.instances import run_instances
+from sdcpu.pipeline import generate
+from sdcpu.recipes import relaunch
 from sdcpu.serve.options import Options, Replicas
+from sdcpu.system import hardware, launcher, ray_shares
+from sdcpu.system.instances import run_instances
 
 
 

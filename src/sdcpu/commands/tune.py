@@ -10,10 +10,12 @@ import importlib.util
 import os
 import sys
 
-from sdcpu import hardware, launcher, profiles, recipes
+from sdcpu import recipes
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
-from sdcpu.generate import DEFAULTS
+from sdcpu.pipeline.generate import DEFAULTS
+from sdcpu.recipes import profiles
+from sdcpu.system import hardware, launcher
 from sdcpu.tune import probe, report, search, space
 
 # Extra first-call seconds a backend costs in a process: (fixed, per SD 1.5-sized UNet). compile measured 60-107 s
@@ -53,9 +55,8 @@ def _say(text: str) -> None:
 
 
 def run(args) -> int:
-    from sdcpu import random_models
-    from sdcpu.generate import check_size, parse_size
-    from sdcpu.models import Source, parse_spec
+    from sdcpu.models import parse_spec, random_models, Source
+    from sdcpu.pipeline.generate import check_size, parse_size
 
     # 1. Check the input, look at the machine, build the space of what it can run.
     if args.steps < 1 or args.repeats < 2:

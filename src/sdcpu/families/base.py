@@ -12,12 +12,18 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Defaults:
-    """What a request that leaves them out gets: denoising steps, guidance scale, and the image side (None: the
-    denoiser's native sample size times the VAE's scale)."""
+    """What a request leaves unset takes: denoising steps, guidance scale and size. The one declaration of them: its
+    model family's (every entry point reads them through `pipeline.generate.defaults_for`)."""
 
     steps: int = 20
     guidance: float = 7.5
-    size: int | None = None
+    width: int = 512
+    height: int = 512
+
+    @property
+    def size(self) -> str:
+        """'512x512': the size as the command lines write it."""
+        return f"{self.width}x{self.height}"
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,9 @@ class Family:
         return pipeline_class in self.pipelines.values()
 
     def native_size(self, pipe) -> int:
-        """The image side PIPE makes when a request gives none: the family's, else its denoiser's native sample size
-        times the VAE's scale."""
-        return self.defaults.size or getattr(pipe, self.denoiser.attribute).config.sample_size * pipe.vae_scale_factor
+        """The image side PIPE's denoiser was built for: its sample size times the VAE's scale (what int8 calibrates
+        and tune probes at)."""
+        return getattr(pipe, self.denoiser.attribute).config.sample_size * pipe.vae_scale_factor
 
     def inpainting(self, pipe) -> bool:
         """Whether PIPE's denoiser is an inpainting one (it takes the mask and the masked image's latents too)."""
@@ -93,9 +99,9 @@ class Family:
         """What the latent height and width of the denoiser with CONFIG must be a multiple of."""
         raise NotImplementedError
 
-    def example_inputs(self, config, batch: int, latent: tuple[int, int], dtype) -> tuple:
-        """Inputs of the denoiser with CONFIG for BATCH latents of size LATENT, in `denoiser.inputs` order: what a
-        backend traces it with and what a probe times."""
+    def example_inputs(self, config, batch: int, latent: tuple[int, int], dtype, generator=None) -> tuple:
+        """Random inputs (drawn from GENERATOR) of the denoiser with CONFIG for BATCH latents of size LATENT, in
+        `denoiser.inputs` order: what a backend traces it with and what a probe times."""
         raise NotImplementedError
 
     def build(self, arch: str, seed: int):

@@ -71,11 +71,11 @@ class StableDiffusion(Family):
         """The UNet halves the latent once per down block but the last."""
         return 2 ** (len(config.block_out_channels) - 1)
 
-    def example_inputs(self, config, batch, latent, dtype) -> tuple:
+    def example_inputs(self, config, batch, latent, dtype, generator=None) -> tuple:
         import torch
 
-        sample = torch.randn(batch, config.in_channels, *latent, dtype=dtype)
-        context = torch.randn(batch, self.tokens, config.cross_attention_dim, dtype=dtype)
+        sample = torch.randn(batch, config.in_channels, *latent, generator=generator).to(dtype)
+        context = torch.randn(batch, self.tokens, config.cross_attention_dim, generator=generator).to(dtype)
         return sample, torch.full((batch,), 500.0), context
 
     def build(self, arch: str, seed: int):
@@ -146,7 +146,7 @@ FAMILY = StableDiffusion(
     denoiser=Denoiser(),
     text_encoders=("text_encoder",),
     tokens=clip.MAX_TOKENS,
-    defaults=Defaults(steps=20, guidance=7.5),
+    defaults=Defaults(steps=20, guidance=7.5, width=512, height=512),
     tiny_vae="madebyollin/taesd",
     lcm_lora="latent-consistency/lcm-lora-sdv1-5",
     # A1111's "Approx cheap" (modules/sd_vae_approx.py), fitted on SD 1.x latents

@@ -13,12 +13,12 @@ from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, Field, create_model
 
-from sdcpu import tasks
-from sdcpu.generate import Request
+from sdcpu.pipeline import tasks
+from sdcpu.pipeline.generate import Request
 from sdcpu.serve import schemas
-from sdcpu.serve.schemas import MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS, BadRequest, Job, Limits
+from sdcpu.serve.schemas import BadRequest, Job, Limits, MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS
 
-# A1111 sampler names (and sdcpu's own scheduler names) -> sdcpu.schedulers names, for samplers diffusers has.
+# A1111 sampler names (and sdcpu's own scheduler names) -> sdcpu.models.schedulers names, for samplers diffusers has.
 SAMPLERS = {
     "Euler": "euler", "Euler a": "euler-a", "Heun": "heun", "DDIM": "ddim", "PLMS": "pndm", "PNDM": "pndm",
     "DPM++ 2M": "dpm++", "DPM++ 2M Karras": "dpm++-karras", "UniPC": "unipc", "LCM": "lcm",

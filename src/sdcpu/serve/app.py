@@ -29,12 +29,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from sdcpu import generate, lora
-from sdcpu.errors import UsageError
+from sdcpu.errors import Skip, UsageError
+from sdcpu.models.loras import Folder
+from sdcpu.pipeline import generate
 from sdcpu.serve import a1111_routes, guard, openai_routes, preview, schemas
 from sdcpu.serve.metrics import Metrics
 from sdcpu.serve.queue import ClientGone, Done, GenerationFailed, NotReady, QueueFull, ShuttingDown, TimedOut, Worker
-from sdcpu.steps_base import Skip
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class Service:
 
     def __init__(self, worker: Worker, settings: Settings, metrics: Metrics):
         self.worker, self.settings, self.metrics = worker, settings, metrics
-        self.lora_folder = lora.Folder(settings.lora_dir) if settings.lora_dir else None  # serve --lora-dir
+        self.lora_folder = Folder(settings.lora_dir) if settings.lora_dir else None  # serve --lora-dir
         self._limits = None
 
     def limits(self) -> schemas.Limits:

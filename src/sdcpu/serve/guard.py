@@ -21,7 +21,7 @@ import secrets
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
-from sdcpu import tasks
+from sdcpu.pipeline import tasks
 from sdcpu.serve.schemas import MAX_BASE64_CHARS
 
 log = logging.getLogger(__name__)

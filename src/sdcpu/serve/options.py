@@ -3,7 +3,7 @@ the service (serve/service.py) and each Ray Serve replica (serve/ray_deploy.py) 
 
 from dataclasses import dataclass
 
-from sdcpu.generate import DEFAULTS
+from sdcpu.pipeline.generate import DEFAULTS
 
 
 @dataclass(frozen=True)

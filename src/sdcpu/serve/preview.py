@@ -11,6 +11,7 @@ import logging
 import threading
 
 from sdcpu import families
+from sdcpu.models import state
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +21,10 @@ _MADE = threading.Lock()
 def previewer(pipe) -> "Previewer":
     """PIPE's Previewer, made (its decoder loaded) on the first call and kept on PIPE."""
     with _MADE:
-        if "sdcpu_previewer" not in pipe.__dict__:
-            pipe.sdcpu_previewer = Previewer(pipe)
-    return pipe.sdcpu_previewer
+        made = state.of(pipe)
+        if made.previewer is None:
+            made.previewer = Previewer(pipe)
+    return made.previewer
 
 
 class Previewer:
@@ -47,10 +49,10 @@ def _decoder(pipe):
     if isinstance(pipe.vae, AutoencoderTiny):
         vae = pipe.vae
         return "the pipeline's TAESD", lambda latents: vae.decode(latents.to(vae.dtype)).sample.float()
-    model = getattr(pipe, "sdcpu_model", None)
+    model = state.of(pipe).model
     try:
         if model is not None and model.random_weights:
-            from sdcpu import random_models
+            from sdcpu.models import random_models
 
             source, path = "random-weight TAESD", random_models.ensure_tiny_vae(pipe.vae_scale_factor)
         else:

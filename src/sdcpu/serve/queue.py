@@ -24,7 +24,8 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from sdcpu import generate, lora, schedulers
+from sdcpu.models import schedulers
+from sdcpu.pipeline import generate, lora
 from sdcpu.serve.schemas import Job
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,7 @@ class Worker:
                                    running.step, running.interrupted))
 
     def _use_loras(self, loras: tuple) -> None:
-        """Switch the pipeline to the LoRA set LORAS (sdcpu.lora.use: adapters on the eager UNet, compiled sets kept
+        """Switch the pipeline to the LoRA set LORAS (sdcpu.pipeline.lora.use: adapters on the eager UNet, compiled sets kept
         on OpenVINO), unless it runs with it already; a set that cannot apply fails its job alone."""
         if loras != self._loras:
             self._loras = None  # unknown until use() has finished: a failed switch is switched again next time

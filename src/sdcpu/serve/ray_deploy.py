@@ -9,7 +9,7 @@ requests in flight, then its lifespan lets the Worker finish what it queued), `s
 it too; either way it exits 0.
 
 On each node, a replica is an actor asking Ray for num_cpus = --cores-per-replica. It pins itself (every thread of
-its process) to a free share of the node's usable physical cores (sdcpu.ray_shares: as `serve --instances` splits
+its process) to a free share of the node's usable physical cores (sdcpu.system.ray_shares: as `serve --instances` splits
 them), sets torch's threads to that share, then loads, optimizes and warms up
 its pipeline on its worker thread behind /health. The recipe is the one resolved here; its system steps (allocator,
 OpenMP runtime) are not applied in a replica: Ray starts the worker processes, not sdcpu.
@@ -35,10 +35,10 @@ try:
 except ImportError as error:
     raise UsageError(f"--ray needs Ray Serve ({error}): pip install -e '.[ray]'") from None
 
-from sdcpu import hardware, ray_shares
 from sdcpu.serve import service
 from sdcpu.serve.options import Options
 from sdcpu.serve.queue import Phase
+from sdcpu.system import hardware, ray_shares
 
 log = logging.getLogger(__name__)
 APP = "sdcpu"  # the Ray Serve application's name

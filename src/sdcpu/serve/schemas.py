@@ -18,9 +18,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sdcpu import generate, lora, tasks
 from sdcpu.errors import UsageError
-from sdcpu.generate import Request
+from sdcpu.models.loras import Folder, Lora, prompt_loras
+from sdcpu.pipeline import generate, tasks
+from sdcpu.pipeline.generate import Request
 
 MAX_STEPS = 150  # A1111's slider maximum
 MAX_IMAGES = 10  # OpenAI's bound on n
@@ -38,9 +39,9 @@ class BadRequest(ValueError):
 @dataclass(frozen=True)
 class Job:
     request: Request
-    scheduler: str | None = None  # an sdcpu.schedulers name; None: the pipeline's own (the recipe's)
+    scheduler: str | None = None  # an sdcpu.models.schedulers name; None: the pipeline's own (the recipe's)
     edit: tasks.Edit | None = None  # img2img or inpainting; None: text-to-image
-    loras: tuple[lora.Lora, ...] = ()  # from the server's --lora-dir, named by the request
+    loras: tuple[Lora, ...] = ()  # from the server's --lora-dir, named by the request
     # on_step(step_index, steps_run, latents of this job's images), on the worker thread after each step
     on_step: object = field(default=None, compare=False)
 
@@ -94,9 +95,9 @@ class Limits:
     max_size: int  # the largest width or height served
     defaults: generate.Defaults  # generate.defaults_for the pipeline: the recipe's steps= and guidance=, else the model's
     tokenizer: object  # the pipeline's tokenizer (a copy: tokenizers are not thread-safe), to count prompt tokens
-    lora_folder: lora.Folder | None = None  # serve --lora-dir: the LoRAs requests may name
+    lora_folder: Folder | None = None  # serve --lora-dir: the LoRAs requests may name
     model: str = ""  # the model served (A1111's sd_model_checkpoint)
-    scheduler: str | None = None  # the recipe's scheduler (an sdcpu.schedulers name), run when a request names none
+    scheduler: str | None = None  # the recipe's scheduler (an sdcpu.models.schedulers name), run when a request names none
 
 
 def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = None) -> Job:
@@ -124,13 +125,13 @@ def openai_edit(image: bytes, mask: bytes | None, strength: float | None) -> tas
         return tasks.edit(image, mask, strength, mask_alpha=True)
 
 
-def loras_of(prompt: str, listed: str, limits: Limits) -> tuple[str, tuple[lora.Lora, ...]]:
+def loras_of(prompt: str, listed: str, limits: Limits) -> tuple[str, tuple[Lora, ...]]:
     """PROMPT without its `<lora:name:weight>` tags, and the LoRAs those tags and LISTED (`name[:weight],...`, the
     OpenAI routes' field) name, each a file of the server's --lora-dir: a request never names a path or URL."""
     with answered_400():
         tags = "".join(f"<lora:{item.strip()}>" for item in listed.split(",") if item.strip())
-        prompt, named = lora.prompt_loras(prompt)
-        named += lora.prompt_loras(tags)[1]  # one parser for both spellings
+        prompt, named = prompt_loras(prompt)
+        named += prompt_loras(tags)[1]  # one parser for both spellings
         if not named:
             return prompt, ()
         if limits.lora_folder is None:
@@ -139,7 +140,7 @@ def loras_of(prompt: str, listed: str, limits: Limits) -> tuple[str, tuple[lora.
         if len(set(names)) < len(names):
             raise BadRequest(f"LoRA {next(n for n in names if names.count(n) > 1)!r} is named twice: once, with its "
                              "weight")
-        return prompt, tuple(lora.Lora(str(limits.lora_folder.resolve(name)), weight) for name, weight in named)
+        return prompt, tuple(Lora(str(limits.lora_folder.resolve(name)), weight) for name, weight in named)
 
 
 def decode_base64(field_name: str, text: str) -> bytes:
@@ -153,7 +154,7 @@ def decode_base64(field_name: str, text: str) -> bytes:
 
 @contextlib.contextmanager
 def answered_400():
-    """The shared request checks (sdcpu.generate) raise UsageError; the server answers them 400."""
+    """The shared request checks (sdcpu.pipeline.generate) raise UsageError; the server answers them 400."""
     try:
         yield
     except UsageError as err:

@@ -2,10 +2,10 @@
 (loaded, optimized and warmed up) on its thread, and the app around it (serve/app.py). `sdcpu serve` runs it under
 uvicorn; each Ray Serve replica (serve/ray_deploy.py) builds the same."""
 
-from sdcpu import generate
-from sdcpu.prepare import prepare
+from sdcpu.pipeline import generate
+from sdcpu.pipeline.prepare import prepare
 from sdcpu.serve import preview
-from sdcpu.serve.app import Settings, create_app
+from sdcpu.serve.app import create_app, Settings
 from sdcpu.serve.options import Options
 from sdcpu.serve.queue import Worker
 

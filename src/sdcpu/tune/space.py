@@ -9,7 +9,7 @@ a backend that is not installed are left out. Combinations that cannot work are 
 from dataclasses import dataclass
 
 from sdcpu import recipes
-from sdcpu.launcher import LaunchOptions
+from sdcpu.system.launcher import LaunchOptions
 
 Config = tuple[str, ...]  # one option per dimension, in Space.dimensions order
 

@@ -25,7 +25,7 @@ def _guidance(text: str) -> float:
 
 
 def _scheduler(text: str) -> str:
-    from sdcpu.schedulers import lookup
+    from sdcpu.models.schedulers import lookup
 
     return lookup(text) and text
 
@@ -54,7 +54,7 @@ def _precision(text: str) -> str:
 
 @dataclass(frozen=True)
 class Launch:
-    """What a system step sets in the launcher's options (sdcpu.launcher.LaunchOptions): FIELD, to VALUE, or to the
+    """What a system step sets in the launcher's options (sdcpu.system.launcher.LaunchOptions): FIELD, to VALUE, or to the
     step's own value where VALUE is None (`threads=8`)."""
 
     field: str
@@ -70,7 +70,7 @@ class StepKind:
     value: object = None  # parser of the step's value; None: the step takes no value
     summary: str = ""
     optional: bool = False  # the value may be left out (`openvino` or `openvino=f32`)
-    module: str | None = None  # the module whose apply(pipe, step, cpu) runs it; None: a function in sdcpu.steps
+    module: str | None = None  # the module whose apply(pipe, step, cpu) runs it; None: a function in sdcpu.pipeline.optimizer
     # Where it goes relative to the runtime that runs the UNet: "backend" replaces that runtime (one at a time),
     # "before_backend" changes the UNet's weights (before a backend converts them), "after_backend" acts on what a
     # backend built, "eager" patches the eager UNet's forward (no backend may follow).
@@ -245,12 +245,12 @@ def is_auto(text: str) -> bool:
 
 
 def parse(text: str) -> Recipe:
-    """A named recipe, or comma-separated steps. `auto` is resolved by `sdcpu.auto`, not here."""
+    """A named recipe, or comma-separated steps. `auto` is resolved by `sdcpu.recipes.auto`, not here."""
     text = text.strip()
     if text in NAMED:
         return Recipe(text, tuple(Step.parse(s) for s in NAMED[text].split(",") if s))
     if is_auto(text):
-        raise UsageError("recipe 'auto' depends on the machine: resolve it with sdcpu.auto.recipe()")
+        raise UsageError("recipe 'auto' depends on the machine: resolve it with sdcpu.recipes.auto.recipe()")
     steps = tuple(Step.parse(part) for part in text.split(",") if part.strip())
     names = [step.name for step in steps]
     duplicates = sorted({name for name in names if names.count(name) > 1})
@@ -263,7 +263,7 @@ def parse(text: str) -> Recipe:
 
 def launch_options(recipe: Recipe):
     """The recipe's system steps as the launcher's options: each sets its kind's `launch`."""
-    from sdcpu.launcher import LaunchOptions
+    from sdcpu.system.launcher import LaunchOptions
 
     chosen = {}
     for step in recipe.group("system"):
@@ -277,7 +277,7 @@ def launch_options(recipe: Recipe):
 def system_steps(options) -> tuple[Step, ...]:
     """The system steps that give the launcher's OPTIONS (launch_options' inverse), in STEP_KINDS order: each step
     whose `launch` value the options hold, and each that carries an option's value where it is not the default."""
-    from sdcpu.launcher import LaunchOptions
+    from sdcpu.system.launcher import LaunchOptions
 
     steps = []
     for name, launch in ((name, k.launch) for name, k in STEP_KINDS.items() if k.launch):

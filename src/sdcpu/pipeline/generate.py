@@ -8,9 +8,13 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from sdcpu import locks, steps_base
+from sdcpu import families
 from sdcpu.errors import UsageError
-from sdcpu.timing import Split, component_split
+from sdcpu.families import sd
+from sdcpu.families.base import Defaults
+from sdcpu.models import state
+from sdcpu.pipeline.timing import component_split, Split
+from sdcpu.system import locks
 
 RANDOM_WEIGHTS_NOTE = "weights are random (an sdcpu test model): the image is noise, only its timing is meaningful"
 
@@ -22,29 +26,16 @@ MAX_IMAGES = 100
 MAX_SEED = 2**64 - 1  # what torch.Generator.manual_seed takes
 
 
-@dataclass(frozen=True)
-class Defaults:
-    """What a request leaves unset takes: denoising steps, guidance scale and size. The one declaration of them: every
-    entry point (generate, batch, serve, bench) reads them from here, through `defaults_for`."""
-
-    steps: int = 20
-    guidance: float = 7.5
-    width: int = 512
-    height: int = 512
-
-    @property
-    def size(self) -> str:
-        """'512x512': the size as the command lines write it."""
-        return f"{self.width}x{self.height}"
+# What a request leaves unset takes, before a model is loaded to say its own (the command lines' defaults): SD's.
+DEFAULTS = sd.FAMILY.defaults
 
 
-DEFAULTS = Defaults()  # SD 1.x and 2.x's; a model family will bring its own
-
-
-def defaults_for(pipe, base: Defaults = DEFAULTS) -> Defaults:
-    """The defaults of a request on PIPE: BASE (the model's; bench: its protocol's) with the call defaults of the
-    recipe PIPE was optimized with over it (its steps= and guidance=; lcm-lora's 4 steps at guidance 1)."""
-    call = steps_base.defaults(pipe)
+def defaults_for(pipe, base: Defaults | None = None) -> Defaults:
+    """The defaults of a request on PIPE: BASE (default: its model family's; bench: its protocol's) with the call
+    defaults of the recipe PIPE was optimized with over it (its steps= and guidance=; lcm-lora's 4 steps at
+    guidance 1)."""
+    base = base or families.of(pipe).defaults
+    call = state.of(pipe).defaults
     return replace(base, steps=call.get("num_inference_steps", base.steps),
                    guidance=call.get("guidance_scale", base.guidance))
 
@@ -143,7 +134,7 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
     stops there (diffusers' interrupt) and the images are decoded from the latents it has."""
     import torch
 
-    from sdcpu import tasks
+    from sdcpu.pipeline import tasks
 
     first = requests[0]
     if any((r.width, r.height, r.steps, r.guidance) != (first.width, first.height, first.steps, first.guidance)

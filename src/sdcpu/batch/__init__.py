@@ -12,9 +12,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdcpu import schedulers
 from sdcpu.errors import UsageError
-from sdcpu.generate import DEFAULTS, Defaults, Request, parse_size
+from sdcpu.models import schedulers
+from sdcpu.pipeline.generate import DEFAULTS, Defaults, parse_size, Request
 
 FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "size": str, "steps": int, "guidance": float,
           "scheduler": str, "n": int}

@@ -10,8 +10,9 @@ import json
 import os
 from pathlib import Path
 
-from sdcpu import families, locks
-from sdcpu.home import sdcpu_home
+from sdcpu import families
+from sdcpu.system import locks
+from sdcpu.system.home import sdcpu_home
 
 MARKER = "sdcpu.json"  # written into random folders: reports must say the weights are random
 FORMAT_VERSION = 2  # bump when a built folder's content changes, so stale caches are rebuilt

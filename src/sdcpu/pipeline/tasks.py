@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 from sdcpu.errors import UsageError
+from sdcpu.models import state
 
 TASKS = ("txt2img", "img2img", "inpaint")
 MAX_INPUT_PIXELS = 4096 * 4096  # an input image's decoded size: above, refused before decoding (a 40000x40000 header)
@@ -134,12 +135,13 @@ def pipeline_for(pipe, task: str):
     kind = getattr(diffusers, family.pipelines[task])
     if isinstance(pipe, kind):
         return pipe
-    kept = pipe.__dict__.setdefault("sdcpu_tasks", {})
+    shared = state.of(pipe)
+    kept = shared.tasks
     if task not in kept:
         # the components given by name: from_pipe would drop one of another class than the model's own (TAESD as vae)
         made = kind.from_pipe(pipe, **{name: getattr(pipe, name) for name in family.components})
         made.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
-        made.sdcpu_model = getattr(pipe, "sdcpu_model", None)
+        made.__dict__["sdcpu"] = shared  # one state for the pipelines of one set of components
         kept[task] = made
     return kept[task]
 

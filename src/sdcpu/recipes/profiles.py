@@ -18,10 +18,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdcpu import locks, recipes
+from sdcpu import recipes
 from sdcpu.errors import UsageError
-from sdcpu.home import sdcpu_home
-from sdcpu.versions import installed
+from sdcpu.system import locks
+from sdcpu.system.home import sdcpu_home
+from sdcpu.system.versions import installed
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -150,8 +151,7 @@ def _kind_name(kind) -> str:
 def workload_of(model: str, width: int, height: int) -> Workload | None:
     """The workload of MODEL (a model spec) at WIDTHxHEIGHT from its UNet config on disk, without loading it; None
     where the config is not here (a file checkpoint, a hub model not yet downloaded, a random model not yet built)."""
-    from sdcpu import random_models
-    from sdcpu.models import Source, parse_spec
+    from sdcpu.models import parse_spec, random_models, Source
 
     try:
         spec = parse_spec(model)

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sdcpu import families, random_models
+from sdcpu import families
 from sdcpu.errors import UsageError
+from sdcpu.models import random_models, state
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def load_pipeline(spec: str, *, trust_pickle: bool = False, progress: bool = Fal
     pipe = _load(parsed)
     families.of(pipe)  # a model of no family sdcpu knows is refused here, not half-way through a recipe
     pipe.set_progress_bar_config(disable=not progress)
-    pipe.sdcpu_model = parsed
+    state.of(pipe).model = parsed
     return pipe
 
 

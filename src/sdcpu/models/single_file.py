@@ -16,7 +16,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from sdcpu.home import sdcpu_home
+from sdcpu.system.home import sdcpu_home
 
 FORMAT_VERSION = 1  # bump when the written layout changes, so cached checkpoints are rewritten
 COMPONENTS = ("unet", "vae", "text_encoder", "scheduler")  # the scheduler's config rides along in the metadata

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from sdcpu import launcher
+from sdcpu.system import launcher
 
 LOCAL = "local"  # --ray without an address (batch and serve): ray.init's own word for a Ray started here
 

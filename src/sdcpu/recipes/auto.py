@@ -1,5 +1,5 @@
 """The `auto` recipe: the best this machine supports, with reasons: what `sdcpu tune` measured here when a tuned
-profile matches (sdcpu.profiles says how), else the rules of this CPU's class (sdcpu.auto_rules: what measured
+profile matches (sdcpu.recipes.profiles says how), else the rules of this CPU's class (sdcpu.recipes.auto_rules: what measured
 fastest on that class, and what it rests on).
 
 `auto` takes a quality level (`auto:exact`, `auto` = `auto:high`, `auto:fast`; `--quality` on the command line) that
@@ -16,9 +16,10 @@ import dataclasses
 import importlib.util
 import os
 
-from sdcpu import auto_rules, launcher, profiles, recipes
+from sdcpu import recipes
 from sdcpu.errors import UsageError
-from sdcpu.recipes import Recipe, Step
+from sdcpu.recipes import auto_rules, profiles, Recipe, Step
+from sdcpu.system import launcher
 
 QUALITIES = ("exact", "high", "fast")
 NO_PROFILE = ("no tuned profile matches this machine, model and versions: the rules of this CPU's class below, "

@@ -1,5 +1,5 @@
 """`auto`'s hardware rules: the CPU classes sdcpu tells apart and, for each, the recipe that measured fastest there at
-each quality level, with the measurement behind it. Data only; `sdcpu.auto` takes the first candidate whose needs are
+each quality level, with the measurement behind it. Data only; `sdcpu.recipes.auto` takes the first candidate whose needs are
 met on the machine at hand, and `sdcpu tune` replaces the rules with this machine's own measurements.
 
 A class is told from the ISA flags alone (`classify`). Figures are s/image of `sdcpu bench --model random:sd15

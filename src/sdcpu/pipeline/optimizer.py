@@ -8,12 +8,28 @@ steps (allocator, OpenMP, threads, pinning) act at process start, so the launche
 import importlib
 import logging
 import time
+from dataclasses import dataclass
 
-from sdcpu import families, hardware, recipes, schedulers
-from sdcpu.steps_base import Outcome, Skip, defaults
+from sdcpu import families, recipes
+from sdcpu.errors import Skip
+from sdcpu.models import schedulers, state
+from sdcpu.system import hardware
 
 log = logging.getLogger(__name__)
 REGISTRY = {}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one step of a recipe did to a pipeline, as the reports show it."""
+
+    step: str  # the step as written in the recipe, e.g. "bf16!" or "scheduler=dpm++"
+    applied: bool
+    detail: str  # what was done, or why it was skipped
+    seconds: float = 0.0  # time the step itself took (lazy compilers pay most on the first call instead)
+
+    def __str__(self):
+        return f"{self.step}: {'applied' if self.applied else 'skipped'}: {self.detail}"
 
 
 def step(name):
@@ -42,7 +58,7 @@ def optimize(pipe, recipe="auto", cpu=None):
             detail, applied = str(skip), False
         outcomes.append(Outcome(str(item), applied, detail, time.perf_counter() - start))
         log.info("%s", outcomes[-1])
-    pipe.sdcpu_recipe = recipe
+    state.of(pipe).recipe = recipe
     return pipe, tuple(outcomes)
 
 
@@ -50,7 +66,7 @@ def resolve(text: str, cpu, workload=None) -> recipes.Recipe:
     """A recipe string, with `auto` / `auto:QUALITY` resolved for CPU (and WORKLOAD, the model and size a tuned
     profile must match; None: the most recent profile for this machine)."""
     if recipes.is_auto(text):
-        from sdcpu import auto
+        from sdcpu.recipes import auto
 
         return auto.recipe(cpu, quality=auto.parse(text.strip()), workload=workload)[0]
     return recipes.parse(text)
@@ -97,11 +113,11 @@ for _name, _kind in recipes.STEP_KINDS.items():
 
 @step("steps")
 def steps(pipe, item, cpu):
-    pipe.sdcpu_defaults = {**defaults(pipe), "num_inference_steps": item.value}
+    state.of(pipe).defaults["num_inference_steps"] = item.value
     return f"{item.value} denoising steps unless a call says otherwise"
 
 
 @step("guidance")
 def guidance(pipe, item, cpu):
-    pipe.sdcpu_defaults = {**defaults(pipe), "guidance_scale": item.value}
+    state.of(pipe).defaults["guidance_scale"] = item.value
     return f"guidance scale {item.value} unless a call says otherwise" + (" (<= 1: no CFG batch)" if item.value <= 1 else "")

@@ -1,7 +1,7 @@
 """`sdcpu batch --ray [ADDRESS]`: the batch's images on Ray Data.
 
 The images still to make are a dataset; `map_batches` runs it on a fixed pool of actors, each a process holding one
-optimized pipeline (batch_make.Maker, as the single process runs it) on its share of a node's physical cores, writing
+optimized pipeline (make.Maker, as the single process runs it) on its share of a node's physical cores, writing
 its PNGs into the output folder (on several nodes: a shared filesystem). The driver appends each row to the one
 manifest as results come back, once per (line, seed), so resume works as without Ray. An actor that dies is restarted
 and its batch retried (Ray Data's defaults for an actor pool, max_restarts=-1 and max_task_retries=-1: Ray 2.60
@@ -15,8 +15,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdcpu import batch, batch_make, hardware, ray_shares, recipes, relaunch
+from sdcpu import batch, recipes
+from sdcpu.batch import make
 from sdcpu.errors import UsageError
+from sdcpu.recipes import relaunch
+from sdcpu.system import hardware, ray_shares
 
 INSTALL = "pip install -e '.[ray]'"
 
@@ -138,7 +141,7 @@ class Actor:
         self.share = ray_shares.claim(cpu, cores)
         if self.share:  # None where every share is taken: that actor runs unpinned
             ray_shares.pin(self.share[1])
-        self.maker = batch_make.Maker(spec, recipe, cpu, Path(folder), first)
+        self.maker = make.Maker(spec, recipe, cpu, Path(folder), first)
 
     def __call__(self, rows: dict) -> dict:
         images = [(batch.Job(**json.loads(job)), int(seed)) for job, seed in zip(rows["job"], rows["seed"])]

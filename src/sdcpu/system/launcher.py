@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdcpu.errors import UsageError
-from sdcpu.hardware import CpuInfo, format_cpu_list
+from sdcpu.system.hardware import CpuInfo, format_cpu_list
 
 JEMALLOC_CONF = "oversize_threshold:1,background_thread:true,metadata_thp:auto,dirty_decay_ms:60000,muzzy_decay_ms:60000"
 
@@ -59,9 +59,9 @@ ENV_VARS = (
     EnvVar("OMP_PLACES", "cores", "openmp gomp, pin (not with --no-bind or openvino)",
            "one GNU OpenMP place per core of the pinned set"),
     EnvVar("SDCPU_LAUNCH_LIBRARIES", "the libraries asked for, e.g. jemalloc,iomp", "allocator or openmp iomp",
-           "sdcpu.verify in the child reports each one that is not mapped as a failure"),
+           "sdcpu.system.verify in the child reports each one that is not mapped as a failure"),
     EnvVar("SDCPU_LAUNCH_CPUS", "the instance's CPU list, e.g. 0-15", "pin",
-           "sdcpu.verify in the child reports an affinity mask other than this as a failure"),
+           "sdcpu.system.verify in the child reports an affinity mask other than this as a failure"),
     EnvVar("SDCPU_INSTANCE", "0 .. instances-1", "instances > 1", "tells each copy which one it is"),
 )
 WHY = {var.name: var.why for var in ENV_VARS}

@@ -5,7 +5,8 @@ optimize it with a recipe, read the request defaults it then has, and make one w
 import time
 from dataclasses import dataclass
 
-from sdcpu import generate, models, recipes, steps
+from sdcpu import models, recipes
+from sdcpu.pipeline import generate, optimizer
 
 
 @dataclass(frozen=True)
@@ -13,7 +14,7 @@ class Prepared:
     """A pipeline ready for requests, and what preparing it did."""
 
     pipe: object  # the diffusers pipeline, optimized in place
-    outcomes: tuple  # steps_base.Outcome of each framework and algorithm step of the recipe
+    outcomes: tuple  # optimizer.Outcome of each framework and algorithm step of the recipe
     defaults: generate.Defaults  # what its requests leave unset takes (the recipe's steps= and guidance= included)
     load_seconds: float
     warmup: generate.Result | None  # the warm-up call (a compile included), None where none was made
@@ -29,7 +30,7 @@ class Prepared:
         return tuple(o for o in self.outcomes if not o.applied)
 
 
-def prepare(spec, recipe, cpu, *, warmup=None, edit=None, always_warm: bool = False, base=generate.DEFAULTS,
+def prepare(spec, recipe, cpu, *, warmup=None, edit=None, always_warm: bool = False, base=None,
             progress: bool = False, loaded=None, optimized=None, on_phase=None) -> Prepared:
     """SPEC's pipeline optimized by RECIPE for CPU.
 
@@ -46,7 +47,7 @@ def prepare(spec, recipe, cpu, *, warmup=None, edit=None, always_warm: bool = Fa
     if loaded:
         loaded(pipe)
     say(f"optimizing with {recipe}")
-    _, outcomes = steps.optimize(pipe, recipe, cpu)
+    _, outcomes = optimizer.optimize(pipe, recipe, cpu)
     if optimized:
         optimized(pipe)
     defaults = generate.defaults_for(pipe, base)

@@ -3,7 +3,7 @@
 The snapshot holds the facts (allocator and OpenMP libraries mapped per /proc/self/maps, torch's thread count, the
 affinity mask, the launcher's variables in force); `check` compares them with what the launcher asked for, which the
 plan leaves in the child's environment (SDCPU_LAUNCH_LIBRARIES, SDCPU_LAUNCH_CPUS, OMP_NUM_THREADS, LD_PRELOAD).
-A bench child calls both from inside its own process; `sdcpu launch --verify` runs `python -m sdcpu.verify` under
+A bench child calls both from inside its own process; `sdcpu launch --verify` runs `python -m sdcpu.system.verify` under
 each instance's plan (`probe`).
 """
 
@@ -13,8 +13,8 @@ import re
 import subprocess
 from pathlib import Path
 
-from sdcpu.hardware import format_cpu_list, parse_cpu_list
-from sdcpu.launcher import ENV_VARS, LIBRARY_PREFIXES, LaunchPlan, library_kind, python_module
+from sdcpu.system.hardware import format_cpu_list, parse_cpu_list
+from sdcpu.system.launcher import ENV_VARS, LaunchPlan, library_kind, LIBRARY_PREFIXES, python_module
 
 
 def mapped_paths(maps_text: str) -> tuple[str, ...]:
@@ -76,7 +76,7 @@ def describe(snap: dict) -> str:
 
 def probe(plan: LaunchPlan, environ) -> tuple[dict, list[str]]:
     """Snapshot a fresh Python child started exactly as the plan starts its command; (snapshot, failures)."""
-    command = [*plan.argv_prefix, *python_module("sdcpu.verify")]
+    command = [*plan.argv_prefix, *python_module("sdcpu.system.verify")]
     result = subprocess.run(command, env=plan.environ(environ), capture_output=True, text=True)
     if result.returncode != 0:
         return {}, [f"the probe child failed (exit {result.returncode}): {result.stderr.strip()[-500:]}"]
@@ -85,6 +85,6 @@ def probe(plan: LaunchPlan, environ) -> tuple[dict, list[str]]:
 
 
 if __name__ == "__main__":
-    from sdcpu.relaunch import write_row
+    from sdcpu.system.children import write_row
 
     write_row(snapshot())

@@ -3,8 +3,10 @@ the output folder and its manifest row. What the single process runs, and each R
 
 import dataclasses
 
-from sdcpu import batch, generate, schedulers
-from sdcpu.prepare import prepare
+from sdcpu import batch
+from sdcpu.models import schedulers
+from sdcpu.pipeline import generate
+from sdcpu.pipeline.prepare import prepare
 
 
 class Maker:

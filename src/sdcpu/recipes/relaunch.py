@@ -6,8 +6,9 @@ import logging
 import os
 import sys
 
-from sdcpu import launcher, recipes
+from sdcpu import recipes
 from sdcpu.errors import UsageError
+from sdcpu.system import launcher
 
 log = logging.getLogger(__name__)
 MARK = "SDCPU_LAUNCHED"  # set in the re-executed process, so it runs instead of relaunching again
@@ -35,21 +36,6 @@ def child_command(recipe: recipes.Recipe, cpu, environ, module: str, spec: dict)
     plan = recipe_plan(recipe, cpu, environ)
     prefix, env = (plan.argv_prefix, plan.environ(environ)) if plan else ((), dict(environ))
     return [*prefix, *launcher.python_module(module), json.dumps(spec)], env, plan
-
-
-def child_row(stdout: str, stderr_lines, code: int) -> dict:
-    """A measuring child's result: its last stdout line as JSON, or {"failed": its last stderr line (exit CODE)}."""
-    lines = stdout.strip().splitlines()
-    if code == 0 and lines:
-        return json.loads(lines[-1])
-    errors = [line.strip() for line in stderr_lines if line.strip()]
-    return {"failed": f"{errors[-1] if errors else 'no output'} (exit {code})"}
-
-
-def write_row(row: dict, out=None) -> None:
-    """A measuring child's result as child_row reads it: one JSON line on OUT (default stdout; a child whose libraries
-    print on stdout writes it to a copy of the real one). The one place a child below the commands prints."""
-    print(json.dumps(row), file=out or sys.stdout, flush=True)
 
 
 def handed_down(environ=os.environ) -> tuple[recipes.Recipe, str | None] | None:

@@ -1,0 +1,20 @@
+"""What a measuring child (a bench rung, a tune probe, a peer's script, verify's probe) hands its parent: one JSON
+line, its last on stdout, or its failure read from stderr."""
+
+import json
+import sys
+
+
+def child_row(stdout: str, stderr_lines, code: int) -> dict:
+    """A measuring child's result: its last stdout line as JSON, or {"failed": its last stderr line (exit CODE)}."""
+    lines = stdout.strip().splitlines()
+    if code == 0 and lines:
+        return json.loads(lines[-1])
+    errors = [line.strip() for line in stderr_lines if line.strip()]
+    return {"failed": f"{errors[-1] if errors else 'no output'} (exit {code})"}
+
+
+def write_row(row: dict, out=None) -> None:
+    """A measuring child's result as child_row reads it: one JSON line on OUT (default stdout; a child whose libraries
+    print on stdout writes it to a copy of the real one). The one place a child below the commands prints."""
+    print(json.dumps(row), file=out or sys.stdout, flush=True)
