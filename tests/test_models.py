@@ -38,10 +38,10 @@ def test_hub_id_is_recognised_and_fails_cleanly_offline():
         models.load_pipeline(spec)
 
 
-def test_random_folder_loaded_by_path_still_says_random(tiny_pipe):
+def test_random_folder_loaded_by_path_still_says_random():
     from sdcpu import random_models
 
-    spec = models.parse_spec(str(random_models.cache_dir("random-tiny-seed0")))
+    spec = models.parse_spec(str(random_models.ensure_built("tiny")))
     assert spec.kind == "folder" and spec.random_weights
     pipe = models.load_pipeline(spec)
     assert type(pipe).__name__ == "StableDiffusionPipeline"
@@ -55,7 +55,7 @@ def test_a_path_that_looks_like_a_hub_id_is_a_path_where_its_folder_exists(tmp_p
     assert models.parse_spec("org/name").kind == "hub"  # no folder org here: a hub id
 
 
-def test_pickle_weights_in_a_folder_load_only_with_trust_pickle(tiny_pipe, tmp_path):
+def test_pickle_weights_in_a_folder_load_only_with_trust_pickle(tiny, tmp_path):
     import shutil
 
     import torch
@@ -71,7 +71,7 @@ def test_pickle_weights_in_a_folder_load_only_with_trust_pickle(tiny_pipe, tmp_p
     with pytest.raises(UsageError, match=r"model: .*\(.bin pickle weights load only with --trust-pickle\)"):
         models.load_pipeline(str(folder))
     trusted = models.load_pipeline(str(folder), trust_pickle=True)
-    assert torch.equal(trusted.unet.conv_in.weight, tiny_pipe.unet.conv_in.weight)
+    assert torch.equal(trusted.unet.conv_in.weight, tiny().unet.conv_in.weight)
 
 
 @pytest.mark.parametrize("marker", ["{", "[1]", '{"spec": "random:tiny"}'])
