@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sdcpu import hardware, load_pipeline
@@ -112,7 +113,7 @@ def test_an_ir_conversion_killed_mid_write_is_converted_again_with_no_staging_le
     pipe = tiny()
     assert f"IR converted {', '.join(IR[len(done):])} in" in backend.apply(pipe, Step("openvino", "f32"), F32_CPU)
     image = pipe("a ship", num_inference_steps=1, height=64, width=64, output_type="np").images
-    assert image.shape == (1, 64, 64, 3) and (0 <= image).all() and (image <= 1).all()
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all() and image.std() > 0  # a picture: [0, 1] by clamp
     assert {p.name for p in folder.iterdir()} == {f"{c}.{e}" for c in IR for e in ("xml", "bin")} | {
         f".{c}.xml.lock" for c in IR}
     assert not staging(home)
