@@ -81,3 +81,23 @@ def test_a_malformed_random_marker_is_refused_in_one_line(tmp_path, marker):
     with pytest.raises(UsageError, match=r"sdcpu\.json: not the marker sdcpu writes .*; remove it, or rebuild") as err:
         models.parse_spec(str(tmp_path))
     assert "\n" not in str(err.value)
+
+
+def test_the_tiny_fixture_gives_a_fresh_pipeline_each_call_as_a_load_gives_it(tiny):
+    """conftest's `tiny`: each call a pipeline of its own, equal to `load_pipeline("random:tiny")`, whatever a test
+    did to another (a recipe's scheduler and defaults, changed weights)."""
+    import torch
+
+    from sdcpu import optimize, steps
+
+    used = tiny()
+    optimize(used, "scheduler=ddim,steps=3")
+    with torch.no_grad():
+        used.unet.conv_in.weight += 1
+    fresh, loaded = tiny(), models.load_pipeline("random:tiny")
+    assert type(fresh.scheduler) is type(loaded.scheduler) is not type(used.scheduler)
+    assert steps.defaults(fresh) == {} and "sdcpu" not in vars(fresh) and fresh.sdcpu_model == loaded.sdcpu_model
+    for name in ("unet", "vae", "text_encoder"):
+        mine, theirs = getattr(fresh, name).state_dict(), getattr(loaded, name).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine), name
+    assert fresh.tokenizer is not used.tokenizer and fresh.unet is not used.unet
