@@ -68,10 +68,11 @@ def test_without_a_backend_it_is_skipped_with_the_reason(tiny):
     assert not outcomes["int8"].applied and "put it after `openvino` (NNCF) or `compile`" in outcomes["int8"].detail
 
 
-def test_without_nncf_it_is_skipped_with_the_install_line(quantized, monkeypatch):
+def test_without_nncf_it_is_skipped_with_the_install_line(quantized, monkeypatch, tiny):
+    f32, _ = steps(tiny(), "openvino=f32")  # the IR the quantized fixture converted, reused
     monkeypatch.setitem(sys.modules, "nncf", None)
     with pytest.raises(int8.Skip, match="pip install .*nncf"):
-        int8.apply(quantized[0], None, F32_CPU)
+        int8.apply(f32, None, F32_CPU)
 
 
 @pytest.mark.slow  # inductor compiles the quantized tiny UNet: ~2 minutes on 2 cores
