@@ -12,7 +12,7 @@ from PIL import Image
 from images import REMADE_ALONE_LEVELS, level_difference
 from loras import write_loras
 from serving import InProcess
-from sdcpu import generate, load_pipeline, lora
+from sdcpu import generate, lora
 from sdcpu.serve import a1111_fields, schemas
 
 # A LoRA of 0.1 x randn factors at rank 4 moves random:tiny's 64x64 image by tens of levels (test_lora: 3e-2 max abs
@@ -21,9 +21,9 @@ APPLIED_LEVELS = REMADE_ALONE_LEVELS
 
 
 @pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory):
+def lora_dir(tmp_path_factory, tiny):
     folder = tmp_path_factory.mktemp("lora-dir")
-    write_loras(load_pipeline("random:tiny"), folder, 1)  # kohya-1 and peft-1: the same LoRA in two layouts
+    write_loras(tiny(), folder, 1)  # kohya-1 and peft-1: the same LoRA in two layouts
     return folder
 
 
