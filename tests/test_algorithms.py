@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdcpu import load_pipeline, optimize
+from sdcpu import optimize
 from sdcpu.models import state
 
 
@@ -14,13 +14,18 @@ def image(pipe, steps=6):
                 generator=torch.Generator().manual_seed(0)).images
 
 
-def optimized(recipe):
-    pipe, outcomes = optimize(load_pipeline("random:tiny"), f"scheduler=ddim,{recipe}")
-    return pipe, {o.step.split("=")[0]: o for o in outcomes}
+@pytest.fixture(scope="module")
+def optimized(tiny):
+    """optimized(recipe): a fresh random:tiny under DDIM and RECIPE, and each step's outcome by the step's name."""
+
+    def made(recipe):
+        pipe, outcomes = optimize(tiny(), f"scheduler=ddim,{recipe}")
+        return pipe, {o.step.split("=")[0]: o for o in outcomes}
+    return made
 
 
 @pytest.fixture(scope="module")
-def reference():
+def reference(optimized):
     pipe, _ = optimized("steps=6")
     return image(pipe)
 
@@ -32,13 +37,13 @@ def full_calls(pipe):
     return calls
 
 
-def test_deepcache_1_is_the_exact_unet(reference):
+def test_deepcache_1_is_the_exact_unet(optimized, reference):
     pipe, outcomes = optimized("deepcache=1")
     assert outcomes["deepcache"].applied and "exact" in outcomes["deepcache"].detail
     assert np.array_equal(image(pipe), reference)
 
 
-def test_deepcache_runs_the_full_unet_every_n_calls_and_restarts_per_image(reference):
+def test_deepcache_runs_the_full_unet_every_n_calls_and_restarts_per_image(optimized, reference):
     pipe, outcomes = optimized("deepcache=3")
     assert outcomes["deepcache"].applied
     calls = full_calls(pipe)
@@ -50,18 +55,18 @@ def test_deepcache_runs_the_full_unet_every_n_calls_and_restarts_per_image(refer
     assert not np.array_equal(first, reference)  # the shallow calls ran on cached features
 
 
-def test_deepcache_after_a_backend_is_skipped_with_the_reason():
+def test_deepcache_after_a_backend_is_skipped_with_the_reason(optimized):
     _, outcomes = optimized("compile,deepcache=2")
     assert not outcomes["deepcache"].applied and "put deepcache before" in outcomes["deepcache"].detail
 
 
-def test_deepcache_refuses_unet_inputs_it_would_drop():
+def test_deepcache_refuses_unet_inputs_it_would_drop(optimized):
     pipe, _ = optimized("deepcache=2")
     with pytest.raises(NotImplementedError, match="timestep_cond"):
         pipe.unet(torch.randn(2, 4, 8, 8), 10, torch.randn(2, 77, 32), timestep_cond=torch.zeros(2, 32))
 
 
-def test_tiny_vae_on_a_random_model_is_a_random_taesd_built_offline(reference):
+def test_tiny_vae_on_a_random_model_is_a_random_taesd_built_offline(optimized, reference):
     from diffusers import AutoencoderTiny
 
     pipe, outcomes = optimized("tiny-vae")
@@ -71,16 +76,16 @@ def test_tiny_vae_on_a_random_model_is_a_random_taesd_built_offline(reference):
     assert first.shape == reference.shape and np.isfinite(first).all() and np.array_equal(first, second)
 
 
-def test_tiny_vae_without_the_hub_is_skipped_with_the_reason():
-    pipe = load_pipeline("random:tiny")
+def test_tiny_vae_without_the_hub_is_skipped_with_the_reason(tiny):
+    pipe = tiny()
     state.of(pipe).model = None  # as a user's own pipeline: the real TAESD is needed, and the tests run offline
     _, outcomes = optimize(pipe, "tiny-vae")
     assert not outcomes[0].applied and "cannot load an AutoencoderTiny from 'madebyollin/taesd'" in outcomes[0].detail
 
 
-def test_lcm_lora_is_fused_with_the_lcm_scheduler_and_few_step_defaults():
-    plain = load_pipeline("random:tiny")
-    pipe, outcomes = optimize(load_pipeline("random:tiny"), "lcm-lora")
+def test_lcm_lora_is_fused_with_the_lcm_scheduler_and_few_step_defaults(tiny):
+    plain = tiny()
+    pipe, outcomes = optimize(tiny(), "lcm-lora")
     assert outcomes[0].applied and "UNet batch 1" in outcomes[0].detail
     assert type(pipe.scheduler).__name__ == "LCMScheduler"
     assert state.of(pipe).defaults == {"num_inference_steps": 4, "guidance_scale": 1.0}
@@ -92,8 +97,8 @@ def test_lcm_lora_is_fused_with_the_lcm_scheduler_and_few_step_defaults():
     assert first.shape == (1, 64, 64, 3) and np.isfinite(first).all() and np.array_equal(first, second)
 
 
-def test_lcm_lora_without_the_hub_is_skipped_with_the_reason():
-    pipe = load_pipeline("random:tiny")
+def test_lcm_lora_without_the_hub_is_skipped_with_the_reason(tiny):
+    pipe = tiny()
     state.of(pipe).model = None
     _, outcomes = optimize(pipe, "lcm-lora")
     assert not outcomes[0].applied and "latent-consistency/lcm-lora-sdv1-5" in outcomes[0].detail
@@ -116,7 +121,7 @@ def test_token_merging_merges_the_asked_share_and_unmerge_restores_every_token()
     assert torch.equal(unmerge(merge(x)), x)
 
 
-def test_tome_changes_the_image_a_little_and_is_reproducible(reference):
+def test_tome_changes_the_image_a_little_and_is_reproducible(optimized, reference):
     pipe, outcomes = optimized("tome=0.5")
     assert outcomes["tome"].applied and "5 self-attentions" in outcomes["tome"].detail
     first, second = image(pipe), image(pipe)
@@ -125,6 +130,6 @@ def test_tome_changes_the_image_a_little_and_is_reproducible(reference):
     assert 0 < np.abs(first - reference).max() < 0.1
 
 
-def test_tome_after_a_backend_is_skipped_with_the_reason():
+def test_tome_after_a_backend_is_skipped_with_the_reason(optimized):
     _, outcomes = optimized("compile,tome")
     assert not outcomes["tome"].applied and "put tome before" in outcomes["tome"].detail

@@ -6,6 +6,7 @@ import dataclasses
 import pytest
 
 from machines import NAMES, machine
+from sdcpu import recipes
 from sdcpu.pipeline import optimizer
 from sdcpu.recipes import auto, auto_rules
 from sdcpu.system import hardware
@@ -106,7 +107,8 @@ def test_no_system_step_below_the_core_count_it_was_measured_on(installed, name)
             assert system <= {"iomp"}  # AMX's measured iomp,openvino=bf16 only
             assert any(r.startswith("no allocator, Intel OpenMP or pinning") for r in reasons)
         else:  # the seed's 32 cores: its system rung, without the allocator OpenVINO aborts beside
-            assert system == {"iomp", "pin"} and any(r.startswith("no jemalloc:") for r in reasons)
+            assert system == {"iomp", "pin"}
+            assert f"no jemalloc: jemalloc and openvino: {recipes.PRELOADED_ALLOCATOR}" in reasons
 
 
 def test_the_seeds_system_rung_on_32_cores_where_the_unet_runs_in_torch(installed):

@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sdcpu import load_pipeline
@@ -99,7 +100,7 @@ IR = ("text_encoder", "unet", "vae")  # in the order the openvino step converts 
 
 @pytest.mark.slow  # 20-40 s each on 2 cores: a child's imports and conversions, then three more conversions here
 @pytest.mark.parametrize("name", ["text_encoder.xml", "unet.bin", "unet.xml"])  # the weights in place, or both staged
-def test_an_ir_conversion_killed_mid_write_is_converted_again_with_no_staging_left(home, name):
+def test_an_ir_conversion_killed_mid_write_is_converted_again_with_no_staging_left(home, name, tiny):
     pytest.importorskip("openvino")
     from sdcpu.backends import openvino as backend
 
@@ -111,10 +112,10 @@ def test_an_ir_conversion_killed_mid_write_is_converted_again_with_no_staging_le
     left |= {f".{component}.{pid}.xml", f".{component}.{pid}.bin" if ext == "bin" else f"{component}.bin"}
     assert {p.name for p in folder.iterdir()} == left
 
-    pipe = load_pipeline("random:tiny")
+    pipe = tiny()
     assert f"IR converted {', '.join(IR[len(done):])} in" in backend.apply(pipe, Step("openvino", "f32"), F32_CPU)
     image = pipe("a ship", num_inference_steps=1, height=64, width=64, output_type="np").images
-    assert image.shape == (1, 64, 64, 3) and (0 <= image).all() and (image <= 1).all()
+    assert image.shape == (1, 64, 64, 3) and np.isfinite(image).all() and image.std() > 0  # a picture: [0, 1] by clamp
     assert {p.name for p in folder.iterdir()} == {f"{c}.{e}" for c in IR for e in ("xml", "bin")} | {
         f".{c}.xml.lock" for c in IR}
     assert not staging(home)
@@ -140,8 +141,8 @@ def test_two_first_conversions_at_once_both_succeed_and_convert_each_component_o
     assert not staging(home)
 
 
-def test_a_profile_write_killed_mid_write_keeps_the_old_profile_whole_and_the_rerun_replaces_it(tiny_pipe, home):
-    cpu, workload = hardware.detect(), profile.Workload(profile.unet_hash(tiny_pipe.unet.config), "64x64")
+def test_a_profile_write_killed_mid_write_keeps_the_old_profile_whole_and_the_rerun_replaces_it(tiny, home):
+    cpu, workload = hardware.detect(), profile.Workload(profile.unet_hash(tiny().unet.config), "64x64")
 
     def data(created: str, recipe: str) -> dict:
         return {"key": profile.key(cpu, "high", workload), "created": created, "model": "random:tiny",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdcpu import load_pipeline, optimize
+from sdcpu import optimize
 from sdcpu.backends import int8, openvino as backend
 from sdcpu.system import hardware
 
@@ -39,9 +39,9 @@ def steps(pipe, recipe):
 
 
 @pytest.fixture(scope="module")
-def quantized(home):
-    f32, _ = steps(load_pipeline("random:tiny"), "openvino=f32")
-    pipe, outcomes = steps(load_pipeline("random:tiny"), "openvino=f32,int8")
+def quantized(home, tiny):
+    f32, _ = steps(tiny(), "openvino=f32")
+    pipe, outcomes = steps(tiny(), "openvino=f32,int8")
     return pipe, outcomes["int8"], image(f32)
 
 
@@ -57,42 +57,42 @@ def test_quantizes_the_openvino_unet_and_keeps_the_image_close(quantized, home):
     assert 1e-4 < np.abs(first - f32).max() < INT8_ATOL
 
 
-def test_a_second_pipeline_reuses_the_quantized_unet(quantized):
-    _, outcomes = steps(load_pipeline("random:tiny"), "openvino=f32,int8")
+def test_a_second_pipeline_reuses_the_quantized_unet(quantized, tiny):
+    _, outcomes = steps(tiny(), "openvino=f32,int8")
     assert outcomes["int8"].applied and "calibrated" not in outcomes["int8"].detail
     assert outcomes["int8"].seconds < quantized[1].seconds
 
 
-def test_without_a_backend_it_is_skipped_with_the_reason():
-    _, outcomes = steps(load_pipeline("random:tiny"), "int8")
+def test_without_a_backend_it_is_skipped_with_the_reason(tiny):
+    _, outcomes = steps(tiny(), "int8")
     assert not outcomes["int8"].applied and "put it after `openvino` (NNCF) or `compile`" in outcomes["int8"].detail
 
 
-def test_without_nncf_it_is_skipped_with_the_install_line(home, monkeypatch):
-    pipe, _ = steps(load_pipeline("random:tiny"), "openvino=f32")  # the IR is there: no conversion
+def test_without_nncf_it_is_skipped_with_the_install_line(quantized, monkeypatch, tiny):
+    f32, _ = steps(tiny(), "openvino=f32")  # the IR the quantized fixture converted, reused
     monkeypatch.setitem(sys.modules, "nncf", None)
     with pytest.raises(int8.Skip, match="pip install .*nncf"):
-        int8.apply(pipe, None, F32_CPU)
+        int8.apply(f32, None, F32_CPU)
 
 
 @pytest.mark.slow  # inductor compiles the quantized tiny UNet: ~2 minutes on 2 cores
-def test_after_compile_the_unet_is_quantized_by_pt2e_and_stays_close():
+def test_after_compile_the_unet_is_quantized_by_pt2e_and_stays_close(tiny):
     pytest.importorskip("torchao")
-    eager = image(load_pipeline("random:tiny"))
-    pipe, outcomes = steps(load_pipeline("random:tiny"), "compile,int8")
+    eager = image(tiny())
+    pipe, outcomes = steps(tiny(), "compile,int8")
     assert outcomes["int8"].applied and "PT2E" in outcomes["int8"].detail
     first = image(pipe)
     assert np.isfinite(first).all() and np.array_equal(first, image(pipe))
     assert 1e-4 < np.abs(first - eager).max() < INT8_ATOL
 
 
-def test_pt2e_needs_an_fp32_unet():
+def test_pt2e_needs_an_fp32_unet(tiny):
     pytest.importorskip("torchao")
-    _, outcomes = steps(load_pipeline("random:tiny"), "bf16!,compile,int8")
+    _, outcomes = steps(tiny(), "bf16!,compile,int8")
     assert not outcomes["int8"].applied and "drop bf16" in outcomes["int8"].detail
 
 
-def test_pt2e_refuses_a_recipe_without_cfg():
+def test_pt2e_refuses_a_recipe_without_cfg(tiny):
     pytest.importorskip("torchao")
-    _, outcomes = steps(load_pipeline("random:tiny"), "guidance=1,compile,int8")
+    _, outcomes = steps(tiny(), "guidance=1,compile,int8")
     assert not outcomes["int8"].applied and "guidance <= 1" in outcomes["int8"].detail

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from machines import NAMES, machine
+from serving import free_port
 from sdcpu.errors import UsageError
 from sdcpu.system import launcher
 from sdcpu.system.launcher import auto_options, JEMALLOC_CONF, LaunchOptions, LaunchPlan, plan
@@ -284,8 +285,20 @@ def test_children_do_not_import_modules_from_the_current_folder(hostile_folder, 
         assert not (hostile_folder / "imported").exists(), f"{argv} imported ./json.py"
 
 
-def test_every_python_child_starts_through_python_module():
-    sources = Path(__file__).parents[1] / "src" / "sdcpu"
-    offenders = [str(path) for path in sources.rglob("*.py")
-                 if 'sys.executable, "-m"' in path.read_text()]
-    assert not offenders
+def test_serve_instances_do_not_import_modules_from_the_current_folder(hostile_folder, monkeypatch):
+    """The copies `sdcpu serve --instances N` starts (the one Python child not made by launcher.python_module, whose
+    children the test above runs) keep the current folder off sys.path too."""
+    from types import SimpleNamespace
+
+    from sdcpu import recipes
+    from sdcpu.commands import serve
+
+    started = []
+    monkeypatch.setattr(serve, "run_instances", lambda plans, argv, environ: started.append((argv, environ)) or 0)
+    monkeypatch.setattr(sys, "argv", ["sdcpu", "--help"])
+    args = SimpleNamespace(host="127.0.0.1", port=free_port(), instances=2)
+    assert serve._run_instances(args, recipes.parse("baseline"), machine("spr-2s-amx")) == 0
+    (argv, env), = started
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=hostile_folder, timeout=120)
+    assert done.returncode == 0 and "usage: sdcpu" in done.stdout, done.stderr
+    assert not (hostile_folder / "imported").exists(), f"{argv} imported ./json.py"

@@ -38,10 +38,10 @@ def test_hub_id_is_recognised_and_fails_cleanly_offline():
         models.load_pipeline(spec)
 
 
-def test_random_folder_loaded_by_path_still_says_random(tiny_pipe):
+def test_random_folder_loaded_by_path_still_says_random():
     from sdcpu.models import random_models
 
-    spec = models.parse_spec(str(random_models.cache_dir("random-tiny-seed0")))
+    spec = models.parse_spec(str(random_models.ensure_built("tiny")))
     assert spec.kind == "folder" and spec.random_weights
     pipe = models.load_pipeline(spec)
     assert type(pipe).__name__ == "StableDiffusionPipeline"
@@ -55,7 +55,7 @@ def test_a_path_that_looks_like_a_hub_id_is_a_path_where_its_folder_exists(tmp_p
     assert models.parse_spec("org/name").kind == "hub"  # no folder org here: a hub id
 
 
-def test_pickle_weights_in_a_folder_load_only_with_trust_pickle(tiny_pipe, tmp_path):
+def test_pickle_weights_in_a_folder_load_only_with_trust_pickle(tiny, tmp_path):
     import shutil
 
     import torch
@@ -71,7 +71,7 @@ def test_pickle_weights_in_a_folder_load_only_with_trust_pickle(tiny_pipe, tmp_p
     with pytest.raises(UsageError, match=r"model: .*\(.bin pickle weights load only with --trust-pickle\)"):
         models.load_pipeline(str(folder))
     trusted = models.load_pipeline(str(folder), trust_pickle=True)
-    assert torch.equal(trusted.unet.conv_in.weight, tiny_pipe.unet.conv_in.weight)
+    assert torch.equal(trusted.unet.conv_in.weight, tiny().unet.conv_in.weight)
 
 
 @pytest.mark.parametrize("marker", ["{", "[1]", '{"spec": "random:tiny"}'])
@@ -81,3 +81,24 @@ def test_a_malformed_random_marker_is_refused_in_one_line(tmp_path, marker):
     with pytest.raises(UsageError, match=r"sdcpu\.json: not the marker sdcpu writes .*; remove it, or rebuild") as err:
         models.parse_spec(str(tmp_path))
     assert "\n" not in str(err.value)
+
+
+def test_the_tiny_fixture_gives_a_fresh_pipeline_each_call_as_a_load_gives_it(tiny):
+    """conftest's `tiny`: each call a pipeline of its own, equal to `load_pipeline("random:tiny")`, whatever a test
+    did to another (a recipe's scheduler and defaults, changed weights)."""
+    import torch
+
+    from sdcpu import optimize
+    from sdcpu.pipeline import optimizer
+
+    used = tiny()
+    optimize(used, "scheduler=ddim,steps=3")
+    with torch.no_grad():
+        used.unet.conv_in.weight += 1
+    fresh, loaded = tiny(), models.load_pipeline("random:tiny")
+    assert type(fresh.scheduler) is type(loaded.scheduler) is not type(used.scheduler)
+    assert state.of(fresh).defaults == {} and "sdcpu" not in vars(fresh) and fresh.sdcpu_model == loaded.sdcpu_model
+    for name in ("unet", "vae", "text_encoder"):
+        mine, theirs = getattr(fresh, name).state_dict(), getattr(loaded, name).state_dict()
+        assert mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine), name
+    assert fresh.tokenizer is not used.tokenizer and fresh.unet is not used.unet

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import re
 import sys
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 from images import REMADE_ALONE_LEVELS, level_difference
 
-from sdcpu import load_pipeline
+from sdcpu import recipes
 from sdcpu.backends import openvino as backend
 from sdcpu.errors import Skip, UsageError
 from sdcpu.recipes import Step
@@ -44,16 +45,16 @@ def ov(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def eager():
+def eager(tiny):
     """Eager fp32 images of random:tiny, by size, computed once."""
-    pipe = load_pipeline("random:tiny")
+    pipe = tiny()
     return functools.cache(lambda height=64, width=64: image(pipe, height, width))
 
 
 @pytest.fixture(scope="module")
-def converted(ov):
+def converted(ov, tiny):
     """A random:tiny pipeline on OpenVINO f32, converted first (the cache folder is fresh), and the step's detail."""
-    pipe = load_pipeline("random:tiny")
+    pipe = tiny()
     return pipe, backend.apply(pipe, STEP, F32_CPU)
 
 
@@ -92,19 +93,19 @@ def test_the_shapes_used_last_stay_compiled_the_least_recently_used_goes(convert
         backend.kept_shapes()
 
 
-def test_second_pipeline_reuses_ir_and_compiled_cache(ov, converted, eager):
+def test_second_pipeline_reuses_ir_and_compiled_cache(ov, converted, eager, tiny):
     _, calls, home = ov
     image(converted[0])  # compiled at 64x64 once: the blobs are on disk
     before = len(calls)
-    pipe = load_pipeline("random:tiny")
+    pipe = tiny()
     detail = backend.apply(pipe, STEP, F32_CPU)
     assert len(calls) == before and "IR reused" in detail
     assert any((home / "openvino" / "compiled" / "f32").iterdir())
     np.testing.assert_allclose(image(pipe), eager(), rtol=0, atol=F32_ATOL)
 
 
-def test_a_different_model_gets_its_own_ir():
-    pipe = load_pipeline("random:tiny")
+def test_a_different_model_gets_its_own_ir(tiny):
+    pipe = tiny()
     key = backend.cache_key(pipe, "v")
     with torch.no_grad():
         pipe.unet.conv_out.bias[0] += 1
@@ -112,20 +113,20 @@ def test_a_different_model_gets_its_own_ir():
 
 
 @pytest.mark.skipif(not HERE.native_bf16, reason="bf16 kernels need a CPU with native bf16")
-def test_bf16_on_native_cpu_stays_close(ov, converted, eager):
+def test_bf16_on_native_cpu_stays_close(ov, converted, eager, tiny):
     """bf16 after f32 in the same SDCPU_HOME: OpenVINO 2026.4 keys compiled blobs without the precision, so each
     precision has its own cache folder (a bf16 compile loading an f32 blob with weights returned NaN)."""
     image(converted[0])
-    pipe = load_pipeline("random:tiny")
+    pipe = tiny()
     assert "bf16" in backend.apply(pipe, STEP, HERE)
     error = np.abs(image(pipe) - eager()).max()
     assert 1e-3 < error < BF16_ATOL  # bf16 kernels for real (above f32's error), yet near eager
 
 
-def test_precision_asked_for_wins_over_the_hardware_default(ov):
+def test_precision_asked_for_wins_over_the_hardware_default(ov, tiny):
     native = dataclasses.replace(HERE, flags=frozenset({"amx_bf16", "avx512_bf16"}))
-    assert ", f32 (asked for)" in backend.apply(load_pipeline("random:tiny"), Step("openvino", "f32"), native)
-    detail = backend.apply(load_pipeline("random:tiny"), Step("openvino", "bf16"), F32_CPU)
+    assert ", f32 (asked for)" in backend.apply(tiny(), Step("openvino", "f32"), native)
+    detail = backend.apply(tiny(), Step("openvino", "bf16"), F32_CPU)
     assert ", bf16 (asked for; this CPU has no native bf16" in detail
 
 
@@ -137,20 +138,20 @@ def test_unsupported_options_and_sizes_are_refused(converted):
         pipe.unet(torch.randn(2, 4, 9, 9), 10, torch.randn(2, 77, 32), return_dict=False)
 
 
-def test_skipped_with_the_reason_under_a_preloaded_allocator(monkeypatch):
+def test_skipped_with_the_reason_under_a_preloaded_allocator(monkeypatch, tiny):
     monkeypatch.setattr(backend, "mapped_paths", lambda text: ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",))
-    with pytest.raises(Skip, match="jemalloc is preloaded .* aborts"):
-        backend.apply(load_pipeline("random:tiny"), STEP, F32_CPU)
+    with pytest.raises(Skip, match=re.escape(f"jemalloc is preloaded in this process: {recipes.PRELOADED_ALLOCATOR};")):
+        backend.apply(tiny(), STEP, F32_CPU)
 
 
-def test_skipped_with_the_install_line_without_openvino(monkeypatch):
+def test_skipped_with_the_install_line_without_openvino(monkeypatch, tiny):
     monkeypatch.setitem(sys.modules, "openvino", None)
     with pytest.raises(Skip, match="pip install .*openvino"):
-        backend.apply(load_pipeline("random:tiny"), STEP, F32_CPU)
+        backend.apply(tiny(), STEP, F32_CPU)
 
 
-def test_after_bf16_converts_from_the_cast_weights(ov):
-    pipe = load_pipeline("random:tiny")
+def test_after_bf16_converts_from_the_cast_weights(ov, tiny):
+    pipe = tiny()
     pipe.to(dtype=torch.bfloat16)  # what the bf16 step did before
     detail = backend.apply(pipe, STEP, F32_CPU)
     assert "converted from the torch.bfloat16 torch weights" in detail

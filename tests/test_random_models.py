@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sdcpu import load_pipeline
 from sdcpu.families import clip
 from sdcpu.models import random_models
 
@@ -17,6 +18,7 @@ from sdcpu.models import random_models
 BUILDER = """
 import pathlib, sys, time
 import diffusers, transformers
+from sdcpu import load_pipeline
 from sdcpu.models import random_models
 print("ready", flush=True)
 while not pathlib.Path(sys.argv[1]).exists():
@@ -61,17 +63,17 @@ def test_same_seed_gives_bit_identical_weights_and_another_seed_does_not():
     assert state_hash(first) != state_hash(other)
 
 
-def test_cached_folder_loads_back_the_same_weights(tiny_pipe):
-    assert state_hash(tiny_pipe) == state_hash(random_models.build_pipeline("tiny", 0))
+def test_cached_folder_loads_back_the_same_weights():
+    assert state_hash(load_pipeline("random:tiny")) == state_hash(random_models.build_pipeline("tiny", 0))
     folder = random_models.cache_dir("random-tiny-seed0")
     assert json.loads((folder / random_models.MARKER).read_text())["weights"] == "random"
     assert not staging_left(folder), "no staging folder left behind"
 
 
-def test_text_encoder_weights_are_keyed_as_in_sd15s_own_files(tiny_pipe):
+def test_text_encoder_weights_are_keyed_as_in_sd15s_own_files():
     from safetensors import safe_open
 
-    (path,) = (random_models.cache_dir("random-tiny-seed0") / "text_encoder").glob("*.safetensors")
+    (path,) = (random_models.ensure_built("tiny") / "text_encoder").glob("*.safetensors")
     with safe_open(path, "pt") as weights:
         keys = list(weights.keys())
     assert keys and all(key.startswith("text_model.") for key in keys)

@@ -70,8 +70,9 @@ def test_system_steps_are_the_launch_options_inverse():
 
 
 def test_each_ladder_entry_is_its_own_step():
-    for name, k in recipes.STEP_KINDS.items():
-        assert k.ladder is None or recipes.Step.parse(k.ladder).name == name
+    laddered = {name: k.ladder for name, k in recipes.STEP_KINDS.items() if k.ladder is not None}
+    assert laddered  # the full ladder's steps declare their entries here
+    assert {name: recipes.Step.parse(ladder).name for name, ladder in laddered.items()} == {n: n for n in laddered}
 
 
 def test_a_step_added_to_the_table_appears_in_the_full_ladder_tune_and_auto_fast(monkeypatch):
@@ -111,7 +112,7 @@ def test_a_step_added_to_the_table_appears_in_the_full_ladder_tune_and_auto_fast
 
 
 def test_layers_import_downwards_only():
-    """Nothing under src/sdcpu imports the commands but the CLI, and auto reads profiles without sdcpu.tune."""
+    """Nothing under src/sdcpu imports the commands but the CLI."""
     import re
     from pathlib import Path
 
@@ -120,13 +121,37 @@ def test_layers_import_downwards_only():
         text = path.read_text()
         if path.name != "cli.py" and path.parent.name != "commands":
             assert not re.search(r"^\s*(from sdcpu\.commands|from sdcpu import .*\bcommands\b)", text, re.M), path
-    assert "sdcpu.tune" not in (src / "auto.py").read_text().replace("`sdcpu tune`", "")
 
 
-def test_each_conflict_rule_is_stated_once_in_the_source():
-    from pathlib import Path
+def test_auto_reads_profiles_without_importing_tune():
+    """auto, which every command resolves a recipe with, finds a tuned profile through sdcpu.profiles: a fresh
+    interpreter resolving an auto recipe, profile found, never imports sdcpu.tune (its search and probes)."""
+    import subprocess
+    import sys
 
-    src = Path(__file__).parent.parent / "src" / "sdcpu"
-    text = "\n".join(path.read_text() for path in src.rglob("*.py"))
-    assert text.count("aborts the process beside a preloaded allocator") == 1  # recipes.PRELOADED_ALLOCATOR
-    assert text.count("one process has one allocator") == 1
+    code = """
+import sys
+from types import SimpleNamespace
+from sdcpu import auto, hardware
+auto.profiles.find = lambda *_: SimpleNamespace(recipe="bf16", reason=lambda _: "tuned")
+recipe, reasons = auto.recipe(hardware.detect(), {})
+assert str(recipe) == "bf16" and "tuned" in reasons, (recipe, reasons)
+print(sorted(name for name in sys.modules if name.startswith("sdcpu")))
+"""
+    done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = eval(done.stdout.strip().splitlines()[-1])
+    assert "sdcpu.auto" in loaded and "sdcpu.profiles" in loaded
+    assert not [name for name in loaded if name == "sdcpu.tune" or name.startswith("sdcpu.tune.")]
+
+
+@pytest.mark.parametrize("rule", recipes.CONFLICTS, ids=lambda rule: rule.step)
+def test_each_conflict_rule_gives_its_one_reason_wherever_it_refuses(rule):
+    """A rule's reason, stated once in recipes.CONFLICTS, is the text the parser refuses with and the one `conflict`
+    gives auto, the bench ladders and tune's search (their own tests check they pass it on)."""
+    import re
+
+    for other in rule.others:
+        assert recipes.conflict({other, rule.step}) == f"{other} and {rule.step}: {rule.reason}"
+        with pytest.raises(UsageError, match=re.escape(f"recipe cannot combine {other} and {rule.step}: {rule.reason}")):
+            recipes.parse(f"{other},{rule.step}")

@@ -146,9 +146,10 @@ def test_docs_are_off_unless_asked_for():
 
 
 @pytest.fixture(scope="module")
-def ready(tiny_pipe):
+def ready(tiny):
     """An app whose worker runs random:tiny, without a key."""
-    worker, app = app_for(lambda w: tiny_pipe, api_key=None)
+    pipe = tiny()
+    worker, app = app_for(lambda w: pipe, api_key=None)
     worker.start()
     deadline = time.monotonic() + 60
     while not worker.ready:

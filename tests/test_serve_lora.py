@@ -12,7 +12,6 @@ from PIL import Image
 from images import REMADE_ALONE_LEVELS, level_difference
 from loras import write_loras
 from serving import InProcess
-from sdcpu import load_pipeline
 from sdcpu.models.loras import prompt_loras
 from sdcpu.pipeline import generate
 from sdcpu.serve import a1111_fields, schemas
@@ -23,9 +22,9 @@ APPLIED_LEVELS = REMADE_ALONE_LEVELS
 
 
 @pytest.fixture(scope="module")
-def lora_dir(tmp_path_factory):
+def lora_dir(tmp_path_factory, tiny):
     folder = tmp_path_factory.mktemp("lora-dir")
-    write_loras(load_pipeline("random:tiny"), folder, 1)  # kohya-1 and peft-1: the same LoRA in two layouts
+    write_loras(tiny(), folder, 1)  # kohya-1 and peft-1: the same LoRA in two layouts
     return folder
 
 

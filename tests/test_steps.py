@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sdcpu import load_pipeline, optimize
+from sdcpu import optimize
 from sdcpu.models import state
 from sdcpu.pipeline import optimizer
 from machines import machine
@@ -22,38 +22,38 @@ def image(pipe, size=(64, 64)):
 
 
 @pytest.fixture(scope="module")
-def reference():
-    return image(load_pipeline("random:tiny"))
+def reference(tiny):
+    return image(tiny())
 
 
-def optimized(recipe, cpu=SPR):
-    pipe, outcomes = optimize(load_pipeline("random:tiny"), recipe, cpu)
+def optimized(pipe, recipe, cpu=SPR):
+    pipe, outcomes = optimize(pipe, recipe, cpu)
     return pipe, {o.step: o for o in outcomes}
 
 
-def test_channels_last_is_exact_enough(reference):
-    pipe, outcomes = optimized("channels_last")
+def test_channels_last_is_exact_enough(reference, tiny):
+    pipe, outcomes = optimized(tiny(), "channels_last")
     assert outcomes["channels_last"].applied
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert np.abs(image(pipe) - reference).max() < 1e-4
 
 
-def test_bf16_applies_only_where_native_unless_forced(reference):
-    pipe, outcomes = optimized("bf16", EPYC)
+def test_bf16_applies_only_where_native_unless_forced(reference, tiny):
+    pipe, outcomes = optimized(tiny(), "bf16", EPYC)
     assert not outcomes["bf16"].applied and "no native bf16" in outcomes["bf16"].detail
     assert pipe.unet.dtype == torch.float32
-    pipe, outcomes = optimized("bf16!", EPYC)
+    pipe, outcomes = optimized(tiny(), "bf16!", EPYC)
     assert outcomes["bf16!"].applied and "FORCED" in outcomes["bf16!"].detail
-    pipe, outcomes = optimized("bf16", SPR)
+    pipe, outcomes = optimized(tiny(), "bf16", SPR)
     assert outcomes["bf16"].applied and pipe.unet.dtype == torch.bfloat16
     assert np.abs(image(pipe) - reference).max() < 5e-2
 
 
-def test_compile_wraps_unet_and_decoder_and_the_compiled_decoder_is_exact_and_cached_in_sdcpu_home(sdcpu_home):
+def test_compile_wraps_unet_and_decoder_and_the_compiled_decoder_is_exact_and_cached_in_sdcpu_home(sdcpu_home, tiny):
     """The step as it runs, on the VAE decoder alone (its compile: ~30 s on 2 cores); the whole image, UNet included,
     is the slow test below."""
-    eager = load_pipeline("random:tiny")
-    pipe, outcomes = optimized("channels_last,compile")
+    eager = tiny()
+    pipe, outcomes = optimized(tiny(), "channels_last,compile")
     assert outcomes["compile"].applied and isinstance(pipe.unet, torch._dynamo.eval_frame.OptimizedModule)
     latents = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -63,28 +63,28 @@ def test_compile_wraps_unet_and_decoder_and_the_compiled_decoder_is_exact_and_ca
 
 
 @pytest.mark.slow  # inductor compiles the tiny UNet: ~70 s on 2 cores, a quarter of the fast suite's budget
-def test_compile_fp32_matches_eager_and_caches_in_sdcpu_home(reference, sdcpu_home):
-    pipe, outcomes = optimized("channels_last,compile")
+def test_compile_fp32_matches_eager_and_caches_in_sdcpu_home(reference, sdcpu_home, tiny):
+    pipe, outcomes = optimized(tiny(), "channels_last,compile")
     assert outcomes["compile"].applied
     assert np.abs(image(pipe) - reference).max() < 1e-4
     assert any((sdcpu_home / "inductor").iterdir())  # not torch's /tmp default: a second process finds it
 
 
-def test_ipex_is_skipped_with_a_reason_when_absent():
-    _, outcomes = optimized("ipex")
+def test_ipex_is_skipped_with_a_reason_when_absent(tiny):
+    _, outcomes = optimized(tiny(), "ipex")
     assert not outcomes["ipex"].applied and "intel_extension_for_pytorch" in outcomes["ipex"].detail
 
 
-def test_algorithm_steps_set_scheduler_and_call_defaults():
-    pipe, outcomes = optimized("scheduler=dpm++,steps=6,guidance=1.0")
+def test_algorithm_steps_set_scheduler_and_call_defaults(tiny):
+    pipe, outcomes = optimized(tiny(), "scheduler=dpm++,steps=6,guidance=1.0")
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
     assert state.of(pipe).defaults == {"num_inference_steps": 6, "guidance_scale": 1.0}
     assert "no CFG batch" in outcomes["guidance=1.0"].detail
     assert str(state.of(pipe).recipe) == "scheduler=dpm++,steps=6,guidance=1.0"
 
 
-def test_system_steps_are_left_to_the_launcher():
-    _, outcomes = optimized("jemalloc,pin,channels_last")
+def test_system_steps_are_left_to_the_launcher(tiny):
+    _, outcomes = optimized(tiny(), "jemalloc,pin,channels_last")
     assert list(outcomes) == ["channels_last"]
 
 
@@ -95,11 +95,11 @@ def test_every_runtime_step_kind_has_a_function():
     assert runtime == set(optimizer.REGISTRY)
 
 
-def test_a_swapped_scheduler_is_made_from_the_pipelines_own_never_from_another_swapped_one():
+def test_a_swapped_scheduler_is_made_from_the_pipelines_own_never_from_another_swapped_one(tiny):
     """dpm++ made from dpm++-karras's config would keep its Karras sigmas (from_config carries every option over)."""
     from sdcpu.models import schedulers
 
-    pipe = load_pipeline("random:tiny")
+    pipe = tiny()
     own, swap = pipe.scheduler, schedulers.Swapper(pipe)
     assert swap.use("dpm++-karras") == "dpm++-karras" and pipe.scheduler.config.use_karras_sigmas
     assert swap.use("dpm++") == "dpm++" and not pipe.scheduler.config.get("use_karras_sigmas")

@@ -36,8 +36,8 @@ def make(pipe, prompt="a sailing ship", edit=None, steps=2):
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    return load_pipeline("random:tiny")
+def pipe(tiny):
+    return tiny()
 
 
 def test_img2img_depends_on_the_image_and_on_strength(pipe):
@@ -93,10 +93,10 @@ STEPS_UNDER_TASKS = ["openvino=f32", "tiny-vae", "deepcache=2", "tome", "lcm-lor
                      "scheduler=dpm++"]
 
 
-def check_tasks_under(recipe: str, applied: bool = True) -> None:
-    """RECIPE's steps applied (or, where APPLIED is False, skipped with a reason), then img2img and inpainting each make
-    an image of the right size; OpenVINO converts the VAE encoder on the first call that needs it."""
-    stepped = load_pipeline("random:tiny")
+def check_tasks_under(stepped, recipe: str, applied: bool = True) -> None:
+    """On a fresh pipeline STEPPED, RECIPE's steps applied (or, where APPLIED is False, skipped with a reason), then
+    img2img and inpainting each make an image of the right size; OpenVINO converts the VAE encoder on the first call
+    that needs it."""
     _, outcomes = optimize(stepped, recipe)
     for outcome in outcomes:
         assert outcome.applied or (not applied and outcome.detail), outcome
@@ -109,21 +109,21 @@ def check_tasks_under(recipe: str, applied: bool = True) -> None:
 
 
 @pytest.mark.parametrize("recipe", STEPS_UNDER_TASKS)
-def test_every_task_runs_under_a_recipe_step(recipe):
-    check_tasks_under(recipe, applied=recipe != "bf16")
+def test_every_task_runs_under_a_recipe_step(recipe, tiny):
+    check_tasks_under(tiny(), recipe, applied=recipe != "bf16")
 
 
 @pytest.mark.slow  # compile and int8 compile or calibrate for minutes on 2 cores
 @pytest.mark.parametrize("recipe", ["compile", "openvino=f32,int8", "lcm-lora,openvino=f32"])
-def test_every_task_runs_under_a_compiling_or_quantizing_recipe(recipe):
-    check_tasks_under(recipe)
+def test_every_task_runs_under_a_compiling_or_quantizing_recipe(recipe, tiny):
+    check_tasks_under(tiny(), recipe)
 
 
-def test_deepcache_restarts_its_schedule_for_each_img2img_image(pipe):
+def test_deepcache_restarts_its_schedule_for_each_img2img_image(pipe, tiny):
     """img2img starts mid-schedule: DeepCache's first UNet call of each image must be a full one, so the same input
     makes the same image twice (a stale cache from the first call would change the second), and the shallow calls
     make it differ from the exact image."""
-    cached = load_pipeline("random:tiny")
+    cached = tiny()
     optimize(cached, "deepcache=2")
     edit = tasks.edit(png(picture()), strength=0.75)
     first = make(cached, edit=edit, steps=4)
@@ -131,10 +131,10 @@ def test_deepcache_restarts_its_schedule_for_each_img2img_image(pipe):
     assert level_difference(first, make(pipe, edit=edit, steps=4)) > REMADE_ALONE_LEVELS
 
 
-def test_openvino_img2img_is_the_eager_image(pipe):
+def test_openvino_img2img_is_the_eager_image(pipe, tiny):
     """OpenVINO f32 on every component, the encoder included: the eager image to float rounding (test_openvino's
     bound for f32, in 8-bit levels: 1e-4 of full scale is below one level)."""
-    converted = load_pipeline("random:tiny")
+    converted = tiny()
     optimize(converted, "openvino=f32")
     edit = tasks.edit(png(picture()), strength=0.6)
     assert level_difference(make(converted, edit=edit), make(pipe, edit=edit)) <= 1

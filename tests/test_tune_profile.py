@@ -68,19 +68,20 @@ def test_auto_uses_a_matching_profile_and_says_so(home):
     assert "not known here: the most recent profile" in system[0]
 
 
-def test_without_a_profile_auto_falls_back_to_hardware_rules_and_says_so(home):
+def test_without_a_profile_auto_falls_back_to_hardware_rules_and_says_so(home, installed):
+    installed("openvino", "nncf")  # the class's rules then take OpenVINO: at `exact`, in f32
     write()
     recipe, reasons = auto.recipe(SPR, {}, quality="exact", workload=TINY)
     assert reasons[0] == auto.NO_PROFILE and "sdcpu tune" in reasons[0]
-    assert not recipe.get("bf16") and (recipe.get("openvino") is None or recipe.get("openvino").value == "f32")
+    assert not recipe.get("bf16") and recipe.get("openvino").value == "f32"
     other = profile.Workload("another-unet", "64x64")
     assert auto.recipe(SPR, {}, workload=other)[1][0] == auto.NO_PROFILE
 
 
-def test_workload_of_reads_the_unet_config_without_loading_the_model(home, tiny_pipe, monkeypatch):
+def test_workload_of_reads_the_unet_config_without_loading_the_model(home, tiny, monkeypatch):
     assert profile.workload_of("random:tiny", 64, 48) is None  # not built in this SDCPU_HOME: unknown
-    monkeypatch.undo()  # the session's SDCPU_HOME, where tiny_pipe was built
-    assert profile.workload_of("random:tiny", 64, 48) == profile.Workload(profile.unet_hash(tiny_pipe.unet.config),
+    monkeypatch.undo()  # the session's SDCPU_HOME, where the tiny fixture built random:tiny
+    assert profile.workload_of("random:tiny", 64, 48) == profile.Workload(profile.unet_hash(tiny().unet.config),
                                                                           "64x48")
     assert profile.workload_of("random:sd99", 64, 64) is None and profile.workload_of("/no/such", 64, 64) is None
 
