@@ -2,6 +2,7 @@ import pytest
 
 from sdcpu import models
 from sdcpu.errors import UsageError
+from sdcpu.models import state
 
 
 @pytest.mark.parametrize(
@@ -89,7 +90,6 @@ def test_the_tiny_fixture_gives_a_fresh_pipeline_each_call_as_a_load_gives_it(ti
     import torch
 
     from sdcpu import optimize
-    from sdcpu.pipeline import optimizer
 
     used = tiny()
     optimize(used, "scheduler=ddim,steps=3")
@@ -97,7 +97,9 @@ def test_the_tiny_fixture_gives_a_fresh_pipeline_each_call_as_a_load_gives_it(ti
         used.unet.conv_in.weight += 1
     fresh, loaded = tiny(), models.load_pipeline("random:tiny")
     assert type(fresh.scheduler) is type(loaded.scheduler) is not type(used.scheduler)
-    assert state.of(fresh).defaults == {} and "sdcpu" not in vars(fresh) and fresh.sdcpu_model == loaded.sdcpu_model
+    mine = state.of(fresh)
+    assert mine is not state.of(used) and mine.defaults == {} and mine.recipe is None
+    assert mine.runtime is state.Runtime.EAGER and mine.model == state.of(loaded).model
     for name in ("unet", "vae", "text_encoder"):
         mine, theirs = getattr(fresh, name).state_dict(), getattr(loaded, name).state_dict()
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine), name

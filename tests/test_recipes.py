@@ -111,20 +111,8 @@ def test_a_step_added_to_the_table_appears_in_the_full_ladder_tune_and_auto_fast
     assert str(auto.recipe(cpu, {}, quality="fast")[0]) == "bf16,skim"
 
 
-def test_layers_import_downwards_only():
-    """Nothing under src/sdcpu imports the commands but the CLI."""
-    import re
-    from pathlib import Path
-
-    src = Path(__file__).parent.parent / "src" / "sdcpu"
-    for path in src.rglob("*.py"):
-        text = path.read_text()
-        if path.name != "cli.py" and path.parent.name != "commands":
-            assert not re.search(r"^\s*(from sdcpu\.commands|from sdcpu import .*\bcommands\b)", text, re.M), path
-
-
 def test_auto_reads_profiles_without_importing_tune():
-    """auto, which every command resolves a recipe with, finds a tuned profile through sdcpu.profiles: a fresh
+    """auto, which every command resolves a recipe with, finds a tuned profile through sdcpu.recipes.profiles: a fresh
     interpreter resolving an auto recipe, profile found, never imports sdcpu.tune (its search and probes)."""
     import subprocess
     import sys
@@ -132,7 +120,8 @@ def test_auto_reads_profiles_without_importing_tune():
     code = """
 import sys
 from types import SimpleNamespace
-from sdcpu import auto, hardware
+from sdcpu.recipes import auto
+from sdcpu.system import hardware
 auto.profiles.find = lambda *_: SimpleNamespace(recipe="bf16", reason=lambda _: "tuned")
 recipe, reasons = auto.recipe(hardware.detect(), {})
 assert str(recipe) == "bf16" and "tuned" in reasons, (recipe, reasons)
@@ -141,7 +130,7 @@ print(sorted(name for name in sys.modules if name.startswith("sdcpu")))
     done = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = eval(done.stdout.strip().splitlines()[-1])
-    assert "sdcpu.auto" in loaded and "sdcpu.profiles" in loaded
+    assert "sdcpu.recipes.auto" in loaded and "sdcpu.recipes.profiles" in loaded
     assert not [name for name in loaded if name == "sdcpu.tune" or name.startswith("sdcpu.tune.")]
 
 
