@@ -79,3 +79,22 @@ def test_no_import_circle():
 def test_the_map_itself_can_tell_layers_apart():
     assert layer("sdcpu.commands.serve") < layer("sdcpu.serve.app") < layer("sdcpu.pipeline.generate")
     assert layer("sdcpu.backends.openvino") < layer("sdcpu.recipes.auto") < layer("sdcpu.system.launcher")
+
+
+def test_every_module_docs_architecture_names_exists():
+    """docs/architecture.md names modules by path (`pipeline/prepare.py`, `serve/guard.BODY_BYTES`) and by file name in
+    its layer table (prepare.py): each is there, so the map cannot drift from the tree unnoticed."""
+    import re
+
+    root = SRC.parent.parent
+    doc = (root / "docs" / "architecture.md").read_text()
+    missing = []
+    for token in re.findall(r"`([^`\s]+)`", doc):
+        path = re.match(r"((?:[a-z_0-9]+/)+[a-z_0-9]+)", token)
+        if path and "NAME" not in token and not any(
+                (base / f"{path[1]}{suffix}").exists() for base in (SRC, root) for suffix in (".py", "", ".sh")):
+            missing.append(token)
+    files = {path.name for path in SRC.rglob("*.py")}
+    missing += sorted({name for name in re.findall(r"\b([a-z_0-9]+\.py)\b", doc) if name not in files
+                       and not name.startswith("test_") and "NAME" not in name})
+    assert missing == []

@@ -13,11 +13,12 @@ every image starts with a full call. The UNet runs eagerly: put deepcache before
 from diffusers import UNet2DConditionModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
+from sdcpu import families
 from sdcpu.errors import Skip
 
 
 def apply(pipe, step, cpu) -> str:
-    unet = pipe.unet
+    unet = getattr(pipe, families.of(pipe).denoiser.attribute)
     if type(unet) is not UNet2DConditionModel:
         raise Skip(f"needs diffusers' eager UNet2DConditionModel, found {type(unet).__name__} "
                    "(a backend step ran first: put deepcache before compile/openvino/ipex)")

@@ -44,7 +44,7 @@ def apply(pipe, step, cpu) -> str:
 
 
 def random_lora(pipe, rank: int = 4, seed: int = 0):
-    """A cached random LoRA (peft layout, rank RANK) on the UNet's attention projections: LCM-LoRA's shape."""
+    """A cached random LoRA (peft layout, rank RANK) on the denoiser's attention projections: LCM-LoRA's shape."""
     from sdcpu.models import random_models
 
     def write(folder):
@@ -53,10 +53,13 @@ def random_lora(pipe, rank: int = 4, seed: int = 0):
 
         generator = torch.Generator().manual_seed(seed)
         weights = {}
-        for name, module in pipe.unet.named_modules():
+        denoiser = families.of(pipe).denoiser.attribute
+        for name, module in getattr(pipe, denoiser).named_modules():
             if name.endswith(("to_q", "to_k", "to_v", "to_out.0")):
-                weights[f"unet.{name}.lora_A.weight"] = 0.01 * torch.randn(rank, module.in_features, generator=generator)
-                weights[f"unet.{name}.lora_B.weight"] = 0.01 * torch.randn(module.out_features, rank, generator=generator)
+                weights[f"{denoiser}.{name}.lora_A.weight"] = 0.01 * torch.randn(rank, module.in_features,
+                                                                                  generator=generator)
+                weights[f"{denoiser}.{name}.lora_B.weight"] = 0.01 * torch.randn(module.out_features, rank,
+                                                                                  generator=generator)
         save_file(weights, folder / "pytorch_lora_weights.safetensors")
 
     key = f"random-lora-{state.of(pipe).model.ref}-r{rank}-seed{seed}"

@@ -20,11 +20,12 @@ import math
 import torch
 from diffusers import UNet2DConditionModel
 
+from sdcpu import families
 from sdcpu.errors import Skip
 
 
 def apply(pipe, step, cpu) -> str:
-    unet = pipe.unet
+    unet = getattr(pipe, families.of(pipe).denoiser.attribute)
     if not isinstance(unet, UNet2DConditionModel):
         raise Skip(f"needs diffusers' eager UNet2DConditionModel, found {type(unet).__name__} "
                    "(a backend step ran first: put tome before compile/openvino/ipex)")

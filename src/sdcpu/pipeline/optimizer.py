@@ -76,9 +76,10 @@ def resolve(text: str, cpu, workload=None) -> recipes.Recipe:
 def channels_last(pipe, item, cpu):
     import torch
 
-    pipe.unet.to(memory_format=torch.channels_last)
-    pipe.vae.to(memory_format=torch.channels_last)
-    return "UNet and VAE convolution weights in NHWC (channels_last); oneDNN picks NHWC kernels"
+    family = families.of(pipe)
+    for name in (family.denoiser.attribute, family.decoder):
+        getattr(pipe, name).to(memory_format=torch.channels_last)
+    return f"{family.denoiser.label} and VAE convolution weights in NHWC (channels_last); oneDNN picks NHWC kernels"
 
 
 @step("bf16")

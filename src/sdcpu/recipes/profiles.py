@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdcpu import recipes
+from sdcpu import families, recipes
 from sdcpu.errors import UsageError
 from sdcpu.system import locks
 from sdcpu.system.home import sdcpu_home
@@ -149,8 +149,9 @@ def _kind_name(kind) -> str:
 
 
 def workload_of(model: str, width: int, height: int) -> Workload | None:
-    """The workload of MODEL (a model spec) at WIDTHxHEIGHT from its UNet config on disk, without loading it; None
-    where the config is not here (a file checkpoint, a hub model not yet downloaded, a random model not yet built)."""
+    """The workload of MODEL (a model spec) at WIDTHxHEIGHT from its denoiser's config on disk (the one its family
+    names), without loading it; None where the config is not here (a file checkpoint, a hub model not yet downloaded,
+    a random model not yet built) or the model is of no family sdcpu runs."""
     from sdcpu.models import parse_spec, random_models, Source
 
     try:
@@ -158,16 +159,26 @@ def workload_of(model: str, width: int, height: int) -> Workload | None:
     except UsageError:
         return None
     if spec.kind is Source.RANDOM:
-        config = random_models.built_folder(spec.ref) / "unet" / "config.json"
+        folder = random_models.built_folder(spec.ref)
+        read = lambda name: folder / name  # noqa: E731
     elif spec.kind is Source.FOLDER:
-        config = Path(spec.ref) / "unet" / "config.json"
+        read = lambda name: Path(spec.ref) / name  # noqa: E731
     elif spec.kind is Source.HUB:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(spec.ref, "unet/config.json")
-        config = Path(cached) if isinstance(cached, str) else None
+        def read(name):
+            cached = try_to_load_from_cache(spec.ref, name)
+            return Path(cached) if isinstance(cached, str) else None
     else:
-        config = None
+        return None
+    index = read("model_index.json")
+    if index is None or not index.is_file():
+        return None
+    try:
+        family = families.named(json.loads(index.read_text())["_class_name"])
+    except (UsageError, KeyError, ValueError):
+        return None
+    config = read(f"{family.denoiser.attribute}/config.json")
     if config is None or not config.is_file():
         return None
     return Workload(unet_hash(json.loads(config.read_text())), f"{width}x{height}")
