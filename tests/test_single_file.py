@@ -1,4 +1,4 @@
-"""sdcpu.models.single_file: a diffusers folder as one original-layout checkpoint, read back by diffusers' own loader."""
+"""sdcpu.models.single_file (with SD's layout, sdcpu.families.sd_layout): a diffusers folder as one original-layout checkpoint, read back by diffusers' own loader."""
 
 import json
 import os
@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from sdcpu.families import sd_layout
 from sdcpu.models import random_models, single_file
 
 
@@ -69,6 +70,6 @@ def test_a_failed_write_leaves_no_checkpoint_and_no_temporary_file(tmp_path, mon
 
 def test_a_weight_with_no_original_place_is_refused_by_name():
     config = json.loads((random_models.ensure_built("tiny") / "unet" / "config.json").read_text())
-    names = single_file.unet_names(SimpleNamespace(**config))
+    names = sd_layout.unet_names(SimpleNamespace(**config))
     with pytest.raises(ValueError, match="add_embedding.linear_1.weight"):
-        single_file.rename("add_embedding.linear_1.weight", names)
+        sd_layout.rename("add_embedding.linear_1.weight", names)

@@ -125,6 +125,10 @@ class Family:
         """Load a LoRA's STATE_DICT into MODELS (component -> module) with PIPELINE_CLASS's own loaders."""
         raise NotImplementedError
 
+    def original_state_dict(self, folder) -> dict:
+        """The weights of diffusers FOLDER under the names of the family's original single-file checkpoint."""
+        raise NotImplementedError
+
     def flops(self, config, batch: int, latent: tuple[int, int]) -> int:
         """FLOPs of one denoiser forward with CONFIG, counted on the meta device."""
         raise NotImplementedError

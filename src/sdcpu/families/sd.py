@@ -122,6 +122,11 @@ class StableDiffusion(Family):
         pipeline_class.load_lora_into_unet(state_dict, unet=models["unet"], **options)
         pipeline_class.load_lora_into_text_encoder(state_dict, text_encoder=models["text_encoder"], **options)
 
+    def original_state_dict(self, folder) -> dict:
+        from sdcpu.families import sd_layout
+
+        return sd_layout.original_state_dict(folder)
+
     def flops(self, config, batch, latent) -> int:
         """Attention runs through the math processor: torch's flop counter does not count SDPA kernels."""
         import torch
