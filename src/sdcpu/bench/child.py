@@ -31,7 +31,7 @@ def cache_state() -> dict:
 def run(spec: dict) -> dict:
     import torch
 
-    from sdcpu import families, recipes
+    from sdcpu import recipes
     from sdcpu.bench import inputs, ladders
     from sdcpu.families.base import Defaults
     from sdcpu.models import parse_spec
@@ -75,6 +75,15 @@ def run(spec: dict) -> dict:
     generate.save_png(calls[-1].images[0], Path(spec["image"]), text)
 
     # 4. The row: times, split, hardware-relative figures, memory.
+    row.update(figures(pipe, recipe, outcomes, request, protocol, calls, warmup.seconds),
+               random_weights=model.random_weights, threads=torch.get_num_threads())
+    return row
+
+
+def figures(pipe, recipe, outcomes, request, protocol, calls, warmup_seconds: float) -> dict:
+    """The row's figures of the timed CALLS: times, the per-component split, the denoiser's FLOPs and GFLOP/s."""
+    from sdcpu import families
+
     times = [c.seconds for c in calls]
     unet_calls = calls[-1].split.calls.get("unet", 0)
     cfg_batch = 2 if request.guidance > 1 else 1
@@ -84,10 +93,10 @@ def run(spec: dict) -> dict:
     unet_s = statistics.median(c.split.seconds.get("unet", 0.0) for c in calls)
     cache = recipe.get("deepcache")
     shallow_calls = bool(cache and cache.value > 1 and any(o.applied for o in outcomes if o.step == str(cache)))
-    row.update(
+    return dict(
         steps_applied=request.steps, steps_run=protocol.steps_run, guidance=request.guidance, cfg_batch=cfg_batch,
         scheduler=type(pipe.scheduler).__name__,
-        **timing_fields(times, protocol.steps_run, warmup.seconds, protocol.run_count(protocol.warmup_steps_used)),
+        **timing_fields(times, protocol.steps_run, warmup_seconds, protocol.run_count(protocol.warmup_steps_used)),
         split={
             "text_encoder_s": statistics.median(c.split.seconds.get("text_encoder", 0.0) for c in calls),
             "unet_s": unet_s, "unet_calls": unet_calls, "unet_per_call_s": unet_s / max(1, unet_calls),
@@ -96,9 +105,7 @@ def run(spec: dict) -> dict:
         prepare_s=round(sum((o.seconds for o in outcomes), 0.0), 2),
         unet_gflops_per_call=unet_flops / 1e9, unet_gflop_s=unet_flops * unet_calls / unet_s / 1e9
         if unet_s and not shallow_calls else None,
-        random_weights=model.random_weights, threads=torch.get_num_threads(),
     )
-    return row
 
 
 def _request(protocol, defaults, **changes):

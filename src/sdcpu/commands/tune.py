@@ -108,11 +108,25 @@ def run(args) -> int:
     choice, estimate_s, why = _choose(space_, found.best, baseline, measure, results)
 
     # 4. Save the profile and its report; print the report.
-    workload = profiles.Workload(baseline.detail["unet_hash"], f"{target[0]}x{target[1]}")
-    header = {"model": args.model, "size": workload.size, "measured_size": f"{measured_size[0]}x{measured_size[1]}",
+    text, path = _save(args, cpu, space_, results, baseline, choice, estimate_s, why, notes,
+                       {"target": target, "measured_size": measured_size, "repeats": repeats, "budget_s": budget_s,
+                        "spent_s": spent})
+    print(text)
+    print(f"wrote {path} and {path.with_suffix('.md')}; `sdcpu info` shows that auto uses it; delete them to stop it")
+    return 0
+
+
+def _save(args, cpu, space_, results, baseline, choice, estimate_s, why, notes, run: dict):
+    """The profile of CHOICE and its report saved beside it (RUN: the target and measured sizes, repeats, budget and
+    time spent); (the report's text, the profile's path)."""
+    width, height = run["target"]
+    measured = run["measured_size"]
+    workload = profiles.Workload(baseline.detail["unet_hash"], f"{width}x{height}")
+    header = {"model": args.model, "size": workload.size, "measured_size": f"{measured[0]}x{measured[1]}",
               "cpu": cpu.model_name, "cores": f"{len(cpu.usable_physical_cores)} usable physical cores, "
               f"{len(cpu.usable_cpus)} logical CPUs", "versions": profiles.versions(), "created": profiles.now(),
-              "quality": args.quality, "repeats": repeats, "steps": args.steps, "budget_s": budget_s, "spent_s": spent}
+              "quality": args.quality, "repeats": run["repeats"], "steps": args.steps, "budget_s": run["budget_s"],
+              "spent_s": run["spent_s"]}
     text = report.markdown(header, space_, results, baseline, space_.recipe(choice), why, notes)
     path = profiles.save({
         "key": profiles.key(cpu, args.quality, workload), "created": header["created"], "model": args.model,
@@ -122,9 +136,7 @@ def run(args) -> int:
                      "status": r.status, "samples_s": list(r.samples), "first_call_s": r.first_call_s,
                      "wall_s": round(r.wall_s, 1)} for r in results],
     }, text)
-    print(text)
-    print(f"wrote {path} and {path.with_suffix('.md')}; `sdcpu info` shows that auto uses it; delete them to stop it")
-    return 0
+    return text, path
 
 
 def _choose(space_, best, baseline, measure, results) -> tuple[tuple, float, list[str]]:

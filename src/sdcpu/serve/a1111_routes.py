@@ -69,6 +69,14 @@ def router(service) -> APIRouter:
         """Stop the call running at its next step; `interrupted` false when none was running."""
         return {"interrupted": worker.interrupt()}
 
+    routes.include_router(_listings(service))
+    return routes
+
+
+def _listings(service) -> APIRouter:
+    """What A1111's clients read before they generate, in A1111's shapes with what sdcpu has."""
+    routes, model = APIRouter(), service.settings.model
+
     @routes.get("/sd-models")
     async def sd_models():
         """The one model loaded (sdcpu serves one; hashing a checkpoint's gigabytes is not done: hash null)."""
