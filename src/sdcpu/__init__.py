@@ -1,8 +1,6 @@
 """sdcpu: Stable Diffusion inference as fast as the CPU allows, with honest measurements."""
 
-from importlib import metadata
-
-__version__ = metadata.version("sdcpu")
+__version__ = "0.1.0"  # as pyproject.toml says; a literal, since a peer's child imports sdcpu without installing it
 
 
 def load_pipeline(spec: str, **kwargs):
