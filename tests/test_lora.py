@@ -155,16 +155,21 @@ def test_int8_refuses_a_lora_with_the_reason(files, runtime, tiny):
 
 
 @pytest.fixture(scope="module")
-def on_openvino(tiny):
-    """random:tiny on OpenVINO f32, and the digests of its IR files and the compiled-blob cache's file names."""
+def on_openvino(tiny, tmp_path_factory):
+    """random:tiny on OpenVINO f32, and the digests of its IR files and the compiled-blob cache's file names. Its IR
+    and blob cache in a home of its own: the other xdist worker's OpenVINO tests write blobs into the shared one,
+    which would change the names this module checks are left alone."""
     pytest.importorskip("openvino")
     from sdcpu.backends import openvino
     from sdcpu.recipes import Step
 
-    pipe = tiny()
-    openvino.apply(pipe, Step("openvino"), dataclasses.replace(hardware.detect(), flags=frozenset()))  # f32
-    image(pipe)  # compiles the base models at 64x64 (their blobs go to the cache)
-    return pipe, disk(pipe)
+    home = tmp_path_factory.mktemp("lora-openvino-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(openvino, "sdcpu_home", lambda: home)
+        pipe = tiny()
+        openvino.apply(pipe, Step("openvino"), dataclasses.replace(hardware.detect(), flags=frozenset()))  # f32
+        image(pipe)  # compiles the base models at 64x64 (their blobs go to the cache)
+        yield pipe, disk(pipe)
 
 
 def disk(pipe) -> dict:

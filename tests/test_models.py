@@ -77,9 +77,22 @@ def test_pickle_weights_in_a_folder_load_only_with_trust_pickle(tiny, tmp_path):
 
 @pytest.mark.parametrize("marker", ["{", "[1]", '{"spec": "random:tiny"}'])
 def test_a_malformed_random_marker_is_refused_in_one_line(tmp_path, marker):
-    (tmp_path / "model_index.json").write_text("{}")
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline"}')
     (tmp_path / "sdcpu.json").write_text(marker)
     with pytest.raises(UsageError, match=r"sdcpu\.json: not the marker sdcpu writes .*; remove it, or rebuild") as err:
+        models.parse_spec(str(tmp_path))
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("index, message", [
+    ('{"_class_name": "StableDiffusionXLPipeline"}', r"StableDiffusionXLPipeline is of no model family sdcpu runs "
+                                                     r"\(sd: Stable Diffusion 1.x and 2.x"),
+    ("{}", r"model_index.json: not a diffusers model_index.json \(KeyError"),
+    ("[", r"model_index.json: not a diffusers model_index.json \(JSONDecodeError"),
+])
+def test_a_folder_of_no_family_sdcpu_runs_is_refused_before_it_loads(tmp_path, index, message):
+    (tmp_path / "model_index.json").write_text(index)  # no weights at all: the refusal comes before any load
+    with pytest.raises(UsageError, match=message) as err:
         models.parse_spec(str(tmp_path))
     assert "\n" not in str(err.value)
 

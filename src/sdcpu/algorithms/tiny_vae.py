@@ -2,7 +2,8 @@
 decoder): a few GFLOP per 512x512 image instead of the SD VAE decoder's ~2500, at a visible cost in fine detail.
 
 `tiny-vae` loads the model family's TAESD (SD 1.x/2.x: madebyollin/taesd; hub, cached after the first download);
-`tiny-vae=ID_OR_FOLDER` any other AutoencoderTiny. A `random:` model gets a random-weight TAESD built offline, so timings stay faithful without a hub.
+`tiny-vae=ID_OR_FOLDER` any other AutoencoderTiny. A `random:` model gets a random-weight TAESD built offline, so
+timings stay faithful without a hub.
 """
 
 from sdcpu import families

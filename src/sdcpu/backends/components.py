@@ -51,20 +51,13 @@ class Denoiser(Component):
         super().__init__(run, config)
         self.signature, self.latent_multiple = signature, latent_multiple
 
-    def forward(self, sample, timestep, *args, added_cond_kwargs=None, return_dict=True, **kwargs):
-        named = dict(zip(self.signature.inputs[2:], args)) | {k: kwargs.pop(k) for k in self.signature.inputs if k in kwargs}
-        refuse(self.signature.label, **kwargs)
-        extra = set(added_cond_kwargs or ()) - set(self.signature.added)
-        if extra:
-            raise NotImplementedError(f"the {self.signature.label} does not support added_cond_kwargs "
-                                      f"{', '.join(sorted(extra))}")
-        named |= dict(added_cond_kwargs or {})
+    def forward(self, sample, timestep, *args, return_dict=True, **kwargs):
+        inputs, rest = self.signature.bind(sample, timestep, args, kwargs)
+        refuse(self.signature.label, **rest)
         factor = self.latent_multiple  # converted for latents it halves evenly
         if sample.shape[-2] % factor or sample.shape[-1] % factor:
             raise ValueError(f"the {self.signature.label} needs latent height and width divisible by {factor}, got "
                              f"{tuple(sample.shape[-2:])}")
-        timestep = torch.as_tensor(timestep, dtype=torch.float32).expand(sample.shape[0]).contiguous()
-        inputs = [sample, timestep, *(named[name] for name in self.signature.inputs[2:])]
         (noise,) = self.run(*inputs)
         return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
 

@@ -30,6 +30,6 @@ def apply(pipe, item, cpu) -> str:
     decoder.decode = torch.compile(decoder.decode)
     state.of(pipe).runtime = state.Runtime.INDUCTOR
     return (
-        f"{family.denoiser.label} and VAE decoder compiled by inductor with frozen, prepacked weights; the first call at each size "
-        f"compiles (reported apart), graphs cached in {os.environ['TORCHINDUCTOR_CACHE_DIR']}"
+        f"{family.denoiser.label} and VAE decoder compiled by inductor with frozen, prepacked weights; the first call "
+        f"at each size compiles (reported apart), graphs cached in {os.environ['TORCHINDUCTOR_CACHE_DIR']}"
     )

@@ -70,10 +70,7 @@ class Recorder:
         return getattr(self.denoiser, name)
 
     def __call__(self, sample, timestep, *args, **kwargs):
-        named = dict(zip(self.signature.inputs[2:], args)) | dict(kwargs.get("added_cond_kwargs") or {})
-        named |= {name: kwargs[name] for name in self.signature.inputs if name in kwargs}
-        timestep_batch = torch.as_tensor(timestep, dtype=torch.float32).expand(sample.shape[0])
-        inputs = (sample, timestep_batch, *(named[name] for name in self.signature.inputs[2:]))
+        inputs, _ = self.signature.bind(sample, timestep, args, kwargs)
         self.calls.append(tuple(x.clone() for x in inputs))
         return self.denoiser(sample, timestep, *args, **kwargs)
 
@@ -161,9 +158,11 @@ def _inductor(pipe, family) -> str:
     compiled = getattr(pipe, name)
     eager = compiled._orig_mod  # torch.compile's wrapper keeps the eager module
     if eager.dtype != torch.float32:
-        raise Skip(f"PT2E int8 quantizes an fp32 {family.denoiser.label}, this one is {eager.dtype}: drop bf16 from the recipe")
+        raise Skip(f"PT2E int8 quantizes an fp32 {family.denoiser.label}, this one is {eager.dtype}: drop bf16 from the "
+                   "recipe")
     if state.of(pipe).defaults.get("guidance_scale", family.defaults.guidance) <= 1:
-        raise Skip(f"PT2E int8's exported {family.denoiser.label} takes CFG batches (2 or more); this recipe sets guidance <= 1")
+        raise Skip(f"PT2E int8's exported {family.denoiser.label} takes CFG batches (2 or more); this recipe sets "
+                   "guidance <= 1")
     start = time.perf_counter()
     setattr(pipe, name, eager)  # calibrate eagerly: the compiled module would compile first
     try:
@@ -184,5 +183,6 @@ def _inductor(pipe, family) -> str:
         quantized = torch.compile(quantize_pt2e.convert_pt2e(prepared))
     setattr(pipe, name, Denoiser(quantized, eager.config, family.denoiser, factor))
     state.of(pipe).runtime = state.Runtime.PT2E_INT8
-    return (f"{family.denoiser.label} int8 by torchao PT2E (X86InductorQuantizer: static int8 weights and activations), calibrated on "
+    return (f"{family.denoiser.label} int8 by torchao PT2E (X86InductorQuantizer: static int8 weights and "
+            f"activations), calibrated on "
             f"{len(samples)} calls in {time.perf_counter() - start:.1f} s, compiled by inductor at its first call")

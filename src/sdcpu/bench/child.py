@@ -1,9 +1,9 @@
 """One bench rung, run inside its own fresh process (started by the runner under the rung's launch plan).
 
-`python -m sdcpu.bench.child SPEC_JSON` prepares the model (sdcpu.pipeline.prepare: loads it, applies the recipe's framework
-and algorithm steps, makes one warm-up call: it compiles, for compiling steps, timed apart), then makes the timed calls
-with the per-component split, saves the image of the last call, and prints one JSON row on stdout (`write_row`).
-Progress goes to stderr as `PROGRESS {json}` lines.
+`python -m sdcpu.bench.child SPEC_JSON` prepares the model (sdcpu.pipeline.prepare: loads it, applies the recipe's
+framework and algorithm steps, makes one warm-up call: it compiles, for compiling steps, timed apart), then makes the
+timed calls with the per-component split, saves the image of the last call, and prints one JSON row on stdout
+(`write_row`). Progress goes to stderr as `PROGRESS {json}` lines.
 """
 
 import dataclasses

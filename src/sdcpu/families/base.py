@@ -36,6 +36,22 @@ class Denoiser:
     inputs: tuple[str, ...] = ("sample", "timestep", "encoder_hidden_states")
     added: tuple[str, ...] = ()
 
+    def bind(self, sample, timestep, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The tensor inputs, in `inputs` order, of a pipeline's call `denoiser(sample, timestep, *args, **kwargs)`
+        (the timestep one per batch item, as traced), and the keyword arguments left over; an added_cond_kwargs entry
+        the family does not declare is refused."""
+        import torch
+
+        rest = dict(kwargs)
+        added = dict(rest.pop("added_cond_kwargs", None) or {})
+        extra = sorted(set(added) - set(self.added))
+        if extra:
+            raise NotImplementedError(f"the {self.label} does not support added_cond_kwargs {', '.join(extra)}")
+        named = dict(zip(self.inputs[2:], args)) | {name: rest.pop(name) for name in self.inputs if name in rest}
+        named |= added
+        timestep = torch.as_tensor(timestep, dtype=torch.float32).expand(sample.shape[0]).contiguous()
+        return (sample, timestep, *(named[name] for name in self.inputs[2:])), rest
+
     def call_arguments(self, inputs: tuple) -> tuple[tuple, dict]:
         """The denoiser's positional and keyword arguments for INPUTS given in `inputs` order."""
         named = dict(zip(self.inputs, inputs))
@@ -65,7 +81,7 @@ class Family:
     defaults: Defaults = Defaults()
     tiny_vae: str = ""  # hub id of its distilled decoder (AutoencoderTiny), "" when it has none
     lcm_lora: str = ""  # hub id of its LCM-LoRA, "" when it has none
-    latent_rgb: tuple = ()  # latent channel -> (R, G, B) in [-1, 1]: a preview without any decoder (A1111's approx cheap)
+    latent_rgb: tuple = ()  # latent channel -> (R, G, B) in [-1, 1]: a preview without a decoder (A1111's approx cheap)
     archs: Mapping[str, Arch] = field(default_factory=dict)  # random:NAME -> its architecture
     # single-file checkpoints: the hub repo diffusers infers from the keys -> the architecture whose config folder
     # sdcpu builds locally for it (no network)

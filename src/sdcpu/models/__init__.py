@@ -57,6 +57,16 @@ def _random_weights(marker: Path) -> bool:
     return weights == "random"
 
 
+def _family(index: Path):
+    """The model family a diffusers folder's model_index.json names (its pipeline class), refused in one line before
+    any weight loads where sdcpu runs no such family."""
+    try:
+        pipeline_class = json.loads(index.read_text())["_class_name"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise UsageError(f"{index}: not a diffusers model_index.json ({type(err).__name__}: {err})") from None
+    return families.named(str(pipeline_class))
+
+
 def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
     """Classify a model spec, refusing what cannot be loaded with a one-line reason."""
     if spec.startswith("random:"):
@@ -68,6 +78,7 @@ def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
     if path.is_dir():
         if not (path / "model_index.json").is_file():
             raise UsageError(f"{spec}: not a diffusers pipeline folder (no model_index.json)")
+        _family(path / "model_index.json")
         return ModelSpec(Source.FOLDER, str(path), _random_weights(path / random_models.MARKER), trust_pickle)
     if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
         if not path.is_file():
