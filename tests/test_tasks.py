@@ -188,3 +188,37 @@ def test_cli_refuses_bad_task_options_in_one_line(args, message, tmp_path, capsy
     assert main(["generate", "x", "--model", "random:tiny", "-o", str(tmp_path / "o"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def encoded(image, fmt, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def test_a_phone_jpeg_is_edited_upright_as_its_exif_orientation_says():
+    """EXIF Orientation 6: the stored image is shown turned 90 degrees clockwise; A1111 and OpenAI edit it so."""
+    wide = Image.new("RGB", (96, 64), "white")
+    wide.paste((255, 0, 0), (0, 0, 48, 64))  # red on the stored image's left half
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    upright = tasks.edit(encoded(wide, "JPEG", exif=exif)).image
+    assert upright.size == (64, 96)  # turned as a viewer shows it
+    red, white = upright.getpixel((32, 10)), upright.getpixel((32, 85))  # the left half is now the top
+    assert red[0] > 200 > red[1] and min(white) > 200
+
+
+def test_a_16_bit_grey_png_keeps_its_tones():
+    """PIL alone clips every 16-bit value above 255 to white; 30000 of 65535 is 117 of 255."""
+    grey = Image.fromarray(np.full((64, 64), 30000, dtype=np.uint16))
+    assert grey.mode == "I;16"
+    assert tasks.edit(encoded(grey, "PNG")).image.getpixel((5, 5)) == (117, 117, 117)
+
+
+def test_a_phone_mpo_is_read_as_its_first_frame():
+    """A Multi-Picture Object (a phone camera's JPEG with extra frames) is accepted; its first frame is the photo."""
+    phone = encoded(Image.new("RGB", (64, 64), "blue"), "MPO", save_all=True,
+                    append_images=[Image.new("RGB", (64, 64), "yellow")])
+    assert Image.open(io.BytesIO(phone)).format == "MPO"
+    color = tasks.edit(phone).image.getpixel((32, 32))
+    assert color[2] > 200 and color[0] < 50  # blue: the first frame

@@ -20,6 +20,7 @@ TASKS = ("txt2img", "img2img", "inpaint")
 MAX_INPUT_PIXELS = 4096 * 4096  # an input image's decoded size: above, refused before decoding (a 40000x40000 header)
 MAX_INPUT_BYTES = 50 * 2**20
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
+READ_AS = {"MPO": "JPEG"}  # a phone camera's JPEG with its extra frames (Multi-Picture Object): its first frame
 
 
 @dataclass(frozen=True)
@@ -78,26 +79,38 @@ def check_strength(strength: float) -> float:
 
 
 def decode(data: bytes, what: str):
-    """DATA decoded as an image, or a one-line UsageError: too large a file or image, not an image, truncated."""
-    from PIL import Image, UnidentifiedImageError
+    """DATA decoded as an image upright and in 8 bits per channel (its EXIF orientation applied, a 16-bit one scaled
+    down), or a one-line UsageError: too large a file or image, not an image, truncated."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if len(data) > MAX_INPUT_BYTES:
         raise UsageError(f"{what}: {len(data) / 2**20:.1f} MiB, more than the {MAX_INPUT_BYTES // 2**20} MiB accepted")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if image.format not in FORMATS:
+            if READ_AS.get(image.format, image.format) not in FORMATS:
                 raise UsageError(f"{what}: {image.format} is not accepted; send {', '.join(FORMATS)}")
             if image.width * image.height > MAX_INPUT_PIXELS:
                 raise UsageError(f"{what}: {image.width}x{image.height} is more than the {MAX_INPUT_PIXELS} pixels "
                                  "accepted")
             image.load()
-            return image.copy()
+            return _eight_bits(ImageOps.exif_transpose(image))
     except Image.DecompressionBombError as err:  # PIL's own bound, from the header: far above ours
         raise UsageError(f"{what}: more than the {MAX_INPUT_PIXELS} pixels accepted ({err})") from None
     except UnidentifiedImageError:
         raise UsageError(f"{what}: not an image sdcpu can read ({', '.join(FORMATS)})") from None
     except (OSError, SyntaxError, ValueError) as err:  # truncated or corrupt data
         raise UsageError(f"{what}: a broken image ({err})") from None
+
+
+def _eight_bits(image):
+    """IMAGE with 8-bit channels: a 16-bit grey one ("I;16", or "I" holding 16-bit values) scaled by 1/256, where PIL's
+    own conversion would clip every value above 255 to white."""
+    import numpy as np
+    from PIL import Image
+
+    if not image.mode.startswith("I"):
+        return image.copy()
+    return Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")
 
 
 def edit(image_data: bytes, mask_data: bytes | None = None, strength: float | None = None, *,
