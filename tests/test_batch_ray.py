@@ -139,3 +139,20 @@ def test_an_actor_runs_its_cores_threads_even_where_the_driver_has_fewer_cpus():
     more CPUs: 8 threads per actor is their share there, not refused as more than the driver's CPUs."""
     environ = on_ray.actor_environ(recipes.parse("openvino=f32"), machine("epyc-2core-avx2"), 8)
     assert environ["OMP_NUM_THREADS"] == "8"
+
+
+@pytest.mark.parametrize("plant", ["writable by others", "a link"])
+def test_a_shares_folder_others_could_have_planted_is_refused(tmp_path, plant):
+    """/tmp is shared: a folder of the shares' name another user made first (or a link to theirs) would let them hold
+    or plant the locks; it is refused with the reason, as SDCPU_HOME is."""
+    from sdcpu.errors import UsageError
+
+    folder = tmp_path / "shares"
+    if plant == "a link":
+        (tmp_path / "theirs").mkdir()
+        folder.symlink_to(tmp_path / "theirs")
+    else:
+        folder.mkdir()
+        folder.chmod(0o777)
+    with pytest.raises(UsageError, match="is not a folder|is writable by others"):
+        ray_shares.claim(machine("spr-2s-amx"), 1, folder)

@@ -29,12 +29,16 @@ def sdcpu_home() -> Path:
 
 def check_private(home: Path) -> None:
     """Refuse HOME when another user owns it or its group or others may write to it."""
-    info = home.stat()
+    if why := not_private(home.stat()):
+        raise UsageError(f"SDCPU_HOME {home} {why}: what sdcpu caches there runs as code; chmod 700 it, pick another "
+                         f"SDCPU_HOME, or set {SHARED_VARIABLE}=1 if that sharing is meant")
+
+
+def not_private(info: os.stat_result) -> str | None:
+    """Why a file or folder of stat INFO is not this user's alone (another owns it, or its group or others may write
+    to it), or None."""
     if info.st_uid != os.getuid():
-        why = f"is owned by uid {info.st_uid}, not you (uid {os.getuid()})"
-    elif info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        why = f"is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
-    else:
-        return
-    raise UsageError(f"SDCPU_HOME {home} {why}: what sdcpu caches there runs as code; chmod 700 it, pick another "
-                     f"SDCPU_HOME, or set {SHARED_VARIABLE}=1 if that sharing is meant")
+        return f"is owned by uid {info.st_uid}, not you (uid {os.getuid()})"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
+    return None

@@ -5,10 +5,13 @@ Also the word both commands' `--ray` takes for a Ray started on this machine."""
 
 import fcntl
 import os
+import stat
 import tempfile
 from pathlib import Path
 
+from sdcpu.errors import UsageError
 from sdcpu.system import launcher
+from sdcpu.system.home import not_private
 
 LOCAL = "local"  # --ray without an address (batch and serve): ray.init's own word for a Ray started here
 
@@ -20,6 +23,10 @@ def claim(cpu, cores: int, folder: Path | None = None):
     options = launcher.LaunchOptions(threads=cores, instances=max(1, len(cpu.usable_physical_cores) // cores), pin=True)
     folder = folder or Path(tempfile.gettempdir()) / f"sdcpu-ray-shares-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()  # not followed: a link another user planted in the shared temporary folder is refused
+    why = "is not a folder" if not stat.S_ISDIR(info.st_mode) else not_private(info)
+    if why:
+        raise UsageError(f"{folder} {why}: another user could hold or plant the core shares' locks there; remove it")
     for index, plan in enumerate(launcher.plan(cpu, options, {}, {})):
         lock = open(folder / f"{index}.lock", "a")
         try:
