@@ -114,7 +114,7 @@ def _results(ray, actors, cores, environ, spec, recipe, images, folder, max_batc
             runtime_env={"env_vars": environ})
         for result in made.iter_rows():
             yield json.loads(result["row"])
-        batch.remove_parts(folder)  # a temporary PNG an actor left as it died (none writes now)
+        batch.remove_staging(folder, images)  # a temporary PNG an actor left as it died (none writes now)
     finally:
         ray.shutdown()
 

@@ -78,9 +78,9 @@ def run(args) -> int:
     _report(path, bad)  # after the re-exec, so said once
 
     # 2. What is left (the folder locked first): the manifest's "ok" rows whose file exists are done; a killed run's
-    # temporary files go.
+    # staging of this batch's images goes.
     with batch.open_manifest(folder / batch.MANIFEST) as manifest:
-        batch.remove_parts(folder)
+        batch.remove_staging(folder, [(job, seed) for job in jobs for seed in job.seeds()])
         rows = batch.read_manifest(folder / batch.MANIFEST)
         images = batch.todo(jobs, rows, folder)
         total = sum(job.n for job in jobs)
