@@ -139,3 +139,12 @@ def test_an_actor_runs_its_cores_threads_even_where_the_driver_has_fewer_cpus():
     more CPUs: 8 threads per actor is their share there, not refused as more than the driver's CPUs."""
     environ = on_ray.actor_environ(recipes.parse("openvino=f32"), machine("epyc-2core-avx2"), 8)
     assert environ["OMP_NUM_THREADS"] == "8"
+
+
+def test_ray_auto_without_a_cluster_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))  # where `auto` looks for a running cluster: none there
+    jobs = write_jobs(tmp_path / "jobs.jsonl", ROWS[:1])
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), *TINY, "--ray=auto"]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "--ray auto: Could not find any running Ray instance" in err

@@ -72,9 +72,12 @@ def start(options: RayOptions, cpu) -> Pool:
     """Start or join Ray and check the actor pool fits the cluster (here, before the manifest sees anything)."""
     ray = _import_ray()
     local = options.address == ray_shares.LOCAL
-    ray.init(address=options.address, num_cpus=len(cpu.usable_physical_cores) if local else None,
-             include_dashboard=False if local else None, logging_level=logging.WARNING,
-             log_to_driver=logging.getLogger().isEnabledFor(logging.DEBUG))  # the actors' output: with -v
+    try:
+        ray.init(address=options.address, num_cpus=len(cpu.usable_physical_cores) if local else None,
+                 include_dashboard=False if local else None, logging_level=logging.WARNING,
+                 log_to_driver=logging.getLogger().isEnabledFor(logging.DEBUG))  # the actors' output: with -v
+    except (ConnectionError, ValueError) as error:  # no cluster there (`auto` with none running), a bad address
+        raise UsageError(f"--ray {options.address}: {error}") from None
     try:
         cpus = int(ray.cluster_resources().get("CPU", 0))
         cores = options.cores_per_actor
