@@ -247,3 +247,23 @@ def test_a_csv_field_over_the_limit_is_one_line(tmp_path, capsys):
     assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), *TINY]) == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
     assert f"{jobs}:3: field larger than field limit" in err
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_an_error_row_and_never_run(tmp_path, monkeypatch, capsys):
+    from sdcpu.pipeline import generate
+
+    run_batch = generate.run_batch
+
+    def checked(pipe, requests, *args):
+        assert all(len(r.prompt.split()) < 70 for r in requests), "a refused prompt ran"
+        return run_batch(pipe, requests, *args)
+
+    monkeypatch.setattr(generate, "run_batch", checked)
+    jobs, out = tmp_path / "jobs.txt", tmp_path / "out"
+    jobs.write_text("fine\n" + "boat " * 76 + "\n")  # 78 tokens, start and end included
+    assert main(["batch", str(jobs), "--out", str(out), *TINY, "--max-batch", "2"]) == 1
+    assert "1 image(s) made, 1 failed" in capsys.readouterr().out
+    assert [(r["line"], r["status"], r["error"]) for r in manifest(out)] == [
+        (2, "error", "the prompt is 78 tokens; the text encoder reads 77 (start and end included): shorten it"),
+        (1, "ok", None)]
+    assert sorted(p.name for p in out.glob("*.png")) == ["L00001-s0.png"]
