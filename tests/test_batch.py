@@ -13,6 +13,7 @@ from images import REMADE_ALONE_LEVELS, level_difference
 from sdcpu import batch
 from sdcpu.cli import main
 from sdcpu.errors import UsageError
+from sdcpu.system import locks
 
 SRC = str(Path(__file__).parent.parent / "src")
 TINY = ["--model", "random:tiny", "--size", "64x64", "--steps", "2", "--recipe", "baseline"]
@@ -23,6 +24,13 @@ ROWS[4] = {"prompt": "a bad one", "size": "60x64"}  # line 5
 def write_jobs(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
 
 
 def manifest(folder):
@@ -57,14 +65,14 @@ def test_rows_are_read_with_defaults_and_refused_with_their_line(tmp_path):
 
 def test_a_torn_manifest_line_is_ignored_then_cut_off(tmp_path):
     path = tmp_path / batch.MANIFEST
-    path.write_text('{"line": 1, "seed": 0, "file": "a.png", "status": "ok"}\n{"line": 2, "se')
+    path.write_text('{"line": 1, "seed": 0, "file": "L00001-s0.png", "status": "ok"}\n{"line": 2, "se')
     assert [row["line"] for row in batch.read_manifest(path)] == [1]
     with batch.open_manifest(path) as file:
         batch.append(file, {"line": 3, "seed": 0, "file": None, "status": "error"})
         with pytest.raises(UsageError, match="another sdcpu batch is writing there"):
             batch.open_manifest(path)
     assert [row["line"] for row in batch.read_manifest(path)] == [1, 3]
-    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "L00001-s0.png").write_bytes(b"")
     jobs = [batch.Job(line=1, prompt="a"), batch.Job(line=3, prompt="c", n=2)]
     assert [(job.line, seed) for job, seed in batch.todo(jobs, batch.read_manifest(path), tmp_path)] == [(3, 0), (3, 1)]
 
@@ -105,12 +113,17 @@ def test_a_bad_row_is_reported_the_rest_runs_and_a_changed_rerun_is_refused(tmp_
     # a crash while the last row was written: torn, that image is made again (and a leftover temp file removed)
     text = (out / batch.MANIFEST).read_text()
     (out / batch.MANIFEST).write_text(text[:text.rstrip("\n").rfind("\n") + 1] + text.splitlines()[-1][:20])
-    (out / "tmpleftover.png.part").write_bytes(b"half an image")
+    stale = locks.staging(out / "L00002-s41.png", ".png.part", pid=dead_pid())
+    stale.write_bytes(b"half an image")
+    foreign = [out / "unrelated.png.part", out / ".hidden.png.part", out / ".L00002-s41.png.part"]
+    for path in foreign:  # not this batch's staging: a browser's download, another command's
+        path.write_bytes(b"someone else's")
     first = (out / "L00001-s40.png").stat().st_mtime_ns
     assert main(["batch", str(jobs), "--out", str(out), *TINY]) == 1
     again = manifest(out)
     assert [(r["line"], r["seed"]) for r in again] == [(r["line"], r["seed"]) for r in rows]
-    assert not list(out.glob("*.part")) and (out / "L00001-s40.png").stat().st_mtime_ns == first
+    assert not stale.exists() and (out / "L00001-s40.png").stat().st_mtime_ns == first
+    assert all(path.read_bytes() == b"someone else's" for path in foreign)
     assert main(["batch", str(jobs), "--out", str(out), *TINY[:-1], "channels_last"]) == 2
     assert "other options (recipe)" in capsys.readouterr().err
     write_jobs(jobs, ROWS[:3])
@@ -177,10 +190,80 @@ def test_killed_after_the_third_image_a_rerun_makes_only_the_rest(tmp_path, sdcp
     made = {r["file"]: ((out / r["file"]).stat().st_mtime_ns, (out / r["file"]).read_bytes())
             for r in manifest(out) if r["status"] == "ok"}
     assert 3 <= len(made) < 7, "killed mid-way"
-    (out / "tmpleftover.png.part").write_bytes(b"half an image")
     assert subprocess.run(argv, env=env, capture_output=True).returncode == 1
     rows = manifest(out)
     assert len(rows) == 8 and len({(r["line"], r["seed"]) for r in rows}) == 8
-    assert len(list(out.glob("*.png"))) == 7 and not list(out.glob("*.part"))
+    assert len(list(out.glob("*.png"))) == 7 and not list(out.glob(".*.part"))  # the killed run's staging removed
     for name, (mtime, data) in made.items():
         assert ((out / name).stat().st_mtime_ns, (out / name).read_bytes()) == (mtime, data), name
+
+
+def test_resume_redoes_a_row_whose_file_is_not_its_own_name(tmp_path, capsys):
+    jobs, out = tmp_path / "jobs.txt", tmp_path / "a" / "out"
+    jobs.write_text("one\ntwo\n")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "hostname").write_text("not an image of this batch")
+    assert main(["batch", str(jobs), "--out", str(out), *TINY]) == 0
+    (out / "L00002-s0.png").unlink()
+    with open(out / batch.MANIFEST, "a") as file:  # a tampered row pointing at a file that exists elsewhere
+        file.write(json.dumps({"line": 2, "seed": 0, "file": "../../etc/hostname", "status": "ok"}) + "\n")
+    capsys.readouterr()
+    assert main(["batch", str(jobs), "--out", str(out), *TINY]) == 0
+    assert "1 image(s) made, 0 failed, 1 already there" in capsys.readouterr().out
+    assert (out / "L00002-s0.png").exists()
+
+
+@pytest.mark.parametrize("line", ["not json", '{"line": 1, "seed": 0, "file": "L00001-s0.png"}',
+                                  '{"line": 1, "seed": 0, "file": null, "status": "ok"}', "[1]"])
+def test_a_malformed_manifest_row_is_one_line_naming_it_and_nothing_is_lost(tmp_path, capsys, line):
+    jobs, out = tmp_path / "jobs.txt", tmp_path / "out"
+    jobs.write_text("one\n")
+    assert main(["batch", str(jobs), "--out", str(out), *TINY]) == 0
+    with open(out / batch.MANIFEST, "a") as file:
+        file.write(line + "\n")
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    capsys.readouterr()
+    assert main(["batch", str(jobs), "--out", str(out), *TINY]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{out / batch.MANIFEST}:2: " in err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("text", ['{"jobs_sha256": "ab', "[]", '{"options": {}}'])
+def test_a_malformed_batch_json_is_one_line_naming_it(tmp_path, capsys, text):
+    jobs, out = tmp_path / "jobs.txt", tmp_path / "out"
+    jobs.write_text("one\n")
+    out.mkdir()
+    (out / batch.STATE).write_text(text)
+    assert main(["batch", str(jobs), "--out", str(out), *TINY]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{out / batch.STATE}: not a batch.json sdcpu wrote" in err
+    assert (out / batch.STATE).read_text() == text
+
+
+def test_a_csv_field_over_the_limit_is_one_line(tmp_path, capsys):
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text('prompt\nfine\n"' + "x" * (128 * 1024 + 1) + '"\n')
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), *TINY]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert f"{jobs}:3: field larger than field limit" in err
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_is_an_error_row_and_never_run(tmp_path, monkeypatch, capsys):
+    from sdcpu.pipeline import generate
+
+    run_batch = generate.run_batch
+
+    def checked(pipe, requests, *args):
+        assert all(len(r.prompt.split()) < 70 for r in requests), "a refused prompt ran"
+        return run_batch(pipe, requests, *args)
+
+    monkeypatch.setattr(generate, "run_batch", checked)
+    jobs, out = tmp_path / "jobs.txt", tmp_path / "out"
+    jobs.write_text("fine\n" + "boat " * 76 + "\n")  # 78 tokens, start and end included
+    assert main(["batch", str(jobs), "--out", str(out), *TINY, "--max-batch", "2"]) == 1
+    assert "1 image(s) made, 1 failed" in capsys.readouterr().out
+    assert [(r["line"], r["status"], r["error"]) for r in manifest(out)] == [
+        (2, "error", "the prompt is 78 tokens; the text encoder reads 77 (start and end included): shorten it"),
+        (1, "ok", None)]
+    assert sorted(p.name for p in out.glob("*.png")) == ["L00001-s0.png"]

@@ -156,3 +156,12 @@ def test_a_shares_folder_others_could_have_planted_is_refused(tmp_path, plant):
         folder.chmod(0o777)
     with pytest.raises(UsageError, match="is not a folder|is writable by others"):
         ray_shares.claim(machine("spr-2s-amx"), 1, folder)
+
+
+def test_ray_auto_without_a_cluster_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))  # where `auto` looks for a running cluster: none there
+    jobs = write_jobs(tmp_path / "jobs.jsonl", ROWS[:1])
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), *TINY, "--ray=auto"]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "--ray auto: Could not find any running Ray instance" in err

@@ -86,8 +86,9 @@ def test_same_seed_same_image(tmp_path):
         (["--steps", "1000000000"], "steps must be from 1 to 1000, got 1000000000"),
         (["--num-images", "0"], "number of images must be from 1 to 100"),
         (["--num-images", "1000000"], "number of images must be from 1 to 100, got 1000000"),
-        (["--guidance", "nan"], "guidance must be a finite number >= 0, got nan"),
-        (["--guidance", "inf"], "guidance must be a finite number >= 0, got inf"),
+        (["--guidance", "nan"], "argument --guidance: expected a finite number, got 'nan'"),  # every float flag's
+        (["--guidance", "inf"], "argument --guidance: expected a finite number, got 'inf'"),
+        (["--strength=-Infinity"], "argument --strength: expected a finite number, got '-Infinity'"),
         (["--guidance", "-1"], "guidance must be a finite number >= 0"),
         (["--seed", str(2**64)], f"seed {2**64}: image i uses seed+i, and seeds go from 0 to 2**64-1"),
         (["--seed", str(2**64 - 1), "--num-images", "2"], f"so the first is at most {2**64 - 2} here"),

@@ -3,6 +3,7 @@ adapters, OpenVINO's edited IR weights and its cache, and the backends that refu
 
 import dataclasses
 import hashlib
+import struct
 
 import numpy as np
 import pytest
@@ -60,6 +61,8 @@ def test_parse_takes_a_trailing_weight_and_hub_ids(files):
 @pytest.mark.parametrize("text, message", [
     ("style.safetensors:x", "weight 'x' is not a number"),
     ("style.safetensors:nan", "is not a number"),
+    ("style.safetensors:1e30", "the weight 1e30 is out of bounds: from -10 to 10"),
+    ("style.safetensors:-10.5", "the weight -10.5 is out of bounds"),
     ("missing.safetensors", "no such file"),
     ("not-an-id", "neither a .safetensors file, a folder nor a hub id"),
 ])
@@ -100,6 +103,15 @@ def test_folder_lists_safetensors_and_refuses_paths(tmp_path):
     for name in ("../ink", "sub/ink", "..", "", "old", "C:\\ink"):
         with pytest.raises(UsageError):
             folder.resolve(name)
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.safetensors"
+    outside.write_bytes(b"")
+    (tmp_path / "out.safetensors").symlink_to(outside)
+    (tmp_path / "in.safetensors").symlink_to(tmp_path / "ink.safetensors")  # a link inside the folder is its LoRA
+    assert folder.names() == ["in", "ink"]
+    with pytest.raises(UsageError, match="'out' links outside the LoRA folder: refused"):
+        folder.resolve("out")
+    with pytest.raises(UsageError, match=r"'nope' is not in the LoRA folder \(in, ink\)$"):
+        folder.resolve("nope")
 
 
 def test_eager_lora_changes_the_image_and_none_gives_the_base_back(eager):
@@ -269,7 +281,19 @@ def test_a_lora_of_another_model_is_one_line_on_eager_and_openvino(on_openvino, 
     save_file({f"{layer}.lora_down.weight": torch.zeros(RANK, 320), f"{layer}.lora_up.weight": torch.zeros(320, RANK),
                f"{layer}.alpha": torch.tensor(float(RANK))}, wrong)
     for pipe in (eager[0], on_openvino[0]):
-        with pytest.raises(UsageError, match="wrong.safetensors: cannot load it") as caught:
+        with pytest.raises(UsageError, match="LoRA 'wrong': cannot load it") as caught:
             use_loras(pipe, (Lora(str(wrong)),))
-        assert "\n" not in str(caught.value)
+        assert "\n" not in str(caught.value) and str(tmp_path) not in str(caught.value)
     use_loras(eager[0], ())
+
+
+@pytest.mark.parametrize("data", [struct.pack("<Q", 2**62) + b"{}", b"a text file, so named\n"])
+def test_a_malformed_safetensors_lora_is_one_line_naming_it_and_the_base_stays(eager, tmp_path, data):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(data)
+    pipe, images = eager
+    with pytest.raises(UsageError, match=r"^LoRA 'bad': cannot load it \(SafetensorError: ") as caught:
+        use_loras(pipe, (Lora(str(bad)),))
+    assert "\n" not in str(caught.value) and str(tmp_path) not in str(caught.value)
+    use_loras(pipe, ())
+    np.testing.assert_allclose(image(pipe), images["none"], rtol=0, atol=SAME_ATOL)

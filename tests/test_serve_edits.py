@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from images import REMADE_ALONE_LEVELS, level_difference, png_claiming
+from serving import counter
 from sdcpu import load_pipeline
 from sdcpu.models import state
 
@@ -211,3 +212,32 @@ def test_previews_fall_back_to_approx_cheap_without_taesd():
     previewer = Previewer(pipe)
     [image] = previewer.images(torch.randn(1, 4, 8, 10), 80, 64)
     assert previewer.source == "approx cheap" and image.size == SIZE
+
+
+def _float_fields(table) -> list[str]:
+    return [name for name, spec in table.items() if "float" in repr(spec.type)]
+
+
+def test_nan_and_infinity_in_every_float_field_are_a_400_before_any_compute(server):
+    from sdcpu.serve import a1111_fields
+
+    routes = [("/sdapi/v1/txt2img", {"prompt": "x"}, _float_fields(a1111_fields.TXT2IMG)),
+              ("/sdapi/v1/img2img", {"prompt": "x", "init_images": [IMAGE]}, _float_fields(a1111_fields.IMG2IMG)),
+              ("/v1/images/generations", {"prompt": "x"}, ["guidance"])]
+    assert {"s_tmax", "s_tmin", "hr_scale", "refiner_switch_at", "denoising_strength", "cfg_scale"} <= set(routes[0][2])
+    assert {"image_cfg_scale", "denoising_strength", "cfg_scale"} <= set(routes[1][2])
+    before = counter(httpx.get(f"{server.url}/metrics").text, "sdcpu_images_generated_total")
+    for value in ("NaN", "Infinity", "-Infinity"):
+        for path, body, fields in routes:
+            for name in fields:  # json.dumps would refuse to write them: the raw tokens Python's json parser takes
+                content = json.dumps(body)[:-1] + f', "{name}": {value}}}'
+                answer = httpx.post(f"{server.url}{path}", content=content,
+                                    headers={"Content-Type": "application/json"}, timeout=30)
+                assert answer.status_code == 400, (path, name, value, answer.text)
+                assert f"{name}: Input should be a finite number" in answer.json()["error"]["message"], answer.text
+        for name in ("guidance", "strength"):
+            answer = httpx.post(f"{server.url}/v1/images/edits", files={"image": ("in.png", encoded(PICTURE))},
+                                data={"prompt": "x", name: value}, timeout=30)
+            assert answer.status_code == 400, (name, value, answer.text)
+            assert f"{name}: Input should be a finite number" in answer.json()["error"]["message"], answer.text
+    assert counter(httpx.get(f"{server.url}/metrics").text, "sdcpu_images_generated_total") == before

@@ -3,6 +3,7 @@ the OpenAI routes' `loras` field (the real openai client), /sdapi/v1/loras, and 
 
 import base64
 import io
+import struct
 
 import httpx2 as httpx
 import openai
@@ -69,7 +70,9 @@ def test_openai_names_loras_in_a_field_and_gets_the_tagged_image(server):
 @pytest.mark.parametrize("prompt, message", [
     ("a ship <lora:../kohya-1:1>", "a name from the LoRA folder, not a path"),
     ("a ship <lora:/etc/passwd>", "a name from the LoRA folder, not a path"),
-    ("a ship <lora:nowhere:1>", "'nowhere' is not in"),
+    ("a ship <lora:nowhere:1>", "'nowhere' is not in the LoRA folder (kohya-1, peft-1)"),
+    ("a ship <lora:kohya-1:1e30>", "the weight 1e30 is out of bounds: from -10 to 10"),
+    ("a ship <lora:kohya-1:-11>", "the weight -11 is out of bounds"),
     ("a ship <lora:kohya-1:lots>", "is not a number"),
     ("a ship <lora:kohya-1:1> <lora:kohya-1:0.5>", "'kohya-1' is named twice"),
 ])
@@ -78,6 +81,30 @@ def test_a_lora_a_request_may_not_name_is_a_400_and_the_server_goes_on(server, p
                                                                   "height": 64})
     assert response.status_code == 400 and message in response.json()["error"]["message"], response.text
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_a_malformed_or_outside_lora_is_a_400_in_one_line_without_the_folder(server, lora_dir, tmp_path):
+    outside = tmp_path / "elsewhere.safetensors"
+    outside.write_bytes((lora_dir / "kohya-1.safetensors").read_bytes())
+    bad = {"huge": struct.pack("<Q", 2**62) + b"{}", "text": b"a text file, so named\n"}
+    try:
+        for name, data in bad.items():
+            (lora_dir / f"{name}.safetensors").write_bytes(data)
+        (lora_dir / "linked.safetensors").symlink_to(outside)  # a link out of --lora-dir
+        for name, message in (("huge", "LoRA 'huge': cannot load it (SafetensorError: "),
+                              ("text", "LoRA 'text': cannot load it (SafetensorError: "),
+                              ("linked", "LoRA 'linked' links outside the LoRA folder: refused")):
+            response = httpx.post(f"{server.url}/sdapi/v1/txt2img", timeout=60,
+                                  json={"prompt": f"a ship <lora:{name}:1>", "steps": 1, "width": 64, "height": 64})
+            error = response.json()["error"]["message"]
+            assert response.status_code == 400 and message in error, response.text
+            assert str(lora_dir) not in error and str(tmp_path) not in error and "\n" not in error, error
+        listed = [item["name"] for item in httpx.get(f"{server.url}/sdapi/v1/loras").json()]
+        assert listed == ["huge", "kohya-1", "peft-1", "text"]  # the link is no LoRA of the folder
+        assert level_difference(txt2img(server, "a ship <lora:kohya-1:0.8>"), txt2img(server, "a ship")) > APPLIED_LEVELS
+    finally:
+        for name in (*bad, "linked"):
+            (lora_dir / f"{name}.safetensors").unlink(missing_ok=True)
 
 
 def test_a_server_without_a_lora_dir_refuses_lora_names():

@@ -15,6 +15,7 @@ from pathlib import Path
 from sdcpu.errors import UsageError
 from sdcpu.models import schedulers
 from sdcpu.pipeline.generate import DEFAULTS, Defaults, parse_size, Request
+from sdcpu.system import locks
 
 FIELDS = {"prompt": str, "negative_prompt": str, "seed": int, "size": str, "steps": int, "guidance": float,
           "scheduler": str, "n": int}
@@ -109,13 +110,22 @@ def _rows(path: Path, text: str):
                 continue
             yield number, row if isinstance(row, dict) else UsageError("not a JSON object")
     else:
-        reader = csv.DictReader(io.StringIO(text))
+        yield from _csv_rows(path, text)
+
+
+def _csv_rows(path: Path, text: str):
+    """_rows of a .csv; UsageError naming the line where the file is not CSV the csv module reads (a field over its
+    limit, 128 KiB)."""
+    reader = csv.DictReader(io.StringIO(text))
+    try:
         unknown = sorted(set(reader.fieldnames or ()) - set(FIELDS))
         if unknown or "prompt" not in (reader.fieldnames or ()):
             raise UsageError(f"{path}: its header needs a prompt column and columns among {', '.join(FIELDS)}"
                              + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
         for row in reader:  # an empty cell leaves the field to the command line
             yield reader.line_num, {key: value for key, value in row.items() if value not in ("", None)}
+    except csv.Error as err:
+        raise UsageError(f"{path}:{reader.line_num + 1}: {err}") from None  # the row after the last one read
 
 
 def read_jobs(path: Path, defaults: Job) -> tuple[list[Job], list[Bad], str]:
@@ -149,7 +159,7 @@ def check_state(folder: Path, jobs_sha256: str, options: dict) -> None:
     state = {"jobs_sha256": jobs_sha256, "options": options}
     path = folder / STATE
     if path.exists():
-        before = json.loads(path.read_text())
+        before = _read_state(path)
         if before["jobs_sha256"] != jobs_sha256:
             raise UsageError(f"{folder} holds a batch of another jobs file (or one since edited): use a new --out")
         changed = sorted(k for k in {*before["options"], *options} if before["options"].get(k) != options.get(k))
@@ -158,20 +168,51 @@ def check_state(folder: Path, jobs_sha256: str, options: dict) -> None:
                              f"rerun with the same ones or use a new --out")
         return
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(state, indent=1) + "\n")
-    os.replace(tmp, path)
+    locks.write_text(path, json.dumps(state, indent=1) + "\n")
+
+
+def _read_state(path: Path) -> dict:
+    """batch.json's jobs_sha256 and options; UsageError naming PATH where it is not what check_state writes."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise UsageError(f"{path}: not a batch.json sdcpu wrote ({getattr(err, 'strerror', None) or err}): "
+                         "use a new --out") from None
+    if not (isinstance(state, dict) and isinstance(state.get("jobs_sha256"), str)
+            and isinstance(state.get("options"), dict)):
+        raise UsageError(f"{path}: not a batch.json sdcpu wrote (no jobs_sha256 and options): use a new --out")
+    return state
 
 
 def read_manifest(path: Path) -> list[dict]:
-    """The manifest's rows; a torn last line (a crash mid-write) is left out."""
+    """The manifest's rows; a torn last line (a crash mid-write) is left out. UsageError naming the file and line of
+    a whole row that is not one `row` writes."""
     if not path.exists():
         return []
-    rows = []
-    for line in path.read_text().splitlines(keepends=True):
-        if line.endswith("\n"):
-            rows.append(json.loads(line))
-    return rows
+    try:
+        lines = path.read_text().splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path}: {getattr(err, 'strerror', None) or err}") from None
+    return [_manifest_row(path, number, line) for number, line in enumerate(lines, 1) if line.endswith("\n")]
+
+
+def _manifest_row(path: Path, number: int, line: str) -> dict:
+    """Line NUMBER of the manifest at PATH as a row, checked: an int line, an int seed (None: a bad jobs row), a
+    status, and an "ok" row's file name."""
+    try:
+        row = json.loads(line)
+    except ValueError as err:
+        raise UsageError(f"{path}:{number}: not JSON ({err}): fix or remove the line") from None
+    ok = (isinstance(row, dict) and _is_int(row.get("line")) and (row.get("seed") is None or _is_int(row["seed"]))
+          and row.get("status") in ("ok", "error") and (row["status"] == "error" or isinstance(row.get("file"), str)))
+    if not ok:
+        raise UsageError(f"{path}:{number}: not a manifest row (line, seed, status, and an ok row's file): "
+                         "fix or remove the line")
+    return row
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def open_manifest(path: Path):
@@ -205,17 +246,18 @@ def append(file, row: dict) -> None:
     os.fsync(file.fileno())
 
 
-def remove_parts(folder: Path) -> list[Path]:
-    """Remove the temporary files of images a killed run was writing (generate.save_png's *.png.part)."""
-    parts = sorted(folder.glob("*.png.part"))
-    for part in parts:
-        part.unlink()
-    return parts
+def remove_staging(folder: Path, images: list[tuple[Job, int]]) -> list[Path]:
+    """Remove the staging a killed run left of IMAGES (job, seed): save_png's `.NAME.PID.png.part` of each image name
+    this batch writes, where PID no longer runs (locks.remove_stale); any other file in FOLDER is left alone."""
+    return [path for job, seed in images for path in locks.remove_stale(folder / image_name(job.line, seed))]
 
 
 def todo(jobs: list[Job], rows: list[dict], folder: Path) -> list[tuple[Job, int]]:
-    """(job, seed) of each image the manifest and the files do not prove made: an "ok" row whose file exists."""
-    done = {(r["line"], r["seed"]) for r in rows if r["status"] == "ok" and (folder / r["file"]).exists()}
+    """(job, seed) of each image the manifest and the files do not prove made: an "ok" row whose file is the name
+    batch writes for its line and seed, and exists."""
+    done = {(r["line"], r["seed"]) for r in rows
+            if r["status"] == "ok" and r["seed"] is not None and r["file"] == image_name(r["line"], r["seed"])
+            and (folder / r["file"]).exists()}
     return [(job, seed) for job in jobs for seed in job.seeds() if (job.line, seed) not in done]
 
 

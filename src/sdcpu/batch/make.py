@@ -4,6 +4,7 @@ the output folder and its manifest row. What the single process runs, and each R
 import dataclasses
 
 from sdcpu import batch
+from sdcpu.errors import UsageError
 from sdcpu.models import schedulers
 from sdcpu.pipeline import generate
 from sdcpu.pipeline.prepare import prepare
@@ -34,7 +35,10 @@ class Maker:
 
     def rows(self, images, max_batch: int):
         """Make IMAGES (job, seed) in calls of up to MAX_BATCH; yield each image's manifest row once its PNG is written
-        (a failed call: an error row for each of its images, and the rest runs)."""
+        (a prompt longer than the text encoder reads, or a failed call: an error row for each of its images, and the
+        rest runs)."""
+        images, refused = self._read_whole(images)
+        yield from refused
         for group in batch.groups(images, max_batch, self.shape):
             requests = [job.request(seed, self.defaults) for job, seed in group]
             try:
@@ -50,3 +54,15 @@ class Maker:
                                                 random_weights=self.spec.random_weights, recipe=str(self.recipe))
                 generate.save_png(image, self.folder / name, text)
                 yield batch.row(job.line, seed, self.recipe, file=name, seconds=round(result.seconds_per_image(), 3))
+
+    def _read_whole(self, images):
+        """(the IMAGES whose prompts the text encoder reads whole, an error row for each other one): generate's
+        token check, before any call (the pipeline would silently drop the end of the prompt)."""
+        kept, refused = [], []
+        for job, seed in images:
+            try:
+                generate.check_tokens(self.pipe.tokenizer, job.request(seed, self.defaults))
+                kept.append((job, seed))
+            except UsageError as err:
+                refused.append(batch.row(job.line, seed, self.recipe, error=str(err)))
+        return kept, refused

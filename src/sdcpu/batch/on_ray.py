@@ -72,9 +72,12 @@ def start(options: RayOptions, cpu) -> Pool:
     """Start or join Ray and check the actor pool fits the cluster (here, before the manifest sees anything)."""
     ray = _import_ray()
     local = options.address == ray_shares.LOCAL
-    ray.init(address=options.address, num_cpus=len(cpu.usable_physical_cores) if local else None,
-             include_dashboard=False if local else None, logging_level=logging.WARNING,
-             log_to_driver=logging.getLogger().isEnabledFor(logging.DEBUG))  # the actors' output: with -v
+    try:
+        ray.init(address=options.address, num_cpus=len(cpu.usable_physical_cores) if local else None,
+                 include_dashboard=False if local else None, logging_level=logging.WARNING,
+                 log_to_driver=logging.getLogger().isEnabledFor(logging.DEBUG))  # the actors' output: with -v
+    except (ConnectionError, ValueError) as error:  # no cluster there (`auto` with none running), a bad address
+        raise UsageError(f"--ray {options.address}: {error}") from None
     try:
         cpus = int(ray.cluster_resources().get("CPU", 0))
         cores = options.cores_per_actor
@@ -114,7 +117,7 @@ def _results(ray, actors, cores, environ, spec, recipe, images, folder, max_batc
             runtime_env={"env_vars": environ})
         for result in made.iter_rows():
             yield json.loads(result["row"])
-        batch.remove_parts(folder)  # a temporary PNG an actor left as it died (none writes now)
+        batch.remove_staging(folder, images)  # a temporary PNG an actor left as it died (none writes now)
     finally:
         ray.shutdown()
 

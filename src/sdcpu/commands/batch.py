@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sdcpu import batch, models
 from sdcpu.batch import make, on_ray
-from sdcpu.commands.options import add_model, add_recipe, resolve_recipe
+from sdcpu.commands.options import add_model, add_recipe, finite, resolve_recipe
 from sdcpu.errors import UsageError
 from sdcpu.models import schedulers
 from sdcpu.pipeline import generate
@@ -29,7 +29,7 @@ def register(sub):
     p.add_argument("--steps", type=int,
                    help=f"steps of jobs that set none (default: the recipe's, else {DEFAULTS.steps})")
     p.add_argument("--seed", type=int, default=0, help="seed of jobs that set none (default %(default)s)")
-    p.add_argument("--guidance", type=float,
+    p.add_argument("--guidance", type=finite,
                    help=f"guidance of jobs that set none (default: the recipe's, else {DEFAULTS.guidance})")
     p.add_argument("--negative-prompt", default="", help="negative prompt of jobs that set none")
     p.add_argument("--num-images", type=int, default=1, help="images of jobs that set no n (default %(default)s)")
@@ -78,9 +78,9 @@ def run(args) -> int:
     _report(path, bad)  # after the re-exec, so said once
 
     # 2. What is left (the folder locked first): the manifest's "ok" rows whose file exists are done; a killed run's
-    # temporary files go.
+    # staging of this batch's images goes.
     with batch.open_manifest(folder / batch.MANIFEST) as manifest:
-        batch.remove_parts(folder)
+        batch.remove_staging(folder, [(job, seed) for job in jobs for seed in job.seeds()])
         rows = batch.read_manifest(folder / batch.MANIFEST)
         images = batch.todo(jobs, rows, folder)
         total = sum(job.n for job in jobs)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sdcpu.bench import ladders
-from sdcpu.commands.options import add_model
+from sdcpu.commands.options import add_model, finite
 from sdcpu.errors import UsageError
 from sdcpu.pipeline import tasks
 
@@ -33,10 +33,10 @@ def register(sub):
     p.add_argument("--size", help="WIDTHxHEIGHT")
     p.add_argument("--prompt")
     p.add_argument("--seed", type=int)
-    p.add_argument("--guidance", type=float)
+    p.add_argument("--guidance", type=finite)
     p.add_argument("--task", choices=tasks.TASKS, help="txt2img (default), img2img or inpaint: every rung edits the "
                                                         "bench's own input image (OUT/inputs/), the same for each")
-    p.add_argument("--strength", type=float, help="img2img/inpaint strength (default 0.75 img2img, 1 inpaint)")
+    p.add_argument("--strength", type=finite, help="img2img/inpaint strength (default 0.75 img2img, 1 inpaint)")
     p.add_argument("--out", type=Path, default=Path("bench-out"), help="output folder (default %(default)s/)")
     p.set_defaults(func=run)
 

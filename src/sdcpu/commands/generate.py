@@ -5,7 +5,7 @@ import resource
 from dataclasses import replace
 
 from sdcpu import models
-from sdcpu.commands.options import add_model, add_recipe, resolve_recipe
+from sdcpu.commands.options import add_model, add_recipe, finite, resolve_recipe
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models import schedulers
 from sdcpu.models.loras import parse
@@ -24,7 +24,7 @@ def register(sub):
     p.add_argument("--steps", type=int, help=f"denoising steps (default: the recipe's steps=, else {DEFAULTS.steps})")
     p.add_argument("--size", default=DEFAULTS.size, help="WIDTHxHEIGHT, multiples of 8 (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i (default %(default)s)")
-    p.add_argument("--guidance", type=float,
+    p.add_argument("--guidance", type=finite,
                    help=f"classifier-free guidance scale (default: the recipe's guidance=, else {DEFAULTS.guidance})")
     p.add_argument("--negative-prompt", default="")
     p.add_argument("--num-images", type=int, default=1)
@@ -33,7 +33,7 @@ def register(sub):
     p.add_argument("--image", metavar="IN.png", help="start from this image: img2img (with --mask: inpainting); it "
                                                       "is resized to --size")
     p.add_argument("--mask", metavar="MASK.png", help="inpainting: white repaints, black keeps (the image's size)")
-    p.add_argument("--strength", type=float, help="img2img/inpainting: how much of the schedule repaints the image, "
+    p.add_argument("--strength", type=finite, help="img2img/inpainting: how much of the schedule repaints the image, "
                                                   "(0, 1] (default 0.75; 1 for inpainting)")
     p.add_argument("-o", "--output", default="outputs", help="a folder, or a FILE.png (default %(default)s/)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing -o FILE.png (else refused)")

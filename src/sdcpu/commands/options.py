@@ -1,5 +1,7 @@
 """Command-line options that more than one command takes, declared once, and what the commands make of them."""
 
+import argparse
+import math
 import os
 
 from sdcpu import recipes
@@ -7,6 +9,18 @@ from sdcpu.errors import UsageError
 from sdcpu.recipes import auto, relaunch
 
 DEFAULT_MODEL = "random:sd15"
+
+
+def finite(text: str) -> float:
+    """argparse's type of every float flag: a finite number (float() also reads nan and inf, which the APIs and jobs
+    files refuse too)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def add_model(parser) -> None:

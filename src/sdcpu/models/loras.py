@@ -20,6 +20,7 @@ from sdcpu.errors import Skip, UsageError
 PICKLE_SUFFIXES = (".bin", ".pt", ".ckpt", ".pth")
 HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 PROMPT_TAG = re.compile(r"<lora:([^:>]+)(?::([^>]*))?>")
+MAX_WEIGHT = 10.0  # |weight| bound: A1111's slider goes to 2; far past 10 the image is blown out (1e30: blank)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ def _weight(raw: str, what: str) -> float:
         weight = math.nan
     if not math.isfinite(weight):
         raise UsageError(f"{what}: the weight {raw!r} is not a number")
+    if abs(weight) > MAX_WEIGHT:
+        raise UsageError(f"{what}: the weight {raw} is out of bounds: from -{MAX_WEIGHT:g} to {MAX_WEIGHT:g}")
     return weight
 
 
@@ -100,30 +103,45 @@ def prompt_loras(prompt: str) -> tuple[str, tuple[tuple[str, float], ...]]:
 
 @dataclass(frozen=True)
 class Folder:
-    """A `--lora-dir`: its LoRAs are its .safetensors files, named by their stem; nothing outside it is reachable."""
+    """A `--lora-dir`: its LoRAs are its .safetensors files, named by their stem; nothing outside it is reachable (a
+    symbolic link out of it is no LoRA of it). Its messages name LoRAs, never the folder's path."""
 
     path: Path
 
     def names(self) -> list[str]:
-        return sorted(p.stem for p in Path(self.path).glob("*.safetensors") if p.is_file())
+        return sorted(p.stem for p in Path(self.path).glob("*.safetensors") if p.is_file() and self._inside(p))
 
     def resolve(self, name: str) -> Path:
-        """The file of the LoRA NAME, or a one-line UsageError: a path, `..` or a name not in the folder."""
+        """The file of the LoRA NAME, or a one-line UsageError: a path, `..`, a link out of the folder or a name not
+        in it."""
         if not name or "/" in name or "\\" in name or ".." in name:
             raise UsageError(f"LoRA {name!r}: a name from the LoRA folder, not a path")
+        path = Path(self.path) / f"{name}.safetensors"
+        if path.is_file() and not self._inside(path):
+            raise UsageError(f"LoRA {name!r} links outside the LoRA folder: refused")
         if name not in self.names():
-            raise UsageError(f"LoRA {name!r} is not in {self.path} ({', '.join(self.names()) or 'none there'})")
-        return Path(self.path) / f"{name}.safetensors"
+            raise UsageError(f"LoRA {name!r} is not in the LoRA folder ({', '.join(self.names()) or 'none there'})")
+        return path
+
+    def _inside(self, path: Path) -> bool:
+        """Whether PATH, its links followed, is in the folder."""
+        return path.resolve().is_relative_to(Path(self.path).resolve())
 
 
 @contextlib.contextmanager
 def loading(lora: Lora):
-    """diffusers' LoRA loading of LORA, its failures as one line: an unreadable file, keys or shapes of another
-    model; no peft: Skip."""
+    """diffusers' LoRA loading of LORA, its failures as one line naming the LoRA, never its folder (a server's
+    --lora-dir): an unreadable or malformed file (safetensors' own error), keys or shapes of another model; no peft:
+    Skip."""
+    from safetensors import SafetensorError
+
     try:
         yield
     except ImportError as err:
         raise Skip(f"loading a LoRA needs peft ({err})") from None
-    except (OSError, ValueError, RuntimeError, KeyError) as err:
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else "no detail"
-        raise UsageError(f"LoRA {lora.source}: cannot load it ({type(err).__name__}: {detail})") from None
+        detail = detail.replace(lora.source, lora.name)
+        if Path(lora.source).is_absolute():  # a file's: the message may name its folder
+            detail = detail.replace(str(Path(lora.source).parent), "<the LoRA folder>")
+        raise UsageError(f"LoRA {lora.name!r}: cannot load it ({type(err).__name__}: {detail})") from None

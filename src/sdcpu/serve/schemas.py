@@ -54,11 +54,19 @@ Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
 Name = Annotated[str, Field(max_length=MAX_NAME_CHARS)]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
+class Finite(BaseModel):
+    """A request body of either API: no field the API does not have, and every float finite (NaN and ±Infinity
+    refused with a 400 before any compute: JSON parsers take them, and they would turn into a blank image or an
+    answer that cannot be written as JSON)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class _OpenAIFields(BaseModel):
+class Strict(Finite):
+    model_config = ConfigDict(strict=True)
+
+
+class _OpenAIFields(Finite):
     """The fields OpenAI's generations and edits share, and sdcpu's extras."""
 
     prompt: Prompt = Field(min_length=1)
@@ -79,14 +87,13 @@ class _OpenAIFields(BaseModel):
 
 
 class OpenAIImageRequest(_OpenAIFields):
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(strict=True)
 
 
 class OpenAIEditForm(_OpenAIFields):
     """/v1/images/edits' text fields (the image and mask are its files); a form holds text, read as numbers and
     booleans where the field is one ("2", "true"), never coerced otherwise."""
 
-    model_config = ConfigDict(extra="forbid")
     strength: float | None = Field(None, gt=0, le=1)  # sdcpu's: None, diffusers' default for the task
 
 
