@@ -329,7 +329,8 @@ def test_an_allowed_origin_gets_a_preflight_and_its_requests_served_with_cors(al
 
 def test_an_allowed_origins_preflight_needs_no_key_and_the_guards_answers_carry_cors():
     _, app = app_for(origins=(ALLOWED,))
-    ask = {"Origin": ALLOWED, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    ask = {"Origin": ALLOWED, "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "authorization"}
     preflight = call(app, "OPTIONS", "/sdapi/v1/txt2img", headers=ask)
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == ALLOWED
     refused = call(app, "POST", "/sdapi/v1/txt2img", json={"prompt": "x"}, headers={"Origin": ALLOWED})
