@@ -2,8 +2,8 @@
 /health, /metrics and the page at `/`, on FastAPI.
 
 Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for
-bad input or a Host the server does not answer to (400), a missing or wrong key (401), an unknown path (404), a body
-too large (413); 503 with Retry-After when the queue is full or the model is not ready; 504 when a call runs past
+bad input or a Host the server does not answer to (400), a missing or wrong key (401), a browser's request from a
+page of another site (403), an unknown path (404), a body too large (413); 503 with Retry-After when the queue is full or the model is not ready; 504 when a call runs past
 --max-request-seconds; 503 when the server shuts down and its drain time is over (queue.Worker.drain); 500 (a short
 message and an id, the details in the log) when a generation fails or a route breaks. The server keeps serving after
 any of them. A client that disconnects before its answer cancels its job (queue.Worker.cancel), counted as status 499.
