@@ -1,12 +1,13 @@
 """The HTTP service: OpenAI's and AUTOMATIC1111's image APIs (their routes in openai_routes.py and a1111_routes.py),
 /health, /metrics and the page at `/`, on FastAPI.
 
-Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for
-bad input or a Host the server does not answer to (400), a missing or wrong key (401), a browser's request from a
-page of another site (403), an unknown path (404), a body too large (413); 503 with Retry-After when the queue is full or the model is not ready; 504 when a call runs past
---max-request-seconds; 503 when the server shuts down and its drain time is over (queue.Worker.drain); 500 (a short
-message and an id, the details in the log) when a generation fails or a route breaks. The server keeps serving after
-any of them. A client that disconnects before its answer cancels its job (queue.Worker.cancel), counted as status 499.
+Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for bad
+input or a Host the server does not answer to (400), a missing or wrong key (401), a browser's request from a page of
+another site (403), an unknown path (404), a body too large (413); 503 with Retry-After when the queue is full or the
+model is not ready; 504 when a call runs past --max-request-seconds; 503 when the server shuts down and its drain time
+is over (queue.Worker.drain); 500 (a short message and an id, the details in the log) when a generation fails or a route
+breaks. The server keeps serving after any of them. A client that disconnects before its answer cancels its job
+(queue.Worker.cancel), counted as status 499.
 With an API key, /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY` (serve/guard.py checks it, the Host
 and the body's size before a route reads the body); / and /health stay open, /health saying only ready or not.
 A browser's request from a page of another origin is refused 403 on every method but GET and HEAD (serve/guard.py),
