@@ -1,14 +1,23 @@
 """serve/guard.py and the answers every route shares, in process (the worker not started but for the time bound): the
 Host check, the key checked before the body is read, body bounds, 500s with an id, /health without the key, /docs off,
---max-request-seconds."""
+--max-request-seconds; and against a live in-process service, browsers' cross-site requests refused, --allow-origin's
+CORS and the page's security headers."""
 
 import asyncio
+import base64
+import concurrent.futures
+import hashlib
+import io
+import json
+import re
 import time
 
 import httpx2 as httpx
 import pytest
+from PIL import Image
 
-from serving import counter
+from serving import InProcess, counter
+from sdcpu.cli import main
 from sdcpu.serve import guard, queue
 from sdcpu.serve.app import create_app, Settings
 from sdcpu.serve.queue import Phase, Worker
@@ -185,3 +194,159 @@ def test_a_failed_generation_answers_an_id_not_the_exception_text(ready, monkeyp
     assert message.startswith("generation failed; the server's log has the details under error id ")
     assert "/home/someone" not in message and "/home/someone" in caplog.text
     assert f"error id {message.rsplit(' ', 1)[1]}" in caplog.text
+
+
+def test_the_authorization_scheme_is_case_insensitive():
+    _, app = app_for()
+    for sent in (f"bearer {KEY}", f"BEARER {KEY}", f"Bearer  {KEY}"):  # RFC 7235: the scheme in any case, 1*SP
+        assert call(app, "POST", "/v1/images/generations", json={"prompt": "x"},
+                    headers={"Authorization": sent}).status_code == 503, sent  # past the key: the model is loading
+    for sent in ("Bearer wrong", f"Basic {KEY}", f"Bearer{KEY}", KEY):
+        error_of(call(app, "POST", "/v1/images/generations", json={"prompt": "x"}, headers={"Authorization": sent}),
+                 401)
+
+
+@pytest.fixture
+def past_the_checks(monkeypatch):
+    """`sdcpu serve` stops with AssertionError once its command line is accepted (it would load and serve)."""
+    def accepted():
+        raise AssertionError("the command line was accepted")
+
+    monkeypatch.setattr("sdcpu.commands.serve.hardware.detect", accepted)
+    monkeypatch.delenv("SDCPU_API_KEY", raising=False)
+
+
+@pytest.mark.parametrize("key", ["clé", "two words", "tab\tkey"])
+def test_a_key_a_client_cannot_send_as_it_is_is_refused_at_start(capsys, past_the_checks, key):
+    assert main(["serve", "--recipe", "baseline", "--model", "random:tiny", "--api-key", key]) == 2
+    err = capsys.readouterr().err
+    assert "must be printable ASCII without spaces" in err and len(err.strip().splitlines()) == 1, err
+    assert key not in err  # a secret, even a bad one, is not printed
+
+
+def test_a_non_ascii_key_in_the_environment_is_refused_at_start(capsys, past_the_checks, monkeypatch):
+    monkeypatch.setenv("SDCPU_API_KEY", "schlüssel")
+    assert main(["serve", "--recipe", "baseline", "--model", "random:tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "must be printable ASCII" in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("origin", ["*", "https://app.example/path", "null", "app.example"])
+def test_an_allow_origin_that_is_not_an_origin_is_refused_by_the_parser(capsys, past_the_checks, origin):
+    with pytest.raises(SystemExit) as exit:
+        main(["serve", "--model", "random:tiny", "--allow-origin", origin])
+    assert exit.value.code == 2 and f"{origin!r} is not an origin" in capsys.readouterr().err
+
+
+ALLOWED = "http://app.example:3000"
+EVIL = {"Origin": "https://evil.example", "Content-Type": "text/plain"}  # a form or fetch a browser sends unasked
+GENERATE = json.dumps({"prompt": "x", "size": "64x64", "steps": 1})
+
+
+@pytest.fixture(scope="module")
+def allowing(sdcpu_home):
+    """The service without a key, letting one other site's pages use it."""
+    service = InProcess("--allow-origin", ALLOWED)
+    yield service
+    assert service.stop() == 0
+
+
+def images_made(service) -> float:
+    return counter(httpx.get(f"{service.url}/metrics").text, "sdcpu_images_generated_total")
+
+
+def refused_cross_site(answer):
+    assert "--allow-origin ORIGIN" in error_of(answer, 403)
+    assert "access-control-allow-origin" not in answer.headers
+
+
+def test_a_cross_site_simple_post_is_refused_and_never_reaches_its_route(server):
+    before = images_made(server)
+    refused_cross_site(httpx.post(f"{server.url}/v1/images/generations", content=GENERATE, headers=EVIL))
+    refused_cross_site(httpx.post(f"{server.url}/sdapi/v1/txt2img", content=GENERATE,
+                                  headers={"Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"}))
+    refused_cross_site(httpx.post(f"{server.url}/sdapi/v1/interrupt", headers={"Origin": "null"}))  # a sandboxed page
+    other_port = server.url.rsplit(":", 1)[0] + ":1"  # same site, another origin
+    refused_cross_site(httpx.post(f"{server.url}/sdapi/v1/interrupt", headers={"Origin": other_port}))
+    assert images_made(server) == before
+
+
+def test_a_cross_site_interrupt_loop_never_cuts_a_victims_job(server):
+    body = {"prompt": "x", "width": 64, "height": 64, "steps": 30}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        victim = pool.submit(httpx.post, f"{server.url}/sdapi/v1/txt2img", json=body, timeout=120)
+        tries = 0
+        while not victim.done():
+            refused_cross_site(httpx.post(f"{server.url}/sdapi/v1/interrupt", headers=EVIL))
+            tries += 1
+        answer = victim.result()
+    info = json.loads(answer.json()["info"])
+    assert answer.status_code == 200 and tries > 1
+    assert not info["interrupted"] and info["steps_done"] >= 30, info
+
+
+def png_bytes(size=64) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (size, size), "gray").save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_cross_origin_multipart_edit_is_refused(server):
+    before = images_made(server)
+    answer = httpx.post(f"{server.url}/v1/images/edits", headers={"Origin": "https://evil.example"},
+                        files={"image": ("a.png", png_bytes(), "image/png")}, data={"prompt": "x", "steps": "4"})
+    refused_cross_site(answer)
+    assert images_made(server) == before
+
+
+def test_same_origin_pages_and_clients_without_a_browsers_headers_are_served(server):
+    before = images_made(server)
+    for headers in ({}, {"Origin": server.url, "Sec-Fetch-Site": "same-origin"}, {"Sec-Fetch-Site": "none"},
+                    {"Origin": server.url.replace("127.0.0.1", "localhost"), "Host": server.url.split("//")[1]
+                     .replace("127.0.0.1", "localhost")}):
+        answer = httpx.post(f"{server.url}/v1/images/generations", content=GENERATE,
+                            headers={"Content-Type": "application/json", **headers}, timeout=60)
+        assert answer.status_code == 200, (headers, answer.text)
+    assert httpx.post(f"{server.url}/sdapi/v1/interrupt").json() == {"interrupted": False}
+    assert httpx.get(f"{server.url}/sdapi/v1/progress", headers=EVIL).status_code == 200  # reads: the browser hides it
+    assert images_made(server) == before + 4
+
+
+def test_an_allowed_origin_gets_a_preflight_and_its_requests_served_with_cors(allowing):
+    ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    preflight = httpx.options(f"{allowing.url}/v1/images/generations", headers={"Origin": ALLOWED, **ask})
+    assert preflight.status_code == 200, preflight.text
+    assert preflight.headers["access-control-allow-origin"] == ALLOWED
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    allowed_headers = preflight.headers["access-control-allow-headers"].lower()
+    assert "authorization" in allowed_headers and "content-type" in allowed_headers
+    refused_cross_site(httpx.options(f"{allowing.url}/v1/images/generations",
+                                     headers={"Origin": "https://evil.example", **ask}))
+    answer = httpx.post(f"{allowing.url}/v1/images/generations", content=GENERATE, timeout=60,
+                        headers={"Origin": ALLOWED, "Sec-Fetch-Site": "cross-site", "Content-Type": "application/json"})
+    assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == ALLOWED
+
+
+def test_an_allowed_origins_preflight_needs_no_key_and_the_guards_answers_carry_cors():
+    _, app = app_for(origins=(ALLOWED,))
+    ask = {"Origin": ALLOWED, "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "authorization"}
+    preflight = call(app, "OPTIONS", "/sdapi/v1/txt2img", headers=ask)
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == ALLOWED
+    refused = call(app, "POST", "/sdapi/v1/txt2img", json={"prompt": "x"}, headers={"Origin": ALLOWED})
+    error_of(refused, 401)
+    assert refused.headers["access-control-allow-origin"] == ALLOWED  # its page can read why
+
+
+def test_the_page_has_its_security_headers_and_a_policy_it_works_under(server):
+    page = httpx.get(f"{server.url}/")
+    assert page.status_code == 200 and page.headers["x-content-type-options"] == "nosniff"
+    assert page.headers["x-frame-options"] == "DENY"
+    policy = dict(part.strip().split(" ", 1) for part in page.headers["content-security-policy"].split(";"))
+    assert policy["default-src"] == "'none'" and policy["frame-ancestors"] == "'none'"
+    assert policy["connect-src"] == "'self'" and policy["img-src"] == "data:"  # its fetch, its previews
+    for tag in ("script", "style"):
+        (block,) = re.findall(rf"<{tag}>(.*?)</{tag}>", page.text, re.DOTALL)
+        assert policy[f"{tag}-src"] == f"'sha256-{base64.b64encode(hashlib.sha256(block.encode()).digest()).decode()}'"
+    assert " style=" not in page.text and " on" not in re.sub(r"<script>.*?</script>", "", page.text, flags=re.DOTALL)
+    assert httpx.get(f"{server.url}/health").headers["x-content-type-options"] == "nosniff"

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import re
 import signal
 import socket
 import sys
@@ -19,6 +20,7 @@ from sdcpu.serve.options import Options, Replicas
 from sdcpu.system import hardware, launcher, ray_shares
 from sdcpu.system.instances import run_instances
 
+ORIGIN = re.compile(r"(https?://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?)/?")  # a browser's Origin, a / after it
 
 
 def register(sub):
@@ -29,12 +31,15 @@ def register(sub):
     p.add_argument("--port", type=int, default=Options.port, help="port (default %(default)s; 0: a free one, printed)")
     p.add_argument("--api-key", default=os.environ.get("SDCPU_API_KEY"),
                    help="require Authorization: Bearer KEY on the APIs and /metrics (default: $SDCPU_API_KEY, else "
-                        "none; an empty key is refused)")
+                        "none; printable ASCII without spaces, anything else refused)")
     p.add_argument("--insecure-no-key", action="store_true",
                    help="allow a --host other than loopback without an API key (anyone who reaches it can use it)")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
                    help="a Host name clients reach this server by, besides localhost, 127.0.0.1, [::1] and --host "
                         "(repeatable); requests naming another get 400 (DNS rebinding)")
+    p.add_argument("--allow-origin", action="append", default=[], type=_origin, metavar="ORIGIN",
+                   help="a web page's origin (scheme://host[:port], as its browser sends it) that may use the APIs "
+                        "with CORS (repeatable); a browser's request from any other site but GET is refused 403")
     p.add_argument("--docs", action="store_true",
                    help="serve /docs, /redoc and /openapi.json (FastAPI's Swagger UI loads its script from a CDN)")
     p.add_argument("--max-queue", type=int, default=Options.max_queue,
@@ -140,7 +145,8 @@ def service_options(args, spec, recipe) -> Options:
     ray = None if args.ray is None else Replicas(args.ray, args.replicas, args.min_replicas, args.max_replicas,
                                                  args.cores_per_replica)
     return Options(spec, recipe, host=args.host, port=args.port, api_key=args.api_key,
-                   allowed_hosts=tuple(args.allowed_host), docs=args.docs,
+                   allowed_hosts=tuple(args.allowed_host), allowed_origins=tuple(args.allow_origin),
+                   docs=args.docs,
                    lora_dir=os.path.abspath(args.lora_dir) if args.lora_dir else None, max_queue=args.max_queue,
                    max_batch=args.max_batch, max_request_seconds=args.max_request_seconds,
                    drain_seconds=args.drain_seconds, max_size=args.max_size,
@@ -176,9 +182,14 @@ def _check_ray_options(args) -> None:
 
 
 def _check_access(host: str, api_key: str | None, insecure_no_key: bool) -> None:
-    """Refuse an empty key (it would turn auth off unseen) and a bind beyond loopback without a key, unless asked."""
+    """Refuse an empty key (it would turn auth off unseen), one a client cannot send as it is (anything but printable
+    ASCII without spaces: an HTTP client encodes other characters its own way, so it would never match) and a bind
+    beyond loopback without a key, unless asked."""
     if api_key == "":
         raise UsageError("the API key is empty (--api-key or $SDCPU_API_KEY): give a key, or leave both unset")
+    if api_key is not None and not all("!" <= char <= "~" for char in api_key):
+        raise UsageError("the API key (--api-key or $SDCPU_API_KEY) must be printable ASCII without spaces: a client "
+                         "cannot send other characters as they are")
     try:
         loopback = host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:  # a host name: it may resolve to any address
@@ -186,6 +197,14 @@ def _check_access(host: str, api_key: str | None, insecure_no_key: bool) -> None
     if not loopback and api_key is None and not insecure_no_key:
         raise UsageError(f"--host {host} is reachable from other machines and no API key is set: pass --api-key KEY "
                          "(or $SDCPU_API_KEY), or --insecure-no-key to serve anyone who reaches it")
+
+
+def _origin(given: str) -> str:
+    """GIVEN (an --allow-origin) as a browser sends it in its Origin header: scheme://host[:port], lowercase."""
+    if not (match := ORIGIN.fullmatch(given.lower())):
+        raise argparse.ArgumentTypeError(f"{given!r} is not an origin: give scheme://host[:port], as "
+                                         "http://localhost:3000 (no path, no wildcard)")
+    return match.group(1)
 
 
 def _run_instances(args, recipe, cpu) -> int:

@@ -1,14 +1,19 @@
 """The HTTP service: OpenAI's and AUTOMATIC1111's image APIs (their routes in openai_routes.py and a1111_routes.py),
 /health, /metrics and the page at `/`, on FastAPI.
 
-Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for
-bad input or a Host the server does not answer to (400), a missing or wrong key (401), an unknown path (404), a body
-too large (413); 503 with Retry-After when the queue is full or the model is not ready; 504 when a call runs past
---max-request-seconds; 503 when the server shuts down and its drain time is over (queue.Worker.drain); 500 (a short
-message and an id, the details in the log) when a generation fails or a route breaks. The server keeps serving after
-any of them. A client that disconnects before its answer cancels its job (queue.Worker.cancel), counted as status 499.
+Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for bad
+input or a Host the server does not answer to (400), a missing or wrong key (401), a browser's request from a page of
+another site (403), an unknown path (404), a body too large (413); 503 with Retry-After when the queue is full or the
+model is not ready; 504 when a call runs past --max-request-seconds; 503 when the server shuts down and its drain time
+is over (queue.Worker.drain); 500 (a short message and an id, the details in the log) when a generation fails or a route
+breaks. The server keeps serving after any of them. A client that disconnects before its answer cancels its job
+(queue.Worker.cancel), counted as status 499.
 With an API key, /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY` (serve/guard.py checks it, the Host
 and the body's size before a route reads the body); / and /health stay open, /health saying only ready or not.
+A browser's request from a page of another origin is refused 403 on every method but GET and HEAD (serve/guard.py),
+unless its origin is one of `origins` (serve --allow-origin), which get CORS (Starlette's CORSMiddleware). The page at
+/ is served with a Content-Security-Policy allowing only its own inline script and style (by their hashes), its
+fetches to this server and data: images, and may not be framed.
 /docs, /redoc and /openapi.json (Swagger UI loads its script from a CDN) are served only with `docs`.
 """
 
@@ -16,9 +21,11 @@ import asyncio
 import base64
 import contextlib
 import copy
+import hashlib
 import io
 import math
 import os
+import re
 from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib import resources
@@ -27,6 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 
 from sdcpu.errors import Skip, UsageError
@@ -47,6 +55,7 @@ class Settings:
     lora_dir: str | None = None  # the LoRAs requests may name (serve --lora-dir)
     hosts: tuple[str, ...] = guard.LOOPBACK  # the Host names answered (serve --host, --allowed-host)
     docs: bool = False  # serve /docs, /redoc, /openapi.json (serve --docs)
+    origins: tuple[str, ...] = ()  # scheme://host[:port] of other sites whose pages may use it (serve --allow-origin)
 
 
 def create_app(worker: Worker, settings: Settings) -> FastAPI:
@@ -61,7 +70,11 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
 
     docs = {} if settings.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
     app = FastAPI(title="sdcpu serve", version="1", lifespan=lifespan, **docs)
-    app.add_middleware(guard.Guard, api_key=settings.api_key, hosts=(*guard.LOOPBACK, *settings.hosts))
+    if settings.origins:  # inside the guard: it answers their preflights and marks the routes' answers
+        app.add_middleware(CORSMiddleware, allow_origins=settings.origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.add_middleware(guard.Guard, api_key=settings.api_key, hosts=(*guard.LOOPBACK, *settings.hosts),
+                       origins=settings.origins)
     app.middleware("http")(metrics.middleware())  # outside the guard: its refusals and 500s are counted
     _error_handlers(app, worker)
     app.include_router(openai_routes.router(service))
@@ -83,11 +96,27 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
         content, media_type = metrics.render()
         return Response(content, media_type=media_type)
 
+    html = (resources.files("sdcpu.serve") / "page.html").read_text()
+    page_headers = {"Content-Security-Policy": page_policy(html), "X-Frame-Options": "DENY"}
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
-        return (resources.files("sdcpu.serve") / "page.html").read_text()
+        return HTMLResponse(html, headers=page_headers)
 
     return app
+
+
+def page_policy(html: str) -> str:
+    """The Content-Security-Policy the page HTML works under and needs no more than: its own inline scripts and styles
+    (by their SHA-256), fetches to this server, data: images, no frame around it, no other form target or base."""
+
+    def hashes(tag: str) -> str:
+        blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, re.DOTALL)
+        return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(block.encode()).digest()).decode()}'"
+                        for block in blocks)
+
+    return (f"default-src 'none'; script-src {hashes('script')}; style-src {hashes('style')}; img-src data:; "
+            "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
 
 class Service:

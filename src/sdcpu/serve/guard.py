@@ -1,10 +1,17 @@
 """What every request passes before a route reads its body (an ASGI middleware, inside the metrics so its refusals
-are counted): the Host header, the API key, the body's size; and the one answer of an unhandled exception.
+are counted): the Host header, where a browser sent it from, the API key, the body's size; and the one answer of an
+unhandled exception. Every answer carries `X-Content-Type-Options: nosniff`.
 
 - Host: only the names the server is bound to (localhost, 127.0.0.1, [::1], --host, each --allowed-host), else 400:
   a page elsewhere that rebinds its own DNS name to 127.0.0.1 sends its name as the Host, and is refused.
-- Key (with --api-key): /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY`, else 401, before any byte of
-  the body is read.
+- Cross-site: a request of any method but GET and HEAD that a browser sent from a page of another origin (an `Origin`
+  other than this server's own scheme://host:port, or `Sec-Fetch-Site` cross-site or same-site) is answered 403
+  before any route runs, unless its origin is one of --allow-origin's; a request without either header (curl, httpx,
+  the openai client) and the server's own page pass. So a web page elsewhere cannot interrupt or start jobs with a
+  "simple" request, which a browser sends without asking first. A CORS preflight (OPTIONS) from an allowed origin
+  passes without the key (a browser never sends credentials on one) to the CORS middleware inside, which answers it.
+- Key (with --api-key): /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY` (the scheme in any case, RFC
+  7235), else 401, before any byte of the body is read.
 - Body size: a Content-Length over the route's bound is answered 413 unread; a body streamed without one is counted
   as it is read and answered 413 once past it. JSON bodies: 1 MiB. The edits form: an image and a mask of
   tasks.MAX_INPUT_BYTES and 1 MiB of fields. A1111's img2img: its init image and mask as base64 (4/3 of their bytes,
@@ -31,6 +38,9 @@ FORM_BYTES = 2 * tasks.MAX_INPUT_BYTES + 2**20  # /v1/images/edits: 101 MiB
 BODY_BYTES = {"/v1/images/edits": FORM_BYTES, "/sdapi/v1/img2img": 2 * MAX_BASE64_CHARS + 2**20}  # img2img: 134 MiB
 NEEDS_KEY = ("/v1/", "/sdapi/", "/metrics")
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
+READ_ONLY = ("GET", "HEAD")  # the methods a cross-site request may use: the routes behind them change nothing
+FOREIGN_FETCH_SITES = ("cross-site", "same-site")  # Sec-Fetch-Site values of a page of another origin
+NOSNIFF = (b"x-content-type-options", b"nosniff")
 
 
 def incident(what: str, error: BaseException) -> str:
@@ -41,9 +51,25 @@ def incident(what: str, error: BaseException) -> str:
 
 
 def authorized(headers, api_key: str | None) -> bool:
-    """No key is set, or HEADERS carry `Authorization: Bearer KEY`."""
-    sent = headers.get("authorization", "").encode()
-    return api_key is None or hmac.compare_digest(sent, f"Bearer {api_key}".encode())
+    """No key is set, or HEADERS carry `Authorization: Bearer KEY` (the scheme in any case)."""
+    if api_key is None:
+        return True
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
+    sent = credentials.lstrip(" ").encode("latin-1")  # the header's bytes, as Starlette decoded them
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent, api_key.encode())
+
+
+def foreign(headers, own_origin: str) -> bool:
+    """HEADERS are a browser's request from a page of another origin than OWN_ORIGIN (scheme://host[:port])."""
+    origin = headers.get("origin")
+    if origin is not None and origin.lower() != own_origin:
+        return True
+    return headers.get("sec-fetch-site", "").lower() in FOREIGN_FETCH_SITES
+
+
+def preflight(method: str, headers) -> bool:
+    """A CORS preflight: what a browser sends before a request a page of another origin may not make unasked."""
+    return method == "OPTIONS" and "origin" in headers and "access-control-request-method" in headers
 
 
 def host_name(host: str) -> str:
@@ -55,24 +81,48 @@ def host_name(host: str) -> str:
 
 
 class Guard:
-    def __init__(self, app, *, api_key: str | None, hosts: tuple[str, ...]):
-        self.app, self.api_key = app, api_key
+    """The checks above around APP: the server answers to HOSTS (names, with or without brackets), a browser page on
+    one of ORIGINS (scheme://host[:port], lowercase) may use it, and API_KEY (None: none) is asked."""
+
+    def __init__(self, app, *, api_key: str | None, hosts: tuple[str, ...], origins: tuple[str, ...] = ()):
+        self.app, self.api_key, self.origins = app, api_key, set(origins)
         self.hosts = {name.lower().strip("[]") for name in hosts}  # names, without a port
+
+    def allowed(self, origin: str | None) -> bool:
+        """ORIGIN (a request's Origin header) is one of --allow-origin's."""
+        return origin is not None and origin.lower() in self.origins
+
+    def refusal(self, scope, headers, limit: int) -> tuple[int, str, dict] | None:
+        """Why the request of SCOPE and HEADERS is refused before its route runs, as (status, message, headers), or
+        None; LIMIT: its body's bound."""
+        host, method, origin = headers.get("host", ""), scope["method"], headers.get("origin")
+        if host_name(host) not in self.hosts:
+            return 400, f"Host {host!r} is not a name this server answers to (start it with --allowed-host NAME)", {}
+        allowed = self.allowed(origin)
+        if method not in READ_ONLY and not allowed and foreign(headers, f"{scope['scheme']}://{host}".lower()):
+            sender = repr(origin) if origin is not None else f"Sec-Fetch-Site {headers['sec-fetch-site']!r}"
+            return 403, (f"a browser's request from a page of another site ({sender}) is refused: start the server "
+                         "with --allow-origin ORIGIN to let a page on ORIGIN use it"), {}
+        if (scope["path"].startswith(NEEDS_KEY) and not (allowed and preflight(method, headers))
+                and not authorized(headers, self.api_key)):
+            return 401, "missing or wrong API key: send the header Authorization: Bearer KEY", \
+                {"WWW-Authenticate": "Bearer"}
+        length = headers.get("content-length", "")
+        if length.isascii() and length.isdigit() and int(length) > limit:
+            return 413, _too_large(limit), {}
+        return None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers, path = Headers(scope=scope), scope["path"]
-        limit = BODY_BYTES.get(path, JSON_BYTES)
-        if host_name(headers.get("host", "")) not in self.hosts:
-            return await _answer(send, 400, f"Host {headers.get('host', '')!r} is not a name this server answers to "
-                                 "(start it with --allowed-host NAME)", "invalid_request_error")
-        if path.startswith(NEEDS_KEY) and not authorized(headers, self.api_key):
-            return await _answer(send, 401, "missing or wrong API key: send the header Authorization: Bearer KEY",
-                                 "invalid_request_error", {"WWW-Authenticate": "Bearer"})
-        length = headers.get("content-length", "")
-        if length.isascii() and length.isdigit() and int(length) > limit:
-            return await _answer(send, 413, _too_large(limit), "invalid_request_error")
+        send, headers = _nosniff(send), Headers(scope=scope)
+        limit = BODY_BYTES.get(scope["path"], JSON_BYTES)
+        origin = headers.get("origin")
+        # an allowed origin's page reads the guard's answers as it reads the routes' (CORS, inside, adds these)
+        cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"} if self.allowed(origin) else {}
+        if refused := self.refusal(scope, headers, limit):
+            status, message, extra = refused
+            return await _answer(send, status, message, "invalid_request_error", {**extra, **cors})
         read, started = 0, False
 
         async def bounded():
@@ -93,7 +143,18 @@ class Guard:
         except Exception as error:  # noqa: BLE001 - any bug is answered 500 with an id, the server goes on
             if started:
                 raise
-            await _answer(send, 500, incident("internal error", error), "server_error")
+            await _answer(send, 500, incident("internal error", error), "server_error", cors)
+
+
+def _nosniff(send):
+    """SEND, adding `X-Content-Type-Options: nosniff` to the answer's headers."""
+
+    async def sent(message):
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", []), NOSNIFF]}
+        await send(message)
+
+    return sent
 
 
 def _too_large(limit: int) -> str:

@@ -34,6 +34,7 @@ class Options:
     api_key: str | None = None  # None: no key asked
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides localhost, the loopback addresses and HOST
     docs: bool = False  # serve /docs, /redoc, /openapi.json
+    allowed_origins: tuple[str, ...] = ()  # scheme://host[:port] of other sites whose pages may use it (CORS)
     lora_dir: str | None = None  # an absolute folder: the LoRAs requests may name
     max_queue: int = 16  # requests that may wait for the worker
     max_batch: int = 1  # images one pipeline call may make for waiting requests of one shape

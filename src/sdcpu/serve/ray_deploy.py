@@ -1,6 +1,6 @@
 """`sdcpu serve --ray [ADDRESS]`: the service of `sdcpu serve` as a Ray Serve application. Every replica builds the
-same app with `sdcpu.serve.service.build` (its Worker, both APIs, the page, the API key and Host guard, the body
-limits, /health, /metrics); Ray runs its lifespan (worker.start, then worker.close when the replica stops).
+same app with `sdcpu.serve.service.build` (its Worker, both APIs, the page, the API key, Host and cross-site guard,
+the body limits, /health, /metrics); Ray runs its lifespan (worker.start, then worker.close when the replica stops).
 
 This process (the driver) starts a Ray on this machine (`--ray` alone, num_cpus its usable physical cores) or joins
 the cluster at ADDRESS, starts Ray Serve's HTTP proxy on --host:--port (on every node with a replica), deploys the
