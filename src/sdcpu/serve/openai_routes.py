@@ -82,7 +82,7 @@ async def _stream(service, job: schemas.Job, request: Request, partial_images: i
             loop.call_soon_threadsafe(previews.put_nowait, service.preview_png(step_latents, r.width, r.height))
 
     job = replace(job, on_step=on_step)
-    future = service.submit(job, Owner.of(request))  # a full queue or a model not ready: 503 now, before the stream starts
+    future = service.submit(job, Owner.of(request))  # a full queue or a model not ready: 503 now, before the stream
     future.add_done_callback(lambda _: loop.call_soon_threadsafe(previews.put_nowait, None))
     tokens = len(service.limits().tokenizer(r.prompt).input_ids)
     common = {"created_at": int(time.time()), "size": f"{r.width}x{r.height}", "quality": "auto",
