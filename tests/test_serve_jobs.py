@@ -51,9 +51,8 @@ def test_interrupts_from_other_clients_cut_none_of_a_victims_answers(server):
     body = {**LONG, "steps": 30, "force_task_id": "victim-task"}
 
     def victims():
-        a1111 = json.loads(victim.post("/sdapi/v1/txt2img", json=body).json()["info"])
         answer = oai.images.generate(prompt="x", size="64x64", extra_body={"steps": 30, "seed": 1})
-        return a1111, answer.model_extra["sdcpu"]
+        return json.loads(victim.post("/sdapi/v1/txt2img", json=body).json()["info"]), answer.model_extra["sdcpu"]
 
     hits = 0
     with client(server, OTHER) as other, client(server) as same, concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from sdcpu.serve import a1111_fields, guard, schemas
-from sdcpu.serve.queue import Owner
+from sdcpu.serve.queue import Owner, TaskState
 
 
 class TaskRequest(schemas.Strict):
@@ -103,13 +103,12 @@ def internal(service) -> APIRouter:
         if not guard.authorized(request.headers, service.settings.api_key):
             raise HTTPException(401, "missing or wrong API key: send the header Authorization: Bearer KEY",
                                 {"WWW-Authenticate": "Bearer"})
-        state = worker.task(body.id_task) if body.id_task is not None else None
+        state = worker.task(body.id_task) if body.id_task is not None else TaskState()
         running = worker.running
-        mine = running and running.mine(Owner(None, body.id_task)) if state and state.active else None
-        answer = {"active": mine is not None, "queued": bool(state and state.queued),
-                  "completed": bool(state and state.completed), "progress": None, "eta": None, "live_preview": None,
-                  "id_live_preview": -1, "textinfo": f"In queue: {state.place}/{state.waiting}" if state and
-                  state.queued else "Waiting..."}
+        mine = running.mine(Owner(None, body.id_task)) if state.active and running is not None else None
+        answer = {"active": mine is not None, "queued": state.queued, "completed": state.completed, "progress": None,
+                  "eta": None, "live_preview": None, "id_live_preview": -1,
+                  "textinfo": f"In queue: {state.place}/{state.waiting}" if state.queued else "Waiting..."}
         if mine is None:
             return answer
         done, eta = _done(running)

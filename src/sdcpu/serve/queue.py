@@ -200,7 +200,7 @@ class Worker:
         self._thread.start()
         return self
 
-    def submit(self, job: Job, owner: Owner = Owner(None)) -> Future:
+    def submit(self, job: Job, owner: Owner) -> Future:
         """Queue JOB, sent by OWNER; its Future gets a Done. Raises NotReady or QueueFull at once instead of
         waiting."""
         with self._cond:
