@@ -111,7 +111,7 @@ COMMON = {
     "send_images": honoured(bool, True, "false: the answer's images list is empty"),
     "save_images": neutral(Bool, False, OFF, "images saved on the server (sdcpu stores none)"),
     "alwayson_scripts": neutral(dict | None, {}, EMPTY_DICT, "always-on scripts (ControlNet, ADetailer...)"),
-    "force_task_id": neutral(Text, None, NONE, "a task id for /internal/progress"),
+    "force_task_id": honoured(Text, None, "names the job: /internal/progress and /sdapi/v1/interrupt take it"),
     "infotext": neutral(Text, None, NONE, "parameters read from an infotext"),
 }
 TXT2IMG = {

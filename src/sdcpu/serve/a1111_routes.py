@@ -2,10 +2,14 @@
 and the listings clients read before they generate (models, samplers, schedulers, options, upscalers, LoRAs, scripts,
 command-line flags), in A1111's shapes with what sdcpu has.
 
-/sdapi/v1/progress reads the call running: its step, an ETA from the time per step so far, and (unless
-skip_current_image) a preview of its first image decoded cheaply from the latest latents. /sdapi/v1/interrupt stops
-that call at its next step; its requests are answered with the images of the latents it has (as A1111 does), their
-info saying `interrupted`. Requests waiting are not affected.
+Progress and interrupt reach only the caller's own job (queue.Owner.matches): the one whose `force_task_id` it names
+(`id_task`), or, naming none, a job its peer address sent without a task id. /sdapi/v1/progress reads the call running:
+its step and an ETA from the time per step so far, and (unless skip_current_image) the preview of the caller's own job
+only, shared by its pollers (preview.Shared). POST /internal/progress is A1111's progress of one task id (running,
+queued and its place, or finished; its preview unless the client has it, `id_live_preview` being the preview's step).
+/sdapi/v1/interrupt (optionally `{"id_task": ...}`) stops the caller's jobs at the next step; they are answered with
+the images of the latents they have (as A1111 does), their info saying `interrupted`. Requests waiting are not
+affected.
 """
 
 import json
@@ -15,6 +19,20 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from sdcpu.serve import a1111_fields, schemas
+from sdcpu.serve.queue import Owner, TaskState
+
+
+class TaskRequest(schemas.Strict):
+    """/sdapi/v1/interrupt's optional body: the task id (a request's force_task_id) of the job to stop."""
+
+    id_task: schemas.Name | None = None
+
+
+class ProgressRequest(TaskRequest):
+    """A1111's /internal/progress body: the task id, the preview the client has (its id), whether to send one."""
+
+    id_live_preview: int = -1
+    live_preview: bool = True
 
 def router(service) -> APIRouter:
     routes = APIRouter(prefix="/sdapi/v1")
@@ -36,9 +54,9 @@ def router(service) -> APIRouter:
 
     async def _generate(request: Request, body, jobs: list, parameters: dict) -> dict:
         """JOBS (n_iter of them) one after another; an interrupt stops the iterations left, as in A1111."""
-        images, infos = [], []
+        images, infos, sender = [], [], Owner.of(request, body.force_task_id)
         for job in jobs:
-            made, info = await service.run(job, request)
+            made, info = await service.run(job, request, sender)
             images += made
             infos.append(info)
             if info["interrupted"]:
@@ -47,30 +65,74 @@ def router(service) -> APIRouter:
         return {"images": images if body.send_images else [], "parameters": parameters, "info": json.dumps(info)}
 
     @routes.get("/progress")
-    async def progress(skip_current_image: bool = False):
+    async def progress(request: Request, skip_current_image: bool = False):
+        """The call running (its step, ETA, job kind), with a preview only of the caller's own job (one its peer
+        address sent without a task id): never another client's image."""
         running = worker.running
         if running is None:
             return {"progress": 0.0, "eta_relative": 0.0, "state": _state("", 0, 0, 0, False), "current_image": None,
                     "textinfo": None}
-        job = running.jobs[0]
+        job, mine = running.jobs[0], running.mine(Owner.of(request))
         task = job.edit.task if job.edit else "txt2img"
-        done = running.step / running.steps
-        elapsed = time.monotonic() - running.started
-        image = None
-        if not skip_current_image and running.latents is not None:
-            image = await run_in_threadpool(service.preview_png, running.latents, job.request.width,
-                                            job.request.height)
-        return {"progress": done, "eta_relative": elapsed / done - elapsed if done else 0.0,
-                "state": _state(task, 1, running.step, running.steps, running.interrupted), "current_image": image,
-                "textinfo": f"{task}: step {running.step} of {running.steps}"}
+        done, eta = _done(running)
+        shown = None if skip_current_image or mine is None else await _preview(service, running, mine)
+        interrupted = mine is not None and mine[2] in running.halted
+        return {"progress": done, "eta_relative": eta or 0.0,
+                "state": _state(task, 1, running.step, running.steps, interrupted),
+                "current_image": shown and shown.png, "textinfo": f"{task}: step {running.step} of {running.steps}"}
 
     @routes.post("/interrupt")
-    async def interrupt():
-        """Stop the call running at its next step; `interrupted` false when none was running."""
-        return {"interrupted": worker.interrupt()}
+    async def interrupt(request: Request, body: TaskRequest | None = None):
+        """Stop the caller's own jobs in the call running (queue.Owner.matches: the task id of the body, else the jobs
+        its peer address sent without one) at the next step; `interrupted` false when it has none running."""
+        return {"interrupted": worker.interrupt(Owner.of(request, body and body.id_task))}
 
     routes.include_router(_listings(service))
     return routes
+
+
+def internal(service) -> APIRouter:
+    """A1111's /internal/progress: the progress of one task id (a request's force_task_id)."""
+    routes, worker = APIRouter(prefix="/internal"), service.worker
+
+    @routes.post("/progress")
+    async def task_progress(body: ProgressRequest):
+        """A1111's ProgressResponse of BODY's task: active, queued (textinfo its place) or completed; while active,
+        its progress, ETA and preview (unless the client has that step's: id_live_preview)."""
+        state = worker.task(body.id_task) if body.id_task is not None else TaskState()
+        running = worker.running
+        mine = running.mine(Owner(None, body.id_task)) if state.active and running is not None else None
+        answer = {"active": mine is not None, "queued": state.queued, "completed": state.completed, "progress": None,
+                  "eta": None, "live_preview": None, "id_live_preview": -1,
+                  "textinfo": f"In queue: {state.place}/{state.waiting}" if state.queued else "Waiting..."}
+        if mine is None:
+            return answer
+        done, eta = _done(running)
+        answer |= {"progress": done, "eta": eta, "id_live_preview": body.id_live_preview,
+                   "textinfo": f"step {running.step} of {running.steps}"}
+        shown = await _preview(service, running, mine) if body.live_preview else None
+        if shown is not None and shown.step != body.id_live_preview:
+            answer |= {"live_preview": f"data:image/png;base64,{shown.png}", "id_live_preview": shown.step}
+        return answer
+
+    return routes
+
+
+def _done(running) -> tuple[float, float | None]:
+    """The share of RUNNING's steps done, and the seconds left at the time per step so far (None before a step)."""
+    done = running.step / running.steps
+    elapsed = time.monotonic() - running.started
+    return done, elapsed / done - elapsed if done else None
+
+
+async def _preview(service, running, mine):
+    """The shared preview (preview.Shown) of the job MINE (Running.mine's) of RUNNING; None before its first step."""
+    if running.latest is None:
+        return None
+    first, job, _ = mine
+    step, latents = running.latest
+    return await run_in_threadpool(service.previews.shown, running, first, step, latents, job.request.width,
+                                   job.request.height)
 
 
 def _listings(service) -> APIRouter:

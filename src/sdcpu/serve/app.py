@@ -1,13 +1,14 @@
 """The HTTP service: OpenAI's and AUTOMATIC1111's image APIs (their routes in openai_routes.py and a1111_routes.py),
 /health, /metrics and the page at `/`, on FastAPI.
 
-Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for bad
-input or a Host the server does not answer to (400), a missing or wrong key (401), a browser's request from a page of
-another site (403), an unknown path (404), a body too large (413); 503 with Retry-After when the queue is full or the
-model is not ready; 504 when a call runs past --max-request-seconds; 503 when the server shuts down and its drain time
-is over (queue.Worker.drain); 500 (a short message and an id, the details in the log) when a generation fails or a route
-breaks. The server keeps serving after any of them. A client that disconnects before its answer cancels its job
-(queue.Worker.cancel), counted as status 499.
+Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for
+bad input or a Host the server does not answer to (400), a missing or wrong key (401), a browser's request from a page
+of another site (403), an unknown path (404), a body too large (413); 503 with Retry-After when the queue is full or
+the model is not ready; 504 when a call runs past --max-request-seconds; 503 when the server shuts down and its drain
+time is over (queue.Worker.drain); 499 with type and code `interrupted` when an OpenAI request is interrupted by its
+own caller (A1111's answer 200 with what was made, as A1111 does); 500 (a short message and an id, the details in the
+log) when a generation fails or a route breaks. The server keeps serving after any of them. A client that disconnects
+before its answer cancels its job (queue.Worker.cancel), counted as status 499.
 With an API key, /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY` (serve/guard.py checks it, the Host
 and the body's size before a route reads the body); / and /health stay open, /health saying only ready or not.
 A browser's request from a page of another origin is refused 403 on every method but GET and HEAD (serve/guard.py),
@@ -42,7 +43,8 @@ from sdcpu.models.loras import Folder
 from sdcpu.pipeline import generate
 from sdcpu.serve import a1111_routes, guard, openai_routes, preview, schemas
 from sdcpu.serve.metrics import Metrics
-from sdcpu.serve.queue import ClientGone, Done, GenerationFailed, NotReady, QueueFull, ShuttingDown, TimedOut, Worker
+from sdcpu.serve.queue import (ClientGone, Done, GenerationFailed, Interrupted, NotReady, Owner, QueueFull,
+                               ShuttingDown, TimedOut, Worker)
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     _error_handlers(app, worker)
     app.include_router(openai_routes.router(service))
     app.include_router(a1111_routes.router(service))
+    app.include_router(a1111_routes.internal(service))
 
     @app.get("/health")
     async def health(request: Request):
@@ -125,6 +128,7 @@ class Service:
     def __init__(self, worker: Worker, settings: Settings, metrics: Metrics):
         self.worker, self.settings, self.metrics = worker, settings, metrics
         self.lora_folder = Folder(settings.lora_dir) if settings.lora_dir else None  # serve --lora-dir
+        self.previews = preview.Shared(self.preview_png)  # the progress routes' previews
         self._limits = None
 
     def limits(self) -> schemas.Limits:
@@ -146,12 +150,14 @@ class Service:
         image.save(out, format="PNG")
         return base64.b64encode(out.getvalue()).decode()
 
-    def submit(self, job: schemas.Job) -> Future:
-        return self.worker.submit(job)  # NotReady, QueueFull: 503 at once
+    def submit(self, job: schemas.Job, sender: Owner) -> Future:
+        return self.worker.submit(job, sender)  # NotReady, QueueFull: 503 at once
 
-    async def answer(self, job: schemas.Job, future: Future, request: Request | None) -> tuple[list[str], dict]:
+    async def answer(self, job: schemas.Job, future: Future, request: Request | None,
+                     partial: bool = True) -> tuple[list[str], dict]:
         """The base64 PNGs of a submitted JOB and its info, once made; ClientGone (the job cancelled) if REQUEST's
-        client disconnects first (None: a stream, whose response notices the disconnect and cancels the job)."""
+        client disconnects first (None: a stream, whose response notices the disconnect and cancels the job). An
+        interrupted job's images when PARTIAL (A1111's way), else Interrupted."""
         try:
             done: Done = await self._unless_gone(future, request)
         except (UsageError, Skip) as error:  # the request's LoRAs cannot load or apply here: 400, not a server fault
@@ -160,14 +166,17 @@ class Service:
             raise
         except Exception as error:  # noqa: BLE001 - answered 500, the server goes on
             raise GenerationFailed(guard.incident("generation failed", error)) from error
+        if done.interrupted and not partial:
+            raise Interrupted(f"interrupted by /sdapi/v1/interrupt after {done.steps_done} of {job.steps_run} steps")
         self.metrics.images.inc(len(done.images))
         info = _info(job, done, self.worker)
         encoded = await run_in_threadpool(_encode, done, job, self.settings, info)
         info["infotexts"] = [text for _, text in encoded]  # each PNG's parameters chunk (A1111's infotexts)
         return [image for image, _ in encoded], info
 
-    async def run(self, job: schemas.Job, request: Request) -> tuple[list[str], dict]:
-        return await self.answer(job, self.submit(job), request)
+    async def run(self, job: schemas.Job, request: Request, sender: Owner, partial: bool = True
+                  ) -> tuple[list[str], dict]:
+        return await self.answer(job, self.submit(job, sender), request, partial)
 
     async def _unless_gone(self, future: Future, request: Request | None) -> Done:
         """FUTURE's result, unless REQUEST's client disconnects first: then its job is cancelled, ClientGone (None: not
@@ -215,8 +224,9 @@ def _encode(done: Done, job: schemas.Job, settings: Settings, info: dict) -> lis
     return out
 
 
-def _error(status: int, message: str, kind: str, headers=None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
+def _error(status: int, message: str, kind: str, headers=None, code: str | None = None) -> JSONResponse:
+    error = {"message": message, "type": kind} | ({"code": code} if code else {})
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def _error_handlers(app: FastAPI, worker: Worker) -> None:
@@ -259,6 +269,10 @@ def _error_handlers(app: FastAPI, worker: Worker) -> None:
     @app.exception_handler(ClientGone)
     async def client_gone(request, exc):  # nginx's "client closed request": read by /metrics only
         return _error(499, str(exc), "client_closed_request")
+
+    @app.exception_handler(Interrupted)
+    async def interrupted(request, exc):  # the client asked for it: nginx's 499 as for a client gone, never retried
+        return _error(499, str(exc), "interrupted", code="interrupted")
 
     @app.exception_handler(GenerationFailed)
     async def failed(request, exc):

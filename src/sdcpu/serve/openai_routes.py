@@ -2,6 +2,10 @@
 with `stream: true`, as OpenAI's Server-Sent Events: `partial_images` (0-3) previews spread over the steps
 (`image_generation.partial_image`, for edits `image_edit.partial_image`), then the image (`*.completed`).
 
+A request its own caller interrupts (/sdapi/v1/interrupt from its peer address: an OpenAI request names no task id) is
+never answered as made: 499 with an error of type and code `interrupted`, or, streamed, an `error` event of that type
+in place of `*.completed`.
+
 An edits form is read in memory, never spooled to disk; serve/guard.py stops reading it past guard.FORM_BYTES (an
 image and a mask of tasks.MAX_INPUT_BYTES each, and the text fields).
 """
@@ -20,7 +24,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from sdcpu.serve import schemas
 from sdcpu.serve.guard import FORM_BYTES
-from sdcpu.serve.queue import GenerationFailed, ShuttingDown, TimedOut
+from sdcpu.serve.queue import GenerationFailed, Interrupted, Owner, ShuttingDown, TimedOut
 
 
 def router(service) -> APIRouter:
@@ -59,12 +63,13 @@ def router(service) -> APIRouter:
 
 async def _answer(service, request: Request, body, job: schemas.Job, event_prefix: str):
     if not body.stream:
-        images, info = await service.run(job, request)
+        images, info = await service.run(job, request, Owner.of(request), partial=False)
         return {"created": int(time.time()), "data": [{"b64_json": image} for image in images], "sdcpu": info}
-    return await _stream(service, job, body.partial_images, event_prefix)
+    return await _stream(service, job, request, body.partial_images, event_prefix)
 
 
-async def _stream(service, job: schemas.Job, partial_images: int, event_prefix: str) -> StreamingResponse:
+async def _stream(service, job: schemas.Job, request: Request, partial_images: int,
+                  event_prefix: str) -> StreamingResponse:
     """The job's previews after PARTIAL_IMAGES steps spread over its steps, then its image, as OpenAI's events."""
     loop, previews = asyncio.get_running_loop(), asyncio.Queue()
     r = job.request
@@ -77,7 +82,7 @@ async def _stream(service, job: schemas.Job, partial_images: int, event_prefix: 
             loop.call_soon_threadsafe(previews.put_nowait, service.preview_png(step_latents, r.width, r.height))
 
     job = replace(job, on_step=on_step)
-    future = service.submit(job)  # a full queue or a model not ready: 503 now, before the stream starts
+    future = service.submit(job, Owner.of(request))  # a full queue or a model not ready: 503 now, before the stream
     future.add_done_callback(lambda _: loop.call_soon_threadsafe(previews.put_nowait, None))
     tokens = len(service.limits().tokenizer(r.prompt).input_ids)
     common = {"created_at": int(time.time()), "size": f"{r.width}x{r.height}", "quality": "auto",
@@ -89,11 +94,12 @@ async def _stream(service, job: schemas.Job, partial_images: int, event_prefix: 
             while (image := await previews.get()) is not None:
                 yield _event(f"{event_prefix}.partial_image", {**common, "b64_json": image, "partial_image_index": index})
                 index += 1
-            images, info = await service.answer(job, future, None)
-        except (GenerationFailed, TimedOut, ShuttingDown, schemas.BadRequest) as error:  # after a 200 began: an error
-            kind = {schemas.BadRequest: "invalid_request_error", TimedOut: "timeout",  # event ends it
-                    ShuttingDown: "server_shutting_down"}.get(type(error), "server_error")
-            yield _event("error", {"error": {"message": str(error), "type": kind}})
+            images, info = await service.answer(job, future, None, partial=False)
+        except (GenerationFailed, TimedOut, ShuttingDown, Interrupted, schemas.BadRequest) as error:  # after a 200
+            kind = {schemas.BadRequest: "invalid_request_error", TimedOut: "timeout",  # began: an error event ends it
+                    ShuttingDown: "server_shutting_down", Interrupted: "interrupted"}.get(type(error), "server_error")
+            code = {"code": kind} if kind == "interrupted" else {}
+            yield _event("error", {"error": {"message": str(error), "type": kind, **code}})
             return
         finally:  # the client gone (the response cancels this generator) or done: a job still on cancels
             service.worker.cancel(future)

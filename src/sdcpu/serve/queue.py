@@ -6,9 +6,13 @@ takes jobs in arrival order. With max_batch > 1, the jobs waiting with the same 
 as the first one join it in one pipeline call (a prompt list), up to max_batch images; benchmarks/serve_batching.py
 measures whether that is faster on a machine (it is off by default). An img2img or inpainting job runs alone.
 
-The call running is `Worker.running` (its step, its latest latents: /sdapi/v1/progress reads it); `interrupt()` stops
-it at its next step, and its jobs get the images of the latents it has. A call still running `max_seconds` after it
-began (serve --max-request-seconds) stops at its next step too, and its jobs fail with TimedOut (504).
+Each job has an `Owner`: the peer address that sent it and the A1111 task id it named (force_task_id), if any. The
+call running is `Worker.running` (its step, its latest latents: the progress routes read it, showing a job's preview
+only to a caller its owner `matches`); `interrupt(caller)` stops the jobs of the running call that CALLER owns, and
+the call at its next step once none of its jobs is left to run on; those jobs get the images of the latents it has.
+`task(id)` says where the job of a task id is: running, waiting (its place) or recently finished. A call still running
+`max_seconds` after it began (serve --max-request-seconds) stops at its next step too, and its jobs fail with TimedOut
+(504).
 
 `cancel(future)` forgets a job whose client has gone: a waiting one leaves the queue, a running one is dropped from
 its call, and a call none of whose jobs is still wanted stops at its next step, so the next job starts at once.
@@ -23,6 +27,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from sdcpu.models import schedulers
 from sdcpu.pipeline import generate, lora
@@ -51,6 +56,11 @@ class ShuttingDown(Exception):
     """The server is shutting down and its drain time is over: 503."""
 
 
+class Interrupted(Exception):
+    """An OpenAI request its own caller interrupted (/sdapi/v1/interrupt): 499, type and code `interrupted`; OpenAI's
+    API has no partial answer."""
+
+
 class ClientGone(Exception):
     """The job's client has gone: no one reads its answer."""
 
@@ -61,6 +71,50 @@ class Phase(enum.Enum):
     PREPARING = "preparing"
     READY = "ready"
     FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who sent a job, or who calls progress or interrupt: the peer's address (None: unknown) and the A1111 task id
+    named (force_task_id, id_task), if any."""
+
+    host: str | None
+    task: str | None = None
+
+    @classmethod
+    def of(cls, request, task: str | None = None) -> "Owner":
+        """Who sends REQUEST (a starlette Request): its peer's address, and the task id TASK it names."""
+        return cls(request.client.host if request.client else None, task)
+
+    def matches(self, caller: "Owner") -> bool:
+        """CALLER may watch and interrupt this owner's job: it names the job's task id or, naming none, it is the
+        job's peer and the job was sent without a task id."""
+        if caller.task is not None:
+            return caller.task == self.task
+        return self.task is None and self.host is not None and self.host == caller.host
+
+
+class Queued(NamedTuple):
+    """A job submitted: the job, the Future its answer goes to, who sent it."""
+
+    job: Job
+    future: Future
+    owner: Owner
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """Where the job of a task id is (A1111's /internal/progress): running, waiting (place, 1-based, of `waiting`), or
+    recently finished; all false when unknown."""
+
+    active: bool = False
+    queued: bool = False
+    completed: bool = False
+    place: int = 0
+    waiting: int = 0
+
+
+FINISHED_TASKS = 16  # the task ids of finished jobs remembered for /internal/progress (A1111 keeps 16)
 
 
 @dataclass(frozen=True)
@@ -78,13 +132,24 @@ class Running:
 
     jobs: list[Job]
     futures: list[Future]  # the jobs' own, in the same order
+    owners: list[Owner]  # the jobs' own, in the same order
     steps: int  # the denoising steps it runs
     started: float = field(default_factory=time.monotonic)
     step: int = 0  # steps done
-    latents: object = None  # after the last step done
-    interrupted: bool = False
+    latest: tuple[int, object] | None = None  # (step, latents after it) of the last step done, set at once
+    halted: frozenset[Future] = frozenset()  # the jobs interrupted by their owner
     timed_out: bool = False
     aborted: bool = False  # the drain time is over
+
+    def mine(self, caller: Owner) -> tuple[int, Job, Future] | None:
+        """The first job CALLER may watch (its first image's index in the call's images, the job, its Future); None:
+        CALLER owns none."""
+        first = 0
+        for job, future, owner in zip(self.jobs, self.futures, self.owners):
+            if owner.matches(caller):
+                return first, job, future
+            first += job.request.num_images
+        return None
 
 
 def batch_key(job: Job) -> tuple:
@@ -106,7 +171,8 @@ class Worker:
         self.last_seconds = 1.0  # the last pipeline call's wall time, for Retry-After
         self.running: Running | None = None
         self._prepare, self._on_fatal = prepare, on_fatal
-        self._waiting: collections.deque[tuple[Job, Future]] = collections.deque()
+        self._waiting: collections.deque[Queued] = collections.deque()
+        self._finished: collections.deque[str] = collections.deque(maxlen=FINISHED_TASKS)  # task ids, oldest first
         self._cond = threading.Condition()
         self._closing = False
         self._gone: set[Future] = set()  # jobs taken from the queue whose client has gone
@@ -134,31 +200,47 @@ class Worker:
         self._thread.start()
         return self
 
-    def submit(self, job: Job) -> Future:
-        """Queue JOB; its Future gets a Done. Raises NotReady or QueueFull at once instead of waiting."""
+    def submit(self, job: Job, owner: Owner) -> Future:
+        """Queue JOB, sent by OWNER; its Future gets a Done. Raises NotReady or QueueFull at once instead of
+        waiting."""
         with self._cond:
             if not self.ready or self._closing:
                 raise NotReady(self.state if not self._closing else "shutting down")
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"{len(self._waiting)} requests are waiting (--max-queue {self.max_queue})")
             future = Future()
-            self._waiting.append((job, future))
+            self._waiting.append(Queued(job, future, owner))
             self._cond.notify()
         return future
 
-    def interrupt(self) -> bool:
-        """Stop the call running at its next step (its jobs get the images it has); False when none runs."""
-        running = self.running
-        if running is not None:
-            running.interrupted = True
-        return running is not None
+    def interrupt(self, caller: Owner) -> bool:
+        """Interrupt the jobs of the running call that CALLER owns (Owner.matches): the call stops at its next step once
+        each of its jobs is interrupted or gone, and they get the images it has; False when CALLER owns none."""
+        with self._cond:
+            running = self.running
+            if running is None:
+                return False
+            mine = {future for future, owner in zip(running.futures, running.owners) if owner.matches(caller)}
+            running.halted |= mine
+        return bool(mine)
+
+    def task(self, task: str) -> TaskState:
+        """Where the job of TASK (a force_task_id) is."""
+        with self._cond:
+            running = self.running
+            if running is not None and any(owner.task == task for owner in running.owners):
+                return TaskState(active=True)
+            places = [i for i, item in enumerate(self._waiting) if item.owner.task == task]
+            if places:
+                return TaskState(queued=True, place=places[0] + 1, waiting=len(self._waiting))
+            return TaskState(completed=task in self._finished)
 
     def cancel(self, future: Future) -> None:
         """Forget the job of FUTURE: its client has gone. A running call none of whose jobs is wanted any more stops
         at its next step."""
         with self._cond:
             for item in self._waiting:
-                if item[1] is future:
+                if item.future is future:
                     self._waiting.remove(item)
                     future.cancel()
                     return
@@ -178,7 +260,8 @@ class Worker:
         error = ShuttingDown(f"the server is shutting down and its {seconds:g} s drain time is over")
         with self._cond:
             waiting, self._waiting = list(self._waiting), collections.deque()
-        for _, future in waiting:
+        for item in waiting:
+            future = item.future
             if future.set_running_or_notify_cancel():
                 future.set_exception(error)
         running = self.running
@@ -208,7 +291,7 @@ class Worker:
         while batch := self._next_batch():
             self._run(batch)
 
-    def _next_batch(self) -> list[tuple[Job, Future]]:
+    def _next_batch(self) -> list[Queued]:
         """The next job and those that may share its call; empty when closing with nothing left."""
         with self._cond:
             while not self._waiting and not self._closing:
@@ -216,24 +299,26 @@ class Worker:
             if not self._waiting:
                 return []
             first = self._waiting.popleft()
-            batch, images = [first], first[0].request.num_images
+            batch, images = [first], first.job.request.num_images
             for item in list(self._waiting):
-                size = item[0].request.num_images
-                if images + size <= self.max_batch and batch_key(item[0]) == batch_key(first[0]):
+                size = item.job.request.num_images
+                if images + size <= self.max_batch and batch_key(item.job) == batch_key(first.job):
                     self._waiting.remove(item)
                     batch.append(item)
                     images += size
             return batch
 
-    def _run(self, batch: list[tuple[Job, Future]]) -> None:
-        live = [(job, future) for job, future in batch if future.set_running_or_notify_cancel()]  # not given up
+    def _run(self, batch: list[Queued]) -> None:
+        live = [item for item in batch if item.future.set_running_or_notify_cancel()]  # not given up
         if not live:
             return
-        jobs = [job for job, _ in live]
-        running = self.running = Running(jobs, [future for _, future in live], jobs[0].steps_run)
+        jobs = [item.job for item in live]
+        with self._cond:
+            running = self.running = Running(jobs, [item.future for item in live], [item.owner for item in live],
+                                             jobs[0].steps_run)
 
         def on_step(index, steps, latents):
-            running.step, running.steps, running.latents = index + 1, steps, latents
+            running.step, running.steps, running.latest = index + 1, steps, (index + 1, latents)
             first = 0
             for job in jobs:
                 if job.on_step is not None:
@@ -241,8 +326,8 @@ class Worker:
                 first += job.request.num_images
             if self.max_seconds is not None and time.monotonic() - running.started > self.max_seconds:
                 running.timed_out = True
-            wanted = not self._gone.issuperset(running.futures)
-            return running.interrupted or running.timed_out or running.aborted or not wanted
+            wanted = set(running.futures) - self._gone - running.halted
+            return running.timed_out or running.aborted or not wanted
 
         try:
             self._schedulers.use(jobs[0].scheduler)
@@ -250,13 +335,14 @@ class Worker:
             result = generate.run_batch(self.pipe, [job.request for job in jobs], jobs[0].edit, on_step)
         except Exception as error:  # noqa: BLE001 - the requests fail, the worker goes on
             log.exception("generation failed")
-            for _, future in live:
-                future.set_exception(error)
+            for item in live:
+                item.future.set_exception(error)
             return
         finally:
-            self.running = None
             with self._cond:  # the jobs of no other call can be in it: each is queued, done or in this call
+                self.running = None
                 gone, self._gone = self._gone & set(running.futures), set()
+                self._finished.extend(item.owner.task for item in live if item.owner.task is not None)
         self.last_seconds = result.seconds
         error = None
         if running.aborted:
@@ -268,13 +354,13 @@ class Worker:
         elif gone.issuperset(running.futures):
             error = ClientGone("every client of the call has gone")
         if error is not None:
-            for _, future in live:
-                future.set_exception(error)
+            for item in live:
+                item.future.set_exception(error)
             return
-        images = iter(result.images)
-        for job, future in live:
+        images, cut = iter(result.images), running.step < running.steps
+        for job, future, _ in live:
             future.set_result(Done([next(images) for _ in job.request.seeds()], result.seconds, len(result.images),
-                                   running.step, running.interrupted))
+                                   running.step, cut and future in running.halted))
 
     def _use_loras(self, loras: tuple) -> None:
         """Switch the pipeline to the LoRA set LORAS (sdcpu.pipeline.lora.use: adapters on the eager UNet, compiled sets kept
