@@ -159,8 +159,15 @@ def test_a_shares_folder_others_could_have_planted_is_refused(tmp_path, plant):
 
 
 def test_ray_auto_without_a_cluster_is_one_line(tmp_path, monkeypatch, capsys):
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "ray"))  # where `auto` looks for a running cluster: none there
+    """Ray's own refusal when `auto` finds no cluster, made here: whether one is found depends on what else runs on the
+    machine (this module's cluster, another test run's: Ray finds any by its processes)."""
+    import ray
+
+    def no_cluster(**_):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by "
+                              "setting `--address` flag or `RAY_ADDRESS` environment variable.")
+
+    monkeypatch.setattr(ray, "init", no_cluster)
     jobs = write_jobs(tmp_path / "jobs.jsonl", ROWS[:1])
     assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), *TINY, "--ray=auto"]) == 2
     (err,) = capsys.readouterr().err.strip().splitlines()
