@@ -71,8 +71,8 @@ def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
     """Classify a model spec, refusing what cannot be loaded with a one-line reason."""
     if spec.startswith("random:"):
         arch = spec.removeprefix("random:")
-        if arch not in random_models.ARCHS:
-            raise UsageError(f"unknown random architecture {arch!r}; choose from: {', '.join(random_models.ARCHS)}")
+        if arch not in families.ARCHS:
+            raise UsageError(f"unknown random architecture {arch!r}; choose from: {', '.join(families.ARCHS)}")
         return ModelSpec(Source.RANDOM, arch, random_weights=True)
     path = Path(spec).expanduser()
     if path.is_dir():

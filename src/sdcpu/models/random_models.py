@@ -16,7 +16,6 @@ from sdcpu.system.home import sdcpu_home
 
 MARKER = "sdcpu.json"  # written into random folders: reports must say the weights are random
 FORMAT_VERSION = 2  # bump when a built folder's content changes, so stale caches are rebuilt
-ARCHS = families.ARCHS  # random:ARCH -> the family that builds it
 
 
 def cache_dir(name: str) -> Path:
