@@ -44,6 +44,9 @@ def register(sub):
                    help="serve /docs, /redoc and /openapi.json (FastAPI's Swagger UI loads its script from a CDN)")
     p.add_argument("--max-queue", type=int, default=Options.max_queue,
                    help="requests that may wait for the worker; more are answered 503 (default %(default)s)")
+    p.add_argument("--max-uploads", type=int, default=Options.max_uploads,
+                   help="uploads (edits, img2img) read and decoded at once, each up to 0.45 GiB while it is; more are "
+                        "answered 503 unread (default %(default)s)")
     p.add_argument("--max-batch", type=int, default=Options.max_batch,
                    help="images one pipeline call may make for waiting requests of the same size, steps, guidance "
                         "and sampler (default %(default)s: no batching; benchmarks/serve_batching.py measures it)")
@@ -91,7 +94,7 @@ def run(args) -> int:
     generate.Request("warm-up", width=width, height=height).validate()
     if args.lora_dir and not os.path.isdir(args.lora_dir):
         raise UsageError(f"--lora-dir {args.lora_dir}: not a folder")
-    for name in ("max_queue", "max_batch", "max_size", "instances"):
+    for name in ("max_queue", "max_uploads", "max_batch", "max_size", "instances"):
         value = getattr(args, name)
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -148,6 +151,7 @@ def service_options(args, spec, recipe) -> Options:
                    allowed_hosts=tuple(args.allowed_host), allowed_origins=tuple(args.allow_origin),
                    docs=args.docs,
                    lora_dir=os.path.abspath(args.lora_dir) if args.lora_dir else None, max_queue=args.max_queue,
+                   max_uploads=args.max_uploads,
                    max_batch=args.max_batch, max_request_seconds=args.max_request_seconds,
                    drain_seconds=args.drain_seconds, max_size=args.max_size,
                    warmup_size=generate.parse_size(args.warmup_size), verbose=args.verbose, ray=ray)

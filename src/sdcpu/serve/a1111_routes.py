@@ -18,7 +18,7 @@ import time
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from sdcpu.serve import a1111_fields, schemas
+from sdcpu.serve import a1111_fields, schemas, uploads
 from sdcpu.serve.queue import Owner, TaskState
 
 
@@ -44,10 +44,12 @@ def router(service) -> APIRouter:
         string with A1111's keys and sdcpu's)."""
         return await _generate(request, body, a1111_fields.from_a1111(body, service.limits()), body.model_dump())
 
-    @routes.post("/img2img")
-    async def img2img(body: a1111_fields.A1111Img2ImgRequest, request: Request):
-        """AUTOMATIC1111's img2img and inpainting (with `mask`: white = repaint); txt2img's fields and answer."""
-        edit = await run_in_threadpool(a1111_fields.a1111_edit, body)
+    @routes.post("/img2img", openapi_extra=schemas.json_body(a1111_fields.A1111Img2ImgRequest))
+    async def img2img(request: Request):
+        """AUTOMATIC1111's img2img and inpainting (with `mask`: white = repaint); txt2img's fields and answer. An
+        upload (serve/uploads.py): admitted before it is read, parsed and decoded off the event loop."""
+        async with service.uploads.admitted(worker, service.limits):
+            body, edit = await uploads.parsed(request, _img2img)
         inputs = set() if body.include_init_images else {"init_images", "mask"}  # not echoed back unless asked
         return await _generate(request, body, a1111_fields.from_a1111(body, service.limits(), edit), body.model_dump(
             exclude=inputs))
@@ -116,6 +118,12 @@ def internal(service) -> APIRouter:
         return answer
 
     return routes
+
+
+def _img2img(data: bytes) -> tuple:
+    """img2img's body (DATA, JSON) and its edit, checked and decoded."""
+    body = schemas.parse_json(a1111_fields.A1111Img2ImgRequest, data)
+    return body, a1111_fields.a1111_edit(body)
 
 
 def _done(running) -> tuple[float, float | None]:

@@ -3,9 +3,9 @@
 
 Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for
 bad input or a Host the server does not answer to (400), a missing or wrong key (401), a browser's request from a page
-of another site (403), an unknown path (404), a body too large (413); 503 with Retry-After when the queue is full or
-the model is not ready; 504 when a call runs past --max-request-seconds; 503 when the server shuts down and its drain
-time is over (queue.Worker.drain); 499 with type and code `interrupted` when an OpenAI request is interrupted by its
+of another site (403), an unknown path (404), a body too large (413); 503 with Retry-After when the queue is full,
+the model is not ready or --max-uploads uploads are being read (serve/uploads.py); 504 when a call runs past
+--max-request-seconds; 503 when the server shuts down and its drain time is over (queue.Worker.drain); 499 with type and code `interrupted` when an OpenAI request is interrupted by its
 own caller (A1111's answer 200 with what was made, as A1111 does); 500 (a short message and an id, the details in the
 log) when a generation fails or a route breaks. The server keeps serving after any of them. A client that disconnects
 before its answer cancels its job (queue.Worker.cancel), counted as status 499.
@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models.loras import Folder
 from sdcpu.pipeline import generate
-from sdcpu.serve import a1111_routes, guard, openai_routes, preview, schemas
+from sdcpu.serve import a1111_routes, guard, openai_routes, preview, schemas, uploads
 from sdcpu.serve.metrics import Metrics
 from sdcpu.serve.queue import (ClientGone, Done, GenerationFailed, Interrupted, NotReady, Owner, QueueFull,
                                ShuttingDown, TimedOut, Worker)
@@ -58,6 +58,7 @@ class Settings:
     hosts: tuple[str, ...] = guard.LOOPBACK  # the Host names answered (serve --host, --allowed-host)
     docs: bool = False  # serve /docs, /redoc, /openapi.json (serve --docs)
     origins: tuple[str, ...] = ()  # scheme://host[:port] of other sites whose pages may use it (serve --allow-origin)
+    max_uploads: int = 2  # uploads read and decoded at once (serve --max-uploads)
 
 
 def create_app(worker: Worker, settings: Settings) -> FastAPI:
@@ -129,6 +130,7 @@ class Service:
         self.worker, self.settings, self.metrics = worker, settings, metrics
         self.lora_folder = Folder(settings.lora_dir) if settings.lora_dir else None  # serve --lora-dir
         self.previews = preview.Shared(self.preview_png)  # the progress routes' previews
+        self.uploads = uploads.Uploads(settings.max_uploads)
         self._limits = None
 
     def limits(self) -> schemas.Limits:
@@ -253,6 +255,10 @@ def _error_handlers(app: FastAPI, worker: Worker) -> None:
     async def queue_full(request, exc):
         retry = max(1, math.ceil(worker.last_seconds))
         return _error(503, f"server busy: {exc}; retry later", "server_busy", {"Retry-After": str(retry)})
+
+    @app.exception_handler(uploads.UploadsFull)
+    async def uploads_full(request, exc):  # an upload is read and decoded in a second or two
+        return _error(503, f"server busy: {exc}; retry later", "server_busy", {"Retry-After": "2"})
 
     @app.exception_handler(NotReady)
     async def not_ready(request, exc):

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 JSON_BYTES = 2**20
 FORM_BYTES = 2 * tasks.MAX_INPUT_BYTES + 2**20  # /v1/images/edits: 101 MiB
-BODY_BYTES = {"/v1/images/edits": FORM_BYTES, "/sdapi/v1/img2img": 2 * MAX_BASE64_CHARS + 2**20}  # img2img: 134 MiB
+BODY_BYTES = {"/v1/images/edits": FORM_BYTES, "/sdapi/v1/img2img": 2 * MAX_BASE64_CHARS + 2**20}  # img2img: 138 MiB
 NEEDS_KEY = ("/v1/", "/sdapi/", "/internal/", "/metrics")
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 READ_ONLY = ("GET", "HEAD")  # the methods a cross-site request may use: the routes behind them change nothing

@@ -39,26 +39,32 @@ def router(service) -> APIRouter:
     async def edits(request: Request):
         """OpenAI's image edit (a form: `image` and `mask` files, alpha 0 of the mask = the area to edit; the fields of
         generations and sdcpu's `strength`): img2img without a mask, inpainting with one."""
-        fields, files = await _form(request)
-        images, masks = files.pop("image", []) + files.pop("image[]", []), files.pop("mask", [])
-        if files:
-            raise schemas.BadRequest(f"{next(iter(files))}: Extra inputs are not permitted (a file edits does not take)")
-        if texts := [name for name in ("image", "image[]", "mask") if name in fields]:
-            raise schemas.BadRequest(f"{texts[0]}: send it as a file")
-        if not images:
-            raise schemas.BadRequest("image: Field required (a file)")
-        for name, sent in (("image", images), ("mask", masks)):
-            if len(sent) > 1:
-                raise schemas.BadRequest(f"{name}: one file, got {len(sent)} (sdcpu edits one image)")
-        try:
-            body = schemas.OpenAIEditForm.model_validate(fields)
-        except ValidationError as err:
-            raise RequestValidationError(err.errors()) from None
-        mask = await masks[0].read() if masks else None
-        edit = await run_in_threadpool(schemas.openai_edit, await images[0].read(), mask, body.strength)
+        async with service.uploads.admitted(service.worker, service.limits):
+            body, edit = await _edit(request)
         return await _answer(service, request, body, schemas.from_openai(body, service.limits(), edit), "image_edit")
 
     return routes
+
+
+async def _edit(request: Request) -> tuple:
+    """The edits form of REQUEST, checked, and its edit, decoded off the event loop."""
+    fields, files = await _form(request)
+    images, masks = files.pop("image", []) + files.pop("image[]", []), files.pop("mask", [])
+    if files:
+        raise schemas.BadRequest(f"{next(iter(files))}: Extra inputs are not permitted (a file edits does not take)")
+    if texts := [name for name in ("image", "image[]", "mask") if name in fields]:
+        raise schemas.BadRequest(f"{texts[0]}: send it as a file")
+    if not images:
+        raise schemas.BadRequest("image: Field required (a file)")
+    for name, sent in (("image", images), ("mask", masks)):
+        if len(sent) > 1:
+            raise schemas.BadRequest(f"{name}: one file, got {len(sent)} (sdcpu edits one image)")
+    try:
+        body = schemas.OpenAIEditForm.model_validate(fields)
+    except ValidationError as err:
+        raise RequestValidationError(err.errors()) from None
+    mask = await masks[0].read() if masks else None
+    return body, await run_in_threadpool(schemas.openai_edit, await images[0].read(), mask, body.strength)
 
 
 async def _answer(service, request: Request, body, job: schemas.Job, event_prefix: str):

@@ -37,6 +37,7 @@ class Options:
     allowed_origins: tuple[str, ...] = ()  # scheme://host[:port] of other sites whose pages may use it (CORS)
     lora_dir: str | None = None  # an absolute folder: the LoRAs requests may name
     max_queue: int = 16  # requests that may wait for the worker
+    max_uploads: int = 2  # uploads (edits, img2img) read and decoded at once
     max_batch: int = 1  # images one pipeline call may make for waiting requests of one shape
     max_request_seconds: float | None = None  # a pipeline call still running then stops (None: no bound)
     drain_seconds: float = 30  # on SIGTERM, how long queued and running requests may finish

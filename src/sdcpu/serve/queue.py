@@ -204,14 +204,23 @@ class Worker:
         """Queue JOB, sent by OWNER; its Future gets a Done. Raises NotReady or QueueFull at once instead of
         waiting."""
         with self._cond:
-            if not self.ready or self._closing:
-                raise NotReady(self.state if not self._closing else "shutting down")
-            if len(self._waiting) >= self.max_queue:
-                raise QueueFull(f"{len(self._waiting)} requests are waiting (--max-queue {self.max_queue})")
+            self._check_room()
             future = Future()
             self._waiting.append(Queued(job, future, owner))
             self._cond.notify()
         return future
+
+    def check_room(self) -> None:
+        """Raise what a job submitted now would raise at once (NotReady, QueueFull): what an upload is answered before
+        it is read."""
+        with self._cond:
+            self._check_room()
+
+    def _check_room(self) -> None:
+        if not self.ready or self._closing:
+            raise NotReady(self.state if not self._closing else "shutting down")
+        if len(self._waiting) >= self.max_queue:
+            raise QueueFull(f"{len(self._waiting)} requests are waiting (--max-queue {self.max_queue})")
 
     def interrupt(self, caller: Owner) -> bool:
         """Interrupt the jobs of the running call that CALLER owns (Owner.matches): the call stops at its next step once

@@ -9,19 +9,20 @@ longer than the text encoder reads (77 CLIP tokens, start and end included) is r
 too: truncating it would silently drop the end of what was asked for.
 """
 
-import base64
 import binascii
 import contextlib
 import secrets
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdcpu.errors import UsageError
 from sdcpu.models.loras import Folder, Lora, prompt_loras
 from sdcpu.pipeline import generate, tasks
 from sdcpu.pipeline.generate import Request
+from sdcpu.serve import uploads
 
 MAX_STEPS = 150  # A1111's slider maximum
 MAX_IMAGES = 10  # OpenAI's bound on n
@@ -30,7 +31,8 @@ MAX_SEED = 2**32 - 1
 MAX_PARTIAL_IMAGES = 3  # OpenAI's bound on partial_images
 MAX_PROMPT_CHARS = 4096  # far more than 77 CLIP tokens take (the token check is the real bound), room for LoRA tags
 MAX_NAME_CHARS = 256  # a model, user, sampler, schedule or option name
-MAX_BASE64_CHARS = tasks.MAX_INPUT_BYTES * 4 // 3 + 100  # one upload as base64 (4 characters per 3 bytes), data: prefix
+# one upload as base64: 4 characters per 3 bytes, a line break (CR LF) after every 76 as MIME writes it, a data: prefix
+MAX_BASE64_CHARS = tasks.MAX_INPUT_BYTES * 4 // 3 * 78 // 76 + 100
 
 class BadRequest(ValueError):
     """A request the server refuses: answered 400 with this one-line message."""
@@ -150,13 +152,28 @@ def loras_of(prompt: str, listed: str, limits: Limits) -> tuple[str, tuple[Lora,
         return prompt, tuple(Lora(str(limits.lora_folder.resolve(name)), weight) for name, weight in named)
 
 
-def decode_base64(field_name: str, text: str) -> bytes:
+def decode_base64(field_name: str, text: str) -> bytearray:
+    """A1111's base64 image field FIELD_NAME (TEXT; a data: URL prefix and line breaks allowed), decoded."""
     if len(text) > MAX_BASE64_CHARS:
         raise BadRequest(f"{field_name}: more than the {tasks.MAX_INPUT_BYTES // 2**20} MiB accepted")
     try:
-        return base64.b64decode(text.split(",", 1)[1] if text.startswith("data:") else text, validate=True)
-    except (binascii.Error, IndexError):
+        return uploads.decode_base64(text, text.index(",", 0, 256) + 1 if text.startswith("data:") else 0)
+    except (binascii.Error, ValueError):
         raise BadRequest(f"{field_name}: not base64 (a data: URL prefix is allowed)") from None
+
+
+def parse_json(model: type[BaseModel], data: bytes) -> BaseModel:
+    """DATA (a JSON body) as MODEL, by pydantic's own parser (it holds the GIL only briefly: the event loop goes on
+    beside it in a thread); refused as FastAPI refuses a body parameter."""
+    try:
+        return model.model_validate_json(data)
+    except ValidationError as err:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in err.errors()]) from None
+
+
+def json_body(model: type[BaseModel]) -> dict:
+    """The OpenAPI description of a route's JSON body of MODEL, for a route that reads its body itself."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
 @contextlib.contextmanager

@@ -17,7 +17,7 @@ def build(options: Options, cpu, on_fatal, on_ready=lambda message: None):
     settings = Settings(model=str(spec), recipe=str(recipe), random_weights=spec.random_weights,
                         max_size=options.max_size, api_key=options.api_key, lora_dir=options.lora_dir,
                         hosts=(options.host, *options.allowed_hosts), docs=options.docs,
-                        origins=options.allowed_origins)
+                        origins=options.allowed_origins, max_uploads=options.max_uploads)
     worker = Worker(lambda w: _prepare(w, options, cpu, on_ready), max_queue=options.max_queue,
                     max_batch=options.max_batch, max_seconds=options.max_request_seconds, on_fatal=on_fatal)
     return worker, create_app(worker, settings)
