@@ -17,6 +17,7 @@ from images import REMADE_ALONE_LEVELS, level_difference, png_claiming
 from serving import counter
 from sdcpu import load_pipeline
 from sdcpu.models import state
+from sdcpu.pipeline import generate
 
 SIZE = (80, 64)
 
@@ -70,6 +71,19 @@ def test_openai_edits_img2img_and_inpainting_with_the_alpha_mask(server, client)
         assert level_difference(pasted.crop(LEFT), inpainted.crop(LEFT)) <= REMADE_ALONE_LEVELS
         kept = (SIZE[0] // 2, 0, *SIZE)
         assert level_difference(pasted.crop(kept), PICTURE.crop(kept)) == 0, "pasted back exactly: mask_blur 0"
+
+
+def test_an_edit_without_a_size_of_an_image_not_a_multiple_of_8_is_made_at_its_size_rounded_down(client):
+    odd = PICTURE.resize((100, 75))  # a size diffusers would round down: refused with 400 before
+    answer = client.images.edit(image=("odd.png", encoded(odd), "image/png"), prompt="a boat", extra_body={"steps": 2})
+    assert decoded(answer.data[0].b64_json).size == (96, 72)
+
+
+@pytest.mark.parametrize("size, max_side, fitted", [((100, 75), 1024, (96, 72)), ((1000, 750), 1024, (1000, 744)),
+                                                    ((4032, 3024), 1024, (1024, 768)), ((3024, 4032), 512, (384, 512)),
+                                                    ((64, 64), 1024, (64, 64))])
+def test_an_images_own_size_is_fitted_to_the_servers_bound_and_rounded_down_to_multiples_of_8(size, max_side, fitted):
+    assert generate.fitted_size(*size, max_side) == fitted
 
 
 def test_mask_blur_softens_the_seam(server):

@@ -100,6 +100,14 @@ def check_size(width: int, height: int, max_side: int = MAX_SIDE) -> None:
                              f"{max_side}")
 
 
+def fitted_size(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """The size an image of WIDTHxHEIGHT is edited at when a request names none: its own, scaled down to fit MAX_SIDE
+    (its aspect ratio kept) and each side rounded down to a multiple of 8, as diffusers rounds a size it is given (an
+    edit of a 1000x750 photo is made at 1000x744; of a 4032x3024 one on a server of --max-size 1024, at 1024x768)."""
+    scale = min(1.0, max_side / max(width, height))
+    return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
+
+
 def check_tokens(tokenizer, request: Request) -> None:
     """Refuse a prompt longer than the text encoder reads (the pipeline would silently drop its end): checked once
     the tokenizer is loaded, before any compute."""

@@ -116,8 +116,8 @@ def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = N
         raise BadRequest("stream: true makes one image: n must be 1")
     if body.partial_images and not body.stream:
         raise BadRequest("partial_images needs stream: true")
-    width, height = (_size(body.size) if body.size else edit.image.size if edit
-                     else (limits.defaults.width, limits.defaults.height))
+    width, height = (_size(body.size) if body.size else generate.fitted_size(*edit.image.size, limits.max_size)
+                     if edit else (limits.defaults.width, limits.defaults.height))
     prompt, loras = loras_of(body.prompt, body.loras, limits)
     request = Request(
         prompt=prompt, negative_prompt=body.negative_prompt, width=width, height=height,
