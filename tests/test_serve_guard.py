@@ -9,6 +9,7 @@ import concurrent.futures
 import hashlib
 import io
 import json
+import pickle
 import re
 import time
 
@@ -16,10 +17,11 @@ import httpx2 as httpx
 import pytest
 from PIL import Image
 
-from serving import InProcess, counter
+from serving import InProcess, counter, options
 from sdcpu.cli import main
 from sdcpu.serve import guard, queue
 from sdcpu.serve.app import create_app, Settings
+from sdcpu.serve.options import key_digest
 from sdcpu.serve.queue import Phase, Worker
 
 KEY = "test-key"
@@ -28,7 +30,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 def app_for(prepare=lambda w: None, **settings):
     worker = Worker(prepare, max_queue=1)  # not started: "loading the model"
-    settings = {"model": "random:tiny", "recipe": "baseline", "random_weights": True, "api_key": KEY, **settings}
+    settings = {"model": "random:tiny", "recipe": "baseline", "random_weights": True, "key_digest": key_digest(KEY),
+                **settings}
     return worker, create_app(worker, Settings(**settings))
 
 
@@ -71,7 +74,7 @@ def test_the_key_is_checked_before_a_byte_of_the_body_is_read():
 def ready(tiny):
     """An app whose worker runs random:tiny, without a key."""
     pipe = tiny()
-    worker, app = app_for(lambda w: pipe, api_key=None)
+    worker, app = app_for(lambda w: pipe, key_digest=None)
     worker.start()
     deadline = time.monotonic() + 60
     while not worker.ready:
@@ -143,7 +146,7 @@ def test_health_without_the_key_says_only_ready_or_not():
     assert call(app, "GET", "/health").json() == {"status": "not ready"}
     full = call(app, "GET", "/health", headers=AUTH).json()
     assert full["model"] == "random:tiny" and full["state"] == "loading the model"
-    _, open_app = app_for(api_key=None)
+    _, open_app = app_for(key_digest=None)
     assert call(open_app, "GET", "/health").json()["recipe"] == "baseline"
 
 
@@ -152,7 +155,7 @@ def test_a_failed_preparation_is_a_phase_with_its_error_and_health_says_why():
         worker.state = "optimizing"
         raise RuntimeError("no such model")
 
-    worker, app = app_for(prepare, api_key=None)
+    worker, app = app_for(prepare, key_digest=None)
     worker.start().close(10)
     assert worker.phase is Phase.FAILED and str(worker.error) == "no such model"
     health = call(app, "GET", "/health")
@@ -194,6 +197,15 @@ def test_a_failed_generation_answers_an_id_not_the_exception_text(ready, monkeyp
     assert message.startswith("generation failed; the server's log has the details under error id ")
     assert "/home/someone" not in message and "/home/someone" in caplog.text
     assert f"error id {message.rsplit(' ', 1)[1]}" in caplog.text
+
+
+def test_the_service_keeps_a_digest_of_the_key_never_the_key():
+    key = "s3cret-key-for-the-cluster"
+    kept = options("--api-key", key)
+    assert key.encode() not in pickle.dumps(kept)  # what Ray stores on the cluster: a deployment's bound arguments
+    _, app = app_for(key_digest=kept.key_digest)
+    assert call(app, "GET", "/metrics", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert call(app, "GET", "/metrics", headers={"Authorization": f"Bearer {key}x"}).status_code == 401
 
 
 def test_the_authorization_scheme_is_case_insensitive():

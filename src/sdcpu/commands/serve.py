@@ -16,7 +16,7 @@ from sdcpu.commands.options import add_model, add_recipe, resolve_recipe
 from sdcpu.errors import UsageError
 from sdcpu.pipeline import generate
 from sdcpu.recipes import relaunch
-from sdcpu.serve.options import Options, Replicas
+from sdcpu.serve.options import Options, Replicas, key_digest
 from sdcpu.system import hardware, launcher, ray_shares
 from sdcpu.system.instances import run_instances
 
@@ -147,7 +147,8 @@ def service_options(args, spec, recipe) -> Options:
     """The service ARGS ask for, on SPEC optimized by RECIPE (both resolved), as the service and Ray take it."""
     ray = None if args.ray is None else Replicas(args.ray, args.replicas, args.min_replicas, args.max_replicas,
                                                  args.cores_per_replica)
-    return Options(spec, recipe, host=args.host, port=args.port, api_key=args.api_key,
+    return Options(spec, recipe, host=args.host, port=args.port,
+                   key_digest=key_digest(args.api_key) if args.api_key is not None else None,
                    allowed_hosts=tuple(args.allowed_host), allowed_origins=tuple(args.allow_origin),
                    docs=args.docs,
                    lora_dir=os.path.abspath(args.lora_dir) if args.lora_dir else None, max_queue=args.max_queue,

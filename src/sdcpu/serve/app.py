@@ -53,7 +53,7 @@ class Settings:
     recipe: str  # the resolved recipe, for /health and the images' parameters
     random_weights: bool
     max_size: int = 1024
-    api_key: str | None = None
+    key_digest: bytes | None = None  # the API key's options.key_digest (None: no key asked)
     lora_dir: str | None = None  # the LoRAs requests may name (serve --lora-dir)
     hosts: tuple[str, ...] = guard.LOOPBACK  # the Host names answered (serve --host, --allowed-host)
     docs: bool = False  # serve /docs, /redoc, /openapi.json (serve --docs)
@@ -76,7 +76,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     if settings.origins:  # inside the guard: it answers their preflights and marks the routes' answers
         app.add_middleware(CORSMiddleware, allow_origins=settings.origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])
-    app.add_middleware(guard.Guard, api_key=settings.api_key, hosts=(*guard.LOOPBACK, *settings.hosts),
+    app.add_middleware(guard.Guard, key_digest=settings.key_digest, hosts=(*guard.LOOPBACK, *settings.hosts),
                        origins=settings.origins)
     app.middleware("http")(metrics.middleware())  # outside the guard: its refusals and 500s are counted
     _error_handlers(app, worker)
@@ -89,7 +89,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
         """200 once the model is loaded and warmed up, else 503 with what it is doing (or why it failed); with an API
         key, only ready or not unless the key is sent."""
         body = {"status": "ready" if worker.ready else "not ready"}
-        if guard.authorized(request.headers, settings.api_key):
+        if guard.authorized(request.headers, settings.key_digest):
             body |= {"state": worker.state, "model": settings.model, "recipe": settings.recipe,
                      "queue_depth": worker.depth(), "max_queue": worker.max_queue,
                      "pid": os.getpid()}  # which instance answered, under --instances

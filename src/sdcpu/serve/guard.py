@@ -29,6 +29,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from sdcpu.pipeline import tasks
+from sdcpu.serve.options import key_digest
 from sdcpu.serve.schemas import MAX_BASE64_CHARS
 
 log = logging.getLogger(__name__)
@@ -50,13 +51,14 @@ def incident(what: str, error: BaseException) -> str:
     return f"{what}; the server's log has the details under error id {ident}"
 
 
-def authorized(headers, api_key: str | None) -> bool:
-    """No key is set, or HEADERS carry `Authorization: Bearer KEY` (the scheme in any case)."""
-    if api_key is None:
+def authorized(headers, digest: bytes | None) -> bool:
+    """No key is set (DIGEST None), or HEADERS carry `Authorization: Bearer KEY` (the scheme in any case) with the KEY
+    whose key_digest is DIGEST."""
+    if digest is None:
         return True
     scheme, _, credentials = headers.get("authorization", "").partition(" ")
     sent = credentials.lstrip(" ").encode("latin-1")  # the header's bytes, as Starlette decoded them
-    return scheme.lower() == "bearer" and hmac.compare_digest(sent, api_key.encode())
+    return scheme.lower() == "bearer" and hmac.compare_digest(key_digest(sent), digest)
 
 
 def foreign(headers, own_origin: str) -> bool:
@@ -82,10 +84,10 @@ def host_name(host: str) -> str:
 
 class Guard:
     """The checks above around APP: the server answers to HOSTS (names, with or without brackets), a browser page on
-    one of ORIGINS (scheme://host[:port], lowercase) may use it, and API_KEY (None: none) is asked."""
+    one of ORIGINS (scheme://host[:port], lowercase) may use it, and the API key of KEY_DIGEST (None: none) is asked."""
 
-    def __init__(self, app, *, api_key: str | None, hosts: tuple[str, ...], origins: tuple[str, ...] = ()):
-        self.app, self.api_key, self.origins = app, api_key, set(origins)
+    def __init__(self, app, *, key_digest: bytes | None, hosts: tuple[str, ...], origins: tuple[str, ...] = ()):
+        self.app, self.key_digest, self.origins = app, key_digest, set(origins)
         self.hosts = {name.lower().strip("[]") for name in hosts}  # names, without a port
 
     def allowed(self, origin: str | None) -> bool:
@@ -104,7 +106,7 @@ class Guard:
             return 403, (f"a browser's request from a page of another site ({sender}) is refused: start the server "
                          "with --allow-origin ORIGIN to let a page on ORIGIN use it"), {}
         if (scope["path"].startswith(NEEDS_KEY) and not (allowed and preflight(method, headers))
-                and not authorized(headers, self.api_key)):
+                and not authorized(headers, self.key_digest)):
             return 401, "missing or wrong API key: send the header Authorization: Bearer KEY", \
                 {"WWW-Authenticate": "Bearer"}
         length = headers.get("content-length", "")

@@ -1,9 +1,16 @@
 """What `sdcpu serve` is asked to serve, and how, as plain data: commands/serve.py makes it from the command line;
 the service (serve/service.py) and each Ray Serve replica (serve/ray_deploy.py) are built from it."""
 
+import hashlib
 from dataclasses import dataclass
 
 from sdcpu.pipeline.generate import DEFAULTS
+
+
+def key_digest(api_key: str | bytes) -> bytes:
+    """What the server keeps of an API key: its SHA-256, never the key itself (a Ray deployment's options are stored
+    on the cluster, where whoever can read its state could read them)."""
+    return hashlib.sha256(api_key.encode() if isinstance(api_key, str) else api_key).digest()
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,7 @@ class Options:
     recipe: object  # a recipes.Recipe
     host: str = "127.0.0.1"
     port: int = 7860  # 0: a free one
-    api_key: str | None = None  # None: no key asked
+    key_digest: bytes | None = None  # the API key's key_digest (never the key); None: no key asked
     allowed_hosts: tuple[str, ...] = ()  # Host names answered besides localhost, the loopback addresses and HOST
     docs: bool = False  # serve /docs, /redoc, /openapi.json
     allowed_origins: tuple[str, ...] = ()  # scheme://host[:port] of other sites whose pages may use it (CORS)

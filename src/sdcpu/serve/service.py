@@ -15,7 +15,7 @@ def build(options: Options, cpu, on_fatal, on_ready=lambda message: None):
     lifespan; ON_FATAL(error) is told when the model cannot be prepared, ON_READY(message) once it is ready."""
     spec, recipe = options.spec, options.recipe
     settings = Settings(model=str(spec), recipe=str(recipe), random_weights=spec.random_weights,
-                        max_size=options.max_size, api_key=options.api_key, lora_dir=options.lora_dir,
+                        max_size=options.max_size, key_digest=options.key_digest, lora_dir=options.lora_dir,
                         hosts=(options.host, *options.allowed_hosts), docs=options.docs,
                         origins=options.allowed_origins, max_uploads=options.max_uploads)
     worker = Worker(lambda w: _prepare(w, options, cpu, on_ready), max_queue=options.max_queue,
