@@ -243,6 +243,15 @@ def test_a_non_ascii_key_in_the_environment_is_refused_at_start(capsys, past_the
     assert "must be printable ASCII" in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("given, sent", [("https://App.example:443", "https://app.example"),
+                                         ("http://localhost:80/", "http://localhost"),
+                                         ("http://localhost:8080", "http://localhost:8080"),
+                                         ("https://app.example:80", "https://app.example:80"),
+                                         ("http://[::1]:80", "http://[::1]")])
+def test_an_allow_origin_is_kept_as_a_browser_sends_it_without_its_schemes_default_port(given, sent):
+    assert options("--allow-origin", given).allowed_origins == (sent,)
+
+
 @pytest.mark.parametrize("origin", ["*", "https://app.example/path", "null", "app.example"])
 def test_an_allow_origin_that_is_not_an_origin_is_refused_by_the_parser(capsys, past_the_checks, origin):
     with pytest.raises(SystemExit) as exit:

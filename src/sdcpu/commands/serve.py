@@ -205,11 +205,14 @@ def _check_access(host: str, api_key: str | None, insecure_no_key: bool) -> None
 
 
 def _origin(given: str) -> str:
-    """GIVEN (an --allow-origin) as a browser sends it in its Origin header: scheme://host[:port], lowercase."""
+    """GIVEN (an --allow-origin) as a browser sends it in its Origin header: scheme://host[:port], lowercase, without
+    its scheme's default port (a browser sends https://example.com, never https://example.com:443)."""
     if not (match := ORIGIN.fullmatch(given.lower())):
         raise argparse.ArgumentTypeError(f"{given!r} is not an origin: give scheme://host[:port], as "
                                          "http://localhost:3000 (no path, no wildcard)")
-    return match.group(1)
+    origin = match.group(1)
+    default = {"http": ":80", "https": ":443"}[origin.split(":", 1)[0]]
+    return origin.removesuffix(default)
 
 
 def _run_instances(args, recipe, cpu) -> int:
