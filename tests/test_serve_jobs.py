@@ -157,3 +157,15 @@ def test_progress_previews_are_decoded_once_per_step_and_shared(server, monkeypa
         assert pending.result().status_code == 200
     assert images and len(decodes) < len(images), "the pollers share each decode"
     assert len(decodes) <= min(31, seconds / preview.PROGRESS_SECONDS + 1)
+
+
+def test_a_task_id_names_one_job_in_flight_at_a_time(server):
+    body = {**LONG, "force_task_id": "one-task"}
+    with client(server) as same, client(server, OTHER) as other, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(same.post, "/sdapi/v1/txt2img", json=body)
+        wait_running(same, pending, 1)
+        again = other.post("/sdapi/v1/txt2img", json={**body, "steps": 2})  # before: queued, both under one id
+        assert again.status_code == 409 and "give each job its own task id" in again.json()["error"]["message"]
+        assert other.post("/sdapi/v1/interrupt", json={"id_task": "one-task"}).json()["interrupted"]
+        assert pending.result().status_code == 200
+        assert other.post("/sdapi/v1/txt2img", json={**body, "steps": 2}).status_code == 200  # the id is free again

@@ -3,11 +3,12 @@
 
 Every error is JSON `{"error": {"message": ..., "type": ...}}` (OpenAI's shape, for both APIs) with a 4xx status for
 bad input or a Host the server does not answer to (400), a missing or wrong key (401), a browser's request from a page
-of another site (403), an unknown path (404), a body too large (413); 503 with Retry-After when the queue is full,
-the model is not ready or --max-uploads uploads are being read (serve/uploads.py); 504 when a call runs past
---max-request-seconds; 503 when the server shuts down and its drain time is over (queue.Worker.drain); 499 with type and code `interrupted` when an OpenAI request is interrupted by its
-own caller (A1111's answer 200 with what was made, as A1111 does); 500 (a short message and an id, the details in the
-log) when a generation fails or a route breaks. The server keeps serving after any of them. A client that disconnects
+of another site (403), an unknown path (404), a force_task_id naming a job in flight (409), a body too large (413);
+503 with Retry-After when the queue is full, the model is not ready or --max-uploads uploads are being read
+(serve/uploads.py); 504 when a call runs past --max-request-seconds; 503 when the server shuts down and its drain time
+is over (queue.Worker.drain); 499 with type and code `interrupted` when an OpenAI request is interrupted by its own
+caller (A1111's answer 200 with what was made, as A1111 does); 500 (a short message and an id, the details in the log)
+when a generation fails or a route breaks. The server keeps serving after any of them. A client that disconnects
 before its answer cancels its job (queue.Worker.cancel), counted as status 499.
 With an API key, /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY` (serve/guard.py checks it, the Host
 and the body's size before a route reads the body); / and /health stay open, /health saying only ready or not.
@@ -44,7 +45,7 @@ from sdcpu.pipeline import generate
 from sdcpu.serve import a1111_routes, guard, openai_routes, preview, schemas, uploads
 from sdcpu.serve.metrics import Metrics
 from sdcpu.serve.queue import (ClientGone, Done, GenerationFailed, Interrupted, NotReady, Owner, QueueFull,
-                               ShuttingDown, TimedOut, Worker)
+                               ShuttingDown, TaskInFlight, TimedOut, Worker)
 
 
 @dataclass(frozen=True)
@@ -259,6 +260,10 @@ def _error_handlers(app: FastAPI, worker: Worker) -> None:
     @app.exception_handler(uploads.UploadsFull)
     async def uploads_full(request, exc):  # an upload is read and decoded in a second or two
         return _error(503, f"server busy: {exc}; retry later", "server_busy", {"Retry-After": "2"})
+
+    @app.exception_handler(TaskInFlight)
+    async def task_in_flight(request, exc):
+        return _error(409, str(exc), "invalid_request_error")
 
     @app.exception_handler(NotReady)
     async def not_ready(request, exc):

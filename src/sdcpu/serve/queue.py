@@ -61,6 +61,11 @@ class Interrupted(Exception):
     API has no partial answer."""
 
 
+class TaskInFlight(Exception):
+    """A job names the task id (force_task_id) of a job queued or running: 409; a task id names one job at a time,
+    else its interrupt and progress would reach both."""
+
+
 class ClientGone(Exception):
     """The job's client has gone: no one reads its answer."""
 
@@ -205,6 +210,9 @@ class Worker:
         waiting."""
         with self._cond:
             self._check_room()
+            if owner.task is not None and self._in_flight(owner.task):
+                raise TaskInFlight(f"force_task_id {owner.task!r} names a job queued or running: give each job its "
+                                   "own task id")
             future = Future()
             self._waiting.append(Queued(job, future, owner))
             self._cond.notify()
@@ -232,6 +240,11 @@ class Worker:
             mine = {future for future, owner in zip(running.futures, running.owners) if owner.matches(caller)}
             running.halted |= mine
         return bool(mine)
+
+    def _in_flight(self, task: str) -> bool:
+        running = self.running
+        return (running is not None and any(owner.task == task for owner in running.owners)
+                or any(item.owner.task == task for item in self._waiting))
 
     def task(self, task: str) -> TaskState:
         """Where the job of TASK (a force_task_id) is."""
