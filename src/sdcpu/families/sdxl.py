@@ -9,7 +9,7 @@ Random architectures (the configs of ../shared/models.md sections 1-3, checked a
 512 pixels, Euler Ancestral with trailing timesteps so 1 step starts from pure noise), run at 1 step without guidance;
 `sdxl-inpainting` is diffusers' SDXL inpainting 0.1 (a 9-channel UNet input); `tiny-sdxl` (and `tiny-sdxl-inpainting`,
 `tiny-sdxl-turbo`) use diffusers' own SDXL fast-test sizes (tests/pipelines/stable_diffusion_xl) with CLIP's real
-vocabulary, and build in about a second.
+vocabulary and text encoders of two widths (see TINY), and build in about a second.
 
 Request defaults are decided here once, from the scheduler (`defaults_of`): a trailing-spacing schedule is a distilled
 few-step model's (SDXL-Turbo: 512x512, 1 step, guidance 0), any other is SDXL base's (1024x1024, 25 Euler steps,
@@ -52,9 +52,12 @@ VIT_L = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_
 BIG_G = dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
              projection_dim=1280, hidden_act="gelu")
 FULL = dict(unet=UNET, vae=VAE, text_encoder=VIT_L, text_encoder_2=BIG_G)
-TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=5, num_attention_heads=4, projection_dim=32,
+# diffusers' test encoders are both 32 wide; here they are 16 and 48 (the same 64-wide states, the same 32-wide pooled
+# output: the UNet is the test's own), because diffusers' single-file loader tells SDXL's two encoders apart by their
+# widths (768 and 1280) and would load the first one's weights into both where they are equal.
+TINY_TEXT = dict(intermediate_size=37, num_hidden_layers=5, num_attention_heads=4, projection_dim=32,
                  hidden_act="gelu")
-TINY = dict(  # diffusers' StableDiffusionXLPipelineFastTests.get_dummy_components
+TINY = dict(  # diffusers' StableDiffusionXLPipelineFastTests.get_dummy_components, but for the encoders' widths
     unet=dict(block_out_channels=(2, 4), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
               down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
               up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
@@ -63,8 +66,8 @@ TINY = dict(  # diffusers' StableDiffusionXLPipelineFastTests.get_dummy_componen
               cross_attention_dim=64, norm_num_groups=1),
     vae=dict(block_out_channels=(32, 64), latent_channels=4, sample_size=128,
              down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
-    text_encoder=TINY_TEXT,
-    text_encoder_2=TINY_TEXT,
+    text_encoder={**TINY_TEXT, "hidden_size": 16},
+    text_encoder_2={**TINY_TEXT, "hidden_size": 48},
 )
 TINY_EULER = ("EulerDiscreteScheduler", dict(beta_start=0.00085, beta_end=0.012, steps_offset=1,
                                              beta_schedule="scaled_linear", timestep_spacing="leading"))
