@@ -43,7 +43,8 @@ PUBLISHED_UNET = dict(
     attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], layers_per_block=2,
     transformer_layers_per_block=[1, 2, 10], cross_attention_dim=2048, projection_class_embeddings_input_dim=2816,
     use_linear_projection=True, in_channels=4, out_channels=4, sample_size=128, flip_sin_to_cos=True, freq_shift=0,
-    norm_eps=1e-05, norm_num_groups=32, down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    norm_eps=1e-05, norm_num_groups=32,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
     up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], mid_block_type="UNetMidBlock2DCrossAttn",
     time_cond_proj_dim=None, upcast_attention=False, class_embed_type=None, encoder_hid_dim=None,
 )
@@ -167,7 +168,8 @@ def test_single_file_round_trip_through_sdcpus_own_loading(tmp_path):
     assert {key.split(".")[0] for key in keys} == {"model", "first_stage_model", "conditioner"}
     assert "conditioner.embedders.1.model.transformer.resblocks.4.attn.in_proj_weight" in keys
     assert "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight" in keys
-    assert "model.diffusion_model.label_emb.0.0.weight" in keys and "conditioner.embedders.1.model.text_projection" in keys
+    assert "model.diffusion_model.label_emb.0.0.weight" in keys
+    assert "conditioner.embedders.1.model.text_projection" in keys
     assert not [key for key in keys if "q_proj" in key and "embedders.1" in key]
     original = load_pipeline(str(folder))
     loaded = load_pipeline(str(path))  # sdcpu's single-file loading: the config built locally from tiny-sdxl
@@ -197,7 +199,8 @@ def write_sdxl_loras(pipe, folder, seed) -> tuple[str, str]:
     generator = torch.Generator().manual_seed(seed)
     sgm = {**sdxl_layout.ADDED, **sdxl_layout.sd_layout.unet_names(pipe.unet.config)}
     kohya, peft = {}, {}
-    for model, part, kohya_prefix in ((pipe.unet, "unet", "lora_unet_"), (pipe.text_encoder, "text_encoder", "lora_te1_"),
+    for model, part, kohya_prefix in ((pipe.unet, "unet", "lora_unet_"),
+                                      (pipe.text_encoder, "text_encoder", "lora_te1_"),
                                       (pipe.text_encoder_2, "text_encoder_2", "lora_te2_")):
         for name, module in model.named_modules():
             if not name.endswith(("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")):
