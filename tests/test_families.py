@@ -24,8 +24,8 @@ def test_every_random_architecture_belongs_to_one_family_that_builds_it():
 
 
 def test_a_pipeline_of_no_family_sdcpu_runs_is_refused_with_the_families_it_runs():
-    with pytest.raises(UsageError, match=r"StableDiffusionXLPipeline is of no model family sdcpu runs \(sd: "):
-        families.named("StableDiffusionXLPipeline")
+    with pytest.raises(UsageError, match=r"FluxPipeline is of no model family sdcpu runs \(sd: "):
+        families.named("FluxPipeline")
 
 
 def test_a_step_its_family_refuses_is_skipped_with_the_familys_reason(monkeypatch):

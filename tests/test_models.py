@@ -85,8 +85,8 @@ def test_a_malformed_random_marker_is_refused_in_one_line(tmp_path, marker):
 
 
 @pytest.mark.parametrize("index, message", [
-    ('{"_class_name": "StableDiffusionXLPipeline"}', r"StableDiffusionXLPipeline is of no model family sdcpu runs "
-                                                     r"\(sd: Stable Diffusion 1.x and 2.x"),
+    ('{"_class_name": "FluxPipeline"}', r"FluxPipeline is of no model family sdcpu runs "
+                                        r"\(sd: Stable Diffusion 1.x and 2.x.*; sdxl: Stable Diffusion XL"),
     ("{}", r"model_index.json: not a diffusers model_index.json \(KeyError"),
     ("[", r"model_index.json: not a diffusers model_index.json \(JSONDecodeError"),
 ])

@@ -22,7 +22,8 @@ def register(sub):
     add_model(p)
     add_recipe(p)
     p.add_argument("--steps", type=int, help=f"denoising steps (default: the recipe's steps=, else {DEFAULTS.steps})")
-    p.add_argument("--size", default=DEFAULTS.size, help="WIDTHxHEIGHT, multiples of 8 (default %(default)s)")
+    p.add_argument("--size", help=f"WIDTHxHEIGHT, multiples of 8 (default: the model's, {DEFAULTS.size} for SD, "
+                                  "1024x1024 for SDXL, 512x512 for SDXL-Turbo)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed+i (default %(default)s)")
     p.add_argument("--guidance", type=finite,
                    help=f"classifier-free guidance scale (default: the recipe's guidance=, else {DEFAULTS.guidance})")
@@ -48,14 +49,15 @@ def register(sub):
 def run(args) -> int:
     # 1. Check every input before the (slow) model load, so a typo costs nothing; then start under the recipe's plan.
     cpu = hardware.detect()
-    width, height = generate.parse_size(args.size)
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
+    known = generate.spec_defaults(spec)  # the model's own where known before loading (random:ARCH), else SD's
+    width, height = generate.parse_size(args.size) if args.size else (known.width, known.height)
     loras = tuple(parse(text, trust_pickle=args.trust_pickle) for text in args.lora)
     # auto: a tuned profile for this model and size, else the class rules (said at the end)
     recipe, why_auto = resolve_recipe(args, cpu, width, height)
     asked = generate.Request(prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height,
                              seed=args.seed, num_images=args.num_images)
-    request = _with_defaults(asked, args, DEFAULTS).validate()
+    request = _with_defaults(asked, args, known).validate()
     edit = _edit(args)
     tasks.check_steps(request.steps, edit and edit.strength)
     paths = generate.output_paths(args.output, request.seeds(), overwrite=args.overwrite)
@@ -79,7 +81,9 @@ def run(args) -> int:
     prepared = prepare(spec, recipe, cpu, progress=True, edit=edit, warmup=warmup, optimized=optimized,
                        loaded=lambda pipe: generate.check_tokens(pipe.tokenizer, request))
     pipe = prepared.pipe
-    request = _with_defaults(asked, args, prepared.defaults)  # the recipe's steps= and guidance=, lcm-lora's 4 at 1
+    # the recipe's steps= and guidance= (lcm-lora's 4 at 1), the loaded model's size where --size was left out
+    request = _with_defaults(asked, args, prepared.defaults).validate()
+    width, height = request.width, request.height
     scheduler = schedulers.current_name(pipe)
     if prepared.warmup:
         cached = "LoRA-edited models compile again in each process" if loras else "cached for the next process"
@@ -107,9 +111,10 @@ def run(args) -> int:
 
 
 def _with_defaults(request, args, defaults):
-    """REQUEST with --steps and --guidance where given, else DEFAULTS'."""
+    """REQUEST with --steps, --guidance and --size where given, else DEFAULTS'."""
+    size = {} if args.size else {"width": defaults.width, "height": defaults.height}
     return replace(request, steps=defaults.steps if args.steps is None else args.steps,
-                   guidance=defaults.guidance if args.guidance is None else args.guidance)
+                   guidance=defaults.guidance if args.guidance is None else args.guidance, **size)
 
 
 def _edit(args):

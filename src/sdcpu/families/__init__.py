@@ -1,14 +1,14 @@
-"""Model families: one module each (`sd`: SD 1.x and 2.x), declaring what is particular to it (sdcpu.families.base).
+"""Model families: one module each (`sd`: SD 1.x and 2.x; `sdxl`: SDXL base, Turbo, inpainting), declaring what is particular to it (sdcpu.families.base).
 
 `of(pipe)` is the family of a loaded pipeline, `of_arch(name)` the family of a `random:NAME` architecture; a pipeline
 of no family sdcpu knows is refused with the families it runs.
 """
 
 from sdcpu.errors import UsageError
-from sdcpu.families import sd
+from sdcpu.families import sd, sdxl
 from sdcpu.families.base import Family
 
-FAMILIES: tuple[Family, ...] = (sd.FAMILY,)
+FAMILIES: tuple[Family, ...] = (sd.FAMILY, sdxl.FAMILY)
 ARCHS = {arch: family for family in FAMILIES for arch in family.archs}  # random:ARCH -> its family
 
 
@@ -31,10 +31,15 @@ def of_arch(arch: str) -> Family:
     return ARCHS[arch]
 
 
-def of_single_file(repo: str) -> tuple[Family, str | None]:
+def of_single_file(repo: str, checkpoint=None) -> tuple[Family, str | None]:
     """The family of a single-file checkpoint diffusers reads as hub REPO's, and the architecture whose config sdcpu
-    builds for it (None: the config comes from the hub). A repo no family declares loads as SD's, as diffusers'
+    builds for it (None: the config comes from the hub): first a family that knows CHECKPOINT (its tensors) by its
+    keys and shapes, else the family declaring REPO. A repo no family declares loads as SD's, as diffusers'
     StableDiffusionPipeline would."""
+    for family in FAMILIES:
+        arch = None if checkpoint is None else family.checkpoint_arch(checkpoint)
+        if arch:
+            return family, arch
     for family in FAMILIES:
         if repo in family.single_file_configs:
             return family, family.single_file_configs[repo]

@@ -104,6 +104,20 @@ class Family:
         and tune probes at)."""
         return getattr(pipe, self.denoiser.attribute).config.sample_size * pipe.vae_scale_factor
 
+    def defaults_of(self, pipe) -> Defaults:
+        """The request defaults of PIPE, a model of this family (a family whose models differ, as SDXL and
+        SDXL-Turbo, tells them apart here)."""
+        return self.defaults
+
+    def arch_defaults(self, arch: str) -> Defaults:
+        """The request defaults of random:ARCH, known before it loads (the same rule as `defaults_of`)."""
+        return self.defaults
+
+    def checkpoint_arch(self, checkpoint) -> str | None:
+        """The architecture of this family an original-layout CHECKPOINT (a mapping of its tensors) is, read from its
+        keys and shapes, or None where it is none of this family's (then diffusers' inference decides)."""
+        return None
+
     def inpainting(self, pipe) -> bool:
         """Whether PIPE's denoiser is an inpainting one (it takes the mask and the masked image's latents too)."""
         return False

@@ -8,8 +8,9 @@ VOCAB_SIZE = 49408
 MAX_TOKENS = 77
 
 
-def tokenizer():
-    """CLIP's tokenizer (49,408 tokens, 77 positions)."""
+def tokenizer(pad: str | None = None):
+    """CLIP's tokenizer (49,408 tokens, 77 positions), padding with PAD where given (SDXL's tokenizer_2 and SD 2.x
+    pad with `!`, id 0), else with the end token."""
     from transformers import CLIPTokenizer
 
     with resources.files("sdcpu").joinpath("data/clip_merges.txt.gz").open("rb") as raw:
@@ -18,7 +19,10 @@ def tokenizer():
     tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: i for i, token in enumerate(tokens)}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+    made = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_TOKENS)
+    if pad is not None:
+        made.pad_token = pad
+    return made
 
 
 def text_config(**sizes):

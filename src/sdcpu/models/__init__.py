@@ -147,7 +147,7 @@ def _load_single_file(path: str):
 
     checkpoint = _LazySafetensors(path) if path.endswith(".safetensors") else load_single_file_checkpoint(path)
     repo = fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"]
-    family, arch = families.of_single_file(repo)
+    family, arch = families.of_single_file(repo, checkpoint)
     if arch:
         config = str(random_models.ensure_config_folder(arch))
     else:

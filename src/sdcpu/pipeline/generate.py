@@ -34,10 +34,18 @@ def defaults_for(pipe, base: Defaults | None = None) -> Defaults:
     """The defaults of a request on PIPE: BASE (default: its model family's; bench: its protocol's) with the call
     defaults of the recipe PIPE was optimized with over it (its steps= and guidance=; lcm-lora's 4 steps at
     guidance 1)."""
-    base = base or families.of(pipe).defaults
+    base = base or families.of(pipe).defaults_of(pipe)
     call = state.of(pipe).defaults
     return replace(base, steps=call.get("num_inference_steps", base.steps),
                    guidance=call.get("guidance_scale", base.guidance))
+
+
+def spec_defaults(spec) -> Defaults:
+    """The request defaults of model SPEC known before it loads: a random:ARCH's family says them for ARCH; any other
+    model's are known once loaded (`defaults_for`), SD's until then."""
+    from sdcpu.models import Source
+
+    return families.of_arch(spec.ref).arch_defaults(spec.ref) if spec.kind is Source.RANDOM else DEFAULTS
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,275 @@
+"""The SDXL family (sdcpu.families.sdxl) on random:tiny-sdxl: its architectures are SDXL's published ones, every task
+runs through sdcpu's own generate path, its original single-file layout round-trips, LoRAs in both layouts reach both
+text encoders and go exactly, and its defaults (base 1024, Turbo 512 at 1 step without guidance) reach a request."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from sdcpu import families, load_pipeline, optimize, use_loras
+from sdcpu.cli import main
+from sdcpu.families import sd, sdxl, sdxl_layout
+from sdcpu.models import random_models, single_file
+from sdcpu.pipeline import generate, tasks
+
+CHANGED = 1e-3  # a rank-4 0.1 x randn LoRA moves tiny-sdxl's image far more than float rounding
+SAME_ATOL = 1e-5  # the same weights, another order of float sums (test_lora's bound)
+
+
+@pytest.fixture(scope="module")
+def tiny_sdxl(sdcpu_home):
+    pristine = load_pipeline("random:tiny-sdxl")
+    return lambda: copy.deepcopy(pristine)
+
+
+def image(pipe, **kwargs):
+    return pipe("a sailing ship", num_inference_steps=2, height=64, width=64, output_type="np",
+                generator=torch.Generator().manual_seed(0), **kwargs).images
+
+
+def png(tmp_path, name, image_or_mask):
+    path = tmp_path / name
+    image_or_mask.save(path)
+    return str(path)
+
+
+# models.md sections 1-3: SDXL base 1.0's, SDXL-Turbo's and SDXL inpainting 0.1's published configs and counts.
+PUBLISHED_UNET = dict(
+    act_fn="silu", addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
+    attention_head_dim=[5, 10, 20], block_out_channels=[320, 640, 1280], layers_per_block=2,
+    transformer_layers_per_block=[1, 2, 10], cross_attention_dim=2048, projection_class_embeddings_input_dim=2816,
+    use_linear_projection=True, in_channels=4, out_channels=4, sample_size=128, flip_sin_to_cos=True, freq_shift=0,
+    norm_eps=1e-05, norm_num_groups=32,
+    down_block_types=["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    up_block_types=["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"], mid_block_type="UNetMidBlock2DCrossAttn",
+    time_cond_proj_dim=None, upcast_attention=False, class_embed_type=None, encoder_hid_dim=None,
+)
+PUBLISHED_PARAMETERS = {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840,
+                        "vae": 83_653_863}
+
+
+def test_the_full_architectures_are_sdxls_published_ones_counted_on_the_meta_device():
+    with torch.device("meta"):
+        base = sdxl.FAMILY.build("sdxl", 0)
+        inpainting = sdxl.FAMILY.build("sdxl-inpainting", 0)
+        turbo = sdxl.FAMILY.build("sdxl-turbo", 0)
+    config = dict(base.unet.config)
+    assert {key: (list(config[key]) if isinstance(config[key], tuple) else config[key])
+            for key in PUBLISHED_UNET} == PUBLISHED_UNET
+    counts = {name: sum(p.numel() for p in getattr(base, name).parameters()) for name in PUBLISHED_PARAMETERS}
+    assert counts == PUBLISHED_PARAMETERS
+    assert sum(p.numel() for p in inpainting.unet.parameters()) == 2_567_478_084  # conv_in + 320 x 5 x 3 x 3
+    assert type(inpainting).__name__ == "StableDiffusionXLInpaintPipeline" and inpainting.unet.config.in_channels == 9
+    te, te2 = base.text_encoder.config, base.text_encoder_2.config
+    assert (te.hidden_size, te.num_hidden_layers, te.num_attention_heads, te.hidden_act) == (768, 12, 12, "quick_gelu")
+    assert (te2.hidden_size, te2.intermediate_size, te2.num_hidden_layers, te2.num_attention_heads, te2.hidden_act,
+            te2.projection_dim) == (1280, 5120, 32, 20, "gelu", 1280)
+    assert base.vae.config.scaling_factor == 0.13025 and base.vae.config.force_upcast
+    assert type(base.scheduler).__name__ == "EulerDiscreteScheduler"
+    assert base.scheduler.config.timestep_spacing == "leading" and base.scheduler.config.steps_offset == 1
+    assert type(turbo.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    assert turbo.scheduler.config.timestep_spacing == "trailing" and turbo.unet.config.sample_size == 64
+    assert sum(p.numel() for p in turbo.unet.parameters()) == PUBLISHED_PARAMETERS["unet"]
+    # both tokenizers: CLIP's vocabulary and 77 positions; tokenizer_2 pads with "!" (id 0), tokenizer with the end
+    assert base.tokenizer_2.pad_token == "!" and base.tokenizer_2.pad_token_id == 0
+    assert base.tokenizer.pad_token_id == 49407 and base.tokenizer.model_max_length == 77 == sdxl.FAMILY.tokens
+    assert sdxl.FAMILY.native_size(base) == 1024 and sdxl.FAMILY.native_size(turbo) == 512
+
+
+def test_example_inputs_take_their_widths_from_the_config_and_run_the_unet():
+    with torch.device("meta"):
+        unet = sdxl.FAMILY.build("sdxl", 0).unet
+    inputs = sdxl.FAMILY.example_inputs(unet.config, 2, (64, 64), torch.float32)
+    assert [tuple(x.shape) for x in inputs] == [(2, 4, 64, 64), (2,), (2, 77, 2048), (2, 1280), (2, 6)]
+    tiny = families.of_arch("tiny-sdxl").build("tiny-sdxl", 0)
+    inputs = sdxl.FAMILY.example_inputs(tiny.unet.config, 1, (16, 16), torch.float32)
+    args, kwargs = sdxl.FAMILY.denoiser.call_arguments(inputs)
+    assert tiny.unet(*args, **kwargs, return_dict=False)[0].shape == (1, 4, 16, 16)
+    assert sdxl.FAMILY.flops(tiny.unet.config, 1, (16, 16)) > 0
+
+
+def test_the_registry_tells_sd_from_sdxl():
+    assert families.of_arch("tiny-sdxl") is sdxl.FAMILY and families.of_arch("tiny") is sd.FAMILY
+    for task, pipeline in sdxl.FAMILY.pipelines.items():
+        assert families.named(pipeline) is sdxl.FAMILY and sd.FAMILY.pipelines[task] != pipeline
+    for arch in ("sdxl", "sdxl-turbo", "sdxl-inpainting", "tiny-sdxl", "tiny-sdxl-inpainting"):
+        assert families.ARCHS[arch] is sdxl.FAMILY
+    assert families.of_single_file("stabilityai/stable-diffusion-xl-base-1.0") == (sdxl.FAMILY, "sdxl")
+    assert families.of_single_file("diffusers/stable-diffusion-xl-1.0-inpainting-0.1") == (sdxl.FAMILY,
+                                                                                           "sdxl-inpainting")
+    assert families.of_single_file("stable-diffusion-v1-5/stable-diffusion-v1-5") == (sd.FAMILY, "sd15")
+
+
+def test_diffusers_infers_the_hub_repos_the_family_maps():
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+
+    assert DIFFUSERS_DEFAULT_PIPELINE_PATHS["xl_base"]["pretrained_model_name_or_path"] in \
+        sdxl.FAMILY.single_file_configs
+    assert DIFFUSERS_DEFAULT_PIPELINE_PATHS["xl_inpaint"]["pretrained_model_name_or_path"] in \
+        sdxl.FAMILY.single_file_configs
+
+
+def test_txt2img_img2img_and_both_inpaintings_make_images_of_the_asked_size(tmp_path, capsys):
+    base = ["--recipe", "baseline", "--steps", "2", "--size", "80x64"]
+    out = tmp_path / "t2i.png"
+    assert main(["generate", "a ship", "--model", "random:tiny-sdxl", *base, "-o", str(out)]) == 0
+    assert Image.open(out).size == (80, 64)
+    mask = Image.new("L", (80, 64), 0)
+    mask.paste(255, (16, 8, 48, 40))
+    inputs = ["--image", str(out), "--mask", png(tmp_path, "mask.png", mask)]
+    runs = (("random:tiny-sdxl", ["--image", str(out)], "i2i"), ("random:tiny-sdxl", inputs, "inpaint"),
+            ("random:tiny-sdxl-inpainting", inputs, "inpaint9"))
+    for model, extra, name in runs:
+        target = tmp_path / f"{name}.png"
+        assert main(["generate", "a ship", "--model", model, *base, "--steps", "4", *extra, "-o", str(target)]) == 0
+        assert Image.open(target).size == (80, 64), name
+    said = capsys.readouterr().out
+    assert "img2img, 4 steps x strength 0.75: 3 run" in said and said.count("inpaint, 4 steps x strength 1.0") == 2
+
+
+def test_each_task_runs_its_familys_pipeline_and_the_inpainting_unet_refuses_the_others(tiny_sdxl):
+    pipe = tiny_sdxl()
+    for task in tasks.TASKS:
+        assert type(tasks.pipeline_for(pipe, task)).__name__ == sdxl.FAMILY.pipelines[task]
+    inpainting = load_pipeline("random:tiny-sdxl-inpainting")
+    assert sdxl.FAMILY.inpainting(inpainting) and not sdxl.FAMILY.inpainting(pipe)
+    with pytest.raises(Exception, match="inpainting one \\(9 input channels\\)"):
+        tasks.pipeline_for(inpainting, "txt2img")
+
+
+def test_a_request_that_leaves_them_out_takes_sdxls_and_turbos_defaults(monkeypatch, tmp_path):
+    assert generate.defaults_for(load_pipeline("random:tiny-sdxl")) == sdxl.BASE_DEFAULTS
+    assert sdxl.BASE_DEFAULTS.size == "1024x1024" and sdxl.BASE_DEFAULTS.guidance == 5.0
+    assert generate.defaults_for(load_pipeline("random:tiny-sdxl-turbo")) == sdxl.TURBO_DEFAULTS
+    assert (sdxl.TURBO_DEFAULTS.steps, sdxl.TURBO_DEFAULTS.guidance, sdxl.TURBO_DEFAULTS.size) == (1, 0.0, "512x512")
+    assert sdxl.FAMILY.arch_defaults("sdxl-turbo") == sdxl.TURBO_DEFAULTS
+    assert sdxl.FAMILY.arch_defaults("sdxl") == sdxl.BASE_DEFAULTS
+    asked = []
+    monkeypatch.setattr(generate, "run", lambda pipe, request, edit=None: asked.append(request) or generate.Result(
+        [Image.new("RGB", (request.width, request.height))], 1.0, generate.Split()))
+    for arch in ("tiny-sdxl", "tiny-sdxl-turbo", "tiny"):  # the generate command, nothing but a prompt and a model
+        assert main(["generate", "x", "--model", f"random:{arch}", "--recipe", "baseline",
+                     "-o", str(tmp_path / f"{arch}.png")]) == 0
+    got = [(r.steps, r.guidance, r.width, r.height) for r in asked]
+    assert got == [(25, 5.0, 1024, 1024), (1, 0.0, 512, 512), (20, 7.5, 512, 512)]
+
+
+def test_single_file_round_trip_through_sdcpus_own_loading(tmp_path):
+    folder = random_models.ensure_built("tiny-sdxl")
+    path = single_file.ensure_checkpoint(folder)
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as file:
+        keys = set(file.keys())
+    assert {key.split(".")[0] for key in keys} == {"model", "first_stage_model", "conditioner"}
+    assert "conditioner.embedders.1.model.transformer.resblocks.4.attn.in_proj_weight" in keys
+    assert "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight" in keys
+    assert "model.diffusion_model.label_emb.0.0.weight" in keys
+    assert "conditioner.embedders.1.model.text_projection" in keys
+    assert not [key for key in keys if "q_proj" in key and "embedders.1" in key]
+    original = load_pipeline(str(folder))
+    loaded = load_pipeline(str(path))  # sdcpu's single-file loading: the config built locally from tiny-sdxl
+    assert type(loaded).__name__ == "StableDiffusionXLPipeline"
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        want, got = getattr(original, name).state_dict(), getattr(loaded, name).state_dict()
+        assert sorted(got) == sorted(want), name
+        assert [key for key in want if not torch.equal(got[key], want[key])] == [], name
+    # the same weights; the loaded encoders' attention may sum in another order (5e-7 measured)
+    np.testing.assert_allclose(image(loaded), image(original), rtol=0, atol=SAME_ATOL)
+
+
+def test_a_checkpoint_whose_shapes_match_no_sdxl_architecture_is_not_claimed():
+    folder = random_models.ensure_built("tiny-sdxl")
+    tensors = sdxl_layout.original_state_dict(folder)
+    assert sdxl_layout.arch_of(tensors, sdxl.ARCHS) == "tiny-sdxl"
+    tensors.pop("conditioner.embedders.1.model.transformer.resblocks.4.ln_1.weight")
+    tensors.pop("conditioner.embedders.1.model.transformer.resblocks.3.ln_1.weight")
+    assert sdxl_layout.arch_of(tensors, sdxl.ARCHS) is None
+    assert sdxl_layout.arch_of({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, sdxl.ARCHS) is None
+
+
+def write_sdxl_loras(pipe, folder, seed) -> tuple[str, str]:
+    """One random LoRA on the UNet's and both text encoders' attention projections, in kohya's SDXL layout
+    (lora_unet_ with the UNet's sgm names, lora_te1_, lora_te2_; alpha = rank/2) and diffusers' peft layout
+    (unet., text_encoder., text_encoder_2.; B pre-scaled by 1/2)."""
+    generator = torch.Generator().manual_seed(seed)
+    sgm = {**sdxl_layout.ADDED, **sdxl_layout.sd_layout.unet_names(pipe.unet.config)}
+    kohya, peft = {}, {}
+    for model, part, kohya_prefix in ((pipe.unet, "unet", "lora_unet_"),
+                                      (pipe.text_encoder, "text_encoder", "lora_te1_"),
+                                      (pipe.text_encoder_2, "text_encoder_2", "lora_te2_")):
+        for name, module in model.named_modules():
+            if not name.endswith(("to_q", "to_k", "to_v", "to_out.0", "q_proj", "k_proj", "v_proj", "out_proj")):
+                continue
+            down = 0.1 * torch.randn(4, module.in_features, generator=generator)
+            up = 0.1 * torch.randn(module.out_features, 4, generator=generator)
+            if part == "unet":
+                original = sdxl_layout.sd_layout.rename(name + ".", sgm)[:-1]
+            else:
+                original = name if name.startswith("text_model.") else f"text_model.{name}"
+            key = kohya_prefix + original.replace(".", "_")
+            kohya |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(2.0)}
+            peft_name = name if part == "unet" else (name if name.startswith("text_model.") else f"text_model.{name}")
+            peft |= {f"{part}.{peft_name}.lora_A.weight": down, f"{part}.{peft_name}.lora_B.weight": up / 2}
+    paths = folder / f"kohya-{seed}.safetensors", folder / f"peft-{seed}.safetensors"
+    save_file(kohya, paths[0])
+    save_file(peft, paths[1])
+    return str(paths[0]), str(paths[1])
+
+
+def test_loras_in_both_layouts_reach_both_text_encoders_and_unload_exactly(tiny_sdxl, tmp_path):
+    from peft.tuners.lora import LoraLayer
+
+    pipe = tiny_sdxl()
+    kohya, peft = write_sdxl_loras(pipe, tmp_path, 1)
+    weights = {name: {key: p.detach().clone() for key, p in getattr(pipe, name).named_parameters()}
+               for name in sdxl.FAMILY.lora_targets}
+    base = image(pipe)
+    use_loras(pipe, [peft])
+    for name in sdxl.FAMILY.lora_targets:  # the UNet and both text encoders took adapters
+        assert any(isinstance(module, LoraLayer) for module in getattr(pipe, name).modules()), name
+    with_peft = image(pipe)
+    assert np.abs(with_peft - base).max() > CHANGED
+    use_loras(pipe, [kohya])
+    np.testing.assert_allclose(image(pipe), with_peft, rtol=0, atol=SAME_ATOL)  # kohya's layout: the same LoRA
+    use_loras(pipe, [kohya], fuse=True)
+    np.testing.assert_allclose(image(pipe), with_peft, rtol=0, atol=SAME_ATOL)
+    use_loras(pipe, [])
+    np.testing.assert_allclose(image(pipe), base, rtol=0, atol=SAME_ATOL)
+    for name, before in weights.items():
+        after = {key.replace(".base_layer", ""): p for key, p in getattr(pipe, name).named_parameters()
+                 if "lora_" not in key}
+        assert [key for key in before if not torch.equal(after[key], before[key])] == [], name
+
+
+def test_only_the_text_encoder_2_part_of_a_lora_still_changes_the_image(tiny_sdxl, tmp_path):
+    """A LoRA on text_encoder_2 alone: the prefix SDXL's loader reads for the second encoder is the family's."""
+    pipe = tiny_sdxl()
+    _, peft = write_sdxl_loras(pipe, tmp_path, 2)
+    from safetensors.torch import load_file
+
+    only = {key: value for key, value in load_file(peft).items() if key.startswith("text_encoder_2.")}
+    path = tmp_path / "te2.safetensors"
+    save_file(only, path)
+    base = image(pipe)
+    use_loras(pipe, [str(path)])
+    assert np.abs(image(pipe) - base).max() > CHANGED
+
+
+@pytest.mark.parametrize("recipe", ["openvino=f32", "int8", "deepcache=3"])
+def test_steps_not_built_for_sdxl_are_refused_with_the_familys_reason(tiny_sdxl, recipe):
+    _, outcomes = optimize(tiny_sdxl(), recipe)
+    assert not outcomes[0].applied and outcomes[0].detail == sdxl.FAMILY.refuses[recipe.split("=")[0]]
+
+
+@pytest.mark.parametrize("recipe", ["bf16", "tiny-vae", "lcm-lora", "tome"])
+def test_eager_steps_apply_and_the_pipeline_still_makes_images(tiny_sdxl, recipe):
+    pipe = tiny_sdxl()
+    _, outcomes = optimize(pipe, recipe)
+    assert all(o.applied for o in outcomes), outcomes
+    result = generate.run(pipe, generate.Request("a ship", width=64, height=64, steps=2))
+    assert result.images[0].size == (64, 64)
