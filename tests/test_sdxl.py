@@ -11,7 +11,9 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from sdcpu import families, load_pipeline, optimize, use_loras
-from sdcpu.cli import main
+from sdcpu import models
+from sdcpu.cli import build_parser, main
+from sdcpu.commands import serve as serve_command
 from sdcpu.families import sd, sdxl, sdxl_layout
 from sdcpu.models import random_models, single_file
 from sdcpu.pipeline import generate, tasks
@@ -156,6 +158,33 @@ def test_a_request_that_leaves_them_out_takes_sdxls_and_turbos_defaults(monkeypa
                      "-o", str(tmp_path / f"{arch}.png")]) == 0
     got = [(r.steps, r.guidance, r.width, r.height) for r in asked]
     assert got == [(25, 5.0, 1024, 1024), (1, 0.0, 512, 512), (20, 7.5, 512, 512)]
+
+
+def test_a_diffusers_folders_defaults_are_known_before_it_loads(tmp_path):
+    for arch, expected in (("tiny-sdxl", sdxl.BASE_DEFAULTS), ("tiny-sdxl-turbo", sdxl.TURBO_DEFAULTS),
+                           ("tiny", sd.FAMILY.defaults)):
+        folder = tmp_path / arch
+        families.of_arch(arch).save(families.of_arch(arch).build(arch, 0), folder)
+        spec = models.parse_spec(str(folder))
+        assert spec.kind is models.Source.FOLDER and generate.spec_defaults(spec) == expected, arch
+    assert generate.spec_defaults(models.parse_spec("some-org/some-model")) == generate.DEFAULTS  # known once loaded
+
+
+def test_batch_and_serves_warm_up_take_the_models_size_when_none_is_given(monkeypatch, tmp_path):
+    asked = []
+    monkeypatch.setattr(generate, "run_batch", lambda pipe, requests, edit=None, on_step=None: asked.extend(
+        requests) or generate.Result([Image.new("RGB", (r.width, r.height)) for r in requests], 1.0, generate.Split()))
+    (tmp_path / "jobs.txt").write_text("a ship\n")
+    assert main(["batch", str(tmp_path / "jobs.txt"), "--out", str(tmp_path / "out"), "--model", "random:tiny-sdxl",
+                 "--recipe", "baseline"]) == 0
+    assert [(r.width, r.height, r.steps, r.guidance) for r in asked] == [(1024, 1024, 25, 5.0)]  # before: 512x512
+    parsed = build_parser().parse_args(["serve", "--model", "random:tiny-sdxl-turbo", "--recipe", "baseline"])
+    monkeypatch.setattr(serve_command, "_listen", lambda *args: (_ for _ in ()).throw(SystemExit("listen")))
+    with pytest.raises(SystemExit, match="listen"):
+        serve_command.run(parsed)  # everything before listening: the size resolved
+    assert parsed.warmup_size == "512x512"
+    assert serve_command.service_options(parsed, models.parse_spec("random:tiny-sdxl-turbo"), None).warmup_size == (
+        512, 512)
 
 
 def test_single_file_round_trip_through_sdcpus_own_loading(tmp_path):

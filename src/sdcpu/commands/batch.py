@@ -25,7 +25,8 @@ def register(sub):
     p.add_argument("--out", required=True, metavar="DIR", help="the images, manifest.jsonl and batch.json")
     add_model(p)
     add_recipe(p)
-    p.add_argument("--size", default=DEFAULTS.size, help="WIDTHxHEIGHT of jobs that set none (default %(default)s)")
+    p.add_argument("--size", help=f"WIDTHxHEIGHT of jobs that set none (default: the model's where known before it "
+                                  f"loads, a random:ARCH's or a diffusers folder's; else {DEFAULTS.size})")
     p.add_argument("--steps", type=int,
                    help=f"steps of jobs that set none (default: the recipe's, else {DEFAULTS.steps})")
     p.add_argument("--seed", type=int, default=0, help="seed of jobs that set none (default %(default)s)")
@@ -59,10 +60,11 @@ def run(args) -> int:
     if args.max_batch < 1:
         raise UsageError(f"--max-batch must be at least 1, got {args.max_batch}")
     ray_options = on_ray.check(args.ray, args.actors, args.cores_per_actor)
-    defaults = batch.Job(line=0, prompt="x", negative_prompt=args.negative_prompt, seed=args.seed, size=args.size,
+    spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
+    size = args.size or generate.spec_defaults(spec).size
+    defaults = batch.Job(line=0, prompt="x", negative_prompt=args.negative_prompt, seed=args.seed, size=size,
                          steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
                          n=args.num_images).validate()
-    spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
     path, folder = Path(args.jobs), Path(args.out)
     jobs, bad, digest = batch.read_jobs(path, defaults)
     if bad and args.strict:

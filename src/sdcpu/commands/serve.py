@@ -58,8 +58,9 @@ def register(sub):
                         "any left then are answered 503 (default %(default)s)")
     p.add_argument("--max-size", type=int, default=Options.max_size,
                    help="the largest width or height served (default %(default)s)")
-    p.add_argument("--warmup-size", default="x".join(map(str, Options.warmup_size)),
-                   help="size of the one-step warm-up call made before /health says ready (default %(default)s)")
+    p.add_argument("--warmup-size",
+                   help="size of the one-step warm-up call made before /health says ready (default: the model's, "
+                        "where known before it loads, a random:ARCH's or a diffusers folder's; else 512x512)")
     p.add_argument("--instances", type=int, default=1,
                    help="N servers sharing --port (SO_REUSEPORT: the kernel spreads connections), each pinned to its "
                         "share of the cores with its own copy of the model; /metrics counts per instance (default 1)")
@@ -88,6 +89,7 @@ def run(args) -> int:
     _check_access(args.host, args.api_key, args.insecure_no_key)
     cpu = hardware.detect()
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
+    args.warmup_size = args.warmup_size or generate.spec_defaults(spec).size  # the model's: service_options reads it
     width, height = generate.parse_size(args.warmup_size)
     # auto: a tuned profile for this model at the warm-up size, else the class rules for a long-running process
     recipe, why_auto = resolve_recipe(args, cpu, width, height, long_running=True)

@@ -104,14 +104,18 @@ class Family:
         and tune probes at)."""
         return getattr(pipe, self.denoiser.attribute).config.sample_size * pipe.vae_scale_factor
 
-    def defaults_of(self, pipe) -> Defaults:
-        """The request defaults of PIPE, a model of this family (a family whose models differ, as SDXL and
-        SDXL-Turbo, tells them apart here)."""
+    def scheduler_defaults(self, scheduler_config) -> Defaults:
+        """The request defaults of this family's model scheduled by SCHEDULER_CONFIG (a family whose models differ, as
+        SDXL and SDXL-Turbo, tells them apart here: the one rule every way of knowing a model reads)."""
         return self.defaults
 
+    def defaults_of(self, pipe) -> Defaults:
+        """The request defaults of PIPE, a model of this family."""
+        return self.scheduler_defaults(pipe.scheduler.config)
+
     def arch_defaults(self, arch: str) -> Defaults:
-        """The request defaults of random:ARCH, known before it loads (the same rule as `defaults_of`)."""
-        return self.defaults
+        """The request defaults of random:ARCH, known before it loads."""
+        return self.scheduler_defaults(self.archs[arch].scheduler[1])
 
     def checkpoint_arch(self, checkpoint) -> str | None:
         """The architecture of this family an original-layout CHECKPOINT (a mapping of its tensors) is, read from its

@@ -11,7 +11,7 @@ Random architectures (the configs of ../shared/models.md sections 1-3, checked a
 `tiny-sdxl-turbo`) use diffusers' own SDXL fast-test sizes (tests/pipelines/stable_diffusion_xl) with CLIP's real
 vocabulary and text encoders of two widths (see TINY), and build in about a second.
 
-Request defaults are decided here once, from the scheduler (`defaults_of`): a trailing-spacing schedule is a distilled
+Request defaults are decided here once, from the scheduler (`scheduler_defaults`): a trailing-spacing schedule is a distilled
 few-step model's (SDXL-Turbo: 512x512, 1 step, guidance 0), any other is SDXL base's (1024x1024, 25 Euler steps,
 guidance 5.0: diffusers' guidance; 25 rather than the pipeline's 50 because Euler's images change little past 25 steps
 in common SDXL use (A1111 and ComfyUI default to 20) and each step costs seconds on a CPU).
@@ -101,11 +101,8 @@ class StableDiffusionXL(Family):
         trail, so one step starts from pure noise. The one place SDXL's base and Turbo defaults are told apart."""
         return dict(scheduler_config).get("timestep_spacing") == "trailing"
 
-    def defaults_of(self, pipe) -> Defaults:
-        return TURBO_DEFAULTS if self.distilled(pipe.scheduler.config) else self.defaults
-
-    def arch_defaults(self, arch: str) -> Defaults:
-        return TURBO_DEFAULTS if self.distilled(self.archs[arch].scheduler[1]) else self.defaults
+    def scheduler_defaults(self, scheduler_config) -> Defaults:
+        return TURBO_DEFAULTS if self.distilled(scheduler_config) else self.defaults
 
     def inpainting(self, pipe) -> bool:
         """Latents, mask and masked-image latents in: 9 channels for SDXL's 4-channel latents."""

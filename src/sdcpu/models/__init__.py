@@ -67,6 +67,23 @@ def _family(index: Path):
     return families.named(str(pipeline_class))
 
 
+def known_defaults(spec: ModelSpec):
+    """The request defaults of SPEC known before it loads (families.base.Family.scheduler_defaults): a random:ARCH's, a
+    diffusers folder's (its model_index.json and scheduler config), else None (a single file or a hub id: known once
+    loaded)."""
+    if spec.kind is Source.RANDOM:
+        return families.of_arch(spec.ref).arch_defaults(spec.ref)
+    if spec.kind is Source.FOLDER:
+        folder = Path(spec.ref)
+        family = _family(folder / "model_index.json")
+        try:
+            scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            scheduler = {}  # loading says what is wrong with it
+        return family.scheduler_defaults(scheduler if isinstance(scheduler, dict) else {})
+    return None
+
+
 def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
     """Classify a model spec, refusing what cannot be loaded with a one-line reason."""
     if spec.startswith("random:"):

@@ -41,11 +41,11 @@ def defaults_for(pipe, base: Defaults | None = None) -> Defaults:
 
 
 def spec_defaults(spec) -> Defaults:
-    """The request defaults of model SPEC known before it loads: a random:ARCH's family says them for ARCH; any other
-    model's are known once loaded (`defaults_for`), SD's until then."""
-    from sdcpu.models import Source
+    """The request defaults of model SPEC known before it loads (models.known_defaults: a random:ARCH's, a diffusers
+    folder's); any other model's are known once loaded (`defaults_for`), SD's until then."""
+    from sdcpu import models
 
-    return families.of_arch(spec.ref).arch_defaults(spec.ref) if spec.kind is Source.RANDOM else DEFAULTS
+    return models.known_defaults(spec) or DEFAULTS
 
 
 @dataclass(frozen=True)
