@@ -2,15 +2,21 @@
 runs through sdcpu's own generate path, its original single-file layout round-trips, LoRAs in both layouts reach both
 text encoders and go exactly, and its defaults (base 1024, Turbo 512 at 1 step without guidance) reach a request."""
 
+import base64
 import copy
+import io
+import json
 
+import httpx2 as httpx
 import numpy as np
+import openai
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
 
 from sdcpu import families, load_pipeline, optimize, use_loras
+from serving import InProcess
 from sdcpu import models
 from sdcpu.cli import build_parser, main
 from sdcpu.commands import serve as serve_command
@@ -302,3 +308,24 @@ def test_eager_steps_apply_and_the_pipeline_still_makes_images(tiny_sdxl, recipe
     assert all(o.applied for o in outcomes), outcomes
     result = generate.run(pipe, generate.Request("a ship", width=64, height=64, steps=2))
     assert result.images[0].size == (64, 64)
+
+
+def test_both_apis_serve_sdxl_txt2img_img2img_and_inpainting(sdcpu_home):
+    server = InProcess("--model", "random:tiny-sdxl")
+    try:
+        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        made = client.images.generate(prompt="a ship", size="80x64", extra_body={"steps": 2, "seed": 1})
+        assert Image.open(io.BytesIO(base64.b64decode(made.data[0].b64_json))).size == (80, 64)
+        picture = io.BytesIO()
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(picture, format="PNG")
+        init = base64.b64encode(picture.getvalue()).decode()
+        mask = io.BytesIO()
+        Image.new("L", (64, 64), 255).save(mask, format="PNG")
+        for extra in ({}, {"mask": base64.b64encode(mask.getvalue()).decode()}):
+            answer = httpx.post(f"{server.url}/sdapi/v1/img2img", timeout=120, json={
+                "init_images": [init], "prompt": "a ship", "steps": 4, "width": 64, "height": 64, **extra})
+            assert answer.status_code == 200, answer.text
+            info = json.loads(answer.json()["info"])
+            assert info["task"] == ("inpaint" if extra else "img2img") and info["width"] == 64, info
+    finally:
+        assert server.stop() == 0
