@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from sdcpu import optimize
+from sdcpu import load_pipeline, models, optimize, recipes
 from sdcpu.models import state
-from sdcpu.pipeline import optimizer
-from machines import machine
+from sdcpu.pipeline import optimizer, prepare
+from machines import machine, NAMES
 
 SPR = machine("spr-2s-amx")  # native bf16 (AMX)
 EPYC = machine("epyc-2core-avx2")  # no native bf16
@@ -108,3 +108,26 @@ def test_a_swapped_scheduler_is_made_from_the_pipelines_own_never_from_another_s
     schedulers.set_scheduler(pipe, "dpm++-karras")
     schedulers.set_scheduler(pipe, "dpm++")  # what batch did: from the last swapped one's config
     assert schedulers.current_name(pipe) == "dpm++-karras"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_model_is_loaded_in_bf16_exactly_where_the_bf16_step_will_apply(name):
+    cpu = machine(name)
+    bf16 = torch.bfloat16 if cpu.native_bf16 else torch.float32
+    assert optimizer.load_dtype(recipes.parse("bf16,tiny-vae"), cpu) is bf16
+    assert optimizer.load_dtype(recipes.parse("bf16!"), cpu) is torch.bfloat16  # forced
+    for other in ("baseline", "openvino=bf16", "compile"):  # OpenVINO's bf16 is its precision hint: it traces fp32
+        assert optimizer.load_dtype(recipes.parse(other), cpu) is torch.float32
+
+
+def test_weights_loaded_in_bf16_are_those_cast_after_loading_and_the_bf16_step_keeps_them(sdcpu_home, tiny):
+    cast = tiny().to(dtype=torch.bfloat16)
+    loaded = load_pipeline("random:tiny", dtype=torch.bfloat16)  # each weight cast as it is read
+    for name in ("unet", "vae", "text_encoder"):
+        ours, theirs = getattr(loaded, name).state_dict(), getattr(cast, name).state_dict()
+        assert all(ours[key].dtype == torch.bfloat16 and torch.equal(ours[key], theirs[key]) for key in theirs), name
+    seen = []
+    prepared = prepare.prepare(models.parse_spec("random:tiny"), recipes.parse("bf16!"), machine("epyc-2core-avx2"),
+                               loaded=lambda pipe: seen.append(pipe.unet.dtype))
+    assert seen == [torch.bfloat16] and prepared.pipe.unet.dtype == torch.bfloat16
+

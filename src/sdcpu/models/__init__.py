@@ -114,17 +114,18 @@ def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
     raise UsageError(f"{spec}: no such file or folder, and not a hub id (org/name) or random:ARCH")
 
 
-def load_pipeline(spec: str, *, trust_pickle: bool = False, progress: bool = False):
-    """Load any model spec as a float32 diffusers pipeline on the CPU."""
+def load_pipeline(spec: str, *, trust_pickle: bool = False, progress: bool = False, dtype=None):
+    """Load any model spec as a diffusers pipeline on the CPU, its weights in DTYPE (None: float32), each cast as it
+    is read: the float32 weights of a model loaded in bfloat16 are never in memory whole."""
     parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec, trust_pickle=trust_pickle)
-    pipe = _load(parsed)
+    pipe = _load(parsed, dtype)
     families.of(pipe)  # a model of no family sdcpu knows is refused here, not half-way through a recipe
     pipe.set_progress_bar_config(disable=not progress)
     state.of(pipe).model = parsed
     return pipe
 
 
-def _load(spec: ModelSpec):
+def _load(spec: ModelSpec, dtype=None):
     import diffusers.utils.logging
     import torch
     import transformers.utils.logging
@@ -134,7 +135,7 @@ def _load(spec: ModelSpec):
     transformers.utils.logging.disable_progress_bar()
 
     # a component with only .bin (pickle) weights loads only with trust_pickle; diffusers would fall back to it
-    safe = {"dtype": torch.float32, "use_safetensors": None if spec.trust_pickle else True}
+    safe = {"dtype": dtype or torch.float32, "use_safetensors": None if spec.trust_pickle else True}
     if spec.kind is Source.RANDOM:
         folder = random_models.ensure_built(spec.ref)
         return DiffusionPipeline.from_pretrained(folder, local_files_only=True, **safe)
@@ -145,7 +146,7 @@ def _load(spec: ModelSpec):
             raise UsageError(f"{spec.ref}: {str(err).strip().splitlines()[0]} (.bin pickle weights load only with "
                              "--trust-pickle)") from err
     if spec.kind is Source.FILE:
-        return _load_single_file(spec.ref)
+        return _load_single_file(spec.ref, safe["dtype"])
     try:
         return DiffusionPipeline.from_pretrained(spec.ref, **safe)
     except OSError as err:  # diffusers reports a missing network or repository as OSError
@@ -155,11 +156,10 @@ def _load(spec: ModelSpec):
         ) from err
 
 
-def _load_single_file(path: str):
+def _load_single_file(path: str, dtype):
     """An original-layout checkpoint through diffusers' from_single_file, against the config of the architecture
     diffusers infers from its keys: built locally where a family has that architecture (no network), else the hub's."""
     import diffusers
-    import torch
     from diffusers.loaders.single_file_utils import fetch_diffusers_config, load_single_file_checkpoint
 
     checkpoint = _LazySafetensors(path) if path.endswith(".safetensors") else load_single_file_checkpoint(path)
@@ -170,7 +170,7 @@ def _load_single_file(path: str):
     else:
         log.info("%s looks like %s; its config comes from the hub", path, repo)
         config = repo
-    return getattr(diffusers, family.pipelines["txt2img"]).from_single_file(path, config=config, dtype=torch.float32)
+    return getattr(diffusers, family.pipelines["txt2img"]).from_single_file(path, config=config, dtype=dtype)
 
 
 class _LazySafetensors(Mapping):

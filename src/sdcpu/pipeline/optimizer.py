@@ -93,6 +93,18 @@ def bf16(pipe, item, cpu):
     return f"UNet, VAE and text encoder weights and activations in bfloat16 ({verdict})"
 
 
+def load_dtype(recipe: recipes.Recipe, cpu):
+    """The dtype a model is loaded in for RECIPE on CPU: bfloat16 where its bf16 step will apply (each weight cast as
+    it is read, so the float32 model never sits in memory whole: SDXL's 10 GB UNet), else float32. The bf16 step
+    then finds it cast; the weights are the same as cast after loading."""
+    import torch
+
+    item = recipe.get("bf16")
+    if item is not None and (cpu.native_bf16 or item.forced):
+        return torch.bfloat16
+    return torch.float32
+
+
 @step("scheduler")
 def scheduler(pipe, item, cpu):
     schedulers.set_scheduler(pipe, item.value)

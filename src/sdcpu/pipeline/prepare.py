@@ -42,7 +42,7 @@ def prepare(spec, recipe, cpu, *, warmup=None, edit=None, always_warm: bool = Fa
     say = on_phase or (lambda text: None)
     say(f"loading {spec}")
     start = time.perf_counter()
-    pipe = models.load_pipeline(spec, progress=progress)
+    pipe = models.load_pipeline(spec, progress=progress, dtype=optimizer.load_dtype(recipe, cpu))
     load_seconds = time.perf_counter() - start
     if loaded:
         loaded(pipe)
