@@ -234,7 +234,7 @@ def test_generate_applies_loras_and_records_them_a1111_style(files, tmp_path, ca
     assert main(["generate", "a boat", *TINY, "--recipe", "baseline", "-o", str(tmp_path / "plain.png")]) == 0
     assert main(["generate", "a boat", *TINY, "--recipe", "baseline", "--lora", f"{kohya}:0.8", "--lora", peft,
                  "-o", str(tmp_path / "lora.png")]) == 0
-    assert "lora: peft adapters on the eager UNet and text encoder, fused into their weights: kohya-1:0.8, peft-2:1" in (
+    assert "lora: peft adapters on the eager UNet and text_encoder, fused into their weights: kohya-1:0.8, peft-2:1" in (
         capsys.readouterr().out)
     made = Image.open(tmp_path / "lora.png")
     digests = [hashlib.sha256(open(path, "rb").read()).hexdigest()[:12] for path in (kohya, peft)]

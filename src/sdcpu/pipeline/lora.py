@@ -53,13 +53,14 @@ def _eager(pipe, loras, fuse: bool) -> str:
     pipe.enable_lora()
     names = [lora.adapter for lora in loras]
     pipe.set_adapters(names, [lora.weight for lora in loras])
-    how = "peft adapters on the eager UNet and text encoder"
+    family = families.of(pipe)
+    how = f"peft adapters on the eager {family.denoiser.label} and {' and '.join(family.text_encoders)}"
     if fuse:
         from peft.tuners.lora import LoraLayer
 
         # the adapted layers' own weights, kept to put back exactly: unfuse_lora subtracts dW again, which drifts
         state.of(pipe).lora = [(layer, layer.base_layer.weight.detach().clone())
-                                     for name in families.of(pipe).lora_targets
+                                     for name in family.lora_targets
                                      for layer in getattr(pipe, name).modules()
                                      if isinstance(layer, LoraLayer)]
         pipe.fuse_lora(adapter_names=names)
