@@ -105,12 +105,12 @@ def counter(metrics_text: str, name: str, **labels) -> float:
     return 0.0
 
 
-def load_benchmark():
-    """benchmarks/serve_load.py as a module: the tests run its load loop."""
+def load_benchmark(name: str = "serve_load"):
+    """benchmarks/NAME.py as a module: the tests run its loops (serve_load's load, serve_uploads' measure)."""
     import importlib.util
 
-    path = Path(__file__).parent.parent / "benchmarks" / "serve_load.py"
-    spec = importlib.util.spec_from_file_location("serve_load", path)
+    path = Path(__file__).parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
