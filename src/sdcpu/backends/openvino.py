@@ -38,7 +38,7 @@ import torch
 
 from sdcpu import families, recipes
 from sdcpu.backends import mapped
-from sdcpu.backends.components import Denoiser, Entry, Moments, TextEncoder, VAE
+from sdcpu.backends.components import TEXT_OUTPUTS, Denoiser, Entry, HiddenStates, Moments, TextEncoder, VAE
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models import state
 from sdcpu.system import locks
@@ -64,6 +64,10 @@ def apply(pipe, step, cpu) -> str:
                    "without an allocator step")
     precision = step.value or ("bf16" if cpu.native_bf16 else "f32")
     family = families.of(pipe)
+    unknown = [f"{name} ({type(getattr(pipe, name)).__name__})" for name in family.text_encoders
+               if type(getattr(pipe, name)).__name__ not in TEXT_OUTPUTS]
+    if unknown:
+        raise Skip(f"no OpenVINO stand-in returns what {', '.join(unknown)} returns (known: {', '.join(TEXT_OUTPUTS)})")
     denoiser = getattr(pipe, family.denoiser.attribute)
     cast = denoiser.dtype if denoiser.dtype != torch.float32 else None
     if cast:  # traced with fp32 inputs; OpenVINO's precision hint, not the torch dtype, sets the compute precision
@@ -83,7 +87,7 @@ def apply(pipe, step, cpu) -> str:
         elif name == family.decoder:
             stand_in = VAE(run, module.config, encode=encoder)
         else:
-            stand_in = TextEncoder(run, module.config)
+            stand_in = TextEncoder(run, module.config, type(module).__name__, family.text_hidden_states)
         setattr(pipe, name, stand_in)
         gc.collect()  # the torch module is gone: return its memory before the next conversion
     state.of(pipe).runtime = state.Runtime.OPENVINO
@@ -92,7 +96,8 @@ def apply(pipe, step, cpu) -> str:
     if precision == "bf16" and not cpu.native_bf16:
         why += f"; this CPU has no native bf16 ({cpu.native_bf16_reason}): OpenVINO falls back to f32 kernels"
     return (
-        f"UNet, VAE decoder, text encoder (VAE encoder on first img2img/inpainting call) on OpenVINO "
+        f"UNet, VAE decoder, text encoder{'s' if len(family.text_encoders) > 1 else ''} (VAE encoder on first "
+        f"img2img/inpainting call) on OpenVINO "
         f"{ov.__version__.split('-')[0]}, {precision} "
         f"({why}), static shapes compiled per size on first use; IR {ir} in {folder}"
         + (f"; converted from the {cast} torch weights (an earlier step), cast back to fp32" if cast else "")
@@ -136,8 +141,9 @@ def _traced(module, name, family):
     """The entry to trace for FAMILY's component NAME (the VAE encoder: a Moments) and an example input for it."""
     if name == "vae_encoder":  # images at 8x the traced latent size
         return module, (torch.randn(1, module.encoder.conv_in.in_channels, EXAMPLE_LATENT * 8, EXAMPLE_LATENT * 8),)
-    if name in family.text_encoders:
-        return Entry(module), (torch.zeros(1, family.tokens, dtype=torch.long),)
+    if name in family.text_encoders:  # with the last two hidden states where the family's pipelines read them
+        entry = HiddenStates(module) if family.text_hidden_states else Entry(module)
+        return entry, (torch.zeros(1, family.tokens, dtype=torch.long),)
     if name == family.denoiser.attribute:
         latent = (EXAMPLE_LATENT, EXAMPLE_LATENT)
         return Entry(module, signature=family.denoiser), family.example_inputs(module.config, 2, latent, torch.float32)
