@@ -225,7 +225,5 @@ FAMILY = StableDiffusionXL(
     refuses={
         "int8": NOT_YET + "int8 follows openvino or compile, and its one-time quantization's memory for SDXL's 2.6B "
                 "UNet is not measured (SD 1.5's takes 11 GiB); nothing is quantized",
-        "deepcache": NOT_YET + "DeepCache's UNet replacement passes no added_cond_kwargs (SDXL's text_embeds and "
-                     "time_ids)",
     },
 )
