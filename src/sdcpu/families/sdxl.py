@@ -223,7 +223,8 @@ FAMILY = StableDiffusionXL(
     single_file_configs={"stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
                          "diffusers/stable-diffusion-xl-1.0-inpainting-0.1": "sdxl-inpainting"},
     refuses={
-        "int8": NOT_YET + "int8 follows openvino or compile, and its one-time quantization's memory for SDXL's 2.6B "
-                "UNet is not measured (SD 1.5's takes 11 GiB); nothing is quantized",
+        "int8": NOT_YET + "int8's one-time quantization (calibration, then NNCF in a child) is not measured for "
+                "SDXL's 2.6B-parameter UNet: SD 1.5's 0.86B one takes 11 GiB, so SDXL's would likely need several "
+                "times that; nothing is quantized",
     },
 )
