@@ -5,10 +5,11 @@ optimum-intel 2.2 pins huggingface-hub<1.22 while diffusers 0.42.1 needs >=1.32,
 fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
 
 - Conversion: each of the model family's components' pipeline-facing call (the denoiser's forward with the family's
-  traced inputs, `vae.decode`, each text encoder's forward) is traced once
-  into a dynamic-shape model and saved as f32 IR under $SDCPU_HOME/openvino/<key>/; the key hashes the component
-  configs and a strided sample of every weight tensor, so a second process reads the IR (memory-mapped) instead of
-  converting, and a different model never reuses it. The torch modules are dropped once converted (peak RSS).
+  traced inputs, `vae.decode`, each text encoder's forward, with its last two hidden states where the family's pipelines
+  read them: SDXL's penultimate layer) is traced once into a dynamic-shape model and saved as f32 IR under
+  $SDCPU_HOME/openvino/<key>/; the key hashes the component configs and a strided sample of every weight tensor, so a
+  second process reads the IR (memory-mapped) instead of converting, and a different model never reuses it. The torch
+  modules are dropped once converted (peak RSS).
 - Static shapes: a wrapper compiles a copy of its model reshaped to each new set of input shapes it sees (cached per
   shape, one INFO line per compile), so a call at another size compiles again instead of failing. Each model keeps
   the $SDCPU_OPENVINO_SHAPES (default 4) shapes used last compiled (each is a copy of the weights in the plugin's
@@ -18,10 +19,11 @@ fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
   (AMX, AVX512_BF16), else f32; always set, since OpenVINO's CPU default is bf16 wherever the CPU has it. Threads
   follow torch's (OMP_NUM_THREADS).
 - The wrappers keep what StableDiffusionPipeline reads (config, dtype, device, call signatures, return shapes), so the
-  pipeline is called as before. Not supported, with an error saying so: clip_skip, a text attention mask, denoiser
-  options beyond the family's traced inputs (timestep_cond, cross_attention_kwargs), latent sizes the UNet cannot
-  halve evenly. The VAE
-  encoder (img2img, inpainting) is converted and compiled on its first call, never for text-to-image.
+  pipeline is called as before; each text encoder's stand-in returns its class's output (CLIPTextModelWithProjection's
+  text_embeds first, as SDXL's encode_prompt reads it). Not supported, with an error saying so: clip_skip, a text
+  attention mask, denoiser options beyond the family's traced inputs (timestep_cond, cross_attention_kwargs), latent
+  sizes the UNet cannot halve evenly. The VAE encoder (img2img, inpainting) is converted and compiled on its first call,
+  never for text-to-image.
 """
 
 import collections
