@@ -468,3 +468,17 @@ def test_full_size_sdxl_turbo_on_openvino_bf16_makes_an_image(ov_home):
     result = generate.run(pipe, generate.Request("a ship", width=512, height=512, steps=1, guidance=0.0))
     assert result.images[0].size == (512, 512)
     assert np.isfinite(np.asarray(result.images[0], dtype=np.float32)).all()
+
+
+def test_openvino_img2img_and_inpainting_match_eager(ov_sdxl, tiny_sdxl):
+    """SDXL's img2img and inpainting move a force_upcast VAE with .to() around its encoder: the stand-in takes it."""
+    pipe, _ = ov_sdxl
+    eager = tiny_sdxl()
+    start = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 8, 48, 40))
+    for task, extra in (("img2img", {}), ("inpaint", {"mask_image": mask})):
+        got, want = (tasks.pipeline_for(p, task)(
+            "a sailing ship", image=start, num_inference_steps=4, strength=0.75, height=64, width=64,
+            output_type="np", generator=torch.Generator().manual_seed(0), **extra).images for p in (pipe, eager))
+        np.testing.assert_allclose(got, want, rtol=0, atol=OV_F32_ATOL, err_msg=task)

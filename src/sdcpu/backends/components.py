@@ -102,6 +102,15 @@ class VAE(Component):
 
     use_slicing = False
 
+    def to(self, *args, **kwargs):
+        """SDXL's img2img and inpainting move a force_upcast VAE to float32 around its encoder and back to the
+        pipeline's dtype: float32 on the CPU here (OpenVINO's precision hint, not a torch dtype, sets the compute),
+        so that is all it takes; another dtype or device is refused."""
+        asked = [a for a in (*args, *kwargs.values()) if a not in (torch.float32, "cpu", torch.device("cpu"))]
+        if asked:
+            raise NotImplementedError(f"the VAE on OpenVINO runs float32 on the CPU, not {asked}")
+        return self
+
     def enable_slicing(self):
         """Decode a batch one image at a time (AutoencoderKL's option, same name): its memory is one image's."""
         self.use_slicing = True
