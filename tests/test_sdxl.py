@@ -6,7 +6,6 @@ both branches) serve it."""
 
 import base64
 import copy
-import dataclasses
 import io
 import json
 
@@ -26,8 +25,6 @@ from sdcpu.commands import serve as serve_command
 from sdcpu.families import sd, sdxl, sdxl_layout
 from sdcpu.models import random_models, single_file
 from sdcpu.pipeline import generate, tasks
-from sdcpu.recipes import Step
-from sdcpu.system import hardware
 
 CHANGED = 1e-3  # a rank-4 0.1 x randn LoRA moves tiny-sdxl's image far more than float rounding
 SAME_ATOL = 1e-5  # the same weights, another order of float sums (test_lora's bound)
@@ -343,7 +340,6 @@ def test_both_apis_serve_sdxl_txt2img_img2img_and_inpainting(sdcpu_home):
 # kernels: an error below the bound too.
 OV_F32_ATOL = 1e-4
 OV_BF16_ATOL = 5e-2
-F32_CPU = dataclasses.replace(hardware.detect(), flags=frozenset())
 
 
 @pytest.fixture(scope="module")
