@@ -7,7 +7,9 @@ costs a fraction of a full call, so the UNet's share of an image shrinks by abou
 image drifts more as N grows (the bench reports PSNR/SSIM against the exact image). `deepcache=1` is the exact UNet.
 
 The cache is reset whenever the pipeline's scheduler starts a new schedule (each pipeline call sets its timesteps), so
-every image starts with a full call. The UNet runs eagerly: put deepcache before, not with, a backend step.
+every image starts with a full call. The UNet runs eagerly: put deepcache before, not with, a backend step. The
+UNet's added conditioning (`added_cond_kwargs`: SDXL's pooled text embedding and time ids) reaches both branches: the
+shallow one adds it to the timestep embedding as the full forward does.
 """
 
 from diffusers import UNet2DConditionModel
@@ -25,6 +27,8 @@ def apply(pipe, step, cpu) -> str:
     shallow = 1 + len(unet.down_blocks[0].resnets)  # conv_in's output and the first down block's layers
     if len(unet.up_blocks[-1].resnets) > shallow:
         raise Skip("this UNet's last up block takes skip connections from below its first down block")
+    if unet.config.addition_embed_type == "image_hint":  # its added embedding also returns a hint for down blocks
+        raise Skip("the shallow branch does not carry an image_hint UNet's hint")
     unet.forward = DeepCache(pipe, unet, step.value)
     return (f"full UNet every {step.value} calls, the shallow branch (first down block, last up block) on cached "
             f"deep features in between" if step.value > 1 else "deepcache=1: every call runs the full UNet (exact)")
@@ -42,7 +46,7 @@ class DeepCache:
         if self.capturing:
             self.deep = kwargs["hidden_states"]
 
-    def __call__(self, sample, timestep, encoder_hidden_states, return_dict=True, **extras):
+    def __call__(self, sample, timestep, encoder_hidden_states, return_dict=True, added_cond_kwargs=None, **extras):
         given = sorted(name for name, value in extras.items() if value is not None)
         if given:  # the shallow branch would silently drop them
             raise NotImplementedError(f"the deepcache step does not support UNet inputs {', '.join(given)}")
@@ -54,21 +58,26 @@ class DeepCache:
             self.capturing = True
             try:
                 (noise,) = UNet2DConditionModel.forward(self.unet, sample, timestep, encoder_hidden_states,
-                                                        return_dict=False)
+                                                        added_cond_kwargs=added_cond_kwargs, return_dict=False)
             finally:
                 self.capturing = False
         else:
-            noise = self.shallow(sample, timestep, encoder_hidden_states)
+            noise = self.shallow(sample, timestep, encoder_hidden_states, added_cond_kwargs)
         return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
 
-    def shallow(self, sample, timestep, encoder_hidden_states):
-        """UNet2DConditionModel.forward for SD's configuration, down to the first down block and back up from the
-        kept features through the last up block."""
+    def shallow(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None):
+        """UNet2DConditionModel.forward for SD's and SDXL's configurations, down to the first down block and back up
+        from the kept features through the last up block."""
         unet = self.unet
         emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
+        aug = unet.get_aug_embed(emb=emb, encoder_hidden_states=encoder_hidden_states,
+                                 added_cond_kwargs=added_cond_kwargs or {})
+        if aug is not None:  # SDXL's text_time: the pooled text embedding and the time ids
+            emb = emb + aug
         if unet.time_embed_act is not None:
             emb = unet.time_embed_act(emb)
-        states = unet.process_encoder_hidden_states(encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=None)
+        states = unet.process_encoder_hidden_states(encoder_hidden_states=encoder_hidden_states,
+                                                    added_cond_kwargs=added_cond_kwargs)
         hidden = unet.conv_in(sample)
         first, last = unet.down_blocks[0], unet.up_blocks[-1]
         cross = {"encoder_hidden_states": states} if getattr(first, "has_cross_attention", False) else {}

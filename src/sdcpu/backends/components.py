@@ -4,11 +4,21 @@ return type) and hands tensors to RUN, a callable returning a tuple of tensors. 
 family's (sdcpu.families.base.Denoiser); any other option is refused rather than silently ignored.
 """
 
+from types import SimpleNamespace
+
 import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.clip.modeling_clip import CLIPTextModelOutput
+
+# A text encoder's class -> its output class and that output's tensors in order (its return_dict=False tuple without
+# hidden_states): what its stand-in returns. The one place a text encoder's kind is told apart.
+TEXT_OUTPUTS = {
+    "CLIPTextModel": (BaseModelOutputWithPooling, ("last_hidden_state", "pooler_output")),
+    "CLIPTextModelWithProjection": (CLIPTextModelOutput, ("text_embeds", "last_hidden_state")),
+}
 
 
 class Entry(torch.nn.Module):
@@ -31,8 +41,22 @@ def refuse(what: str, **options):
         raise NotImplementedError(f"the {what} does not support {', '.join(given)}")
 
 
+class HiddenStates(torch.nn.Module):
+    """A text encoder's call as a pipeline that reads its hidden states makes it (`output_hidden_states=True`, as
+    SDXL's encode_prompt): its output's tensors, then its last two hidden states (the penultimate, the last), flat."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module  # the same attribute as Entry's: the IR's weight names are `self.module.<layer>.weight`
+
+    def forward(self, input_ids):
+        *tensors, hidden_states = self.module(input_ids, output_hidden_states=True, return_dict=False)
+        return (*tensors, hidden_states[-2], hidden_states[-1])
+
+
 class Component:
-    """What StableDiffusionPipeline reads of any component: config, dtype, device."""
+    """What StableDiffusionPipeline reads of any component: config, dtype, device, and modules() (diffusers' device
+    and LoRA-scale helpers walk a component's modules: a stand-in is its only one)."""
 
     dtype = torch.float32
     device = torch.device("cpu")
@@ -43,6 +67,9 @@ class Component:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    def modules(self):
+        yield self
+
 
 class Denoiser(Component):
     """The family's denoiser (SD's UNet): its tensor inputs, in the order SIGNATURE names them, handed to RUN."""
@@ -50,6 +77,9 @@ class Denoiser(Component):
     def __init__(self, run, config, signature, latent_multiple: int):
         super().__init__(run, config)
         self.signature, self.latent_multiple = signature, latent_multiple
+        width = getattr(config, "projection_class_embeddings_input_dim", None)
+        if width:  # SDXL's pipelines check the added conditioning's width against add_embedding.linear_1's input
+            self.add_embedding = SimpleNamespace(linear_1=SimpleNamespace(in_features=width))
 
     def forward(self, sample, timestep, *args, return_dict=True, **kwargs):
         inputs, rest = self.signature.bind(sample, timestep, args, kwargs)
@@ -71,6 +101,15 @@ class VAE(Component):
         self.encode_run = encode
 
     use_slicing = False
+
+    def to(self, *args, **kwargs):
+        """SDXL's img2img and inpainting move a force_upcast VAE to float32 around its encoder and back to the
+        pipeline's dtype: float32 on the CPU here (OpenVINO's precision hint, not a torch dtype, sets the compute),
+        so that is all it takes; another dtype or device is refused."""
+        asked = [a for a in (*args, *kwargs.values()) if a not in (torch.float32, "cpu", torch.device("cpu"))]
+        if asked:
+            raise NotImplementedError(f"the VAE on OpenVINO runs float32 on the CPU, not {asked}")
+        return self
 
     def enable_slicing(self):
         """Decode a batch one image at a time (AutoencoderKL's option, same name): its memory is one image's."""
@@ -103,9 +142,33 @@ class Moments(torch.nn.Module):
         return (moments if self.quant_conv is None else self.quant_conv(moments),)
 
 
+class LastLayers(tuple):
+    """The end of a text encoder's hidden_states: (penultimate, last). Indexed from the end as the whole tuple is; an
+    earlier layer (clip_skip) was not converted and is refused."""
+
+    def __getitem__(self, index):
+        if isinstance(index, int) and not -len(self) <= index < 0:
+            raise NotImplementedError(f"the text encoder on OpenVINO has its last {len(self)} hidden states only: "
+                                      f"no clip_skip (hidden_states[{index}])")
+        return super().__getitem__(index)
+
+
 class TextEncoder(Component):
-    def forward(self, input_ids, attention_mask=None, output_hidden_states=None):
-        refuse("text encoder (last layer only: no clip_skip)", attention_mask=attention_mask,
-               output_hidden_states=output_hidden_states)
-        hidden, pooled = self.run(input_ids)
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+    """A text encoder's stand-in returning what its class (KIND, a TEXT_OUTPUTS key) returns. With HIDDEN_STATES its
+    run also gives the last two hidden states (HiddenStates traced it): the output carries them, for a pipeline that
+    reads the penultimate layer (SDXL); without, a call asking for hidden states (clip_skip) is refused."""
+
+    def __init__(self, run, config, kind="CLIPTextModel", hidden_states=False):
+        super().__init__(run, config)
+        (self.output, self.fields), self.hidden_states = TEXT_OUTPUTS[kind], hidden_states
+
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=None, return_dict=True):
+        if self.hidden_states:
+            refuse("text encoder (no attention mask)", attention_mask=attention_mask)
+            *tensors, penultimate, last = self.run(input_ids)
+            output = self.output(**dict(zip(self.fields, tensors)), hidden_states=LastLayers((penultimate, last)))
+        else:
+            refuse("text encoder (last layer only: no clip_skip)", attention_mask=attention_mask,
+                   output_hidden_states=output_hidden_states)
+            output = self.output(**dict(zip(self.fields, self.run(input_ids))))
+        return output if return_dict else output.to_tuple()

@@ -5,10 +5,11 @@ optimum-intel 2.2 pins huggingface-hub<1.22 while diffusers 0.42.1 needs >=1.32,
 fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
 
 - Conversion: each of the model family's components' pipeline-facing call (the denoiser's forward with the family's
-  traced inputs, `vae.decode`, each text encoder's forward) is traced once
-  into a dynamic-shape model and saved as f32 IR under $SDCPU_HOME/openvino/<key>/; the key hashes the component
-  configs and a strided sample of every weight tensor, so a second process reads the IR (memory-mapped) instead of
-  converting, and a different model never reuses it. The torch modules are dropped once converted (peak RSS).
+  traced inputs, `vae.decode`, each text encoder's forward, with its last two hidden states where the family's pipelines
+  read them: SDXL's penultimate layer) is traced once into a dynamic-shape model and saved as f32 IR under
+  $SDCPU_HOME/openvino/<key>/; the key hashes the component configs and a strided sample of every weight tensor, so a
+  second process reads the IR (memory-mapped) instead of converting, and a different model never reuses it. The torch
+  modules are dropped once converted (peak RSS).
 - Static shapes: a wrapper compiles a copy of its model reshaped to each new set of input shapes it sees (cached per
   shape, one INFO line per compile), so a call at another size compiles again instead of failing. Each model keeps
   the $SDCPU_OPENVINO_SHAPES (default 4) shapes used last compiled (each is a copy of the weights in the plugin's
@@ -18,10 +19,11 @@ fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
   (AMX, AVX512_BF16), else f32; always set, since OpenVINO's CPU default is bf16 wherever the CPU has it. Threads
   follow torch's (OMP_NUM_THREADS).
 - The wrappers keep what StableDiffusionPipeline reads (config, dtype, device, call signatures, return shapes), so the
-  pipeline is called as before. Not supported, with an error saying so: clip_skip, a text attention mask, denoiser
-  options beyond the family's traced inputs (timestep_cond, cross_attention_kwargs), latent sizes the UNet cannot
-  halve evenly. The VAE
-  encoder (img2img, inpainting) is converted and compiled on its first call, never for text-to-image.
+  pipeline is called as before; each text encoder's stand-in returns its class's output (CLIPTextModelWithProjection's
+  text_embeds first, as SDXL's encode_prompt reads it). Not supported, with an error saying so: clip_skip, a text
+  attention mask, denoiser options beyond the family's traced inputs (timestep_cond, cross_attention_kwargs), latent
+  sizes the UNet cannot halve evenly. The VAE encoder (img2img, inpainting) is converted and compiled on its first call,
+  never for text-to-image.
 """
 
 import collections
@@ -38,7 +40,7 @@ import torch
 
 from sdcpu import families, recipes
 from sdcpu.backends import mapped
-from sdcpu.backends.components import Denoiser, Entry, Moments, TextEncoder, VAE
+from sdcpu.backends.components import TEXT_OUTPUTS, Denoiser, Entry, HiddenStates, Moments, TextEncoder, VAE
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models import state
 from sdcpu.system import locks
@@ -64,6 +66,10 @@ def apply(pipe, step, cpu) -> str:
                    "without an allocator step")
     precision = step.value or ("bf16" if cpu.native_bf16 else "f32")
     family = families.of(pipe)
+    unknown = [f"{name} ({type(getattr(pipe, name)).__name__})" for name in family.text_encoders
+               if type(getattr(pipe, name)).__name__ not in TEXT_OUTPUTS]
+    if unknown:
+        raise Skip(f"no OpenVINO stand-in returns what {', '.join(unknown)} returns (known: {', '.join(TEXT_OUTPUTS)})")
     denoiser = getattr(pipe, family.denoiser.attribute)
     cast = denoiser.dtype if denoiser.dtype != torch.float32 else None
     if cast:  # traced with fp32 inputs; OpenVINO's precision hint, not the torch dtype, sets the compute precision
@@ -83,7 +89,7 @@ def apply(pipe, step, cpu) -> str:
         elif name == family.decoder:
             stand_in = VAE(run, module.config, encode=encoder)
         else:
-            stand_in = TextEncoder(run, module.config)
+            stand_in = TextEncoder(run, module.config, type(module).__name__, family.text_hidden_states)
         setattr(pipe, name, stand_in)
         gc.collect()  # the torch module is gone: return its memory before the next conversion
     state.of(pipe).runtime = state.Runtime.OPENVINO
@@ -92,7 +98,8 @@ def apply(pipe, step, cpu) -> str:
     if precision == "bf16" and not cpu.native_bf16:
         why += f"; this CPU has no native bf16 ({cpu.native_bf16_reason}): OpenVINO falls back to f32 kernels"
     return (
-        f"UNet, VAE decoder, text encoder (VAE encoder on first img2img/inpainting call) on OpenVINO "
+        f"UNet, VAE decoder, text encoder{'s' if len(family.text_encoders) > 1 else ''} (VAE encoder on first "
+        f"img2img/inpainting call) on OpenVINO "
         f"{ov.__version__.split('-')[0]}, {precision} "
         f"({why}), static shapes compiled per size on first use; IR {ir} in {folder}"
         + (f"; converted from the {cast} torch weights (an earlier step), cast back to fp32" if cast else "")
@@ -136,8 +143,9 @@ def _traced(module, name, family):
     """The entry to trace for FAMILY's component NAME (the VAE encoder: a Moments) and an example input for it."""
     if name == "vae_encoder":  # images at 8x the traced latent size
         return module, (torch.randn(1, module.encoder.conv_in.in_channels, EXAMPLE_LATENT * 8, EXAMPLE_LATENT * 8),)
-    if name in family.text_encoders:
-        return Entry(module), (torch.zeros(1, family.tokens, dtype=torch.long),)
+    if name in family.text_encoders:  # with the last two hidden states where the family's pipelines read them
+        entry = HiddenStates(module) if family.text_hidden_states else Entry(module)
+        return entry, (torch.zeros(1, family.tokens, dtype=torch.long),)
     if name == family.denoiser.attribute:
         latent = (EXAMPLE_LATENT, EXAMPLE_LATENT)
         return Entry(module, signature=family.denoiser), family.example_inputs(module.config, 2, latent, torch.float32)

@@ -136,8 +136,11 @@ def skeletons(pipe, lora) -> dict:
                     if tensor is not None:
                         tensors[key] = make(torch.zeros((), dtype=tensor.dtype).expand(tensor.shape))
     with loading(lora):
-        state_dict, alphas, metadata = type(pipe).lora_state_dict(lora.source, return_lora_metadata=True,
-                                                                  **lora.loader_kwargs())
+        # unet_config, as load_lora_weights passes it: kohya files in the original (sgm) UNet layout, as SDXL's, are
+        # renamed to diffusers' blocks from it
+        state_dict, alphas, metadata = type(pipe).lora_state_dict(
+            lora.source, return_lora_metadata=True, unet_config=getattr(pipe, family.denoiser.attribute).config,
+            **lora.loader_kwargs())
         common = {"network_alphas": alphas, "adapter_name": ADAPTER, "metadata": metadata, "low_cpu_mem_usage": True}
         family.load_lora(type(pipe), state_dict, models, **common)
     return models

@@ -78,6 +78,9 @@ class Family:
     denoiser: Denoiser
     text_encoders: tuple[str, ...]  # pipeline attributes, in the order the pipeline calls them
     tokens: int  # the prompt length the text encoders run at (traced and calibrated for)
+    # whether its pipelines read the text encoders' hidden states (SDXL's encode_prompt: the penultimate layer, always
+    # output_hidden_states=True): a backend converting the encoders keeps the last two, not only their outputs
+    text_hidden_states: bool = False
     decoder: str = "vae"  # the pipeline attribute whose `decode` turns latents into images
     defaults: Defaults = Defaults()
     tiny_vae: str = ""  # hub id of its distilled decoder (AutoencoderTiny), "" when it has none

@@ -212,6 +212,7 @@ FAMILY = StableDiffusionXL(
                       added=("text_embeds", "time_ids")),
     text_encoders=("text_encoder", "text_encoder_2"),
     tokens=clip.MAX_TOKENS,
+    text_hidden_states=True,  # encode_prompt reads each encoder's penultimate layer
     defaults=BASE_DEFAULTS,
     tiny_vae="madebyollin/taesdxl",
     lcm_lora="latent-consistency/lcm-lora-sdxl",
@@ -222,12 +223,8 @@ FAMILY = StableDiffusionXL(
     single_file_configs={"stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
                          "diffusers/stable-diffusion-xl-1.0-inpainting-0.1": "sdxl-inpainting"},
     refuses={
-        "openvino": NOT_YET + "the OpenVINO stand-ins do not carry SDXL's second text encoder and the UNet's "
-                    "added_cond_kwargs through conversion (diffusers' SDXL pipeline fails on the stand-in text "
-                    "encoder)",
-        "int8": NOT_YET + "int8 follows openvino or compile, and its one-time quantization's memory for SDXL's 2.6B "
-                "UNet is not measured (SD 1.5's takes 11 GiB); nothing is quantized",
-        "deepcache": NOT_YET + "DeepCache's UNet replacement passes no added_cond_kwargs (SDXL's text_embeds and "
-                     "time_ids)",
+        "int8": NOT_YET + "int8's one-time quantization (calibration, then NNCF in a child) is not measured for "
+                "SDXL's 2.6B-parameter UNet: SD 1.5's 0.86B one takes 11 GiB, so SDXL's would likely need several "
+                "times that; nothing is quantized",
     },
 )
