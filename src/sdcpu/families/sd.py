@@ -11,7 +11,8 @@ latents); `tiny` (and `tiny-inpainting`) use diffusers' test sizes and build in 
 from dataclasses import dataclass
 
 from sdcpu.families import clip
-from sdcpu.families.base import Arch, Defaults, Denoiser, Family
+from sdcpu.families.base import Arch, Defaults, Denoiser
+from sdcpu.families.unet import UNetFamily
 
 # SD 1.x scheduler config, as shipped in stable-diffusion-v1-5/scheduler/scheduler_config.json.
 SD15_SCHEDULER = dict(
@@ -62,15 +63,7 @@ ARCHS = {
 
 
 @dataclass(frozen=True)
-class StableDiffusion(Family):
-    def inpainting(self, pipe) -> bool:
-        """Latents, mask and masked-image latents in: 9 channels for SD's 4-channel latents."""
-        return pipe.unet.config.in_channels == 2 * pipe.vae.config.latent_channels + 1
-
-    def latent_multiple(self, config) -> int:
-        """The UNet halves the latent once per down block but the last."""
-        return 2 ** (len(config.block_out_channels) - 1)
-
+class StableDiffusion(UNetFamily):
     def example_inputs(self, config, batch, latent, dtype, generator=None) -> tuple:
         import torch
 
@@ -81,24 +74,15 @@ class StableDiffusion(Family):
     def build(self, arch: str, seed: int):
         """A StableDiffusionPipeline of ARCH (a StableDiffusionInpaintPipeline where its UNet takes 9 channels) with
         seeded random weights and no safety checker (it would flag noise)."""
-        import diffusers
-        import torch
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        spec = self.archs[arch]
-
-        def seeded(offset, make):
-            torch.manual_seed(seed * 1000 + offset)  # each component gets its own stream, independent of build order
-            return make().eval()
-
-        with torch.device("cpu"):  # schedulers hold small tensors they copy to the CPU: not on a meta device
-            scheduler = getattr(diffusers, spec.scheduler[0]).from_config(spec.scheduler[1])
-        task = "inpaint" if spec.components["unet"].get("in_channels") == 9 else "txt2img"
-        return getattr(diffusers, self.pipelines[task])(
-            unet=seeded(1, lambda: UNet2DConditionModel(**spec.components["unet"])),
-            vae=seeded(2, lambda: AutoencoderKL(**spec.components["vae"])),
-            text_encoder=seeded(3, lambda: CLIPTextModel(clip.text_config(**spec.components["text_encoder"]))),
+        seeded, scheduler, pipeline_class = self.random_parts(arch, seed)
+        parts = self.archs[arch].components
+        return pipeline_class(
+            unet=seeded(1, lambda: UNet2DConditionModel(**parts["unet"])),
+            vae=seeded(2, lambda: AutoencoderKL(**parts["vae"])),
+            text_encoder=seeded(3, lambda: CLIPTextModel(clip.text_config(**parts["text_encoder"]))),
             tokenizer=clip.tokenizer(),
             scheduler=scheduler,
             safety_checker=None,
@@ -118,29 +102,10 @@ class StableDiffusion(Family):
         return {"unet": UNet2DConditionModel.from_config(pipe.unet.config),
                 "text_encoder": CLIPTextModel(pipe.text_encoder.config)}
 
-    def load_lora(self, pipeline_class, state_dict, models, **options) -> None:
-        pipeline_class.load_lora_into_unet(state_dict, unet=models["unet"], **options)
-        pipeline_class.load_lora_into_text_encoder(state_dict, text_encoder=models["text_encoder"], **options)
-
     def original_state_dict(self, folder) -> dict:
         from sdcpu.families import sd_layout
 
         return sd_layout.original_state_dict(folder)
-
-    def flops(self, config, batch, latent) -> int:
-        """Attention runs through the math processor: torch's flop counter does not count SDPA kernels."""
-        import torch
-        from diffusers import UNet2DConditionModel
-        from diffusers.models.attention_processor import AttnProcessor
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with torch.device("meta"):
-            unet = UNet2DConditionModel(**{k: v for k, v in dict(config).items() if not k.startswith("_")})
-            unet.set_attn_processor(AttnProcessor())
-            inputs = self.example_inputs(unet.config, batch, latent, torch.float32)
-            with FlopCounterMode(display=False) as counter, torch.inference_mode():
-                unet(*inputs)
-        return counter.get_total_flops()
 
 
 FAMILY = StableDiffusion(

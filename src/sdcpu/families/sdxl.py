@@ -20,7 +20,8 @@ in common SDXL use (A1111 and ComfyUI default to 20) and each step costs seconds
 from dataclasses import dataclass
 
 from sdcpu.families import clip
-from sdcpu.families.base import Arch, Defaults, Denoiser, Family
+from sdcpu.families.base import Arch, Defaults, Denoiser
+from sdcpu.families.unet import UNetFamily
 
 # SDXL base 1.0's scheduler_config.json (models.md section 1)
 EULER = dict(
@@ -95,7 +96,7 @@ TURBO_DEFAULTS = Defaults(steps=1, guidance=0.0, width=512, height=512)
 
 
 @dataclass(frozen=True)
-class StableDiffusionXL(Family):
+class StableDiffusionXL(UNetFamily):
     def distilled(self, scheduler_config) -> bool:
         """Whether a model with SCHEDULER_CONFIG is a few-step distilled one (SDXL-Turbo): its schedule's timesteps
         trail, so one step starts from pure noise. The one place SDXL's base and Turbo defaults are told apart."""
@@ -103,13 +104,6 @@ class StableDiffusionXL(Family):
 
     def scheduler_defaults(self, scheduler_config) -> Defaults:
         return TURBO_DEFAULTS if self.distilled(scheduler_config) else self.defaults
-
-    def inpainting(self, pipe) -> bool:
-        """Latents, mask and masked-image latents in: 9 channels for SDXL's 4-channel latents."""
-        return pipe.unet.config.in_channels == 2 * pipe.vae.config.latent_channels + 1
-
-    def latent_multiple(self, config) -> int:
-        return 2 ** (len(config.block_out_channels) - 1)
 
     def example_inputs(self, config, batch, latent, dtype, generator=None) -> tuple:
         """Latents, timestep, the two encoders' concatenated states (cross_attention_dim wide), the pooled text
@@ -129,22 +123,12 @@ class StableDiffusionXL(Family):
     def build(self, arch: str, seed: int):
         """A StableDiffusionXLPipeline of ARCH (an inpainting one where its UNet takes 9 channels) with seeded random
         weights, both tokenizers built offline (tokenizer_2 pads with `!`, as SDXL's own), no watermarker."""
-        import diffusers
-        import torch
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-        spec = self.archs[arch]
-
-        def seeded(offset, make):
-            torch.manual_seed(seed * 1000 + offset)  # each component gets its own stream, independent of build order
-            return make().eval()
-
-        with torch.device("cpu"):  # schedulers hold small tensors they copy to the CPU: not on a meta device
-            scheduler = getattr(diffusers, spec.scheduler[0]).from_config(spec.scheduler[1])
-        task = "inpaint" if spec.components["unet"].get("in_channels") == 9 else "txt2img"
-        parts = spec.components
-        return getattr(diffusers, self.pipelines[task])(
+        seeded, scheduler, pipeline_class = self.random_parts(arch, seed)
+        parts = self.archs[arch].components
+        return pipeline_class(
             unet=seeded(1, lambda: UNet2DConditionModel(**parts["unet"])),
             vae=seeded(2, lambda: AutoencoderKL(**parts["vae"])),
             text_encoder=seeded(3, lambda: CLIPTextModel(clip.text_config(**parts["text_encoder"]))),
@@ -168,13 +152,6 @@ class StableDiffusionXL(Family):
                 "text_encoder": CLIPTextModel(pipe.text_encoder.config),
                 "text_encoder_2": CLIPTextModelWithProjection(pipe.text_encoder_2.config)}
 
-    def load_lora(self, pipeline_class, state_dict, models, **options) -> None:
-        """As StableDiffusionXLLoraLoaderMixin.load_lora_weights: the UNet, then each text encoder under its prefix
-        (`text_encoder`, `text_encoder_2`; kohya's lora_te1_/lora_te2_ are renamed to these by lora_state_dict)."""
-        pipeline_class.load_lora_into_unet(state_dict, unet=models["unet"], **options)
-        for name in self.text_encoders:
-            pipeline_class.load_lora_into_text_encoder(state_dict, text_encoder=models[name], prefix=name, **options)
-
     def original_state_dict(self, folder) -> dict:
         from sdcpu.families import sdxl_layout
 
@@ -184,21 +161,6 @@ class StableDiffusionXL(Family):
         from sdcpu.families import sdxl_layout
 
         return sdxl_layout.arch_of(checkpoint, self.archs)
-
-    def flops(self, config, batch, latent) -> int:
-        """Attention runs through the math processor: torch's flop counter does not count SDPA kernels."""
-        import torch
-        from diffusers import UNet2DConditionModel
-        from diffusers.models.attention_processor import AttnProcessor
-        from torch.utils.flop_counter import FlopCounterMode
-
-        with torch.device("meta"):
-            unet = UNet2DConditionModel(**{k: v for k, v in dict(config).items() if not k.startswith("_")})
-            unet.set_attn_processor(AttnProcessor())
-            args, kwargs = self.denoiser.call_arguments(self.example_inputs(unet.config, batch, latent, torch.float32))
-            with FlopCounterMode(display=False) as counter, torch.inference_mode():
-                unet(*args, **kwargs)
-        return counter.get_total_flops()
 
 
 NOT_YET = "not built for SDXL yet (issue 28): "
