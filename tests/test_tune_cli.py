@@ -71,3 +71,15 @@ def test_a_probe_runs_under_its_launch_plan_and_reports_a_skipped_step():
     assert row["verify_failures"] == [] and row["threads"] >= 1  # the plan took effect in the child
     assert result.status.startswith("skipped: ipex: intel_extension_for_pytorch is not installed")
     assert len(row["unet_s"]) == 2 and row["first_call_s"] > 0 and wall > row["compute_s"]
+
+
+@pytest.mark.parametrize("arch, steps", [("tiny-sdxl-turbo", 1), ("tiny-sdxl", 25), ("tiny", 20)])
+def test_the_estimates_steps_are_the_models_unless_given(monkeypatch, arch, steps):
+    from sdcpu.cli import build_parser
+    from sdcpu.commands import tune
+
+    args = build_parser().parse_args(["tune", "--model", f"random:{arch}"])
+    monkeypatch.setattr(tune.hardware, "detect", lambda: (_ for _ in ()).throw(SystemExit("past the checks")))
+    with pytest.raises(SystemExit, match="past the checks"):
+        tune.run(args)
+    assert args.steps == steps  # before: SD's 20 for every model

@@ -40,8 +40,9 @@ def register(sub):
     add_model(p)
     p.add_argument("--size", help="WIDTHxHEIGHT of the images to tune for (default: the model's own, 512x512 for "
                                   "SD 1.5)")
-    p.add_argument("--steps", type=int, default=DEFAULTS.steps,
-                   help="denoising steps per image in the estimate (default %(default)s)")
+    p.add_argument("--steps", type=int,
+                   help="denoising steps per image in the estimate (default: the model's, where known before it "
+                        f"loads: a random:ARCH's or a diffusers folder's; else {DEFAULTS.steps})")
     p.add_argument("--budget", type=_minutes, default=15.0, help="minutes to spend measuring (default %(default)s)")
     p.add_argument("--quality", choices=("exact", "high"), default="high",
                    help="exact: fp32 only; high: + bf16 where the CPU has it natively (auto:fast uses this profile "
@@ -56,15 +57,16 @@ def _say(text: str) -> None:
 
 def run(args) -> int:
     from sdcpu.models import parse_spec, random_models, Source
-    from sdcpu.pipeline.generate import check_size, parse_size
+    from sdcpu.pipeline.generate import check_size, parse_size, spec_defaults
 
     # 1. Check the input, look at the machine, build the space of what it can run.
+    model = parse_spec(args.model)
+    args.steps = args.steps if args.steps is not None else spec_defaults(model).steps  # SDXL-Turbo's 1, SDXL's 25
     if args.steps < 1 or args.repeats < 2:
         raise UsageError("--steps must be at least 1 and --repeats at least 2 (a spread needs two)")
     size = parse_size(args.size) if args.size else None
     if size:
         check_size(*size)
-    model = parse_spec(args.model)
     cpu = hardware.detect()
     libs, tools = launcher.look_around(cpu, os.environ)
     installed = {name for name, kind in recipes.STEP_KINDS.items()
