@@ -116,7 +116,7 @@ def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
 
 def load_pipeline(spec: str, *, trust_pickle: bool = False, progress: bool = False, dtype=None):
     """Load any model spec as a diffusers pipeline on the CPU, its weights in DTYPE (None: float32), each cast as it
-    is read: the float32 weights of a model loaded in bfloat16 are never in memory whole."""
+    is read."""
     parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec, trust_pickle=trust_pickle)
     pipe = _load(parsed, dtype)
     families.of(pipe)  # a model of no family sdcpu knows is refused here, not half-way through a recipe

@@ -86,23 +86,26 @@ def channels_last(pipe, item, cpu):
 def bf16(pipe, item, cpu):
     import torch
 
-    if not cpu.native_bf16 and not item.forced:
+    if not bf16_runs(item, cpu):
         raise Skip(f"no native bf16 on this CPU ({cpu.native_bf16_reason}); `bf16!` forces it")
     pipe.to(dtype=torch.bfloat16)
     verdict = cpu.native_bf16_reason if cpu.native_bf16 else "FORCED on a CPU without native bf16: expect it slower"
     return f"UNet, VAE and text encoder weights and activations in bfloat16 ({verdict})"
 
 
+def bf16_runs(item, cpu) -> bool:
+    """Whether the bf16 step ITEM applies on CPU: native bf16, or forced (`bf16!`)."""
+    return cpu.native_bf16 or item.forced
+
+
 def load_dtype(recipe: recipes.Recipe, cpu):
     """The dtype a model is loaded in for RECIPE on CPU: bfloat16 where its bf16 step will apply (each weight cast as
-    it is read, so the float32 model never sits in memory whole: SDXL's 10 GB UNet), else float32. The bf16 step
-    then finds it cast; the weights are the same as cast after loading."""
+    it is read, not the whole float32 model loaded and then cast), else float32. The bf16 step then finds it cast;
+    the weights are the same as cast after loading."""
     import torch
 
     item = recipe.get("bf16")
-    if item is not None and (cpu.native_bf16 or item.forced):
-        return torch.bfloat16
-    return torch.float32
+    return torch.bfloat16 if item is not None and bf16_runs(item, cpu) else torch.float32
 
 
 @step("scheduler")
