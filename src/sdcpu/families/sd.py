@@ -74,21 +74,8 @@ class StableDiffusion(UNetFamily):
     def build(self, arch: str, seed: int):
         """A StableDiffusionPipeline of ARCH (a StableDiffusionInpaintPipeline where its UNet takes 9 channels) with
         seeded random weights and no safety checker (it would flag noise)."""
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel
-
-        seeded, scheduler, pipeline_class = self.random_parts(arch, seed)
-        parts = self.archs[arch].components
-        return pipeline_class(
-            unet=seeded(1, lambda: UNet2DConditionModel(**parts["unet"])),
-            vae=seeded(2, lambda: AutoencoderKL(**parts["vae"])),
-            text_encoder=seeded(3, lambda: CLIPTextModel(clip.text_config(**parts["text_encoder"]))),
-            tokenizer=clip.tokenizer(),
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        return self.random_pipeline(arch, seed, lambda seeded, parts: dict(
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False))
 
     def save(self, pipe, folder) -> None:
         super().save(pipe, folder)

@@ -123,22 +123,11 @@ class StableDiffusionXL(UNetFamily):
     def build(self, arch: str, seed: int):
         """A StableDiffusionXLPipeline of ARCH (an inpainting one where its UNet takes 9 channels) with seeded random
         weights, both tokenizers built offline (tokenizer_2 pads with `!`, as SDXL's own), no watermarker."""
-        from diffusers import AutoencoderKL, UNet2DConditionModel
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+        from transformers import CLIPTextModelWithProjection
 
-        seeded, scheduler, pipeline_class = self.random_parts(arch, seed)
-        parts = self.archs[arch].components
-        return pipeline_class(
-            unet=seeded(1, lambda: UNet2DConditionModel(**parts["unet"])),
-            vae=seeded(2, lambda: AutoencoderKL(**parts["vae"])),
-            text_encoder=seeded(3, lambda: CLIPTextModel(clip.text_config(**parts["text_encoder"]))),
-            text_encoder_2=seeded(5, lambda: CLIPTextModelWithProjection(
-                clip.text_config(**parts["text_encoder_2"]))),
-            tokenizer=clip.tokenizer(),
-            tokenizer_2=clip.tokenizer(pad="!"),
-            scheduler=scheduler,
-            add_watermarker=False,
-        )
+        return self.random_pipeline(arch, seed, lambda seeded, parts: dict(
+            text_encoder_2=seeded(5, lambda: CLIPTextModelWithProjection(clip.text_config(**parts["text_encoder_2"]))),
+            tokenizer_2=clip.tokenizer(pad="!"), add_watermarker=False))
 
     def save(self, pipe, folder) -> None:
         super().save(pipe, folder)

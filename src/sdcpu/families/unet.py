@@ -18,14 +18,20 @@ class UNetFamily(Family):
         """The UNet halves the latent once per down block but the last."""
         return 2 ** (len(config.block_out_channels) - 1)
 
-    def random_parts(self, arch: str, seed: int):
-        """For a random build of ARCH from SEED: `seeded(offset, make)` (a component made with its own seeded random
-        stream, independent of build order), the scheduler, and the pipeline class (the inpainting one where the UNet
-        takes 9 channels)."""
+    def random_pipeline(self, arch: str, seed: int, extra):
+        """The pipeline of random:ARCH with weights seeded by SEED (the inpainting one where its UNet takes 9
+        channels): the UNet, the VAE, a CLIPTextModel text encoder and CLIP's tokenizer, the scheduler, and
+        EXTRA(seeded, components), the family's own other parts. `seeded(offset, make)` makes a component with its
+        own seeded random stream, independent of build order."""
         import diffusers
         import torch
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        from sdcpu.families import clip
 
         spec = self.archs[arch]
+        parts = spec.components
 
         def seeded(offset, make):
             torch.manual_seed(seed * 1000 + offset)
@@ -33,8 +39,15 @@ class UNetFamily(Family):
 
         with torch.device("cpu"):  # schedulers hold small tensors they copy to the CPU: not on a meta device
             scheduler = getattr(diffusers, spec.scheduler[0]).from_config(spec.scheduler[1])
-        task = "inpaint" if spec.components["unet"].get("in_channels") == 9 else "txt2img"
-        return seeded, scheduler, getattr(diffusers, self.pipelines[task])
+        task = "inpaint" if parts["unet"].get("in_channels") == 9 else "txt2img"
+        return getattr(diffusers, self.pipelines[task])(
+            unet=seeded(1, lambda: UNet2DConditionModel(**parts["unet"])),
+            vae=seeded(2, lambda: AutoencoderKL(**parts["vae"])),
+            text_encoder=seeded(3, lambda: CLIPTextModel(clip.text_config(**parts["text_encoder"]))),
+            tokenizer=clip.tokenizer(),
+            scheduler=scheduler,
+            **extra(seeded, parts),
+        )
 
     def load_lora(self, pipeline_class, state_dict, models, **options) -> None:
         """As diffusers' LoRA loaders do: the UNet, then each text encoder under its own prefix (`text_encoder`,
