@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from sdcpu import load_pipeline
-from sdcpu.families import clip
+from sdcpu.families import clip, sd
 from sdcpu.models import random_models
 
 # A child that imports everything first, says so, then builds random:tiny once the file named by argv[1] exists.
@@ -28,8 +28,10 @@ random_models.ensure_built("tiny")
 
 
 def staging_left(folder: Path) -> list[str]:
-    """The staging entries beside FOLDER (its lock file is not one)."""
-    return [p.name for p in folder.parent.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock")]
+    """FOLDER's staging entries beside it (its lock file is not one). Another model's are not looked at: the session's
+    home is shared by the test workers, and one may be building another model at the same moment."""
+    return [p.name for p in folder.parent.iterdir()
+            if p.name.startswith(f".{folder.name}") and not p.name.endswith(".lock")]
 
 
 def builders(count: int, home: Path, go: Path) -> list[subprocess.Popen]:
@@ -91,6 +93,8 @@ def test_sd15_is_the_real_architecture():
         pipe = random_models.build_pipeline("sd15")
     counts = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "text_encoder", "vae")}
     assert counts == {"unet": 859_520_964, "text_encoder": 123_060_480, "vae": 83_653_863}
+    # what auto's memory estimate reads (sdcpu.recipes.memory) is this architecture's
+    assert sd.FAMILY.parameters == {"text": counts["text_encoder"], "denoiser": counts["unet"], "decoder": counts["vae"]}
     assert pipe.vae.config.scaling_factor == 0.18215
     assert pipe.text_encoder.config.max_position_embeddings == 77
     assert type(pipe.scheduler).__name__ == "PNDMScheduler"

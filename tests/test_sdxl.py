@@ -72,6 +72,8 @@ def test_the_full_architectures_are_sdxls_published_ones_counted_on_the_meta_dev
             for key in PUBLISHED_UNET} == PUBLISHED_UNET
     counts = {name: sum(p.numel() for p in getattr(base, name).parameters()) for name in PUBLISHED_PARAMETERS}
     assert counts == PUBLISHED_PARAMETERS
+    assert sdxl.FAMILY.parameters == {  # what auto's memory estimate reads (sdcpu.recipes.memory)
+        "text": counts["text_encoder"] + counts["text_encoder_2"], "denoiser": counts["unet"], "decoder": counts["vae"]}
     assert sum(p.numel() for p in inpainting.unet.parameters()) == 2_567_478_084  # conv_in + 320 x 5 x 3 x 3
     assert type(inpainting).__name__ == "StableDiffusionXLInpaintPipeline" and inpainting.unet.config.in_channels == 9
     te, te2 = base.text_encoder.config, base.text_encoder_2.config
@@ -176,6 +178,22 @@ def test_a_diffusers_folders_defaults_are_known_before_it_loads(tmp_path):
         spec = models.parse_spec(str(folder))
         assert spec.kind is models.Source.FOLDER and generate.spec_defaults(spec) == expected, arch
     assert generate.spec_defaults(models.parse_spec("some-org/some-model")) == generate.DEFAULTS  # known once loaded
+
+
+def test_a_cached_hub_models_and_a_checkpoints_family_are_known_before_they_load(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    folder = tmp_path / "turbo"
+    families.of_arch("tiny-sdxl-turbo").save(families.of_arch("tiny-sdxl-turbo").build("tiny-sdxl-turbo", 0), folder)
+    cached = {("stabilityai/sdxl-turbo", name): str(folder / name)
+              for name in ("model_index.json", "scheduler/scheduler_config.json")}
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: cached.get((repo, name)))
+    assert models.known(models.parse_spec("stabilityai/sdxl-turbo")) == (sdxl.FAMILY, sdxl.TURBO_DEFAULTS)
+    assert models.known(models.parse_spec("some-org/not-downloaded")) is None
+    checkpoint = single_file.ensure_checkpoint(random_models.ensure_built("tiny-sdxl"))  # SDXL base's key layout
+    assert models.known(models.parse_spec(str(checkpoint))) == (sdxl.FAMILY, sdxl.BASE_DEFAULTS)
+    (tmp_path / "broken.safetensors").write_bytes(b"not a checkpoint")
+    assert models.known(models.parse_spec(str(tmp_path / "broken.safetensors"))) is None  # loading says why
 
 
 def test_batch_and_serves_warm_up_take_the_models_size_when_none_is_given(monkeypatch, tmp_path):
@@ -303,7 +321,8 @@ def test_steps_not_built_for_sdxl_are_refused_with_the_familys_reason(tiny_sdxl,
     assert not outcomes[0].applied and outcomes[0].detail == sdxl.FAMILY.refuses[recipe.split("=")[0]]
 
 
-@pytest.mark.parametrize("recipe", ["bf16", "tiny-vae", "lcm-lora", "tome"])
+# bf16 forced: the step itself is under test, on every class (plain `bf16` is skipped where bf16 is not native)
+@pytest.mark.parametrize("recipe", ["bf16!", "tiny-vae", "lcm-lora", "tome"])
 def test_eager_steps_apply_and_the_pipeline_still_makes_images(tiny_sdxl, recipe):
     pipe = tiny_sdxl()
     _, outcomes = optimize(pipe, recipe)

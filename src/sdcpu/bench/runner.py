@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sdcpu.bench import child, fidelity, inputs, ladders, peers
 from sdcpu.pipeline import optimizer
-from sdcpu.recipes import profiles, relaunch
+from sdcpu.recipes import auto, profiles, relaunch
 from sdcpu.system import children, hardware
 from sdcpu.system.versions import versions
 
@@ -78,7 +78,8 @@ def run_rung(rung: ladders.Rung, row: dict, protocol, out: Path, cpu, environ, o
         else:
             # resolved once, here: the child optimizes with exactly the recipe its launch plan was made for
             workload = profiles.workload_of(protocol.model, protocol.width, protocol.height)
-            recipe = optimizer.resolve(rung.recipe, cpu, workload)
+            job = auto.job_of(protocol.model, protocol.width, protocol.height)
+            recipe = optimizer.resolve(rung.recipe, cpu, workload, job)
             spec["recipe"] = recipe.to_json()
             command, env, plan = relaunch.child_command(recipe, cpu, environ, "sdcpu.bench.child", spec)
             prefix = plan.argv_prefix if plan else ()

@@ -50,7 +50,7 @@ def run(args) -> int:
     # 1. Check every input before the (slow) model load, so a typo costs nothing; then start under the recipe's plan.
     cpu = hardware.detect()
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
-    known = generate.spec_defaults(spec)  # the model's own where known before loading (random:ARCH, a folder)
+    known = generate.spec_defaults(spec)  # the model's own where known before loading (models.known)
     width, height = generate.parse_size(args.size) if args.size else (known.width, known.height)
     loras = tuple(parse(text, trust_pickle=args.trust_pickle) for text in args.lora)
     # auto: a tuned profile for this model and size, else the class rules (said at the end)

@@ -13,6 +13,7 @@ import sys
 from sdcpu import recipes
 from sdcpu.commands.options import add_model
 from sdcpu.errors import UsageError
+from sdcpu.families import sd
 from sdcpu.pipeline.generate import DEFAULTS
 from sdcpu.recipes import profiles
 from sdcpu.system import hardware, launcher
@@ -21,7 +22,6 @@ from sdcpu.tune import probe, report, search, space
 # Extra first-call seconds a backend costs in a process: (fixed, per SD 1.5-sized UNet). compile measured 60-107 s
 # on SD 1.5 here (warm/cold inductor cache); openvino converts the IR once (~40 s), then reads it back.
 FIRST_CALL_EXTRA_S = {"compile": (30, 110), "openvino": (10, 45)}
-SD15_UNET_PARAMS = 859_520_964
 
 
 def _minutes(text: str) -> float:
@@ -98,7 +98,7 @@ def run(args) -> int:
     spec.update(repeats=repeats, size=measured_size)
     if measured_size != target:  # the default's figures must come from the size the others run at
         baseline = measure(space_.default)
-    scale = baseline.detail["unet_params"] / SD15_UNET_PARAMS
+    scale = baseline.detail["unet_params"] / sd.FAMILY.parameters["denoiser"]
 
     def estimate(config):
         fixed, per_sd15 = FIRST_CALL_EXTRA_S.get(space_.describe(config).get("backend"), (0, 0))

@@ -92,6 +92,9 @@ class Family:
     single_file_configs: Mapping[str, str] = field(default_factory=dict)
     refuses: Mapping[str, str] = field(default_factory=dict)  # recipe step -> why it cannot serve this family
     int8_memory_gib: float = 0.0  # the one-time int8 quantization's need (calibration, then NNCF in a child)
+    # parameters of its reference model's parts: "text" (every text encoder), "denoiser", "decoder" (the VAE, encoder
+    # included): what auto's memory estimate (sdcpu.recipes.memory) multiplies by the bytes a recipe keeps each in
+    parameters: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def components(self) -> tuple[str, ...]:

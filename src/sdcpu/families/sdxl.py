@@ -171,6 +171,8 @@ FAMILY = StableDiffusionXL(
     latent_rgb=((0.3448, 0.4168, 0.4395), (-0.1953, -0.0290, 0.0250), (0.1074, 0.0886, -0.0163),
                 (-0.3730, -0.2499, -0.2088)),
     archs=ARCHS,
+    # random:sdxl, SDXL base 1.0's: CLIP ViT-L 123,060,480 + OpenCLIP ViT-bigG 694,659,840
+    parameters={"text": 817_720_320, "denoiser": 2_567_463_684, "decoder": 83_653_863},
     single_file_configs={"stabilityai/stable-diffusion-xl-base-1.0": "sdxl",
                          "diffusers/stable-diffusion-xl-1.0-inpainting-0.1": "sdxl-inpainting"},
     refuses={

@@ -67,21 +67,52 @@ def _family(index: Path):
     return families.named(str(pipeline_class))
 
 
-def known_defaults(spec: ModelSpec):
-    """The request defaults of SPEC known before it loads (families.base.Family.scheduler_defaults): a random:ARCH's, a
-    diffusers folder's (its model_index.json and scheduler config), else None (a single file or a hub id: known once
-    loaded)."""
+def known(spec: ModelSpec):
+    """(the family, its request defaults) of SPEC known before it loads (families.base.Family.scheduler_defaults): a
+    random:ARCH's; a diffusers folder's, or a hub id's already in the local cache (its model_index.json and scheduler
+    config); a .safetensors checkpoint's (the architecture its keys name); else None (a hub id not downloaded, a
+    pickle: known once loaded)."""
     if spec.kind is Source.RANDOM:
-        return families.of_arch(spec.ref).arch_defaults(spec.ref)
+        return families.of_arch(spec.ref), families.of_arch(spec.ref).arch_defaults(spec.ref)
+    if spec.kind is Source.FILE:
+        return _single_file_family(spec.ref) if spec.ref.endswith(".safetensors") else None
     if spec.kind is Source.FOLDER:
-        folder = Path(spec.ref)
-        family = _family(folder / "model_index.json")
-        try:
-            scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-        except (OSError, UnicodeDecodeError, ValueError):
-            scheduler = {}  # loading says what is wrong with it
-        return family.scheduler_defaults(scheduler if isinstance(scheduler, dict) else {})
-    return None
+        read = Path(spec.ref).joinpath
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        def read(name):
+            cached = try_to_load_from_cache(spec.ref, name)
+            return Path(cached) if isinstance(cached, str) else Path(spec.ref, "not-cached", name)
+    index = read("model_index.json")
+    if not index.is_file():
+        return None
+    family = _family(index)
+    try:
+        scheduler = json.loads(read("scheduler/scheduler_config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        scheduler = {}  # loading says what is wrong with it
+    return family, family.scheduler_defaults(scheduler if isinstance(scheduler, dict) else {})
+
+
+def known_defaults(spec: ModelSpec):
+    """The request defaults of SPEC known before it loads (`known`), else None."""
+    found = known(spec)
+    return found and found[1]
+
+
+def _single_file_family(path: str):
+    """(the family, its request defaults) of the .safetensors checkpoint at PATH, from its keys (a few tensors read);
+    None where the file cannot be read (loading says why)."""
+    from diffusers.loaders.single_file_utils import fetch_diffusers_config
+
+    try:
+        checkpoint = _LazySafetensors(path)
+        family, arch = families.of_single_file(fetch_diffusers_config(checkpoint)["pretrained_model_name_or_path"],
+                                               checkpoint)
+    except Exception:  # noqa: BLE001 -- not a checkpoint diffusers reads: its load refuses it with the reason
+        return None
+    return family, family.arch_defaults(arch) if arch else family.defaults
 
 
 def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:

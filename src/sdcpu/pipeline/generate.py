@@ -42,7 +42,8 @@ def defaults_for(pipe, base: Defaults | None = None) -> Defaults:
 
 def spec_defaults(spec) -> Defaults:
     """The request defaults of model SPEC known before it loads (models.known_defaults: a random:ARCH's, a diffusers
-    folder's); any other model's are known once loaded (`defaults_for`), SD's until then."""
+    folder's, a hub model's in the local cache, a .safetensors checkpoint's); any other model's are known once loaded
+    (`defaults_for`), SD's until then."""
     from sdcpu import models
 
     return models.known_defaults(spec) or DEFAULTS

@@ -44,7 +44,7 @@ def optimize(pipe, recipe="auto", cpu=None):
     """Apply RECIPE (a name, a step list or a Recipe) to PIPE in place; return (pipe, outcomes of each step)."""
     cpu = cpu or hardware.detect()
     if isinstance(recipe, str):
-        recipe = resolve(recipe, cpu)
+        recipe = resolve(recipe, cpu, job=job_of(pipe))
     refuses, outcomes = families.of(pipe).refuses, []
     for item in recipe.steps:
         if item.group == "system":
@@ -62,14 +62,24 @@ def optimize(pipe, recipe="auto", cpu=None):
     return pipe, tuple(outcomes)
 
 
-def resolve(text: str, cpu, workload=None) -> recipes.Recipe:
+def resolve(text: str, cpu, workload=None, job=None) -> recipes.Recipe:
     """A recipe string, with `auto` / `auto:QUALITY` resolved for CPU (and WORKLOAD, the model and size a tuned
-    profile must match; None: the most recent profile for this machine)."""
+    profile must match; None: the most recent profile for this machine; JOB, the family and size whose memory the
+    recipe must fit: sdcpu.recipes.memory)."""
     if recipes.is_auto(text):
         from sdcpu.recipes import auto
 
-        return auto.recipe(cpu, quality=auto.parse(text.strip()), workload=workload)[0]
+        return auto.recipe(cpu, quality=auto.parse(text.strip()), workload=workload, job=job)[0]
     return recipes.parse(text)
+
+
+def job_of(pipe):
+    """The memory job of PIPE: its family at its default size (sdcpu.recipes.memory)."""
+    from sdcpu.recipes import memory
+
+    family = families.of(pipe)
+    defaults = family.defaults_of(pipe)
+    return memory.Job(family, defaults.width, defaults.height)
 
 
 @step("channels_last")

@@ -18,7 +18,7 @@ import os
 
 from sdcpu import recipes
 from sdcpu.errors import UsageError
-from sdcpu.recipes import auto_rules, profiles, Recipe, Step
+from sdcpu.recipes import auto_rules, memory, profiles, Recipe, Step
 from sdcpu.system import launcher
 
 QUALITIES = ("exact", "high", "fast")
@@ -40,30 +40,49 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _unmet(candidate: auto_rules.Candidate, cpu, long_running: bool) -> str | None:
-    """Why CANDIDATE cannot be taken here, or None."""
+def _unavailable(candidate: auto_rules.Candidate, long_running: bool) -> str | None:
+    """Why CANDIDATE cannot run in this process whatever the memory, or None."""
     missing = [module for module in candidate.needs if not _installed(module)]
     if missing:
         return f"{' and '.join(missing)} not installed"
-    if cpu.memory_bytes < candidate.min_memory_gib * 2**30:
-        return f"needs {candidate.min_memory_gib} GiB of memory, this machine has {cpu.memory_bytes / 2**30:.1f}"
     if candidate.long_running and not long_running:
         return "its one-time cost pays only in a long-running process (sdcpu serve)"
     return None
 
 
-def choose(cpu, quality: str, long_running: bool = False) -> tuple[Recipe, tuple[str, ...]]:
-    """The class rules' recipe for CPU at QUALITY (framework and algorithm steps), with the reasons: the class, the
-    candidate taken, and why each one before it was not."""
+def _unmet(candidate: auto_rules.Candidate, cpu, long_running: bool, job: memory.Job) -> str | None:
+    """Why CANDIDATE cannot be taken here for JOB, or None."""
+    return _unavailable(candidate, long_running) or _need(candidate, cpu, job).unfit(cpu.memory_bytes)
+
+
+def _need(candidate: auto_rules.Candidate, cpu, job: memory.Job) -> memory.Need:
+    return memory.need(job.family, recipes.parse(candidate.steps), cpu, job.width, job.height)
+
+
+def choose(cpu, quality: str, long_running: bool = False,
+           job: memory.Job | None = None) -> tuple[Recipe, tuple[str, ...]]:
+    """The class rules' recipe for CPU at QUALITY (framework and algorithm steps) for JOB (the model's family and the
+    image size; None: not known, SD's assumed), with the reasons: the class, the candidate taken, and why each one
+    before it was not. Where no candidate fits the machine's memory, the one needing least is taken, and said so."""
+    job = job or memory.Job.default()
     klass = auto_rules.cpu_class(cpu)
     candidates = getattr(klass, quality) or klass.exact
     reasons, passed = [f"CPU class {klass.name}: {klass.summary}"], []
     for candidate in candidates:
-        unmet = _unmet(candidate, cpu, long_running)
+        unmet = _unmet(candidate, cpu, long_running, job)
         if unmet is None:
             reasons.append(f"{quality}: {candidate.steps or 'fp32 eager'}: {candidate.why}")
             break
-        passed.append(f"not {candidate.steps}: {unmet}")
+        passed.append(f"not {candidate.steps or 'fp32 eager'}: {unmet}")
+    else:
+        runnable = [c for c in candidates if _unavailable(c, long_running) is None] or [candidates[-1]]
+        candidate = min(runnable, key=lambda c: _need(c, cpu, job).peak_gib)
+        reasons.append(f"{quality}: {candidate.steps or 'fp32 eager'}: none of this level's recipes fits this "
+                       f"machine's memory for {job.family.name} at {job.width}x{job.height}; this one needs least "
+                       f"(about {_need(candidate, cpu, job).peak_gib:.1f} GiB: expect swapping, or an out-of-memory "
+                       f"kill): {candidate.why}")
+    if job.describe:
+        passed.append(f"memory estimated for {job.describe}")
     reasons += passed
     return recipes.parse(candidate.steps), tuple(reasons)
 
@@ -83,20 +102,21 @@ def _system(cpu, libs, tools, chosen: set[str]) -> tuple[tuple[Step, ...], tuple
 
 
 def recipe(cpu, environ=os.environ, quality="high", workload=None, long_running=False,
-           libs=None, tools=None) -> tuple[Recipe, tuple[str, ...]]:
+           libs=None, tools=None, job: memory.Job | None = None) -> tuple[Recipe, tuple[str, ...]]:
     """(the auto recipe for CPU at QUALITY, one reason per choice): a matching tuned profile's recipe (WORKLOAD: the
     model and size, when the caller knows them), else the rules of the CPU's class. LONG_RUNNING: the process makes
-    many images (serve), so a step whose one-time cost pays over many images may be taken."""
+    many images (serve), so a step whose one-time cost pays over many images may be taken. JOB: the model's family
+    and the image size, whose memory a rule's recipe must fit (None: not known, SD's assumed)."""
     name = "auto" if quality == "high" else f"auto:{quality}"
     found = profiles.find(cpu, quality, workload)
     if found:
         steps, reasons = list(recipes.parse(found.recipe).steps), (found.reason(workload is not None),)
         if quality == "fast":
-            added, why = _fast_on_top(cpu, steps)
+            added, why = _fast_on_top(cpu, steps, job or memory.Job.default())
             steps += added
             reasons += (f"quality fast, on top of the profile: {why}",)
         return Recipe(name, tuple(steps)), reasons
-    chosen, reasons = choose(cpu, quality, long_running)
+    chosen, reasons = choose(cpu, quality, long_running, job)
     if libs is None or tools is None:
         libs, tools = launcher.look_around(cpu, environ)
     taken = {step.name for step in chosen.steps}
@@ -105,7 +125,7 @@ def recipe(cpu, environ=os.environ, quality="high", workload=None, long_running=
     return Recipe(name, system + chosen.steps), (NO_PROFILE, *reasons, *why_system, auto_rules.NO_CHANNELS_LAST)
 
 
-def _fast_on_top(cpu, steps) -> tuple[list[Step], str]:
+def _fast_on_top(cpu, steps, job: memory.Job) -> tuple[list[Step], str]:
     """What `fast` adds to a tuned profile's recipe: the work-cutting steps of the class's first fast candidate that
     can be taken here and runs the UNet the same way (on a backend, where int8 follows it; eagerly, for deepcache).
     A work-cutting step is one whose kind says it `cuts_work`."""
@@ -113,7 +133,7 @@ def _fast_on_top(cpu, steps) -> tuple[list[Step], str]:
     backend = bool(names & BACKENDS)
     for candidate in auto_rules.cpu_class(cpu).fast:
         parsed = recipes.parse(candidate.steps)
-        if bool({s.name for s in parsed.steps} & BACKENDS) == backend and _unmet(candidate, cpu, False) is None:
+        if bool({s.name for s in parsed.steps} & BACKENDS) == backend and _unmet(candidate, cpu, False, job) is None:
             added = [step for step in parsed.steps if recipes.kind(step.name).cuts_work and step.name not in names]
             return added, candidate.why
     return [Step.parse("tiny-vae")], "tiny-vae: a distilled decoder, on any backend"
@@ -135,15 +155,26 @@ def describe_plan(cpu, environ=os.environ) -> str:
     return "\n".join([*(f"- {reason}" for reason in reasons), "", launcher.format_plan(first)])
 
 
+def job_of(model: str, width: int, height: int) -> memory.Job | None:
+    """The memory job of MODEL (a model spec) at WIDTHxHEIGHT, where its family is known before it loads."""
+    from sdcpu import models
+
+    try:
+        found = models.known(models.parse_spec(model))
+    except UsageError:
+        return None  # loading refuses it with the reason
+    return found and memory.Job(found[0], width, height)
+
+
 def resolve_for(text: str, cpu, model: str, width: int, height: int,
                 long_running: bool = False) -> tuple[Recipe, str | None]:
     """A recipe string for a job on MODEL at WIDTHxHEIGHT: `auto` / `auto:LEVEL` from a tuned profile for that
     workload, else the class rules, with the first reason (which of the two it was) and, from the rules, the one of
-    the candidate taken; another recipe as parsed."""
+    the candidate taken and why each one before it was not; another recipe as parsed."""
     if not recipes.is_auto(text):
         return recipes.parse(text), None
     quality = parse(text.strip())
     found, reasons = recipe(cpu, quality=quality, workload=profiles.workload_of(model, width, height),
-                            long_running=long_running)
-    taken = [reason for reason in reasons if reason.startswith(f"{quality}: ")]
+                            long_running=long_running, job=job_of(model, width, height))
+    taken = [reason for reason in reasons if reason.startswith((f"{quality}: ", "not "))]
     return found, "; ".join([reasons[0], *taken])

@@ -1,6 +1,7 @@
 """`auto`'s hardware rules: the CPU classes sdcpu tells apart and, for each, the recipe that measured fastest there at
 each quality level, with the measurement behind it. Data only; `sdcpu.recipes.auto` takes the first candidate whose needs are
-met on the machine at hand, and `sdcpu tune` replaces the rules with this machine's own measurements.
+met on the machine at hand (its modules installed, and its memory: sdcpu.recipes.memory estimates what the candidate
+needs for the model's family and size), and `sdcpu tune` replaces the rules with this machine's own measurements.
 
 A class is told from the ISA flags alone (`classify`). Figures are s/image of `sdcpu bench --model random:sd15
 --preset quick` (256x256, 4 steps; random weights, the real architecture), in one run side by side, on 2-core KVM
@@ -10,15 +11,12 @@ a neighbouring class says so in its summary.
 
 from dataclasses import dataclass
 
-from sdcpu.families import sd
-
 
 @dataclass(frozen=True)
 class Candidate:
     steps: str  # recipe steps, "" for plain fp32 eager
     why: str  # the measurement it rests on
     needs: tuple[str, ...] = ()  # Python modules that must be importable
-    min_memory_gib: float = 0  # machine memory the steps need (int8's one-time quantization)
     long_running: bool = False  # only where one process makes many images (`serve`): a one-time cost that pays there
 
 
@@ -50,7 +48,6 @@ COMPILE = Candidate("compile", "compile (inductor, fp32): +compile 1.45x over th
                     "serves many images", long_running=True)
 DEEPCACHE = Candidate("deepcache=2,tiny-vae", "deepcache=2 and tiny-vae on the eager UNet: 1.23x on the AVX2 EPYC "
                       "(2026-12-01, with the slower jemalloc,iomp,pin beside them); deepcache=2 alone 1.36x at 43.6 dB")
-INT8_MEMORY_GIB = sd.FAMILY.int8_memory_gib  # the rules below are SD 1.5's measurements
 
 # What every class without native bf16 measured, AVX2 and AVX-512 alike: OpenVINO f32 is faster than torch and exact.
 _NO_BF16 = dict(
@@ -64,9 +61,9 @@ _NO_BF16 = dict(
     fast=(
         Candidate("openvino=f32,int8,tiny-vae", "int8 (NNCF hybrid, 39.5 dB) and tiny-vae on OpenVINO f32: +int8 "
                   "1.34x over OpenVINO f32 and +tiny-vae 3.43x over vanilla in the AVX2 EPYC's full ladder "
-                  f"(2026-12-01); {AVX512_INT8}", needs=("openvino", "nncf"), min_memory_gib=INT8_MEMORY_GIB),
-        Candidate("openvino=f32,tiny-vae", "tiny-vae on OpenVINO f32 (int8 needs nncf and "
-                  f"{INT8_MEMORY_GIB} GiB for its one-time quantization)", needs=("openvino",)),
+                  f"(2026-12-01); {AVX512_INT8}", needs=("openvino", "nncf")),
+        Candidate("openvino=f32,tiny-vae", "tiny-vae on OpenVINO f32 (where int8 cannot be taken: "
+                  "nncf missing, or its one-time quantization does not fit the memory)", needs=("openvino",)),
         DEEPCACHE,
     ),
 )
@@ -87,9 +84,10 @@ CLASSES = {
         fast=(
             Candidate("iomp,openvino=bf16,int8,tiny-vae", "int8 and tiny-vae on OpenVINO bf16: +int8 1.30x and "
                       "+tiny-vae 1.60x in the full ladder (1.97 s/image, 8.0x vanilla), peak RSS 3.1 vs 6.5 GiB",
-                      needs=("openvino", "nncf"), min_memory_gib=INT8_MEMORY_GIB),
-            Candidate("iomp,openvino=bf16,tiny-vae", "tiny-vae on OpenVINO bf16 (int8 needs nncf and "
-                      f"{INT8_MEMORY_GIB} GiB for its one-time quantization)", needs=("openvino",)),
+                      needs=("openvino", "nncf")),
+            Candidate("iomp,openvino=bf16,tiny-vae", "tiny-vae on OpenVINO bf16 (where int8 cannot be "
+                      "taken: nncf missing, or its one-time quantization does not fit the memory)",
+                      needs=("openvino",)),
             Candidate("bf16,deepcache=2,tiny-vae", "deepcache=2 on torch bf16: 1.43x at 42.2 dB in the full ladder"),
         ),
     ),
@@ -115,9 +113,10 @@ CLASSES = {
             Candidate("openvino=bf16,int8,tiny-vae", "int8 and tiny-vae on OpenVINO bf16: 4.10 vs 22.61 s/image "
                       "(5.52x) and 4.87 vs 24.12 s (4.95x) on the Zen 4 EPYC, peak RSS 4.45 GiB; the first run "
                       "quantizes the UNet once (556-689 s there, kept on disk)",
-                      needs=("openvino", "nncf"), min_memory_gib=INT8_MEMORY_GIB),
-            Candidate("openvino=bf16,tiny-vae", "tiny-vae on OpenVINO bf16 (int8 needs nncf and "
-                      f"{INT8_MEMORY_GIB} GiB for its one-time quantization)", needs=("openvino",)),
+                      needs=("openvino", "nncf")),
+            Candidate("openvino=bf16,tiny-vae", "tiny-vae on OpenVINO bf16 (where int8 cannot be "
+                      "taken: nncf missing, or its one-time quantization does not fit the memory)",
+                      needs=("openvino",)),
             Candidate("bf16,deepcache=2,tiny-vae", "deepcache=2 and tiny-vae on torch bf16 (deepcache=2 measured "
                       "1.43x on AMX; not measured on this class)"),
         ),
