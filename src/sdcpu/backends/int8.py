@@ -44,7 +44,14 @@ CALIBRATION_PROMPTS = (
     "a futuristic city skyline at night, neon lights", "portrait of an old fisherman, dramatic lighting",
 )
 CALIBRATION_STEPS = 5
-IR_NAME = "unet-int8.xml"
+# a family's `int8` -> its quantized IR's name beside the UNet's
+IR_NAMES = {"hybrid": "unet-int8.xml", "weights": "unet-int8w.xml"}
+METHODS = {  # a family's `int8` -> what the step's detail calls it, and what it does
+    "hybrid": ("hybrid int8", "int8 weights on linear layers, int8 weights and activations on convolutions and "
+               "attention matmuls"),
+    "weights": ("weights-only int8", "int8 weights (asymmetric, per output channel) on every linear and convolution "
+                "layer, activations in the run's precision, no calibration"),
+}
 
 
 def apply(pipe, step, cpu) -> str:
@@ -98,44 +105,48 @@ def _openvino(pipe, cpu, family) -> str:
 
     stand_in = getattr(pipe, family.denoiser.attribute)
     run = stand_in.run
-    path, made = run.path.with_name(IR_NAME), ""
+    path, made = run.path.with_name(IR_NAMES[family.int8]), ""
+    name, what = METHODS[family.int8]
     if not path.is_file():
         if cpu.memory_bytes < family.int8_memory_gib * 2**30:
-            raise Skip(f"the one-time quantization of this {family.denoiser.label} needs {family.int8_memory_gib} "
-                       f"GiB of memory, this machine has {cpu.memory_bytes / 2**30:.1f} GiB")
+            raise Skip(f"the one-time {name} quantization of this {family.denoiser.label} needs "
+                       f"{family.int8_memory_gib} GiB of memory, this machine has {cpu.memory_bytes / 2**30:.1f} GiB")
         with locks.exclusive(path):  # another process quantizing this UNet: wait for its IR
             made = "" if path.is_file() else _quantize(pipe, family, run, path)
     compiled = openvino.Compiled(run.core, path, run.config, path.stem)
     setattr(pipe, family.denoiser.attribute, Denoiser(compiled, stand_in.config, stand_in.signature,
                                                       stand_in.latent_multiple))
     state.of(pipe).runtime = state.Runtime.OPENVINO_INT8
-    return (f"UNet hybrid int8 (NNCF {metadata.version('nncf')}): int8 weights on linear layers, int8 weights and "
-            f"activations on convolutions and attention matmuls{made}; IR {path}")
+    return f"{family.denoiser.label} {name} (NNCF {metadata.version('nncf')}): {what}{made}; IR {path}"
 
 
 def _quantize(pipe, family, run, path: Path) -> str:
-    """Calibrate on PIPE, quantize the UNet IR that RUN compiled into PATH; what was done, for the step's detail."""
+    """Quantize the UNet IR that RUN compiled into PATH by FAMILY's method (hybrid: calibrated on PIPE first); what was
+    done, for the step's detail."""
     locks.remove_stale(path)  # the calibration samples and IR staging of a killed quantization
     start = time.perf_counter()
-    calls = calibration_inputs(pipe, family)
+    calls = calibration_inputs(pipe, family) if family.int8 == "hybrid" else []
     run.release()  # the child reads the IR from disk: this process's compiled UNet would only add to the peak
     gc.collect()
-    peak = _quantize_in_child(run.path, calls, path)
-    return (f", calibrated on {len(calls)} UNet calls and quantized in a child process in "
-            f"{time.perf_counter() - start:.1f} s (its peak RSS {peak / 2**30:.1f} GiB)")
+    peak = _quantize_in_child(family.int8, run.path, calls, path)
+    calibrated = f", calibrated on {len(calls)} {family.denoiser.label} calls and" if calls else ","
+    return (f"{calibrated} quantized in a child process in {time.perf_counter() - start:.1f} s (its peak RSS "
+            f"{peak / 2**30:.1f} GiB)")
 
 
-def _quantize_in_child(source: Path, calls, target: Path) -> int:
-    """Quantize the IR at SOURCE into TARGET in a child process (sdcpu.backends.int8_child), calibrated on CALLS;
-    the child's peak RSS in bytes. Its memory goes back to the system when it exits."""
+def _quantize_in_child(method: str, source: Path, calls, target: Path) -> int:
+    """Quantize the IR at SOURCE into TARGET by METHOD in a child process (sdcpu.backends.int8_child), calibrated on
+    CALLS where it takes them; the child's peak RSS in bytes. Its memory goes back to the system when it exits."""
     folder = locks.staging(target, ".calibration")
-    folder.mkdir()
+    arguments = [method, str(source), str(target)]
     try:
-        samples = folder / "samples.npz"
-        np.savez(samples, **{f"{i}_{j}": x.numpy() for i, call in enumerate(calls) for j, x in enumerate(call)})
-        child = subprocess.Popen([*python_module("sdcpu.backends.int8_child"), str(source),
-                                  str(samples), str(target)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                 text=True)
+        if calls:
+            folder.mkdir()
+            samples = folder / "samples.npz"
+            np.savez(samples, **{f"{i}_{j}": x.numpy() for i, call in enumerate(calls) for j, x in enumerate(call)})
+            arguments.append(str(samples))
+        child = subprocess.Popen([*python_module("sdcpu.backends.int8_child"), *arguments], stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
         with child.stdout:
             output = child.stdout.read()
         _, status, usage = os.wait4(child.pid, 0)  # reaped here, with its own resource usage

@@ -1,10 +1,11 @@
 """The int8 step's quantization of an OpenVINO UNet, run in a child process so that its peak memory is its own:
-`python -m sdcpu.backends.int8_child SOURCE.xml SAMPLES.npz TARGET.xml`.
+`python -m sdcpu.backends.int8_child METHOD SOURCE.xml TARGET.xml [SAMPLES.npz]`.
 
-The child reads the fp32 IR from disk (memory-mapped), quantizes it in place (no copy of the model) with NNCF's
-hybrid scheme on the calibration calls in SAMPLES (arrays `CALL_INPUT`, as sdcpu.backends.int8 writes them), and
-writes TARGET (staged, then renamed: a crash leaves no half-written IR), keeping the mapped fp32 weights out of its
-RSS (sdcpu.backends.mapped). The parent dropped its own compiled UNet before starting the child.
+The child reads the fp32 IR from disk (memory-mapped), quantizes it in place (no copy of the model) by METHOD, a
+family's `int8` (`hybrid`: NNCF's hybrid scheme, calibrated on the calls in SAMPLES, arrays `CALL_INPUT` as
+sdcpu.backends.int8 writes them; `weights`: NNCF's weight-only int8, no samples), and writes TARGET (staged, then
+renamed: a crash leaves no half-written IR), keeping the mapped fp32 weights out of its RSS (sdcpu.backends.mapped).
+The parent dropped its own compiled UNet before starting the child.
 """
 
 import contextlib
@@ -30,6 +31,15 @@ def hybrid(nncf, model, samples):
         advanced_parameters=nncf.AdvancedQuantizationParameters(  # no SmoothQuant, as optimum-intel
             smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=-1)),
     )
+
+
+def weights(nncf, model):
+    """NNCF's weight-only int8: every weight (MatMul, Convolution, Gather: NNCF's default scope in an int8 mode) to
+    asymmetric int8 per output channel, decompressed where it is used; activations stay in the run's precision."""
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+
+
+METHODS = {"hybrid": hybrid, "weights": weights}
 
 
 def _has_weight(op) -> bool:
@@ -67,7 +77,7 @@ def save(model, path: str) -> None:
 
 
 def main(argv) -> int:
-    source, samples, target = argv
+    method, source, target, *samples = argv
     import nncf
     import openvino as ov
 
@@ -76,7 +86,8 @@ def main(argv) -> int:
     logging.getLogger("nncf").setLevel(logging.WARNING)  # one INFO line per layer otherwise
     # NNCF draws progress bars on stdout; the IR's mapped weights stay out of RSS while NNCF's models copy them
     with contextlib.redirect_stdout(sys.stderr), mapped.released(Path(source).with_suffix(".bin")):
-        save(hybrid(nncf, ov.Core().read_model(source), load_samples(samples)), target)
+        model = ov.Core().read_model(source)
+        save(METHODS[method](nncf, model, *map(load_samples, samples)), target)
     return 0
 
 

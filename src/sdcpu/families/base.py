@@ -91,7 +91,11 @@ class Family:
     # sdcpu builds locally for it (no network)
     single_file_configs: Mapping[str, str] = field(default_factory=dict)
     refuses: Mapping[str, str] = field(default_factory=dict)  # recipe step -> why it cannot serve this family
-    int8_memory_gib: float = 0.0  # the one-time int8 quantization's need (calibration, then NNCF in a child)
+    # how the int8 step makes the denoiser int8 on OpenVINO (sdcpu.backends.int8): "hybrid", NNCF's calibrated hybrid
+    # quantization (int8 weights on the linear layers, int8 weights and activations on the rest), or "weights", NNCF's
+    # weight-only int8 on every layer (activations in the run's precision, no calibration: far less memory)
+    int8: str = "hybrid"
+    int8_memory_gib: float = 0.0  # the machine memory its one-time quantization by that method needs
     # parameters of its reference model's parts: "text" (every text encoder), "denoiser", "decoder" (the VAE, encoder
     # included): what auto's memory estimate (sdcpu.recipes.memory) multiplies by the bytes a recipe keeps each in
     parameters: Mapping[str, int] = field(default_factory=dict)
