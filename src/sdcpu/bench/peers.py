@@ -26,7 +26,7 @@ class Peer:
     own_environment: str  # why it cannot share sdcpu's .venv
     reads: str  # what it loads: "folder" (diffusers), "ir" (OpenVINO IR, exported by optimum-intel), "single-file"
     variants: tuple[str, ...] = ()  # what `NAME:VARIANT` may name; the first is the default
-    real_sizes_only: str = ""  # why it cannot load sdcpu's test-size random:tiny* models, where it cannot
+    real_sizes_only: str = ""  # why it cannot load sdcpu's test-size random:tiny* models ("": it can)
 
     def python(self, environ) -> Path:
         return Path(environ.get(self.python_variable, CHECKOUT / self.venv / "bin" / "python"))
