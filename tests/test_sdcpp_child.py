@@ -15,11 +15,25 @@ from sdcpu.models import random_models, single_file
 SDCPP = peers.PEERS["stable-diffusion.cpp"]
 
 
-def test_checkpoint_carries_the_folders_scheduler():
-    folder = random_models.ensure_built("tiny")
+@pytest.mark.parametrize("arch", ["tiny", "tiny-sdxl-turbo"])
+def test_checkpoint_carries_the_folders_scheduler(arch):
+    folder = random_models.ensure_built(arch)
     path = single_file.ensure_checkpoint(folder)
     stored = sdcpp_child.checkpoint_scheduler(str(path))
     assert stored == json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+
+
+@pytest.mark.parametrize("arch, steps, sampler, comparable", [
+    ("tiny-sdxl-turbo", 1, ("euler_a", "simple"), True),  # SDXL-Turbo as run: 1 step, where ancestral adds no noise
+    ("tiny-sdxl-turbo", 4, ("euler_a", "simple"), False),
+    ("tiny-sdxl", 25, ("euler", "discrete"), False),  # SDXL base: Euler on leading timesteps
+])
+def test_sdcpp_sampler_for_sdxl_checkpoints(arch, steps, sampler, comparable):
+    """The sampler sd.cpp runs for SDXL's and SDXL-Turbo's schedulers, read back from their checkpoints."""
+    path = single_file.ensure_checkpoint(random_models.ensure_built(arch))
+    method, schedule, note = sdcpp_child.sampler_for(sdcpp_child.checkpoint_scheduler(str(path)), steps)
+    assert (method, schedule) == sampler
+    assert (note is None) == comparable
 
 
 @pytest.mark.parametrize("scheduler, steps, sampler, comparable", [
@@ -32,6 +46,14 @@ def test_checkpoint_carries_the_folders_scheduler():
     ({"_class_name": "EulerDiscreteScheduler", "timestep_spacing": "trailing", "use_karras_sigmas": True}, 4,
      ("euler", "discrete"), False),
     ({"_class_name": "PNDMScheduler", "timestep_spacing": "leading"}, 20, ("ipndm", "discrete"), False),
+    ({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"}, 1, ("euler_a", "simple"),
+     True),
+    ({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"}, 2, ("euler_a", "simple"),
+     False),  # the ancestral noise of step 1 on is each engine's own
+    ({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "trailing"}, 3, ("euler_a", "simple"),
+     False),
+    ({"_class_name": "EulerAncestralDiscreteScheduler", "timestep_spacing": "linspace"}, 1, ("euler_a", "discrete"),
+     False),
 ])
 def test_sdcpp_sampler_and_whether_its_images_compare_with_diffusers(scheduler, steps, sampler, comparable):
     method, schedule, note = sdcpp_child.sampler_for(scheduler, steps)

@@ -1,7 +1,10 @@
 """The optimum-intel peer rung, run by optimum-intel's own Python (scripts/setup-optimum.sh): the seed's OpenVINO path.
 
-`OVStableDiffusionPipeline` exported once from the model folder (kept under $SDCPU_HOME/optimum/), reshaped to the
-protocol's static size with batch 1 and one image per prompt, compiled, then the protocol's warm-up and timed calls.
+The folder's own pipeline, as optimum-intel's auto classes pick it from model_index.json's `_class_name`
+(`OVStableDiffusionPipeline` for SD, `OVStableDiffusionXLPipeline` for SDXL and SDXL-Turbo, and their Img2Img and
+Inpaint twins for the bench's edit tasks): exported once from the model folder (kept under $SDCPU_HOME/optimum/),
+reshaped to the protocol's static size with batch 1 and one image per prompt, compiled, then the protocol's warm-up
+and timed calls.
 Prints one JSON row like sdcpu.bench.child's (no per-component split: the peer's pipeline is run as its users run it).
 """
 
@@ -16,6 +19,19 @@ from sdcpu.system.children import write_row
 from sdcpu.system.home import sdcpu_home
 
 
+def without_cfg_batch(unet) -> None:
+    """Halve the batch of the OpenVINO UNet model UNET's inputs back to 1: optimum-intel's reshape() doubles it for
+    classifier-free guidance whatever the guidance (unless the UNet takes an LCM's timestep_cond), so a static pipeline
+    run at guidance <= 1 would feed its batch-1 latents to a batch-2 input and fail."""
+    shapes = {}
+    for port in unet.inputs:
+        shape = port.get_partial_shape()
+        if shape.rank.get_length() > 1 and shape[0].is_static and shape[0].get_length() == 2:  # timestep: rank 1
+            shape[0] = 1
+        shapes[port] = shape
+    unet.reshape(shapes)
+
+
 def main() -> int:
     spec = json.loads(sys.argv[1])
     protocol = spec["protocol"]
@@ -23,8 +39,8 @@ def main() -> int:
 
     import openvino
     import torch
-    from optimum.intel import (OVStableDiffusionImg2ImgPipeline, OVStableDiffusionInpaintPipeline,
-                               OVStableDiffusionPipeline)
+    from optimum.intel import (OVDiffusionPipeline, OVPipelineForImage2Image, OVPipelineForInpainting,
+                               OVPipelineForText2Image)
     from PIL import Image
 
     optimum_version = version("optimum-intel")
@@ -36,13 +52,16 @@ def main() -> int:
     start = time.perf_counter()
     cached = (exported / "model_index.json").is_file()
     edit = spec.get("inputs") or {}  # img2img, inpainting: the bench's input image (sdcpu.bench.inputs)
-    kind = {"img2img": OVStableDiffusionImg2ImgPipeline, "inpaint": OVStableDiffusionInpaintPipeline}.get(
-        edit.get("task"), OVStableDiffusionPipeline)
-    if not cached:  # the export holds every component (the VAE encoder too): one for all three tasks
-        OVStableDiffusionPipeline.from_pretrained(spec["model_path"], export=True, compile=False).save_pretrained(exported)
-    pipe = kind.from_pretrained(exported, compile=False)
+    task = {"img2img": OVPipelineForImage2Image, "inpaint": OVPipelineForInpainting}.get(
+        edit.get("task"), OVPipelineForText2Image)
+    if not cached:  # the folder's own class exports every component (the VAE encoder too): one for all three tasks
+        OVDiffusionPipeline.from_pretrained(spec["model_path"], export=True, compile=False).save_pretrained(exported)
+    pipe = task.from_pretrained(exported, compile=False)  # the task's class of the exported family (SD or SDXL)
+    kind = type(pipe)
     # 2. Static shapes, as the seed: batch 1, one image per prompt, the protocol's size.
     pipe.reshape(batch_size=1, height=protocol["height"], width=protocol["width"], num_images_per_prompt=1)
+    if protocol["guidance"] <= 1:  # no CFG (diffusers' rule, SDXL-Turbo's guidance 0): the UNet runs batch 1
+        without_cfg_batch(pipe.unet.model)
     pipe.compile()
     prepare_s = time.perf_counter() - start
 

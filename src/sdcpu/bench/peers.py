@@ -26,6 +26,7 @@ class Peer:
     own_environment: str  # why it cannot share sdcpu's .venv
     reads: str  # what it loads: "folder" (diffusers), "ir" (OpenVINO IR, exported by optimum-intel), "single-file"
     variants: tuple[str, ...] = ()  # what `NAME:VARIANT` may name; the first is the default
+    real_sizes_only: str = ""  # why it cannot load sdcpu's test-size random:tiny* models ("": it can)
 
     def python(self, environ) -> Path:
         return Path(environ.get(self.python_variable, CHECKOUT / self.venv / "bin" / "python"))
@@ -45,7 +46,9 @@ PEERS = {peer.name: peer for peer in (
     Peer("openvino-genai", ".venv-genai", "scripts/setup-genai.sh", "SDCPU_GENAI_PYTHON", "genai_child.py",
          "its C++ pipeline needs no torch or diffusers; it reads IR that optimum-intel's exporter writes", "ir"),
     Peer("stable-diffusion.cpp", ".venv-sdcpp", "scripts/setup-sdcpp.sh", "SDCPU_SDCPP_PYTHON", "sdcpp_child.py",
-         "a native build of ggml (CMake, minutes) that sdcpu does not need", "single-file", ("f32", "q8_0")),
+         "a native build of ggml (CMake, minutes) that sdcpu does not need", "single-file", ("f32", "q8_0"),
+         "it builds each network at its real model's sizes, known from tensor names alone (SDXL: a 320-channel UNet, "
+         "768- and 1280-wide text encoders), and refuses weights of other shapes"),
 )}
 EXPORTER = PEERS["optimum-intel"]  # writes the IR folder that OpenVINO GenAI reads
 
@@ -76,6 +79,9 @@ def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict, list[
         if reason := needed.missing(environ):
             raise RuntimeError(reason if needed is peer else f"{peer.name} reads IR exported by optimum-intel: {reason}")
     model = models.parse_spec(spec["protocol"]["model"])
+    if peer.real_sizes_only and model.kind is models.Source.RANDOM and model.ref.startswith("tiny"):
+        raise RuntimeError(f"{peer.name} cannot run random:{model.ref}, a test-size model: {peer.real_sizes_only}; "
+                           "run it on a real-size one (random:sd15, random:sdxl, random:sdxl-turbo)")
     if model.kind is models.Source.FILE and peer.reads != "single-file":
         raise RuntimeError(f"{peer.name} reads a diffusers folder or hub id, not a single-file checkpoint")
     folder = str(random_models.ensure_built(model.ref)) if model.kind is models.Source.RANDOM else model.ref

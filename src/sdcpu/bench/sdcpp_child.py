@@ -20,6 +20,7 @@ from sdcpu.system.children import write_row
 
 TRAIN_TIMESTEPS = 1000  # SD's, and sd.cpp's fixed TIMESTEPS
 SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")  # diffusers options that move sigmas
+EULER = {"EulerDiscreteScheduler": "euler", "EulerAncestralDiscreteScheduler": "euler_a"}  # diffusers -> sd.cpp
 
 
 def sampler_for(scheduler: dict, steps: int) -> tuple[str, str, str | None]:
@@ -30,24 +31,39 @@ def sampler_for(scheduler: dict, steps: int) -> tuple[str, str, str | None]:
         return "ipndm", "discrete", (
             "sampler ipndm on sd.cpp's discrete timesteps (it has no PNDM) vs diffusers' PNDM on leading ones: the "
             "same initial noise, a different denoising path; not a fidelity figure")
-    if name != "EulerDiscreteScheduler":
-        raise ValueError(f"no stable-diffusion.cpp sampler chosen for diffusers' {name} (supported: PNDM, Euler)")
+    if name not in EULER:
+        raise ValueError(f"no stable-diffusion.cpp sampler chosen for diffusers' {name} "
+                         "(supported: PNDM, Euler, Euler Ancestral)")
+    method = EULER[name]
+    schedule, note = euler_schedule(scheduler, steps)
+    if note is None and method == "euler_a" and steps > 1:
+        # At 1 step (sigma_max to 0) Euler Ancestral adds no noise: it is Euler. Past it each step adds fresh noise:
+        # sd.cpp draws it from the generator that drew the initial noise (rng and sampler_rng are one "cpu" generator
+        # here), as diffusers does, but that its draws are torch's is measured for the initial noise only.
+        note = (f"Euler Ancestral at {steps} steps: each step's ancestral noise is sd.cpp's own draw, not shown to be "
+                "diffusers'; not a fidelity figure")
+    return method, schedule, note
+
+
+def euler_schedule(scheduler: dict, steps: int) -> tuple[str, str | None]:
+    """(sd.cpp sigma schedule, why its timesteps are not diffusers' or None) for an Euler or Euler Ancestral SCHEDULER
+    at STEPS."""
     reshaped = [flag for flag in SIGMA_FLAGS if scheduler.get(flag)]
     if reshaped:
-        return "euler", "discrete", f"Euler with {reshaped[0]}, not mapped to an sd.cpp schedule; not a fidelity figure"
+        return "discrete", f"Euler with {reshaped[0]}, not mapped to an sd.cpp schedule; not a fidelity figure"
     # sd.cpp's "simple" schedule takes timesteps 999 - floor(i * 1000 / n), diffusers' trailing
     # round(1000 - i * 1000 / n) - 1: the same when n divides 1000. Its "discrete" takes 999 - i * 999 / (n - 1),
     # diffusers' linspace for n > 1. Both start from noise * the first sigma, as diffusers' Euler does.
     spacing = scheduler.get("timestep_spacing", "linspace")
     if spacing == "trailing":
         same = TRAIN_TIMESTEPS % steps == 0
-        return "euler", "simple", None if same else (
+        return "simple", None if same else (
             f"Euler at {steps} steps: sd.cpp's simple timesteps are diffusers' trailing ones only when the steps "
             f"divide {TRAIN_TIMESTEPS}; not a fidelity figure")
     if spacing == "linspace":
-        return "euler", "discrete", None if steps > 1 else (
+        return "discrete", None if steps > 1 else (
             "Euler at 1 step: sd.cpp's discrete schedule runs t=999, diffusers' linspace t=0; not a fidelity figure")
-    return "euler", "discrete", f"Euler on {spacing} timesteps, which sd.cpp has no schedule for; not a fidelity figure"
+    return "discrete", f"Euler on {spacing} timesteps, which sd.cpp has no schedule for; not a fidelity figure"
 
 
 def checkpoint_scheduler(path: str) -> dict:
