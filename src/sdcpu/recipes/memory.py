@@ -14,7 +14,9 @@ image's pixels). Two figures, since a recipe's first run may convert or quantize
 
 Calibrated on random:sdxl-turbo at 512x512 (2026-12-04, BENCHMARKS.md, Zen 4 EPYC): baseline 14.09 GiB, estimated
 14.1; openvino=bf16 7.65, estimated 7.7; openvino=bf16,tiny-vae 7.43, estimated 7.5; openvino=f32's first run 16.27,
-estimated 16.3.
+estimated 16.3; and on random:sdxl at 1024x1024, 4 steps with CFG (Zen 3 EPYC): baseline 16.81, estimated 16.8;
+openvino=f32 (warm cache) 17.13, estimated 16.8; openvino=f32,int8,tiny-vae 10.00, estimated 9.3 (the int8 UNet's
+buffers beyond its weights).
 """
 
 from dataclasses import dataclass
@@ -22,7 +24,11 @@ from dataclasses import dataclass
 GIB = 2**30
 HEADROOM = 0.9  # share of the machine's memory a recipe may plan for: the system and page cache keep the rest
 RUNTIME_GIB = 0.8  # python, torch, diffusers, OpenVINO's libraries: a process's RSS before any weight
-ACTIVATION_GIB_PER_MPIX = 1.5  # activations (the VAE decode's largest) per million output pixels, fp32
+# Activations grow with the image's pixels, and faster: attention scores (the VAE decoder's mid-block attends over
+# every latent position, one (HW/64)^2 matrix) grow with their square. Fitted on random:sdxl's measured baseline peaks
+# at 512 and 1024 pixels (14.09 and 16.81 GiB: 0.37 and 3.09 GiB above the weights and runtime)
+ACTIVATION_GIB_PER_MPIX = 0.9  # per million output pixels
+ATTENTION_GIB_PER_MPIX2 = 1.95  # per (million output pixels) squared
 CONVERSION_SHARE = 0.27  # OpenVINO's conversion: the largest component's fp32 weights held again, this share
 COMPILE_COPIES = 2  # `compile`: the eager weights and inductor's frozen constants
 
@@ -91,7 +97,8 @@ def weight_bytes(recipe, cpu) -> dict[str, float]:
 def need(family, recipe, cpu, width: int, height: int) -> Need:
     """What RECIPE needs on FAMILY's model at WIDTHxHEIGHT on CPU."""
     parameters = family.parameters
-    beside = RUNTIME_GIB + ACTIVATION_GIB_PER_MPIX * width * height / 1e6
+    megapixels = width * height / 1e6
+    beside = RUNTIME_GIB + ACTIVATION_GIB_PER_MPIX * megapixels + ATTENTION_GIB_PER_MPIX2 * megapixels**2
     steady = beside + sum(parameters[part] * size for part, size in weight_bytes(recipe, cpu).items()) / GIB
     first, what = steady, []
     if recipe.get("openvino") is not None:
