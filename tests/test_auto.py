@@ -208,6 +208,19 @@ def test_where_nothing_at_a_level_fits_the_recipe_needing_least_is_taken_and_sai
     assert "needs least (about 16.8 GiB" in taken
 
 
+@pytest.mark.parametrize("cpu", [AVX2_24G, machine("kvm-xeon-avx512-noamx")])
+def test_a_candidate_measured_slower_for_a_family_is_tried_after_the_others_for_it(installed, cpu):
+    """SDXL's weight-only int8 measured slower than OpenVINO f32 on AVX2: its fast level takes int8 only where the
+    faster recipe does not fit the memory; SD keeps its int8 (hybrid, measured faster)."""
+    installed("openvino", "nncf")
+    roomy, small = dataclasses.replace(cpu, memory_bytes=24 * 2**30), dataclasses.replace(cpu, memory_bytes=16 * 2**30)
+    recipe, reasons = auto.recipe(roomy, {}, quality="fast", libs=LIBS, tools=NUMACTL, job=sdxl_job())
+    assert str(recipe) == "openvino=f32,tiny-vae"
+    assert any(r.startswith("openvino=f32,int8,tiny-vae tried last for sdxl: ") for r in reasons)
+    assert recipes_of(small, job=sdxl_job())[2] == "openvino=f32,int8,tiny-vae"  # 16.7 GiB without int8 > 90% of 16
+    assert recipes_of(roomy, job=memory.Job(sd.FAMILY, 512, 512))[2] == "openvino=f32,int8,tiny-vae"
+
+
 def test_the_memory_estimate_follows_each_steps_weights():
     sdxl_512 = [memory.need(sdxl.FAMILY, recipes.parse(steps), ZEN4, 512, 512)
                 for steps in ("", "openvino=bf16", "openvino=bf16,tiny-vae", "openvino=bf16,int8", "bf16,compile")]

@@ -66,8 +66,11 @@ def choose(cpu, quality: str, long_running: bool = False,
     before it was not. Where no candidate fits the machine's memory, the one needing least is taken, and said so."""
     job = job or memory.Job.default()
     klass = auto_rules.cpu_class(cpu)
-    candidates = getattr(klass, quality) or klass.exact
+    slower = {c: dict(c.slower_for)[job.family.name] for c in getattr(klass, quality) or klass.exact
+              if job.family.name in dict(c.slower_for)}
+    candidates = sorted(getattr(klass, quality) or klass.exact, key=lambda c: c in slower)  # stable: those last
     reasons, passed = [f"CPU class {klass.name}: {klass.summary}"], []
+    passed += [f"{c.steps} tried last for {job.family.name}: {why}" for c, why in slower.items()]
     for candidate in candidates:
         unmet = _unmet(candidate, cpu, long_running, job)
         if unmet is None:

@@ -18,6 +18,9 @@ class Candidate:
     why: str  # the measurement it rests on
     needs: tuple[str, ...] = ()  # Python modules that must be importable
     long_running: bool = False  # only where one process makes many images (`serve`): a one-time cost that pays there
+    # (model family, the measurement): a family for which this candidate measured slower than the next ones of its
+    # level; for that family it is tried after them (taken where they do not fit the memory)
+    slower_for: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,10 @@ _NO_BF16 = dict(
     fast=(
         Candidate("openvino=f32,int8,tiny-vae", "int8 (NNCF hybrid, 39.5 dB) and tiny-vae on OpenVINO f32: +int8 "
                   "1.34x over OpenVINO f32 and +tiny-vae 3.43x over vanilla in the AVX2 EPYC's full ladder "
-                  f"(2026-12-01); {AVX512_INT8}", needs=("openvino", "nncf")),
+                  f"(2026-12-01); {AVX512_INT8}", needs=("openvino", "nncf"),
+                  slower_for=(("sdxl", "SDXL's int8 is weight-only, decompressed to f32 for the f32 kernels: UNet "
+                               "138.4 vs 119.7 s a call at 1024x1024 on the AVX2 EPYC (2026-12-04; not measured on "
+                               "AVX-512), for 10.0 instead of 17.1 GiB peak RSS"),)),
         Candidate("openvino=f32,tiny-vae", "tiny-vae on OpenVINO f32 (where int8 cannot be taken: "
                   "nncf missing, or its one-time quantization does not fit the memory)", needs=("openvino",)),
         DEEPCACHE,
