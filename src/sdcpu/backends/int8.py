@@ -21,7 +21,6 @@ size, CALIBRATION_STEPS steps each: offline, no data set needed.
 import gc
 import importlib.util
 import logging
-import os
 import subprocess
 import time
 from importlib import metadata
@@ -31,6 +30,7 @@ import numpy as np
 import torch
 
 from sdcpu import families
+from sdcpu.backends import int8_child
 from sdcpu.backends.components import Denoiser, Entry
 from sdcpu.errors import Skip
 from sdcpu.models import state
@@ -149,14 +149,13 @@ def _quantize_in_child(method: str, source: Path, calls, target: Path) -> int:
                                  stderr=subprocess.STDOUT, text=True)
         with child.stdout:
             output = child.stdout.read()
-        _, status, usage = os.wait4(child.pid, 0)  # reaped here, with its own resource usage
-        child.returncode = code = os.waitstatus_to_exitcode(status)
+        code = child.wait()
     finally:
         locks.remove(folder)
+    last = output.strip().splitlines()[-1:] or [f"exit {code}"]
     if code != 0:
-        last = output.strip().splitlines()[-1:] or [f"exit {code}"]
         raise RuntimeError(f"int8 quantization failed in its child process: {last[0]}")
-    return usage.ru_maxrss * 1024
+    return int(last[0].removeprefix(int8_child.PEAK))  # the child's own: its wait4 usage holds this process's size
 
 
 def _inductor(pipe, family) -> str:
