@@ -50,6 +50,13 @@ def _unavailable(candidate: auto_rules.Candidate, long_running: bool) -> str | N
     return None
 
 
+def _for_family(candidates, job: memory.Job) -> tuple[list, dict]:
+    """CANDIDATES in the order to try them for JOB's family: those measured slower for it (Candidate.slower_for)
+    after the rest, each with its measurement."""
+    slower = {c: dict(c.slower_for)[job.family.name] for c in candidates if job.family.name in dict(c.slower_for)}
+    return sorted(candidates, key=lambda c: c in slower), slower  # a stable sort: the rest keep their order
+
+
 def _unmet(candidate: auto_rules.Candidate, cpu, long_running: bool, job: memory.Job) -> str | None:
     """Why CANDIDATE cannot be taken here for JOB, or None."""
     return _unavailable(candidate, long_running) or _need(candidate, cpu, job).unfit(cpu.memory_bytes)
@@ -66,9 +73,7 @@ def choose(cpu, quality: str, long_running: bool = False,
     before it was not. Where no candidate fits the machine's memory, the one needing least is taken, and said so."""
     job = job or memory.Job.default()
     klass = auto_rules.cpu_class(cpu)
-    slower = {c: dict(c.slower_for)[job.family.name] for c in getattr(klass, quality) or klass.exact
-              if job.family.name in dict(c.slower_for)}
-    candidates = sorted(getattr(klass, quality) or klass.exact, key=lambda c: c in slower)  # stable: those last
+    candidates, slower = _for_family(getattr(klass, quality) or klass.exact, job)
     reasons, passed = [f"CPU class {klass.name}: {klass.summary}"], []
     passed += [f"{c.steps} tried last for {job.family.name}: {why}" for c, why in slower.items()]
     for candidate in candidates:
@@ -134,7 +139,7 @@ def _fast_on_top(cpu, steps, job: memory.Job) -> tuple[list[Step], str]:
     A work-cutting step is one whose kind says it `cuts_work`."""
     names = {step.name for step in steps}
     backend = bool(names & BACKENDS)
-    for candidate in auto_rules.cpu_class(cpu).fast:
+    for candidate in _for_family(auto_rules.cpu_class(cpu).fast, job)[0]:
         parsed = recipes.parse(candidate.steps)
         if bool({s.name for s in parsed.steps} & BACKENDS) == backend and _unmet(candidate, cpu, False, job) is None:
             added = [step for step in parsed.steps if recipes.kind(step.name).cuts_work and step.name not in names]
