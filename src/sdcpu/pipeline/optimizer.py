@@ -96,16 +96,11 @@ def channels_last(pipe, item, cpu):
 def bf16(pipe, item, cpu):
     import torch
 
-    if not bf16_runs(item, cpu):
+    if not recipes.bf16_runs(item, cpu):
         raise Skip(f"no native bf16 on this CPU ({cpu.native_bf16_reason}); `bf16!` forces it")
     pipe.to(dtype=torch.bfloat16)
     verdict = cpu.native_bf16_reason if cpu.native_bf16 else "FORCED on a CPU without native bf16: expect it slower"
     return f"UNet, VAE and text encoder weights and activations in bfloat16 ({verdict})"
-
-
-def bf16_runs(item, cpu) -> bool:
-    """Whether the bf16 step ITEM applies on CPU: native bf16, or forced (`bf16!`)."""
-    return cpu.native_bf16 or item.forced
 
 
 def load_dtype(recipe: recipes.Recipe, cpu):
@@ -115,7 +110,7 @@ def load_dtype(recipe: recipes.Recipe, cpu):
     import torch
 
     item = recipe.get("bf16")
-    return torch.bfloat16 if item is not None and bf16_runs(item, cpu) else torch.float32
+    return torch.bfloat16 if item is not None and recipes.bf16_runs(item, cpu) else torch.float32
 
 
 @step("scheduler")

@@ -207,6 +207,12 @@ class Step:
         return cls(name, value, forced)
 
 
+def bf16_runs(item: Step, cpu) -> bool:
+    """Whether the bf16 step ITEM applies on CPU: native bf16, or forced (`bf16!`). Read by the step itself, by the
+    load dtype and by auto's memory estimate."""
+    return cpu.native_bf16 or item.forced
+
+
 @dataclass(frozen=True)
 class Recipe:
     name: str  # a named recipe, or "custom"

@@ -21,6 +21,8 @@ buffers beyond its weights).
 
 from dataclasses import dataclass
 
+from sdcpu.recipes import bf16_runs
+
 GIB = 2**30
 HEADROOM = 0.9  # share of the machine's memory a recipe may plan for: the system and page cache keep the rest
 RUNTIME_GIB = 0.8  # python, torch, diffusers, OpenVINO's libraries: a process's RSS before any weight
@@ -76,8 +78,6 @@ class Need:
 
 def weight_bytes(recipe, cpu) -> dict[str, float]:
     """Bytes per parameter of each part ("text", "denoiser", "decoder") under RECIPE on CPU, while making images."""
-    from sdcpu.pipeline.optimizer import bf16_runs
-
     openvino, bf16 = recipe.get("openvino"), recipe.get("bf16")
     if openvino is not None:
         precision = openvino.value or ("bf16" if cpu.native_bf16 else "f32")
