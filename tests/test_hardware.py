@@ -1,9 +1,10 @@
+import dataclasses
 import json
 import os
 
 import pytest
 
-from machines import NAMES, machine
+from machines import NAMES, machine, texts as machine_texts
 from sdcpu.recipes import auto_rules
 from sdcpu.system import hardware
 from sdcpu.system.hardware import format_cpu_list, parse_cpu_list, parse_cpu_max, parse_topology
@@ -134,6 +135,27 @@ def test_read_cpu_max_v1_and_missing_namespaced_path(tmp_path):
     assert parse_cpu_max(hardware.read_cpu_max(proc, tmp_path)) == 1.5
     _write(tmp_path / "cpu,cpuacct/cpu.cfs_quota_us", "-1\n")
     assert parse_cpu_max(hardware.read_cpu_max(proc, tmp_path)) is None
+
+
+def test_read_memory_max_takes_the_tightest_limit_v1_and_v2(tmp_path):
+    _write(tmp_path / "memory/memory.limit_in_bytes", "9223372036854771712\n")  # v1's "no limit"
+    _write(tmp_path / "memory/docker/abc/memory.limit_in_bytes", f"{16 * 2**30}\n")
+    proc = "4:memory:/docker/abc\n3:cpu,cpuacct:/docker/abc\n"
+    assert hardware.read_memory_max(proc, tmp_path) == str(16 * 2**30)
+    assert hardware.read_memory_max("4:memory:/\n", tmp_path) == "max"
+    _write(tmp_path / "kube/memory.max", f"{8 * 2**30}\n")
+    _write(tmp_path / "kube/pod/memory.max", "max\n")
+    assert hardware.read_memory_max("0::/kube/pod\n", tmp_path) == str(8 * 2**30)
+
+
+@pytest.mark.parametrize("limit_gib, usable_gib, limited", [(None, 23.5, False), (16, 16, True), (64, 23.5, False)])
+def test_memory_is_the_cgroup_limit_where_lower(limit_gib, usable_gib, limited):
+    texts = machine_texts("epyc-2core-avx2")
+    meminfo = "MemTotal:       24641536 kB\n"  # 23.5 GiB, as the development VMs
+    limit = "max" if limit_gib is None else str(limit_gib * 2**30)
+    cpu = hardware.from_texts(dataclasses.replace(texts, meminfo=meminfo, memory_max=limit))
+    assert round(cpu.memory_bytes / 2**30, 1) == usable_gib
+    assert (cpu.memory_limit is not None) == limited
 
 
 def test_sysfs_topology_matches_lscpu_format(tmp_path):

@@ -2,7 +2,8 @@
 
 Every parser takes text (or a set), so tests feed canned machines (tests/fixtures/machines/); only the `read_*`
 functions and `detect()` touch the live system. Topology comes from `lscpu -p`, else from /sys; identity and ISA flags
-from /proc/cpuinfo; the usable CPUs from sched_getaffinity and the cgroup CPU quota.
+from /proc/cpuinfo; the usable CPUs from sched_getaffinity and the cgroup CPU quota; the usable memory from /proc/meminfo and the
+cgroup memory limit (a container's `--memory`, a Kubernetes limit): the smaller of the two.
 """
 
 import math
@@ -48,7 +49,8 @@ class CpuInfo:
     flags: frozenset[str]
     affinity: frozenset[int]
     cpu_quota: float | None  # CPUs granted by the cgroup quota; None when unlimited
-    memory_bytes: int
+    memory_bytes: int  # what this process may use: the machine's memory, or the cgroup's limit where that is lower
+    memory_limit: int | None = None  # the cgroup memory limit where it is below the machine's memory, else None
 
     @property
     def sockets(self) -> int:
@@ -137,6 +139,7 @@ class MachineTexts:
     cpu_max: str  # cgroup v2 `cpu.max` format: "max 100000" or "QUOTA PERIOD"
     meminfo: str
     efficiency_cpus: str = ""  # /sys/devices/cpu_atom/cpus on hybrid Intel parts
+    memory_max: str = "max"  # cgroup v2 `memory.max` format: "max" or bytes
 
 
 def parse_cpu_list(text: str) -> frozenset[int]:
@@ -203,6 +206,12 @@ def parse_cpu_max(text: str) -> float | None:
     return None if quota == "max" else int(quota) / int(period)
 
 
+def parse_memory_max(text: str) -> int | None:
+    """cgroup v2 memory.max 'BYTES' -> bytes; 'max' -> None."""
+    text = text.strip()
+    return None if text == "max" else int(text)
+
+
 def parse_meminfo(text: str) -> int:
     match = re.search(r"^MemTotal:\s+(\d+) kB", text, re.MULTILINE)
     return int(match.group(1)) * 1024
@@ -210,11 +219,13 @@ def parse_meminfo(text: str) -> int:
 
 def from_texts(texts: MachineTexts) -> CpuInfo:
     arch, vendor, model_name, flags = identity(parse_cpuinfo(texts.cpuinfo))
+    total, limit = parse_meminfo(texts.meminfo), parse_memory_max(texts.memory_max)
+    limit = limit if limit is not None and limit < total else None
     return CpuInfo(
         arch=arch, vendor=vendor, model_name=model_name,
         cores=parse_topology(texts.lscpu, parse_cpu_list(texts.efficiency_cpus)),
         flags=flags, affinity=texts.affinity, cpu_quota=parse_cpu_max(texts.cpu_max),
-        memory_bytes=parse_meminfo(texts.meminfo),
+        memory_bytes=limit or total, memory_limit=limit,
     )
 
 
@@ -240,6 +251,21 @@ def read_lscpu() -> str:
     return result.stdout
 
 
+def _cgroup_folders(proc_cgroup: str, v1_controller: str, cgroup_root: Path):
+    """(folder, is_v1) for this process's cgroup of V1_CONTROLLER (or the v2 unified one) and each of its ancestors.
+    A path missing under a namespaced mount falls back to the nearest folder that exists."""
+    for line in proc_cgroup.splitlines():
+        _, controllers, path = line.split(":", 2)
+        v1 = controllers != ""
+        if v1 and v1_controller not in controllers.split(","):
+            continue
+        base = cgroup_root / controllers if v1 else cgroup_root
+        here = base / path.lstrip("/")
+        for folder in (here, *here.parents):
+            if folder.is_relative_to(base) and folder.exists():
+                yield folder, v1
+
+
 def _cgroup_quota_text(folder: Path, v1: bool) -> str | None:
     """One cgroup folder's CPU quota in cpu.max form, None where the folder has no quota file."""
     if not v1:
@@ -254,31 +280,37 @@ def _cgroup_quota_text(folder: Path, v1: bool) -> str | None:
 
 def read_cpu_max(proc_cgroup: str, cgroup_root: Path = Path("/sys/fs/cgroup")) -> str:
     """The tightest CPU quota on this process's cgroup path and its ancestors (cgroup v2 `cpu.max` or v1 cfs files),
-    in cpu.max form. A path missing under a namespaced mount falls back to the nearest folder that exists."""
-    texts = []
-    for line in proc_cgroup.splitlines():
-        _, controllers, path = line.split(":", 2)
-        v1 = controllers != ""
-        if v1 and "cpu" not in controllers.split(","):
-            continue
-        base = cgroup_root / controllers if v1 else cgroup_root
-        here = base / path.lstrip("/")
-        for folder in (here, *here.parents):
-            if folder.is_relative_to(base) and folder.exists():
-                texts.append(_cgroup_quota_text(folder, v1))
+    in cpu.max form."""
+    texts = [_cgroup_quota_text(folder, v1) for folder, v1 in _cgroup_folders(proc_cgroup, "cpu", cgroup_root)]
     finite = [(parse_cpu_max(text), text) for text in texts if text and parse_cpu_max(text) is not None]
     return min(finite)[1] if finite else "max 100000"
 
 
+V1_UNLIMITED = 2**62  # cgroup v1 writes "no limit" as a huge page-aligned number (9223372036854771712)
+
+
+def read_memory_max(proc_cgroup: str, cgroup_root: Path = Path("/sys/fs/cgroup")) -> str:
+    """The tightest memory limit on this process's cgroup path and its ancestors (cgroup v2 `memory.max` or v1
+    `memory.limit_in_bytes`), in memory.max form."""
+    limits = []
+    for folder, v1 in _cgroup_folders(proc_cgroup, "memory", cgroup_root):
+        file = folder / ("memory.limit_in_bytes" if v1 else "memory.max")
+        value = parse_memory_max(file.read_text()) if file.exists() else None
+        if value is not None and value < V1_UNLIMITED:
+            limits.append(value)
+    return str(min(limits)) if limits else "max"
+
+
 def read_machine_texts() -> MachineTexts:
-    atom = Path("/sys/devices/cpu_atom/cpus")
+    atom, proc_cgroup = Path("/sys/devices/cpu_atom/cpus"), Path("/proc/self/cgroup").read_text()
     return MachineTexts(
         cpuinfo=Path("/proc/cpuinfo").read_text(),
         lscpu=read_lscpu(),
         affinity=frozenset(os.sched_getaffinity(0)),
-        cpu_max=read_cpu_max(Path("/proc/self/cgroup").read_text()),
+        cpu_max=read_cpu_max(proc_cgroup),
         meminfo=Path("/proc/meminfo").read_text(),
         efficiency_cpus=atom.read_text() if atom.exists() else "",
+        memory_max=read_memory_max(proc_cgroup),
     )
 
 
