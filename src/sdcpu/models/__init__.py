@@ -76,23 +76,34 @@ def known(spec: ModelSpec):
         return families.of_arch(spec.ref), families.of_arch(spec.ref).arch_defaults(spec.ref)
     if spec.kind is Source.FILE:
         return _single_file_family(spec.ref) if spec.ref.endswith(".safetensors") else None
-    if spec.kind is Source.FOLDER:
-        read = Path(spec.ref).joinpath
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        def read(name):
-            cached = try_to_load_from_cache(spec.ref, name)
-            return Path(cached) if isinstance(cached, str) else Path(spec.ref, "not-cached", name)
-    index = read("model_index.json")
-    if not index.is_file():
+    index = local_file(spec, "model_index.json")
+    if index is None:
         return None
     family = _family(index)
+    config = local_file(spec, "scheduler/scheduler_config.json")
     try:
-        scheduler = json.loads(read("scheduler/scheduler_config.json").read_text())
+        scheduler = json.loads(config.read_text()) if config else {}
     except (OSError, UnicodeDecodeError, ValueError):
         scheduler = {}  # loading says what is wrong with it
     return family, family.scheduler_defaults(scheduler if isinstance(scheduler, dict) else {})
+
+
+def local_file(spec: ModelSpec, name: str) -> Path | None:
+    """SPEC's file NAME in the diffusers layout ("model_index.json", "unet/config.json") where it is on this machine,
+    without a download: in a folder, a built random model's folder, the hub cache; else None (a hub model not
+    downloaded, a random model not built, a single-file checkpoint)."""
+    if spec.kind is Source.RANDOM:
+        path = random_models.built_folder(spec.ref) / name
+    elif spec.kind is Source.FOLDER:
+        path = Path(spec.ref) / name
+    elif spec.kind is Source.HUB:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(spec.ref, name)
+        path = Path(cached) if isinstance(cached, str) else None
+    else:
+        return None
+    return path if path is not None and path.is_file() else None
 
 
 def known_defaults(spec: ModelSpec):

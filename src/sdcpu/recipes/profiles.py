@@ -152,33 +152,20 @@ def workload_of(model: str, width: int, height: int) -> Workload | None:
     """The workload of MODEL (a model spec) at WIDTHxHEIGHT from its denoiser's config on disk (the one its family
     names), without loading it; None where the config is not here (a file checkpoint, a hub model not yet downloaded,
     a random model not yet built) or the model is of no family sdcpu runs."""
-    from sdcpu.models import parse_spec, random_models, Source
+    from sdcpu.models import local_file, parse_spec
 
     try:
         spec = parse_spec(model)
     except UsageError:
         return None
-    if spec.kind is Source.RANDOM:
-        folder = random_models.built_folder(spec.ref)
-        read = lambda name: folder / name  # noqa: E731
-    elif spec.kind is Source.FOLDER:
-        read = lambda name: Path(spec.ref) / name  # noqa: E731
-    elif spec.kind is Source.HUB:
-        from huggingface_hub import try_to_load_from_cache
-
-        def read(name):
-            cached = try_to_load_from_cache(spec.ref, name)
-            return Path(cached) if isinstance(cached, str) else None
-    else:
-        return None
-    index = read("model_index.json")
-    if index is None or not index.is_file():
+    index = local_file(spec, "model_index.json")
+    if index is None:
         return None
     try:
         family = families.named(json.loads(index.read_text())["_class_name"])
     except (UsageError, KeyError, ValueError):
         return None
-    config = read(f"{family.denoiser.attribute}/config.json")
-    if config is None or not config.is_file():
+    config = local_file(spec, f"{family.denoiser.attribute}/config.json")
+    if config is None:
         return None
     return Workload(unet_hash(json.loads(config.read_text())), f"{width}x{height}")
