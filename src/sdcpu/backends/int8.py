@@ -164,6 +164,8 @@ def _inductor(pipe, family) -> str:
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86
     except ImportError:
         raise Skip("torchao is not installed: pip install -c constraints.txt torchao") from None
+    if family.no_pt2e:
+        raise Skip(family.no_pt2e)
     name = family.denoiser.attribute
     compiled = getattr(pipe, name)
     eager = compiled._orig_mod  # torch.compile's wrapper keeps the eager module

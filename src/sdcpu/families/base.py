@@ -96,6 +96,8 @@ class Family:
     # weight-only int8 on every layer (activations in the run's precision, no calibration: far less memory)
     int8: str = "hybrid"
     int8_memory_gib: float = 0.0  # the machine memory its one-time quantization by that method needs
+    # why torchao's PT2E int8 (the int8 step after `compile`) cannot serve it, "" where it can
+    no_pt2e: str = ""
     # parameters of its reference model's parts: "text" (every text encoder), "denoiser", "decoder" (the VAE, encoder
     # included): what auto's memory estimate (sdcpu.recipes.memory) multiplies by the bytes a recipe keeps each in
     parameters: Mapping[str, int] = field(default_factory=dict)

@@ -178,4 +178,7 @@ FAMILY = StableDiffusionXL(
     # weight-only: no calibration; the child measured 2.9 GiB peak, 97 s, on random:sdxl's UNet (2-core Zen 3,
     # 2026-12-04), beside the parent's compiled text encoders and VAE (3.4 GiB of fp32 weights) and runtime
     int8_memory_gib=8.0,
+    no_pt2e="PT2E int8 calibrates the fp32 UNet eagerly in every process (20 CFG calls at 1024x1024: ~139 s each on "
+            "2 AVX2 cores, 46 minutes before the first image, where SD 1.5's took 9) and keeps its exported and "
+            "prepared copies beside the 10 GB of fp32 weights; use openvino,int8 (weight-only, once per machine)",
 )
