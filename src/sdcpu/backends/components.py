@@ -60,12 +60,26 @@ class Component:
 
     dtype = torch.float32
     device = torch.device("cpu")
+    phases = None  # the `release` step's sdcpu.backends.release.Phases: one part of the pipeline compiled at a time
+    part = ""  # this component's part there: "text", "denoiser" or "vae"
 
     def __init__(self, run, config):
         self.run, self.config = run, config
 
     def __call__(self, *args, **kwargs):
+        self.enter()
         return self.forward(*args, **kwargs)
+
+    def enter(self):
+        """About to run: under the `release` step, the other parts' compiled models are dropped first."""
+        if self.phases is not None:
+            self.phases.enter(self)
+
+    def release(self):
+        """Drop what RUN (and a VAE's encoder) compiled, returning its memory; the next call compiles again."""
+        for run in (self.run, getattr(self, "encode_run", None)):
+            if hasattr(run, "release"):
+                run.release()
 
     def modules(self):
         yield self
@@ -116,6 +130,7 @@ class VAE(Component):
         self.use_slicing = True
 
     def decode(self, latents, return_dict=True, generator=None):
+        self.enter()
         if self.use_slicing:
             image = torch.cat([self.run(one)[0] for one in latents.split(1)])
         else:
@@ -125,6 +140,7 @@ class VAE(Component):
     def encode(self, images, return_dict=True):
         if self.encode_run is None:
             raise NotImplementedError("this VAE stand-in has no encoder: text-to-image only")
+        self.enter()
         (moments,) = self.encode_run(images)
         latent_dist = DiagonalGaussianDistribution(moments)
         return AutoencoderKLOutput(latent_dist=latent_dist) if return_dict else (latent_dist,)

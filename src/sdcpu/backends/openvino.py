@@ -195,6 +195,10 @@ class Lazy:
             self.compiled, self.module = Compiled(self.core, self.path, self.config, self.path.stem), None
         return self.compiled(*inputs)
 
+    def release(self):
+        if self.compiled is not None:
+            self.compiled.release()
+
 
 def kept_shapes() -> int:
     """How many input shapes each model keeps compiled ($SDCPU_OPENVINO_SHAPES, default 4, at least 1)."""

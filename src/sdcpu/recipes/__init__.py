@@ -117,6 +117,10 @@ STEP_KINDS = {
     "int8": StepKind("framework", summary="the UNet a backend runs, quantized to int8 (NNCF after openvino, torchao "
                      "PT2E after compile)", module="sdcpu.backends.int8", role="after_backend", ladder="int8",
                      cuts_work=True),
+    "release": StepKind("framework", summary="one part of a call (text encoders, denoiser, VAE) compiled at a time: "
+                        "each dropped when another starts, compiled again on the next image; peak memory of the "
+                        "largest part, a compile per part per image (after openvino)",
+                        module="sdcpu.backends.release", role="after_backend"),
     "ipex": StepKind("framework", summary="Intel Extension for PyTorch (end-of-life), only when installed and matching",
                      module="sdcpu.backends.ipex", role="backend", ladder="ipex", needs="intel_extension_for_pytorch"),
     "scheduler": StepKind("algorithm", _scheduler, "swap the scheduler (e.g. dpm++)", ladder="scheduler=dpm++"),

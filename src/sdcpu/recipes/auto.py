@@ -57,6 +57,21 @@ def _for_family(candidates, job: memory.Job) -> tuple[list, dict]:
     return sorted(candidates, key=lambda c: c in slower), slower  # a stable sort: the rest keep their order
 
 
+def _releasable(candidate: auto_rules.Candidate) -> set[str]:
+    """{memory.RELEASE} where CANDIDATE's recipe could keep one part compiled at a time (it runs on OpenVINO and does
+    not already), else empty."""
+    steps = recipes.parse(candidate.steps)
+    return {memory.RELEASE} if steps.get("openvino") and not steps.get(memory.RELEASE) else set()
+
+
+def _released(candidate: auto_rules.Candidate) -> auto_rules.Candidate:
+    """CANDIDATE with the `release` step: tried after every candidate of its level as it is, since it costs each
+    image a compile of every part (sdcpu.backends.release)."""
+    return dataclasses.replace(candidate, steps=f"{candidate.steps},{memory.RELEASE}",
+                               why=f"{candidate.why}; with {memory.RELEASE}: one part compiled at a time, the "
+                                   f"only way it fits this machine's memory (a compile per part per image)")
+
+
 def _unmet(candidate: auto_rules.Candidate, cpu, long_running: bool, job: memory.Job) -> str | None:
     """Why CANDIDATE cannot be taken here for JOB, or None."""
     return _unavailable(candidate, long_running) or _need(candidate, cpu, job).unfit(cpu.memory_bytes)
@@ -76,6 +91,7 @@ def choose(cpu, quality: str, long_running: bool = False,
     candidates, slower = _for_family(getattr(klass, quality) or klass.exact, job)
     reasons, passed = [f"CPU class {klass.name}: {klass.summary}"], []
     passed += [f"{c.steps} tried last for {job.family.name}: {why}" for c, why in slower.items()]
+    candidates += [_released(c) for c in candidates if memory.RELEASE in _releasable(c)]
     for candidate in candidates:
         unmet = _unmet(candidate, cpu, long_running, job)
         if unmet is None:
@@ -84,7 +100,7 @@ def choose(cpu, quality: str, long_running: bool = False,
         passed.append(f"not {candidate.steps or 'fp32 eager'}: {unmet}")
     else:
         runnable = [c for c in candidates if _unavailable(c, long_running) is None] or [candidates[-1]]
-        candidate = min(runnable, key=lambda c: _need(c, cpu, job).peak_gib)
+        candidate = min(runnable, key=lambda c: (_need(c, cpu, job).peak_gib, _need(c, cpu, job).steady_gib))
         reasons.append(f"{quality}: {candidate.steps or 'fp32 eager'}: none of this level's recipes fits this "
                        f"machine's memory for {job.family.name} at {job.width}x{job.height}; this one needs least "
                        f"(about {_need(candidate, cpu, job).peak_gib:.1f} GiB: expect swapping, or an out-of-memory "

@@ -9,14 +9,19 @@ image's pixels). Two figures, since a recipe's first run may convert or quantize
   native-bf16 CPU) 2, int8 weights 1; `compile` keeps the eager weights beside inductor's frozen copy; `tiny-vae`
   drops the VAE. Loading maps the model's files: a weight never touched is not resident (an OpenVINO recipe whose IR is
   on disk never touches the torch weights it replaces).
-- first run: OpenVINO's conversion traces the fp32 torch modules (every weight touched) and holds part of the largest
-  one's graph again; int8's quantization needs what the family measured (Family.int8_memory_gib).
+- first run: OpenVINO's conversion traces one fp32 torch module at a time and holds part of its graph again. The
+  weights it touched stay counted in RSS (16.3 GiB for SDXL-Turbo), but they are pages of the model's mapped files,
+  which the kernel evicts under pressure: what the conversion needs is the module being converted, its graph and the
+  runtime (SDXL's UNet: 12.9 GiB; random:sdxl-turbo's conversion completed in a 14 GiB cgroup, 2026-12-04). A model
+  whose weights are not file-mapped (built in memory) needs them all. int8's quantization needs what the family
+  measured (Family.int8_memory_gib).
 
 Calibrated on random:sdxl-turbo at 512x512 (2026-12-04, BENCHMARKS.md, Zen 4 EPYC): baseline 14.09 GiB, estimated
-14.1; openvino=bf16 7.65, estimated 7.7; openvino=bf16,tiny-vae 7.43, estimated 7.5; openvino=f32's first run 16.27,
-estimated 16.3; and on random:sdxl at 1024x1024, 4 steps with CFG (Zen 3 EPYC): baseline 16.81, estimated 16.8;
-openvino=f32 (warm cache) 17.13, estimated 16.8; openvino=f32,int8,tiny-vae 10.00, estimated 9.3 (the int8 UNet's
-buffers beyond its weights).
+14.1; openvino=bf16 7.65, estimated 7.7; openvino=bf16,tiny-vae 7.43, estimated 7.5; and on random:sdxl at 1024x1024,
+4 steps with CFG (Zen 3 EPYC): baseline 16.81, estimated 16.8; openvino=f32 (warm cache) 17.13, estimated 16.8;
+openvino=f32,int8,tiny-vae 10.00, estimated 10.1; and the same networks (random:sdxl-turbo) there in a 16 GiB
+cgroup: openvino=f32,release 11.10, estimated 11.3; openvino=f32,int8,tiny-vae 9.92, estimated 10.1;
+openvino=f32,int8,tiny-vae,release 7.23, estimated 7.0.
 """
 
 from dataclasses import dataclass
@@ -31,7 +36,7 @@ RUNTIME_GIB = 0.8  # python, torch, diffusers, OpenVINO's libraries: a process's
 # at 512 and 1024 pixels (14.09 and 16.81 GiB: 0.37 and 3.09 GiB above the weights and runtime)
 ACTIVATION_GIB_PER_MPIX = 0.9  # per million output pixels
 ATTENTION_GIB_PER_MPIX2 = 1.95  # per (million output pixels) squared
-CONVERSION_SHARE = 0.27  # OpenVINO's conversion: the largest component's fp32 weights held again, this share
+CONVERSION_SHARE = 0.27  # OpenVINO's conversion: the converted component's fp32 weights held again, this share
 COMPILE_COPIES = 2  # `compile`: the eager weights and inductor's frozen constants
 
 
@@ -76,8 +81,17 @@ class Need:
         return None
 
 
-def weight_bytes(recipe, cpu) -> dict[str, float]:
-    """Bytes per parameter of each part ("text", "denoiser", "decoder") under RECIPE on CPU, while making images."""
+# What a denoiser weight takes once its int8 IR is compiled by OpenVINO, by the family's int8 method: NNCF's hybrid
+# scheme keeps int8 weights (1 byte); with weight-only int8 the CPU plugin decompresses part of them for its kernels:
+# random:sdxl-turbo's UNet at 1024x1024 in f32 took 5.3 GiB beside the runtime and its buffers, 2.2 bytes a weight,
+# 0.55 of f32's 4 (measured with and without the release step in a 16 GiB cgroup, Zen 3, 2026-12-04); in bf16 taken
+# as the same share of 2 bytes (not measured)
+INT8_BYTES, INT8_WEIGHTS_SHARE = 1.0, 0.55
+
+
+def weight_bytes(recipe, cpu, family) -> dict[str, float]:
+    """Bytes per parameter of each part ("text", "denoiser", "decoder") of FAMILY's model under RECIPE on CPU, while
+    making images."""
     openvino, bf16 = recipe.get("openvino"), recipe.get("bf16")
     if openvino is not None:
         precision = openvino.value or ("bf16" if cpu.native_bf16 else "f32")
@@ -86,7 +100,10 @@ def weight_bytes(recipe, cpu) -> dict[str, float]:
         size = 2 if bf16 is not None and bf16_runs(bf16, cpu) else 4
     parts = {"text": size, "denoiser": size, "decoder": size}
     if recipe.get("int8") is not None:
-        parts["denoiser"] = 1 if openvino is not None else 1 + size  # PT2E keeps the eager weights too
+        if openvino is None:
+            parts["denoiser"] = INT8_BYTES + size  # PT2E keeps the eager weights too
+        else:
+            parts["denoiser"] = INT8_WEIGHTS_SHARE * size if family.int8 == "weights" else INT8_BYTES
     if recipe.get("compile") is not None:
         parts["denoiser"] *= COMPILE_COPIES
     if recipe.get("tiny-vae") is not None:
@@ -94,16 +111,31 @@ def weight_bytes(recipe, cpu) -> dict[str, float]:
     return parts
 
 
+RELEASE = "release"  # the step that keeps one part of a call compiled at a time (sdcpu.backends.release)
+
+
+def releases(recipe) -> bool:
+    """Whether RECIPE keeps one part compiled at a time (the `release` step, on OpenVINO)."""
+    return recipe.get(RELEASE) is not None and recipe.get("openvino") is not None
+
+
 def need(family, recipe, cpu, width: int, height: int) -> Need:
     """What RECIPE needs on FAMILY's model at WIDTHxHEIGHT on CPU."""
     parameters = family.parameters
     megapixels = width * height / 1e6
-    beside = RUNTIME_GIB + ACTIVATION_GIB_PER_MPIX * megapixels + ATTENTION_GIB_PER_MPIX2 * megapixels**2
-    steady = beside + sum(parameters[part] * size for part, size in weight_bytes(recipe, cpu).items()) / GIB
+    weights = {part: parameters[part] * size / GIB for part, size in weight_bytes(recipe, cpu, family).items()}
+    denoising = ACTIVATION_GIB_PER_MPIX * megapixels  # the denoiser's buffers, kept by its compiled model
+    decoding = denoising  # the decoder's at full resolution; the VAE's attends over every latent position at once
+    if recipe.get("tiny-vae") is None:  # (the distilled decoder has no attention)
+        decoding += ATTENTION_GIB_PER_MPIX2 * megapixels**2
+    if releases(recipe):  # the largest part alone (measured on random:sdxl-turbo at 1024x1024: UNet +10.4 GiB
+        # over the runtime with its buffers, the VAE +3.3 GiB; estimated 10.5 and 3.3; see the calibration above)
+        steady = RUNTIME_GIB + max(weights["text"], weights["denoiser"] + denoising, weights["decoder"] + decoding)
+    else:
+        steady = RUNTIME_GIB + sum(weights.values()) + decoding
     first, what = steady, []
-    if recipe.get("openvino") is not None:
-        fp32 = 4 * sum(parameters.values()) / GIB
-        first = max(first, RUNTIME_GIB + fp32 + CONVERSION_SHARE * 4 * max(parameters.values()) / GIB)
+    if recipe.get("openvino") is not None:  # one component's fp32 weights and its graph at a time (see above)
+        first = max(first, RUNTIME_GIB + (1 + CONVERSION_SHARE) * 4 * max(parameters.values()) / GIB)
         what.append("OpenVINO converts the fp32 model")
         if recipe.get("int8") is not None:
             first = max(first, family.int8_memory_gib)
