@@ -113,11 +113,11 @@ def test_a_swapped_scheduler_is_made_from_the_pipelines_own_never_from_another_s
 @pytest.mark.parametrize("name", NAMES)
 def test_a_model_is_loaded_in_bf16_exactly_where_the_bf16_step_will_apply(name):
     cpu = machine(name)
-    bf16 = torch.bfloat16 if cpu.native_bf16 else torch.float32
+    bf16 = torch.bfloat16 if cpu.native_bf16 else None  # None: the family's dtype
     assert optimizer.load_dtype(recipes.parse("bf16,tiny-vae"), cpu) is bf16
     assert optimizer.load_dtype(recipes.parse("bf16!"), cpu) is torch.bfloat16  # forced
     for other in ("baseline", "openvino=bf16", "compile"):  # OpenVINO's bf16 is its precision hint: it traces fp32
-        assert optimizer.load_dtype(recipes.parse(other), cpu) is torch.float32
+        assert optimizer.load_dtype(recipes.parse(other), cpu) is None  # the family's
 
 
 def test_weights_loaded_in_bf16_are_those_cast_after_loading_and_the_bf16_step_keeps_them(sdcpu_home, tiny):

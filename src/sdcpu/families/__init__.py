@@ -1,14 +1,15 @@
-"""Model families: one module each (`sd`: SD 1.x and 2.x; `sdxl`: SDXL base, Turbo, inpainting), declaring what is particular to it (sdcpu.families.base).
+"""Model families: one module each (`sd`: SD 1.x and 2.x; `sdxl`: SDXL base, Turbo, inpainting; `flux2`: FLUX.2
+[klein]), declaring what is particular to it (sdcpu.families.base).
 
 `of(pipe)` is the family of a loaded pipeline, `of_arch(name)` the family of a `random:NAME` architecture; a pipeline
 of no family sdcpu knows is refused with the families it runs.
 """
 
 from sdcpu.errors import UsageError
-from sdcpu.families import sd, sdxl
+from sdcpu.families import flux2, sd, sdxl
 from sdcpu.families.base import Family
 
-FAMILIES: tuple[Family, ...] = (sd.FAMILY, sdxl.FAMILY)
+FAMILIES: tuple[Family, ...] = (sd.FAMILY, sdxl.FAMILY, flux2.FAMILY)
 ARCHS = {arch: family for family in FAMILIES for arch in family.archs}  # random:ARCH -> its family
 
 

@@ -83,6 +83,10 @@ class Family:
     text_hidden_states: bool = False
     decoder: str = "vae"  # the pipeline attribute whose `decode` turns latents into images
     defaults: Defaults = Defaults()
+    # the torch dtype its models load in unless a recipe casts them: float32, or its weights' own where float32 would
+    # not fit a machine (FLUX.2's bfloat16)
+    dtype: str = "float32"
+    negative_prompt: bool = True  # whether its pipelines take a negative prompt
     tiny_vae: str = ""  # hub id of its distilled decoder (AutoencoderTiny), "" when it has none
     lcm_lora: str = ""  # hub id of its LCM-LoRA, "" when it has none
     latent_rgb: tuple = ()  # latent channel -> (R, G, B) in [-1, 1]: a preview without a decoder (A1111's approx cheap)

@@ -15,7 +15,7 @@ def tokenizer(pad: str | None = None):
 
     with resources.files("sdcpu").joinpath("data/clip_merges.txt.gz").open("rb") as raw:
         merges = [tuple(line.split()) for line in gzip.decompress(raw.read()).decode("utf-8").splitlines()[1:]]
-    byte_chars = list(_bytes_to_unicode().values())
+    byte_chars = list(bytes_to_unicode().values())
     tokens = byte_chars + [c + "</w>" for c in byte_chars] + ["".join(m) for m in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: i for i, token in enumerate(tokens)}
@@ -45,8 +45,8 @@ def prefix_text_model(folder) -> None:
                    for key, tensor in tensors.items()}, path, metadata={"format": "pt"})
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible map from bytes to printable unicode characters."""
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from bytes to printable unicode characters (the byte-level BPEs of CLIP and Qwen)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     codes = printable[:]
     extra = 0

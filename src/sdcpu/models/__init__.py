@@ -157,8 +157,8 @@ def parse_spec(spec: str, *, trust_pickle: bool = False) -> ModelSpec:
 
 
 def load_pipeline(spec: str, *, trust_pickle: bool = False, progress: bool = False, dtype=None):
-    """Load any model spec as a diffusers pipeline on the CPU, its weights in DTYPE (None: float32), each cast as it
-    is read."""
+    """Load any model spec as a diffusers pipeline on the CPU, its weights in DTYPE (None: its family's, Family.dtype,
+    where the family is known before loading, else float32), each cast as it is read."""
     parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec, trust_pickle=trust_pickle)
     pipe = _load(parsed, dtype)
     families.of(pipe)  # a model of no family sdcpu knows is refused here, not half-way through a recipe
@@ -177,7 +177,9 @@ def _load(spec: ModelSpec, dtype=None):
     transformers.utils.logging.disable_progress_bar()
 
     # a component with only .bin (pickle) weights loads only with trust_pickle; diffusers would fall back to it
-    safe = {"dtype": dtype or torch.float32, "use_safetensors": None if spec.trust_pickle else True}
+    found = known(spec) if dtype is None else None
+    dtype = dtype or getattr(torch, found[0].dtype if found else "float32")
+    safe = {"dtype": dtype, "use_safetensors": None if spec.trust_pickle else True}
     if spec.kind is Source.RANDOM:
         folder = random_models.ensure_built(spec.ref)
         return DiffusionPipeline.from_pretrained(folder, local_files_only=True, **safe)

@@ -154,6 +154,9 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
     from sdcpu.pipeline import tasks
 
     first = requests[0]
+    family = families.of(pipe)
+    if not family.negative_prompt and any(r.negative_prompt for r in requests):
+        raise UsageError(f"{family.name} models take no negative prompt ({family.pipelines['txt2img']} has none)")
     if any((r.width, r.height, r.steps, r.guidance) != (first.width, first.height, first.steps, first.guidance)
            for r in requests):
         raise ValueError("a batch shares its size, steps and guidance")
@@ -173,8 +176,8 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
     start = time.perf_counter()
     with torch.inference_mode(), component_split(pipe) as split:
         output = target(
-            prompts,
-            negative_prompt=negatives if any(negatives) else None,
+            prompt=prompts,  # by name: FLUX.2's pipeline takes its reference images first
+            **({"negative_prompt": negatives if any(negatives) else None} if family.negative_prompt else {}),
             num_inference_steps=first.steps,
             guidance_scale=first.guidance,
             generator=generators,

@@ -105,12 +105,12 @@ def bf16(pipe, item, cpu):
 
 def load_dtype(recipe: recipes.Recipe, cpu):
     """The dtype a model is loaded in for RECIPE on CPU: bfloat16 where its bf16 step will apply (each weight cast as
-    it is read, not the whole float32 model loaded and then cast), else float32. The bf16 step then finds it cast;
-    the weights are the same as cast after loading."""
+    it is read, not the whole float32 model loaded and then cast), else None: its family's (Family.dtype). The bf16
+    step then finds it cast; the weights are the same as cast after loading."""
     import torch
 
     item = recipe.get("bf16")
-    return torch.bfloat16 if item is not None and recipes.bf16_runs(item, cpu) else torch.float32
+    return torch.bfloat16 if item is not None and recipes.bf16_runs(item, cpu) else None
 
 
 @step("scheduler")

