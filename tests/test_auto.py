@@ -8,7 +8,7 @@ import pytest
 from machines import NAMES, machine
 from sdcpu import recipes
 from sdcpu.pipeline import optimizer
-from sdcpu.families import sd, sdxl
+from sdcpu.families import flux2, sd, sdxl
 from sdcpu.recipes import auto, auto_rules, memory
 from sdcpu.system import hardware
 
@@ -263,3 +263,20 @@ def test_resolve_for_reads_the_family_of_the_model_before_it_loads(installed):
     recipe, why = auto.resolve_for("auto", ZEN4_14G, "random:sdxl", 1024, 1024)
     assert str(recipe) == "bf16" and "high: bf16: " in why and "not openvino=bf16: its first run" in why
     assert str(auto.resolve_for("auto", ZEN4_14G, "random:sd15", 512, 512)[0]) == "openvino=bf16"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_no_level_takes_a_step_the_family_refuses(installed, name):
+    """FLUX.2 refuses OpenVINO, int8, DeepCache and TAESD for now (Family.refuses): every level on every class passes
+    over the candidates holding one, with the family's reason, down to the model as it loads."""
+    installed("openvino", "nncf")
+    cpu = dataclasses.replace(machine(name), memory_bytes=24 * 2**30)
+    for quality in auto.QUALITIES:
+        recipe, reasons = auto.recipe(cpu, {}, quality=quality, libs=LIBS, tools=NUMACTL,
+                                      job=memory.Job(flux2.FAMILY, 512, 512))
+        assert not {step.name for step in recipe.steps} & set(flux2.FAMILY.refuses), (name, quality, str(recipe))
+    exact = auto.recipe(AVX2_24G, {}, quality="exact", libs=LIBS, tools=NUMACTL, job=memory.Job(flux2.FAMILY, 512, 512))
+    assert f"not openvino=f32: flux2: {flux2.FAMILY.refuses['openvino']}" in exact[1]
+    assert not exact[0].group("framework") and not exact[0].group("algorithm")
+    # its bf16 weights (Family.dtype): 8.0B parameters x 2 bytes, not 4
+    assert 15 < memory.need(flux2.FAMILY, recipes.parse(""), AVX2_24G, 512, 512).steady_gib < 17

@@ -57,11 +57,10 @@ def _for_family(candidates, job: memory.Job) -> tuple[list, dict]:
     return sorted(candidates, key=lambda c: c in slower), slower  # a stable sort: the rest keep their order
 
 
-def _releasable(candidate: auto_rules.Candidate) -> set[str]:
-    """{memory.RELEASE} where CANDIDATE's recipe could keep one part compiled at a time (it runs on OpenVINO and does
-    not already), else empty."""
+def _releasable(candidate: auto_rules.Candidate) -> bool:
+    """Whether CANDIDATE's recipe could keep one part compiled at a time: it runs on OpenVINO, without release yet."""
     steps = recipes.parse(candidate.steps)
-    return {memory.RELEASE} if steps.get("openvino") and not steps.get(memory.RELEASE) else set()
+    return steps.get("openvino") is not None and steps.get(memory.RELEASE) is None
 
 
 def _released(candidate: auto_rules.Candidate) -> auto_rules.Candidate:
@@ -74,7 +73,15 @@ def _released(candidate: auto_rules.Candidate) -> auto_rules.Candidate:
 
 def _unmet(candidate: auto_rules.Candidate, cpu, long_running: bool, job: memory.Job) -> str | None:
     """Why CANDIDATE cannot be taken here for JOB, or None."""
-    return _unavailable(candidate, long_running) or _need(candidate, cpu, job).unfit(cpu.memory_bytes)
+    return (_refused(candidate, job) or _unavailable(candidate, long_running)
+            or _need(candidate, cpu, job).unfit(cpu.memory_bytes))
+
+
+def _refused(candidate: auto_rules.Candidate, job: memory.Job) -> str | None:
+    """Why JOB's family refuses a step of CANDIDATE (Family.refuses), or None."""
+    refuses = job.family.refuses
+    refused = [step.name for step in recipes.parse(candidate.steps).steps if step.name in refuses]
+    return refused and f"{job.family.name}: {refuses[refused[0]]}" or None
 
 
 def _need(candidate: auto_rules.Candidate, cpu, job: memory.Job) -> memory.Need:
@@ -91,7 +98,7 @@ def choose(cpu, quality: str, long_running: bool = False,
     candidates, slower = _for_family(getattr(klass, quality) or klass.exact, job)
     reasons, passed = [f"CPU class {klass.name}: {klass.summary}"], []
     passed += [f"{c.steps} tried last for {job.family.name}: {why}" for c, why in slower.items()]
-    candidates += [_released(c) for c in candidates if memory.RELEASE in _releasable(c)]
+    candidates += [_released(c) for c in candidates if _releasable(c)]
     for candidate in candidates:
         unmet = _unmet(candidate, cpu, long_running, job)
         if unmet is None:
@@ -99,12 +106,17 @@ def choose(cpu, quality: str, long_running: bool = False,
             break
         passed.append(f"not {candidate.steps or 'fp32 eager'}: {unmet}")
     else:
-        runnable = [c for c in candidates if _unavailable(c, long_running) is None] or [candidates[-1]]
-        candidate = min(runnable, key=lambda c: (_need(c, cpu, job).peak_gib, _need(c, cpu, job).steady_gib))
-        reasons.append(f"{quality}: {candidate.steps or 'fp32 eager'}: none of this level's recipes fits this "
-                       f"machine's memory for {job.family.name} at {job.width}x{job.height}; this one needs least "
-                       f"(about {_need(candidate, cpu, job).peak_gib:.1f} GiB: expect swapping, or an out-of-memory "
-                       f"kill): {candidate.why}")
+        runnable = [c for c in candidates if not (_unavailable(c, long_running) or _refused(c, job))]
+        if not runnable:  # every recipe of the level refused for the family: its model as it loads
+            candidate = auto_rules.EAGER
+            reasons.append(f"{quality}: the model as it loads: no recipe of this level serves {job.family.name} "
+                           "(each one's reason below)")
+        else:
+            candidate = min(runnable, key=lambda c: (_need(c, cpu, job).peak_gib, _need(c, cpu, job).steady_gib))
+            reasons.append(f"{quality}: {candidate.steps or 'fp32 eager'}: none of this level's recipes fits this "
+                           f"machine's memory for {job.family.name} at {job.width}x{job.height}; this one needs "
+                           f"least (about {_need(candidate, cpu, job).peak_gib:.1f} GiB: expect swapping, or an "
+                           f"out-of-memory kill): {candidate.why}")
     if job.describe:
         passed.append(f"memory estimated for {job.describe}")
     reasons += passed

@@ -6,7 +6,7 @@ under the recipe, plus what a process holds beside its weights (the runtime, and
 image's pixels). Two figures, since a recipe's first run may convert or quantize once (kept on disk for later runs):
 
 - steady: making images. Weights in fp32 take 4 bytes, bf16 (the `bf16` step where it runs, OpenVINO bf16 on a
-  native-bf16 CPU) 2, int8 weights 1; `compile` keeps the eager weights beside inductor's frozen copy; `tiny-vae`
+  native-bf16 CPU, a family loaded in bf16 on torch) 2, int8 weights 1; `compile` keeps the eager weights beside inductor's frozen copy; `tiny-vae`
   drops the VAE. Loading maps the model's files: a weight never touched is not resident (an OpenVINO recipe whose IR is
   on disk never touches the torch weights it replaces).
 - first run: OpenVINO's conversion traces one fp32 torch module at a time and holds part of its graph again. The
@@ -96,8 +96,8 @@ def weight_bytes(recipe, cpu, family) -> dict[str, float]:
     if openvino is not None:
         precision = openvino.value or ("bf16" if cpu.native_bf16 else "f32")
         size = 2 if precision == "bf16" and cpu.native_bf16 else 4  # elsewhere OpenVINO falls back to f32 kernels
-    else:
-        size = 2 if bf16 is not None and bf16_runs(bf16, cpu) else 4
+    else:  # torch: bf16 where the bf16 step runs, else the family's dtype (FLUX.2 loads in bf16)
+        size = 2 if (bf16 is not None and bf16_runs(bf16, cpu)) or family.dtype == "bfloat16" else 4
     parts = {"text": size, "denoiser": size, "decoder": size}
     if recipe.get("int8") is not None:
         if openvino is None:
