@@ -38,6 +38,9 @@ def collect() -> dict:
     }
 
 
+LIMITED = " (this cgroup's limit, below the machine's memory: what auto's memory fit plans for)"
+
+
 def run(args) -> int:
     info = collect()
     if args.json:
@@ -51,8 +54,7 @@ def run(args) -> int:
                   f"{len(cpu['numa_nodes'])} NUMA node(s)"),
         ("usable", f"CPUs {hardware.format_cpu_list(cpu['usable_cpus'])}"
                    + (f", cgroup quota {cpu['cpu_quota']:g} CPUs" if cpu["cpu_quota"] else "")),
-        ("memory", f"{cpu['memory_bytes'] / 2**30:.1f} GiB" + (" (this cgroup's limit, below the machine's memory: what "
-                                                                "auto's memory fit plans for)" if cpu["memory_limit"] else "")),
+        ("memory", f"{cpu['memory_bytes'] / 2**30:.1f} GiB" + (LIMITED if cpu["memory_limit"] else "")),
         ("isa", " ".join(f"{flag}{'+' if present else '-'}" for flag, present in info["isa"].items())),
         ("torch", f"{info['torch']['num_threads']} threads, CPU capability {info['torch']['cpu_capability']}, "
                   f"oneDNN {'yes' if info['torch']['mkldnn'] else 'no'}"),

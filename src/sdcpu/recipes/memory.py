@@ -6,8 +6,8 @@ under the recipe, plus what a process holds beside its weights (the runtime, and
 image's pixels). Two figures, since a recipe's first run may convert or quantize once (kept on disk for later runs):
 
 - steady: making images. Weights in fp32 take 4 bytes, bf16 (the `bf16` step where it runs, OpenVINO bf16 on a
-  native-bf16 CPU, a family loaded in bf16 on torch) 2, int8 weights 1; `compile` keeps the eager weights beside inductor's frozen copy; `tiny-vae`
-  drops the VAE. Loading maps the model's files: a weight never touched is not resident (an OpenVINO recipe whose IR is
+  native-bf16 CPU, a family loaded in bf16 on torch) 2, int8 weights 1 (weight-only int8: see INT8_WEIGHTS_SHARE);
+  `compile` keeps the eager weights beside inductor's frozen copy; `tiny-vae` drops the VAE. Loading maps the model's files: a weight never touched is not resident (an OpenVINO recipe whose IR is
   on disk never touches the torch weights it replaces).
 - first run: OpenVINO's conversion traces one fp32 torch module at a time and holds part of its graph again. The
   weights it touched stay counted in RSS (16.3 GiB for SDXL-Turbo), but they are pages of the model's mapped files,
