@@ -67,6 +67,28 @@ class Arch:
     components: Mapping[str, dict]
     scheduler: tuple[str, dict]  # a diffusers scheduler class and its config
 
+    def make_scheduler(self):
+        """The scheduler, made on the CPU (schedulers hold small tensors they copy there: not on a meta device)."""
+        import diffusers
+        import torch
+
+        with torch.device("cpu"):
+            return getattr(diffusers, self.scheduler[0]).from_config(self.scheduler[1])
+
+
+def seeded(seed: int, offset: int, make, dtype=None):
+    """MAKE() in eval mode with its own random stream (seeded SEED x 1000 + OFFSET: independent of build order), its
+    parameters made in DTYPE where given (no float32 copy on the way)."""
+    import torch
+
+    torch.manual_seed(seed * 1000 + offset)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype or default)
+    try:
+        return make().eval()
+    finally:
+        torch.set_default_dtype(default)
+
 
 @dataclass(frozen=True)
 class Family:

@@ -15,7 +15,7 @@ reads the 27th hidden state) and builds in seconds. Both tokenize with Qwen's re
 
 from dataclasses import dataclass
 
-from sdcpu.families import qwen
+from sdcpu.families import base, qwen
 from sdcpu.families.base import Arch, Defaults, Denoiser, Family
 
 TOKENS = 512  # the pipeline's max_sequence_length: every prompt is padded to it
@@ -111,7 +111,6 @@ class Flux2Klein(Family):
     def build(self, arch: str, seed: int):
         """A Flux2KleinPipeline (distilled) of ARCH with seeded random weights made in bfloat16 (its weights' own dtype;
         the full model would not fit in float32) and Qwen's tokenizer."""
-        import diffusers
         import torch
         from diffusers import AutoencoderKLFlux2, Flux2KleinPipeline, Flux2Transformer2DModel
         from transformers import Qwen3ForCausalLM
@@ -120,21 +119,13 @@ class Flux2Klein(Family):
         parts = spec.components
 
         def seeded(offset, make):
-            torch.manual_seed(seed * 1000 + offset)
-            default = torch.get_default_dtype()
-            torch.set_default_dtype(torch.bfloat16)  # made in bf16: no float32 copy of 4B parameters on the way
-            try:
-                return make().eval()
-            finally:
-                torch.set_default_dtype(default)
+            return base.seeded(seed, offset, make, torch.bfloat16)  # no float32 copy of 4B parameters on the way
 
-        with torch.device("cpu"):
-            scheduler = getattr(diffusers, spec.scheduler[0]).from_config(spec.scheduler[1])
         return Flux2KleinPipeline(
             transformer=seeded(1, lambda: Flux2Transformer2DModel(**parts["transformer"])),
             vae=seeded(2, lambda: AutoencoderKLFlux2(**parts["vae"])),
             text_encoder=seeded(3, lambda: Qwen3ForCausalLM(qwen.text_config(**parts["text_encoder"]))),
-            tokenizer=qwen.tokenizer(TOKENS), scheduler=scheduler, is_distilled=True)
+            tokenizer=qwen.tokenizer(TOKENS), scheduler=spec.make_scheduler(), is_distilled=True)
 
 
 FAMILY = Flux2Klein(

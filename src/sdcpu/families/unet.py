@@ -5,6 +5,7 @@ of a random build, the LoRA loading and the FLOP count are the same for both; ea
 
 from dataclasses import dataclass
 
+from sdcpu.families import base
 from sdcpu.families.base import Family
 
 
@@ -24,7 +25,6 @@ class UNetFamily(Family):
         EXTRA(seeded, components), the family's own other parts. `seeded(offset, make)` makes a component with its
         own seeded random stream, independent of build order."""
         import diffusers
-        import torch
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import CLIPTextModel
 
@@ -34,18 +34,15 @@ class UNetFamily(Family):
         parts = spec.components
 
         def seeded(offset, make):
-            torch.manual_seed(seed * 1000 + offset)
-            return make().eval()
+            return base.seeded(seed, offset, make)
 
-        with torch.device("cpu"):  # schedulers hold small tensors they copy to the CPU: not on a meta device
-            scheduler = getattr(diffusers, spec.scheduler[0]).from_config(spec.scheduler[1])
         task = "inpaint" if parts["unet"].get("in_channels") == 9 else "txt2img"
         return getattr(diffusers, self.pipelines[task])(
             unet=seeded(1, lambda: UNet2DConditionModel(**parts["unet"])),
             vae=seeded(2, lambda: AutoencoderKL(**parts["vae"])),
             text_encoder=seeded(3, lambda: CLIPTextModel(clip.text_config(**parts["text_encoder"]))),
             tokenizer=clip.tokenizer(),
-            scheduler=scheduler,
+            scheduler=spec.make_scheduler(),
             **extra(seeded, parts),
         )
 
