@@ -233,7 +233,7 @@ def test_a_peers_undivided_time_is_one_whole_pipeline_bar_not_other():
     parts = report.chart_parts([rows[0], peer])
     split = rows[0]["split"]
     assert parts[report.WHOLE] == [0.0, peer["median_s"]] and [values[1] for values in parts.values()].count(0.0) == 4
-    assert parts["UNet"][0] == split["unet_s"] and parts[report.WHOLE][0] == 0.0
+    assert parts["denoiser"][0] == split["unet_s"] and parts[report.WHOLE][0] == 0.0
     assert sum(values[0] for values in parts.values()) == pytest.approx(max(rows[0]["median_s"], sum(
         split[key] for key in ("text_encoder_s", "unet_s", "vae_decode_s"))))  # the bar is the row's time
 

@@ -31,7 +31,7 @@ def test_generate_writes_pngs_that_describe_themselves(tmp_path, capsys):
     assert params.startswith("a red boat\nNegative prompt: blurry\nSteps: 2, Sampler: dpm++, CFG scale: 7.5, Seed: 8,")
     assert "Size: 80x64, Model: random:tiny, Recipe: baseline" in params
     assert "weights are random" in params
-    assert "s/image: text encoder" in out and "UNet" in out and "weights are random" in out and "peak RSS" in out
+    assert "s/image: text encoder" in out and "denoiser" in out and "weights are random" in out and "peak RSS" in out
     assert main(["generate", "a red boat", *TINY, "--seed", "8", "--negative-prompt", "blurry", "--scheduler", "dpm++",
                  "-o", str(tmp_path / "alone.png")]) == 0
     alone = Image.open(tmp_path / "alone.png").convert("RGB")

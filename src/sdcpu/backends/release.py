@@ -44,18 +44,13 @@ class Phases:
         self.current = component.part
 
 
-def parts(family) -> dict[str, tuple[str, ...]]:
-    """FAMILY's component attributes by part, in the order a call runs them."""
-    return {"text": family.text_encoders, "denoiser": (family.denoiser.attribute,), "vae": (family.decoder,)}
-
-
 def apply(pipe, step, cpu) -> str:
     runtime = state.of(pipe).runtime
     if runtime not in RELEASABLE:
         raise Skip(f"release drops compiled models and compiles them again from their files: it follows the openvino "
                    f"step (the denoiser runs as {runtime.summary} here)")
     phases, kept = Phases(), []
-    for part, names in parts(families.of(pipe)).items():
+    for part, names in families.of(pipe).parts.items():
         for name in names:
             component = getattr(pipe, name)
             if isinstance(component, Component):

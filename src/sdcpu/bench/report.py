@@ -76,8 +76,8 @@ def header(rows: list[dict]) -> list[str]:
     return lines
 
 
-COLUMNS = ("#", "rung", "recipe", "s/image", "vs #1", "vs parent", "s/step", "text enc s", "UNet s/call", "VAE s", "compile s",
-           "UNet GFLOP/s", "% fp32 peak", "peak RSS GiB", "PSNR dB", "SSIM", "notes")
+COLUMNS = ("#", "rung", "recipe", "s/image", "vs #1", "vs parent", "s/step", "text enc s", "denoiser s/call", "VAE s",
+           "compile s", "denoiser GFLOP/s", "% fp32 peak", "peak RSS GiB", "PSNR dB", "SSIM", "notes")
 
 
 def cells(row: dict, base: dict, parent: dict) -> list[str]:
@@ -109,13 +109,13 @@ def notes(row: dict) -> list[str]:
     found += [f"verify: {f}" for f in (row.get("verify") or {}).get("failures", ())]
     if any(s["applied"] and s["step"].startswith("deepcache=") and s["step"] != "deepcache=1"
            for s in row.get("steps", ())):
-        found.append("UNet GFLOP/s not given: deepcache's shallow calls do a fraction of a full call's FLOPs")
+        found.append("denoiser GFLOP/s not given: deepcache's shallow calls do a fraction of a full call's FLOPs")
     if "not_comparable" in (row.get("fidelity") or {}):
         found.append(f"no fidelity figure: {row['fidelity']['not_comparable']}")
     if row.get("peer") and "median_s" in row:
         found.append(f"peer: load and convert {row.get('prepare_s', 0):.1f} s, warm-up {row.get('warmup_s', 0):.1f} s")
     if row.get("cfg_batch") == 1:
-        found.append("guidance <= 1: UNet batch 1 (no CFG)")
+        found.append("guidance <= 1: denoiser batch 1 (no CFG)")
     compiled = [s["step"] for s in row.get("steps", ()) if s["applied"] and not row.get("peer")
                 and recipes.kind(s["step"]).compiles]  # a peer's steps are its own (export, compile), not sdcpu's
     if compiled:
@@ -137,7 +137,8 @@ def markdown(rows: list[dict]) -> str:
              "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(cell.replace("|", "/") for cell in row) + " |" for row in table(rows)]
     lines += ["", "s/image: median of the timed calls; vs parent: the speedup over the rung this one adds its step to "
-              "(the full ladder); UNet s/call: one denoising step (a CFG batch of 2 unless noted); "
+              "(the full ladder); denoiser s/call: one denoising step of the UNet or transformer (a CFG batch of 2 "
+              "unless noted); "
               "compile s: the warm-up call beyond its share of a timed call; PSNR/SSIM: the rung's image against rung "
               "1's, same seed (inf / 1.0: identical)."]
     return "\n".join(lines) + "\n"
@@ -147,9 +148,10 @@ WHOLE = "whole pipeline"  # a row timed as one call (a peer's runner), not divid
 
 
 def chart_parts(rows: list[dict]) -> dict[str, list[float]]:
-    """Each bar's parts, by name: the text encoder, UNet and VAE decode of a row that measured them, with its rest
-    (scheduler, pre/post-processing) as "other"; a row without a split (a peer) is one undivided part."""
-    parts = {"text encoder": [], "UNet": [], "VAE decode": [], "other": [], WHOLE: []}
+    """Each bar's parts, by name: the text encoder, denoiser (UNet or transformer) and VAE decode of a row that
+    measured them, with its rest (scheduler, pre/post-processing) as "other"; a row without a split (a peer) is one
+    undivided part."""
+    parts = {"text encoder": [], "denoiser": [], "VAE decode": [], "other": [], WHOLE: []}
     for row in rows:
         split = row.get("split") or {}
         known = [split.get("text_encoder_s", 0.0), split.get("unet_s", 0.0), split.get("vae_decode_s", 0.0)]

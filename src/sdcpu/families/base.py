@@ -129,9 +129,15 @@ class Family:
     parameters: Mapping[str, int] = field(default_factory=dict)
 
     @property
+    def parts(self) -> dict[str, tuple[str, ...]]:
+        """Its networks' pipeline attributes by part ("text", "denoiser", "vae"), in the order a call runs them: what
+        the release step compiles one at a time and what a call's timing splits."""
+        return {"text": self.text_encoders, "denoiser": (self.denoiser.attribute,), "vae": (self.decoder,)}
+
+    @property
     def components(self) -> tuple[str, ...]:
         """The pipeline attributes holding its networks: text encoders, denoiser, decoder."""
-        return (*self.text_encoders, self.denoiser.attribute, self.decoder)
+        return tuple(name for names in self.parts.values() for name in names)
 
     def runs(self, pipeline_class: str) -> bool:
         """Whether a diffusers pipeline of PIPELINE_CLASS is one of this family's."""

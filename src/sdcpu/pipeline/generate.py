@@ -89,12 +89,12 @@ class Result:
         return self.seconds / len(self.images)
 
     def summary(self, steps: int) -> str:
-        """'12.3 s/image: text encoder 0.1 s, UNet 4.1 s x 3 calls, VAE decode 3.9 s' (totals of the call)."""
+        """'12.3 s/image: text encoder 0.1 s, denoiser 4.1 s x 3 calls, VAE decode 3.9 s' (totals of the call)."""
         parts = [f"{self.seconds_per_image():.2f} s/image"]
         if self.split.calls:
             parts.append(
                 f"text encoder {self.split.seconds.get('text_encoder', 0):.2f} s, "
-                f"UNet {self.split.per_call('unet'):.3f} s x {self.split.calls.get('unet', 0)} calls, "
+                f"denoiser {self.split.per_call('unet'):.3f} s x {self.split.calls.get('unet', 0)} calls, "
                 f"VAE decode {self.split.seconds.get('vae', 0):.2f} s"
             )
         return ": ".join(parts) + f" ({self.seconds / steps:.3f} s per step overall)"

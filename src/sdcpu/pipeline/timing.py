@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 
 from sdcpu import families
 
+# a family's part -> (the method timed on each of its components, the role its time is kept under)
+ROLES = {"text": ("forward", "text_encoder"), "denoiser": ("forward", "unet"), "vae": ("decode", "vae")}
+
 
 def timed(pipe) -> list[tuple[str, str, str]]:
-    """(component attribute, method, role) of what a call of PIPE times; the denoiser runs once per step."""
-    family = families.of(pipe)
-    return [*((name, "forward", "text_encoder") for name in family.text_encoders),
-            (family.denoiser.attribute, "forward", "unet"), (family.decoder, "decode", "vae")]
+    """(component attribute, method, role) of what a call of PIPE times, by its family's parts; the denoiser runs once
+    per step."""
+    return [(name, *ROLES[part]) for part, names in families.of(pipe).parts.items() for name in names]
 
 
 @dataclass
