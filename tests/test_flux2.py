@@ -9,7 +9,7 @@ from PIL import Image
 from sdcpu import families, load_pipeline, optimize
 from sdcpu.cli import main
 from sdcpu.families import flux2, qwen
-from sdcpu.pipeline import generate
+from sdcpu.pipeline import generate, tasks
 
 # models.md section 4: FLUX.2 [klein] 4B's parameter counts
 PUBLISHED = {"transformer": 3_875_544_576, "text_encoder": 4_022_468_096, "vae": 84_046_115}
@@ -78,3 +78,74 @@ def test_what_does_not_apply_is_refused_with_the_reason(tiny_flux2, tmp_path, ca
     assert not any(o.applied for o in outcomes)
     assert [o.detail for o in outcomes] == [flux2.FAMILY.refuses[name] for name in ("deepcache", "tome", "tiny-vae",
                                                                                     "openvino")]
+
+
+def picture(seed: int, size: tuple[int, int]) -> Image.Image:
+    import numpy as np
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_reference_editing_takes_several_images_and_each_reaches_the_result(tiny_flux2, tmp_path, capsys):
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    picture(1, (100, 70)).save(first)
+    picture(2, (64, 96)).save(second)
+    out = tmp_path / "edit.png"
+    assert main(["generate", "make it blue", "--model", "random:tiny-flux2", "--recipe", "baseline", "--steps", "2",
+                 "--image", str(first), "--image", str(second), "-o", str(out)]) == 0
+    edited = Image.open(out)
+    assert edited.size == (96, 64)  # no --size: the first image's, rounded down to FLUX.2's multiples of 16
+    assert "Task: img2img, Reference images: 2, Init image hash" in edited.text["parameters"]
+    assert "reference edit of 2 image(s), 2 steps" in capsys.readouterr().out
+    request = generate.Request("make it blue", steps=2, width=64, height=64, seed=1)
+
+    def edit(*images):
+        data = []
+        for image in images:
+            path = tmp_path / "in.png"
+            image.save(path)
+            data.append(path.read_bytes())
+        return generate.run(tiny_flux2, request, tasks.edit(data[0], references=tuple(data[1:]))).images[0]
+
+    one, two, other = edit(picture(1, (64, 64))), edit(picture(1, (64, 64)), picture(2, (64, 64))), edit(
+        picture(3, (64, 64)))
+    plain = generate.run(tiny_flux2, request).images[0]
+    # each reference is tokens every step attends to: adding one, or changing it, changes the image
+    assert len({one.tobytes(), two.tobytes(), other.tobytes(), plain.tobytes()}) == 4
+
+
+def test_masked_inpainting_runs_klein_inpaint_pipeline(tiny_flux2, tmp_path):
+    image, mask = picture(4, (64, 64)), Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    data = []
+    for name, made in (("in.png", image), ("mask.png", mask)):
+        made.save(tmp_path / name)
+        data.append((tmp_path / name).read_bytes())
+    edit = tasks.edit(*data)
+    result = generate.run(tiny_flux2, generate.Request("a wall", steps=2, width=64, height=64, seed=1), edit)
+    assert result.images[0].size == (64, 64)
+    assert type(tasks.pipeline_for(tiny_flux2, "inpaint")).__name__ == "Flux2KleinInpaintPipeline"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--strength", "0.5"], "flux2 models edit by reference (the images condition every step, each step runs): "
+                            "leave the strength out"),
+    (["--size", "72x64"], "size 72x64: width 72: must be a multiple of 16"),
+    (["--image", "{img}", "--mask", "{img}"], "2 images: inpainting takes one image and its mask"),
+    (["--image", "{img}"] * 4, "5 images: at most 4"),
+])
+def test_edit_requests_klein_cannot_run_are_refused_before_it_loads(tmp_path, capsys, extra, message):
+    img = tmp_path / "in.png"
+    picture(1, (64, 64)).save(img)
+    args = ["generate", "x", "--model", "random:tiny-flux2", "--image", str(img), "-o", str(tmp_path / "o.png")]
+    assert main(args + [arg.format(img=img) for arg in extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_sd_model_edits_one_image(tmp_path, capsys):
+    img = tmp_path / "in.png"
+    picture(1, (64, 64)).save(img)
+    assert main(["generate", "x", "--model", "random:tiny", "--image", str(img), "--image", str(img),
+                 "-o", str(tmp_path / "o.png")]) == 2
+    assert "2 images: sd models edit one image" in capsys.readouterr().err

@@ -4,7 +4,7 @@ timing and self-describing PNGs."""
 import resource
 from dataclasses import replace
 
-from sdcpu import models
+from sdcpu import families, models
 from sdcpu.commands.options import add_model, add_recipe, finite, resolve_recipe
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models import schedulers
@@ -31,8 +31,10 @@ def register(sub):
     p.add_argument("--num-images", type=int, default=1)
     p.add_argument("--scheduler", choices=list(schedulers.SCHEDULERS), metavar="NAME",
                    help=f"one of {', '.join(schedulers.SCHEDULERS)} (default: the model's own)")
-    p.add_argument("--image", metavar="IN.png", help="start from this image: img2img (with --mask: inpainting); it "
-                                                      "is resized to --size")
+    p.add_argument("--image", metavar="IN.png", action="append",
+                   help="start from this image: img2img (with --mask: inpainting); it is resized to --size. FLUX.2 "
+                        "klein edits by reference instead: repeat for up to 4 images, each kept at its own size, the "
+                        "output at the first one's (fitted to the model's side, multiples of 16) unless --size")
     p.add_argument("--mask", metavar="MASK.png", help="inpainting: white repaints, black keeps (the image's size)")
     p.add_argument("--strength", type=finite, help="img2img/inpainting: how much of the schedule repaints the image, "
                                                   "(0, 1] (default 0.75; 1 for inpainting)")
@@ -50,15 +52,18 @@ def run(args) -> int:
     # 1. Check every input before the (slow) model load, so a typo costs nothing; then start under the recipe's plan.
     cpu = hardware.detect()
     spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
-    known = generate.spec_defaults(spec)  # the model's own where known before loading (models.known)
-    width, height = generate.parse_size(args.size) if args.size else (known.width, known.height)
+    found = models.known(spec)  # the model's family and defaults where known before loading
+    known = found[1] if found else DEFAULTS
+    edit = _edit(args, found and found[0])
+    width, height = generate.parse_size(args.size) if args.size else _size(known, edit, found and found[0])
     loras = tuple(parse(text, trust_pickle=args.trust_pickle) for text in args.lora)
     # auto: a tuned profile for this model and size, else the class rules (said at the end)
     recipe, why_auto = resolve_recipe(args, cpu, width, height)
     asked = generate.Request(prompt=args.prompt, negative_prompt=args.negative_prompt, width=width, height=height,
                              seed=args.seed, num_images=args.num_images)
-    request = _with_defaults(asked, args, known).validate()
-    edit = _edit(args)
+    request = _with_defaults(asked, args, known, (width, height)).validate()
+    if found:
+        generate.check_size(width, height, multiple=found[0].size_multiple)  # FLUX.2's 16, before loading
     tasks.check_steps(request.steps, edit and edit.strength)
     paths = generate.output_paths(args.output, request.seeds(), overwrite=args.overwrite)
     relaunch.under_plan(recipe, cpu, why=why_auto)
@@ -76,13 +81,16 @@ def run(args) -> int:
 
     def warmup(defaults):
         first = 1 if edit is None else tasks.min_steps(edit.strength)  # one step run
-        return replace(_with_defaults(asked, args, defaults), steps=first, num_images=1)
+        size = (width, height) if edit is not None and edit.by_reference else None
+        return replace(_with_defaults(asked, args, defaults, size), steps=first, num_images=1)
 
     prepared = prepare(spec, recipe, cpu, progress=True, edit=edit, warmup=warmup, optimized=optimized,
                        loaded=lambda pipe: generate.check_tokens(pipe.tokenizer, request))
     pipe = prepared.pipe
+    family = families.of(pipe)
+    edit = tasks.for_family(edit, family)  # settled here where the family was not known before loading
     # the recipe's steps= and guidance= (lcm-lora's 4 at 1), the loaded model's size where --size was left out
-    request = _with_defaults(asked, args, prepared.defaults).validate()
+    request = _with_defaults(asked, args, prepared.defaults, _size(prepared.defaults, edit, family)).validate()
     width, height = request.width, request.height
     scheduler = schedulers.current_name(pipe)
     if prepared.warmup:
@@ -98,7 +106,8 @@ def run(args) -> int:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     run = tasks.steps_run(request.steps, edit and edit.strength)
-    task = f"{edit.task}, {request.steps} steps x strength {edit.strength}: {run} run" if edit else f"{run} steps"
+    task = (f"{run} steps" if edit is None else f"reference edit of {1 + len(edit.references)} image(s), {run} steps"
+            if edit.by_reference else f"{edit.task}, {request.steps} steps x strength {edit.strength}: {run} run")
     print(f"{result.summary(run)}; {task}, {width}x{height}, {scheduler}, "
           f"{len(result.images)} image(s), peak RSS {peak:.2f} GiB, recipe {recipe.name}: {recipe}")
     if why_auto:
@@ -110,25 +119,39 @@ def run(args) -> int:
     return 0
 
 
-def _with_defaults(request, args, defaults):
-    """REQUEST with --steps, --guidance and --size where given, else DEFAULTS'."""
-    size = {} if args.size else {"width": defaults.width, "height": defaults.height}
+def _size(defaults, edit, family) -> tuple[int, int]:
+    """The size left out: a reference edit's first image's, fitted to the model's side (diffusers' default), else
+    the model's DEFAULTS'."""
+    side = max(defaults.width, defaults.height)
+    if edit is not None and edit.by_reference:
+        return generate.fitted_size(*edit.image.size, side, family.size_multiple)
+    return defaults.width, defaults.height
+
+
+def _with_defaults(request, args, defaults, size=None):
+    """REQUEST with --steps, --guidance and --size where given, else DEFAULTS' (SIZE where given)."""
+    width, height = size or (defaults.width, defaults.height)
+    size = {} if args.size else {"width": width, "height": height}
     return replace(request, steps=defaults.steps if args.steps is None else args.steps,
                    guidance=defaults.guidance if args.guidance is None else args.guidance, **size)
 
 
-def _edit(args):
-    """The --image/--mask/--strength input, read and checked before any model loads; None for text-to-image."""
-    if args.image is None:
+def _edit(args, family):
+    """The --image/--mask/--strength input, read and checked before any model loads (settled for FAMILY where it is
+    known then); None for text-to-image."""
+    if not args.image:
         if args.mask or args.strength is not None:
             raise UsageError(f"{'--mask' if args.mask else '--strength'} needs --image")
         return None
-    data = {}
-    for option, path in (("--image", args.image), ("--mask", args.mask)):
-        if path is not None:
-            try:
-                with open(path, "rb") as file:
-                    data[option] = file.read(tasks.MAX_INPUT_BYTES + 1)
-            except OSError as err:
-                raise UsageError(f"{option} {path}: {err.strerror}") from None
-    return tasks.edit(data["--image"], data.get("--mask"), args.strength)
+    read = [_read("--image", path) for path in args.image]
+    mask = None if args.mask is None else _read("--mask", args.mask)
+    edit = tasks.edit(read[0], mask, args.strength, references=tuple(read[1:]))
+    return tasks.for_family(edit, family) if family else edit
+
+
+def _read(option: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as file:
+            return file.read(tasks.MAX_INPUT_BYTES + 1)
+    except OSError as err:
+        raise UsageError(f"{option} {path}: {err.strerror}") from None

@@ -109,6 +109,10 @@ class Family:
     # not fit a machine (FLUX.2's bfloat16)
     dtype: str = "float32"
     negative_prompt: bool = True  # whether its pipelines take a negative prompt
+    # whether its img2img is reference editing (FLUX.2 klein): the input images, each at its own size, condition every
+    # step as extra tokens, several allowed, no strength; else img2img repaints one image from part of the schedule
+    reference_edits: bool = False
+    size_multiple: int = 8  # what an image's width and height must be multiples of: the VAE's factor (x a patch's)
     tiny_vae: str = ""  # hub id of its distilled decoder (AutoencoderTiny), "" when it has none
     lcm_lora: str = ""  # hub id of its LCM-LoRA, "" when it has none
     latent_rgb: tuple = ()  # latent channel -> (R, G, B) in [-1, 1]: a preview without a decoder (A1111's approx cheap)
@@ -173,6 +177,11 @@ class Family:
     def pipeline_class(self, task: str, pipe) -> str:
         """The diffusers pipeline class that runs TASK with PIPE's components."""
         return self.pipelines[task]
+
+    def own_preview(self, pipe):
+        """A preview decoder of its own (a step's latents, width, height -> pixels in [-1, 1]) for a family whose
+        latents the generic ones (TAESD, approx cheap: sdcpu.serve.preview) do not read; None where they do."""
+        return None
 
     def latent_multiple(self, config) -> int:
         """What the latent height and width of the denoiser with CONFIG must be a multiple of."""

@@ -65,6 +65,25 @@ class Flux2Klein(Family):
         """The pipeline's default side: its default_sample_size (128) times the VAE's scale (8)."""
         return pipe.default_sample_size * pipe.vae_scale_factor
 
+    def own_preview(self, pipe):
+        """Its own VAE (there is no FLUX.2 TAESD in diffusers): a step's tokens unpacked to 2x2-patch channels (the
+        pipeline's packing is row-major), un-normalised by the VAE's batch-norm statistics and unpatchified, as the
+        pipeline decodes its last step."""
+        import torch
+
+        vae = pipe.vae
+        std = torch.sqrt(vae.bn.running_var.view(1, -1, 1, 1).float() + vae.config.batch_norm_eps)
+        mean = vae.bn.running_mean.view(1, -1, 1, 1).float()
+
+        patch = 2 * pipe.vae_scale_factor  # pixels a token covers a side
+
+        def decode(latents, width, height):
+            patched = latents.permute(0, 2, 1).reshape(latents.shape[0], -1, height // patch, width // patch)
+            latent = pipe._unpatchify_latents(patched * std + mean)
+            return vae.decode(latent.to(vae.dtype)).sample.float()
+
+        return decode
+
     def latent_multiple(self, config) -> int:
         """The pipeline packs 2x2 latent patches into a token."""
         return 2
@@ -131,7 +150,9 @@ class Flux2Klein(Family):
 FAMILY = Flux2Klein(
     name="flux2",
     summary="FLUX.2 [klein] (a rectified-flow transformer, a Qwen3 text encoder, 32-channel f8 latents in 2x2 patches)",
-    pipelines={"txt2img": "Flux2KleinPipeline"},
+    # klein's editing is its text-to-image pipeline given reference images; masked inpainting is its own pipeline
+    pipelines={"txt2img": "Flux2KleinPipeline", "img2img": "Flux2KleinPipeline",
+               "inpaint": "Flux2KleinInpaintPipeline"},
     denoiser=Denoiser(attribute="transformer", label="transformer",
                       inputs=("hidden_states", "encoder_hidden_states", "timestep", "img_ids", "txt_ids")),
     text_encoders=("text_encoder",),
@@ -139,6 +160,8 @@ FAMILY = Flux2Klein(
     defaults=DISTILLED,
     dtype="bfloat16",
     negative_prompt=False,
+    reference_edits=True,
+    size_multiple=16,  # the VAE's 8 x the transformer's 2x2 latent patches
     archs=ARCHS,
     refuses={
         "deepcache": f"DeepCache {UNET_ONLY}",

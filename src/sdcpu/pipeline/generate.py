@@ -100,21 +100,23 @@ class Result:
         return ": ".join(parts) + f" ({self.seconds / steps:.3f} s per step overall)"
 
 
-def check_size(width: int, height: int, max_side: int = MAX_SIDE) -> None:
-    """Refuse a size sdcpu does not make: each side a multiple of 8 (the VAE's factor) from MIN_SIDE to MAX_SIDE (or
-    a server's smaller bound). The one size check of every entry point: generate, bench, tune, serve."""
+def check_size(width: int, height: int, max_side: int = MAX_SIDE, multiple: int = 8) -> None:
+    """Refuse a size sdcpu does not make: each side a MULTIPLE of 8 (the VAE's factor; the model family's
+    size_multiple, FLUX.2's 16, once known) from MIN_SIDE to MAX_SIDE (or a server's smaller bound). The one size
+    check of every entry point: generate, bench, tune, serve."""
     for side, value in (("width", width), ("height", height)):
-        if value % 8 or not MIN_SIDE <= value <= max_side:
-            raise UsageError(f"size {width}x{height}: {side} {value}: must be a multiple of 8 from {MIN_SIDE} to "
-                             f"{max_side}")
+        if value % multiple or not MIN_SIDE <= value <= max_side:
+            raise UsageError(f"size {width}x{height}: {side} {value}: must be a multiple of {multiple} from {MIN_SIDE} "
+                             f"to {max_side}")
 
 
-def fitted_size(width: int, height: int, max_side: int = MAX_SIDE) -> tuple[int, int]:
+def fitted_size(width: int, height: int, max_side: int = MAX_SIDE, multiple: int = 8) -> tuple[int, int]:
     """The size an image of WIDTHxHEIGHT is edited at when a request names none: its own, scaled down to fit MAX_SIDE
-    (its aspect ratio kept) and each side rounded down to a multiple of 8, as diffusers rounds a size it is given (an
-    edit of a 1000x750 photo is made at 1000x744; of a 4032x3024 one on a server of --max-size 1024, at 1024x768)."""
+    (its aspect ratio kept) and each side rounded down to a MULTIPLE of 8 (the family's size_multiple), as diffusers
+    rounds a size it is given (an edit of a 1000x750 photo is made at 1000x744; of a 4032x3024 one on a server of
+    --max-size 1024, at 1024x768)."""
     scale = min(1.0, max_side / max(width, height))
-    return int(width * scale) // 8 * 8, int(height * scale) // 8 * 8
+    return int(width * scale) // multiple * multiple, int(height * scale) // multiple * multiple
 
 
 def check_tokens(tokenizer, request: Request) -> None:
@@ -155,6 +157,8 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
 
     first = requests[0]
     family = families.of(pipe)
+    check_size(first.width, first.height, multiple=family.size_multiple)
+    edit = tasks.for_family(edit, family)
     if not family.negative_prompt and any(r.negative_prompt for r in requests):
         raise UsageError(f"{family.name} models take no negative prompt ({family.pipelines['txt2img']} has none)")
     if any((r.width, r.height, r.steps, r.guidance) != (first.width, first.height, first.steps, first.guidance)
@@ -164,7 +168,8 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
     negatives = [r.negative_prompt for r in requests for _ in r.seeds()]
     generators = [torch.Generator("cpu").manual_seed(seed) for r in requests for seed in r.seeds()]
     target = tasks.pipeline_for(pipe, edit.task if edit else "txt2img")
-    size = {} if edit and edit.task == "img2img" else {"width": first.width, "height": first.height}
+    size = {} if edit and edit.task == "img2img" and not edit.by_reference else {"width": first.width,
+                                                                                  "height": first.height}
     sized = edit and edit.sized(first.width, first.height)  # once: the call's input and its paste-back
 
     def step_end(pipeline, index, timestep, tensors):
@@ -201,8 +206,9 @@ def parameters_text(request: Request, seed: int, *, model: str, random_weights: 
     lines.append(
         f"Steps: {request.steps}, Sampler: {scheduler}, CFG scale: {request.guidance}, Seed: {seed}, "
         f"Size: {request.width}x{request.height}, Model: {model}, Recipe: {recipe}"
-        + (f", Task: {edit.task}, Denoising strength: {edit.strength}, Init image hash: {edit.image_sha256}"
-           if edit else "")
+        + (f", Task: {edit.task}, " + (f"Reference images: {1 + len(edit.references)}" if edit.by_reference
+                                         else f"Denoising strength: {edit.strength}")
+           + f", Init image hash: {edit.image_sha256}" if edit else "")
         + (f', Lora hashes: "{", ".join(f"{lora.name}: {lora.digest()}" for lora in loras)}"' if loras else "")
     )
     if random_weights:

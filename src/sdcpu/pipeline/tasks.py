@@ -1,17 +1,17 @@
 """Image-to-image and inpainting beside text-to-image: the input images, checked, and the pipeline of each task.
 
 A task is what a request's inputs make it: no image, text-to-image; an image, img2img (its `strength` says how much of
-the schedule repaints it); an image and a mask, inpainting (white = repaint, as A1111 and OVMS; any UNet: a plain SD
-UNet blends the kept area back at each step, a 9-channel inpainting UNet takes the masked image as input). Each task
+the schedule repaints it; for a family that edits by reference, FLUX.2 klein, one or more images that condition every
+step, no strength); an image and a mask, inpainting (white = repaint, as A1111 and OVMS; any UNet: a plain SD UNet
+blends the kept area back at each step, a 9-channel inpainting UNet takes the masked image as input). Each task
 runs diffusers' own pipeline, made from the loaded one with `from_pipe`: the same components, so one set of weights
 (and whatever a recipe did to them: a backend's compiled UNet, TAESD, a LoRA) serves all three.
 """
 
-import dataclasses
 import hashlib
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sdcpu.errors import UsageError
 from sdcpu.models import state
@@ -21,31 +21,37 @@ MAX_INPUT_PIXELS = 4096 * 4096  # an input image's decoded size: above, refused 
 MAX_INPUT_BYTES = 50 * 2**20
 FORMATS = ("PNG", "JPEG", "WEBP", "BMP")
 READ_AS = {"MPO": "JPEG"}  # a phone camera's JPEG with its extra frames (Multi-Picture Object): its first frame
+# reference images an edit takes at most: each adds its own tokens (a 1024x1024 one 4096) to every step's attention
+MAX_REFERENCES = 4
 
 
 @dataclass(frozen=True)
 class Edit:
     """The input of img2img or inpainting: the image, the optional mask (L mode, white = repaint), the strength, and
-    the SHA-256 of the image's bytes (kept in the PNG's metadata)."""
+    the SHA-256 of the image's bytes (kept in the PNG's metadata). `for_family` settles it for a model: the strength
+    left out takes the task's default, or stays None in a reference edit (`by_reference`, with its further images)."""
 
     image: object  # PIL RGB
     mask: object = None  # PIL L, the image's size
-    strength: float = 0.75
+    strength: float | None = None  # None: not given (the task's default), or a reference edit's (none)
     image_sha256: str = ""
     paste_back: bool = False  # the result pasted onto the image through the mask (A1111's overlay; its blur: soft seams)
+    references: tuple = ()  # a reference edit's further images (PIL RGB), after `image`
+    by_reference: bool = False  # settled by for_family: the images condition every step (FLUX.2 klein's editing)
 
     @property
     def task(self) -> str:
         return "inpaint" if self.mask is not None else "img2img"
 
     def sized(self, width: int, height: int) -> "Edit":
-        """The image and mask at the request's size (a plain resize, A1111's resize_mode 0)."""
+        """The image and mask at the request's size (a plain resize, A1111's resize_mode 0); a reference edit's images
+        as they are (its pipeline fits each, keeping its own size and aspect)."""
         from PIL import Image
 
-        if self.image.size == (width, height):
+        if self.image.size == (width, height) or self.by_reference:
             return self
         mask = None if self.mask is None else self.mask.resize((width, height), Image.NEAREST)
-        return dataclasses.replace(self, image=self.image.resize((width, height), Image.LANCZOS), mask=mask)
+        return replace(self, image=self.image.resize((width, height), Image.LANCZOS), mask=mask)
 
 
 def steps_run(steps: int, strength: float | None) -> int:
@@ -54,8 +60,10 @@ def steps_run(steps: int, strength: float | None) -> int:
     return steps if strength is None else min(int(steps * strength), steps)
 
 
-def min_steps(strength: float) -> int:
-    """The fewest steps that run at least one at STRENGTH."""
+def min_steps(strength: float | None) -> int:
+    """The fewest steps that run at least one at STRENGTH (None: every step runs)."""
+    if strength is None:
+        return 1
     steps = math.ceil(1 / strength)
     return steps if steps_run(steps, strength) >= 1 else steps + 1
 
@@ -114,10 +122,14 @@ def _eight_bits(image):
 
 
 def edit(image_data: bytes, mask_data: bytes | None = None, strength: float | None = None, *,
-         mask_alpha: bool = False) -> Edit:
+         mask_alpha: bool = False, references: tuple[bytes, ...] = ()) -> Edit:
     """An Edit from encoded IMAGE_DATA (and MASK_DATA: white = repaint; with MASK_ALPHA, OpenAI's convention: alpha 0
-    marks the area to repaint), each checked by decoding. STRENGTH None: the task's default_strength."""
+    marks the area to repaint; REFERENCES: a reference edit's further images), each checked by decoding. STRENGTH
+    None: left to `for_family`."""
+    if len(references) >= MAX_REFERENCES:
+        raise UsageError(f"{len(references) + 1} images: at most {MAX_REFERENCES} (each adds its tokens to every step)")
     image = decode(image_data, "image").convert("RGB")
+    further = tuple(decode(data, f"image {i}").convert("RGB") for i, data in enumerate(references, start=2))
     mask = None
     if mask_data is not None:
         mask = decode(mask_data, "mask")
@@ -126,9 +138,27 @@ def edit(image_data: bytes, mask_data: bytes | None = None, strength: float | No
         mask = mask.convert("RGBA").getchannel("A").point([255] + [0] * 255) if mask_alpha else mask.convert("L")
         if mask.size != image.size:
             raise UsageError(f"mask: {mask.width}x{mask.height}, not the image's {image.width}x{image.height}")
-    if strength is None:
-        strength = default_strength(mask is not None)
-    return Edit(image, mask, check_strength(strength), hashlib.sha256(image_data).hexdigest())
+    return Edit(image, mask, strength if strength is None else check_strength(strength),
+                hashlib.sha256(image_data).hexdigest(), references=further)
+
+
+def for_family(edit: Edit | None, family) -> Edit | None:
+    """EDIT as FAMILY's models run it: a reference edit where the family edits by reference and no mask is given (no
+    strength: refused where one was given), else one image repainted from part of the schedule (the strength left
+    out: the task's default); refused in one line where the family cannot run it. Settled edits pass as they are."""
+    if edit is None or edit.by_reference:
+        return edit
+    reference = family.reference_edits and edit.mask is None
+    if edit.references and not reference:
+        does = ("inpainting takes one image and its mask" if family.reference_edits else
+                f"{family.name} models edit one image (several are reference editing, which FLUX.2 klein does)")
+        raise UsageError(f"{len(edit.references) + 1} images: {does}")
+    if not reference:
+        return edit if edit.strength is not None else replace(edit, strength=default_strength(edit.mask is not None))
+    if edit.strength is not None:
+        raise UsageError(f"strength {edit.strength}: {family.name} models edit by reference (the images condition "
+                         "every step, each step runs): leave the strength out")
+    return replace(edit, by_reference=True)
 
 
 def pipeline_for(pipe, task: str):
@@ -166,6 +196,8 @@ def call_arguments(sized: Edit | None, steps: int, count: int) -> dict:
     text-to-image); refuses steps that would run none."""
     if sized is None:
         return {}
+    if sized.by_reference:
+        return {"image": [sized.image, *sized.references]}  # one set of references conditions every image of the call
     check_steps(steps, sized.strength)
     arguments = {"image": [sized.image] * count, "strength": sized.strength}
     if sized.mask is not None:

@@ -128,10 +128,12 @@ TXT2IMG = {
 }
 IMG2IMG = {
     **COMMON,
-    "init_images": honoured(Annotated[list[str], Field(min_length=1, max_length=1)], ...,
-                            "the one image (base64, a data: URL prefix allowed)"),
+    "init_images": honoured(Annotated[list[str], Field(min_length=1, max_length=tasks.MAX_REFERENCES)], ...,
+                            "the image (base64, a data: URL prefix allowed); a reference edit (FLUX.2 klein) takes "
+                            f"up to {tasks.MAX_REFERENCES}"),
     "resize_mode": neutral(Int, 0, (0, None), "a resize mode other than 0 (a plain resize to width x height)"),
-    "denoising_strength": honoured(Annotated[float, Field(gt=0, le=1)], 0.75, "the strength"),
+    "denoising_strength": honoured(Annotated[float, Field(gt=0, le=1)], 0.75,
+                                   "the strength (not read by a reference edit, which has none: every client sends it)"),
     "image_cfg_scale": neutral(Float, None, _any, "nothing: it is read by InstructPix2Pix models only"),
     "mask": honoured(str | None, None, "inpainting's mask (base64; white = repaint)"),
     "mask_blur_x": honoured(Annotated[int, Field(ge=0, le=64)], 4, "the mask's horizontal blur, without mask_blur"),
@@ -214,6 +216,10 @@ def from_a1111(body: BaseModel, limits: Limits, edit: tasks.Edit | None = None) 
     prompt, loras = schemas.loras_of(body.prompt, "", limits)
     if body.disable_extra_networks:
         loras = ()
+    if edit is not None and edit.mask is None and limits.family.reference_edits:
+        edit = replace(edit, strength=None)  # the denoising_strength every client sends: a reference edit has none
+    with schemas.answered_400():
+        edit = tasks.for_family(edit, limits.family)
     first = schemas.seed_of(None if body.seed == -1 else body.seed)
     request = Request(
         prompt=prompt, negative_prompt=body.negative_prompt, width=body.width, height=body.height,
@@ -231,7 +237,8 @@ def a1111_edit(body: BaseModel) -> tasks.Edit:
     with schemas.answered_400():
         edit = tasks.edit(schemas.decode_base64("init_images", body.init_images[0]),
                           None if body.mask is None else schemas.decode_base64("mask", body.mask),
-                          body.denoising_strength)
+                          body.denoising_strength,
+                          references=tuple(schemas.decode_base64("init_images", data) for data in body.init_images[1:]))
     if edit.mask is None:
         return edit
     mask = ImageOps.invert(edit.mask) if body.inpainting_mask_invert else edit.mask

@@ -39,6 +39,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 
+from sdcpu import families
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models.loras import Folder
 from sdcpu.pipeline import generate
@@ -142,7 +143,7 @@ class Service:
             self._limits = schemas.Limits(self.settings.max_size, generate.defaults_for(self.worker.pipe),
                                           copy.deepcopy(self.worker.pipe.tokenizer), self.lora_folder,
                                           self.settings.model,
-                                          self.worker.scheduler_name)
+                                          self.worker.scheduler_name, families.of(self.worker.pipe))
         return self._limits
 
     def preview_png(self, latents, width: int, height: int) -> str:

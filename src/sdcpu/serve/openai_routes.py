@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from sdcpu.pipeline import tasks
 from sdcpu.serve import schemas
 from sdcpu.serve.guard import FORM_BYTES
 from sdcpu.serve.queue import GenerationFailed, Interrupted, Owner, ShuttingDown, TimedOut
@@ -38,7 +39,8 @@ def router(service) -> APIRouter:
     @routes.post("/v1/images/edits")
     async def edits(request: Request):
         """OpenAI's image edit (a form: `image` and `mask` files, alpha 0 of the mask = the area to edit; the fields of
-        generations and sdcpu's `strength`): img2img without a mask, inpainting with one."""
+        generations and sdcpu's `strength`): img2img without a mask, inpainting with one; several `image[]` files are
+        a reference edit (FLUX.2 klein)."""
         async with service.uploads.admitted(service.worker, service.limits):
             body, edit = await _edit(request)
         return await _answer(service, request, body, schemas.from_openai(body, service.limits(), edit), "image_edit")
@@ -56,15 +58,15 @@ async def _edit(request: Request) -> tuple:
         raise schemas.BadRequest(f"{texts[0]}: send it as a file")
     if not images:
         raise schemas.BadRequest("image: Field required (a file)")
-    for name, sent in (("image", images), ("mask", masks)):
-        if len(sent) > 1:
-            raise schemas.BadRequest(f"{name}: one file, got {len(sent)} (sdcpu edits one image)")
+    if len(masks) > 1:
+        raise schemas.BadRequest(f"mask: one file, got {len(masks)}")
     try:
         body = schemas.OpenAIEditForm.model_validate(fields)
     except ValidationError as err:
         raise RequestValidationError(err.errors()) from None
     mask = await masks[0].read() if masks else None
-    return body, await run_in_threadpool(schemas.openai_edit, await images[0].read(), mask, body.strength)
+    sent = [await image.read() for image in images[:tasks.MAX_REFERENCES + 1]]  # one more than taken: refused
+    return body, await run_in_threadpool(schemas.openai_edit, sent, mask, body.strength)
 
 
 async def _answer(service, request: Request, body, job: schemas.Job, event_prefix: str):
@@ -135,7 +137,9 @@ async def _form(request: Request) -> tuple[dict[str, str], dict[str, list]]:
     if not request.headers.get("content-type", "").startswith("multipart/form-data"):
         raise schemas.BadRequest("send the edit as multipart/form-data (the image and the mask as files)")
     try:
-        form = await _InMemory(request.headers, request.stream(), max_files=4, max_fields=32).parse()
+        # the images (up to a reference edit's), the mask, and one more: a count refused with its own message
+        form = await _InMemory(request.headers, request.stream(), max_files=tasks.MAX_REFERENCES + 2,
+                               max_fields=32).parse()
     except MultiPartException as err:
         raise schemas.BadRequest(f"the form: {err.message}") from None
     fields, files = {}, {}

@@ -2,6 +2,7 @@
 and OpenAI's streamed partial images.
 
 The decoder, chosen once per pipeline and loaded while `sdcpu serve` warms up (so the first preview pays no load):
+- the model family's own decoder where the others cannot read its latents (FLUX.2's VAE: Family.own_preview);
 - the pipeline's own VAE when it already is TAESD (diffusers' AutoencoderTiny: the `tiny-vae` step);
 - TAESD: a `random:` model's random-weight one (built offline), else the model family's TAESD if it is in the hub cache;
 - else A1111's "Approx cheap": the family's fixed linear map of latent channels to RGB, at the latent's size, upscaled.
@@ -43,7 +44,7 @@ class Previewer:
         import torch
 
         with torch.inference_mode():
-            pixels = self._decode(latents.float()).clamp(-1, 1)
+            pixels = self._decode(latents.float(), width, height).clamp(-1, 1)
         return [image.resize((width, height)) for image in self.pipe.image_processor.postprocess(pixels)]
 
 
@@ -83,13 +84,15 @@ class Shared:
 
 
 def _decoder(pipe):
-    """(what it is, latents -> pixels in [-1, 1])."""
+    """(what it is, (latents, width, height) -> pixels in [-1, 1])."""
     import torch
     from diffusers import AutoencoderTiny
 
+    if (own := families.of(pipe).own_preview(pipe)) is not None:
+        return f"the {families.of(pipe).name} family's own decoder", own
     if isinstance(pipe.vae, AutoencoderTiny):
         vae = pipe.vae
-        return "the pipeline's TAESD", lambda latents: vae.decode(latents.to(vae.dtype)).sample.float()
+        return "the pipeline's TAESD", lambda latents, *size: vae.decode(latents.to(vae.dtype)).sample.float()
     model = state.of(pipe).model
     try:
         if model is not None and model.random_weights:
@@ -100,8 +103,8 @@ def _decoder(pipe):
             source = path = families.of(pipe).tiny_vae
         vae = AutoencoderTiny.from_pretrained(path, local_files_only=True).eval()
         log.info("previews: %s", source)
-        return source, lambda latents: vae.decode(latents).sample
+        return source, lambda latents, *size: vae.decode(latents).sample
     except Exception as err:  # noqa: BLE001 - not in the cache, offline: the weightless approximation serves
         log.info("previews: approx cheap (no TAESD: %s)", type(err).__name__)
     coefficients = torch.tensor(families.of(pipe).latent_rgb)
-    return "approx cheap", lambda latents: torch.einsum("bchw,cr->brhw", latents, coefficients)
+    return "approx cheap", lambda latents, *size: torch.einsum("bchw,cr->brhw", latents, coefficients)

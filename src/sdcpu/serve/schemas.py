@@ -19,6 +19,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sdcpu.errors import UsageError
+from sdcpu.families import sd
+from sdcpu.families.base import Family
 from sdcpu.models.loras import Folder, Lora, prompt_loras
 from sdcpu.pipeline import generate, tasks
 from sdcpu.pipeline.generate import Request
@@ -107,6 +109,7 @@ class Limits:
     lora_folder: Folder | None = None  # serve --lora-dir: the LoRAs requests may name
     model: str = ""  # the model served (A1111's sd_model_checkpoint)
     scheduler: str | None = None  # the recipe's scheduler (an sdcpu.models.schedulers name), run when a request names none
+    family: Family = sd.FAMILY  # the served model's family: its size multiple, how it edits
 
 
 def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = None) -> Job:
@@ -116,7 +119,10 @@ def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = N
         raise BadRequest("stream: true makes one image: n must be 1")
     if body.partial_images and not body.stream:
         raise BadRequest("partial_images needs stream: true")
-    width, height = (_size(body.size) if body.size else generate.fitted_size(*edit.image.size, limits.max_size)
+    with answered_400():
+        edit = tasks.for_family(edit, limits.family)
+    width, height = (_size(body.size) if body.size else
+                     generate.fitted_size(*edit.image.size, limits.max_size, limits.family.size_multiple)
                      if edit else (limits.defaults.width, limits.defaults.height))
     prompt, loras = loras_of(body.prompt, body.loras, limits)
     request = Request(
@@ -128,10 +134,11 @@ def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = N
     return check_work([checked(Job(request, edit=edit, loras=loras), limits)], limits)[0]
 
 
-def openai_edit(image: bytes, mask: bytes | None, strength: float | None) -> tasks.Edit:
-    """The uploads of /v1/images/edits, decoded and checked; the mask's alpha 0 marks the area to edit (OpenAI's)."""
+def openai_edit(images: list[bytes], mask: bytes | None, strength: float | None) -> tasks.Edit:
+    """The uploads of /v1/images/edits, decoded and checked (IMAGES: one, or a reference edit's several); the mask's
+    alpha 0 marks the area to edit (OpenAI's)."""
     with answered_400():
-        return tasks.edit(image, mask, strength, mask_alpha=True)
+        return tasks.edit(images[0], mask, strength, mask_alpha=True, references=tuple(images[1:]))
 
 
 def loras_of(prompt: str, listed: str, limits: Limits) -> tuple[str, tuple[Lora, ...]]:
@@ -197,7 +204,7 @@ def seed_of(seed: int | None) -> int:
 def checked(job: Job, limits: Limits) -> Job:
     request = job.request
     with answered_400():
-        generate.check_size(request.width, request.height, limits.max_size)
+        generate.check_size(request.width, request.height, limits.max_size, limits.family.size_multiple)
         tasks.check_steps(request.steps, job.edit and job.edit.strength)
         generate.check_tokens(limits.tokenizer, request)  # the one prompt-length check, generate's
     return job
