@@ -20,8 +20,6 @@ def test_the_full_architecture_is_klein_4bs_published_one_counted_on_the_meta_de
         pipe = flux2.FAMILY.build("flux2-klein-4b", 0)
     counts = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in PUBLISHED}
     assert counts == PUBLISHED
-    assert flux2.FAMILY.parameters == {  # what auto's memory estimate reads (sdcpu.recipes.memory)
-        "text": counts["text_encoder"], "denoiser": counts["transformer"], "decoder": counts["vae"]}
     assert {p.dtype for p in pipe.transformer.parameters()} == {torch.bfloat16}  # made in its weights' own dtype
     te = pipe.text_encoder.config
     assert (te.hidden_size, te.num_hidden_layers, te.num_attention_heads, te.num_key_value_heads, te.head_dim,
@@ -29,6 +27,11 @@ def test_the_full_architecture_is_klein_4bs_published_one_counted_on_the_meta_de
     assert pipe.config.is_distilled and type(pipe.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler"
     assert pipe.scheduler.config.use_dynamic_shifting and pipe.vae.config.latent_channels == 32
     assert flux2.FAMILY.native_size(pipe) == 1024
+    flux2.FAMILY.after_load(pipe)  # the encoder cut after layer 27, as sdcpu loads it
+    assert flux2.FAMILY.parameters == {  # what auto's memory estimate reads (sdcpu.recipes.memory)
+        "text": sum(p.numel() for p in pipe.text_encoder.parameters()), "denoiser": counts["transformer"],
+        "decoder": counts["vae"]}
+    assert flux2.FAMILY.parameters["text"] == 3_114_088_192  # the embedding and 27 of Qwen3-4B's 36 layers
     # ~10.2 TFLOP a step at 512x512 (models.md: 6.1 GFLOP a token in the linears, 1536 tokens, plus attention)
     assert 9.5e12 < flux2.FAMILY.flops(pipe.transformer.config, 1, (64, 64)) < 11e12
 
@@ -43,6 +46,29 @@ def test_qwens_tokenizer_is_built_offline_with_the_real_ids_and_chat_template():
     assert text == "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     ids = tokenizer(text, padding="max_length", max_length=flux2.TOKENS, truncation=True)["input_ids"]
     assert len(ids) == 512 and ids[:2] == [151644, 872] and ids[-1] == tokenizer.pad_token_id == 151643
+
+
+def test_the_encoder_cut_after_layer_27_gives_the_stacked_states_bit_for_bit():
+    from types import SimpleNamespace
+
+    from transformers import Qwen3ForCausalLM
+
+    torch.manual_seed(0)  # 36 layers, as Qwen3-4B: the cut drops 9 of them, the final norm and the LM head
+    model = Qwen3ForCausalLM(qwen.text_config(hidden_size=32, num_hidden_layers=36, num_attention_heads=2,
+                                              num_key_value_heads=1, head_dim=16, intermediate_size=64)).eval()
+    ids = torch.randint(0, 151_000, (1, 24))
+    mask = torch.ones_like(ids)
+    mask[0, 17:] = 0  # padded, as every prompt is
+
+    def stacked():
+        with torch.inference_mode():
+            states = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
+        return torch.cat([states[k] for k in flux2.OUT_LAYERS], dim=-1)
+
+    whole = stacked()
+    flux2.FAMILY.after_load(SimpleNamespace(text_encoder=model))
+    assert len(model.model.layers) == 27
+    assert torch.equal(stacked(), whole)
 
 
 @pytest.fixture(scope="module")

@@ -178,6 +178,9 @@ class Family:
         """The diffusers pipeline class that runs TASK with PIPE's components."""
         return self.pipelines[task]
 
+    def after_load(self, pipe) -> None:
+        """What a model of this family sheds once loaded, exactly (the images are the same): nothing by default."""
+
     def own_preview(self, pipe):
         """A preview decoder of its own (a step's latents, width, height -> pixels in [-1, 1]) for a family whose
         latents the generic ones (TAESD, approx cheap: sdcpu.serve.preview) do not read; None where they do."""

@@ -19,6 +19,7 @@ from sdcpu.families import base, qwen
 from sdcpu.families.base import Arch, Defaults, Denoiser, Family
 
 TOKENS = 512  # the pipeline's max_sequence_length: every prompt is padded to it
+OUT_LAYERS = (9, 18, 27)  # the Qwen3 hidden states the pipeline stacks (its text_encoder_out_layers, never changed)
 # FLUX.2 [klein] 4B's transformer/config.json (models.md section 4)
 TRANSFORMER = dict(
     patch_size=1, in_channels=128, out_channels=None, num_layers=5, num_single_layers=20, attention_head_dim=128,
@@ -64,6 +65,21 @@ class Flux2Klein(Family):
     def native_size(self, pipe) -> int:
         """The pipeline's default side: its default_sample_size (128) times the VAE's scale (8)."""
         return pipe.default_sample_size * pipe.vae_scale_factor
+
+    def after_load(self, pipe) -> None:
+        """The Qwen3 encoder cut after the deepest layer whose hidden state the pipeline stacks (27 of its 36: 3.11B of
+        4.02B parameters, a quarter of its work), without the final norm (which the transformers model applies to its
+        last hidden state) and without the LM head (the pipeline reads no logits: 512 x 151936 of them a prompt).
+        The stacked states are bit-identical (tests/test_flux2.py)."""
+        import torch
+
+        model = pipe.text_encoder
+        deepest = max(OUT_LAYERS)
+        if len(model.model.layers) > deepest:
+            model.model.layers = model.model.layers[:deepest]
+            model.config.num_hidden_layers = deepest
+        model.model.norm = torch.nn.Identity()
+        model.lm_head = torch.nn.Identity()
 
     def own_preview(self, pipe):
         """Its own VAE (there is no FLUX.2 TAESD in diffusers): a step's tokens unpacked to 2x2-patch channels (the
@@ -172,6 +188,7 @@ FAMILY = Flux2Klein(
         "int8": "int8 follows a backend that runs FLUX.2 (openvino or compile): not supported yet",
         "compile": "torch.compile of the FLUX.2 transformer is not measured yet",
     },
-    # random:flux2-klein-4b, FLUX.2 [klein] 4B's: Qwen3-4B, the transformer, the VAE (encoder included)
-    parameters={"text": 4_022_468_096, "denoiser": 3_875_544_576, "decoder": 84_046_115},
+    # random:flux2-klein-4b, FLUX.2 [klein] 4B's as sdcpu loads it: Qwen3-4B cut after layer 27 (after_load; 4.02B
+    # whole), the transformer, the VAE (encoder included)
+    parameters={"text": 3_114_088_192, "denoiser": 3_875_544_576, "decoder": 84_046_115},
 )

@@ -161,7 +161,7 @@ def load_pipeline(spec: str, *, trust_pickle: bool = False, progress: bool = Fal
     where the family is known before loading, else float32), each cast as it is read."""
     parsed = spec if isinstance(spec, ModelSpec) else parse_spec(spec, trust_pickle=trust_pickle)
     pipe = _load(parsed, dtype)
-    families.of(pipe)  # a model of no family sdcpu knows is refused here, not half-way through a recipe
+    families.of(pipe).after_load(pipe)  # a model of no family sdcpu knows is refused here, not half-way through a recipe
     pipe.set_progress_bar_config(disable=not progress)
     state.of(pipe).model = parsed
     return pipe
