@@ -210,7 +210,7 @@ def test_a_recipe_that_fits_only_one_part_at_a_time_takes_the_release_step(insta
     assert str(recipe) == "openvino=f32,release"
     assert "not openvino=f32: needs about 16.8 GiB, more than 90% of this machine's 16.0 GiB" in reasons
     assert next(r for r in reasons if r.startswith("exact: ")).endswith(
-        "with release: one part compiled at a time, the only way it fits this machine's memory (a compile per part "
+        "with release: one part resident at a time, the only way it fits this machine's memory (a compile per part "
         "per image)")
     roomy = dataclasses.replace(cpu, memory_bytes=24 * 2**30)
     assert str(auto.recipe(roomy, {}, quality="exact", libs=LIBS, tools=NUMACTL, job=sdxl_job())[0]) == "openvino=f32"
@@ -266,17 +266,23 @@ def test_resolve_for_reads_the_family_of_the_model_before_it_loads(installed):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_no_level_takes_a_step_the_family_refuses(installed, name):
-    """FLUX.2 refuses OpenVINO, int8, DeepCache and TAESD for now (Family.refuses): every level on every class passes
-    over the candidates holding one, with the family's reason, down to the model as it loads."""
+def test_flux2_takes_its_own_recipes_first_and_release_where_memory_asks(installed, name):
+    """FLUX.2 refuses OpenVINO, int8, DeepCache and TAESD for now (Family.refuses): every level on every class takes
+    the family's own recipe first (its bf16 weights, computed in float32 where bf16 is emulated), with `release`
+    where the machine's memory is too small for every part at once."""
     installed("openvino", "nncf")
-    cpu = dataclasses.replace(machine(name), memory_bytes=24 * 2**30)
-    for quality in auto.QUALITIES:
-        recipe, reasons = auto.recipe(cpu, {}, quality=quality, libs=LIBS, tools=NUMACTL,
-                                      job=memory.Job(flux2.FAMILY, 512, 512))
-        assert not {step.name for step in recipe.steps} & set(flux2.FAMILY.refuses), (name, quality, str(recipe))
+    for gib, released in ((24, False), (12, True)):
+        cpu = dataclasses.replace(machine(name), memory_bytes=gib * 2**30)
+        own = flux2.FAMILY.auto_recipes(cpu.native_bf16)[0][0]
+        for quality in auto.QUALITIES:
+            recipe, reasons = auto.recipe(cpu, {}, quality=quality, libs=LIBS, tools=NUMACTL,
+                                          job=memory.Job(flux2.FAMILY, 512, 512))
+            framework = ",".join(str(step) for step in recipe.steps if step.name in ("bf16-weights", "release"))
+            assert framework == ",".join(filter(None, (own, "release" if released else ""))), (name, gib, quality)
+            assert not {step.name for step in recipe.steps} & set(flux2.FAMILY.refuses)
     exact = auto.recipe(AVX2_24G, {}, quality="exact", libs=LIBS, tools=NUMACTL, job=memory.Job(flux2.FAMILY, 512, 512))
-    assert f"not openvino=f32: flux2: {flux2.FAMILY.refuses['openvino']}" in exact[1]
-    assert not exact[0].group("framework") and not exact[0].group("algorithm")
-    # its bf16 weights (Family.dtype): 8.0B parameters x 2 bytes, not 4
-    assert 15 < memory.need(flux2.FAMILY, recipes.parse(""), AVX2_24G, 512, 512).steady_gib < 17
+    assert "exact: bf16-weights: FLUX.2's bf16 weights computed in float32" in "\n".join(exact[1])
+    # released: the transformer's 3.9B bf16 weights alone beside the runtime, not the 3.1B encoder's too
+    assert 8 < memory.need(flux2.FAMILY, recipes.parse("bf16-weights,release"), AVX2_24G, 512, 512).steady_gib < 10
+    # its bf16 weights as loaded (Family.dtype): 7.0B parameters x 2 bytes, not 4
+    assert 13 < memory.need(flux2.FAMILY, recipes.parse(""), AVX2_24G, 512, 512).steady_gib < 15

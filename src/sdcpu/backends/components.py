@@ -73,7 +73,7 @@ class Component:
     def enter(self):
         """About to run: under the `release` step, the other parts' compiled models are dropped first."""
         if self.phases is not None:
-            self.phases.enter(self)
+            self.phases.enter(self.part)
 
     def release(self):
         """Drop what RUN (and a VAE's encoder) compiled, returning its memory; the next call compiles again."""

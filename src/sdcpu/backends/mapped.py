@@ -58,3 +58,44 @@ def released(path: Path):
         done.set()
         thread.join()
         release(path)
+
+
+SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+def map_weights(module, files: list[Path], prefix: str = "") -> list[Path]:
+    """Point MODULE's parameters at their bytes in the .safetensors FILES, mapped read-only (no copy: the kernel pages
+    them in on first use, and `release` can drop them again), where a file holds a parameter under its name (after
+    PREFIX) in the parameter's own dtype and shape; the files any parameter now reads. A mapped weight cannot be
+    written (a write faults): steps that change weights in place (a fused LoRA) must copy first."""
+    import json
+    import mmap
+    import warnings
+
+    import torch
+
+    params = dict(module.named_parameters(remove_duplicate=False))
+    used = []
+    for path in files:
+        with open(path, "rb") as file:
+            size = int.from_bytes(file.read(8), "little")
+            header = json.loads(file.read(size))
+            view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        found = 0
+        for name, entry in header.items():
+            param = params.get(name[len(prefix):] if name.startswith(prefix) else None)
+            dtype = SAFETENSORS_DTYPES.get(entry.get("dtype", "") if isinstance(entry, dict) else "")
+            if param is None or dtype is None or getattr(torch, dtype) != param.dtype:
+                continue
+            start, end = entry["data_offsets"]
+            if list(param.shape) != entry["shape"]:
+                continue
+            with warnings.catch_warnings():  # torch warns that the buffer is not writable: it stays read-only
+                warnings.simplefilter("ignore", UserWarning)
+                data = torch.frombuffer(view, dtype=param.dtype, count=(end - start) // param.element_size(),
+                                        offset=8 + size + start)
+            param.data = data.view(param.shape)
+            found += 1
+        if found:
+            used.append(Path(path).resolve())
+    return used

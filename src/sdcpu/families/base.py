@@ -178,6 +178,12 @@ class Family:
         """The diffusers pipeline class that runs TASK with PIPE's components."""
         return self.pipelines[task]
 
+    def auto_recipes(self, native_bf16: bool) -> tuple[tuple[str, str], ...]:
+        """(recipe steps, the measurement behind them) that `auto` tries first for this family's models, at every
+        quality level, before its CPU class's rules (measured on SD), on a CPU with or without NATIVE_BF16: none by
+        default."""
+        return ()
+
     def after_load(self, pipe) -> None:
         """What a model of this family sheds once loaded, exactly (the images are the same): nothing by default."""
 

@@ -52,6 +52,8 @@ ARCHS = {
 }
 DISTILLED = Defaults(steps=4, guidance=1.0, width=1024, height=1024)  # BFL's and sd.cpp's for klein 4B
 BASE = Defaults(steps=28, guidance=4.0, width=1024, height=1024)  # klein base: CFG 4 (the pipeline's default)
+UPCAST_WHY = ("FLUX.2's bf16 weights computed in float32 (bf16-weights): emulated bf16 matmuls ran 21.7 GFLOP/s "
+              "against 156 upcast to float32 on a 1536x3072x9216 linear, 2-core Zen 3, 2026-12-04")
 UNET_ONLY = "it patches a UNet2DConditionModel's blocks; FLUX.2's denoiser is a transformer"
 
 
@@ -65,6 +67,13 @@ class Flux2Klein(Family):
     def native_size(self, pipe) -> int:
         """The pipeline's default side: its default_sample_size (128) times the VAE's scale (8)."""
         return pipe.default_sample_size * pipe.vae_scale_factor
+
+    def auto_recipes(self, native_bf16: bool) -> tuple[tuple[str, str], ...]:
+        """Its own bf16 weights: computed in bf16 where the CPU has it, else in float32 from bf16 storage (the
+        class rules' OpenVINO, int8 and work-cutting steps do not serve FLUX.2 yet)."""
+        if native_bf16:
+            return (("", "FLUX.2's own bf16 weights on native bf16 units (not measured by sdcpu yet)"),)
+        return (("bf16-weights", UPCAST_WHY),)
 
     def after_load(self, pipe) -> None:
         """The Qwen3 encoder cut after the deepest layer whose hidden state the pipeline stacks (27 of its 36: 3.11B of

@@ -37,6 +37,7 @@ class State:
     runtime: Runtime = Runtime.EAGER
     tasks: dict = field(default_factory=dict)  # task -> the pipeline made for it
     lora: object = None  # the LoRA state of whatever runs the denoiser (fused originals, OpenVINO's compiled sets)
+    mapped: bool = False  # eager weights read in place from their files, read-only (the release step)
     previewer: object = None  # serve's live-preview decoder
 
 

@@ -29,6 +29,9 @@ def use(pipe, loras: tuple[Lora, ...], fuse: bool = False) -> str:
         raise UsageError("a LoRA is named twice: give each once, with its weight")
     runtime = state.of(pipe).runtime
     if runtime.lora == "peft":
+        if loras and state.of(pipe).mapped:
+            raise Skip("release reads the eager weights in place from their files, read-only: a LoRA cannot change "
+                       "them; drop release from the recipe to use LoRAs")
         return _eager(pipe, loras, fuse)
     if runtime.lora == "ir-deltas":
         from sdcpu.backends import openvino_lora

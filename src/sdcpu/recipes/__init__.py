@@ -108,6 +108,10 @@ STEP_KINDS = {
                               ladder="channels_last"),
     "bf16": StepKind("framework", summary="bfloat16 weights and activations; only on CPUs with native bf16",
                      ladder="bf16"),
+    "bf16-weights": StepKind("framework", summary="weights stored in bfloat16, each layer computed in float32 (eager "
+                             "torch): half of float32's weight memory at close to its speed on a CPU without native "
+                             "bf16; a bf16 model's (FLUX.2's) own weights, a float32 model's rounded",
+                             module="sdcpu.backends.upcast", role="eager"),
     "compile": StepKind("framework", summary="torch.compile (inductor, freezing) of the UNet and VAE decoder",
                          module="sdcpu.backends.inductor", role="backend", compiles=True, ladder="compile"),
     "openvino": StepKind("framework", _precision, "UNet, VAE decoder and text encoder run by OpenVINO, static shapes; "
@@ -117,9 +121,10 @@ STEP_KINDS = {
     "int8": StepKind("framework", summary="the UNet a backend runs, quantized to int8 (NNCF after openvino, torchao "
                      "PT2E after compile)", module="sdcpu.backends.int8", role="after_backend", ladder="int8",
                      cuts_work=True),
-    "release": StepKind("framework", summary="one part of a call (text encoders, denoiser, VAE) compiled at a time: "
-                        "each dropped when another starts, compiled again on the next image; peak memory of the "
-                        "largest part, a compile per part per image (after openvino)",
+    "release": StepKind("framework", summary="one part of a call (text encoders, denoiser, VAE) resident at a time: "
+                        "each dropped when another starts; after openvino, compiled again on the next image (a "
+                        "compile per part per image); on eager torch, weights read in place from their mapped files "
+                        "and paged in again (a bf16 model's); peak memory of the largest part",
                         module="sdcpu.backends.release", role="after_backend"),
     "ipex": StepKind("framework", summary="Intel Extension for PyTorch (end-of-life), only when installed and matching",
                      module="sdcpu.backends.ipex", role="backend", ladder="ipex", needs="intel_extension_for_pytorch"),

@@ -58,17 +58,23 @@ def _for_family(candidates, job: memory.Job) -> tuple[list, dict]:
 
 
 def _releasable(candidate: auto_rules.Candidate) -> bool:
-    """Whether CANDIDATE's recipe could keep one part compiled at a time: it runs on OpenVINO, without release yet."""
+    """Whether CANDIDATE's recipe could keep one part resident at a time, without release yet: it runs on OpenVINO,
+    or on eager torch (no backend step)."""
     steps = recipes.parse(candidate.steps)
-    return steps.get("openvino") is not None and steps.get(memory.RELEASE) is None
+    backends = [step for step in steps.steps if recipes.kind(step.name).role == "backend"]
+    return steps.get(memory.RELEASE) is None and (steps.get("openvino") is not None or not backends)
 
 
 def _released(candidate: auto_rules.Candidate) -> auto_rules.Candidate:
     """CANDIDATE with the `release` step: tried after every candidate of its level as it is, since it costs each
-    image a compile of every part (sdcpu.backends.release)."""
-    return dataclasses.replace(candidate, steps=f"{candidate.steps},{memory.RELEASE}",
-                               why=f"{candidate.why}; with {memory.RELEASE}: one part compiled at a time, the "
-                                   f"only way it fits this machine's memory (a compile per part per image)")
+    image a compile of every part on OpenVINO, a read of each part's weights again on torch
+    (sdcpu.backends.release)."""
+    cost = ("a compile per part per image" if recipes.parse(candidate.steps).get("openvino") is not None else
+            "each part's weights paged in again per image")
+    steps = ",".join(filter(None, (candidate.steps, memory.RELEASE)))
+    return dataclasses.replace(candidate, steps=steps, why=f"{candidate.why}; with {memory.RELEASE}: one part "
+                                                          f"resident at a time, the only way it fits this machine's "
+                                                          f"memory ({cost})")
 
 
 def _unmet(candidate: auto_rules.Candidate, cpu, long_running: bool, job: memory.Job) -> str | None:
@@ -95,7 +101,8 @@ def choose(cpu, quality: str, long_running: bool = False,
     before it was not. Where no candidate fits the machine's memory, the one needing least is taken, and said so."""
     job = job or memory.Job.default()
     klass = auto_rules.cpu_class(cpu)
-    candidates, slower = _for_family(getattr(klass, quality) or klass.exact, job)
+    own = [auto_rules.Candidate(steps, why) for steps, why in job.family.auto_recipes(cpu.native_bf16)]
+    candidates, slower = _for_family([*own, *(getattr(klass, quality) or klass.exact)], job)
     reasons, passed = [f"CPU class {klass.name}: {klass.summary}"], []
     passed += [f"{c.steps} tried last for {job.family.name}: {why}" for c, why in slower.items()]
     candidates += [_released(c) for c in candidates if _releasable(c)]

@@ -99,6 +99,8 @@ def weight_bytes(recipe, cpu, family) -> dict[str, float]:
     else:  # torch: bf16 where the bf16 step runs, else the family's dtype (FLUX.2 loads in bf16)
         size = 2 if (bf16 is not None and bf16_runs(bf16, cpu)) or family.dtype == "bfloat16" else 4
     parts = {"text": size, "denoiser": size, "decoder": size}
+    if openvino is None and recipe.get("bf16-weights") is not None:
+        parts = {"text": 2, "denoiser": 2, "decoder": 4}  # the VAE in float32 outright (sdcpu.backends.upcast)
     if recipe.get("int8") is not None:
         if openvino is None:
             parts["denoiser"] = INT8_BYTES + size  # PT2E keeps the eager weights too
@@ -115,8 +117,8 @@ RELEASE = "release"  # the step that keeps one part of a call compiled at a time
 
 
 def releases(recipe) -> bool:
-    """Whether RECIPE keeps one part compiled at a time (the `release` step, on OpenVINO)."""
-    return recipe.get(RELEASE) is not None and recipe.get("openvino") is not None
+    """Whether RECIPE keeps one part resident at a time (the `release` step: compiled on OpenVINO, mapped on torch)."""
+    return recipe.get(RELEASE) is not None
 
 
 def need(family, recipe, cpu, width: int, height: int) -> Need:
@@ -128,9 +130,12 @@ def need(family, recipe, cpu, width: int, height: int) -> Need:
     decoding = denoising  # the decoder's at full resolution; the VAE's attends over every latent position at once
     if recipe.get("tiny-vae") is None:  # (the distilled decoder has no attention)
         decoding += ATTENTION_GIB_PER_MPIX2 * megapixels**2
-    if releases(recipe):  # the largest part alone (measured on random:sdxl-turbo at 1024x1024: UNet +10.4 GiB
-        # over the runtime with its buffers, the VAE +3.3 GiB; estimated 10.5 and 3.3; see the calibration above)
+    if releases(recipe) and recipe.get("openvino") is not None:  # the largest part alone (measured on
+        # random:sdxl-turbo at 1024x1024: UNet +10.4 GiB over the runtime with its buffers, the VAE +3.3 GiB;
+        # estimated 10.5 and 3.3; see the calibration above)
         steady = RUNTIME_GIB + max(weights["text"], weights["denoiser"] + denoising, weights["decoder"] + decoding)
+    elif releases(recipe):  # torch: the text encoders or the denoiser mapped at a time, the VAE kept beside
+        steady = RUNTIME_GIB + max(weights["text"], weights["denoiser"] + max(denoising, weights["decoder"] + decoding))
     else:
         steady = RUNTIME_GIB + sum(weights.values()) + decoding
     first, what = steady, []

@@ -1,0 +1,81 @@
+"""FLUX.2 [klein]'s memory steps on random:tiny-flux2: `bf16-weights` (bf16-stored weights, float32 compute) and
+`release` on eager torch (the text encoder's and transformer's weights read in place from their mapped files, one part
+resident at a time), each against the model as loaded, on the same noise."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from sdcpu import load_pipeline, optimize
+from sdcpu.pipeline import generate
+
+REQUEST = generate.Request("a red cat", steps=2, width=64, height=64, seed=1, guidance=1.0)
+
+
+@pytest.fixture(scope="module")
+def as_loaded(sdcpu_home):
+    return generate.run(load_pipeline("random:tiny-flux2"), REQUEST).images[0]
+
+
+def test_bf16_weights_keeps_bf16_weights_and_computes_as_float32_would(sdcpu_home):
+    pipe, outcomes = optimize(load_pipeline("random:tiny-flux2"), "bf16-weights")
+    assert outcomes[0].applied, outcomes[0].detail
+    assert pipe.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.bfloat16  # stored as loaded
+    assert pipe.text_encoder.model.embed_tokens.weight.dtype == torch.bfloat16
+    # the networks say float32, so the pipeline keeps its latents and prompt states in float32
+    assert pipe.transformer.dtype == pipe.text_encoder.dtype == pipe.vae.dtype == torch.float32
+    assert type(pipe.transformer).__name__ == "Flux2Transformer2DModel"  # a saved config names its own class
+    upcast = np.asarray(generate.run(pipe, REQUEST).images[0]).astype(int)
+    # the random weights were made in bf16: loaded as float32 they are the same numbers, computed the same way
+    fp32 = np.asarray(generate.run(load_pipeline("random:tiny-flux2", dtype=torch.float32), REQUEST).images[0])
+    assert np.abs(upcast - fp32.astype(int)).max() <= 1  # one 8-bit level: the same arithmetic, up to the kernels
+
+
+def resident_kib(path: Path) -> int:
+    """This process's resident KiB of its mappings of PATH (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if "-" in line.split(" ", 1)[0] and len(line.split()) >= 5:
+            inside = line.split()[-1] == str(path)
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_release_on_eager_maps_the_weights_and_drops_a_part_when_another_runs(as_loaded):
+    pipe, outcomes = optimize(load_pipeline("random:tiny-flux2"), "release")
+    assert outcomes[0].applied, outcomes[0].detail
+    folder = Path(pipe.text_encoder.config._name_or_path)
+    text_file = next(folder.glob("*.safetensors")).resolve()
+    weight = pipe.text_encoder.model.layers[0].self_attn.q_proj.weight
+    start, end = _mapping_of(text_file)
+    assert start <= weight.data_ptr() < end  # read in place from the file, not copied
+    image = generate.run(pipe, REQUEST).images[0]
+    assert image.tobytes() == as_loaded.tobytes()  # the same weights, the same kernels: the same image
+    # the transformer ran last: the text encoder's pages are out of the process until the next prompt
+    assert resident_kib(text_file) == 0
+    assert generate.run(pipe, REQUEST).images[0].tobytes() == as_loaded.tobytes()  # paged in again, unchanged
+
+
+def _mapping_of(path: Path) -> tuple[int, int]:
+    from sdcpu.backends import mapped
+
+    [(start, end)] = mapped.mappings(path, Path("/proc/self/maps").read_text())
+    return start, end
+
+
+def test_release_on_eager_refuses_a_lora_and_what_it_cannot_map(tiny, sdcpu_home):
+    from sdcpu.errors import Skip
+    from sdcpu.pipeline import lora
+
+    pipe, outcomes = optimize(tiny(), "release")  # random:tiny (float32): its UNet's weights map as they are
+    assert outcomes[0].applied
+    with pytest.raises(Skip, match="a LoRA cannot change them"):
+        # refused before the LoRA is read: nothing writes a read-only mapped weight
+        lora.use(pipe, (SimpleNamespace(source="never-read.safetensors"),))
+    _, outcomes = optimize(load_pipeline("random:tiny-flux2", dtype=torch.float32), "release")
+    assert not outcomes[0].applied  # float32 in memory, bf16 in its files: nothing to map
+    assert "nothing to release" in outcomes[0].detail
