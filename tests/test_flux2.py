@@ -141,7 +141,7 @@ def test_reference_editing_takes_several_images_and_each_reaches_the_result(tiny
     assert len({one.tobytes(), two.tobytes(), other.tobytes(), plain.tobytes()}) == 4
 
 
-def test_masked_inpainting_runs_klein_inpaint_pipeline(tiny_flux2, tmp_path):
+def test_masked_inpainting_runs_klein_inpaint_pipeline_on_the_same_bf16_weights(tiny_flux2, tmp_path):
     image, mask = picture(4, (64, 64)), Image.new("L", (64, 64), 0)
     mask.paste(255, (0, 0, 32, 64))
     data = []
@@ -151,7 +151,10 @@ def test_masked_inpainting_runs_klein_inpaint_pipeline(tiny_flux2, tmp_path):
     edit = tasks.edit(*data)
     result = generate.run(tiny_flux2, generate.Request("a wall", steps=2, width=64, height=64, seed=1), edit)
     assert result.images[0].size == (64, 64)
-    assert type(tasks.pipeline_for(tiny_flux2, "inpaint")).__name__ == "Flux2KleinInpaintPipeline"
+    made = tasks.pipeline_for(tiny_flux2, "inpaint")
+    assert type(made).__name__ == "Flux2KleinInpaintPipeline"
+    # the components it shares keep their dtype (diffusers' from_pipe casts to float32 unless held off)
+    assert {getattr(made, name).dtype for name in ("transformer", "text_encoder", "vae")} == {torch.bfloat16}
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -164,6 +164,8 @@ def for_family(edit: Edit | None, family) -> Edit | None:
 def pipeline_for(pipe, task: str):
     """PIPE's pipeline for TASK (its family's diffusers class), built once from its components (diffusers' from_pipe)
     and kept on PIPE."""
+    from unittest import mock
+
     import diffusers
 
     from sdcpu import families
@@ -183,8 +185,11 @@ def pipeline_for(pipe, task: str):
     shared = state.of(pipe)
     kept = shared.tasks
     if task not in kept:
-        # the components given by name: from_pipe would drop one of another class than the model's own (TAESD as vae)
-        made = kind.from_pipe(pipe, **{name: getattr(pipe, name) for name in family.components})
+        # the components given by name: from_pipe would drop one of another class than the model's own (TAESD as
+        # vae); its closing `to(dtype)` (float32 unless told) is held off: it would cast the shared components, and
+        # FLUX.2's bf16 weights would double, a bf16 UNet run in float32, bf16-weights' float32 VAE turn bf16
+        with mock.patch.object(kind, "to", lambda made, *args, **kwargs: made):
+            made = kind.from_pipe(pipe, **{name: getattr(pipe, name) for name in family.components})
         made.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         made.__dict__["sdcpu"] = shared  # one state for the pipelines of one set of components
         kept[task] = made
