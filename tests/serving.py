@@ -61,6 +61,7 @@ class InProcess:
 
         worker, app = service.build(options(*args), hardware.detect(),
                                     on_fatal=lambda error: setattr(self.server, "should_exit", True))
+        self.worker = worker  # the service's queue.Worker: its pipeline is the one served
         self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))  # off the main thread: no signals
         sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"

@@ -268,21 +268,28 @@ def test_resolve_for_reads_the_family_of_the_model_before_it_loads(installed):
 @pytest.mark.parametrize("name", NAMES)
 def test_flux2_takes_its_own_recipes_first_and_release_where_memory_asks(installed, name):
     """FLUX.2 refuses OpenVINO, int8, DeepCache and TAESD for now (Family.refuses): every level on every class takes
-    the family's own recipe first (its bf16 weights, computed in float32 where bf16 is emulated), with `release`
-    where the machine's memory is too small for every part at once."""
+    the family's own recipe first (exact: its bf16 weights, computed in float32 where bf16 is emulated; high: int8
+    weights; fast: int4), with `release` where the machine's memory is too small for every part at once and the
+    weights are in the model's files (not rounded)."""
     installed("openvino", "nncf")
     for gib, released in ((24, False), (12, True)):
         cpu = dataclasses.replace(machine(name), memory_bytes=gib * 2**30)
-        own = flux2.FAMILY.auto_recipes(cpu.native_bf16)[0][0]
         for quality in auto.QUALITIES:
+            own = flux2.FAMILY.auto_recipes(quality, cpu.native_bf16)[0][0]
             recipe, reasons = auto.recipe(cpu, {}, quality=quality, libs=LIBS, tools=NUMACTL,
                                           job=memory.Job(flux2.FAMILY, 512, 512))
-            framework = ",".join(str(step) for step in recipe.steps if step.name in ("bf16-weights", "release"))
-            assert framework == ",".join(filter(None, (own, "release" if released else ""))), (name, gib, quality)
+            framework = ",".join(str(step) for step in recipe.steps if step.name in ("weights", "release"))
+            expected = "release" if released and quality == "exact" else ""
+            assert framework == ",".join(filter(None, (own, expected))), (name, gib, quality)
             assert not {step.name for step in recipe.steps} & set(flux2.FAMILY.refuses)
-    exact = auto.recipe(AVX2_24G, {}, quality="exact", libs=LIBS, tools=NUMACTL, job=memory.Job(flux2.FAMILY, 512, 512))
-    assert "exact: bf16-weights: FLUX.2's bf16 weights computed in float32" in "\n".join(exact[1])
+    job = memory.Job(flux2.FAMILY, 512, 512)
+    exact = auto.recipe(AVX2_24G, {}, quality="exact", libs=LIBS, tools=NUMACTL, job=job)
+    assert "exact: weights=bf16: FLUX.2's bf16 weights computed in float32" in "\n".join(exact[1])
+    fast = auto.recipe(AVX2_24G, {}, quality="fast", libs=LIBS, tools=NUMACTL, job=job)
+    assert "fast: weights=int4: " in "\n".join(fast[1])
     # released: the transformer's 3.9B bf16 weights alone beside the runtime, not the 3.1B encoder's too
-    assert 8 < memory.need(flux2.FAMILY, recipes.parse("bf16-weights,release"), AVX2_24G, 512, 512).steady_gib < 10
-    # its bf16 weights as loaded (Family.dtype): 7.0B parameters x 2 bytes, not 4
+    assert 8 < memory.need(flux2.FAMILY, recipes.parse("weights=bf16,release"), AVX2_24G, 512, 512).steady_gib < 10
+    # int8: a byte a weight, every part at once; int4 about 0.6
+    assert 7 < memory.need(flux2.FAMILY, recipes.parse("weights=int8"), AVX2_24G, 512, 512).steady_gib < 9
+    assert 4.5 < memory.need(flux2.FAMILY, recipes.parse("weights=int4"), AVX2_24G, 512, 512).steady_gib < 7
     assert 13 < memory.need(flux2.FAMILY, recipes.parse(""), AVX2_24G, 512, 512).steady_gib < 15

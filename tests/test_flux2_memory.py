@@ -1,5 +1,5 @@
-"""FLUX.2 [klein]'s memory steps on random:tiny-flux2: `bf16-weights` (bf16-stored weights, float32 compute) and
-`release` on eager torch (the text encoder's and transformer's weights read in place from their mapped files, one part
+"""FLUX.2 [klein]'s memory steps on random:tiny-flux2: `weights=bf16|int8|int4` (weights stored small, float32
+compute) and `release` on eager torch (the text encoder's and transformer's weights read in place from their mapped files, one part
 resident at a time), each against the model as loaded, on the same noise."""
 
 from pathlib import Path
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sdcpu import load_pipeline, optimize
-from sdcpu.pipeline import generate
+from sdcpu.errors import Skip
+from sdcpu.pipeline import generate, lora
 
 REQUEST = generate.Request("a red cat", steps=2, width=64, height=64, seed=1, guidance=1.0)
 
@@ -21,7 +22,7 @@ def as_loaded(sdcpu_home):
 
 
 def test_bf16_weights_keeps_bf16_weights_and_computes_as_float32_would(sdcpu_home):
-    pipe, outcomes = optimize(load_pipeline("random:tiny-flux2"), "bf16-weights")
+    pipe, outcomes = optimize(load_pipeline("random:tiny-flux2"), "weights=bf16")
     assert outcomes[0].applied, outcomes[0].detail
     assert pipe.transformer.transformer_blocks[0].attn.to_q.weight.dtype == torch.bfloat16  # stored as loaded
     assert pipe.text_encoder.model.embed_tokens.weight.dtype == torch.bfloat16
@@ -32,6 +33,38 @@ def test_bf16_weights_keeps_bf16_weights_and_computes_as_float32_would(sdcpu_hom
     # the random weights were made in bf16: loaded as float32 they are the same numbers, computed the same way
     fp32 = np.asarray(generate.run(load_pipeline("random:tiny-flux2", dtype=torch.float32), REQUEST).images[0])
     assert np.abs(upcast - fp32.astype(int)).max() <= 1  # one 8-bit level: the same arithmetic, up to the kernels
+
+
+def psnr(image, reference) -> float:
+    error = np.mean((np.asarray(image, dtype=float) - np.asarray(reference, dtype=float)) ** 2)
+    return float("inf") if error == 0 else 10 * np.log10(255**2 / error)
+
+
+@pytest.mark.parametrize("form, stored, layer_error, image_db", [
+    # a row's int8 levels are its largest magnitude / 127 apart: each weight within half of that, so a layer's output
+    # within about 1% of its float32 one on random inputs; 4 bits a group of 32 here (the tiny model's inputs) are
+    # 15 levels across the group's range, 10x coarser. The images: 58.5 and 42.3 dB measured (2026-12-05), bounds
+    # left wide for other kernels and ISAs
+    ("int8", torch.int8, 0.01, 45),
+    ("int4", torch.uint8, 0.1, 30),
+])
+def test_int_weights_round_each_layer_and_keep_the_image(as_loaded, form, stored, layer_error, image_db):
+    reference = load_pipeline("random:tiny-flux2", dtype=torch.float32)
+    pipe, outcomes = optimize(load_pipeline("random:tiny-flux2"), f"weights={form}")
+    assert outcomes[0].applied, outcomes[0].detail
+    layer, exact = pipe.transformer.transformer_blocks[0].attn.to_q, reference.transformer.transformer_blocks[0].attn.to_q
+    assert layer.weight.dtype == stored and pipe.text_encoder.model.embed_tokens.weight.dtype == torch.int8
+    inputs = torch.randn(16, exact.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        error = (layer(inputs) - exact(inputs)).norm() / exact(inputs).norm()
+    assert 0 < error < layer_error  # rounded, and by no more than its levels allow
+    assert pipe.transformer.dtype == torch.float32  # computed in float32: latents and prompt states too
+    made = generate.run(pipe, REQUEST).images[0]
+    assert image_db < psnr(made, as_loaded) < float("inf")
+    _, outcomes = optimize(pipe, "release")  # its rounded weights are not in the model's files
+    assert not outcomes[0].applied and "nothing to map" in outcomes[0].detail
+    with pytest.raises(Skip, match="a LoRA's dW cannot be added"):
+        lora.use(pipe, (SimpleNamespace(source="never-read.safetensors"),))
 
 
 def resident_kib(path: Path) -> int:
@@ -68,9 +101,6 @@ def _mapping_of(path: Path) -> tuple[int, int]:
 
 
 def test_release_on_eager_refuses_a_lora_and_what_it_cannot_map(tiny, sdcpu_home):
-    from sdcpu.errors import Skip
-    from sdcpu.pipeline import lora
-
     pipe, outcomes = optimize(tiny(), "release")  # random:tiny (float32): its UNet's weights map as they are
     assert outcomes[0].applied
     with pytest.raises(Skip, match="a LoRA cannot change them"):

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from serving import InProcess
+from sdcpu.families import flux2
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +86,21 @@ def test_what_klein_cannot_make_is_a_400_and_the_server_goes_on(server, route, s
     answer = httpx.post(f"{server.url}{route}", timeout=60, **sent)
     assert answer.status_code == 400 and message in answer.json()["error"]["message"], answer.text
     assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_a_prompt_served_again_skips_the_text_encoder_and_makes_the_same_image(server, client):
+    from sdcpu.models import state
+
+    pipe = server.worker.pipe
+    calls = []
+    hook = pipe.text_encoder.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        images = [client.images.generate(prompt=prompt, size="64x64", extra_body={"steps": 2, "seed": 9}).data[0]
+                  for prompt in ("a kept prompt", "another prompt", "a kept prompt")]
+    finally:
+        hook.remove()
+    assert len(calls) == 2  # the third request's prompt was encoded by the first
+    assert decoded(images[0].b64_json).tobytes() == decoded(images[2].b64_json).tobytes()
+    assert decoded(images[0].b64_json).tobytes() != decoded(images[1].b64_json).tobytes()
+    kept = list(state.of(pipe).prompt_states)  # the least recently used first, at most the family's bound
+    assert kept[-2:] == ["another prompt", "a kept prompt"] and len(kept) <= flux2.FAMILY.prompt_cache

@@ -189,7 +189,7 @@ def test_a_call_past_max_seconds_stops_at_its_next_step_is_answered_504_and_the_
 def test_a_failed_generation_answers_an_id_not_the_exception_text(ready, monkeypatch, caplog):
     _, app = ready
 
-    def fails(*args):
+    def fails(*args, **kwargs):
         raise RuntimeError("cannot open /home/someone/models/unet.bin")
 
     monkeypatch.setattr(queue.generate, "run_batch", fails)

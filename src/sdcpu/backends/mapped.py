@@ -40,15 +40,27 @@ def release(path: Path) -> int:
     return total
 
 
+def mapped_files(suffix: str) -> list[Path]:
+    """The files whose names end in SUFFIX that this process maps read-only (diffusers' and transformers' loads map
+    their .safetensors)."""
+    lines = Path("/proc/self/maps").read_text().splitlines()
+    return sorted({Path(parts[5]) for parts in (line.split(maxsplit=5) for line in lines)
+                   if len(parts) == 6 and parts[5].endswith(suffix) and "w" not in parts[1]})
+
+
 @contextlib.contextmanager
-def released(path: Path):
-    """Release PATH's mapped pages every RELEASE_PERIOD_S while the block runs, then once more."""
-    path = path.resolve()
+def released(*paths: Path):
+    """Release PATHS' mapped pages every RELEASE_PERIOD_S while the block runs, then once more."""
+    paths = [path.resolve() for path in paths]
     done = threading.Event()
+
+    def release_all():
+        for path in paths:
+            release(path)
 
     def loop():
         while not done.wait(RELEASE_PERIOD_S):
-            release(path)
+            release_all()
 
     thread = threading.Thread(target=loop, name="sdcpu-release-mapped", daemon=True)
     thread.start()
@@ -57,16 +69,17 @@ def released(path: Path):
     finally:
         done.set()
         thread.join()
-        release(path)
+        release_all()
 
 
 SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 
 
-def map_weights(module, files: list[Path], prefix: str = "") -> list[Path]:
+def map_weights(module, files: list[Path]) -> list[Path]:
     """Point MODULE's parameters at their bytes in the .safetensors FILES, mapped read-only (no copy: the kernel pages
-    them in on first use, and `release` can drop them again), where a file holds a parameter under its name (after
-    PREFIX) in the parameter's own dtype and shape; the files any parameter now reads. A mapped weight cannot be
+    them in on first use, and `release` can drop them again), where a file holds a parameter under its name (or under
+    one more leading name: transformers 5 saves CLIPTextModel's `embeddings.*` as `text_model.embeddings.*`) in the
+    parameter's own dtype and shape; the files any parameter now reads. A mapped weight cannot be
     written (a write faults): steps that change weights in place (a fused LoRA) must copy first."""
     import json
     import mmap
@@ -83,7 +96,7 @@ def map_weights(module, files: list[Path], prefix: str = "") -> list[Path]:
             view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
         found = 0
         for name, entry in header.items():
-            param = params.get(name[len(prefix):] if name.startswith(prefix) else None)
+            param = params.get(name, params.get(name.partition(".")[2]))
             dtype = SAFETENSORS_DTYPES.get(entry.get("dtype", "") if isinstance(entry, dict) else "")
             if param is None or dtype is None or getattr(torch, dtype) != param.dtype:
                 continue

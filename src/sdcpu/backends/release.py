@@ -12,7 +12,7 @@ for img2img and inpainting, its decoder last). Under this step, entering one par
   files, mapped read-only (sdcpu.backends.mapped.map_weights: no copy), and a part's mapped pages are dropped from
   the process when another part starts (madvise): they fault back in from the page cache (or the disk, where the
   kernel evicted them) when their part runs again. Only weights stored in the dtype they run in can be mapped (a
-  bf16 model's, FLUX.2's; with `bf16-weights` its layers' bf16 weights); the VAE (small) stays as loaded.
+  bf16 model's, FLUX.2's; with `weights=bf16` its layers' bf16 weights); the VAE (small) stays as loaded.
 `auto` adds it where a level's recipe does not fit the machine's memory otherwise (sdcpu.recipes.memory).
 """
 
@@ -72,6 +72,9 @@ def apply(pipe, step, cpu) -> str:
 
 
 def _eager(pipe) -> str:
+    stored = state.of(pipe).stored
+    if stored.startswith("int"):
+        raise Skip(f"weights={stored} keeps its rounded weights in memory, not in the model's files: nothing to map")
     family = families.of(pipe)
     folder = _folder(pipe)
     phases, mapped_parts = Phases(), []
@@ -88,7 +91,7 @@ def _eager(pipe) -> str:
             mapped_parts.append(name)
     state.of(pipe).mapped = bool(mapped_parts)
     if not mapped_parts:
-        raise Skip("no weights here are stored in the dtype they run in (a float32 model under bf16 or bf16-weights "
+        raise Skip("no weights here are stored in the dtype they run in (a float32 model under bf16 or weights=bf16 "
                    "is converted, not mapped): nothing to release")
     return (f"{', '.join(mapped_parts)} read in place from their mapped .safetensors files, one part resident at a "
             "time (its pages dropped when another part starts, read again from the page cache or disk when it runs "

@@ -113,6 +113,9 @@ class Family:
     # step as extra tokens, several allowed, no strength; else img2img repaints one image from part of the schedule
     reference_edits: bool = False
     size_multiple: int = 8  # what an image's width and height must be multiples of: the VAE's factor (x a patch's)
+    # how many distinct prompts' encoded states a pipeline keeps (`encode`), so a repeated prompt skips the text
+    # encoder; 0: its pipelines encode every call's prompts themselves
+    prompt_cache: int = 0
     tiny_vae: str = ""  # hub id of its distilled decoder (AutoencoderTiny), "" when it has none
     lcm_lora: str = ""  # hub id of its LCM-LoRA, "" when it has none
     latent_rgb: tuple = ()  # latent channel -> (R, G, B) in [-1, 1]: a preview without a decoder (A1111's approx cheap)
@@ -178,10 +181,15 @@ class Family:
         """The diffusers pipeline class that runs TASK with PIPE's components."""
         return self.pipelines[task]
 
-    def auto_recipes(self, native_bf16: bool) -> tuple[tuple[str, str], ...]:
-        """(recipe steps, the measurement behind them) that `auto` tries first for this family's models, at every
-        quality level, before its CPU class's rules (measured on SD), on a CPU with or without NATIVE_BF16: none by
-        default."""
+    def encode(self, pipe, prompts: list[str]) -> list:
+        """PROMPTS' encoded states, one tensor each, as PIPE's call takes them (`prompt_embeds`), where the family
+        keeps them (prompt_cache)."""
+        raise NotImplementedError
+
+    def auto_recipes(self, quality: str, native_bf16: bool) -> tuple[tuple[str, str], ...]:
+        """(recipe steps, the measurement behind them) that `auto` tries first for this family's models at QUALITY
+        (exact, high, fast), before its CPU class's rules (measured on SD), on a CPU with or without NATIVE_BF16: none
+        by default."""
         return ()
 
     def after_load(self, pipe) -> None:

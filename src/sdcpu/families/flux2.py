@@ -52,8 +52,12 @@ ARCHS = {
 }
 DISTILLED = Defaults(steps=4, guidance=1.0, width=1024, height=1024)  # BFL's and sd.cpp's for klein 4B
 BASE = Defaults(steps=28, guidance=4.0, width=1024, height=1024)  # klein base: CFG 4 (the pipeline's default)
-UPCAST_WHY = ("FLUX.2's bf16 weights computed in float32 (bf16-weights): emulated bf16 matmuls ran 21.7 GFLOP/s "
+UPCAST_WHY = ("FLUX.2's bf16 weights computed in float32 (weights=bf16): emulated bf16 matmuls ran 21.7 GFLOP/s "
               "against 156 upcast to float32 on a 1536x3072x9216 linear, 2-core Zen 3, 2026-12-04")
+INT8_WHY = ("FLUX.2's weights rounded to int8 (a scale per row), computed in float32 (weights=int8): a byte a weight, "
+            "every part resident at once")
+INT4_WHY = ("FLUX.2's weights rounded to 4 bits (groups of 128), computed in float32 (weights=int4): 0.6 bytes a "
+            "weight, every part resident at once")
 UNET_ONLY = "it patches a UNet2DConditionModel's blocks; FLUX.2's denoiser is a transformer"
 
 
@@ -68,12 +72,22 @@ class Flux2Klein(Family):
         """The pipeline's default side: its default_sample_size (128) times the VAE's scale (8)."""
         return pipe.default_sample_size * pipe.vae_scale_factor
 
-    def auto_recipes(self, native_bf16: bool) -> tuple[tuple[str, str], ...]:
-        """Its own bf16 weights: computed in bf16 where the CPU has it, else in float32 from bf16 storage (the
-        class rules' OpenVINO, int8 and work-cutting steps do not serve FLUX.2 yet)."""
+    def encode(self, pipe, prompts: list[str]) -> list:
+        """The stacked Qwen3 states of each prompt ([TOKENS, 7680]), by the pipeline's own encode_prompt."""
+        states, _ = pipe.encode_prompt(prompt=prompts, max_sequence_length=TOKENS, text_encoder_out_layers=OUT_LAYERS)
+        return list(states)
+
+    def auto_recipes(self, quality: str, native_bf16: bool) -> tuple[tuple[str, str], ...]:
+        """exact: its own bf16 weights, computed in bf16 where the CPU has it, else in float32 from bf16 storage;
+        high: int8 weights, fast: int4 weights, each computed in float32 (the class rules' OpenVINO, int8 and
+        work-cutting steps do not serve FLUX.2 yet)."""
+        if quality == "high":
+            return (("weights=int8", INT8_WHY),)
+        if quality == "fast":
+            return (("weights=int4", INT4_WHY),)
         if native_bf16:
             return (("", "FLUX.2's own bf16 weights on native bf16 units (not measured by sdcpu yet)"),)
-        return (("bf16-weights", UPCAST_WHY),)
+        return (("weights=bf16", UPCAST_WHY),)
 
     def after_load(self, pipe) -> None:
         """The Qwen3 encoder cut after the deepest layer whose hidden state the pipeline stacks (27 of its 36: 3.11B of
@@ -186,6 +200,7 @@ FAMILY = Flux2Klein(
     dtype="bfloat16",
     negative_prompt=False,
     reference_edits=True,
+    prompt_cache=8,  # 8 prompts' states, 15 MiB each in float32: a served prompt again skips a 3.1B-parameter encoder
     size_multiple=16,  # the VAE's 8 x the transformer's 2x2 latent patches
     archs=ARCHS,
     refuses={

@@ -38,6 +38,8 @@ class State:
     tasks: dict = field(default_factory=dict)  # task -> the pipeline made for it
     lora: object = None  # the LoRA state of whatever runs the denoiser (fused originals, OpenVINO's compiled sets)
     mapped: bool = False  # eager weights read in place from their files, read-only (the release step)
+    stored: str = ""  # the form the weights step stored the eager weights in (bf16, int8, int4), "" as loaded
+    prompt_states: dict = field(default_factory=dict)  # prompt -> its encoded states (Family.prompt_cache), oldest first
     previewer: object = None  # serve's live-preview decoder
 
 

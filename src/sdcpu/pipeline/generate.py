@@ -145,12 +145,14 @@ def run(pipe, request: Request, edit=None) -> Result:
     return run_batch(pipe, [request], edit)
 
 
-def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
+def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_prompts: bool = False) -> Result:
     """REQUESTS (same size, steps and guidance) in one pipeline call, one prompt per image: the images come in request
     order, each from its own seed's generator, so a request's images are those it gets alone (up to float rounding).
     EDIT (a tasks.Edit) makes it img2img or inpainting, on the same components. ON_STEP(step_index, steps_run,
     latents) is called after each denoising step (diffusers' callback_on_step_end); when it returns True the call
-    stops there (diffusers' interrupt) and the images are decoded from the latents it has."""
+    stops there (diffusers' interrupt) and the images are decoded from the latents it has. KEEP_PROMPTS (a server's
+    worker): where the family keeps prompts' states (Family.prompt_cache), a prompt seen lately skips the text
+    encoder."""
     import torch
 
     from sdcpu.pipeline import tasks
@@ -181,7 +183,8 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
     start = time.perf_counter()
     with torch.inference_mode(), component_split(pipe) as split:
         output = target(
-            prompt=prompts,  # by name: FLUX.2's pipeline takes its reference images first
+            **(_prompt_arguments(pipe, target, family, prompts) if keep_prompts and family.prompt_cache else
+               {"prompt": prompts}),  # by name: FLUX.2's pipeline takes its reference images first
             **({"negative_prompt": negatives if any(negatives) else None} if family.negative_prompt else {}),
             num_inference_steps=first.steps,
             guidance_scale=first.guidance,
@@ -192,6 +195,23 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None) -> Result:
         )
         images = tasks.pasted_back(target, sized, output.images)
     return Result(images=images, seconds=time.perf_counter() - start, split=split)
+
+
+def _prompt_arguments(pipe, target, family, prompts: list[str]) -> dict:
+    """PROMPTS' states as the call's `prompt_embeds`, each prompt encoded by TARGET once and kept (on PIPE's state)
+    for the next prompt_cache distinct prompts of its family, the least recently used dropped first."""
+    import torch
+
+    kept = state.of(pipe).prompt_states
+    missing = [prompt for prompt in dict.fromkeys(prompts) if prompt not in kept]
+    if missing:
+        kept.update(zip(missing, family.encode(target, missing)))
+    states = torch.stack([kept[prompt] for prompt in prompts])
+    for prompt in dict.fromkeys(prompts):
+        kept[prompt] = kept.pop(prompt)  # most recently used last
+    while len(kept) > family.prompt_cache:
+        kept.pop(next(iter(kept)))
+    return {"prompt_embeds": states}
 
 
 def parameters_text(request: Request, seed: int, *, model: str, random_weights: bool, scheduler: str, recipe: str,

@@ -27,11 +27,15 @@ def use(pipe, loras: tuple[Lora, ...], fuse: bool = False) -> str:
     sources = [lora.source for lora in loras]
     if len(set(sources)) < len(sources):
         raise UsageError("a LoRA is named twice: give each once, with its weight")
+    state.of(pipe).prompt_states.clear()  # states its text encoders made before this set
     runtime = state.of(pipe).runtime
     if runtime.lora == "peft":
         if loras and state.of(pipe).mapped:
             raise Skip("release reads the eager weights in place from their files, read-only: a LoRA cannot change "
                        "them; drop release from the recipe to use LoRAs")
+        if loras and state.of(pipe).stored.startswith("int"):
+            raise Skip(f"weights={state.of(pipe).stored} rounded the eager weights: a LoRA's dW cannot be added to "
+                       "them exactly; use weights=bf16 or no weights step for LoRAs")
         return _eager(pipe, loras, fuse)
     if runtime.lora == "ir-deltas":
         from sdcpu.backends import openvino_lora

@@ -59,6 +59,7 @@ def optimize(pipe, recipe="auto", cpu=None):
         outcomes.append(Outcome(str(item), applied, detail, time.perf_counter() - start))
         log.info("%s", outcomes[-1])
     state.of(pipe).recipe = recipe
+    state.of(pipe).prompt_states.clear()  # states encoded before the steps changed the text encoders
     return pipe, tuple(outcomes)
 
 

@@ -46,6 +46,15 @@ def _jemalloc_conf(text: str) -> str:
     return text
 
 
+STORED = ("bf16", "int8", "int4")  # the forms the weights step stores weights in (sdcpu.backends.weights)
+
+
+def _stored(text: str) -> str:
+    if text not in STORED:
+        raise ValueError(" or ".join(STORED))
+    return text
+
+
 def _precision(text: str) -> str:
     if text not in ("f32", "bf16"):
         raise ValueError("f32 or bf16")
@@ -108,10 +117,10 @@ STEP_KINDS = {
                               ladder="channels_last"),
     "bf16": StepKind("framework", summary="bfloat16 weights and activations; only on CPUs with native bf16",
                      ladder="bf16"),
-    "bf16-weights": StepKind("framework", summary="weights stored in bfloat16, each layer computed in float32 (eager "
-                             "torch): half of float32's weight memory at close to its speed on a CPU without native "
-                             "bf16; a bf16 model's (FLUX.2's) own weights, a float32 model's rounded",
-                             module="sdcpu.backends.upcast", role="eager"),
+    "weights": StepKind("framework", _stored, "text encoder and denoiser weights stored small, each layer computed "
+                        "in float32 (eager torch): =bf16 (a bf16 model's own, FLUX.2's: float32's speed at half its "
+                        "memory where bf16 is emulated), =int8 (a scale per row), =int4 (groups of 128)",
+                        module="sdcpu.backends.weights", role="eager"),
     "compile": StepKind("framework", summary="torch.compile (inductor, freezing) of the UNet and VAE decoder",
                          module="sdcpu.backends.inductor", role="backend", compiles=True, ladder="compile"),
     "openvino": StepKind("framework", _precision, "UNet, VAE decoder and text encoder run by OpenVINO, static shapes; "

@@ -59,10 +59,12 @@ def _for_family(candidates, job: memory.Job) -> tuple[list, dict]:
 
 def _releasable(candidate: auto_rules.Candidate) -> bool:
     """Whether CANDIDATE's recipe could keep one part resident at a time, without release yet: it runs on OpenVINO,
-    or on eager torch (no backend step)."""
+    or on eager torch (no backend step) with weights as their files hold them (not rounded to int8 or int4)."""
     steps = recipes.parse(candidate.steps)
     backends = [step for step in steps.steps if recipes.kind(step.name).role == "backend"]
-    return steps.get(memory.RELEASE) is None and (steps.get("openvino") is not None or not backends)
+    stored = steps.get("weights")
+    eager = not backends and (stored is None or stored.value == "bf16")
+    return steps.get(memory.RELEASE) is None and (steps.get("openvino") is not None or eager)
 
 
 def _released(candidate: auto_rules.Candidate) -> auto_rules.Candidate:
@@ -101,7 +103,7 @@ def choose(cpu, quality: str, long_running: bool = False,
     before it was not. Where no candidate fits the machine's memory, the one needing least is taken, and said so."""
     job = job or memory.Job.default()
     klass = auto_rules.cpu_class(cpu)
-    own = [auto_rules.Candidate(steps, why) for steps, why in job.family.auto_recipes(cpu.native_bf16)]
+    own = [auto_rules.Candidate(steps, why) for steps, why in job.family.auto_recipes(quality, cpu.native_bf16)]
     candidates, slower = _for_family([*own, *(getattr(klass, quality) or klass.exact)], job)
     reasons, passed = [f"CPU class {klass.name}: {klass.summary}"], []
     passed += [f"{c.steps} tried last for {job.family.name}: {why}" for c, why in slower.items()]

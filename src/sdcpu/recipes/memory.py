@@ -87,6 +87,9 @@ class Need:
 # 0.55 of f32's 4 (measured with and without the release step in a 16 GiB cgroup, Zen 3, 2026-12-04); in bf16 taken
 # as the same share of 2 bytes (not measured)
 INT8_BYTES, INT8_WEIGHTS_SHARE = 1.0, 0.55
+# A weight under the weights step: int4 is half a byte plus a float32 scale and minimum per 128 (0.5625), and
+# FLUX.2's Qwen3 keeps 389M of its 3.11B parameters in an int8 embedding (0.62 bytes a parameter over the encoder)
+STORED_BYTES = {"bf16": 2.0, "int8": 1.0, "int4": 0.62}
 
 
 def weight_bytes(recipe, cpu, family) -> dict[str, float]:
@@ -99,8 +102,9 @@ def weight_bytes(recipe, cpu, family) -> dict[str, float]:
     else:  # torch: bf16 where the bf16 step runs, else the family's dtype (FLUX.2 loads in bf16)
         size = 2 if (bf16 is not None and bf16_runs(bf16, cpu)) or family.dtype == "bfloat16" else 4
     parts = {"text": size, "denoiser": size, "decoder": size}
-    if openvino is None and recipe.get("bf16-weights") is not None:
-        parts = {"text": 2, "denoiser": 2, "decoder": 4}  # the VAE in float32 outright (sdcpu.backends.upcast)
+    stored = recipe.get("weights")
+    if openvino is None and stored is not None:  # the VAE in float32 outright (sdcpu.backends.weights)
+        parts = {"text": STORED_BYTES[stored.value], "denoiser": STORED_BYTES[stored.value], "decoder": 4}
     if recipe.get("int8") is not None:
         if openvino is None:
             parts["denoiser"] = INT8_BYTES + size  # PT2E keeps the eager weights too

@@ -354,7 +354,8 @@ class Worker:
         try:
             self._schedulers.use(jobs[0].scheduler)
             self._use_loras(jobs[0].loras)
-            result = generate.run_batch(self.pipe, [job.request for job in jobs], jobs[0].edit, on_step)
+            result = generate.run_batch(self.pipe, [job.request for job in jobs], jobs[0].edit, on_step,
+                                        keep_prompts=True)
         except Exception as error:  # noqa: BLE001 - the requests fail, the worker goes on
             log.exception("generation failed")
             for item in live:
