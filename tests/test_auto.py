@@ -266,27 +266,29 @@ def test_resolve_for_reads_the_family_of_the_model_before_it_loads(installed):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_flux2_takes_its_own_recipes_first_and_release_where_memory_asks(installed, name):
+def test_flux2_takes_its_own_recipes_first_and_rounds_its_weights_only_where_nothing_else_fits(installed, name):
     """FLUX.2 refuses OpenVINO, int8, DeepCache and TAESD for now (Family.refuses): every level on every class takes
-    the family's own recipe first (exact: its bf16 weights, computed in float32 where bf16 is emulated; high: int8
-    weights; fast: int4), with `release` where the machine's memory is too small for every part at once and the
-    weights are in the model's files (not rounded)."""
+    the family's own recipe: its bf16 weights (computed in float32 where bf16 is emulated), with `release` where the
+    machine's memory is too small for every part at once; int8 weights (from `high`) and int4 (at `fast`) only where
+    nothing less rounded fits."""
     installed("openvino", "nncf")
-    for gib, released in ((24, False), (12, True)):
-        cpu = dataclasses.replace(machine(name), memory_bytes=gib * 2**30)
-        for quality in auto.QUALITIES:
-            own = flux2.FAMILY.auto_recipes(quality, cpu.native_bf16)[0][0]
-            recipe, reasons = auto.recipe(cpu, {}, quality=quality, libs=LIBS, tools=NUMACTL,
-                                          job=memory.Job(flux2.FAMILY, 512, 512))
-            framework = ",".join(str(step) for step in recipe.steps if step.name in ("weights", "release"))
-            expected = "release" if released and quality == "exact" else ""
-            assert framework == ",".join(filter(None, (own, expected))), (name, gib, quality)
-            assert not {step.name for step in recipe.steps} & set(flux2.FAMILY.refuses)
     job = memory.Job(flux2.FAMILY, 512, 512)
+    for gib in (24, 12, 7):
+        cpu = dataclasses.replace(machine(name), memory_bytes=gib * 2**30)
+        own = "" if cpu.native_bf16 else "weights=bf16"
+        released = ",".join(filter(None, (own, "release")))
+        expected = {24: {"exact": own, "high": own, "fast": own},
+                    12: {"exact": released, "high": released, "fast": released},
+                    7: {"exact": released, "high": "weights=int8", "fast": "weights=int4"}}[gib]
+        for quality in auto.QUALITIES:
+            recipe, reasons = auto.recipe(cpu, {}, quality=quality, libs=LIBS, tools=NUMACTL, job=job)
+            framework = ",".join(str(step) for step in recipe.steps if step.name in ("weights", "release"))
+            assert framework == expected[quality], (name, gib, quality)
+            assert not {step.name for step in recipe.steps} & set(flux2.FAMILY.refuses)
+            if gib == 7 and quality != "fast":  # nothing of the level fits 7 GiB: the least needing, said so
+                assert "none of this level's recipes fits this machine's memory" in "\n".join(reasons)
     exact = auto.recipe(AVX2_24G, {}, quality="exact", libs=LIBS, tools=NUMACTL, job=job)
     assert "exact: weights=bf16: FLUX.2's bf16 weights computed in float32" in "\n".join(exact[1])
-    fast = auto.recipe(AVX2_24G, {}, quality="fast", libs=LIBS, tools=NUMACTL, job=job)
-    assert "fast: weights=int4: " in "\n".join(fast[1])
     # released: the transformer's 3.9B bf16 weights alone beside the runtime, not the 3.1B encoder's too
     assert 8 < memory.need(flux2.FAMILY, recipes.parse("weights=bf16,release"), AVX2_24G, 512, 512).steady_gib < 10
     # int8: a byte a weight, every part at once; int4 about 0.6

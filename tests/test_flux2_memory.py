@@ -109,3 +109,23 @@ def test_release_on_eager_refuses_a_lora_and_what_it_cannot_map(tiny, sdcpu_home
     _, outcomes = optimize(load_pipeline("random:tiny-flux2", dtype=torch.float32), "release")
     assert not outcomes[0].applied  # float32 in memory, bf16 in its files: nothing to map
     assert "nothing to release" in outcomes[0].detail
+
+
+def test_a_replaced_weights_pages_are_dropped_from_its_mapped_file(tmp_path):
+    """What weights=int8/int4 does to each loaded weight once rounded: its pages of the model file leave the process,
+    though the file stays mapped (other tensors of it live on)."""
+    from safetensors.torch import load_file, save_file
+
+    from sdcpu.backends import mapped
+
+    path = tmp_path / "two.safetensors"
+    save_file({"big": torch.ones(1 << 22), "kept": torch.ones(1 << 20)}, path)  # 16 MiB and 4 MiB
+    loaded = load_file(path)
+    assert float(loaded["big"].sum() + loaded["kept"].sum()) == (1 << 22) + (1 << 20)  # every page read in
+    before = resident_kib(path.resolve())
+    assert before >= 20 * 1024 - 8  # mapped from the file, not copied (else nothing below is dropped)
+    dropped = mapped.drop(loaded["big"], mapped.file_spans(".safetensors"))
+    assert 16 * 1024 * 1024 - 2 * 4096 <= dropped <= 16 * 1024 * 1024  # its whole pages: all but the edges
+    assert before - resident_kib(path.resolve()) >= 16 * 1024 - 8
+    assert float(loaded["kept"].sum()) == 1 << 20  # the other tensor of the file untouched
+    assert mapped.drop(torch.ones(1 << 20), mapped.file_spans(".safetensors")) == 0  # not a file's: left alone

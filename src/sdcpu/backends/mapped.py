@@ -10,6 +10,7 @@ Measured on random:sd15's UNet compiled at 512x512: peak RSS 6.6 -> 3.5 GiB, the
 
 import contextlib
 import ctypes
+import mmap
 import threading
 from pathlib import Path
 
@@ -40,27 +41,15 @@ def release(path: Path) -> int:
     return total
 
 
-def mapped_files(suffix: str) -> list[Path]:
-    """The files whose names end in SUFFIX that this process maps read-only (diffusers' and transformers' loads map
-    their .safetensors)."""
-    lines = Path("/proc/self/maps").read_text().splitlines()
-    return sorted({Path(parts[5]) for parts in (line.split(maxsplit=5) for line in lines)
-                   if len(parts) == 6 and parts[5].endswith(suffix) and "w" not in parts[1]})
-
-
 @contextlib.contextmanager
-def released(*paths: Path):
-    """Release PATHS' mapped pages every RELEASE_PERIOD_S while the block runs, then once more."""
-    paths = [path.resolve() for path in paths]
+def released(path: Path):
+    """Release PATH's mapped pages every RELEASE_PERIOD_S while the block runs, then once more."""
+    path = path.resolve()
     done = threading.Event()
-
-    def release_all():
-        for path in paths:
-            release(path)
 
     def loop():
         while not done.wait(RELEASE_PERIOD_S):
-            release_all()
+            release(path)
 
     thread = threading.Thread(target=loop, name="sdcpu-release-mapped", daemon=True)
     thread.start()
@@ -69,7 +58,30 @@ def released(*paths: Path):
     finally:
         done.set()
         thread.join()
-        release_all()
+        release(path)
+
+
+def file_spans(suffix: str) -> list[tuple[int, int]]:
+    """(start, end) of this process's mappings of files whose names end in SUFFIX (diffusers' and transformers' loads
+    map their .safetensors privately: a loaded weight's pages are the file's until written)."""
+    lines = Path("/proc/self/maps").read_text().splitlines()
+    return [tuple(int(x, 16) for x in parts[0].split("-")) for parts in (line.split(maxsplit=5) for line in lines)
+            if len(parts) == 6 and parts[5].endswith(suffix)]
+
+
+def drop(tensor, spans: list[tuple[int, int]]) -> int:
+    """Drop the whole pages of TENSOR's bytes from this process where they lie in one of SPANS (file_spans), for a
+    weight that is never read again (replaced by a converted copy): its pages would otherwise stay counted until the
+    last tensor of its file is freed. The bytes dropped."""
+    start = tensor.data_ptr()
+    end = start + tensor.numel() * tensor.element_size()
+    if not any(low <= start and end <= high for low, high in spans):
+        return 0
+    page = mmap.PAGESIZE
+    first, last = -(-start // page) * page, end // page * page
+    if last <= first or _libc.madvise(first, last - first, MADV_DONTNEED) != 0:
+        return 0
+    return last - first
 
 
 SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
@@ -82,7 +94,6 @@ def map_weights(module, files: list[Path]) -> list[Path]:
     parameter's own dtype and shape; the files any parameter now reads. A mapped weight cannot be
     written (a write faults): steps that change weights in place (a fused LoRA) must copy first."""
     import json
-    import mmap
     import warnings
 
     import torch

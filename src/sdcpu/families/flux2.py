@@ -54,10 +54,14 @@ DISTILLED = Defaults(steps=4, guidance=1.0, width=1024, height=1024)  # BFL's an
 BASE = Defaults(steps=28, guidance=4.0, width=1024, height=1024)  # klein base: CFG 4 (the pipeline's default)
 UPCAST_WHY = ("FLUX.2's bf16 weights computed in float32 (weights=bf16): emulated bf16 matmuls ran 21.7 GFLOP/s "
               "against 156 upcast to float32 on a 1536x3072x9216 linear, 2-core Zen 3, 2026-12-04")
-INT8_WHY = ("FLUX.2's weights rounded to int8 (a scale per row), computed in float32 (weights=int8): a byte a weight, "
-            "every part resident at once")
-INT4_WHY = ("FLUX.2's weights rounded to 4 bits (groups of 128), computed in float32 (weights=int4): 0.6 bytes a "
-            "weight, every part resident at once")
+# measured side by side in a 12 GiB cgroup, 512x512, 4 steps, 2-core Zen 3 (bf16 emulated), 2026-12-05: weights=bf16
+# with release 324.81 s at 9.80 GiB; int8 359.65 s (0.90x: the dequantization each call), 55.9 dB against it; int4
+# 395.68 s (0.82x), 37.1 dB
+INT8_WHY = ("FLUX.2's weights rounded to int8 (a scale per row), computed in float32 (weights=int8): every part "
+            "resident in a byte a weight, where bf16 does not fit even with release; 0.90x weights=bf16's speed on a "
+            "2-core Zen 3, 55.9 dB against it (2026-12-05)")
+INT4_WHY = ("FLUX.2's weights rounded to 4 bits in groups of 128 (weights=int4): 0.6 bytes a weight, where nothing "
+            "larger fits; 0.82x weights=bf16's speed on a 2-core Zen 3, 37.1 dB against it (2026-12-05)")
 UNET_ONLY = "it patches a UNet2DConditionModel's blocks; FLUX.2's denoiser is a transformer"
 
 
@@ -78,16 +82,17 @@ class Flux2Klein(Family):
         return list(states)
 
     def auto_recipes(self, quality: str, native_bf16: bool) -> tuple[tuple[str, str], ...]:
-        """exact: its own bf16 weights, computed in bf16 where the CPU has it, else in float32 from bf16 storage;
-        high: int8 weights, fast: int4 weights, each computed in float32 (the class rules' OpenVINO, int8 and
-        work-cutting steps do not serve FLUX.2 yet)."""
-        if quality == "high":
-            return (("weights=int8", INT8_WHY),)
-        if quality == "fast":
-            return (("weights=int4", INT4_WHY),)
-        if native_bf16:
-            return (("", "FLUX.2's own bf16 weights on native bf16 units (not measured by sdcpu yet)"),)
-        return (("weights=bf16", UPCAST_WHY),)
+        """Its own bf16 weights at every level (computed in bf16 where the CPU has it, else in float32 from bf16
+        storage), with release where memory asks: nothing measured faster. Rounded weights only where they alone
+        fit the machine's memory: int8 from `high` (55.9 dB), int4 at `fast` (37.1 dB). The class rules' OpenVINO,
+        int8 and work-cutting steps do not serve FLUX.2 yet."""
+        own = ("", "FLUX.2's own bf16 weights on native bf16 units (not measured by sdcpu yet)") if native_bf16 else (
+            "weights=bf16", UPCAST_WHY)
+        if quality == "exact":
+            return (own,)
+        released = (",".join(filter(None, (own[0], "release"))), own[1] + "; with release: one part resident at a time")
+        rounded = (("weights=int8", INT8_WHY),) + ((("weights=int4", INT4_WHY),) if quality == "fast" else ())
+        return (own, released, *rounded)
 
     def after_load(self, pipe) -> None:
         """The Qwen3 encoder cut after the deepest layer whose hidden state the pipeline stacks (27 of its 36: 3.11B of

@@ -107,7 +107,8 @@ def choose(cpu, quality: str, long_running: bool = False,
     candidates, slower = _for_family([*own, *(getattr(klass, quality) or klass.exact)], job)
     reasons, passed = [f"CPU class {klass.name}: {klass.summary}"], []
     passed += [f"{c.steps} tried last for {job.family.name}: {why}" for c, why in slower.items()]
-    candidates += [_released(c) for c in candidates if _releasable(c)]
+    listed = {c.steps for c in candidates}
+    candidates += [_released(c) for c in candidates if _releasable(c) and _released(c).steps not in listed]
     for candidate in candidates:
         unmet = _unmet(candidate, cpu, long_running, job)
         if unmet is None:
@@ -116,6 +117,9 @@ def choose(cpu, quality: str, long_running: bool = False,
         passed.append(f"not {candidate.steps or 'fp32 eager'}: {unmet}")
     else:
         runnable = [c for c in candidates if not (_unavailable(c, long_running) or _refused(c, job))]
+        # a family's own recipes were measured on it, the class rules on SD: the least needing of its own, if any
+        mine = {c.steps for c in own} | {_released(c).steps for c in own if _releasable(c)}
+        runnable = [c for c in runnable if c.steps in mine] or runnable
         if not runnable:  # every recipe of the level refused for the family: its model as it loads
             candidate = auto_rules.EAGER
             reasons.append(f"{quality}: the model as it loads: no recipe of this level serves {job.family.name} "
