@@ -243,6 +243,20 @@ def test_a_candidate_measured_slower_for_a_family_is_tried_after_the_others_for_
     assert recipes_of(roomy, job=memory.Job(sd.FAMILY, 512, 512))[2] == "openvino=f32,int8,tiny-vae"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_fast_on_a_7_gib_server_takes_eager_int8_weights_and_taesd_for_sdxl(installed, name):
+    """No OpenVINO recipe fits 7 GiB for SDXL at 1024 (its conversion alone needs 12.9 GiB): `fast` ends with the
+    least-memory recipe, measured inside a 7 GiB cgroup; with room, the class's own fast recipe still comes first."""
+    installed("openvino", "nncf")
+    small = dataclasses.replace(machine(name), memory_bytes=7 * 2**30)
+    recipe, reasons = auto.recipe(small, {}, quality="fast", libs=LIBS, tools=NUMACTL, job=sdxl_job())
+    assert str(recipe).endswith("weights=int8,tiny-vae"), (name, str(recipe))
+    assert any(r.startswith("fast: weights=int8,tiny-vae: int8 weights computed in float32") for r in reasons)
+    assert memory.need(sdxl.FAMILY, recipe, small, 1024, 1024).peak_gib < 7 * 0.9
+    roomy = dataclasses.replace(machine(name), memory_bytes=64 * 2**30)
+    assert "weights" not in str(auto.recipe(roomy, {}, quality="fast", libs=LIBS, tools=NUMACTL, job=sdxl_job())[0])
+
+
 def test_the_memory_estimate_follows_each_steps_weights():
     sdxl_512 = [memory.need(sdxl.FAMILY, recipes.parse(steps), ZEN4, 512, 512)
                 for steps in ("", "openvino=bf16", "openvino=bf16,tiny-vae", "openvino=bf16,int8", "bf16,compile")]

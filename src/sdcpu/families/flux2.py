@@ -54,14 +54,15 @@ DISTILLED = Defaults(steps=4, guidance=1.0, width=1024, height=1024)  # BFL's an
 BASE = Defaults(steps=28, guidance=4.0, width=1024, height=1024)  # klein base: CFG 4 (the pipeline's default)
 UPCAST_WHY = ("FLUX.2's bf16 weights computed in float32 (weights=bf16): emulated bf16 matmuls ran 21.7 GFLOP/s "
               "against 156 upcast to float32 on a 1536x3072x9216 linear, 2-core Zen 3, 2026-12-04")
-# measured side by side in a 12 GiB cgroup, 512x512, 4 steps, 2-core Zen 3 (bf16 emulated), 2026-12-05: weights=bf16
-# with release 324.81 s at 9.80 GiB; int8 359.65 s (0.90x: the dequantization each call), 55.9 dB against it; int4
-# 395.68 s (0.82x), 37.1 dB
-INT8_WHY = ("FLUX.2's weights rounded to int8 (a scale per row), computed in float32 (weights=int8): every part "
-            "resident in a byte a weight, where bf16 does not fit even with release; 0.90x weights=bf16's speed on a "
-            "2-core Zen 3, 55.9 dB against it (2026-12-05)")
-INT4_WHY = ("FLUX.2's weights rounded to 4 bits in groups of 128 (weights=int4): 0.6 bytes a weight, where nothing "
-            "larger fits; 0.82x weights=bf16's speed on a 2-core Zen 3, 37.1 dB against it (2026-12-05)")
+# measured side by side, 512x512, 4 steps, 2-core Zen 3 (bf16 emulated), 2026-12-05 (BENCHMARKS.md): weights=bf16
+# with release 328.77 s at 9.67 GiB peak RSS; int8 334.73 s (0.98x) at 8.83 GiB, 55.9 dB against it; int4 340.40 s
+# (0.97x) at 6.37 GiB, 37.1 dB
+INT8_WHY = ("FLUX.2's weights rounded to int8 (a scale per row), computed in float32 (weights=int8): 8.83 GiB at "
+            "512x512 with every part resident, 0.98x weights=bf16,release's speed and 55.9 dB against it (2-core Zen "
+            "3, 2026-12-05); taken where bf16 does not fit even with release")
+INT4_WHY = ("FLUX.2's weights rounded to 4 bits in groups of 128 (weights=int4): 6.37 GiB at 512x512, 0.97x "
+            "weights=bf16,release's speed, 37.1 dB against it (2-core Zen 3, 2026-12-05); taken where nothing larger "
+            "fits")
 UNET_ONLY = "it patches a UNet2DConditionModel's blocks; FLUX.2's denoiser is a transformer"
 
 
@@ -83,9 +84,9 @@ class Flux2Klein(Family):
 
     def auto_recipes(self, quality: str, native_bf16: bool) -> tuple[tuple[str, str], ...]:
         """Its own bf16 weights at every level (computed in bf16 where the CPU has it, else in float32 from bf16
-        storage), with release where memory asks: nothing measured faster. Rounded weights only where they alone
-        fit the machine's memory: int8 from `high` (55.9 dB), int4 at `fast` (37.1 dB). The class rules' OpenVINO,
-        int8 and work-cutting steps do not serve FLUX.2 yet."""
+        storage), with release where memory asks: nothing measured faster. Rounded weights only where nothing less
+        rounded fits the machine's memory (no faster here: 0.98x and 0.97x): int8 from `high` (55.9 dB), int4 at
+        `fast` (37.1 dB). The class rules' OpenVINO, int8 and work-cutting steps do not serve FLUX.2 yet."""
         own = ("", "FLUX.2's own bf16 weights on native bf16 units (not measured by sdcpu yet)") if native_bf16 else (
             "weights=bf16", UPCAST_WHY)
         if quality == "exact":

@@ -105,6 +105,7 @@ def choose(cpu, quality: str, long_running: bool = False,
     klass = auto_rules.cpu_class(cpu)
     own = [auto_rules.Candidate(steps, why) for steps, why in job.family.auto_recipes(quality, cpu.native_bf16)]
     candidates, slower = _for_family([*own, *(getattr(klass, quality) or klass.exact)], job)
+    candidates += [auto_rules.LEAST_MEMORY] if quality == "fast" else []  # after even those measured slower
     reasons, passed = [f"CPU class {klass.name}: {klass.summary}"], []
     passed += [f"{c.steps} tried last for {job.family.name}: {why}" for c, why in slower.items()]
     listed = {c.steps for c in candidates}

@@ -52,6 +52,13 @@ COMPILE = Candidate("compile", "compile (inductor, fp32): +compile 1.45x over th
 DEEPCACHE = Candidate("deepcache=2,tiny-vae", "deepcache=2 and tiny-vae on the eager UNet: 1.23x on the AVX2 EPYC "
                       "(2026-12-01, with the slower jemalloc,iomp,pin beside them); deepcache=2 alone 1.36x at 43.6 dB")
 
+# `fast`'s last candidate on every class, after the class's own: eager torch in the least memory sdcpu has for a UNet
+# family (FLUX.2 refuses TAESD and has its own); measured on SDXL, 2-core Zen 3, 2026-12-05 (BENCHMARKS.md)
+LEAST_MEMORY = Candidate("weights=int8,tiny-vae", "int8 weights computed in float32 on the eager denoiser and TAESD: "
+                         "the least memory of the fast recipes: SDXL at 1024x1024 with CFG ran inside a 7 GiB cgroup "
+                         "(385 s for 4 steps); SDXL-Turbo at 512 2.20x vanilla at 5.78 GiB where openvino=f32,tiny-vae "
+                         "is 2.84x at 14.41 GiB")
+
 # What every class without native bf16 measured, AVX2 and AVX-512 alike: OpenVINO f32 is faster than torch and exact.
 _NO_BF16 = dict(
     exact=(
