@@ -299,13 +299,13 @@ def test_flux2_takes_its_own_recipes_first_and_rounds_its_weights_only_where_not
             framework = ",".join(str(step) for step in recipe.steps if step.name in ("weights", "release"))
             assert framework == expected[quality], (name, gib, quality)
             assert not {step.name for step in recipe.steps} & set(flux2.FAMILY.refuses)
-            if gib == 7 and quality != "fast":  # nothing of the level fits 7 GiB: the least needing, said so
+            if gib == 7:  # nothing fits 90% of 7 GiB (int4 needs 6.4, measured 6.37): the least needing, said so
                 assert "none of this level's recipes fits this machine's memory" in "\n".join(reasons)
     exact = auto.recipe(AVX2_24G, {}, quality="exact", libs=LIBS, tools=NUMACTL, job=job)
     assert "exact: weights=bf16: FLUX.2's bf16 weights computed in float32" in "\n".join(exact[1])
     # released: the transformer's 3.9B bf16 weights alone beside the runtime, not the 3.1B encoder's too
     assert 8 < memory.need(flux2.FAMILY, recipes.parse("weights=bf16,release"), AVX2_24G, 512, 512).steady_gib < 10
-    # int8: a byte a weight, every part at once; int4 about 0.6
+    # int8: a byte a weight, every part at once; int4 about 0.6 (measured at 512: 8.83 and 6.37 GiB)
     assert 7 < memory.need(flux2.FAMILY, recipes.parse("weights=int8"), AVX2_24G, 512, 512).steady_gib < 9
     assert 4.5 < memory.need(flux2.FAMILY, recipes.parse("weights=int4"), AVX2_24G, 512, 512).steady_gib < 7
-    assert 13 < memory.need(flux2.FAMILY, recipes.parse(""), AVX2_24G, 512, 512).steady_gib < 15
+    assert 14 < memory.need(flux2.FAMILY, recipes.parse(""), AVX2_24G, 512, 512).steady_gib < 16

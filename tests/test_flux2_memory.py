@@ -1,6 +1,6 @@
 """FLUX.2 [klein]'s memory steps on random:tiny-flux2: `weights=bf16|int8|int4` (weights stored small, float32
-compute) and `release` on eager torch (the text encoder's and transformer's weights read in place from their mapped files, one part
-resident at a time), each against the model as loaded, on the same noise."""
+compute) and `release` on eager torch (the text encoder's and transformer's weights read in place from their mapped
+files, one part resident at a time), each against the model as loaded, on the same noise."""
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,7 +52,8 @@ def test_int_weights_round_each_layer_and_keep_the_image(as_loaded, form, stored
     reference = load_pipeline("random:tiny-flux2", dtype=torch.float32)
     pipe, outcomes = optimize(load_pipeline("random:tiny-flux2"), f"weights={form}")
     assert outcomes[0].applied, outcomes[0].detail
-    layer, exact = pipe.transformer.transformer_blocks[0].attn.to_q, reference.transformer.transformer_blocks[0].attn.to_q
+    layer = pipe.transformer.transformer_blocks[0].attn.to_q
+    exact = reference.transformer.transformer_blocks[0].attn.to_q
     assert layer.weight.dtype == stored and pipe.text_encoder.model.embed_tokens.weight.dtype == torch.int8
     inputs = torch.randn(16, exact.in_features, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():

@@ -70,7 +70,7 @@ def _rows(weight, convert) -> None:
     (FLUX.2's Qwen3 embedding: 389M parameters, 1.6 GB) is never made whole."""
     count = max(1, CHUNK // weight.shape[1])
     for start in range(0, weight.shape[0], count):
-        convert(weight[start:start + count].float(), start)
+        convert(weight[start:start + count].to(torch.float32, copy=True), start)  # a copy: converted in place
 
 
 def _int8(layer) -> None:
@@ -106,7 +106,8 @@ def _int4(layer) -> bool:
         levels = torch.round(grouped.sub_(rows_low[..., None]).div_(rows_scale[..., None])).clamp_(0, 15)
         levels = levels.to(torch.uint8).view(len(rows), inputs)
         end = start + len(rows)
-        packed[start:end], scale[start:end], low[start:end] = levels[:, 0::2] | (levels[:, 1::2] << 4), rows_scale, rows_low
+        packed[start:end] = levels[:, 0::2] | (levels[:, 1::2] << 4)
+        scale[start:end], low[start:end] = rows_scale, rows_low
 
     _rows(weight, convert)
     layer.weight = torch.nn.Parameter(packed, requires_grad=False)
@@ -124,7 +125,9 @@ def store(module: torch.nn.Module, form: str, spans=()) -> int:
     stored = set()
     for layer in module.modules():
         kind = type(layer)
-        loaded = getattr(layer, "weight", None)
+        if kind not in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding):
+            continue
+        loaded = layer.weight.data
         if kind is torch.nn.Linear and form == "int4" and _int4(layer):
             forward = _linear_int4
         elif kind is torch.nn.Linear and form != "bf16":  # int8, or an int4 layer whose input no group size divides
@@ -133,11 +136,9 @@ def store(module: torch.nn.Module, form: str, spans=()) -> int:
         elif kind is torch.nn.Embedding and form != "bf16":
             _int8(layer)
             forward = _embedding
-        elif kind in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Embedding):
+        else:
             layer.weight.data = layer.weight.data.to(torch.bfloat16)
             forward = {torch.nn.Linear: _linear_bf16, torch.nn.Conv2d: _conv_bf16}.get(kind, _embedding)
-        else:
-            continue
         layer.forward = MethodType(forward, layer)
         stored.add(id(layer.weight))
         if layer.weight.data_ptr() != loaded.data_ptr():

@@ -129,6 +129,9 @@ class Family:
     # weight-only int8 on every layer (activations in the run's precision, no calibration: far less memory)
     int8: str = "hybrid"
     int8_memory_gib: float = 0.0  # the machine memory its one-time quantization by that method needs
+    # what a process making its images holds beyond its weights and the activation terms fitted on SD and SDXL
+    # (sdcpu.recipes.memory), measured on its own peaks
+    overhead_gib: float = 0.0
     # why torchao's PT2E int8 (the int8 step after `compile`) cannot serve it, "" where it can
     no_pt2e: str = ""
     # parameters of its reference model's parts: "text" (every text encoder), "denoiser", "decoder" (the VAE, encoder

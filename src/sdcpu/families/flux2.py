@@ -206,6 +206,10 @@ FAMILY = Flux2Klein(
     dtype="bfloat16",
     negative_prompt=False,
     reference_edits=True,
+    # peaks at 512x512 (2026-12-05): weights=bf16,release 9.67, int8 8.83, int4 6.37 GiB, each 0.8-1.0 above the
+    # terms fitted on SD and SDXL (the float32 VAE's and Qwen3's buffers, a dequantized layer's copies); with it
+    # they read 9.6, 8.9, 6.4, and weights=bf16 (14.34 measured 2026-12-04) 15.4, on the safe side
+    overhead_gib=0.9,
     prompt_cache=8,  # 8 prompts' states, 15 MiB each in float32: a served prompt again skips a 3.1B-parameter encoder
     size_multiple=16,  # the VAE's 8 x the transformer's 2x2 latent patches
     archs=ARCHS,

@@ -142,6 +142,7 @@ def need(family, recipe, cpu, width: int, height: int) -> Need:
         steady = RUNTIME_GIB + max(weights["text"], weights["denoiser"] + max(denoising, weights["decoder"] + decoding))
     else:
         steady = RUNTIME_GIB + sum(weights.values()) + decoding
+    steady += family.overhead_gib
     first, what = steady, []
     if recipe.get("openvino") is not None:  # one component's fp32 weights and its graph at a time (see above)
         first = max(first, RUNTIME_GIB + (1 + CONVERSION_SHARE) * 4 * max(parameters.values()) / GIB)
