@@ -72,9 +72,9 @@ def apply(pipe, step, cpu) -> str:
 
 
 def _eager(pipe) -> str:
-    stored = state.of(pipe).stored
-    if stored.startswith("int"):
-        raise Skip(f"weights={stored} keeps its rounded weights in memory, not in the model's files: nothing to map")
+    if state.of(pipe).rounded:
+        raise Skip(f"weights={state.of(pipe).stored} keeps its rounded weights in memory, not in the model's files: "
+                   "nothing to map")
     family = families.of(pipe)
     folder = _folder(pipe)
     phases, mapped_parts = Phases(), []

@@ -42,6 +42,11 @@ class State:
     prompt_states: dict = field(default_factory=dict)  # prompt -> its encoded states (Family.prompt_cache), oldest first
     previewer: object = None  # serve's live-preview decoder
 
+    @property
+    def rounded(self) -> bool:
+        """The weights step rounded the eager weights (int8, int4): they are neither the model's files' nor exact."""
+        return self.stored.startswith("int")
+
 
 def of(pipe) -> State:
     """PIPE's state, made empty at first use."""

@@ -33,7 +33,7 @@ def use(pipe, loras: tuple[Lora, ...], fuse: bool = False) -> str:
         if loras and state.of(pipe).mapped:
             raise Skip("release reads the eager weights in place from their files, read-only: a LoRA cannot change "
                        "them; drop release from the recipe to use LoRAs")
-        if loras and state.of(pipe).stored.startswith("int"):
+        if loras and state.of(pipe).rounded:
             raise Skip(f"weights={state.of(pipe).stored} rounded the eager weights: a LoRA's dW cannot be added to "
                        "them exactly; use weights=bf16 or no weights step for LoRAs")
         return _eager(pipe, loras, fuse)
