@@ -60,8 +60,8 @@ def main() -> int:
     kind = type(pipe)
     # 2. Static shapes, as the seed: batch 1, one image per prompt, the protocol's size.
     pipe.reshape(batch_size=1, height=protocol["height"], width=protocol["width"], num_images_per_prompt=1)
-    if protocol["guidance"] <= 1:  # no CFG (diffusers' rule, SDXL-Turbo's guidance 0): the UNet runs batch 1
-        without_cfg_batch(pipe.unet.model)
+    if protocol["guidance"] <= 1 and getattr(pipe, "unet", None) is not None:  # no CFG (SDXL-Turbo's guidance 0)
+        without_cfg_batch(pipe.unet.model)  # the UNet runs batch 1 (a FLUX.2 transformer's batch is never doubled)
     pipe.compile()
     prepare_s = time.perf_counter() - start
 
@@ -71,7 +71,7 @@ def main() -> int:
     size = {} if edit.get("task") == "img2img" else {"height": protocol["height"], "width": protocol["width"]}
 
     def call(steps):
-        return pipe(protocol["prompt"], num_inference_steps=steps, guidance_scale=protocol["guidance"], **size,
+        return pipe(prompt=protocol["prompt"], num_inference_steps=steps, guidance_scale=protocol["guidance"], **size,
                     **images, generator=torch.Generator("cpu").manual_seed(protocol["seed"])).images[0]  # sdcpu's latents
 
     image, timing = protocol_calls(call, spec)
