@@ -17,13 +17,26 @@ def _needs(name: str):
     return pytest.mark.skipif(reason is not None, reason=reason or "")
 
 
-@pytest.mark.parametrize("arch", ["tiny", "tiny-sdxl-turbo"])
+@pytest.mark.parametrize("arch", ["tiny", "tiny-sdxl-turbo", "tiny-flux2"])
 def test_sdcpp_refuses_a_test_size_model_with_the_reason(arch):
     """sd.cpp sizes its networks from the architecture its tensor names say (SDXL's real widths), so a tiny model's
     weights fail its shape checks (then it crashes): the peer is refused before any checkpoint is written."""
     spec = {"protocol": ladders.Protocol(model=f"random:{arch}").to_dict()}
     with pytest.raises(RuntimeError, match=f"cannot run random:{arch}, a test-size model: it builds each network"):
         peers.command("stable-diffusion.cpp", spec, None, {"SDCPU_SDCPP_PYTHON": sys.executable})
+
+
+def test_sdcpp_f32_is_refused_for_a_bf16_family_before_any_checkpoint_is_written(tmp_path):
+    import shutil
+
+    from sdcpu.models import random_models, single_file
+
+    folder = tmp_path / "klein"  # named by a folder of its own: not refused as a test-size random model, and no
+    shutil.copytree(random_models.ensure_built("tiny-flux2"), folder)  # other test has written its checkpoint
+    spec = {"protocol": ladders.Protocol(model=str(folder)).to_dict()}
+    with pytest.raises(RuntimeError, match="f32 would hold flux2's bfloat16 weights in float32"):
+        peers.command("stable-diffusion.cpp:f32", spec, None, {"SDCPU_SDCPP_PYTHON": sys.executable})
+    assert not single_file.checkpoint_path(folder).exists()
 
 
 @pytest.mark.slow  # optimum-cli exports random:tiny to IR once (~1 minute on 2 cores), then GenAI compiles it

@@ -27,8 +27,9 @@ def test_checkpoint_carries_the_folders_scheduler(arch):
     ("tiny-sdxl-turbo", 1, ("euler_a", "simple"), True),  # SDXL-Turbo as run: 1 step, where ancestral adds no noise
     ("tiny-sdxl-turbo", 4, ("euler_a", "simple"), False),
     ("tiny-sdxl", 25, ("euler", "discrete"), False),  # SDXL base: Euler on leading timesteps
+    ("tiny-flux2", 4, ("euler", "default"), False),  # FLUX.2: sd.cpp's own flow schedule and noise layout
 ])
-def test_sdcpp_sampler_for_sdxl_checkpoints(arch, steps, sampler, comparable):
+def test_sdcpp_sampler_for_sdxl_and_flux2_checkpoints(arch, steps, sampler, comparable):
     """The sampler sd.cpp runs for SDXL's and SDXL-Turbo's schedulers, read back from their checkpoints."""
     path = single_file.ensure_checkpoint(random_models.ensure_built(arch))
     method, schedule, note = sdcpp_child.sampler_for(sdcpp_child.checkpoint_scheduler(str(path)), steps)

@@ -1,4 +1,5 @@
-"""sdcpu.models.single_file (with SD's layout, sdcpu.families.sd_layout): a diffusers folder as one original-layout checkpoint, read back by diffusers' own loader."""
+"""sdcpu.models.single_file (with SD's layout, sdcpu.families.sd_layout, and FLUX.2's, flux2_layout): a diffusers
+folder as one original-layout checkpoint, read back by diffusers' own loader."""
 
 import json
 import os
@@ -73,3 +74,35 @@ def test_a_weight_with_no_original_place_is_refused_by_name():
     names = sd_layout.unet_names(SimpleNamespace(**config))
     with pytest.raises(ValueError, match="add_embedding.linear_1.weight"):
         sd_layout.rename("add_embedding.linear_1.weight", names)
+
+
+def test_flux2s_transformer_in_bfls_layout_round_trips_through_diffusers_loader():
+    """FLUX.2's checkpoint is its transformer under BFL's names (what stable-diffusion.cpp detects klein by: the
+    shared modulations, fused q/k/v), in its own bf16; diffusers' single-file converter gives every weight back."""
+    from diffusers.loaders.single_file_utils import convert_flux2_transformer_checkpoint_to_diffusers
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    folder = random_models.ensure_built("tiny-flux2")
+    path = single_file.ensure_checkpoint(folder)
+    with safe_open(path, framework="pt") as file:
+        original = {key: file.get_tensor(key) for key in file.keys()}
+        assert json.loads(file.metadata()["sdcpu_scheduler"])["_class_name"] == "FlowMatchEulerDiscreteScheduler"
+    assert {"double_stream_modulation_img.lin.weight", "double_blocks.0.img_attn.qkv.weight",
+            "single_blocks.0.linear1.weight", "final_layer.adaLN_modulation.1.weight"} <= set(original)
+    assert {tensor.dtype for tensor in original.values()} == {torch.bfloat16}
+    want = load_file(next((folder / "transformer").glob("*.safetensors")))
+    got = convert_flux2_transformer_checkpoint_to_diffusers(dict(original))
+    assert sorted(got) == sorted(want)
+    assert [key for key in want if not torch.equal(got[key], want[key])] == []
+    # the Qwen3 encoder and the VAE are read from the folder's own files
+    assert single_file.separate_files(folder) == {
+        "llm_path": str(folder / "text_encoder" / "model.safetensors"),
+        "vae_path": str(folder / "vae" / "diffusion_pytorch_model.safetensors")}
+
+
+def test_a_flux2_key_with_no_bfl_name_is_refused_by_name():
+    from sdcpu.families import flux2_layout
+
+    with pytest.raises(KeyError, match="pos_embed.weight: no BFL name"):
+        flux2_layout.to_original({"pos_embed.weight": torch.zeros(1)})

@@ -7,7 +7,8 @@ protocol's static shape (batch 1, its guidance) and `compile("CPU")` at the plug
 CPU has it natively, f32 elsewhere). `TorchGenerator(seed)` draws torch's CPU noise for the seed, and the scheduler is
 the model's own (scheduler_config.json), so its image is comparable with the diffusers rung's.
 
-    python genai_child.py SPEC_JSON   (SPEC: protocol, image, model_path, exporter, threads, random_weights)
+    python genai_child.py SPEC_JSON   (SPEC: protocol, image, model_path, exporter, weight_format, threads,
+                                       random_weights)
 """
 
 import hashlib
@@ -26,11 +27,12 @@ from sdcpu.system.children import write_row
 from sdcpu.system.home import sdcpu_home
 
 
-def exported(model_path: str, exporter: str) -> tuple[Path, bool, float]:
-    """The IR folder of MODEL_PATH (exported now if not on disk); whether it was there; the export's seconds."""
+def exported(model_path: str, exporter: str, weight_format: str) -> tuple[Path, bool, float]:
+    """The IR folder of MODEL_PATH with WEIGHT_FORMAT weights (exported now if not on disk); whether it was there;
+    the export's seconds."""
     version = subprocess.run([exporter, "--version"], capture_output=True, text=True).stdout.strip()
     home = sdcpu_home()
-    key = hashlib.sha256(f"{Path(model_path).resolve()}|{version}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{Path(model_path).resolve()}|{version}|{weight_format}".encode()).hexdigest()[:16]
     folder = home / "genai-ir" / key
     if (folder / "model_index.json").is_file():
         return folder, True, 0.0
@@ -39,7 +41,7 @@ def exported(model_path: str, exporter: str) -> tuple[Path, bool, float]:
     tmp = tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}-")  # renamed when whole: never a half-written IR
     try:
         done = subprocess.run([exporter, "export", "openvino", "--model", model_path, "--task", "text-to-image",
-                               "--weight-format", "fp32", tmp], capture_output=True, text=True)
+                               "--weight-format", weight_format, tmp], capture_output=True, text=True)
         if done.returncode:
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise RuntimeError(f"optimum-cli export failed (exit {done.returncode}): {tail[0]}")
@@ -61,7 +63,7 @@ def main() -> int:
     from PIL import Image
 
     # 1. The IR, exported once; then load, reshape to the protocol's static shape, compile.
-    folder, cached, export_s = exported(spec["model_path"], spec["exporter"])
+    folder, cached, export_s = exported(spec["model_path"], spec["exporter"], spec["weight_format"])
     start = time.perf_counter()
     edit = spec.get("inputs") or {}  # img2img, inpainting: the bench's input image (sdcpu.bench.inputs)
     kind = {"img2img": openvino_genai.Image2ImagePipeline, "inpaint": openvino_genai.InpaintingPipeline}.get(
@@ -93,7 +95,8 @@ def main() -> int:
                            f"{protocol['width']}x{protocol['height']}, CPU plugin precision {precision}, "
                            f"{spec['threads']} threads",
         "steps": [{"step": "export", "applied": True, "s": round(export_s, 2),
-                   "detail": f"IR {'reused from' if cached else 'exported by optimum-cli to'} {folder}"},
+                   "detail": f"{spec['weight_format']} IR {'reused from' if cached else 'exported by optimum-cli to'} "
+                             f"{folder}"},
                   {"step": "reshape+compile", "applied": True, "s": round(compile_s, 2), "detail": "CPU"}],
         "load_s": round(compile_s, 2), "prepare_s": round(export_s + compile_s, 2),
         "cache_before": {"openvino": cached}, "guidance": protocol["guidance"],

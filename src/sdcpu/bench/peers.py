@@ -46,7 +46,8 @@ PEERS = {peer.name: peer for peer in (
     Peer("openvino-genai", ".venv-genai", "scripts/setup-genai.sh", "SDCPU_GENAI_PYTHON", "genai_child.py",
          "its C++ pipeline needs no torch or diffusers; it reads IR that optimum-intel's exporter writes", "ir"),
     Peer("stable-diffusion.cpp", ".venv-sdcpp", "scripts/setup-sdcpp.sh", "SDCPU_SDCPP_PYTHON", "sdcpp_child.py",
-         "a native build of ggml (CMake, minutes) that sdcpu does not need", "single-file", ("f32", "q8_0"),
+         "a native build of ggml (CMake, minutes) that sdcpu does not need", "single-file",
+         ("f32", "q8_0", "f16", "q4_0"),
          "it builds each network at its real model's sizes, known from tensor names alone (SDXL: a 320-channel UNet, "
          "768- and 1280-wide text encoders), and refuses weights of other shapes"),
 )}
@@ -71,7 +72,7 @@ def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict, list[
     import time
 
     from sdcpu import models
-    from sdcpu.models import random_models
+    from sdcpu.models import random_models, single_file
     from sdcpu.system.home import sdcpu_home
 
     peer, variant = parse(text)
@@ -81,22 +82,33 @@ def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict, list[
     model = models.parse_spec(spec["protocol"]["model"])
     if peer.real_sizes_only and model.kind is models.Source.RANDOM and model.ref.startswith("tiny"):
         raise RuntimeError(f"{peer.name} cannot run random:{model.ref}, a test-size model: {peer.real_sizes_only}; "
-                           "run it on a real-size one (random:sd15, random:sdxl, random:sdxl-turbo)")
+                           "run it on a real-size one (random:sd15, random:sdxl, random:sdxl-turbo, "
+                           "random:flux2-klein-4b)")
     if model.kind is models.Source.FILE and peer.reads != "single-file":
         raise RuntimeError(f"{peer.name} reads a diffusers folder or hub id, not a single-file checkpoint")
     folder = str(random_models.ensure_built(model.ref)) if model.kind is models.Source.RANDOM else model.ref
+    if peer.reads == "single-file" and variant == "f32" and model.kind in (models.Source.RANDOM, models.Source.FOLDER):
+        family = single_file.family_of(Path(folder))
+        if family.dtype != "float32":
+            raise RuntimeError(f"{peer.name} f32 would hold {family.name}'s {family.dtype} weights in float32 (FLUX.2 "
+                               f"klein 4B's with its Qwen3: 32 GB): run {peer.name}:f16, :q8_0 or :q4_0")
     fields = {"model_path": folder, "random_weights": model.random_weights, "variant": variant,
               "threads": len(cpu.usable_physical_cores)}
     done = []
     if peer.reads == "single-file" and model.kind is not models.Source.FILE:
-        from sdcpu.models import single_file
-
         start, cached = time.perf_counter(), single_file.checkpoint_path(Path(folder)).is_file()
         fields["model_path"] = str(single_file.ensure_checkpoint(Path(folder)))
+        fields["files"] = single_file.separate_files(Path(folder))  # FLUX.2's Qwen3 and VAE, read as they are
         done.append({"step": "single-file", "applied": True, "s": round(time.perf_counter() - start, 2),
-                     "detail": f"checkpoint {'reused' if cached else 'written'}: {fields['model_path']}"})
+                     "detail": f"checkpoint {'reused' if cached else 'written'}: {fields['model_path']}"
+                               + "".join(f"; {option} {path}" for option, path in fields["files"].items())})
     if peer.reads == "ir":
         fields["exporter"] = str(EXPORTER.python(environ).with_name("optimum-cli"))
+        # fp32 IR as the seed ran SD; a bf16 family's (FLUX.2: 32 GB in fp32) gets optimum-intel's own default for a
+        # model over 1B parameters, int8 weights, which its optimum-intel rung exports too
+        bf16 = model.kind in (models.Source.RANDOM, models.Source.FOLDER) and \
+            single_file.family_of(Path(folder)).dtype != "float32"
+        fields["weight_format"] = "int8" if bf16 else "fp32"
     env = {**environ, "PYTHONPATH": str(SOURCE), "SDCPU_HOME": str(sdcpu_home())}
     if model.kind in (models.Source.RANDOM, models.Source.FOLDER):
         env["HF_HUB_OFFLINE"] = "1"

@@ -1,8 +1,9 @@
 """The stable-diffusion.cpp peer rung, run by its own Python (scripts/setup-sdcpp.sh): ggml's C++ engine for SD.
 
-Argv: one JSON spec, {protocol, image, model_path (an original-layout .safetensors, sdcpu.models.single_file), variant ("f32"
-or "q8_0": sd.cpp's weight type, converted on load; sd.cpp keeps convolution kernels f16 whatever the type), threads
-(the usable physical cores), random_weights}. The engine is used as its own CLI uses it for text-to-image: one context
+Argv: one JSON spec, {protocol, image, model_path (an original-layout .safetensors, sdcpu.models.single_file), files
+(the networks read from files of their own, by sd.cpp option: FLUX.2's llm_path and vae_path; then model_path is the
+diffusion model alone), variant ("f32", "q8_0", "f16" or "q4_0": sd.cpp's weight type, converted on load; sd.cpp keeps
+convolution kernels f16 whatever the type), threads (the usable physical cores), random_weights}. The engine is used as its own CLI uses it for text-to-image: one context
 holding the model (VAE decode-only), the given threads, torch's CPU generator for the initial noise (rng "cpu"), flash
 attention off (its docs: slower on most backends). Loading (with the q8_0 conversion) is timed apart, then one warm-up
 call and the timed calls; one JSON row on stdout, sd.cpp's own log (phase times included) on stderr.
@@ -27,6 +28,10 @@ def sampler_for(scheduler: dict, steps: int) -> tuple[str, str, str | None]:
     """(sd.cpp sample method, its sigma schedule, why its images cannot be compared with diffusers' or None) for
     the diffusers scheduler config SCHEDULER (its `_class_name` included) at STEPS."""
     name = scheduler.get("_class_name")
+    if name == "FlowMatchEulerDiscreteScheduler":  # FLUX.2: sd.cpp's flow Euler on its own shifted schedule
+        return "euler", "default", (
+            "sd.cpp's flow-matching Euler on its own shifted sigmas and its own noise layout and FLUX.2 VAE "
+            "statistics, not diffusers' dynamic shift; not a fidelity figure")
     if name == "PNDMScheduler":
         return "ipndm", "discrete", (
             "sampler ipndm on sd.cpp's discrete timesteps (it has no PNDM) vs diffusers' PNDM on leading ones: the "
@@ -93,7 +98,9 @@ def main() -> int:
     # 1. Load; q8_0 is converted from the f32 file here, as `sd-cli --type q8_0` does.
     start = time.perf_counter()
     edit = spec.get("inputs") or {}  # img2img, inpainting: the bench's input image (sdcpu.bench.inputs)
-    engine = StableDiffusion(model_path=spec["model_path"], wtype=weights, n_threads=spec["threads"],
+    files = spec.get("files") or {}  # networks read from files of their own (FLUX.2: llm_path, vae_path)
+    model = {"diffusion_model_path" if files else "model_path": spec["model_path"], **files}
+    engine = StableDiffusion(**model, wtype=weights, n_threads=spec["threads"],
                              rng_type="cpu", sampler_rng_type="cpu", vae_decode_only=not edit, verbose=True)
     load_s = time.perf_counter() - start
     cfg_scale = protocol["guidance"] if protocol["guidance"] > 1 else 1.0  # diffusers: guidance <= 1 is no CFG

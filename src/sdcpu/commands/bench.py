@@ -25,7 +25,7 @@ def register(sub):
                         "(default %(default)s)")
     p.add_argument("--recipes", help="run these recipes instead of a ladder: `baseline,system,auto`, or recipes of "
                                      "steps separated by `;` (`baseline;jemalloc,iomp,pin;auto`); `peer:NAME[:VARIANT]` "
-                                     "runs a peer (optimum-intel, openvino-genai, stable-diffusion.cpp:f32|q8_0)")
+                                     "runs a peer (optimum-intel, openvino-genai, stable-diffusion.cpp:f32|q8_0|f16|q4_0)")
     p.add_argument("--preset", choices=ladders.PRESETS, default="seed", help="protocol preset (default %(default)s)")
     p.add_argument("--steps", type=int, help="denoising steps per timed call")
     p.add_argument("--runs", type=int, help="timed calls per rung")

@@ -137,6 +137,10 @@ class Family:
     # parameters of its reference model's parts: "text" (every text encoder), "denoiser", "decoder" (the VAE, encoder
     # included): what auto's memory estimate (sdcpu.recipes.memory) multiplies by the bytes a recipe keeps each in
     parameters: Mapping[str, int] = field(default_factory=dict)
+    # the components that single-file tools (stable-diffusion.cpp, ComfyUI) load from files of their own, as a diffusers
+    # folder holds them: the tool's option -> the component (FLUX.2: its Qwen3 LLM and VAE); empty where one original
+    # checkpoint holds every network
+    separate_files: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def parts(self) -> dict[str, tuple[str, ...]]:
@@ -234,7 +238,8 @@ class Family:
         raise NotImplementedError
 
     def original_state_dict(self, folder) -> dict:
-        """The weights of diffusers FOLDER under the names of the family's original single-file checkpoint."""
+        """The weights of diffusers FOLDER under the names of the family's original single-file checkpoint (its
+        denoiser's alone where the others are separate_files)."""
         raise NotImplementedError
 
     def flops(self, config, batch: int, latent: tuple[int, int]) -> int:

@@ -172,6 +172,12 @@ class Flux2Klein(Family):
                       txt_ids=text_ids)
         return counter.get_total_flops()
 
+    def original_state_dict(self, folder) -> dict:
+        """The transformer under BFL's names (flux-2-klein-4b.safetensors), in its files' dtype."""
+        from sdcpu.families import flux2_layout
+
+        return flux2_layout.original_state_dict(folder)
+
     def build(self, arch: str, seed: int):
         """A Flux2KleinPipeline (distilled) of ARCH with seeded random weights made in bfloat16 (its weights' own dtype;
         the full model would not fit in float32) and Qwen's tokenizer."""
@@ -225,4 +231,6 @@ FAMILY = Flux2Klein(
     # random:flux2-klein-4b, FLUX.2 [klein] 4B's as sdcpu loads it: Qwen3-4B cut after layer 27 (after_load; 4.02B
     # whole), the transformer, the VAE (encoder included)
     parameters={"text": 3_114_088_192, "denoiser": 3_875_544_576, "decoder": 84_046_115},
+    # stable-diffusion.cpp reads the Qwen3 weights as transformers saves them and the VAE's diffusers names
+    separate_files={"llm_path": "text_encoder", "vae_path": "vae"},
 )

@@ -3,8 +3,10 @@
 sdcpu's models are diffusers folders (`random:ARCH` included); stable-diffusion.cpp, like A1111 and ComfyUI, reads one
 `.safetensors` keyed as the model's original repository named its modules. The key layout is the model family's
 (`Family.original_state_dict`: SD's in sdcpu.families.sd_layout); this module writes it once per folder, in float32
-(the precision sdcpu runs; stable-diffusion.cpp converts on load to the weight type it is asked for), atomically, with
-the folder's scheduler config in the metadata (`sdcpu_scheduler`) for a reader that picks its own sampler to match it.
+for SD and SDXL (the precision sdcpu runs them in), in bf16 for FLUX.2 (its weights' own; stable-diffusion.cpp
+converts on load to the weight type it is asked for), atomically, with the folder's scheduler config in the metadata
+(`sdcpu_scheduler`) for a reader that picks its own sampler to match it. Where a family's tools read some networks
+from files of their own (`Family.separate_files`: FLUX.2's Qwen3 and VAE), `separate_files` names the folder's.
 Checkpoints are cached under $SDCPU_HOME/single-file.
 """
 
@@ -31,6 +33,18 @@ def ensure_checkpoint(folder: Path) -> Path:
     scheduler = (folder / "scheduler" / "scheduler_config.json").read_text()
     write_atomically(tensors, target, {"format": "pt", "sdcpu_source": str(folder), "sdcpu_scheduler": scheduler})
     return target
+
+
+def separate_files(folder: Path) -> dict[str, str]:
+    """The tool option -> weights file of each network of diffusers FOLDER that its family's single-file tools load
+    apart from the checkpoint (FLUX.2's llm_path and vae_path); refuses a component saved in shards."""
+    found = {}
+    for option, component in family_of(folder).separate_files.items():
+        files = sorted((Path(folder) / component).glob("*.safetensors"))
+        if len(files) != 1:
+            raise ValueError(f"{folder / component}: {len(files)} .safetensors files; a single-file tool reads one")
+        found[option] = str(files[0])
+    return found
 
 
 def checkpoint_path(folder: Path) -> Path:
