@@ -2,7 +2,7 @@
 
 The way GenAI's documentation tells a user to run it: export the diffusers folder to OpenVINO IR with optimum-intel's
 exporter (`optimum-cli export openvino --task text-to-image`, run in optimum-intel's environment; kept on disk per
-model and exporter version), then in GenAI's own environment `Text2ImagePipeline(folder)`, `reshape()` to the
+model, exporter version and weight format, and shared with the optimum-intel rung: sdcpu.bench.ir_export), then in GenAI's own environment `Text2ImagePipeline(folder)`, `reshape()` to the
 protocol's static shape (batch 1, its guidance) and `compile("CPU")` at the plugin's default precision (bf16 where the
 CPU has it natively, f32 elsewhere). `TorchGenerator(seed)` draws torch's CPU noise for the seed, and the scheduler is
 the model's own (scheduler_config.json), so its image is comparable with the diffusers rung's.
@@ -11,45 +11,14 @@ the model's own (scheduler_config.json), so its image is comparable with the dif
                                        random_weights)
 """
 
-import hashlib
 import json
-import os
 import resource
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 from sdcpu.bench.child import protocol_calls
+from sdcpu.bench.ir_export import exported
 from sdcpu.system.children import write_row
-from sdcpu.system.home import sdcpu_home
-
-
-def exported(model_path: str, exporter: str, weight_format: str) -> tuple[Path, bool, float]:
-    """The IR folder of MODEL_PATH with WEIGHT_FORMAT weights (exported now if not on disk); whether it was there;
-    the export's seconds."""
-    version = subprocess.run([exporter, "--version"], capture_output=True, text=True).stdout.strip()
-    home = sdcpu_home()
-    key = hashlib.sha256(f"{Path(model_path).resolve()}|{version}|{weight_format}".encode()).hexdigest()[:16]
-    folder = home / "genai-ir" / key
-    if (folder / "model_index.json").is_file():
-        return folder, True, 0.0
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    tmp = tempfile.mkdtemp(dir=folder.parent, prefix=f".{key}-")  # renamed when whole: never a half-written IR
-    try:
-        done = subprocess.run([exporter, "export", "openvino", "--model", model_path, "--task", "text-to-image",
-                               "--weight-format", weight_format, tmp], capture_output=True, text=True)
-        if done.returncode:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise RuntimeError(f"optimum-cli export failed (exit {done.returncode}): {tail[0]}")
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder, False, time.perf_counter() - start
 
 
 def main() -> int:

@@ -24,7 +24,7 @@ class Peer:
     python_variable: str  # names another interpreter for it
     child: str  # its child script, beside this module
     own_environment: str  # why it cannot share sdcpu's .venv
-    reads: str  # what it loads: "folder" (diffusers), "ir" (OpenVINO IR, exported by optimum-intel), "single-file"
+    reads: str  # what it loads: "ir" (OpenVINO IR exported by optimum-intel's CLI: sdcpu.bench.ir_export), "single-file"
     variants: tuple[str, ...] = ()  # what `NAME:VARIANT` may name; the first is the default
     real_sizes_only: str = ""  # why it cannot load sdcpu's test-size random:tiny* models ("": it can)
 
@@ -42,7 +42,7 @@ class Peer:
 
 PEERS = {peer.name: peer for peer in (
     Peer("optimum-intel", ".venv-optimum", "scripts/setup-optimum.sh", "SDCPU_OPTIMUM_PYTHON", "optimum_child.py",
-         "optimum-intel pins huggingface-hub below diffusers 0.42's minimum", "folder"),
+         "optimum-intel pins huggingface-hub below diffusers 0.42's minimum", "ir"),
     Peer("openvino-genai", ".venv-genai", "scripts/setup-genai.sh", "SDCPU_GENAI_PYTHON", "genai_child.py",
          "its C++ pipeline needs no torch or diffusers; it reads IR that optimum-intel's exporter writes", "ir"),
     Peer("stable-diffusion.cpp", ".venv-sdcpp", "scripts/setup-sdcpp.sh", "SDCPU_SDCPP_PYTHON", "sdcpp_child.py",
@@ -51,7 +51,7 @@ PEERS = {peer.name: peer for peer in (
          "it builds each network at its real model's sizes, known from tensor names alone (SDXL: a 320-channel UNet, "
          "768- and 1280-wide text encoders), and refuses weights of other shapes"),
 )}
-EXPORTER = PEERS["optimum-intel"]  # writes the IR folder that OpenVINO GenAI reads
+EXPORTER = PEERS["optimum-intel"]  # its environment's optimum-cli writes the IR folder both OpenVINO peers read
 
 
 def parse(text: str) -> tuple[Peer, str | None]:
@@ -105,7 +105,7 @@ def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict, list[
     if peer.reads == "ir":
         fields["exporter"] = str(EXPORTER.python(environ).with_name("optimum-cli"))
         # fp32 IR as the seed ran SD; a bf16 family's (FLUX.2: 32 GB in fp32) gets optimum-intel's own default for a
-        # model over 1B parameters, int8 weights, which its optimum-intel rung exports too
+        # model over 1B parameters, int8 weights
         bf16 = model.kind in (models.Source.RANDOM, models.Source.FOLDER) and \
             single_file.family_of(Path(folder)).dtype != "float32"
         fields["weight_format"] = "int8" if bf16 else "fp32"
