@@ -18,6 +18,12 @@ REPORT = ("import json, os; os.write(1, (json.dumps([os.environ.get('SDCPU_INSTA
           "sorted(os.sched_getaffinity(0))]) + '\\n').encode())")
 
 
+@pytest.fixture(autouse=True)
+def no_thread_count(monkeypatch):
+    """The launcher keeps a caller's OMP_NUM_THREADS: these tests check its own choice (the suite's workers set one)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+
+
 def sdcpu(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "sdcpu", *args], capture_output=True, text=True, timeout=120, **kwargs)
 
