@@ -24,7 +24,7 @@ class Peer:
     python_variable: str  # names another interpreter for it
     child: str  # its child script, beside this module
     own_environment: str  # why it cannot share sdcpu's .venv
-    reads: str  # what it loads: "ir" (OpenVINO IR exported by optimum-intel's CLI: sdcpu.bench.ir_export), "single-file"
+    reads: str  # what it loads: "ir" (OpenVINO IR, exported by optimum-intel's CLI: bench.ir_export), "single-file"
     variants: tuple[str, ...] = ()  # what `NAME:VARIANT` may name; the first is the default
     real_sizes_only: str = ""  # why it cannot load sdcpu's test-size random:tiny* models ("": it can)
 
@@ -87,11 +87,12 @@ def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict, list[
     if model.kind is models.Source.FILE and peer.reads != "single-file":
         raise RuntimeError(f"{peer.name} reads a diffusers folder or hub id, not a single-file checkpoint")
     folder = str(random_models.ensure_built(model.ref)) if model.kind is models.Source.RANDOM else model.ref
-    if peer.reads == "single-file" and variant == "f32" and model.kind in (models.Source.RANDOM, models.Source.FOLDER):
-        family = single_file.family_of(Path(folder))
-        if family.dtype != "float32":
-            raise RuntimeError(f"{peer.name} f32 would hold {family.name}'s {family.dtype} weights in float32 (FLUX.2 "
-                               f"klein 4B's with its Qwen3: 32 GB): run {peer.name}:f16, :q8_0 or :q4_0")
+    # a family kept in its 16-bit weights (FLUX.2: 32 GB in float32) is never run by a peer in float32
+    family = single_file.family_of(Path(folder)) if model.kind in (models.Source.RANDOM, models.Source.FOLDER) else None
+    sixteen_bit = family is not None and family.dtype != "float32"
+    if peer.reads == "single-file" and variant == "f32" and sixteen_bit:
+        raise RuntimeError(f"{peer.name} f32 would hold {family.name}'s {family.dtype} weights in float32 (FLUX.2 "
+                           f"klein 4B's with its Qwen3: 32 GB): run {peer.name}:f16, :q8_0 or :q4_0")
     fields = {"model_path": folder, "random_weights": model.random_weights, "variant": variant,
               "threads": len(cpu.usable_physical_cores)}
     done = []
@@ -104,11 +105,8 @@ def command(text: str, spec: dict, cpu, environ) -> tuple[list[str], dict, list[
                                + "".join(f"; {option} {path}" for option, path in fields["files"].items())})
     if peer.reads == "ir":
         fields["exporter"] = str(EXPORTER.python(environ).with_name("optimum-cli"))
-        # fp32 IR as the seed ran SD; a bf16 family's (FLUX.2: 32 GB in fp32) gets optimum-intel's own default for a
-        # model over 1B parameters, int8 weights
-        bf16 = model.kind in (models.Source.RANDOM, models.Source.FOLDER) and \
-            single_file.family_of(Path(folder)).dtype != "float32"
-        fields["weight_format"] = "int8" if bf16 else "fp32"
+        # fp32 IR as the seed ran SD; a 16-bit family's gets optimum-intel's own default past 1B parameters: int8
+        fields["weight_format"] = "int8" if sixteen_bit else "fp32"
     env = {**environ, "PYTHONPATH": str(SOURCE), "SDCPU_HOME": str(sdcpu_home())}
     if model.kind in (models.Source.RANDOM, models.Source.FOLDER):
         env["HF_HUB_OFFLINE"] = "1"

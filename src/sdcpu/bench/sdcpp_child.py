@@ -3,10 +3,11 @@
 Argv: one JSON spec, {protocol, image, model_path (an original-layout .safetensors, sdcpu.models.single_file), files
 (the networks read from files of their own, by sd.cpp option: FLUX.2's llm_path and vae_path; then model_path is the
 diffusion model alone), variant ("f32", "q8_0", "f16" or "q4_0": sd.cpp's weight type, converted on load; sd.cpp keeps
-convolution kernels f16 whatever the type), threads (the usable physical cores), random_weights}. The engine is used as its own CLI uses it for text-to-image: one context
-holding the model (VAE decode-only), the given threads, torch's CPU generator for the initial noise (rng "cpu"), flash
-attention off (its docs: slower on most backends). Loading (with the q8_0 conversion) is timed apart, then one warm-up
-call and the timed calls; one JSON row on stdout, sd.cpp's own log (phase times included) on stderr.
+convolution kernels f16 whatever the type), threads (the usable physical cores), random_weights}. The engine is used
+as its own CLI uses it for text-to-image: one context holding the model (VAE decode-only), the given threads, torch's
+CPU generator for the initial noise (rng "cpu"), flash attention off (its docs: slower on most backends). Loading
+(with the q8_0 conversion) is timed apart, then one warm-up call and the timed calls; one JSON row on stdout, sd.cpp's
+own log (phase times included) on stderr.
 """
 
 import json
