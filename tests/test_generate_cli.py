@@ -102,6 +102,12 @@ def test_same_seed_same_image(tmp_path):
         (["--recipe", "threads=0"], "expected a whole number >= 1"),
         (["--quality", "fast"], "--quality sets the level of the auto recipe, not of --recipe baseline"),
         (["--recipe", "auto:turbo"], "unknown quality 'turbo'"),
+        (["--hires", "5"], "hr_scale 5: from 1 to 4"),
+        (["--hires", "2", "--hires-strength", "0"], "hires fix needs one in (0, 1]"),
+        (["--hires", "2", "--hires-steps", "-1"], "hires steps -1: 0 (the first pass's) or more"),
+        (["--hires", "2", "--size", "2560x2560"], "size 5120x5120: width 5120: must be a multiple of 8 from 64 to 4096"),
+        (["--hires", "2", "--hires-upscaler", "ESRGAN"], "argument --hires-upscaler: invalid choice: 'ESRGAN'"),
+        (["--hires", "2", "--model", "random:tiny-flux2"], "flux2 models have no hires fix"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):
@@ -221,3 +227,13 @@ def test_an_existing_output_file_is_replaced_only_with_overwrite(tmp_path, capsy
     assert target.read_bytes() == b"mine"
     assert main(["generate", "x", *TINY, "-o", str(target), "--overwrite"]) == 0
     assert "Seed: 0" in Image.open(target).text["parameters"]
+
+
+def test_hires_fix_writes_the_larger_image_and_its_a1111_fields(tmp_path, capsys):
+    assert main(["generate", "a red boat", *TINY, "--hires", "1.5", "--hires-strength", "0.5", "-o",
+                 str(tmp_path / "hires.png")]) == 0
+    image = Image.open(tmp_path / "hires.png")
+    assert image.size == (120, 96)  # 80x64 times 1.5
+    assert "Size: 80x64, Hires upscale: 1.5, Hires steps: 2, Hires upscaler: Latent, Denoising strength: 0.5" in (
+        image.text["parameters"])
+    assert "3 steps (hires fix: 1 at 120x96)" in capsys.readouterr().out  # 2 + int(2 x 0.5)

@@ -170,3 +170,17 @@ def test_a_batch_is_decoded_one_image_at_a_time(converted):
     alone = run_batch(pipe, [Request("a sailing ship", steps=2, width=64, height=64, seed=2)])
     # the UNet's batch of 2 vs 1 sums in another order: the bound of the project's cross-batch comparisons
     assert level_difference(batch.images[1], alone.images[0]) <= REMADE_ALONE_LEVELS
+
+
+def test_a_large_image_decodes_in_tiles_of_one_compiled_shape(converted, monkeypatch):
+    """Over $SDCPU_VAE_TILE pixels a side the VAE decodes a tile at a time (sdcpu.pipeline.vae_tiles): on OpenVINO
+    every tile has the same static shape, compiled once."""
+    from sdcpu.pipeline.generate import Request, run_batch
+
+    pipe, _ = converted
+    pipe.vae.run.release()
+    monkeypatch.setenv("SDCPU_VAE_TILE", "128")
+    result = run_batch(pipe, [Request("a sailing ship", steps=2, width=256, height=128, seed=1)])
+    assert result.images[0].size == (256, 128)
+    factor = pipe.vae_scale_factor  # random:tiny's VAE: 2
+    assert [shapes[0] for shapes in pipe.vae.run.by_shape] == [(1, 4, 128 // factor, 128 // factor)]

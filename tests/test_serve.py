@@ -87,7 +87,11 @@ MALFORMED = [  # (path, body as sent, what the message says)
     ("/sdapi/v1/txt2img", {"prompt": "x", "cfg_scale": 31}, "cfg_scale: Input should be less than or equal to 30"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "batch_size": 0}, "batch_size: Input should be greater than or equal to 1"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "sampler_name": "Euler z"}, "sampler_name 'Euler z' is not served"),
-    ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": True}, "enable_hr true: asks for hires fix"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": True, "hr_upscaler": "ESRGAN_4x"},
+     "hr_upscaler 'ESRGAN_4x' is not served; choose from: Latent,"),
+    ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": True, "width": 768, "hr_scale": 1.5},
+     "size 1152x768: width 1152: must be a multiple of 8 from 64 to 1024"),  # the second pass's size, bounded too
+    ("/sdapi/v1/txt2img", {"prompt": "x", "enable_hr": True, "hr_prompt": "y"}, 'hr_prompt "y": asks for a second-pass'),
     ("/sdapi/v1/txt2img", {"prompt": "x", "hires": True}, "hires: Extra inputs are not permitted"),
     ("/sdapi/v1/txt2img", {"prompt": "x", "negative_prompt": LONG}, "negative prompt is 82 tokens"),
     ("/sdapi/v1/txt2img", {"prompt": None}, "prompt: Input should be a valid string"),

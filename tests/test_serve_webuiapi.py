@@ -73,7 +73,8 @@ def test_img2img_and_inpainting_with_the_clients_defaults(api):
 
 
 def test_what_is_asked_and_not_done_is_refused_naming_the_field(api):
-    for asked, message in (({"enable_hr": True}, "enable_hr true: asks for hires fix"),
+    for asked, message in (({"enable_hr": True, "hr_upscaler": "R-ESRGAN 4x+"}, "hr_upscaler 'R-ESRGAN 4x+'"),
+                           ({"enable_hr": True, "hr_checkpoint_name": "other"}, "asks for a second-pass model"),
                            ({"restore_faces": True}, "restore_faces true: asks for face restoration"),
                            ({"styles": ["cinematic"]}, 'styles ["cinematic"]: asks for saved prompt styles'),
                            ({"script_name": "x/y/z plot"}, 'script_name "x/y/z plot": asks for a script'),
@@ -82,6 +83,20 @@ def test_what_is_asked_and_not_done_is_refused_naming_the_field(api):
                            ({"override_settings": {"sd_vae": "vae.pt"}}, "override_settings.sd_vae")):
         status, text = refused(lambda: api.txt2img(prompt="x", **TINY, **asked))
         assert status == 400 and message in text, (asked, text)
+
+
+def test_hires_fix_makes_the_larger_image_and_says_so_in_its_infotext(api):
+    """The client's hires fix: its defaults (Latent, denoising_strength 0.7, hr_second_pass_steps 0) at hr_scale 2,
+    and a plain resize to a width (the height keeping the aspect)."""
+    result = api.txt2img(prompt="a red boat", seed=5, enable_hr=True, hr_scale=2, **TINY)
+    assert reopened(result.images[0]).size == (160, 128)
+    info = result.info
+    assert (info["width"], info["height"], info["denoising_strength"]) == (80, 64, 0.7)  # A1111's: the first pass
+    assert "Size: 80x64, Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent, Denoising strength: 0.7" in (
+        info["infotexts"][0])
+    resized = api.txt2img(prompt="a red boat", seed=5, enable_hr=True, hr_upscaler="Lanczos", hr_resize_x=120,
+                          denoising_strength=0.5, **TINY)
+    assert reopened(resized.images[0]).size == (120, 96)
 
 
 def test_schedule_and_checkpoint_overrides_are_honoured(api):
@@ -99,9 +114,10 @@ def test_listing_calls_answer_a1111s_shapes(api):
     api.util_set_model("random:tiny")  # POST /options with the model served
     assert set(api.util_get_sampler_names()) == set(a1111_fields.SAMPLERS)
     assert api.util_get_scheduler_names() == ["automatic", "karras"]
-    assert [item["name"] for item in api.get_upscalers()] == ["None"]
+    assert [item["name"] for item in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
     assert api.get_loras() == [] and api.get_scripts() == {"txt2img": [], "img2img": []}
-    assert api.get_cmd_flags()["ckpt"] == "random:tiny" and api.get_latent_upscale_modes() == []
+    assert api.get_cmd_flags()["ckpt"] == "random:tiny" and [mode["name"] for mode in api.get_latent_upscale_modes()][:2] == [
+        "Latent", "Latent (antialiased)"]
     assert api.get_options()["sd_model_checkpoint"] == "random:tiny"
     api.util_wait_for_ready(check_interval=0.1)  # /progress idle: progress 0 and job_count 0
 

@@ -9,7 +9,7 @@ from sdcpu.commands.options import add_model, add_recipe, finite, resolve_recipe
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models import schedulers
 from sdcpu.models.loras import parse
-from sdcpu.pipeline import generate, lora, tasks
+from sdcpu.pipeline import generate, hires, lora, tasks
 from sdcpu.pipeline.generate import DEFAULTS
 from sdcpu.pipeline.prepare import prepare
 from sdcpu.recipes import relaunch
@@ -38,6 +38,13 @@ def register(sub):
     p.add_argument("--mask", metavar="MASK.png", help="inpainting: white repaints, black keeps (the image's size)")
     p.add_argument("--strength", type=finite, help="img2img/inpainting: how much of the schedule repaints the image, "
                                                   "(0, 1] (default 0.75; 1 for inpainting)")
+    p.add_argument("--hires", type=finite, metavar="SCALE",
+                   help="hires fix (A1111's): a second pass at SCALE (1-4) times --size, from the first image "
+                        "upscaled and denoised again at --hires-strength; text-to-image, SD and SDXL")
+    p.add_argument("--hires-upscaler", default="Latent", choices=hires.UPSCALERS, metavar="NAME",
+                   help=f"one of {', '.join(hires.UPSCALERS)} (default %(default)s: the latents interpolated)")
+    p.add_argument("--hires-steps", type=int, default=0, help="second-pass steps (default: --steps)")
+    p.add_argument("--hires-strength", type=finite, default=0.7, help="second-pass strength, (0, 1] (default 0.7)")
     p.add_argument("-o", "--output", default="outputs", help="a folder, or a FILE.png (default %(default)s/)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing -o FILE.png (else refused)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE_OR_ID[:WEIGHT]",
@@ -65,6 +72,7 @@ def run(args) -> int:
     if found:
         generate.check_size(width, height, multiple=found[0].size_multiple)  # FLUX.2's 16, before loading
     tasks.check_steps(request.steps, edit and edit.strength)
+    second = args.hires and _hires(args, request, found and found[0], edit)
     paths = generate.output_paths(args.output, request.seeds(), overwrite=args.overwrite)
     relaunch.under_plan(recipe, cpu, why=why_auto)
 
@@ -98,15 +106,17 @@ def run(args) -> int:
         print(f"compile + one-step warm-up: {prepared.warmup.seconds:.1f} s (one-time; {cached})")
 
     # 3. Generate, then write one PNG per image.
-    result = generate.run(pipe, request, edit)
+    second = args.hires and _hires(args, request, family, edit)  # the loaded model's size and family
+    result = generate.run(pipe, request, edit, hires=second)
     for image, seed, path in zip(result.images, request.seeds(), paths):
         text = generate.parameters_text(request, seed, model=str(spec), random_weights=spec.random_weights,
-                                        scheduler=scheduler, recipe=str(recipe), edit=edit, loras=loras)
+                                        scheduler=scheduler, recipe=str(recipe), edit=edit, loras=loras, hires=second)
         print(generate.save_png(image, path, text, overwrite=args.overwrite, renumber=generate.numbered(args.output)))
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    run = tasks.steps_run(request.steps, edit and edit.strength)
-    task = (f"{run} steps" if edit is None else f"reference edit of {1 + len(edit.references)} image(s), {run} steps"
+    run = tasks.steps_run(request.steps, edit and edit.strength) + (second.steps_run(request.steps) if second else 0)
+    task = (f"{run} steps" + (f" (hires fix: {second.steps_run(request.steps)} at {second.width}x{second.height})"
+                              if second else "") if edit is None else f"reference edit of {1 + len(edit.references)} image(s), {run} steps"
             if edit.by_reference else f"{edit.task}, {request.steps} steps x strength {edit.strength}: {run} run")
     print(f"{result.summary(run)}; {task}, {width}x{height}, {scheduler}, "
           f"{len(result.images)} image(s), peak RSS {peak:.2f} GiB, recipe {recipe.name}: {recipe}")
@@ -117,6 +127,19 @@ def run(args) -> int:
     if spec.random_weights:
         print(f"note: {generate.RANDOM_WEIGHTS_NOTE}; pass --model org/name, a diffusers folder or a .safetensors file")
     return 0
+
+
+def _hires(args, request, family, edit):
+    """--hires's second pass for REQUEST, checked (FAMILY: the model's where known, else SD's multiple of 8), or a
+    UsageError."""
+    multiple = family.size_multiple if family else 8
+    second = hires.planned(request.width, request.height, args.hires, 0, 0, multiple, upscaler=args.hires_upscaler,
+                           steps=args.hires_steps, strength=args.hires_strength)
+    if family:
+        hires.check(second, family, edit)
+    generate.check_size(second.width, second.height, multiple=multiple)
+    tasks.check_steps(second.steps_of(request.steps), second.strength)
+    return second
 
 
 def _size(defaults, edit, family) -> tuple[int, int]:

@@ -139,28 +139,31 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def run(pipe, request: Request, edit=None) -> Result:
-    """Generate REQUEST's images with PIPE (from EDIT's image and mask: img2img or inpainting); the whole call is timed
-    with perf_counter."""
-    return run_batch(pipe, [request], edit)
+def run(pipe, request: Request, edit=None, hires=None) -> Result:
+    """Generate REQUEST's images with PIPE (from EDIT's image and mask: img2img or inpainting; with HIRES a hires
+    fix's second pass); the whole call is timed with perf_counter."""
+    return run_batch(pipe, [request], edit, hires=hires)
 
 
-def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_prompts: bool = False) -> Result:
+def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_prompts: bool = False,
+              hires=None) -> Result:
     """REQUESTS (same size, steps and guidance) in one pipeline call, one prompt per image: the images come in request
     order, each from its own seed's generator, so a request's images are those it gets alone (up to float rounding).
     EDIT (a tasks.Edit) makes it img2img or inpainting, on the same components. ON_STEP(step_index, steps_run,
     latents) is called after each denoising step (diffusers' callback_on_step_end); when it returns True the call
     stops there (diffusers' interrupt) and the images are decoded from the latents it has. KEEP_PROMPTS (a server's
     worker): where the family keeps prompts' states (Family.prompt_cache), a prompt seen lately skips the text
-    encoder."""
+    encoder. HIRES (a hires.Hires): text-to-image's second pass at its larger size (ON_STEP counts both passes' steps
+    as one schedule)."""
     import torch
 
-    from sdcpu.pipeline import tasks
+    from sdcpu.pipeline import hires as hires_fix, tasks, vae_tiles
 
     first = requests[0]
     family = families.of(pipe)
     check_size(first.width, first.height, multiple=family.size_multiple)
     edit = tasks.for_family(edit, family)
+    hires_fix.check(hires, family, edit)
     if not family.negative_prompt and any(r.negative_prompt for r in requests):
         raise UsageError(f"{family.name} models take no negative prompt ({family.pipelines['txt2img']} has none)")
     if any((r.width, r.height, r.steps, r.guidance) != (first.width, first.height, first.steps, first.guidance)
@@ -174,26 +177,43 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_promp
                                                                                   "height": first.height}
     sized = edit and edit.sized(first.width, first.height)  # once: the call's input and its paste-back
 
+    second = hires.steps_run(first.steps) if hires else 0  # the second pass's steps, counted after the first's
+    done = [0]  # steps of the passes before this one
+
     def step_end(pipeline, index, timestep, tensors):
-        if on_step(index, pipeline.num_timesteps, tensors["latents"]):
+        if on_step(done[0] + index, done[0] + pipeline.num_timesteps + (second if not done[0] else 0),
+                   tensors["latents"]):
             pipeline._interrupt = True  # diffusers skips the remaining steps, then decodes
         return tensors
 
-    pipe.vae.enable_slicing()  # the images decoded one at a time: n 1024x1024 images need one image's VAE memory
-    start = time.perf_counter()
-    with torch.inference_mode(), component_split(pipe) as split:
-        output = target(
-            **(_prompt_arguments(pipe, target, family, prompts) if keep_prompts and family.prompt_cache else
+    def call(pipeline, steps, **arguments):
+        return pipeline(
+            **(_prompt_arguments(pipe, pipeline, family, prompts) if keep_prompts and family.prompt_cache else
                {"prompt": prompts}),  # by name: FLUX.2's pipeline takes its reference images first
             **({"negative_prompt": negatives if any(negatives) else None} if family.negative_prompt else {}),
-            num_inference_steps=first.steps,
+            num_inference_steps=steps,
             guidance_scale=first.guidance,
             generator=generators,
-            **size,
-            **tasks.call_arguments(sized, first.steps, len(prompts)),
+            **arguments,
             **({} if on_step is None else {"callback_on_step_end": step_end}),
         )
-        images = tasks.pasted_back(target, sized, output.images)
+
+    pipe.vae.enable_slicing()  # the images decoded one at a time: n 1024x1024 images need one image's VAE memory
+    start = time.perf_counter()
+    # and an image over $SDCPU_VAE_TILE pixels a side a tile at a time; the split times the tiled decode as one
+    with torch.inference_mode(), vae_tiles.tiled(pipe.vae), component_split(pipe) as split:
+        output = call(target, first.steps, **size, **tasks.call_arguments(sized, first.steps, len(prompts)),
+                      **({"output_type": hires_fix.first_output_type(hires)} if hires else {}))
+        if hires and getattr(target, "_interrupt", False):  # stopped in its first pass: no second
+            images = output.images if hires_fix.first_output_type(hires) == "pil" else hires_fix.decoded(
+                target, output.images)
+        elif hires:
+            done[0] = target.num_timesteps
+            again = tasks.pipeline_for(pipe, "img2img")
+            images = call(again, hires.steps_of(first.steps), strength=hires.strength,
+                          image=hires_fix.upscaled(hires, output.images, pipe.vae_scale_factor)).images
+        else:
+            images = tasks.pasted_back(target, sized, output.images)
     return Result(images=images, seconds=time.perf_counter() - start, split=split)
 
 
@@ -215,17 +235,19 @@ def _prompt_arguments(pipe, target, family, prompts: list[str]) -> dict:
 
 
 def parameters_text(request: Request, seed: int, *, model: str, random_weights: bool, scheduler: str, recipe: str,
-                    edit=None, loras=()) -> str:
+                    edit=None, loras=(), hires=None) -> str:
     """AUTOMATIC1111's `parameters` layout, which image viewers and web UIs already read, plus sdcpu's fields (the
     task, and for img2img and inpainting A1111's `Denoising strength` and the input image's SHA-256). LORAS (each
     with name, weight, digest()) go as A1111 writes them: `<lora:name:weight>` tags after the prompt and
-    `Lora hashes`."""
+    `Lora hashes`. HIRES (a hires fix's second pass): A1111's Hires fields after the first pass's Size."""
     lines = [_one_line(request.prompt) + "".join(f" <lora:{lora.name}:{lora.weight:g}>" for lora in loras)]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {_one_line(request.negative_prompt)}")
     lines.append(
         f"Steps: {request.steps}, Sampler: {scheduler}, CFG scale: {request.guidance}, Seed: {seed}, "
-        f"Size: {request.width}x{request.height}, Model: {model}, Recipe: {recipe}"
+        f"Size: {request.width}x{request.height}, "
+        + (f"{hires.text(request.width, request.steps)}, " if hires else "")
+        + f"Model: {model}, Recipe: {recipe}"
         + (f", Task: {edit.task}, " + (f"Reference images: {1 + len(edit.references)}" if edit.by_reference
                                          else f"Denoising strength: {edit.strength}")
            + f", Init image hash: {edit.image_sha256}" if edit else "")

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, Field, create_model
 
-from sdcpu.pipeline import tasks
-from sdcpu.pipeline.generate import Request
+from sdcpu.pipeline import hires, tasks
+from sdcpu.pipeline.generate import MAX_SIDE, Request
 from sdcpu.serve import schemas
 from sdcpu.serve.schemas import BadRequest, Job, Limits, MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS
 
@@ -93,7 +93,6 @@ COMMON = {
     "do_not_save_samples": honoured(bool, False, "either value: sdcpu saves no images on the server"),
     "do_not_save_grid": honoured(bool, False, "either value: sdcpu saves no grids on the server"),
     "eta": neutral(Float, None, _eta, "an eta other than the sampler's (Euler a: 1, DDIM: 0)"),
-    "denoising_strength": neutral(Float, 0, _any, "nothing: txt2img reads it for hires fix only, which is off"),
     "s_min_uncond": neutral(Float, None, (0, None), "skipping the negative prompt at low sigmas (NGMS)"),
     "s_churn": neutral(Float, None, (0, None), "stochastic churn"),
     "s_tmax": neutral(Float, None, _any, "nothing: it bounds s_churn, which must be 0"),
@@ -114,16 +113,37 @@ COMMON = {
     "force_task_id": honoured(Text, None, "names the job: /internal/progress and /sdapi/v1/interrupt take it"),
     "infotext": neutral(Text, None, NONE, "parameters read from an infotext"),
 }
+def _first_pass(field: str, same: tuple):
+    """A hires-fix field accepted where it asks for the first pass's own (SAME: the values A1111 reads so), or
+    equal to the first pass's FIELD (A1111's page copies the prompt into hr_prompt), or without enable_hr."""
+    return lambda value, body, scheduler: (not body.enable_hr or value in same
+                                           or bool(field) and value == getattr(body, field))
+
+
+Size = Annotated[int, Field(ge=0, le=MAX_SIDE)] | None
 TXT2IMG = {
     **COMMON,
-    "enable_hr": neutral(Bool, False, OFF, "hires fix"),
+    "enable_hr": honoured(Bool, False, "true: hires fix, the image made at width x height, upscaled and denoised "
+                          "again at its larger size (sdcpu.pipeline.hires)"),
+    "denoising_strength": honoured(Annotated[float, Field(ge=0, le=1)] | None, 0,
+                                   "hires fix's second-pass strength (0 or absent: A1111's 0.7)"),
+    "hr_scale": honoured(Annotated[float, Field(ge=1, le=hires.MAX_SCALE)] | None, 2.0, "hires fix's upscale"),
+    "hr_upscaler": honoured(Text, None, f"hires fix's upscaler: {', '.join(hires.UPSCALERS)} (absent: Latent)"),
+    "hr_second_pass_steps": honoured(Annotated[int, Field(ge=0, le=MAX_STEPS)] | None, 0,
+                                     "hires fix's second-pass steps (0: steps)"),
+    "hr_resize_x": honoured(Size, 0, "hires fix's width instead of hr_scale (0: from hr_resize_y's aspect)"),
+    "hr_resize_y": honoured(Size, 0, "hires fix's height instead of hr_scale (0: from hr_resize_x's aspect)"),
+    "hr_checkpoint_name": neutral(Text, None, _first_pass("", (None, "", "Use same checkpoint")),
+                                  "a second-pass model"),
+    "hr_sampler_name": neutral(Text, None, _first_pass("sampler_name", (None, "", "Use same sampler")),
+                               "a second-pass sampler"),
+    "hr_scheduler": neutral(Text, None, _first_pass("scheduler", (None, "", "Use same scheduler")),
+                            "a second-pass schedule"),
+    "hr_prompt": neutral(schemas.Prompt | None, "", _first_pass("prompt", (None, "")), "a second-pass prompt"),
+    "hr_negative_prompt": neutral(schemas.Prompt | None, "", _first_pass("negative_prompt", (None, "")),
+                                  "a second-pass negative prompt"),
     "firstphase_width": neutral(Int, 0, (0, None), "a first pass at another size (old hires fix)"),
     "firstphase_height": neutral(Int, 0, (0, None), "a first pass at another size (old hires fix)"),
-    **{name: neutral(type_, default, _any, "nothing: hires fix is off") for name, type_, default in (
-        ("hr_scale", Float, 2.0), ("hr_upscaler", Text, None), ("hr_second_pass_steps", Int, 0),
-        ("hr_resize_x", Int, 0), ("hr_resize_y", Int, 0), ("hr_checkpoint_name", Text, None),
-        ("hr_sampler_name", Text, None), ("hr_scheduler", Text, None), ("hr_prompt", schemas.Prompt | None, ""),
-        ("hr_negative_prompt", schemas.Prompt | None, ""))},
     "firstpass_image": neutral(Text, None, NONE, "a given first-pass image for hires fix"),
 }
 IMG2IMG = {
@@ -225,8 +245,18 @@ def from_a1111(body: BaseModel, limits: Limits, edit: tasks.Edit | None = None) 
         prompt=prompt, negative_prompt=body.negative_prompt, width=body.width, height=body.height,
         steps=body.steps, guidance=body.cfg_scale, seed=first, num_images=body.batch_size,
     )
+    second = _hires(body, limits) if getattr(body, "enable_hr", False) else None
     return schemas.check_work([schemas.checked(Job(replace(request, seed=first + i * body.batch_size), scheduler, edit,
-                                                   loras), limits) for i in range(body.n_iter)], limits)
+                                                   loras, hires=second), limits) for i in range(body.n_iter)], limits)
+
+
+def _hires(body: BaseModel, limits: Limits) -> hires.Hires:
+    """A txt2img body's hires fix (enable_hr), its size from hr_scale or hr_resize_x/y; a BadRequest for one
+    sdcpu does not make."""
+    with schemas.answered_400():
+        return hires.planned(body.width, body.height, body.hr_scale or 2.0, body.hr_resize_x or 0,
+                             body.hr_resize_y or 0, limits.family.size_multiple, upscaler=body.hr_upscaler,
+                             steps=body.hr_second_pass_steps or 0, strength=body.denoising_strength or 0.7)
 
 
 def a1111_edit(body: BaseModel) -> tasks.Edit:

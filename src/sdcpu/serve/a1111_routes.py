@@ -18,6 +18,7 @@ import time
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from sdcpu.pipeline import hires
 from sdcpu.serve import a1111_fields, schemas, uploads
 from sdcpu.serve.queue import Owner, TaskState
 
@@ -165,12 +166,14 @@ def _listings(service) -> APIRouter:
 
     @routes.get("/upscalers")
     async def upscalers():
-        """A1111's "None" upscaler only: sdcpu upscales nothing (hires fix and the extras tab are not served)."""
-        return [{"name": "None", "model_name": None, "model_path": None, "model_url": None, "scale": 1.0}]
+        """A1111's plain resizes (hires fix's image upscalers; no model upscaler, no extras tab)."""
+        return [{"name": name, "model_name": None, "model_path": None, "model_url": None, "scale": 4.0 if name != "None"
+                 else 1.0} for name in hires.IMAGE]
 
     @routes.get("/latent-upscale-modes")
     async def latent_upscale_modes():
-        return []
+        """Hires fix's latent upscalers."""
+        return [{"name": name} for name in hires.LATENT]
 
     @routes.get("/scripts")
     async def scripts():

@@ -212,7 +212,10 @@ def _info(job: schemas.Job, done: Done, worker: Worker) -> dict:
             "steps": r.steps, "cfg_scale": r.guidance, "width": r.width, "height": r.height,
             "sampler_name": job.scheduler or worker.scheduler_name, "seconds": round(done.seconds, 3),
             "batch_images": done.batch_images, "task": edit.task if edit else "txt2img",
-            "denoising_strength": edit.strength if edit else None, "steps_done": done.steps_done,
+            "denoising_strength": edit.strength if edit else (job.hires.strength if job.hires else None),
+            "hires": None if job.hires is None else {"width": job.hires.width, "height": job.hires.height,
+                                                     "upscaler": job.hires.upscaler, "steps": job.hires.steps},
+            "steps_done": done.steps_done,
             "loras": [{"name": item.name, "weight": item.weight} for item in job.loras],
             "interrupted": done.interrupted}
 
@@ -223,7 +226,7 @@ def _encode(done: Done, job: schemas.Job, settings: Settings, info: dict) -> lis
     for image, seed in zip(done.images, job.request.seeds()):
         text = generate.parameters_text(job.request, seed, model=settings.model, random_weights=settings.random_weights,
                                         scheduler=info["sampler_name"], recipe=settings.recipe, edit=job.edit,
-                                        loras=job.loras)
+                                        loras=job.loras, hires=job.hires)
         out.append((base64.b64encode(generate.encode_png(image, text)).decode(), text))
     return out
 
@@ -240,9 +243,7 @@ def _error_handlers(app: FastAPI, worker: Worker) -> None:
         if tuple(first["loc"]) == ("body",) and first["type"] != "json_invalid":
             return _error(400, "the body must be a JSON object, sent as Content-Type: application/json",
                           "invalid_request_error")
-        where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
-        more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-        return _error(400, f"{where}: {first['msg']}{more}", "invalid_request_error")
+        return _error(400, schemas.validation_message(exc.errors()), "invalid_request_error")
 
     @app.exception_handler(schemas.BadRequest)
     async def bad_request(request, exc):

@@ -160,7 +160,7 @@ class Running:
 def batch_key(job: Job) -> tuple:
     r = job.request
     # an edit's job runs alone: generate.run_batch takes one edit per call, and each request's Edit is its own object
-    return r.width, r.height, r.steps, r.guidance, job.scheduler, id(job.edit), job.loras
+    return r.width, r.height, r.steps, r.guidance, job.scheduler, id(job.edit), job.loras, job.hires
 
 
 class Worker:
@@ -355,7 +355,7 @@ class Worker:
             self._schedulers.use(jobs[0].scheduler)
             self._use_loras(jobs[0].loras)
             result = generate.run_batch(self.pipe, [job.request for job in jobs], jobs[0].edit, on_step,
-                                        keep_prompts=True)
+                                        keep_prompts=True, hires=jobs[0].hires)
         except Exception as error:  # noqa: BLE001 - the requests fail, the worker goes on
             log.exception("generation failed")
             for item in live:

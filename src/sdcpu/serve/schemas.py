@@ -22,8 +22,9 @@ from sdcpu.errors import UsageError
 from sdcpu.families import sd
 from sdcpu.families.base import Family
 from sdcpu.models.loras import Folder, Lora, prompt_loras
-from sdcpu.pipeline import generate, tasks
+from sdcpu.pipeline import generate, hires, tasks
 from sdcpu.pipeline.generate import Request
+from sdcpu.pipeline.hires import Hires
 from sdcpu.serve import uploads
 
 MAX_STEPS = 150  # A1111's slider maximum
@@ -48,10 +49,21 @@ class Job:
     loras: tuple[Lora, ...] = ()  # from the server's --lora-dir, named by the request
     # on_step(step_index, steps_run, latents of this job's images), on the worker thread after each step
     on_step: object = field(default=None, compare=False)
+    hires: Hires | None = None  # text-to-image's second pass (A1111's hires fix)
 
     @property
     def steps_run(self) -> int:
-        return tasks.steps_run(self.request.steps, self.edit and self.edit.strength)
+        """Denoising steps the job's call runs, both passes of a hires fix."""
+        first = tasks.steps_run(self.request.steps, self.edit and self.edit.strength)
+        return first + (self.hires.steps_run(self.request.steps) if self.hires else 0)
+
+    @property
+    def work(self) -> int:
+        """Pixel-steps: width x height x steps x images, each pass at its own size."""
+        r = self.request
+        first = r.width * r.height * tasks.steps_run(r.steps, self.edit and self.edit.strength)
+        second = self.hires.width * self.hires.height * self.hires.steps_run(r.steps) if self.hires else 0
+        return (first + second) * r.num_images
 
 
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
@@ -178,6 +190,14 @@ def parse_json(model: type[BaseModel], data: bytes) -> BaseModel:
         raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in err.errors()]) from None
 
 
+def validation_message(errors: list[dict]) -> str:
+    """The one line a 400 says for pydantic's ERRORS: the first one's field and message, and how many more."""
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {first['msg']}{more}"
+
+
 def json_body(model: type[BaseModel]) -> dict:
     """The OpenAPI description of a route's JSON body of MODEL, for a route that reads its body itself."""
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
@@ -207,13 +227,17 @@ def checked(job: Job, limits: Limits) -> Job:
         generate.check_size(request.width, request.height, limits.max_size, limits.family.size_multiple)
         tasks.check_steps(request.steps, job.edit and job.edit.strength)
         generate.check_tokens(limits.tokenizer, request)  # the one prompt-length check, generate's
+        if job.hires:
+            hires.check(job.hires, limits.family, job.edit)
+            generate.check_size(job.hires.width, job.hires.height, limits.max_size, limits.family.size_multiple)
+            tasks.check_steps(job.hires.steps_of(request.steps), job.hires.strength)
     return job
 
 
 def check_work(jobs: list[Job], limits: Limits) -> list[Job]:
     """Refuse a request (JOBS) asking for more than one image at the largest size and the most steps: pixels x
     steps x images, at most max_size^2 x MAX_STEPS (1024x1024x150 = 157 M by default)."""
-    work = sum(job.request.width * job.request.height * job.steps_run * job.request.num_images for job in jobs)
+    work = sum(job.work for job in jobs)
     bound = limits.max_size**2 * MAX_STEPS
     if work > bound:
         raise BadRequest(f"the request asks for {work / 1e6:.0f} M pixel-steps (width x height x steps x images); "
