@@ -29,7 +29,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
     # on 2 cores. Compiled here, not on first import: where PYTHONDONTWRITEBYTECODE is set, an import never writes its
     # bytecode, and every process would compile torch again (21 s instead of 9 to import torch and diffusers). A file
     # that is not Python 3.11 (torch's py312 test helpers) fails to compile, as it does under pip: not an error here.
-    .venv/bin/python -m pip install -q --no-compile $(pip_extra_index) -c constraints.txt -e ".[test,openvino,ray]"
+    .venv/bin/python -m pip install -q --no-compile $(pip_extra_index) -c constraints.txt -e ".[test,openvino,ray,mcp]"
     .venv/bin/python -m compileall -q -j 0 .venv/lib/python3*/site-packages > /dev/null || true
     touch "$stamp"
 fi

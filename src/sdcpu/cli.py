@@ -9,7 +9,7 @@ import sys
 from sdcpu import __version__
 from sdcpu.errors import UsageError
 
-COMMANDS = ("generate", "batch", "serve", "bench", "report", "info", "launch", "tune")
+COMMANDS = ("generate", "batch", "serve", "mcp", "bench", "report", "info", "launch", "tune")
 
 
 class _Parser(argparse.ArgumentParser):
