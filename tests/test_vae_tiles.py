@@ -82,3 +82,19 @@ def test_a_pipeline_decodes_and_encodes_in_tiles_above_the_tile_size_only(tiny, 
                                                                                                           **k))
     again = generate.run(pipe, request, tasks.Edit(image=whole, strength=0.5)).images[0]
     assert again.size == (256, 128) and [tuple(shape[-2:]) for shape in encoded] == [(128, 128)] * 3
+
+
+def test_flux2s_vae_decodes_in_tiles_too(monkeypatch, sdcpu_home):
+    """FLUX.2's AutoencoderKLFlux2 (its 2x2-patched latents unpacked before the decode): the same tiles."""
+    from sdcpu import load_pipeline
+
+    pipe = load_pipeline("random:tiny-flux2")
+    request = generate.Request("a red cat", steps=2, width=256, height=128, seed=1, guidance=1.0)
+    calls = []
+    decode = type(pipe.vae).decode
+    monkeypatch.setattr(type(pipe.vae), "decode", lambda vae, z, *a, **k: calls.append(z.shape) or decode(vae, z, *a,
+                                                                                                        **k))
+    monkeypatch.setenv(vae_tiles.VARIABLE, "128")
+    assert generate.run(pipe, request).images[0].size == (256, 128)
+    factor = pipe.vae_scale_factor
+    assert len(calls) == 3 and {tuple(shape[-2:]) for shape in calls} == {(128 // factor, 128 // factor)}
