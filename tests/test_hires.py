@@ -21,6 +21,7 @@ REQUEST = generate.Request("a red cat", steps=4, width=64, height=64, seed=3, gu
     (1.7, (0, 0), (104, 80)),  # 108.8 x 81.6, each rounded down to a multiple of 8 (A1111 truncates too)
     (2.0, (128, 0), (128, 96)),  # one side given: the other keeps the aspect
     (2.0, (0, 144), (192, 144)),
+    (2.0, (100, 0), (96, 72)),  # 100 x 75 from the aspect, each side then rounded down to a multiple of 8
 ])
 def test_the_second_size_is_a1111s(scale, resize, expected):
     made = hires.planned(64, 48, scale, *resize, 8)

@@ -59,13 +59,11 @@ def planned(width: int, height: int, scale: float, resize_x: int, resize_y: int,
         raise UsageError(f"hr_upscaler {name!r} is not served; choose from: {', '.join(UPSCALERS)}")
     if not 1 <= scale <= MAX_SCALE:
         raise UsageError(f"hr_scale {scale:g}: from 1 to {MAX_SCALE:g}")
-    if resize_x or resize_y:
-        resize_x = resize_x or round(resize_y * width / height)
-        resize_y = resize_y or round(resize_x * height / width)
-        if resize_x * height != resize_y * width:
-            raise UsageError(f"hr_resize {resize_x}x{resize_y}: another aspect than {width}x{height} (A1111 crops; "
-                             "sdcpu does not)")
-        size = resize_x, resize_y
+    if resize_x and resize_y and resize_x * height != resize_y * width:
+        raise UsageError(f"hr_resize {resize_x}x{resize_y}: another aspect than {width}x{height} (A1111 crops; sdcpu "
+                         "does not)")
+    if resize_x or resize_y:  # one side given: the other keeps the aspect
+        size = resize_x or round(resize_y * width / height), resize_y or round(resize_x * height / width)
     else:
         size = int(width * scale), int(height * scale)
     size = tuple(side - side % multiple for side in size)
