@@ -7,6 +7,7 @@ from dataclasses import replace
 from sdcpu import families, models
 from sdcpu.commands.options import add_model, add_recipe, finite, resolve_recipe
 from sdcpu.errors import Skip, UsageError
+from sdcpu.families import sd
 from sdcpu.models import schedulers
 from sdcpu.models.loras import parse
 from sdcpu.pipeline import generate, hires, lora, tasks
@@ -72,7 +73,8 @@ def run(args) -> int:
     if found:
         generate.check_size(width, height, multiple=found[0].size_multiple)  # FLUX.2's 16, before loading
     tasks.check_steps(request.steps, edit and edit.strength)
-    second = args.hires and _hires(args, request, found and found[0], edit)
+    if args.hires:
+        _hires(args, request, found and found[0], edit)  # checked before loading, again once the model is known
     paths = generate.output_paths(args.output, request.seeds(), overwrite=args.overwrite)
     relaunch.under_plan(recipe, cpu, why=why_auto)
 
@@ -114,10 +116,12 @@ def run(args) -> int:
         print(generate.save_png(image, path, text, overwrite=args.overwrite, renumber=generate.numbered(args.output)))
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-    run = tasks.steps_run(request.steps, edit and edit.strength) + (second.steps_run(request.steps) if second else 0)
-    task = (f"{run} steps" + (f" (hires fix: {second.steps_run(request.steps)} at {second.width}x{second.height})"
-                              if second else "") if edit is None else f"reference edit of {1 + len(edit.references)} image(s), {run} steps"
-            if edit.by_reference else f"{edit.task}, {request.steps} steps x strength {edit.strength}: {run} run")
+    again = second.steps_run(request.steps) if second else 0
+    run = tasks.steps_run(request.steps, edit and edit.strength) + again
+    hires_part = f" (hires fix: {again} at {second.width}x{second.height})" if second else ""
+    task = (f"{run} steps{hires_part}" if edit is None else f"reference edit of {1 + len(edit.references)} image(s), "
+            f"{run} steps" if edit.by_reference else f"{edit.task}, {request.steps} steps x strength {edit.strength}: "
+            f"{run} run")
     print(f"{result.summary(run)}; {task}, {width}x{height}, {scheduler}, "
           f"{len(result.images)} image(s), peak RSS {peak:.2f} GiB, recipe {recipe.name}: {recipe}")
     if why_auto:
@@ -130,15 +134,11 @@ def run(args) -> int:
 
 
 def _hires(args, request, family, edit):
-    """--hires's second pass for REQUEST, checked (FAMILY: the model's where known, else SD's multiple of 8), or a
-    UsageError."""
-    multiple = family.size_multiple if family else 8
-    second = hires.planned(request.width, request.height, args.hires, 0, 0, multiple, upscaler=args.hires_upscaler,
-                           steps=args.hires_steps, strength=args.hires_strength)
-    if family:
-        hires.check(second, family, edit)
-    generate.check_size(second.width, second.height, multiple=multiple)
-    tasks.check_steps(second.steps_of(request.steps), second.strength)
+    """--hires's second pass for REQUEST, checked (FAMILY: the model's where known, else SD's), or a UsageError."""
+    family = family or sd.FAMILY
+    second = hires.planned(request.width, request.height, args.hires, 0, 0, family.size_multiple,
+                           upscaler=args.hires_upscaler, steps=args.hires_steps, strength=args.hires_strength)
+    hires.check(second, family, edit, request.steps)
     return second
 
 

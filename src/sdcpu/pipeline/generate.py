@@ -163,7 +163,7 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_promp
     family = families.of(pipe)
     check_size(first.width, first.height, multiple=family.size_multiple)
     edit = tasks.for_family(edit, family)
-    hires_fix.check(hires, family, edit)
+    hires_fix.check(hires, family, edit, first.steps)
     if not family.negative_prompt and any(r.negative_prompt for r in requests):
         raise UsageError(f"{family.name} models take no negative prompt ({family.pipelines['txt2img']} has none)")
     if any((r.width, r.height, r.steps, r.guidance) != (first.width, first.height, first.steps, first.guidance)
@@ -201,12 +201,12 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_promp
     pipe.vae.enable_slicing()  # the images decoded one at a time: n 1024x1024 images need one image's VAE memory
     start = time.perf_counter()
     # and an image over $SDCPU_VAE_TILE pixels a side a tile at a time; the split times the tiled decode as one
+    output_type = hires_fix.first_output_type(hires) if hires else "pil"
     with torch.inference_mode(), vae_tiles.tiled(pipe.vae), component_split(pipe) as split:
         output = call(target, first.steps, **size, **tasks.call_arguments(sized, first.steps, len(prompts)),
-                      **({"output_type": hires_fix.first_output_type(hires)} if hires else {}))
+                      output_type=output_type)
         if hires and getattr(target, "_interrupt", False):  # stopped in its first pass: no second
-            images = output.images if hires_fix.first_output_type(hires) == "pil" else hires_fix.decoded(
-                target, output.images)
+            images = output.images if output_type == "pil" else hires_fix.decoded(target, output.images)
         elif hires:
             done[0] = target.num_timesteps
             again = tasks.pipeline_for(pipe, "img2img")

@@ -76,8 +76,12 @@ def planned(width: int, height: int, scale: float, resize_x: int, resize_y: int,
     return Hires(*size, name, steps, strength)
 
 
-def check(hires: Hires | None, family, edit) -> None:
-    """Refuse a hires fix where it cannot run: an edit (text-to-image only, as A1111's), a reference-edit family."""
+def check(hires: Hires | None, family, edit, steps: int, max_side: int | None = None) -> None:
+    """Refuse a hires fix where it cannot run: an edit (text-to-image only, as A1111's), a reference-edit family, a
+    second size over MAX_SIDE (default generate's) or not the family's multiple, second-pass steps that run none (of
+    a first pass of STEPS)."""
+    from sdcpu.pipeline import generate, tasks
+
     if hires is None:
         return
     if edit is not None:
@@ -85,6 +89,8 @@ def check(hires: Hires | None, family, edit) -> None:
     if family.reference_edits:
         raise UsageError(f"{family.name} models have no hires fix: their img2img is a reference edit, without the "
                          "strength a second pass needs")
+    generate.check_size(hires.width, hires.height, max_side or generate.MAX_SIDE, family.size_multiple)
+    tasks.check_steps(hires.steps_of(steps), hires.strength)
 
 
 def first_output_type(hires: Hires) -> str:

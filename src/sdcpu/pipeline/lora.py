@@ -33,7 +33,8 @@ def use(pipe, loras: tuple[Lora, ...], fuse: bool = False) -> str:
     state.of(pipe).prompt_states.clear()  # states its text encoders made before this set
     runtime = state.of(pipe).runtime
     if runtime.lora == "peft":
-        return _eager(pipe, loras, fuse and not _fixed(pipe), _fixed(pipe))
+        fixed = _fixed(pipe)
+        return _eager(pipe, loras, fuse and not fixed, fixed)
     if runtime.lora == "ir-deltas":
         from sdcpu.backends import openvino_lora
 

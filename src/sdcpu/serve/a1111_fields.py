@@ -113,6 +113,8 @@ COMMON = {
     "force_task_id": honoured(Text, None, "names the job: /internal/progress and /sdapi/v1/interrupt take it"),
     "infotext": neutral(Text, None, NONE, "parameters read from an infotext"),
 }
+
+
 def _first_pass(field: str, same: tuple):
     """A hires-fix field accepted where it asks for the first pass's own (SAME: the values A1111 reads so), or
     equal to the first pass's FIELD (A1111's page copies the prompt into hr_prompt), or without enable_hr."""

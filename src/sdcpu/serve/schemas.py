@@ -227,10 +227,7 @@ def checked(job: Job, limits: Limits) -> Job:
         generate.check_size(request.width, request.height, limits.max_size, limits.family.size_multiple)
         tasks.check_steps(request.steps, job.edit and job.edit.strength)
         generate.check_tokens(limits.tokenizer, request)  # the one prompt-length check, generate's
-        if job.hires:
-            hires.check(job.hires, limits.family, job.edit)
-            generate.check_size(job.hires.width, job.hires.height, limits.max_size, limits.family.size_multiple)
-            tasks.check_steps(job.hires.steps_of(request.steps), job.hires.strength)
+        hires.check(job.hires, limits.family, job.edit, request.steps, limits.max_size)
     return job
 
 
