@@ -44,9 +44,9 @@ def test_what_a1111_would_not_make_is_one_line(arguments, message):
 def test_an_edit_or_a_reference_edit_family_has_no_hires_fix():
     second = hires.Hires(128, 128)
     with pytest.raises(UsageError, match="text-to-image's second pass"):
-        hires.check(second, sd.FAMILY, tasks.Edit(image=Image.new("RGB", (64, 64))), 20)
+        generate.check_hires(second, sd.FAMILY, tasks.Edit(image=Image.new("RGB", (64, 64))), 20)
     with pytest.raises(UsageError, match="flux2 models have no hires fix"):
-        hires.check(second, flux2.FAMILY, None, 4)
+        generate.check_hires(second, flux2.FAMILY, None, 4)
 
 
 @pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])

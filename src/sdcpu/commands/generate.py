@@ -138,7 +138,7 @@ def _hires(args, request, family, edit):
     family = family or sd.FAMILY
     second = hires.planned(request.width, request.height, args.hires, 0, 0, family.size_multiple,
                            upscaler=args.hires_upscaler, steps=args.hires_steps, strength=args.hires_strength)
-    hires.check(second, family, edit, request.steps)
+    generate.check_hires(second, family, edit, request.steps)
     return second
 
 

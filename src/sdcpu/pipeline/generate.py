@@ -110,6 +110,23 @@ def check_size(width: int, height: int, max_side: int = MAX_SIDE, multiple: int 
                              f"to {max_side}")
 
 
+def check_hires(hires, family, edit, steps: int, max_side: int | None = None) -> None:
+    """Refuse a hires fix (a hires.Hires) where it cannot run: an edit (text-to-image only, as A1111's), a reference-edit family, a
+    second size over MAX_SIDE (default generate's) or not the family's multiple, second-pass steps that run none (of
+    a first pass of STEPS)."""
+    from sdcpu.pipeline import tasks
+
+    if hires is None:
+        return
+    if edit is not None:
+        raise UsageError("hires fix is text-to-image's second pass: not with an input image")
+    if family.reference_edits:
+        raise UsageError(f"{family.name} models have no hires fix: their img2img is a reference edit, without the "
+                         "strength a second pass needs")
+    check_size(hires.width, hires.height, max_side or MAX_SIDE, family.size_multiple)
+    tasks.check_steps(hires.steps_of(steps), hires.strength)
+
+
 def fitted_size(width: int, height: int, max_side: int = MAX_SIDE, multiple: int = 8) -> tuple[int, int]:
     """The size an image of WIDTHxHEIGHT is edited at when a request names none: its own, scaled down to fit MAX_SIDE
     (its aspect ratio kept) and each side rounded down to a MULTIPLE of 8 (the family's size_multiple), as diffusers
@@ -163,7 +180,7 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_promp
     family = families.of(pipe)
     check_size(first.width, first.height, multiple=family.size_multiple)
     edit = tasks.for_family(edit, family)
-    hires_fix.check(hires, family, edit, first.steps)
+    check_hires(hires, family, edit, first.steps)
     if not family.negative_prompt and any(r.negative_prompt for r in requests):
         raise UsageError(f"{family.name} models take no negative prompt ({family.pipelines['txt2img']} has none)")
     if any((r.width, r.height, r.steps, r.guidance) != (first.width, first.height, first.steps, first.guidance)

@@ -76,23 +76,6 @@ def planned(width: int, height: int, scale: float, resize_x: int, resize_y: int,
     return Hires(*size, name, steps, strength)
 
 
-def check(hires: Hires | None, family, edit, steps: int, max_side: int | None = None) -> None:
-    """Refuse a hires fix where it cannot run: an edit (text-to-image only, as A1111's), a reference-edit family, a
-    second size over MAX_SIDE (default generate's) or not the family's multiple, second-pass steps that run none (of
-    a first pass of STEPS)."""
-    from sdcpu.pipeline import generate, tasks
-
-    if hires is None:
-        return
-    if edit is not None:
-        raise UsageError("hires fix is text-to-image's second pass: not with an input image")
-    if family.reference_edits:
-        raise UsageError(f"{family.name} models have no hires fix: their img2img is a reference edit, without the "
-                         "strength a second pass needs")
-    generate.check_size(hires.width, hires.height, max_side or generate.MAX_SIDE, family.size_multiple)
-    tasks.check_steps(hires.steps_of(steps), hires.strength)
-
-
 def first_output_type(hires: Hires) -> str:
     """What the first pass returns: latents for a latent upscaler, else images."""
     return "latent" if hires.upscaler in LATENT else "pil"

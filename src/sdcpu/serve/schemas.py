@@ -22,7 +22,7 @@ from sdcpu.errors import UsageError
 from sdcpu.families import sd
 from sdcpu.families.base import Family
 from sdcpu.models.loras import Folder, Lora, prompt_loras
-from sdcpu.pipeline import generate, hires, tasks
+from sdcpu.pipeline import generate, tasks
 from sdcpu.pipeline.generate import Request
 from sdcpu.pipeline.hires import Hires
 from sdcpu.serve import uploads
@@ -227,7 +227,7 @@ def checked(job: Job, limits: Limits) -> Job:
         generate.check_size(request.width, request.height, limits.max_size, limits.family.size_multiple)
         tasks.check_steps(request.steps, job.edit and job.edit.strength)
         generate.check_tokens(limits.tokenizer, request)  # the one prompt-length check, generate's
-        hires.check(job.hires, limits.family, job.edit, request.steps, limits.max_size)
+        generate.check_hires(job.hires, limits.family, job.edit, request.steps, limits.max_size)
     return job
 
 
