@@ -59,6 +59,7 @@ class InProcess:
         from sdcpu.serve.queue import Phase
         from sdcpu.system import hardware
 
+        self.key = args[args.index("--api-key") + 1] if "--api-key" in args else None  # what client() sends
         worker, app = service.build(options(*args), hardware.detect(),
                                     on_fatal=lambda error: setattr(self.server, "should_exit", True))
         self.worker = worker  # the service's queue.Worker: its pipeline is the one served
@@ -78,6 +79,16 @@ class InProcess:
         self.server.should_exit = True
         self.thread.join(timeout=60)
         return int(self.thread.is_alive())
+
+
+OTHER = "127.0.0.2"  # another client: another peer address on loopback
+
+
+def client(server: InProcess, address: str = "127.0.0.1") -> httpx.Client:
+    """An httpx client of SERVER sending its API key, from ADDRESS (OTHER: another peer)."""
+    headers = {"Authorization": f"Bearer {server.key}"} if server.key else {}
+    return httpx.Client(base_url=server.url, headers=headers, timeout=120,
+                        transport=httpx.HTTPTransport(local_address=address))
 
 
 def options(*args: str):

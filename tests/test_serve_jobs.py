@@ -14,12 +14,10 @@ import openai
 import pytest
 from PIL import Image
 
-from serving import InProcess
+from serving import OTHER, InProcess, client
 
 KEY = "jobs-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
 LONG = {"prompt": "x", "width": 64, "height": 64, "steps": 150, "seed": 4}
-OTHER = "127.0.0.2"  # another client: another peer address on loopback
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +25,6 @@ def server(sdcpu_home):
     live = InProcess("--api-key", KEY)
     yield live
     assert live.stop() == 0
-
-
-def client(server, address: str = "127.0.0.1") -> httpx.Client:
-    return httpx.Client(base_url=server.url, headers=AUTH, timeout=120,
-                        transport=httpx.HTTPTransport(local_address=address))
 
 
 def size(b64: str) -> tuple[int, int]:

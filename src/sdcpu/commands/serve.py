@@ -16,7 +16,7 @@ from sdcpu.commands.options import add_model, add_recipe, resolve_recipe
 from sdcpu.errors import UsageError
 from sdcpu.pipeline import generate
 from sdcpu.recipes import relaunch
-from sdcpu.serve.options import Options, Replicas, key_digest
+from sdcpu.serve.options import KEPT_JOBS, Options, Replicas, key_digest
 from sdcpu.system import hardware, launcher, ray_shares
 from sdcpu.system.instances import run_instances
 
@@ -56,6 +56,9 @@ def register(sub):
     p.add_argument("--drain-seconds", type=float, default=Options.drain_seconds, metavar="S",
                    help="on SIGTERM, stop taking requests and finish those queued and running for up to S seconds; "
                         "any left then are answered 503 (default %(default)s)")
+    p.add_argument("--job-seconds", type=float, default=Options.job_seconds, metavar="S",
+                   help="keep a finished job of the jobs API (/v1/jobs) and its images S seconds, then forget it "
+                        f"(default %(default)g; at most {KEPT_JOBS} finished jobs are kept)")
     p.add_argument("--max-size", type=int, default=Options.max_size,
                    help="the largest width or height served (default %(default)s)")
     p.add_argument("--warmup-size",
@@ -104,6 +107,8 @@ def run(args) -> int:
         raise UsageError(f"--max-request-seconds must be more than 0, got {args.max_request_seconds:g}")
     if not 0 <= args.drain_seconds < float("inf"):
         raise UsageError(f"--drain-seconds must be 0 or more, got {args.drain_seconds:g}")
+    if not 0 < args.job_seconds < float("inf"):
+        raise UsageError(f"--job-seconds must be more than 0, got {args.job_seconds:g}")
     _check_ray_options(args)
     options = service_options(args, spec, recipe)
     if options.ray is not None:
@@ -156,7 +161,8 @@ def service_options(args, spec, recipe) -> Options:
                    lora_dir=os.path.abspath(args.lora_dir) if args.lora_dir else None, max_queue=args.max_queue,
                    max_uploads=args.max_uploads,
                    max_batch=args.max_batch, max_request_seconds=args.max_request_seconds,
-                   drain_seconds=args.drain_seconds, max_size=args.max_size,
+                   drain_seconds=args.drain_seconds, job_seconds=args.job_seconds,
+                   jobs=not args.reuse_port and (ray is None or ray.most == 1), max_size=args.max_size,
                    warmup_size=generate.parse_size(args.warmup_size), verbose=args.verbose, ray=ray)
 
 

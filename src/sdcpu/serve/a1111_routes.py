@@ -16,7 +16,6 @@ import json
 import time
 
 from fastapi import APIRouter, Request
-from starlette.concurrency import run_in_threadpool
 
 from sdcpu.pipeline import hires
 from sdcpu.serve import a1111_fields, schemas, uploads
@@ -77,8 +76,8 @@ def router(service) -> APIRouter:
                     "textinfo": None}
         job, mine = running.jobs[0], running.mine(Owner.of(request))
         task = job.edit.task if job.edit else "txt2img"
-        done, eta = _done(running)
-        shown = None if skip_current_image or mine is None else await _preview(service, running, mine)
+        done, eta = running.progress()
+        shown = None if skip_current_image or mine is None else await service.preview_of(running, mine)
         interrupted = mine is not None and mine[2] in running.halted
         return {"progress": done, "eta_relative": eta or 0.0,
                 "state": _state(task, 1, running.step, running.steps, interrupted),
@@ -110,10 +109,10 @@ def internal(service) -> APIRouter:
                   "textinfo": f"In queue: {state.place}/{state.waiting}" if state.queued else "Waiting..."}
         if mine is None:
             return answer
-        done, eta = _done(running)
+        done, eta = running.progress()
         answer |= {"progress": done, "eta": eta, "id_live_preview": body.id_live_preview,
                    "textinfo": f"step {running.step} of {running.steps}"}
-        shown = await _preview(service, running, mine) if body.live_preview else None
+        shown = await service.preview_of(running, mine) if body.live_preview else None
         if shown is not None and shown.step != body.id_live_preview:
             answer |= {"live_preview": f"data:image/png;base64,{shown.png}", "id_live_preview": shown.step}
         return answer
@@ -125,23 +124,6 @@ def _img2img(data: bytes) -> tuple:
     """img2img's body (DATA, JSON) and its edit, checked and decoded."""
     body = schemas.parse_json(a1111_fields.A1111Img2ImgRequest, data)
     return body, a1111_fields.a1111_edit(body)
-
-
-def _done(running) -> tuple[float, float | None]:
-    """The share of RUNNING's steps done, and the seconds left at the time per step so far (None before a step)."""
-    done = running.step / running.steps
-    elapsed = time.monotonic() - running.started
-    return done, elapsed / done - elapsed if done else None
-
-
-async def _preview(service, running, mine):
-    """The shared preview (preview.Shown) of the job MINE (Running.mine's) of RUNNING; None before its first step."""
-    if running.latest is None:
-        return None
-    first, job, _ = mine
-    step, latents = running.latest
-    return await run_in_threadpool(service.previews.shown, running, first, step, latents, job.request.width,
-                                   job.request.height)
 
 
 def _listings(service) -> APIRouter:

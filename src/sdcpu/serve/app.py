@@ -43,10 +43,11 @@ from sdcpu import families
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models.loras import Folder
 from sdcpu.pipeline import generate
-from sdcpu.serve import a1111_routes, guard, openai_routes, preview, schemas, uploads
+from sdcpu.serve import a1111_routes, failures, guard, job_routes, openai_routes, preview, schemas, uploads
+from sdcpu.serve.jobs import Jobs
 from sdcpu.serve.metrics import Metrics
 from sdcpu.serve.queue import (ClientGone, Done, GenerationFailed, Interrupted, NotReady, Owner, QueueFull,
-                               ShuttingDown, TaskInFlight, TimedOut, Worker)
+                               ShuttingDown, TimedOut, Worker)
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class Settings:
     docs: bool = False  # serve /docs, /redoc, /openapi.json (serve --docs)
     origins: tuple[str, ...] = ()  # scheme://host[:port] of other sites whose pages may use it (serve --allow-origin)
     max_uploads: int = 2  # uploads read and decoded at once (serve --max-uploads)
+    jobs: bool = True  # take jobs (/v1/jobs): not on one of several processes sharing a port
+    job_seconds: float = 600  # how long a finished job is kept (serve --job-seconds)
 
 
 def create_app(worker: Worker, settings: Settings) -> FastAPI:
@@ -85,6 +88,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     app.include_router(openai_routes.router(service))
     app.include_router(a1111_routes.router(service))
     app.include_router(a1111_routes.internal(service))
+    app.include_router(job_routes.router(service, Jobs(service, settings.job_seconds), settings.jobs))
 
     @app.get("/health")
     async def health(request: Request):
@@ -153,6 +157,15 @@ class Service:
         out = io.BytesIO()
         image.save(out, format="PNG")
         return base64.b64encode(out.getvalue()).decode()
+
+    async def preview_of(self, running, mine) -> preview.Shown | None:
+        """The shared preview of the job MINE (Running.mine's) of RUNNING; None before its first step."""
+        if running.latest is None:
+            return None
+        first, job, _ = mine
+        step, latents = running.latest
+        return await run_in_threadpool(self.previews.shown, running, first, step, latents, job.request.width,
+                                       job.request.height)
 
     def submit(self, job: schemas.Job, sender: Owner) -> Future:
         return self.worker.submit(job, sender)  # NotReady, QueueFull: 503 at once
@@ -231,9 +244,8 @@ def _encode(done: Done, job: schemas.Job, settings: Settings, info: dict) -> lis
     return out
 
 
-def _error(status: int, message: str, kind: str, headers=None, code: str | None = None) -> JSONResponse:
-    error = {"message": message, "type": kind} | ({"code": code} if code else {})
-    return JSONResponse({"error": error}, status_code=status, headers=headers)
+def _error(status: int, message: str, kind: str, headers=None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind}}, status_code=status, headers=headers)
 
 
 def _error_handlers(app: FastAPI, worker: Worker) -> None:
@@ -245,10 +257,6 @@ def _error_handlers(app: FastAPI, worker: Worker) -> None:
                           "invalid_request_error")
         return _error(400, schemas.validation_message(exc.errors()), "invalid_request_error")
 
-    @app.exception_handler(schemas.BadRequest)
-    async def bad_request(request, exc):
-        return _error(400, str(exc), "invalid_request_error")
-
     @app.exception_handler(HTTPException)
     async def http_error(request, exc: HTTPException):
         return _error(exc.status_code, str(exc.detail), "invalid_request_error" if exc.status_code < 500 else
@@ -259,34 +267,13 @@ def _error_handlers(app: FastAPI, worker: Worker) -> None:
         retry = max(1, math.ceil(worker.last_seconds))
         return _error(503, f"server busy: {exc}; retry later", "server_busy", {"Retry-After": str(retry)})
 
-    @app.exception_handler(uploads.UploadsFull)
-    async def uploads_full(request, exc):  # an upload is read and decoded in a second or two
-        return _error(503, f"server busy: {exc}; retry later", "server_busy", {"Retry-After": "2"})
-
-    @app.exception_handler(TaskInFlight)
-    async def task_in_flight(request, exc):
-        return _error(409, str(exc), "invalid_request_error")
-
     @app.exception_handler(NotReady)
     async def not_ready(request, exc):
         return _error(503, f"not ready: {exc}", "server_not_ready", {"Retry-After": "5"})
 
-    @app.exception_handler(TimedOut)
-    async def timed_out(request, exc):
-        return _error(504, str(exc), "timeout")
-
-    @app.exception_handler(ShuttingDown)
-    async def shutting_down(request, exc):
-        return _error(503, str(exc), "server_shutting_down", {"Retry-After": "5"})
-
-    @app.exception_handler(ClientGone)
-    async def client_gone(request, exc):  # nginx's "client closed request": read by /metrics only
-        return _error(499, str(exc), "client_closed_request")
-
-    @app.exception_handler(Interrupted)
-    async def interrupted(request, exc):  # the client asked for it: nginx's 499 as for a client gone, never retried
-        return _error(499, str(exc), "interrupted", code="interrupted")
-
-    @app.exception_handler(GenerationFailed)
     async def failed(request, exc):
-        return _error(500, str(exc), "server_error")
+        failure = failures.of(exc)
+        return JSONResponse(failure.body(exc), status_code=failure.status, headers=failure.headers)
+
+    for kind in failures.FAILURES:
+        app.exception_handler(kind)(failed)

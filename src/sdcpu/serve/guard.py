@@ -14,7 +14,7 @@ unhandled exception. Every answer carries `X-Content-Type-Options: nosniff`.
   7235), else 401, before any byte of the body is read.
 - Body size: a Content-Length over the route's bound is answered 413 unread; a body streamed without one is counted
   as it is read and answered 413 once past it. JSON bodies: 1 MiB. The edits form: an image and a mask of
-  tasks.MAX_INPUT_BYTES and 1 MiB of fields. A1111's img2img: its init image and mask as base64 (4/3 of their bytes,
+  tasks.MAX_INPUT_BYTES and 1 MiB of fields (a job's edit too). A1111's img2img: its init image and mask as base64 (4/3 of their bytes,
   the bound schemas.decode_base64 holds each to) and 1 MiB of fields.
 - A route that raises what no handler answers: 500 with a short message and an id; the details go to the log, under
   that id, never to the client (paths, library internals).
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 JSON_BYTES = 2**20
 FORM_BYTES = 2 * tasks.MAX_INPUT_BYTES + 2**20  # /v1/images/edits: 101 MiB
-BODY_BYTES = {"/v1/images/edits": FORM_BYTES, "/sdapi/v1/img2img": 2 * MAX_BASE64_CHARS + 2**20}  # img2img: 138 MiB
+BODY_BYTES = {"/v1/images/edits": FORM_BYTES, "/v1/jobs/edits": FORM_BYTES,
+              "/sdapi/v1/img2img": 2 * MAX_BASE64_CHARS + 2**20}  # img2img: 138 MiB
 NEEDS_KEY = ("/v1/", "/sdapi/", "/internal/", "/metrics")
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 READ_ONLY = ("GET", "HEAD")  # the methods a cross-site request may use: the routes behind them change nothing

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from sdcpu.pipeline import tasks
-from sdcpu.serve import schemas
+from sdcpu.serve import failures, schemas
 from sdcpu.serve.guard import FORM_BYTES
 from sdcpu.serve.queue import GenerationFailed, Interrupted, Owner, ShuttingDown, TimedOut
 
@@ -42,13 +42,13 @@ def router(service) -> APIRouter:
         generations and sdcpu's `strength`): img2img without a mask, inpainting with one; several `image[]` files are
         a reference edit (FLUX.2 klein)."""
         async with service.uploads.admitted(service.worker, service.limits):
-            body, edit = await _edit(request)
+            body, edit = await edit_form(request)
         return await _answer(service, request, body, schemas.from_openai(body, service.limits(), edit), "image_edit")
 
     return routes
 
 
-async def _edit(request: Request) -> tuple:
+async def edit_form(request: Request) -> tuple:
     """The edits form of REQUEST, checked, and its edit, decoded off the event loop."""
     fields, files = await _form(request)
     images, masks = files.pop("image", []) + files.pop("image[]", []), files.pop("mask", [])
@@ -104,10 +104,7 @@ async def _stream(service, job: schemas.Job, request: Request, partial_images: i
                 index += 1
             images, info = await service.answer(job, future, None, partial=False)
         except (GenerationFailed, TimedOut, ShuttingDown, Interrupted, schemas.BadRequest) as error:  # after a 200
-            kind = {schemas.BadRequest: "invalid_request_error", TimedOut: "timeout",  # began: an error event ends it
-                    ShuttingDown: "server_shutting_down", Interrupted: "interrupted"}.get(type(error), "server_error")
-            code = {"code": kind} if kind == "interrupted" else {}
-            yield _event("error", {"error": {"message": str(error), "type": kind, **code}})
+            yield _event("error", failures.of(error).body(error))  # began: an error event ends it
             return
         finally:  # the client gone (the response cancels this generator) or done: a job still on cancels
             service.worker.cancel(future)

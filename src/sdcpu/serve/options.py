@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from sdcpu.pipeline.generate import DEFAULTS
 
+KEPT_JOBS = 32  # finished jobs of the jobs API kept (their images in memory) at most
+
 
 def key_digest(api_key: str | bytes) -> bytes:
     """What the server keeps of an API key: its SHA-256, never the key itself (a Ray deployment's options are stored
@@ -48,6 +50,8 @@ class Options:
     max_batch: int = 1  # images one pipeline call may make for waiting requests of one shape
     max_request_seconds: float | None = None  # a pipeline call still running then stops (None: no bound)
     drain_seconds: float = 30  # on SIGTERM, how long queued and running requests may finish
+    job_seconds: float = 600  # how long a finished job (/v1/jobs) is kept
+    jobs: bool = True  # take jobs: false on one of several processes sharing a port (a status would reach another)
     max_size: int = 1024  # the largest width or height served
     warmup_size: tuple[int, int] = (DEFAULTS.width, DEFAULTS.height)  # of the one-step warm-up call
     verbose: bool = False  # info logging (Ray Serve's too)

@@ -117,6 +117,7 @@ class TaskState:
     completed: bool = False
     place: int = 0
     waiting: int = 0
+    work: int = 0  # queued: the pixel-steps (schemas.Job.work) of the jobs before it and its own
 
 
 FINISHED_TASKS = 16  # the task ids of finished jobs remembered for /internal/progress (A1111 keeps 16)
@@ -146,6 +147,12 @@ class Running:
     timed_out: bool = False
     aborted: bool = False  # the drain time is over
 
+    def progress(self) -> tuple[float, float | None]:
+        """The share of its steps done, and the seconds left at the time per step so far (None before a step)."""
+        done = self.step / self.steps
+        elapsed = time.monotonic() - self.started
+        return done, elapsed / done - elapsed if done else None
+
     def mine(self, caller: Owner) -> tuple[int, Job, Future] | None:
         """The first job CALLER may watch (its first image's index in the call's images, the job, its Future); None:
         CALLER owns none."""
@@ -174,6 +181,7 @@ class Worker:
         self.pipe = None
         self.scheduler_name = None  # the recipe's scheduler, used when a request names none
         self.last_seconds = 1.0  # the last pipeline call's wall time, for Retry-After
+        self.seconds_per_work: float | None = None  # the last call's seconds per pixel-step, for a queued job's ETA
         self.running: Running | None = None
         self._prepare, self._on_fatal = prepare, on_fatal
         self._waiting: collections.deque[Queued] = collections.deque()
@@ -254,7 +262,8 @@ class Worker:
                 return TaskState(active=True)
             places = [i for i, item in enumerate(self._waiting) if item.owner.task == task]
             if places:
-                return TaskState(queued=True, place=places[0] + 1, waiting=len(self._waiting))
+                work = sum(item.job.work for item in list(self._waiting)[:places[0] + 1])
+                return TaskState(queued=True, place=places[0] + 1, waiting=len(self._waiting), work=work)
             return TaskState(completed=task in self._finished)
 
     def cancel(self, future: Future) -> None:
@@ -367,6 +376,8 @@ class Worker:
                 gone, self._gone = self._gone & set(running.futures), set()
                 self._finished.extend(item.owner.task for item in live if item.owner.task is not None)
         self.last_seconds = result.seconds
+        if running.step == running.steps:  # a whole call: its time per pixel-step holds for the next ones
+            self.seconds_per_work = result.seconds / sum(job.work for job in jobs)
         error = None
         if running.aborted:
             error = ShuttingDown(f"the server is shutting down: the request was stopped after {running.step} of "

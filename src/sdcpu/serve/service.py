@@ -30,7 +30,8 @@ def _settings(options: Options) -> Settings:
     return Settings(model=str(spec), recipe=str(options.recipe), random_weights=spec.random_weights,
                     max_size=options.max_size, key_digest=options.key_digest, lora_dir=options.lora_dir,
                     hosts=(options.host, *options.allowed_hosts), docs=options.docs,
-                    origins=options.allowed_origins, max_uploads=options.max_uploads)
+                    origins=options.allowed_origins, max_uploads=options.max_uploads, jobs=options.jobs,
+                    job_seconds=options.job_seconds)
 
 
 def _worker(options: Options, cpu, on_fatal, on_ready) -> Worker:

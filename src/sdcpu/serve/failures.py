@@ -1,0 +1,60 @@
+"""How a request that fails is answered, in one table: its HTTP status, its OpenAI error `type` (and `code`), and
+Retry-After where trying again later may work. The app's exception handlers, a stream's `error` event and a job's
+error (serve/jobs.py) all read it."""
+
+from dataclasses import dataclass
+
+from sdcpu.serve import schemas, uploads
+from sdcpu.serve.queue import (ClientGone, GenerationFailed, Interrupted, ShuttingDown, TaskInFlight, TimedOut)
+
+
+class NotFound(Exception):
+    """A job id the server does not know (never given, or forgotten): 404."""
+
+
+class NotFinished(Exception):
+    """A job's result asked for before it finished, or after it was cancelled: 409."""
+
+
+class NotServed(Exception):
+    """What this server's set-up cannot serve (the jobs API on one of several processes sharing a port): 501."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    status: int
+    kind: str  # the error's `type`
+    retry_after: str | None = None  # seconds, for the Retry-After header
+    code: str | None = None  # the error's `code`, where a client tells it apart by one
+    said: str = "{}"  # the message, of the error's own
+
+    def body(self, error: BaseException | str) -> dict:
+        """The JSON error answering ERROR (an exception, or its message)."""
+        message = self.said.format(error)
+        return {"error": {"message": message, "type": self.kind} | ({"code": self.code} if self.code else {})}
+
+    @property
+    def headers(self) -> dict | None:
+        return {"Retry-After": self.retry_after} if self.retry_after else None
+
+
+FAILURES = {
+    schemas.BadRequest: Failure(400, "invalid_request_error"),
+    TaskInFlight: Failure(409, "invalid_request_error"),  # a force_task_id naming a job in flight
+    NotFound: Failure(404, "invalid_request_error"),
+    NotFinished: Failure(409, "invalid_request_error", code="job_not_finished"),
+    NotServed: Failure(501, "not_served"),
+    TimedOut: Failure(504, "timeout"),
+    ShuttingDown: Failure(503, "server_shutting_down", retry_after="5"),
+    # an upload is read and decoded in a second or two
+    uploads.UploadsFull: Failure(503, "server_busy", retry_after="2", said="server busy: {}; retry later"),
+    ClientGone: Failure(499, "client_closed_request"),  # nginx's "client closed request": read by /metrics only
+    Interrupted: Failure(499, "interrupted", code="interrupted"),  # asked for by the client: never retried
+    GenerationFailed: Failure(500, "server_error"),
+}
+SERVER_ERROR = FAILURES[GenerationFailed]
+
+
+def of(error: BaseException) -> Failure:
+    """How ERROR is answered (a failure of no known kind: 500)."""
+    return next((failure for kind, failure in FAILURES.items() if isinstance(error, kind)), SERVER_ERROR)
