@@ -21,8 +21,8 @@ class Server:
         env = {**os.environ, "SDCPU_HOME": str(home), "HF_HUB_OFFLINE": "1",
                "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sdcpu", "serve", "--model", "random:tiny", "--recipe", "baseline", "--port",
-             str(port), "--warmup-size", "64x64", *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "sdcpu", "serve", *defaults(args), "--port", str(port), "--warmup-size", "64x64",
+             *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         seen = []
         for line in self.proc.stdout:  # --instances prints its plans first
@@ -92,14 +92,24 @@ def client(server: InProcess, address: str = "127.0.0.1") -> httpx.Client:
 
 
 def options(*args: str):
-    """The service.Options of `sdcpu serve ARGS` on random:tiny, recipe baseline, warmed up at 64x64."""
+    """The service.Options of `sdcpu serve ARGS` on random:tiny (and any other --model in ARGS), recipe baseline,
+    warmed up at 64x64."""
     from sdcpu import models, recipes
     from sdcpu.cli import build_parser
     from sdcpu.commands.serve import service_options
+    from sdcpu.pipeline import generate
+    from sdcpu.serve.options import Model
 
-    parsed = build_parser().parse_args(["serve", "--model", "random:tiny", "--recipe", "baseline",
-                                        "--warmup-size", "64x64", *args])
-    return service_options(parsed, models.parse_spec(parsed.model), recipes.parse(parsed.recipe))
+    parsed = build_parser().parse_args(["serve", *defaults(args), "--warmup-size", "64x64", *args])
+    specs, recipe = [models.parse_spec(name) for name in parsed.model], recipes.parse(parsed.recipe[0])
+    more = tuple(Model(spec, recipe, generate.parse_size(parsed.warmup_size)) for spec in specs[1:])
+    return service_options(parsed, specs[0], recipe, more=more)
+
+
+def defaults(args) -> list[str]:
+    """random:tiny and the baseline recipe where ARGS name no model or recipe (both options repeat: one per model)."""
+    return [*(() if "--model" in args else ("--model", "random:tiny")),
+            *(() if "--recipe" in args else ("--recipe", "baseline"))]
 
 
 def free_port() -> int:

@@ -193,7 +193,7 @@ REFUSED = [  # (path, what is sent, what the message says)
     ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE], "mask": MASK, "inpainting_fill": 1, "inpaint_full_res": True}}, "inpaint_full_res true: asks for"),
     ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE], "enable_hr": False}}, "enable_hr: Extra inputs"),
     ("/sdapi/v1/img2img", {"json": {"init_images": [IMAGE], "denoising_strength": "0.5"}}, "denoising_strength: Input should be a valid number"),
-    ("/sdapi/v1/options", {"json": {"sd_model_checkpoint": "v1-5.safetensors"}}, "this server runs 'random:tiny' only"),
+    ("/sdapi/v1/options", {"json": {"sd_model_checkpoint": "v1-5.safetensors"}}, "this server serves 'random:tiny' (serve --model A"),
     ("/sdapi/v1/options", {"json": {"sd_vae": "auto"}}, "sd_vae: Extra inputs are not permitted"),
 ]
 

@@ -23,16 +23,15 @@ from sdcpu.serve import guard, queue
 from sdcpu.serve.app import create_app, Settings
 from sdcpu.serve.options import key_digest
 from sdcpu.serve.queue import Phase, Worker
+from sdcpu.serve.served import Models
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
 def app_for(prepare=lambda w: None, **settings):
-    worker = Worker(prepare, max_queue=1)  # not started: "loading the model"
-    settings = {"model": "random:tiny", "recipe": "baseline", "random_weights": True, "key_digest": key_digest(KEY),
-                **settings}
-    return worker, create_app(worker, Settings(**settings))
+    worker = Worker(Models.one("random:tiny", prepare, "baseline", True), max_queue=1)  # not started: "loading"
+    return worker, create_app(worker, Settings(**{"key_digest": key_digest(KEY), **settings}))
 
 
 def call(app, method, path, host="127.0.0.1:7860", **kwargs):
@@ -123,7 +122,7 @@ def test_only_the_host_names_the_server_is_bound_to_are_answered(host, status):
 
 def test_a_route_that_breaks_answers_500_json_with_an_id_and_is_counted(caplog):
     worker, app = app_for()
-    worker.phase, worker.pipe = Phase.READY, object()  # a pipeline without a tokenizer: Service.limits raises
+    worker.phase = Phase.READY  # a model never prepared: it has no facts, Service.limits raises
     message = error_of(call(app, "POST", "/v1/images/generations", json={"prompt": "x"}, headers=AUTH), 500)
     ident = message.rsplit(" ", 1)[1]
     assert message.startswith("internal error;") and "object" not in message and len(ident) == 8

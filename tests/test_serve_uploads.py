@@ -17,15 +17,15 @@ from serving import Server, load_benchmark
 from sdcpu.serve import schemas, uploads
 from sdcpu.serve.app import create_app, Settings
 from sdcpu.serve.queue import Phase, Worker
+from sdcpu.serve.served import Models
 
 UPLOADS = ("/v1/images/edits", "/sdapi/v1/img2img")
 FORM = "multipart/form-data; boundary=b"
 
 
 def app_for(prepare, max_uploads=2):
-    worker = Worker(prepare, max_queue=1)
-    return worker, create_app(worker, Settings(model="random:tiny", recipe="baseline", random_weights=True,
-                                               max_uploads=max_uploads))
+    worker = Worker(Models.one("random:tiny", prepare, "baseline", True), max_queue=1)
+    return worker, create_app(worker, Settings(max_uploads=max_uploads))
 
 
 def asgi_call(app, path, chunks, answers):

@@ -12,11 +12,11 @@ import socket
 import sys
 
 from sdcpu import models, recipes
-from sdcpu.commands.options import add_model, add_recipe, resolve_recipe
+from sdcpu.commands.options import add_model, add_recipe, finite, given_models, given_recipes, resolve_recipe
 from sdcpu.errors import UsageError
 from sdcpu.pipeline import generate
 from sdcpu.recipes import relaunch
-from sdcpu.serve.options import KEPT_JOBS, Options, Replicas, key_digest
+from sdcpu.serve.options import KEPT_JOBS, MEMORY_SHARE, Model, Options, Replicas, key_digest
 from sdcpu.system import hardware, launcher, ray_shares
 from sdcpu.system.instances import run_instances
 
@@ -25,8 +25,12 @@ ORIGIN = re.compile(r"(https?://(?:[a-z0-9.-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?)
 
 def register(sub):
     p = sub.add_parser("serve", help="serve images over HTTP (OpenAI and A1111 APIs, a web page)", description=__doc__)
-    add_model(p)
-    add_recipe(p, quality=False)
+    add_model(p, repeat=True)
+    add_recipe(p, quality=False, repeat=True)
+    p.add_argument("--max-memory", type=finite, metavar="GIB",
+                   help="what the models held may take, in GiB: with several --model, the least recently used are "
+                        f"released to fit and prepared again (from sdcpu's caches) when asked for (default "
+                        f"{MEMORY_SHARE:.0%} of this machine's memory)")
     p.add_argument("--host", default=Options.host, help="address to listen on (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=Options.port, help="port (default %(default)s; 0: a free one, printed)")
     p.add_argument("--api-key", default=os.environ.get("SDCPU_API_KEY"),
@@ -91,12 +95,22 @@ def run(args) -> int:
     # 1. Check every input before the slow load; listen on the port, so a taken one fails now.
     _check_access(args.host, args.api_key, args.insecure_no_key)
     cpu = hardware.detect()
-    spec = models.parse_spec(args.model, trust_pickle=args.trust_pickle)
-    args.warmup_size = args.warmup_size or generate.spec_defaults(spec).size  # the model's: service_options reads it
-    width, height = generate.parse_size(args.warmup_size)
-    # auto: a tuned profile for this model at the warm-up size, else the class rules for a long-running process
-    recipe, why_auto = resolve_recipe(args, cpu, width, height, long_running=True)
-    generate.Request("warm-up", width=width, height=height).validate()
+    names = given_models(args)
+    if len(set(names)) < len(names):
+        raise UsageError(f"--model {next(n for n in names if names.count(n) > 1)} is given twice")
+    specs = [models.parse_spec(name, trust_pickle=args.trust_pickle) for name in names]
+    sizes = [generate.parse_size(args.warmup_size or generate.spec_defaults(spec).size) for spec in specs]
+    args.warmup_size = args.warmup_size or generate.spec_defaults(specs[0]).size  # the default model's
+    for width, height in sizes:
+        generate.Request("warm-up", width=width, height=height).validate()
+    # auto: a tuned profile for each model at its warm-up size, else the class rules for a long-running process
+    resolved = [resolve_recipe(argparse.Namespace(**{**vars(args), "model": name, "recipe": recipe}), cpu, *size,
+                               long_running=True, handed=index == 0)
+                for index, (name, recipe, size) in enumerate(zip(names, given_recipes(args, len(names)), sizes))]
+    (recipe, why_auto), spec = resolved[0], specs[0]
+    _check_one_process(names, [recipe for recipe, _ in resolved])
+    if args.max_memory is not None and args.max_memory <= 0:
+        raise UsageError(f"--max-memory must be more than 0 GiB, got {args.max_memory:g}")
     if args.lora_dir and not os.path.isdir(args.lora_dir):
         raise UsageError(f"--lora-dir {args.lora_dir}: not a folder")
     for name in ("max_queue", "max_uploads", "max_batch", "max_size", "instances"):
@@ -110,7 +124,8 @@ def run(args) -> int:
     if not 0 < args.job_seconds < float("inf"):
         raise UsageError(f"--job-seconds must be more than 0, got {args.job_seconds:g}")
     _check_ray_options(args)
-    options = service_options(args, spec, recipe)
+    options = service_options(args, spec, recipe, more=tuple(
+        Model(*served) for served in zip(specs[1:], [recipe for recipe, _ in resolved[1:]], sizes[1:])))
     if options.ray is not None:
         from sdcpu.serve import ray_deploy  # UsageError naming the install command when Ray is missing
 
@@ -140,18 +155,20 @@ def run(args) -> int:
     server = Server(uvicorn.Config(app, log_level="info" if args.verbose else "warning",
                                    timeout_graceful_shutdown=args.drain_seconds + 10))
     host, port = sock.getsockname()[:2]
-    print(f"sdcpu serve: listening on http://{host}:{port} (pid {os.getpid()}); loading {spec}, recipe {recipe}"
+    loading = ", ".join(f"{model.spec} (recipe {model.recipe})" for model in options.models)
+    print(f"sdcpu serve: listening on http://{host}:{port} (pid {os.getpid()}); loading {loading}"
           + (f"; auto: {why_auto}" if why_auto else ""), flush=True)
     # uvicorn re-raises the SIGTERM it handled once it has shut down gracefully; ignoring it then exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
     server.run(sockets=[sock])
     if worker.phase is Phase.FAILED:
-        raise UsageError(f"cannot serve {spec}: {worker.error}")
+        raise UsageError(f"cannot serve: {worker.error}")
     return 0
 
 
-def service_options(args, spec, recipe) -> Options:
-    """The service ARGS ask for, on SPEC optimized by RECIPE (both resolved), as the service and Ray take it."""
+def service_options(args, spec, recipe, more: tuple = ()) -> Options:
+    """The service ARGS ask for, on SPEC optimized by RECIPE (both resolved) and MORE models (options.Model), as the
+    service and Ray take it."""
     ray = None if args.ray is None else Replicas(args.ray, args.replicas, args.min_replicas, args.max_replicas,
                                                  args.cores_per_replica)
     return Options(spec, recipe, host=args.host, port=args.port,
@@ -163,7 +180,18 @@ def service_options(args, spec, recipe) -> Options:
                    max_batch=args.max_batch, max_request_seconds=args.max_request_seconds,
                    drain_seconds=args.drain_seconds, job_seconds=args.job_seconds,
                    jobs=not args.reuse_port and (ray is None or ray.most == 1), max_size=args.max_size,
-                   warmup_size=generate.parse_size(args.warmup_size), verbose=args.verbose, ray=ray)
+                   warmup_size=generate.parse_size(args.warmup_size), verbose=args.verbose, ray=ray, more=more,
+                   max_memory_gib=args.max_memory)
+
+
+def _check_one_process(names: list[str], resolved: list) -> None:
+    """The models' recipes share one process: their system steps (allocator, OpenMP, threads, pinning) must agree."""
+    first = recipes.launch_options(resolved[0])
+    for name, recipe in zip(names[1:], resolved[1:]):
+        if recipes.launch_options(recipe) != first:
+            raise UsageError(f"--recipe: {name}'s recipe {recipe} and {names[0]}'s {resolved[0]} have other system "
+                             "steps (allocator, OpenMP, threads, pinning): the models share one process, so give "
+                             "them the same ones")
 
 
 def _say(message: str) -> None:

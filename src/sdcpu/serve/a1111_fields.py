@@ -249,7 +249,8 @@ def from_a1111(body: BaseModel, limits: Limits, edit: tasks.Edit | None = None) 
     )
     second = _hires(body, limits) if getattr(body, "enable_hr", False) else None
     return schemas.check_work([schemas.checked(Job(replace(request, seed=first + i * body.batch_size), scheduler, edit,
-                                                   loras, hires=second), limits) for i in range(body.n_iter)], limits)
+                                                   loras, hires=second, model=limits.model), limits)
+                                for i in range(body.n_iter)], limits)
 
 
 def _hires(body: BaseModel, limits: Limits) -> hires.Hires:

@@ -36,13 +36,19 @@ class ProgressRequest(TaskRequest):
 
 def router(service) -> APIRouter:
     routes = APIRouter(prefix="/sdapi/v1")
-    worker, model = service.worker, service.settings.model
+    worker = service.worker
+
+    def limits(body) -> schemas.Limits:
+        """The limits of the model BODY asks for: override_settings' sd_model_checkpoint, else the server's A1111
+        model (POST /sdapi/v1/options)."""
+        named = (body.override_settings or {}).get("sd_model_checkpoint")
+        return service.limits(named if isinstance(named, str) else service.a1111_model)
 
     @routes.post("/txt2img")
     async def txt2img(body: a1111_fields.A1111Txt2ImgRequest, request: Request):
         """AUTOMATIC1111's txt2img: `images` (base64 PNGs), `parameters` (the request, every field), `info` (a JSON
         string with A1111's keys and sdcpu's)."""
-        return await _generate(request, body, a1111_fields.from_a1111(body, service.limits()), body.model_dump())
+        return await _generate(request, body, a1111_fields.from_a1111(body, limits(body)), body.model_dump())
 
     @routes.post("/img2img", openapi_extra=schemas.json_body(a1111_fields.A1111Img2ImgRequest))
     async def img2img(request: Request):
@@ -51,7 +57,7 @@ def router(service) -> APIRouter:
         async with service.uploads.admitted(worker, service.limits):
             body, edit = await uploads.parsed(request, _img2img)
         inputs = set() if body.include_init_images else {"init_images", "mask"}  # not echoed back unless asked
-        return await _generate(request, body, a1111_fields.from_a1111(body, service.limits(), edit), body.model_dump(
+        return await _generate(request, body, a1111_fields.from_a1111(body, limits(body), edit), body.model_dump(
             exclude=inputs))
 
     async def _generate(request: Request, body, jobs: list, parameters: dict) -> dict:
@@ -63,7 +69,7 @@ def router(service) -> APIRouter:
             infos.append(info)
             if info["interrupted"]:
                 break
-        info = _a1111_info(body, infos, model)
+        info = _a1111_info(body, infos)
         return {"images": images if body.send_images else [], "parameters": parameters, "info": json.dumps(info)}
 
     @routes.get("/progress")
@@ -128,13 +134,13 @@ def _img2img(data: bytes) -> tuple:
 
 def _listings(service) -> APIRouter:
     """What A1111's clients read before they generate, in A1111's shapes with what sdcpu has."""
-    routes, model = APIRouter(), service.settings.model
+    routes, models = APIRouter(), service.worker.models
 
     @routes.get("/sd-models")
     async def sd_models():
-        """The one model loaded (sdcpu serves one; hashing a checkpoint's gigabytes is not done: hash null)."""
-        return [{"title": model, "model_name": model, "hash": None, "sha256": None, "filename": model,
-                 "config": None}]
+        """The models served, the default first (hashing a checkpoint's gigabytes is not done: hash null)."""
+        return [{"title": model.name, "model_name": model.name, "hash": None, "sha256": None, "filename": model.name,
+                 "config": None} for model in models.all]
 
     @routes.get("/samplers")
     async def samplers():
@@ -165,7 +171,7 @@ def _listings(service) -> APIRouter:
     @routes.get("/cmd-flags")
     async def cmd_flags():
         """The few of A1111's command-line flags that describe this server (an API-only server on the CPU)."""
-        return {"api": True, "nowebui": True, "ckpt": model, "use_cpu": ["all"], "skip_torch_cuda_test": True,
+        return {"api": True, "nowebui": True, "ckpt": models.default.name, "use_cpu": ["all"], "skip_torch_cuda_test": True,
                 "lora_dir": None}
 
     @routes.get("/loras")
@@ -177,14 +183,19 @@ def _listings(service) -> APIRouter:
 
     @routes.get("/options")
     async def options():
-        return {"sd_model_checkpoint": model, "sd_checkpoint_hash": None, **a1111_fields.SHOWN_OPTIONS}
+        return {"sd_model_checkpoint": service.a1111_model, "sd_checkpoint_hash": None, **a1111_fields.SHOWN_OPTIONS}
 
     @routes.post("/options")
     async def set_options(body: a1111_fields.A1111Options):
-        """Only sd_model_checkpoint, and only to the model loaded: sdcpu serves one model per process."""
-        if body.sd_model_checkpoint not in (None, model):
-            raise schemas.BadRequest(f"sd_model_checkpoint {body.sd_model_checkpoint!r}: this server runs {model!r} "
-                                     "only (start another sdcpu serve for another model)")
+        """Only sd_model_checkpoint, to a model served: the one A1111 requests naming none get from now on, for every
+        client (A1111's own options are the server's, not a client's)."""
+        if body.sd_model_checkpoint is None:
+            return None
+        names = [model.name for model in models.all]
+        if body.sd_model_checkpoint not in names:
+            raise schemas.BadRequest(f"sd_model_checkpoint {body.sd_model_checkpoint!r}: this server serves "
+                                     + ", ".join(map(repr, names)) + " (serve --model A --model B serves several)")
+        service.a1111_model = body.sd_model_checkpoint
         return None
 
     return routes
@@ -195,7 +206,7 @@ def _state(job: str, count: int, step: int, steps: int, interrupted: bool) -> di
             "sampling_step": step, "sampling_steps": steps}
 
 
-def _a1111_info(body, infos: list[dict], model: str) -> dict:
+def _a1111_info(body, infos: list[dict]) -> dict:
     """A1111's `info` of INFOS (one per n_iter; app._info's), with sdcpu's own keys beside A1111's."""
     first, seeds = infos[0], [seed for info in infos for seed in info["all_seeds"]]
     count = len(seeds)
@@ -206,7 +217,7 @@ def _a1111_info(body, infos: list[dict], model: str) -> dict:
         "all_negative_prompts": [body.negative_prompt] * count, "seed": seeds[0], "all_seeds": seeds,
         "subseed": body.subseed, "all_subseeds": [body.subseed] * count, "subseed_strength": 0,
         "sampler_name": a1111_fields.sampler_label(first["sampler_name"]), "batch_size": body.batch_size,
-        "restore_faces": False, "face_restoration_model": None, "sd_model_name": model, "sd_model_hash": None,
+        "restore_faces": False, "face_restoration_model": None, "sd_model_name": first["model"], "sd_model_hash": None,
         "sd_vae_name": None, "sd_vae_hash": None, "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": first["denoising_strength"] or body.denoising_strength, "extra_generation_params": {},
         "index_of_first_image": 0, "infotexts": [text for info in infos for text in info["infotexts"]],

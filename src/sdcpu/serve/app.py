@@ -22,7 +22,6 @@ fetches to this server and data: images, and may not be framed.
 import asyncio
 import base64
 import contextlib
-import copy
 import hashlib
 import io
 import math
@@ -39,7 +38,6 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException
 
-from sdcpu import families
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models.loras import Folder
 from sdcpu.pipeline import generate
@@ -52,9 +50,6 @@ from sdcpu.serve.queue import (ClientGone, Done, GenerationFailed, Interrupted, 
 
 @dataclass(frozen=True)
 class Settings:
-    model: str  # the model spec, as given
-    recipe: str  # the resolved recipe, for /health and the images' parameters
-    random_weights: bool
     max_size: int = 1024
     key_digest: bytes | None = None  # the API key's options.key_digest (None: no key asked)
     lora_dir: str | None = None  # the LoRAs requests may name (serve --lora-dir)
@@ -96,8 +91,10 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
         key, only ready or not unless the key is sent."""
         body = {"status": "ready" if worker.ready else "not ready"}
         if guard.authorized(request.headers, settings.key_digest):
-            body |= {"state": worker.state, "model": settings.model, "recipe": settings.recipe,
-                     "queue_depth": worker.depth(), "max_queue": worker.max_queue,
+            models = worker.models
+            body |= {"state": worker.state, "model": models.default.name, "recipe": models.default.recipe,
+                     "models": [model.describe() for model in models.all], "held_gib": round(models.held_gib(), 2),
+                     "max_memory_gib": models.max_gib, "queue_depth": worker.depth(), "max_queue": worker.max_queue,
                      "pid": os.getpid()}  # which instance answered, under --instances
         return JSONResponse(body, status_code=200 if worker.ready else 503)
 
@@ -137,18 +134,20 @@ class Service:
         self.lora_folder = Folder(settings.lora_dir) if settings.lora_dir else None  # serve --lora-dir
         self.previews = preview.Shared(self.preview_png)  # the progress routes' previews
         self.uploads = uploads.Uploads(settings.max_uploads)
-        self._limits = None
+        self.a1111_model = worker.models.default.name  # A1111's sd_model_checkpoint (POST /sdapi/v1/options sets it)
+        self._limits: dict[str, schemas.Limits] = {}
 
-    def limits(self) -> schemas.Limits:
-        """The request bounds, made once the model is loaded (they need its tokenizer and the recipe's defaults)."""
-        if self._limits is None:
-            if not self.worker.ready:
-                raise NotReady(self.worker.state)
-            self._limits = schemas.Limits(self.settings.max_size, generate.defaults_for(self.worker.pipe),
-                                          copy.deepcopy(self.worker.pipe.tokenizer), self.lora_folder,
-                                          self.settings.model,
-                                          self.worker.scheduler_name, families.of(self.worker.pipe))
-        return self._limits
+    def limits(self, model: str | None = None) -> schemas.Limits:
+        """The bounds of a request for MODEL (None: the default; a name not served: BadRequest), made once the models
+        are prepared (they need each one's tokenizer and its recipe's defaults)."""
+        if not self.worker.ready:
+            raise NotReady(self.worker.state)
+        served = self.worker.models.find(model)
+        if served.name not in self._limits:
+            facts = served.facts
+            self._limits[served.name] = schemas.Limits(self.settings.max_size, facts.defaults, facts.tokenizer,
+                                                       self.lora_folder, served.name, facts.scheduler, facts.family)
+        return self._limits[served.name]
 
     def preview_png(self, latents, width: int, height: int) -> str:
         """The first image of LATENTS (a step's) as a base64 PNG of WIDTHxHEIGHT, decoded cheaply (sdcpu.serve.preview);
@@ -186,8 +185,9 @@ class Service:
         if done.interrupted and not partial:
             raise Interrupted(f"interrupted by /sdapi/v1/interrupt after {done.steps_done} of {job.steps_run} steps")
         self.metrics.images.inc(len(done.images))
-        info = _info(job, done, self.worker)
-        encoded = await run_in_threadpool(_encode, done, job, self.settings, info)
+        model = self.worker.models.find(job.model)
+        info = _info(job, done, model)
+        encoded = await run_in_threadpool(_encode, done, job, model, info)
         info["infotexts"] = [text for _, text in encoded]  # each PNG's parameters chunk (A1111's infotexts)
         return [image for image, _ in encoded], info
 
@@ -219,11 +219,11 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def _info(job: schemas.Job, done: Done, worker: Worker) -> dict:
+def _info(job: schemas.Job, done: Done, model) -> dict:
     r, edit = job.request, job.edit
-    return {"prompt": r.prompt, "negative_prompt": r.negative_prompt, "seed": r.seed, "all_seeds": r.seeds(),
+    return {"model": model.name, "prompt": r.prompt, "negative_prompt": r.negative_prompt, "seed": r.seed, "all_seeds": r.seeds(),
             "steps": r.steps, "cfg_scale": r.guidance, "width": r.width, "height": r.height,
-            "sampler_name": job.scheduler or worker.scheduler_name, "seconds": round(done.seconds, 3),
+            "sampler_name": job.scheduler or model.facts.scheduler, "seconds": round(done.seconds, 3),
             "batch_images": done.batch_images, "task": edit.task if edit else "txt2img",
             "denoising_strength": edit.strength if edit else (job.hires.strength if job.hires else None),
             "hires": None if job.hires is None else {"width": job.hires.width, "height": job.hires.height,
@@ -233,12 +233,13 @@ def _info(job: schemas.Job, done: Done, worker: Worker) -> dict:
             "interrupted": done.interrupted}
 
 
-def _encode(done: Done, job: schemas.Job, settings: Settings, info: dict) -> list[tuple[str, str]]:
-    """Base64 PNGs, each with its `parameters` chunk (as `sdcpu generate` writes them), and that chunk."""
+def _encode(done: Done, job: schemas.Job, model, info: dict) -> list[tuple[str, str]]:
+    """Base64 PNGs of MODEL's (a served.Model), each with its `parameters` chunk (as `sdcpu generate` writes them),
+    and that chunk."""
     out = []
     for image, seed in zip(done.images, job.request.seeds()):
-        text = generate.parameters_text(job.request, seed, model=settings.model, random_weights=settings.random_weights,
-                                        scheduler=info["sampler_name"], recipe=settings.recipe, edit=job.edit,
+        text = generate.parameters_text(job.request, seed, model=model.name, random_weights=model.random_weights,
+                                        scheduler=info["sampler_name"], recipe=model.recipe, edit=job.edit,
                                         loras=job.loras, hires=job.hires)
         out.append((base64.b64encode(generate.encode_png(image, text)).decode(), text))
     return out

@@ -40,7 +40,7 @@ def router(service, jobs: Jobs, enabled: bool) -> APIRouter:
     async def submit(body: schemas.OpenAIImageRequest, request: Request):
         """Queue a generation (the body of /v1/images/generations, without stream) as a job: its id at once."""
         check_enabled()
-        return submitted(schemas.from_openai(body, service.limits()), request, "generation", body)
+        return submitted(schemas.from_openai(body, service.limits(body.model)), request, "generation", body)
 
     @routes.post("/edits", status_code=202)
     async def submit_edit(request: Request):
@@ -48,7 +48,7 @@ def router(service, jobs: Jobs, enabled: bool) -> APIRouter:
         check_enabled()
         async with service.uploads.admitted(service.worker, service.limits):
             body, edit = await openai_routes.edit_form(request)
-        return submitted(schemas.from_openai(body, service.limits(), edit), request, "edit", body)
+        return submitted(schemas.from_openai(body, service.limits(body.model), edit), request, "edit", body)
 
     @routes.get("/{ident}")
     async def status(ident: schemas.Name, preview: bool = False):

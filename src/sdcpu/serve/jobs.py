@@ -108,7 +108,7 @@ class Jobs:
         if record is None and not (state.active or state.queued):
             return None
         answer = {"id": ident, "object": "image.job", "status": None, "created_at": None, "task": None,
-                  "model": self.service.settings.model, "queue_position": None, "queue_length": None, "step": None,
+                  "model": record and record.job.model, "queue_position": None, "queue_length": None, "step": None,
                   "steps": None, "progress": None, "eta_seconds": None, "finished_at": None, "expires_at": None,
                   "preview": None, "preview_step": None, "error": None, "synchronous": record is None}
         if record is not None:

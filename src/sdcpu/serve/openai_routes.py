@@ -34,7 +34,8 @@ def router(service) -> APIRouter:
     @routes.post("/v1/images/generations")
     async def generations(body: schemas.OpenAIImageRequest, request: Request):
         """OpenAI's image generation; `steps`, `seed`, `negative_prompt` and `guidance` are sdcpu's extra fields."""
-        return await _answer(service, request, body, schemas.from_openai(body, service.limits()), "image_generation")
+        return await _answer(service, request, body, schemas.from_openai(body, service.limits(body.model)),
+                             "image_generation")
 
     @routes.post("/v1/images/edits")
     async def edits(request: Request):
@@ -43,7 +44,14 @@ def router(service) -> APIRouter:
         a reference edit (FLUX.2 klein)."""
         async with service.uploads.admitted(service.worker, service.limits):
             body, edit = await edit_form(request)
-        return await _answer(service, request, body, schemas.from_openai(body, service.limits(), edit), "image_edit")
+        return await _answer(service, request, body, schemas.from_openai(body, service.limits(body.model), edit),
+                             "image_edit")
+
+    @routes.get("/v1/models")
+    async def models():
+        """OpenAI's model list: the models served (serve --model), the default first."""
+        return {"object": "list", "data": [{"id": model.name, "object": "model", "created": 0, "owned_by": "sdcpu"}
+                                           for model in service.worker.models.all]}
 
     return routes
 
@@ -92,7 +100,7 @@ async def _stream(service, job: schemas.Job, request: Request, partial_images: i
     job = replace(job, on_step=on_step)
     future = service.submit(job, Owner.of(request))  # a full queue or a model not ready: 503 now, before the stream
     future.add_done_callback(lambda _: loop.call_soon_threadsafe(previews.put_nowait, None))
-    tokens = len(service.limits().tokenizer(r.prompt).input_ids)
+    tokens = len(service.limits(job.model).tokenizer(r.prompt).input_ids)
     common = {"created_at": int(time.time()), "size": f"{r.width}x{r.height}", "quality": "auto",
               "background": "opaque", "output_format": "png"}
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from sdcpu.pipeline.generate import DEFAULTS
 
+MEMORY_SHARE = 0.75  # the share of the machine's memory the models held may take by default (requests need the rest)
 KEPT_JOBS = 32  # finished jobs of the jobs API kept (their images in memory) at most
 
 
@@ -32,9 +33,20 @@ class Replicas:
 
 
 @dataclass(frozen=True)
+class Model:
+    """A model served besides the default one: its SPEC, optimized by RECIPE (both resolved), warmed up at
+    WARMUP_SIZE."""
+
+    spec: object  # a models.ModelSpec
+    recipe: object  # a recipes.Recipe
+    warmup_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class Options:
-    """The service of one model SPEC optimized by RECIPE (both resolved): where it listens, who may use it, the
-    worker's bounds, the warm-up's size, and with RAY its Ray Serve replicas (None: one process)."""
+    """The service of the default model SPEC optimized by RECIPE (both resolved) and of MORE models: where it listens,
+    who may use it, the worker's bounds, the warm-up's size, and with RAY its Ray Serve replicas (None: one
+    process)."""
 
     spec: object  # a models.ModelSpec
     recipe: object  # a recipes.Recipe
@@ -56,3 +68,10 @@ class Options:
     warmup_size: tuple[int, int] = (DEFAULTS.width, DEFAULTS.height)  # of the one-step warm-up call
     verbose: bool = False  # info logging (Ray Serve's too)
     ray: Replicas | None = None
+    more: tuple[Model, ...] = ()  # the other models served (serve --model A --model B ...)
+    max_memory_gib: float | None = None  # what the models held may take (None: MEMORY_SHARE of the machine's)
+
+    @property
+    def models(self) -> tuple[Model, ...]:
+        """Every model served, the default first."""
+        return (Model(self.spec, self.recipe, self.warmup_size), *self.more)

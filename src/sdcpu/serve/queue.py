@@ -1,9 +1,10 @@
 """The worker: one thread owns the pipeline and runs one pipeline call at a time (inference is CPU-bound: two at once
 only share the same cores); requests wait in a bounded queue in front of it.
 
-The thread first loads, optimizes and warms up the model (`prepare`, so the first request pays no compile), then
-takes jobs in arrival order. With max_batch > 1, the jobs waiting with the same size, steps, guidance and scheduler
-as the first one join it in one pipeline call (a prompt list), up to max_batch images; benchmarks/serve_batching.py
+The thread first loads, optimizes and warms up each model served (serve/served.py: the default one last, so that it is
+held; the others while they fit --max-memory; the first request pays no compile), then takes jobs in arrival order;
+a job for a model released is preceded by its preparation again, from sdcpu's caches. With max_batch > 1, the jobs waiting with the same size, steps, guidance and scheduler
+as the first one (and its model) join it in one pipeline call (a prompt list), up to max_batch images; benchmarks/serve_batching.py
 measures whether that is faster on a machine (it is off by default). An img2img or inpainting job runs alone.
 
 Each job has an `Owner`: the peer address that sent it and the A1111 task id it named (force_task_id), if any. The
@@ -21,6 +22,7 @@ later fail with ShuttingDown (503), the running call stopped at its next step.
 """
 
 import collections
+import copy
 import enum
 import logging
 import threading
@@ -29,9 +31,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from sdcpu import families
 from sdcpu.models import schedulers
 from sdcpu.pipeline import generate, lora
 from sdcpu.serve.schemas import Job
+from sdcpu.serve.served import Facts, Model, Models
 
 log = logging.getLogger(__name__)
 
@@ -167,23 +171,31 @@ class Running:
 def batch_key(job: Job) -> tuple:
     r = job.request
     # an edit's job runs alone: generate.run_batch takes one edit per call, and each request's Edit is its own object
-    return r.width, r.height, r.steps, r.guidance, job.scheduler, id(job.edit), job.loras, job.hires
+    return job.model, r.width, r.height, r.steps, r.guidance, job.scheduler, id(job.edit), job.loras, job.hires
+
+
+@dataclass
+class Runtime:
+    """The worker's state of a held pipeline: its scheduler swapper and the LoRA set it runs with (None: unknown)."""
+
+    schedulers: schedulers.Swapper
+    loras: tuple | None = ()
 
 
 class Worker:
-    def __init__(self, prepare, *, max_queue: int, max_batch: int = 1, max_seconds: float | None = None,
+    def __init__(self, models: Models, *, max_queue: int, max_batch: int = 1, max_seconds: float | None = None,
                  on_fatal=lambda error: None):
-        """PREPARE() -> pipeline runs on the worker thread before any job; ON_FATAL(error) is told when it fails;
-        MAX_SECONDS bounds each pipeline call (None: unbounded)."""
+        """MODELS: the models served, each prepared on the worker thread before any job; ON_FATAL(error) is told when
+        one fails to; MAX_SECONDS bounds each pipeline call (None: unbounded)."""
         self.max_queue, self.max_batch, self.max_seconds = max_queue, max_batch, max_seconds
         self.phase, self.error = Phase.PREPARING, None  # error: why preparing failed
         self._preparing = "loading the model"  # the part of the preparation under way (PREPARE sets `state`)
-        self.pipe = None
-        self.scheduler_name = None  # the recipe's scheduler, used when a request names none
+        self.models = models
+        self.pipe = None  # the pipeline of the model last used
         self.last_seconds = 1.0  # the last pipeline call's wall time, for Retry-After
         self.seconds_per_work: float | None = None  # the last call's seconds per pixel-step, for a queued job's ETA
         self.running: Running | None = None
-        self._prepare, self._on_fatal = prepare, on_fatal
+        self._on_fatal = on_fatal
         self._waiting: collections.deque[Queued] = collections.deque()
         self._finished: collections.deque[str] = collections.deque(maxlen=FINISHED_TASKS)  # task ids, oldest first
         self._cond = threading.Condition()
@@ -309,15 +321,13 @@ class Worker:
 
     def _main(self):
         try:
-            self.pipe = self._prepare(self)
+            for model in reversed(self.models.all):  # the default last: held whatever the budget
+                self._hold(model)
         except Exception as error:  # noqa: BLE001 - any failure is reported, the server cannot serve without a model
             self.error, self.phase = error, Phase.FAILED
             log.error("model preparation failed: %s", error, exc_info=error)
             self._on_fatal(error)
             return
-        self._schedulers = schedulers.Swapper(self.pipe)
-        self._loras = ()  # the LoRA set the pipeline runs with
-        self.scheduler_name = schedulers.current_name(self.pipe)
         self.phase = Phase.READY
         while batch := self._next_batch():
             self._run(batch)
@@ -361,8 +371,11 @@ class Worker:
             return running.timed_out or running.aborted or not wanted
 
         try:
-            self._schedulers.use(jobs[0].scheduler)
-            self._use_loras(jobs[0].loras)
+            model = self.models.find(jobs[0].model)
+            self._hold(model)
+            running.started = time.monotonic()  # a model prepared again first: not the call's time
+            model.runtime.schedulers.use(jobs[0].scheduler)
+            self._use_loras(model.runtime, jobs[0].loras)
             result = generate.run_batch(self.pipe, [job.request for job in jobs], jobs[0].edit, on_step,
                                         keep_prompts=True, hires=jobs[0].hires)
         except Exception as error:  # noqa: BLE001 - the requests fail, the worker goes on
@@ -396,10 +409,21 @@ class Worker:
             future.set_result(Done([next(images) for _ in job.request.seeds()], result.seconds, len(result.images),
                                    running.step, cut and future in running.halted))
 
-    def _use_loras(self, loras: tuple) -> None:
+    def _hold(self, model: Model):
+        """MODEL's pipeline, prepared unless held (served.Models.hold), made the one in use; its facts taken the
+        first time."""
+        self.pipe = self.models.hold(model, self)
+        if model.runtime is None:
+            model.runtime = Runtime(schedulers.Swapper(self.pipe))
+        if model.facts is None:
+            model.facts = Facts(generate.defaults_for(self.pipe), copy.deepcopy(self.pipe.tokenizer),
+                                schedulers.current_name(self.pipe), families.of(self.pipe))
+        return self.pipe
+
+    def _use_loras(self, runtime: Runtime, loras: tuple) -> None:
         """Switch the pipeline to the LoRA set LORAS (sdcpu.pipeline.lora.use: adapters on the eager UNet, compiled sets kept
         on OpenVINO), unless it runs with it already; a set that cannot apply fails its job alone."""
-        if loras != self._loras:
-            self._loras = None  # unknown until use() has finished: a failed switch is switched again next time
+        if loras != runtime.loras:
+            runtime.loras = None  # unknown until use() has finished: a failed switch is switched again next time
             log.info("lora: %s", lora.use(self.pipe, loras))
-            self._loras = loras
+            runtime.loras = loras

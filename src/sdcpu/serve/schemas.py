@@ -50,6 +50,7 @@ class Job:
     # on_step(step_index, steps_run, latents of this job's images), on the worker thread after each step
     on_step: object = field(default=None, compare=False)
     hires: Hires | None = None  # text-to-image's second pass (A1111's hires fix)
+    model: str | None = None  # the served model's name (serve/served.py); None: the default
 
     @property
     def steps_run(self) -> int:
@@ -91,7 +92,7 @@ class _OpenAIFields(Finite):
     response_format: Literal["b64_json", "url"] = "b64_json"
     stream: bool = False
     partial_images: int = Field(0, ge=0, le=MAX_PARTIAL_IMAGES)
-    model: Name | None = None  # any name is accepted: the server runs the one model it loaded
+    model: Name | None = None  # one of the served models (serve --model); any name where one is served
     user: Name | None = None
     # sdcpu's extra fields
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
@@ -143,7 +144,7 @@ def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = N
         guidance=limits.defaults.guidance if body.guidance is None else body.guidance,
         seed=seed_of(body.seed), num_images=body.n,
     )
-    return check_work([checked(Job(request, edit=edit, loras=loras), limits)], limits)[0]
+    return check_work([checked(Job(request, edit=edit, loras=loras, model=limits.model), limits)], limits)[0]
 
 
 def openai_edit(images: list[bytes], mask: bytes | None, strength: float | None) -> tasks.Edit:

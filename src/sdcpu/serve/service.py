@@ -1,14 +1,17 @@
-"""The service `sdcpu serve` runs, put together in one place: a Worker (serve/queue.py) owning one pipeline, prepared
-(loaded, optimized and warmed up) on its thread, and the app around it (serve/app.py). `sdcpu serve` runs it under
+"""The service `sdcpu serve` runs, put together in one place: a Worker (serve/queue.py) owning the pipelines of the
+models served (serve/served.py), each prepared (loaded, optimized and warmed up) on its thread, and the app around it
+(serve/app.py). `sdcpu serve` runs it under
 uvicorn; each Ray Serve replica (serve/ray_deploy.py) builds the same; `sdcpu mcp` (serve/mcp_tools.py) the service
 alone."""
 
+import functools
+
 from sdcpu.pipeline import generate
 from sdcpu.pipeline.prepare import prepare
-from sdcpu.serve import preview
+from sdcpu.serve import preview, served
 from sdcpu.serve.app import create_app, Service, Settings
 from sdcpu.serve.metrics import Metrics
-from sdcpu.serve.options import Options
+from sdcpu.serve.options import MEMORY_SHARE, Model, Options
 from sdcpu.serve.queue import Worker
 
 
@@ -26,28 +29,30 @@ def standalone(options: Options, cpu, on_ready=lambda message: None) -> Service:
 
 
 def _settings(options: Options) -> Settings:
-    spec = options.spec
-    return Settings(model=str(spec), recipe=str(options.recipe), random_weights=spec.random_weights,
-                    max_size=options.max_size, key_digest=options.key_digest, lora_dir=options.lora_dir,
+    return Settings(max_size=options.max_size, key_digest=options.key_digest, lora_dir=options.lora_dir,
                     hosts=(options.host, *options.allowed_hosts), docs=options.docs,
                     origins=options.allowed_origins, max_uploads=options.max_uploads, jobs=options.jobs,
                     job_seconds=options.job_seconds)
 
 
 def _worker(options: Options, cpu, on_fatal, on_ready) -> Worker:
-    return Worker(lambda w: _prepare(w, options, cpu, on_ready), max_queue=options.max_queue,
-                  max_batch=options.max_batch, max_seconds=options.max_request_seconds, on_fatal=on_fatal)
+    models = [served.Model(str(model.spec), str(model.recipe), model.spec.random_weights,
+                           functools.partial(_prepare, model=model, cpu=cpu, on_ready=on_ready))
+              for model in options.models]
+    budget = options.max_memory_gib or MEMORY_SHARE * cpu.memory_bytes / served.GIB
+    return Worker(served.Models(models, budget), max_queue=options.max_queue, max_batch=options.max_batch,
+                  max_seconds=options.max_request_seconds, on_fatal=on_fatal)
 
 
-def _prepare(worker, options: Options, cpu, on_ready):
-    """The pipeline the worker will own, prepared on its thread (compiling steps compile on the warm-up call), each
-    phase said in its state."""
-    width, height = options.warmup_size
-    prepared = prepare(options.spec, options.recipe, cpu, always_warm=True,
+def _prepare(worker, *, model: Model, cpu, on_ready):
+    """MODEL's pipeline, prepared on the worker's thread (compiling steps compile on the warm-up call), each phase
+    said in its state."""
+    width, height = model.warmup_size
+    prepared = prepare(model.spec, model.recipe, cpu, always_warm=True,
                        warmup=lambda defaults: generate.Request("warm-up", steps=1, width=width, height=height),
                        on_phase=lambda phase: setattr(worker, "state", phase))
     previews = preview.previewer(prepared.pipe).source  # loaded now: the first preview or progress image pays nothing
     skipped = "; ".join(map(str, prepared.skipped))
-    on_ready(f"sdcpu serve: ready (warm-up {prepared.warmup.seconds:.1f} s; previews: {previews})"
-             + (f"; skipped: {skipped}" if skipped else ""))
+    on_ready(f"sdcpu serve: {model.spec} ready (load {prepared.load_seconds:.1f} s, warm-up "
+             f"{prepared.warmup.seconds:.1f} s; previews: {previews})" + (f"; skipped: {skipped}" if skipped else ""))
     return prepared.pipe
