@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 
 import httpx2 as httpx
@@ -49,6 +50,10 @@ def main():
             if match := re.search(r"listening on (http://\S+)", line):
                 url = match.group(1)
                 break
+        else:
+            raise SystemExit(f"the server exited: {server.wait()}")
+        threading.Thread(target=lambda: [print(line.rstrip(), flush=True) for line in server.stdout],
+                         daemon=True).start()  # the rest of its output, read so that its pipe never fills
         while httpx.get(f"{url}/health", timeout=10).status_code != 200:
             assert server.poll() is None, "the server exited"
             time.sleep(1)

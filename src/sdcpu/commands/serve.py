@@ -186,9 +186,13 @@ def service_options(args, spec, recipe, more: tuple = ()) -> Options:
 
 def _check_one_process(names: list[str], resolved: list) -> None:
     """The models' recipes share one process: their system steps (allocator, OpenMP, threads, pinning) must agree."""
-    first = recipes.launch_options(resolved[0])
+    def plan(recipe):  # threads are bound to cores only where they are pinned
+        launch = recipes.launch_options(recipe)
+        return dataclasses.replace(launch, bind_threads=launch.pin and launch.bind_threads)
+
+    first = plan(resolved[0])
     for name, recipe in zip(names[1:], resolved[1:]):
-        if recipes.launch_options(recipe) != first:
+        if plan(recipe) != first:
             raise UsageError(f"--recipe: {name}'s recipe {recipe} and {names[0]}'s {resolved[0]} have other system "
                              "steps (allocator, OpenMP, threads, pinning): the models share one process, so give "
                              "them the same ones")
