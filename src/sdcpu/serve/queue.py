@@ -412,6 +412,8 @@ class Worker:
     def _hold(self, model: Model):
         """MODEL's pipeline, prepared unless held (served.Models.hold), made the one in use; its facts taken the
         first time."""
+        if model.pipe is None:
+            self.pipe = None  # the pipeline in use may be the one released to make room: nothing else holds it
         self.pipe = self.models.hold(model, self)
         if model.runtime is None:
             model.runtime = Runtime(schedulers.Swapper(self.pipe))
