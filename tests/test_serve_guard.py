@@ -29,7 +29,7 @@ KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
-def app_for(prepare=lambda w: None, **settings):
+def app_for(prepare=lambda w, again: None, **settings):
     worker = Worker(Models.one("random:tiny", prepare, "baseline", True), max_queue=1)  # not started: "loading"
     return worker, create_app(worker, Settings(**{"key_digest": key_digest(KEY), **settings}))
 
@@ -73,7 +73,7 @@ def test_the_key_is_checked_before_a_byte_of_the_body_is_read():
 def ready(tiny):
     """An app whose worker runs random:tiny, without a key."""
     pipe = tiny()
-    worker, app = app_for(lambda w: pipe, key_digest=None)
+    worker, app = app_for(lambda w, again: pipe, key_digest=None)
     worker.start()
     deadline = time.monotonic() + 60
     while not worker.ready:

@@ -65,7 +65,7 @@ async def garbage():
 
 @pytest.mark.parametrize("path", UPLOADS)
 def test_an_upload_to_a_server_not_ready_is_503_before_a_byte_is_read(path):
-    _, app = app_for(lambda w: None)  # the worker not started: "loading the model"
+    _, app = app_for(lambda w, again: None)  # the worker not started: "loading the model"
     answers = []
     call, read = asgi_call(app, path, garbage(), answers)
     asyncio.run(call)
@@ -77,7 +77,7 @@ def test_an_upload_to_a_server_not_ready_is_503_before_a_byte_is_read(path):
 def one_upload(tiny):
     """An app serving random:tiny that reads one upload at a time."""
     pipe = tiny()
-    worker, app = app_for(lambda w: pipe, max_uploads=1)
+    worker, app = app_for(lambda w, again: pipe, max_uploads=1)
     worker.start()
     deadline = time.monotonic() + 60
     while not worker.ready:

@@ -10,7 +10,7 @@ from sdcpu.errors import Skip, UsageError
 from sdcpu.families import sd
 from sdcpu.models import schedulers
 from sdcpu.models.loras import parse
-from sdcpu.pipeline import generate, hires, lora, tasks
+from sdcpu.pipeline import control, generate, hires, lora, tasks
 from sdcpu.pipeline.generate import DEFAULTS
 from sdcpu.pipeline.prepare import prepare
 from sdcpu.recipes import relaunch
@@ -46,6 +46,16 @@ def register(sub):
                    help=f"one of {', '.join(hires.UPSCALERS)} (default %(default)s: the latents interpolated)")
     p.add_argument("--hires-steps", type=int, default=0, help="second-pass steps (default: --steps)")
     p.add_argument("--hires-strength", type=finite, default=0.7, help="second-pass strength, (0, 1] (default 0.7)")
+    p.add_argument("--control", metavar="MAP.png",
+                   help="ControlNet: steer the image by this control image (canny: any image, its edges found here; "
+                        "depth: a depth map, white near); SD and SDXL, on recipes that keep the eager UNet")
+    p.add_argument("--control-type", default="canny", choices=control.KINDS, help="(default %(default)s)")
+    p.add_argument("--control-scale", type=finite, default=1.0, help="how strongly it steers, 0-2 (default 1)")
+    p.add_argument("--control-as-is", action="store_true",
+                   help="canny: the control image is an edge map already (no edge detection)")
+    p.add_argument("--controlnet", metavar="HUB_ID|FOLDER",
+                   help="the ControlNet (default: the model family's for --control-type; a random: model gets a "
+                        "random-weight one)")
     p.add_argument("-o", "--output", default="outputs", help="a folder, or a FILE.png (default %(default)s/)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing -o FILE.png (else refused)")
     p.add_argument("--lora", action="append", default=[], metavar="FILE_OR_ID[:WEIGHT]",
@@ -75,6 +85,7 @@ def run(args) -> int:
     tasks.check_steps(request.steps, edit and edit.strength)
     if args.hires:
         _hires(args, request, found and found[0], edit)  # checked before loading, again once the model is known
+    steer = _control(args, found and found[0], recipe)
     paths = generate.output_paths(args.output, request.seeds(), overwrite=args.overwrite)
     relaunch.under_plan(recipe, cpu, why=why_auto)
 
@@ -109,10 +120,11 @@ def run(args) -> int:
 
     # 3. Generate, then write one PNG per image.
     second = args.hires and _hires(args, request, family, edit)  # the loaded model's size and family
-    result = generate.run(pipe, request, edit, hires=second)
+    result = generate.run(pipe, request, edit, hires=second, control=steer)
     for image, seed, path in zip(result.images, request.seeds(), paths):
         text = generate.parameters_text(request, seed, model=str(spec), random_weights=spec.random_weights,
-                                        scheduler=scheduler, recipe=str(recipe), edit=edit, loras=loras, hires=second)
+                                        scheduler=scheduler, recipe=str(recipe), edit=edit, loras=loras, hires=second,
+                                        control=steer)
         print(generate.save_png(image, path, text, overwrite=args.overwrite, renumber=generate.numbered(args.output)))
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
@@ -140,6 +152,19 @@ def _hires(args, request, family, edit):
                            upscaler=args.hires_upscaler, steps=args.hires_steps, strength=args.hires_strength)
     generate.check_hires(second, family, edit, request.steps)
     return second
+
+
+def _control(args, family, recipe):
+    """The --control input, read and checked before any model loads (FAMILY: the model's where known, else checked
+    once it has loaded); None without one."""
+    if args.control is None:
+        if args.controlnet or args.control_as_is:
+            raise UsageError(f"{'--controlnet' if args.controlnet else '--control-as-is'} needs --control")
+        return None
+    if reason := control.refusal(family or sd.FAMILY, recipe):
+        raise UsageError(f"--control: {reason}")
+    return control.control(_read("--control", args.control), args.control_type, args.control_scale,
+                           preprocess=not args.control_as_is, source=args.controlnet)
 
 
 def _size(defaults, edit, family) -> tuple[int, int]:

@@ -104,6 +104,9 @@ class Family:
     # output_hidden_states=True): a backend converting the encoders keeps the last two, not only their outputs
     text_hidden_states: bool = False
     decoder: str = "vae"  # the pipeline attribute whose `decode` turns latents into images
+    # task -> the diffusers pipeline class running it with a ControlNet (pipeline/control.py); empty: none
+    control_pipelines: Mapping[str, str] = field(default_factory=dict)
+    controlnets: Mapping[str, str] = field(default_factory=dict)  # control type -> its ControlNet's hub id
     defaults: Defaults = Defaults()
     # the torch dtype its models load in unless a recipe casts them: float32, or its weights' own where float32 would
     # not fit a machine (FLUX.2's bfloat16)

@@ -41,6 +41,7 @@ class State:
     stored: str = ""  # the form the weights step stored the eager weights in (bf16, int8, int4), "" as loaded
     prompt_states: dict = field(default_factory=dict)  # prompt -> its encoded states (Family.prompt_cache), oldest first
     previewer: object = None  # serve's live-preview decoder
+    controlnets: dict = field(default_factory=dict)  # (control type, source) -> its ControlNet (pipeline/control.py)
 
     @property
     def rounded(self) -> bool:

@@ -156,14 +156,14 @@ def parse_size(text: str) -> tuple[int, int]:
     return width, height
 
 
-def run(pipe, request: Request, edit=None, hires=None) -> Result:
+def run(pipe, request: Request, edit=None, hires=None, control=None) -> Result:
     """Generate REQUEST's images with PIPE (from EDIT's image and mask: img2img or inpainting; with HIRES a hires
-    fix's second pass); the whole call is timed with perf_counter."""
-    return run_batch(pipe, [request], edit, hires=hires)
+    fix's second pass; steered by CONTROL's ControlNet); the whole call is timed with perf_counter."""
+    return run_batch(pipe, [request], edit, hires=hires, control=control)
 
 
 def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_prompts: bool = False,
-              hires=None) -> Result:
+              hires=None, control=None) -> Result:
     """REQUESTS (same size, steps and guidance) in one pipeline call, one prompt per image: the images come in request
     order, each from its own seed's generator, so a request's images are those it gets alone (up to float rounding).
     EDIT (a tasks.Edit) makes it img2img or inpainting, on the same components. ON_STEP(step_index, steps_run,
@@ -171,10 +171,10 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_promp
     stops there (diffusers' interrupt) and the images are decoded from the latents it has. KEEP_PROMPTS (a server's
     worker): where the family keeps prompts' states (Family.prompt_cache), a prompt seen lately skips the text
     encoder. HIRES (a hires.Hires): text-to-image's second pass at its larger size (ON_STEP counts both passes' steps
-    as one schedule)."""
+    as one schedule). CONTROL (a control.Control): its ControlNet steers each pass."""
     import torch
 
-    from sdcpu.pipeline import hires as hires_fix, tasks, vae_tiles
+    from sdcpu.pipeline import control as controls, hires as hires_fix, tasks, vae_tiles
 
     first = requests[0]
     family = families.of(pipe)
@@ -189,7 +189,9 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_promp
     prompts = [r.prompt for r in requests for _ in r.seeds()]
     negatives = [r.negative_prompt for r in requests for _ in r.seeds()]
     generators = [torch.Generator("cpu").manual_seed(seed) for r in requests for seed in r.seeds()]
-    target = tasks.pipeline_for(pipe, edit.task if edit else "txt2img")
+    task = edit.task if edit else "txt2img"
+    net = control and controls.controlnet(pipe, control.kind, control.source)
+    target = tasks.pipeline_for(pipe, task, net)
     size = {} if edit and edit.task == "img2img" and not edit.by_reference else {"width": first.width,
                                                                                   "height": first.height}
     sized = edit and edit.sized(first.width, first.height)  # once: the call's input and its paste-back
@@ -221,14 +223,17 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_promp
     output_type = hires_fix.first_output_type(hires) if hires else "pil"
     with torch.inference_mode(), vae_tiles.tiled(pipe.vae), component_split(pipe) as split:
         output = call(target, first.steps, **size, **tasks.call_arguments(sized, first.steps, len(prompts)),
+                      **(control.arguments(task, first.width, first.height, len(prompts)) if control else {}),
                       output_type=output_type)
         if hires and getattr(target, "_interrupt", False):  # stopped in its first pass: no second
             images = output.images if output_type == "pil" else hires_fix.decoded(target, output.images)
         elif hires:
             done[0] = target.num_timesteps
-            again = tasks.pipeline_for(pipe, "img2img")
+            again = tasks.pipeline_for(pipe, "img2img", net)
             images = call(again, hires.steps_of(first.steps), strength=hires.strength,
-                          image=hires_fix.upscaled(hires, output.images, pipe.vae_scale_factor)).images
+                          image=hires_fix.upscaled(hires, output.images, pipe.vae_scale_factor),
+                          **(control.arguments("img2img", hires.width, hires.height, len(prompts)) if control
+                             else {})).images
         else:
             images = tasks.pasted_back(target, sized, output.images)
     return Result(images=images, seconds=time.perf_counter() - start, split=split)
@@ -252,11 +257,12 @@ def _prompt_arguments(pipe, target, family, prompts: list[str]) -> dict:
 
 
 def parameters_text(request: Request, seed: int, *, model: str, random_weights: bool, scheduler: str, recipe: str,
-                    edit=None, loras=(), hires=None) -> str:
+                    edit=None, loras=(), hires=None, control=None) -> str:
     """AUTOMATIC1111's `parameters` layout, which image viewers and web UIs already read, plus sdcpu's fields (the
     task, and for img2img and inpainting A1111's `Denoising strength` and the input image's SHA-256). LORAS (each
     with name, weight, digest()) go as A1111 writes them: `<lora:name:weight>` tags after the prompt and
-    `Lora hashes`. HIRES (a hires fix's second pass): A1111's Hires fields after the first pass's Size."""
+    `Lora hashes`. HIRES (a hires fix's second pass): A1111's Hires fields after the first pass's Size. CONTROL:
+    A1111's ControlNet extension's `ControlNet 0` field."""
     lines = [_one_line(request.prompt) + "".join(f" <lora:{lora.name}:{lora.weight:g}>" for lora in loras)]
     if request.negative_prompt:
         lines.append(f"Negative prompt: {_one_line(request.negative_prompt)}")
@@ -269,6 +275,7 @@ def parameters_text(request: Request, seed: int, *, model: str, random_weights: 
                                          else f"Denoising strength: {edit.strength}")
            + f", Init image hash: {edit.image_sha256}" if edit else "")
         + (f', Lora hashes: "{", ".join(f"{lora.name}: {lora.digest()}" for lora in loras)}"' if loras else "")
+        + (f', ControlNet 0: "{control.text()}"' if control else "")
     )
     if random_weights:
         lines.append(f"Note: {RANDOM_WEIGHTS_NOTE}")

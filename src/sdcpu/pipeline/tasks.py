@@ -161,9 +161,9 @@ def for_family(edit: Edit | None, family) -> Edit | None:
     return replace(edit, by_reference=True)
 
 
-def pipeline_for(pipe, task: str):
-    """PIPE's pipeline for TASK (its family's diffusers class), built once from its components (diffusers' from_pipe)
-    and kept on PIPE."""
+def pipeline_for(pipe, task: str, controlnet=None):
+    """PIPE's pipeline for TASK (its family's diffusers class; with CONTROLNET, its ControlNet class), built once from
+    its components (diffusers' from_pipe) and kept on PIPE."""
     from unittest import mock
 
     import diffusers
@@ -179,21 +179,24 @@ def pipeline_for(pipe, task: str):
         channels = getattr(pipe, family.denoiser.attribute).config.in_channels
         raise UsageError(f"this model's {family.denoiser.label} is an inpainting one ({channels} input channels): "
                          "it makes only inpainting; give an image and a mask")
-    kind = getattr(diffusers, family.pipelines[task])
-    if isinstance(pipe, kind):
+    if controlnet is not None and task not in family.control_pipelines:
+        raise UsageError(f"{family.name} models take no ControlNet in sdcpu")
+    kind = getattr(diffusers, (family.control_pipelines if controlnet is not None else family.pipelines)[task])
+    if isinstance(pipe, kind) and controlnet is None:
         return pipe
     shared = state.of(pipe)
-    kept = shared.tasks
-    if task not in kept:
+    kept, key = shared.tasks, task if controlnet is None else (task, id(controlnet))
+    if key not in kept:
         # the components given by name: from_pipe would drop one of another class than the model's own (TAESD as
         # vae); its closing `to(dtype)` (float32 unless told) is held off: it would cast the shared components, and
         # FLUX.2's bf16 weights would double, a bf16 UNet run in float32, bf16-weights' float32 VAE turn bf16
         with mock.patch.object(kind, "to", lambda made, *args, **kwargs: made):
-            made = kind.from_pipe(pipe, **{name: getattr(pipe, name) for name in family.components})
+            made = kind.from_pipe(pipe, **{name: getattr(pipe, name) for name in family.components},
+                                  **({} if controlnet is None else {"controlnet": controlnet}))
         made.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
         made.__dict__["sdcpu"] = shared  # one state for the pipelines of one set of components
-        kept[task] = made
-    return kept[task]
+        kept[key] = made
+    return kept[key]
 
 
 def call_arguments(sized: Edit | None, steps: int, count: int) -> dict:

@@ -92,6 +92,9 @@ class StepKind:
     cuts_work: bool = False
     needs: str | None = None  # the Python package it needs beyond torch: tune offers a backend only where it imports
     own_threads: bool = False  # it computes on a thread pool of its own: the launcher leaves OpenMP threads unbound
+    # a ControlNet can steer the UNet it leaves (sdcpu.pipeline.control): the eager module, whose forward takes the
+    # ControlNet's residuals; compiled and converted UNets take no such inputs, DeepCache's forward skips them
+    control: bool = True
     launch: Launch | None = None  # a system step's option for the launcher
 
     @property
@@ -122,28 +125,31 @@ STEP_KINDS = {
                         "memory where bf16 is emulated), =int8 (a scale per row), =int4 (groups of 128)",
                         module="sdcpu.backends.weights", role="eager"),
     "compile": StepKind("framework", summary="torch.compile (inductor, freezing) of the UNet and VAE decoder",
-                         module="sdcpu.backends.inductor", role="backend", compiles=True, ladder="compile"),
+                         module="sdcpu.backends.inductor", role="backend", compiles=True, ladder="compile",
+                         control=False),
     "openvino": StepKind("framework", _precision, "UNet, VAE decoder and text encoder run by OpenVINO, static shapes; "
                          "=f32|bf16 sets the precision (default: bf16 where the CPU has it natively, else f32)",
                          optional=True, module="sdcpu.backends.openvino", role="backend", compiles=True,
-                         ladder="openvino", needs="openvino", own_threads=True),
+                         ladder="openvino", needs="openvino", own_threads=True, control=False),
     "int8": StepKind("framework", summary="the UNet a backend runs, quantized to int8 (NNCF after openvino, torchao "
                      "PT2E after compile)", module="sdcpu.backends.int8", role="after_backend", ladder="int8",
-                     cuts_work=True),
+                     cuts_work=True, control=False),
     "release": StepKind("framework", summary="one part of a call (text encoders, denoiser, VAE) resident at a time: "
                         "each dropped when another starts; after openvino, compiled again on the next image (a "
                         "compile per part per image); on eager torch, weights read in place from their mapped files "
                         "and paged in again (a bf16 model's); peak memory of the largest part",
                         module="sdcpu.backends.release", role="after_backend"),
     "ipex": StepKind("framework", summary="Intel Extension for PyTorch (end-of-life), only when installed and matching",
-                     module="sdcpu.backends.ipex", role="backend", ladder="ipex", needs="intel_extension_for_pytorch"),
+                     module="sdcpu.backends.ipex", role="backend", ladder="ipex", needs="intel_extension_for_pytorch",
+                     control=False),
     "scheduler": StepKind("algorithm", _scheduler, "swap the scheduler (e.g. dpm++)", ladder="scheduler=dpm++"),
     "lcm-lora": StepKind("algorithm", str, "LCM-LoRA fused into the UNet, LCM scheduler, 4 steps at guidance 1; "
                          "=HUB_ID|DIR|FILE picks the LoRA (default latent-consistency/lcm-lora-sdv1-5; random for "
                          "random: models)", optional=True, module="sdcpu.algorithms.lcm_lora", role="before_backend",
                          ladder="lcm-lora"),
     "deepcache": StepKind("algorithm", _count, "DeepCache: the full UNet every N calls, its shallow branch between",
-                          module="sdcpu.algorithms.deepcache", role="eager", ladder="deepcache=2", cuts_work=True),
+                          module="sdcpu.algorithms.deepcache", role="eager", ladder="deepcache=2", cuts_work=True,
+                          control=False),
     "tome": StepKind("algorithm", _ratio, "token merging: =R (default 0.5) of the tokens merged before each "
                      "self-attention at the finest attention level", optional=True, module="sdcpu.algorithms.tome",
                      role="eager", ladder="tome"),

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, create_model
 
 from sdcpu.pipeline import hires, tasks
 from sdcpu.pipeline.generate import MAX_SIDE, Request
-from sdcpu.serve import schemas
+from sdcpu.serve import a1111_controlnet, schemas
 from sdcpu.serve.schemas import BadRequest, Job, Limits, MAX_GUIDANCE, MAX_IMAGES, MAX_SEED, MAX_STEPS
 
 # A1111 sampler names (and sdcpu's own scheduler names) -> sdcpu.models.schedulers names, for samplers diffusers has.
@@ -109,7 +109,7 @@ COMMON = {
     "script_args": neutral(list | None, [], EMPTY_LIST, "a script's arguments"),
     "send_images": honoured(bool, True, "false: the answer's images list is empty"),
     "save_images": neutral(Bool, False, OFF, "images saved on the server (sdcpu stores none)"),
-    "alwayson_scripts": neutral(dict | None, {}, EMPTY_DICT, "always-on scripts (ControlNet, ADetailer...)"),
+    "alwayson_scripts": honoured(dict | None, {}, "controlnet only: one ControlNet unit (a1111_controlnet.py)"),
     "force_task_id": honoured(Text, None, "names the job: /internal/progress and /sdapi/v1/interrupt take it"),
     "infotext": neutral(Text, None, NONE, "parameters read from an infotext"),
 }
@@ -248,8 +248,9 @@ def from_a1111(body: BaseModel, limits: Limits, edit: tasks.Edit | None = None) 
         steps=body.steps, guidance=body.cfg_scale, seed=first, num_images=body.batch_size,
     )
     second = _hires(body, limits) if getattr(body, "enable_hr", False) else None
+    steer = a1111_controlnet.control_of(body.alwayson_scripts, limits)
     return schemas.check_work([schemas.checked(Job(replace(request, seed=first + i * body.batch_size), scheduler, edit,
-                                                   loras, hires=second, model=limits.model), limits)
+                                                   loras, hires=second, model=limits.model, control=steer), limits)
                                 for i in range(body.n_iter)], limits)
 
 

@@ -165,8 +165,9 @@ def _listings(service) -> APIRouter:
 
     @routes.get("/scripts")
     async def scripts():
-        """No scripts: clients read this to know which extensions (ControlNet, ADetailer...) to send arguments to."""
-        return {"txt2img": [], "img2img": []}
+        """The always-on scripts served (clients read this to know which extensions to send arguments to): ControlNet
+        (serve/a1111_controlnet.py)."""
+        return {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
 
     @routes.get("/cmd-flags")
     async def cmd_flags():

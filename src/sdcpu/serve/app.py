@@ -10,8 +10,9 @@ is over (queue.Worker.drain); 499 with type and code `interrupted` when an OpenA
 caller (A1111's answer 200 with what was made, as A1111 does); 500 (a short message and an id, the details in the log)
 when a generation fails or a route breaks. The server keeps serving after any of them. A client that disconnects
 before its answer cancels its job (queue.Worker.cancel), counted as status 499.
-With an API key, /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY` (serve/guard.py checks it, the Host
-and the body's size before a route reads the body); / and /health stay open, /health saying only ready or not.
+With an API key, /v1/*, /sdapi/*, /internal/*, /controlnet/* and /metrics need `Authorization: Bearer KEY`
+(serve/guard.py checks it, the Host and the body's size before a route reads the body); / and /health stay open,
+/health saying only ready or not.
 A browser's request from a page of another origin is refused 403 on every method but GET and HEAD (serve/guard.py),
 unless its origin is one of `origins` (serve --allow-origin), which get CORS (Starlette's CORSMiddleware). The page at
 / is served with a Content-Security-Policy allowing only its own inline script and style (by their hashes), its
@@ -41,7 +42,7 @@ from starlette.exceptions import HTTPException
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models.loras import Folder
 from sdcpu.pipeline import generate
-from sdcpu.serve import a1111_routes, failures, guard, job_routes, openai_routes, preview, schemas, uploads
+from sdcpu.serve import a1111_controlnet, a1111_routes, failures, guard, job_routes, openai_routes, preview, schemas, uploads
 from sdcpu.serve.jobs import Jobs
 from sdcpu.serve.metrics import Metrics
 from sdcpu.serve.queue import (ClientGone, Done, GenerationFailed, Interrupted, NotReady, Owner, QueueFull,
@@ -83,6 +84,7 @@ def create_app(worker: Worker, settings: Settings) -> FastAPI:
     app.include_router(openai_routes.router(service))
     app.include_router(a1111_routes.router(service))
     app.include_router(a1111_routes.internal(service))
+    app.include_router(a1111_controlnet.router(service))
     app.include_router(job_routes.router(service, Jobs(service, settings.job_seconds), settings.jobs))
 
     @app.get("/health")
@@ -146,7 +148,8 @@ class Service:
         if served.name not in self._limits:
             facts = served.facts
             self._limits[served.name] = schemas.Limits(self.settings.max_size, facts.defaults, facts.tokenizer,
-                                                       self.lora_folder, served.name, facts.scheduler, facts.family)
+                                                       self.lora_folder, served.name, facts.scheduler, facts.family,
+                                                       facts.control)
         return self._limits[served.name]
 
     def preview_png(self, latents, width: int, height: int) -> str:
@@ -230,6 +233,7 @@ def _info(job: schemas.Job, done: Done, model) -> dict:
                                                      "upscaler": job.hires.upscaler, "steps": job.hires.steps},
             "steps_done": done.steps_done,
             "loras": [{"name": item.name, "weight": item.weight} for item in job.loras],
+            "control": job.control and job.control.text(),
             "interrupted": done.interrupted}
 
 
@@ -240,7 +244,7 @@ def _encode(done: Done, job: schemas.Job, model, info: dict) -> list[tuple[str, 
     for image, seed in zip(done.images, job.request.seeds()):
         text = generate.parameters_text(job.request, seed, model=model.name, random_weights=model.random_weights,
                                         scheduler=info["sampler_name"], recipe=model.recipe, edit=job.edit,
-                                        loras=job.loras, hires=job.hires)
+                                        loras=job.loras, hires=job.hires, control=job.control)
         out.append((base64.b64encode(generate.encode_png(image, text)).decode(), text))
     return out
 

@@ -10,8 +10,8 @@ unhandled exception. Every answer carries `X-Content-Type-Options: nosniff`.
   the openai client) and the server's own page pass. So a web page elsewhere cannot interrupt or start jobs with a
   "simple" request, which a browser sends without asking first. A CORS preflight (OPTIONS) from an allowed origin
   passes without the key (a browser never sends credentials on one) to the CORS middleware inside, which answers it.
-- Key (with --api-key): /v1/*, /sdapi/* and /metrics need `Authorization: Bearer KEY` (the scheme in any case, RFC
-  7235), else 401, before any byte of the body is read.
+- Key (with --api-key): /v1/*, /sdapi/*, /internal/*, /controlnet/* and /metrics need `Authorization: Bearer KEY`
+  (the scheme in any case, RFC 7235), else 401, before any byte of the body is read.
 - Body size: a Content-Length over the route's bound is answered 413 unread; a body streamed without one is counted
   as it is read and answered 413 once past it. JSON bodies: 1 MiB. The edits form: an image and a mask of
   tasks.MAX_INPUT_BYTES and 1 MiB of fields (a job's edit too). A1111's img2img: its init image and mask as base64 (4/3 of their bytes,
@@ -38,7 +38,7 @@ JSON_BYTES = 2**20
 FORM_BYTES = 2 * tasks.MAX_INPUT_BYTES + 2**20  # /v1/images/edits: 101 MiB
 BODY_BYTES = {"/v1/images/edits": FORM_BYTES, "/v1/jobs/edits": FORM_BYTES,
               "/sdapi/v1/img2img": 2 * MAX_BASE64_CHARS + 2**20}  # img2img: 138 MiB
-NEEDS_KEY = ("/v1/", "/sdapi/", "/internal/", "/metrics")
+NEEDS_KEY = ("/v1/", "/sdapi/", "/internal/", "/controlnet/", "/metrics")
 LOOPBACK = ("localhost", "127.0.0.1", "::1")
 READ_ONLY = ("GET", "HEAD")  # the methods a cross-site request may use: the routes behind them change nothing
 FOREIGN_FETCH_SITES = ("cross-site", "same-site")  # Sec-Fetch-Site values of a page of another origin

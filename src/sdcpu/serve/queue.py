@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from sdcpu import families
-from sdcpu.models import schedulers
-from sdcpu.pipeline import generate, lora
+from sdcpu.models import schedulers, state
+from sdcpu.pipeline import control, generate, lora
 from sdcpu.serve.schemas import Job
 from sdcpu.serve.served import Facts, Model, Models
 
@@ -170,8 +170,10 @@ class Running:
 
 def batch_key(job: Job) -> tuple:
     r = job.request
-    # an edit's job runs alone: generate.run_batch takes one edit per call, and each request's Edit is its own object
-    return job.model, r.width, r.height, r.steps, r.guidance, job.scheduler, id(job.edit), job.loras, job.hires
+    # an edit's or a control's job runs alone: generate.run_batch takes one of each per call, and each request's Edit
+    # and Control are its own objects; a call never mixes two models
+    return (job.model, r.width, r.height, r.steps, r.guidance, job.scheduler, id(job.edit), job.loras, job.hires,
+            id(job.control))
 
 
 @dataclass
@@ -377,7 +379,7 @@ class Worker:
             model.runtime.schedulers.use(jobs[0].scheduler)
             self._use_loras(model.runtime, jobs[0].loras)
             result = generate.run_batch(self.pipe, [job.request for job in jobs], jobs[0].edit, on_step,
-                                        keep_prompts=True, hires=jobs[0].hires)
+                                        keep_prompts=True, hires=jobs[0].hires, control=jobs[0].control)
         except Exception as error:  # noqa: BLE001 - the requests fail, the worker goes on
             log.exception("generation failed")
             for item in live:
@@ -418,8 +420,10 @@ class Worker:
         if model.runtime is None:
             model.runtime = Runtime(schedulers.Swapper(self.pipe))
         if model.facts is None:
+            family = families.of(self.pipe)
             model.facts = Facts(generate.defaults_for(self.pipe), copy.deepcopy(self.pipe.tokenizer),
-                                schedulers.current_name(self.pipe), families.of(self.pipe))
+                                schedulers.current_name(self.pipe), family,
+                                control.refusal(family, state.of(self.pipe).recipe))
         return self.pipe
 
     def _use_loras(self, runtime: Runtime, loras: tuple) -> None:

@@ -22,7 +22,7 @@ from sdcpu.errors import UsageError
 from sdcpu.families import sd
 from sdcpu.families.base import Family
 from sdcpu.models.loras import Folder, Lora, prompt_loras
-from sdcpu.pipeline import generate, tasks
+from sdcpu.pipeline import control, generate, tasks
 from sdcpu.pipeline.generate import Request
 from sdcpu.pipeline.hires import Hires
 from sdcpu.serve import uploads
@@ -51,6 +51,7 @@ class Job:
     on_step: object = field(default=None, compare=False)
     hires: Hires | None = None  # text-to-image's second pass (A1111's hires fix)
     model: str | None = None  # the served model's name (serve/served.py); None: the default
+    control: object = None  # a control.Control: a ControlNet steers it
 
     @property
     def steps_run(self) -> int:
@@ -101,6 +102,12 @@ class _OpenAIFields(Finite):
     guidance: float | None = Field(None, ge=0, le=MAX_GUIDANCE)
     # "name[:weight],...": LoRAs of the server's --lora-dir (as <lora:name:weight> in the prompt)
     loras: Annotated[str, Field(max_length=4 * MAX_NAME_CHARS)] = ""
+    # a ControlNet's control image (base64, a data: URL prefix allowed), its type, how strongly it steers, and whether
+    # a canny image is an edge map already
+    control_image: Annotated[str, Field(max_length=MAX_BASE64_CHARS)] | None = None
+    control_type: Literal["canny", "depth"] = "canny"
+    control_scale: float = Field(1.0, ge=0, le=2)
+    control_as_is: bool = False
 
 
 class OpenAIImageRequest(_OpenAIFields):
@@ -123,6 +130,7 @@ class Limits:
     model: str = ""  # the model served (A1111's sd_model_checkpoint)
     scheduler: str | None = None  # the recipe's scheduler (an sdcpu.models.schedulers name), run when a request names none
     family: Family = sd.FAMILY  # the served model's family: its size multiple, how it edits
+    control: str | None = None  # why a ControlNet cannot steer the served model (control.refusal); None: it can
 
 
 def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = None) -> Job:
@@ -144,7 +152,20 @@ def from_openai(body: _OpenAIFields, limits: Limits, edit: tasks.Edit | None = N
         guidance=limits.defaults.guidance if body.guidance is None else body.guidance,
         seed=seed_of(body.seed), num_images=body.n,
     )
-    return check_work([checked(Job(request, edit=edit, loras=loras, model=limits.model), limits)], limits)[0]
+    steer = None if body.control_image is None else controlled(limits, lambda: control.control(
+        decode_base64("control_image", body.control_image), body.control_type, body.control_scale,
+        preprocess=not body.control_as_is))
+    return check_work([checked(Job(request, edit=edit, loras=loras, model=limits.model, control=steer), limits)],
+                      limits)[0]
+
+
+def controlled(limits: Limits, make) -> "control.Control":
+    """The Control MAKE() makes for a request to a model of LIMITS, or a BadRequest (the model takes none, or the
+    control is not valid)."""
+    if limits.control:
+        raise BadRequest(limits.control)
+    with answered_400():
+        return make()
 
 
 def openai_edit(images: list[bytes], mask: bytes | None, strength: float | None) -> tasks.Edit:

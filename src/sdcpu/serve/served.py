@@ -31,6 +31,7 @@ class Facts:
     tokenizer: object  # a copy of its tokenizer: prompts' tokens are counted on the event loop's threads
     scheduler: str | None  # the recipe's scheduler, run when a request names none
     family: object  # families.base.Family
+    control: str | None = None  # why a ControlNet cannot steer it (control.refusal); None: it can
 
 
 @dataclass(eq=False)
@@ -38,7 +39,8 @@ class Model:
     name: str  # the model spec as given: what requests name it by
     recipe: str  # its resolved recipe
     random_weights: bool
-    prepare: object = field(repr=False)  # prepare(worker) -> its pipeline, on the worker thread
+    # prepare(worker, again) -> its pipeline, on the worker thread; AGAIN: prepared before (released since)
+    prepare: object = field(repr=False)
     pipe: object = field(default=None, repr=False)  # while held
     facts: Facts | None = field(default=None, repr=False)  # once prepared
     gib: float | None = None  # the RSS it took when last prepared
@@ -92,7 +94,7 @@ class Models:
             return model.pipe
         self._fit(model, model.gib or 0.0)
         before, start = _rss_gib(), time.perf_counter()
-        pipe = model.prepare(worker)
+        pipe = model.prepare(worker, model.loads > 0)
         model.load_seconds, model.loads = time.perf_counter() - start, model.loads + 1
         model.gib, model.pipe = max(_rss_gib() - before, 0.0), pipe
         self._fit(model, 0.0)

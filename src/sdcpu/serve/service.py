@@ -44,15 +44,18 @@ def _worker(options: Options, cpu, on_fatal, on_ready) -> Worker:
                   max_seconds=options.max_request_seconds, on_fatal=on_fatal)
 
 
-def _prepare(worker, *, model: Model, cpu, on_ready):
+def _prepare(worker, again: bool, *, model: Model, cpu, on_ready):
     """MODEL's pipeline, prepared on the worker's thread (compiling steps compile on the warm-up call), each phase
-    said in its state."""
+    said in its state. The first time a warm-up call is made whatever the recipe (the first request pays no first
+    call's costs, and a model that cannot run fails before the server is ready); AGAIN, only where a step compiles:
+    a released eager model's warm-up would only delay the request waiting for it."""
     width, height = model.warmup_size
-    prepared = prepare(model.spec, model.recipe, cpu, always_warm=True,
+    prepared = prepare(model.spec, model.recipe, cpu, always_warm=not again,
                        warmup=lambda defaults: generate.Request("warm-up", steps=1, width=width, height=height),
                        on_phase=lambda phase: setattr(worker, "state", phase))
     previews = preview.previewer(prepared.pipe).source  # loaded now: the first preview or progress image pays nothing
     skipped = "; ".join(map(str, prepared.skipped))
-    on_ready(f"sdcpu serve: {model.spec} ready (load {prepared.load_seconds:.1f} s, warm-up "
-             f"{prepared.warmup.seconds:.1f} s; previews: {previews})" + (f"; skipped: {skipped}" if skipped else ""))
+    warmup = f"warm-up {prepared.warmup.seconds:.1f} s" if prepared.warmup else "no warm-up"
+    on_ready(f"sdcpu serve: {model.spec} ready (load {prepared.load_seconds:.1f} s, {warmup}; previews: {previews})"
+             + (f"; skipped: {skipped}" if skipped else ""))
     return prepared.pipe
