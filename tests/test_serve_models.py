@@ -110,3 +110,14 @@ def test_serve_refuses_a_model_given_twice_and_recipes_that_do_not_match_the_mod
     assert "share one process" in capsys.readouterr().err
     assert main(["serve", "--max-memory", "0"]) == 2
     assert "--max-memory" in capsys.readouterr().err
+
+
+def test_a_model_prepared_again_counts_the_most_memory_it_took(monkeypatch):
+    readings = iter([0.0, 3.0, 3.0, 3.5])  # first 3 GiB; again, its mapped weights not yet touched: 0.5
+    monkeypatch.setattr(served, "_rss_gib", lambda: next(readings))
+    model = served.Model("m", "baseline", True, lambda worker, again: object())
+    models = served.Models([model], max_gib=10)
+    models.hold(model, None)
+    served.release(model)
+    models.hold(model, None)
+    assert (model.gib, model.loads, models.held_gib()) == (3.0, 2, 3.0)

@@ -3,7 +3,7 @@ pipeline while it is held, what its requests are checked against, and the memory
 
 The worker (serve/queue.py) holds every model that fits the memory budget (`--max-memory`): before it prepares a
 model it releases the least recently used others until the memory they took (each one's RSS growth while it was
-prepared, measured) and the new one's fit; a model prepared for the first time is measured first, then the others
+prepared, measured: the most of its preparations, the first with its warm-up call) and the new one's fit; a model prepared for the first time is measured first, then the others
 are released until the budget holds again. A released model is prepared again from sdcpu's caches when a request
 asks for it (its OpenVINO IR, its random build: no conversion twice). The first model named is the default: a request
 naming none gets it; it is held at start, the others prepared once at start (to check them and measure them) and kept
@@ -43,7 +43,7 @@ class Model:
     prepare: object = field(repr=False)
     pipe: object = field(default=None, repr=False)  # while held
     facts: Facts | None = field(default=None, repr=False)  # once prepared
-    gib: float | None = None  # the RSS it took when last prepared
+    gib: float | None = None  # the most RSS it took while prepared (the first time with its warm-up call)
     used: float = 0.0  # time.monotonic() of its last use
     loads: int = 0  # times prepared
     load_seconds: float | None = None  # the last preparation's
@@ -96,7 +96,8 @@ class Models:
         before, start = _rss_gib(), time.perf_counter()
         pipe = model.prepare(worker, model.loads > 0)
         model.load_seconds, model.loads = time.perf_counter() - start, model.loads + 1
-        model.gib, model.pipe = max(_rss_gib() - before, 0.0), pipe
+        # the most it took: prepared again without a warm-up, its mapped weights are not all resident yet
+        model.gib, model.pipe = max(_rss_gib() - before, model.gib or 0.0), pipe
         self._fit(model, 0.0)
         log.info("serve: %s prepared in %.1f s, %.2f GiB; held: %s", model.name, model.load_seconds, model.gib,
                  ", ".join(m.name for m in self.all if m.pipe is not None))
