@@ -161,8 +161,8 @@ def test_a_request_that_leaves_them_out_takes_sdxls_and_turbos_defaults(monkeypa
     assert sdxl.FAMILY.arch_defaults("sdxl-turbo") == sdxl.TURBO_DEFAULTS
     assert sdxl.FAMILY.arch_defaults("sdxl") == sdxl.BASE_DEFAULTS
     asked = []
-    monkeypatch.setattr(generate, "run", lambda pipe, request, edit=None, hires=None: asked.append(request) or (
-        generate.Result([Image.new("RGB", (request.width, request.height))], 1.0, generate.Split())))
+    monkeypatch.setattr(generate, "run", lambda pipe, request, edit=None, hires=None, control=None: asked.append(
+        request) or (generate.Result([Image.new("RGB", (request.width, request.height))], 1.0, generate.Split())))
     for arch in ("tiny-sdxl", "tiny-sdxl-turbo", "tiny"):  # the generate command, nothing but a prompt and a model
         assert main(["generate", "x", "--model", f"random:{arch}", "--recipe", "baseline",
                      "-o", str(tmp_path / f"{arch}.png")]) == 0

@@ -170,5 +170,6 @@ def test_a_server_sharing_its_port_refuses_jobs_and_says_why(sdcpu_home, args):
     served = options(*args)
     assert not served.jobs and options("--ray", "--port", "8000").jobs  # one replica holds every job
     _, app = service.build(served, hardware.detect(), on_fatal=lambda error: None)
-    answer = TestClient(app, base_url="http://127.0.0.1").post("/v1/jobs", json=LONG)  # no lifespan: the worker never starts, nothing loads
+    # no lifespan: the worker never starts, nothing loads
+    answer = TestClient(app, base_url="http://127.0.0.1").post("/v1/jobs", json=LONG)
     assert answer.status_code == 501 and "sharing its port" in answer.json()["error"]["message"]

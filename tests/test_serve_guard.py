@@ -150,7 +150,7 @@ def test_health_without_the_key_says_only_ready_or_not():
 
 
 def test_a_failed_preparation_is_a_phase_with_its_error_and_health_says_why():
-    def prepare(worker):
+    def prepare(worker, again):
         worker.state = "optimizing"
         raise RuntimeError("no such model")
 

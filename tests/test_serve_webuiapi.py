@@ -115,7 +115,7 @@ def test_listing_calls_answer_a1111s_shapes(api):
     assert set(api.util_get_sampler_names()) == set(a1111_fields.SAMPLERS)
     assert api.util_get_scheduler_names() == ["automatic", "karras"]
     assert [item["name"] for item in api.get_upscalers()] == ["None", "Lanczos", "Nearest"]
-    assert api.get_loras() == [] and api.get_scripts() == {"txt2img": [], "img2img": []}
+    assert api.get_loras() == [] and api.get_scripts() == {"txt2img": ["controlnet"], "img2img": ["controlnet"]}
     assert api.get_cmd_flags()["ckpt"] == "random:tiny" and [mode["name"] for mode in api.get_latent_upscale_modes()][:2] == [
         "Latent", "Latent (antialiased)"]
     assert api.get_options()["sd_model_checkpoint"] == "random:tiny"

@@ -71,5 +71,6 @@ def resolve_recipe(args, cpu, width: int, height: int, long_running: bool = Fals
     quality = getattr(args, "quality", None)
     if quality and not recipes.is_auto(args.recipe):
         raise UsageError(f"--quality sets the level of the auto recipe, not of --recipe {args.recipe}")
-    return (handed and relaunch.handed_down()) or auto.resolve_for(f"auto:{quality}" if quality else args.recipe, cpu, args.model,
+    return (handed and relaunch.handed_down()) or auto.resolve_for(f"auto:{quality}" if quality else args.recipe, cpu,
+                                                                   args.model,
                                                       width, height, long_running=long_running)

@@ -81,7 +81,8 @@ def control(data: bytes, kind: str, scale: float = 1.0, *, preprocess: bool = Tr
 
 def canny(image, low: float = CANNY[0], high: float = CANNY[1]):
     """IMAGE's edges (white on black, RGB) by Canny's detector as OpenCV's Canny computes it on 8-bit gray: Sobel
-    gradients (L1 magnitude), non-maximum suppression along the gradient's direction, hysteresis between LOW and HIGH."""
+    gradients (L1 magnitude), non-maximum suppression along the gradient's direction, hysteresis between LOW and
+    HIGH."""
     import numpy as np
     from PIL import Image
     from scipy import ndimage

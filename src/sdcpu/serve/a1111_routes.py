@@ -19,7 +19,7 @@ from fastapi import APIRouter, Request
 
 from sdcpu.pipeline import hires
 from sdcpu.serve import a1111_fields, schemas, uploads
-from sdcpu.serve.queue import Owner, TaskState
+from sdcpu.serve.calls import Owner, TaskState
 
 
 class TaskRequest(schemas.Strict):

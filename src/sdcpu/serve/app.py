@@ -45,8 +45,10 @@ from sdcpu.pipeline import generate
 from sdcpu.serve import a1111_controlnet, a1111_routes, failures, guard, job_routes, openai_routes, preview, schemas, uploads
 from sdcpu.serve.jobs import Jobs
 from sdcpu.serve.metrics import Metrics
-from sdcpu.serve.queue import (ClientGone, Done, GenerationFailed, Interrupted, NotReady, Owner, QueueFull,
-                               ShuttingDown, TimedOut, Worker)
+from sdcpu.serve.failures import (ClientGone, GenerationFailed, Interrupted, NotReady, QueueFull, ShuttingDown,
+                                  TimedOut)
+from sdcpu.serve.calls import Done, Owner
+from sdcpu.serve.queue import Worker
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,8 @@ async def _disconnected(request: Request) -> None:
 
 def _info(job: schemas.Job, done: Done, model) -> dict:
     r, edit = job.request, job.edit
-    return {"model": model.name, "prompt": r.prompt, "negative_prompt": r.negative_prompt, "seed": r.seed, "all_seeds": r.seeds(),
+    return {"model": model.name, "prompt": r.prompt, "negative_prompt": r.negative_prompt, "seed": r.seed,
+            "all_seeds": r.seeds(),
             "steps": r.steps, "cfg_scale": r.guidance, "width": r.width, "height": r.height,
             "sampler_name": job.scheduler or model.facts.scheduler, "seconds": round(done.seconds, 3),
             "batch_images": done.batch_images, "task": edit.task if edit else "txt2img",

@@ -1,11 +1,45 @@
-"""How a request that fails is answered, in one table: its HTTP status, its OpenAI error `type` (and `code`), and
-Retry-After where trying again later may work. The app's exception handlers, a stream's `error` event and a job's
+"""The ways a request can fail (raised by the worker, serve/queue.py, the jobs and the routes), and how each is
+answered, in one table: its HTTP status, its OpenAI error `type` (and `code`), and Retry-After where trying again
+later may work. The app's exception handlers, a stream's `error` event and a job's
 error (serve/jobs.py) all read it."""
 
 from dataclasses import dataclass
 
 from sdcpu.serve import schemas, uploads
-from sdcpu.serve.queue import (ClientGone, GenerationFailed, Interrupted, ShuttingDown, TaskInFlight, TimedOut)
+
+
+class QueueFull(Exception):
+    """The bounded queue is full: answered 503 with Retry-After."""
+
+
+class NotReady(Exception):
+    """The model is still loading or warming up (or failed to): answered 503 with the reason."""
+
+
+class GenerationFailed(Exception):
+    """The pipeline raised while making a request's images: 500."""
+
+
+class TimedOut(Exception):
+    """The pipeline call ran past max_seconds and was stopped: 504."""
+
+
+class ShuttingDown(Exception):
+    """The server is shutting down and its drain time is over: 503."""
+
+
+class Interrupted(Exception):
+    """An OpenAI request its own caller interrupted (/sdapi/v1/interrupt): 499, type and code `interrupted`; OpenAI's
+    API has no partial answer."""
+
+
+class TaskInFlight(Exception):
+    """A job names the task id (force_task_id) of a job queued or running: 409; a task id names one job at a time,
+    else its interrupt and progress would reach both."""
+
+
+class ClientGone(Exception):
+    """The job's client has gone: no one reads its answer."""
 
 
 class NotFound(Exception):

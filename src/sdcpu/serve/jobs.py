@@ -1,13 +1,13 @@
-"""Asynchronous jobs (serve's /v1/jobs routes, serve/job_routes.py): a job is submitted to the same queue, with the
-same admission (503 when full or not ready) and checks as the synchronous routes, and answered at once with its id;
-its status (queue position, step, ETA, a preview), result and cancellation are asked by that id, which is the job's
-only key (128 random bits: whoever has it, and the server's API key, may read or cancel the job).
+"""Asynchronous jobs (serve's /v1/jobs routes, serve/job_routes.py): a job is submitted to the same queue, with the same
+admission (503 when full or not ready) and checks as the synchronous routes, and answered at once with its id; its
+status (queue position, step, ETA, a preview), result and cancellation are asked by that id, which is the job's only
+key (128 random bits: whoever has it, and the server's API key, may read or cancel the job).
 
 A job's id is also its A1111 task id: /internal/progress and /sdapi/v1/interrupt given it as `id_task` report and
 stop it, and a synchronous A1111 request sent with `force_task_id` is reported here by that id while it is queued or
-running (its result goes to its own caller). A job keeps running when no one polls it. A finished job (succeeded, interrupted with the images it
-had, failed with its error, cancelled) is kept `keep_seconds` after it finished, and at most options.KEPT_JOBS of them (the oldest
-forgotten first): its id then answers 404.
+running (its result goes to its own caller). A job keeps running when no one polls it. A finished job (succeeded,
+interrupted with the images it had, failed with its error, cancelled) is kept `keep_seconds` after it finished, and
+at most options.KEPT_JOBS of them (the oldest forgotten first): its id then answers 404.
 """
 
 import asyncio
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from sdcpu.serve import failures, schemas
 from sdcpu.serve.options import KEPT_JOBS
-from sdcpu.serve.queue import Owner
+from sdcpu.serve.calls import Owner
 
 
 

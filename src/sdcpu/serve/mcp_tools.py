@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from sdcpu.errors import Skip, UsageError
 from sdcpu.pipeline import tasks
 from sdcpu.serve import schemas
-from sdcpu.serve.queue import Owner, Phase
+from sdcpu.serve.calls import Owner
+from sdcpu.serve.queue import Phase
 
 CALLER = Owner("mcp")  # the one client of a stdio server
 READY_POLL = 0.1  # seconds between looks at the worker while it prepares the pipeline

@@ -25,7 +25,8 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from sdcpu.pipeline import tasks
 from sdcpu.serve import failures, schemas
 from sdcpu.serve.guard import FORM_BYTES
-from sdcpu.serve.queue import GenerationFailed, Interrupted, Owner, ShuttingDown, TimedOut
+from sdcpu.serve.failures import GenerationFailed, Interrupted, ShuttingDown, TimedOut
+from sdcpu.serve.calls import Owner
 
 
 def router(service) -> APIRouter:

@@ -1,13 +1,13 @@
-"""The models one server serves (`serve --model A --model B ...`): each one's name, recipe and preparation, its
-pipeline while it is held, what its requests are checked against, and the memory it took when it was prepared.
+"""The models one server serves (`serve --model A --model B ...`): each one's name, recipe and preparation, its pipeline
+while it is held, what its requests are checked against, and the memory it took when it was prepared.
 
 The worker (serve/queue.py) holds every model that fits the memory budget (`--max-memory`): before it prepares a
 model it releases the least recently used others until the memory they took (each one's RSS growth while it was
-prepared, measured: the most of its preparations, the first with its warm-up call) and the new one's fit; a model prepared for the first time is measured first, then the others
-are released until the budget holds again. A released model is prepared again from sdcpu's caches when a request
-asks for it (its OpenVINO IR, its random build: no conversion twice). The first model named is the default: a request
-naming none gets it; it is held at start, the others prepared once at start (to check them and measure them) and kept
-while they fit.
+prepared, measured: the most of its preparations, the first with its warm-up call) and the new one's fit; a model
+prepared for the first time is measured first, then the others are released until the budget holds again. A released
+model is prepared again from sdcpu's caches when a request asks for it (its OpenVINO IR, its random build: no
+conversion twice). The first model named is the default: a request naming none gets it; it is held at start, the
+others prepared once at start (to check them and measure them) and kept while they fit.
 """
 
 import ctypes
