@@ -309,3 +309,15 @@ def test_flux2_takes_its_own_recipes_first_and_rounds_its_weights_only_where_not
     assert 7 < memory.need(flux2.FAMILY, recipes.parse("weights=int8"), AVX2_24G, 512, 512).steady_gib < 9
     assert 4.5 < memory.need(flux2.FAMILY, recipes.parse("weights=int4"), AVX2_24G, 512, 512).steady_gib < 7
     assert 14 < memory.need(flux2.FAMILY, recipes.parse(""), AVX2_24G, 512, 512).steady_gib < 16
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_job_with_a_controlnet_takes_a_recipe_that_keeps_the_eager_unet(installed, name):
+    installed("openvino", "nncf")
+    cpu = machine(name)
+    for quality in auto.QUALITIES:
+        chosen, reasons = auto.choose(cpu, quality, job=memory.Job(sd.FAMILY, 512, 512, control=True))
+        assert all(recipes.kind(step.name).control for step in chosen.steps), (quality, str(chosen))
+        plain = auto.choose(cpu, quality, job=memory.Job(sd.FAMILY, 512, 512))[0]
+        if not all(recipes.kind(step.name).control for step in plain.steps):  # said why it was passed over
+            assert any("a ControlNet steers the eager UNet" in reason for reason in reasons), reasons

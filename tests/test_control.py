@@ -106,7 +106,7 @@ def test_generate_takes_a_control_and_refuses_what_cannot_run_before_loading(tmp
                            (["--controlnet", "x/y"], "--controlnet needs --control"),
                            (["--control", str(path), "--control-scale", "3"], "control scale 3"),
                            (["--control", str(tmp_path / "none.png")], "--control")):
-        assert main(base + ["--recipe", "baseline"] * ("--recipe" not in extra) + extra) == 2
+        assert main(base + extra) == 2  # auto, with a control: a recipe keeping the eager UNet, on every class
         assert message in capsys.readouterr().err
     assert not loads
     monkeypatch.undo()

@@ -86,10 +86,19 @@ def _unmet(candidate: auto_rules.Candidate, cpu, long_running: bool, job: memory
 
 
 def _refused(candidate: auto_rules.Candidate, job: memory.Job) -> str | None:
-    """Why JOB's family refuses a step of CANDIDATE (Family.refuses), or None."""
+    """Why JOB's family refuses a step of CANDIDATE (Family.refuses), or JOB's ControlNet does; None: neither."""
     refuses = job.family.refuses
     refused = [step.name for step in recipes.parse(candidate.steps).steps if step.name in refuses]
-    return refused and f"{job.family.name}: {refuses[refused[0]]}" or None
+    return refused and f"{job.family.name}: {refuses[refused[0]]}" or _uncontrolled(recipes.parse(candidate.steps),
+                                                                                       job)
+
+
+def _uncontrolled(recipe: Recipe, job: memory.Job | None) -> str | None:
+    """Why RECIPE cannot run JOB's ControlNet (a step whose UNet takes no residuals), or None."""
+    blocking = [step.name for step in recipe.steps if not recipes.kind(step.name).control]
+    if job is None or not job.control or not blocking:
+        return None
+    return f"a ControlNet steers the eager UNet, which {blocking[0]} replaces or patches"
 
 
 def _need(candidate: auto_rules.Candidate, cpu, job: memory.Job) -> memory.Need:
@@ -159,6 +168,8 @@ def recipe(cpu, environ=os.environ, quality="high", workload=None, long_running=
     and the image size, whose memory a rule's recipe must fit (None: not known, SD's assumed)."""
     name = "auto" if quality == "high" else f"auto:{quality}"
     found = profiles.find(cpu, quality, workload)
+    if found and _uncontrolled(recipes.parse(found.recipe), job):
+        found = None  # the class rules pick among the recipes that can run the ControlNet
     if found:
         steps, reasons = list(recipes.parse(found.recipe).steps), (found.reason(workload is not None),)
         if quality == "fast":
@@ -217,14 +228,17 @@ def job_of(model: str, width: int, height: int) -> memory.Job | None:
 
 
 def resolve_for(text: str, cpu, model: str, width: int, height: int,
-                long_running: bool = False) -> tuple[Recipe, str | None]:
-    """A recipe string for a job on MODEL at WIDTHxHEIGHT: `auto` / `auto:LEVEL` from a tuned profile for that
-    workload, else the class rules, with the first reason (which of the two it was) and, from the rules, the one of
-    the candidate taken and why each one before it was not; another recipe as parsed."""
+                long_running: bool = False, control: bool = False) -> tuple[Recipe, str | None]:
+    """A recipe string for a job on MODEL at WIDTHxHEIGHT (CONTROL: steered by a ControlNet): `auto` / `auto:LEVEL`
+    from a tuned profile for that workload, else the class rules, with the first reason (which of the two it was) and,
+    from the rules, the one of the candidate taken and why each one before it was not; another recipe as parsed."""
     if not recipes.is_auto(text):
         return recipes.parse(text), None
     quality = parse(text.strip())
+    job = job_of(model, width, height)
+    if control:
+        job = dataclasses.replace(job or memory.Job.default(), control=True)
     found, reasons = recipe(cpu, quality=quality, workload=profiles.workload_of(model, width, height),
-                            long_running=long_running, job=job_of(model, width, height))
+                            long_running=long_running, job=job)
     taken = [reason for reason in reasons if reason.startswith((f"{quality}: ", "not "))]
     return found, "; ".join([reasons[0], *taken])

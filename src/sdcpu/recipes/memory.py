@@ -42,12 +42,14 @@ COMPILE_COPIES = 2  # `compile`: the eager weights and inductor's frozen constan
 
 @dataclass(frozen=True)
 class Job:
-    """What the recipe will make: a model of FAMILY at WIDTHxHEIGHT; `describe` names where the family came from."""
+    """What the recipe will make: a model of FAMILY at WIDTHxHEIGHT (CONTROL: steered by a ControlNet); `describe`
+    names where the family came from."""
 
     family: object  # sdcpu.families.base.Family
     width: int
     height: int
     describe: str = ""
+    control: bool = False  # a ControlNet steers it: only recipes whose UNet takes its residuals (StepKind.control)
 
     @classmethod
     def default(cls) -> "Job":
