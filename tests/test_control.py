@@ -85,6 +85,15 @@ def test_a_control_steers_the_image_and_at_scale_0_changes_nothing(tiny, model):
     assert steered.size == (64, 64)
 
 
+def test_an_inpainting_unets_controlnet_reads_the_latents_alone(sdcpu_home):
+    pipe = load_pipeline("random:tiny-inpainting")  # a 9-channel UNet; its ControlNet replica takes 4
+    edit = tasks.edit(png(Image.new("RGB", (64, 64), "red")), png(square()), 1.0)
+    steer = control.control(png(square()), "canny")
+    plain = generate.run(pipe, REQUEST, edit).images[0]
+    assert levels(plain, generate.run(pipe, REQUEST, edit, control=steer).images[0]) > 5
+    assert control.controlnet(pipe, "canny").config.in_channels == 4
+
+
 def test_a_control_steers_img2img_and_inpainting(tiny):
     pipe = tiny()
     steer = control.control(png(square()), "depth", resize="crop")

@@ -60,7 +60,7 @@ def register(sub):
     p.add_argument("--drain-seconds", type=float, default=Options.drain_seconds, metavar="S",
                    help="on SIGTERM, stop taking requests and finish those queued and running for up to S seconds; "
                         "any left then are answered 503 (default %(default)s)")
-    p.add_argument("--job-seconds", type=float, default=Options.job_seconds, metavar="S",
+    p.add_argument("--job-seconds", type=finite, default=Options.job_seconds, metavar="S",
                    help="keep a finished job of the jobs API (/v1/jobs) and its images S seconds, then forget it "
                         f"(default %(default)g; at most {KEPT_JOBS} finished jobs are kept)")
     p.add_argument("--max-size", type=int, default=Options.max_size,
@@ -121,7 +121,7 @@ def run(args) -> int:
         raise UsageError(f"--max-request-seconds must be more than 0, got {args.max_request_seconds:g}")
     if not 0 <= args.drain_seconds < float("inf"):
         raise UsageError(f"--drain-seconds must be 0 or more, got {args.drain_seconds:g}")
-    if not 0 < args.job_seconds < float("inf"):
+    if args.job_seconds <= 0:
         raise UsageError(f"--job-seconds must be more than 0, got {args.job_seconds:g}")
     _check_ray_options(args)
     options = service_options(args, spec, recipe, more=tuple(

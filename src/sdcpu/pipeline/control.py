@@ -140,6 +140,11 @@ def controlnet(pipe, kind: str, source: str | None = None):
             # factor (8: the four stages of the real ControlNets; a test-size model's VAE may scale by less)
             stages = pipe.vae_scale_factor.bit_length()
             made = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=EMBEDDING[:stages])
+            latent = unet.config.out_channels
+            if made.conv_in.in_channels != latent:  # an inpainting UNet's 9 inputs: a ControlNet reads the latents
+                conv = made.conv_in  # alone (the real ones are made from the base model)
+                made.conv_in = torch.nn.Conv2d(latent, conv.out_channels, conv.kernel_size, padding=conv.padding)
+                made.register_to_config(in_channels=latent)
             seeded = torch.Generator().manual_seed(0)
             for name, parameter in made.named_parameters():  # zero convolutions, zero until trained: seeded noise
                 if name.startswith(ZERO_CONVOLUTIONS):  # of a plain layer's scale, so the replica steers as a trained

@@ -42,12 +42,13 @@ from starlette.exceptions import HTTPException
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models.loras import Folder
 from sdcpu.pipeline import generate
-from sdcpu.serve import a1111_controlnet, a1111_routes, failures, guard, job_routes, openai_routes, preview, schemas, uploads
-from sdcpu.serve.jobs import Jobs
-from sdcpu.serve.metrics import Metrics
+from sdcpu.serve import (a1111_controlnet, a1111_routes, failures, guard, job_routes, openai_routes, preview, schemas,
+                         uploads)
+from sdcpu.serve.calls import Done, Owner
 from sdcpu.serve.failures import (ClientGone, GenerationFailed, Interrupted, NotReady, QueueFull, ShuttingDown,
                                   TimedOut)
-from sdcpu.serve.calls import Done, Owner
+from sdcpu.serve.jobs import Jobs
+from sdcpu.serve.metrics import Metrics
 from sdcpu.serve.queue import Worker
 
 

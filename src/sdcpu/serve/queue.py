@@ -3,9 +3,10 @@ only share the same cores); requests wait in a bounded queue in front of it.
 
 The thread first loads, optimizes and warms up each model served (serve/served.py: the default one last, so that it is
 held; the others while they fit --max-memory; the first request pays no compile), then takes jobs in arrival order;
-a job for a model released is preceded by its preparation again, from sdcpu's caches. With max_batch > 1, the jobs waiting with the same size, steps, guidance and scheduler
-as the first one (and its model) join it in one pipeline call (a prompt list), up to max_batch images; benchmarks/serve_batching.py
-measures whether that is faster on a machine (it is off by default). An img2img or inpainting job runs alone.
+a job for a model released is preceded by its preparation again, from sdcpu's caches. With max_batch > 1, the jobs
+waiting with the same model, size, steps, guidance and scheduler as the first one join it in one pipeline call (a
+prompt list), up to max_batch images; benchmarks/serve_batching.py measures whether that is faster on a machine (it
+is off by default). An img2img, inpainting or ControlNet job runs alone.
 
 Each job has an `Owner`: the peer address that sent it and the A1111 task id it named (force_task_id), if any. The
 call running is `Worker.running` (its step, its latest latents: the progress routes read it, showing a job's preview
