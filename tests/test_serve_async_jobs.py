@@ -49,9 +49,9 @@ def submitted(http: httpx.Client, body: dict) -> str:
 
 def test_a_job_runs_without_its_client_reports_its_steps_and_preview_and_gives_its_images(server):
     with client(server) as http:
-        ident = submitted(http, {**LONG, "steps": 30, "n": 2})
+        ident = submitted(http, {**LONG, "n": 2})  # 150 steps: seconds, long enough to watch it run
         running = until(http, ident, lambda s: s["status"] == "running" and s["step"] >= 2)
-        assert running["steps"] == 31 and 0 < running["progress"] < 1 and running["eta_seconds"] > 0  # PNDM: one more
+        assert running["steps"] == 151 and 0 < running["progress"] < 1 and running["eta_seconds"] > 0  # PNDM: +1
         shown = http.get(f"/v1/jobs/{ident}", params={"preview": True}).json()
         assert size(shown["preview"]) == (64, 64) and shown["preview_step"] >= 2
         assert running["preview"] is None  # only when asked: a decode per poll otherwise
@@ -61,7 +61,7 @@ def test_a_job_runs_without_its_client_reports_its_steps_and_preview_and_gives_i
         assert result.status_code == 200, result.text
         data = result.json()
         assert [size(item["b64_json"]) for item in data["data"]] == [(64, 64)] * 2
-        assert data["sdcpu"]["steps_done"] == 31 and not data["sdcpu"]["interrupted"]
+        assert data["sdcpu"]["steps_done"] == 151 and not data["sdcpu"]["interrupted"]
         final = http.get(f"/v1/jobs/{ident}").json()
         assert final["status"] == "succeeded" and final["expires_at"] - final["finished_at"] == 600
 
@@ -106,10 +106,10 @@ def test_a_queued_job_cancelled_leaves_the_queue_and_never_runs(server):
 
 def test_a_synchronous_requests_task_id_is_reported_as_a_job(server):
     with client(server) as http, concurrent.futures.ThreadPoolExecutor(1) as pool:
-        body = {"prompt": "x", "width": 64, "height": 64, "steps": 40, "force_task_id": "sync-task"}
+        body = {"prompt": "x", "width": 64, "height": 64, "steps": 100, "force_task_id": "sync-task"}
         pending = pool.submit(http.post, "/sdapi/v1/txt2img", json=body)
         running = until(http, "sync-task", lambda s: s.get("status") == "running" and s["step"] >= 1)  # 404 until sent
-        assert running["synchronous"] and running["steps"] == 41
+        assert running["synchronous"] and running["steps"] == 101
         assert pending.result().status_code == 200
         for path in ("/v1/jobs/sync-task", "/v1/jobs/sync-task/result"):  # its images went to its caller
             assert http.get(path).status_code == 404
