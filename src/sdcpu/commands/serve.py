@@ -1,5 +1,6 @@
-"""`sdcpu serve`: an image service (OpenAI's and AUTOMATIC1111's APIs, a web page at /) keeping one optimized pipeline
-warm. It listens at once and loads, optimizes and warms up the model behind /health (503 until ready).
+"""`sdcpu serve`: an image service (OpenAI's and AUTOMATIC1111's APIs, a jobs API, a web page at /) keeping the
+optimized pipelines of its models warm (`--model` once or several times). It listens at once and loads, optimizes and
+warms up each model behind /health (503 until ready).
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""The worker: one thread owns the pipeline and runs one pipeline call at a time (inference is CPU-bound: two at once
+"""The worker: one thread owns the pipelines and runs one pipeline call at a time (inference is CPU-bound: two at once
 only share the same cores); requests wait in a bounded queue in front of it.
 
 The thread first loads, optimizes and warms up each model served (serve/served.py: the default one last, so that it is
