@@ -92,22 +92,19 @@ def client(server: InProcess, address: str = "127.0.0.1") -> httpx.Client:
 
 
 def options(*args: str):
-    """The service.Options of `sdcpu serve ARGS` on random:tiny (and any other --model in ARGS), recipe baseline,
-    warmed up at 64x64."""
-    from sdcpu import models, recipes
+    """The service.Options of `sdcpu serve ARGS` on random:tiny (with any other --model or --models-dir in ARGS), recipe
+    baseline, warmed up at 64x64: what the command serves, made by its own code."""
     from sdcpu.cli import build_parser
-    from sdcpu.commands.serve import service_options
-    from sdcpu.pipeline import generate
-    from sdcpu.serve.options import Model
+    from sdcpu.commands.serve import served_models, service_options
+    from sdcpu.system import hardware
 
     parsed = build_parser().parse_args(["serve", *defaults(args), "--warmup-size", "64x64", *args])
-    specs, recipe = [models.parse_spec(name) for name in parsed.model], recipes.parse(parsed.recipe[0])
-    more = tuple(Model(spec, recipe, generate.parse_size(parsed.warmup_size)) for spec in specs[1:])
-    return service_options(parsed, specs[0], recipe, more=more)
+    return service_options(parsed, served_models(parsed, hardware.detect())[0])
 
 
 def defaults(args) -> list[str]:
-    """random:tiny and the baseline recipe where ARGS name no model or recipe (both options repeat: one per model)."""
+    """random:tiny and the baseline recipe where ARGS name no model or recipe (both options repeat: one per model; a
+    --models-dir's come after random:tiny)."""
     return [*(() if "--model" in args else ("--model", "random:tiny")),
             *(() if "--recipe" in args else ("--recipe", "baseline"))]
 

@@ -204,13 +204,14 @@ def test_batch_and_serves_warm_up_take_the_models_size_when_none_is_given(monkey
     assert main(["batch", str(tmp_path / "jobs.txt"), "--out", str(tmp_path / "out"), "--model", "random:tiny-sdxl",
                  "--recipe", "baseline"]) == 0
     assert [(r.width, r.height, r.steps, r.guidance) for r in asked] == [(1024, 1024, 25, 5.0)]  # before: 512x512
-    parsed = build_parser().parse_args(["serve", "--model", "random:tiny-sdxl-turbo", "--recipe", "baseline"])
+    parsed = build_parser().parse_args(["serve", "--model", "random:tiny-sdxl-turbo", "--model", "random:tiny-sdxl",
+                                        "--recipe", "baseline"])
+    seen = []
     monkeypatch.setattr(serve_command, "_listen", lambda *args: (_ for _ in ()).throw(SystemExit("listen")))
-    with pytest.raises(SystemExit, match="listen"):
-        serve_command.run(parsed)  # everything before listening: the size resolved
-    assert parsed.warmup_size == "512x512"
-    assert serve_command.service_options(parsed, models.parse_spec("random:tiny-sdxl-turbo"), None).warmup_size == (
-        512, 512)
+    monkeypatch.setattr(serve_command, "service_options", lambda args, served: seen.extend(served) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        serve_command.run(parsed)  # everything before listening: each model's size resolved
+    assert [model.warmup_size for model in seen] == [(512, 512), (1024, 1024)]
 
 
 def test_single_file_round_trip_through_sdcpus_own_loading(tmp_path):

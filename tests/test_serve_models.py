@@ -121,3 +121,28 @@ def test_a_model_prepared_again_counts_the_most_memory_it_took(monkeypatch):
     served.release(model)
     models.hold(model, None)
     assert (model.gib, model.loads, models.held_gib()) == (3.0, 2, 3.0)
+
+
+def test_models_dir_serves_each_folder_and_safetensors_file_by_its_name(sdcpu_home, tmp_path, tiny):
+    from sdcpu import load_pipeline
+    from sdcpu.commands.serve import _models_dir
+
+    load_pipeline(SD).save_pretrained(tmp_path / "house-model")
+    (tmp_path / "notes.txt").write_text("not a model")
+    (tmp_path / "empty").mkdir()
+    assert _models_dir(str(tmp_path)) == [str(tmp_path / "house-model")]
+    live = InProcess("--models-dir", str(tmp_path), "--api-key", "dir-key")  # after random:tiny, the default
+    try:
+        with client(live) as http:
+            assert [m["id"] for m in http.get("/v1/models").json()["data"]] == [SD, "house-model"]
+            made = http.post("/v1/images/generations", json={**BODY, "model": "house-model"}).json()["sdcpu"]
+            assert made["model"] == "house-model"
+    finally:
+        assert live.stop() == 0
+
+
+def test_an_empty_models_dir_is_one_line(tmp_path, capsys):
+    from sdcpu.cli import main
+
+    assert main(["serve", "--models-dir", str(tmp_path)]) == 2
+    assert "no diffusers folder (model_index.json) or .safetensors file" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import re
 import signal
 import socket
 import sys
+from pathlib import Path
 
 from sdcpu import models, recipes
 from sdcpu.commands.options import add_model, add_recipe, finite, given_models, given_recipes, resolve_recipe
@@ -28,6 +29,9 @@ def register(sub):
     p = sub.add_parser("serve", help="serve images over HTTP (OpenAI and A1111 APIs, a web page)", description=__doc__)
     add_model(p, repeat=True)
     add_recipe(p, quality=False, repeat=True)
+    p.add_argument("--models-dir", metavar="DIR",
+                   help="serve every diffusers folder and .safetensors file in DIR too (after any --model, by name: "
+                        "requests name each by its folder or file name)")
     p.add_argument("--max-memory", type=finite, metavar="GIB",
                    help="what the models held may take, in GiB: with several --model, the least recently used are "
                         f"released to fit and prepared again (from sdcpu's caches) when asked for (default "
@@ -96,20 +100,8 @@ def run(args) -> int:
     # 1. Check every input before the slow load; listen on the port, so a taken one fails now.
     _check_access(args.host, args.api_key, args.insecure_no_key)
     cpu = hardware.detect()
-    names = given_models(args)
-    if len(set(names)) < len(names):
-        raise UsageError(f"--model {next(n for n in names if names.count(n) > 1)} is given twice")
-    specs = [models.parse_spec(name, trust_pickle=args.trust_pickle) for name in names]
-    sizes = [generate.parse_size(args.warmup_size or generate.spec_defaults(spec).size) for spec in specs]
-    args.warmup_size = args.warmup_size or generate.spec_defaults(specs[0]).size  # the default model's
-    for width, height in sizes:
-        generate.Request("warm-up", width=width, height=height).validate()
-    # auto: a tuned profile for each model at its warm-up size, else the class rules for a long-running process
-    resolved = [resolve_recipe(argparse.Namespace(**{**vars(args), "model": name, "recipe": recipe}), cpu, *size,
-                               long_running=True, handed=index == 0)
-                for index, (name, recipe, size) in enumerate(zip(names, given_recipes(args, len(names)), sizes))]
-    (recipe, why_auto), spec = resolved[0], specs[0]
-    _check_one_process(names, [recipe for recipe, _ in resolved])
+    served, why_auto = served_models(args, cpu)
+    recipe = served[0].recipe
     if args.max_memory is not None and args.max_memory <= 0:
         raise UsageError(f"--max-memory must be more than 0 GiB, got {args.max_memory:g}")
     if args.lora_dir and not os.path.isdir(args.lora_dir):
@@ -125,8 +117,7 @@ def run(args) -> int:
     if args.job_seconds <= 0:
         raise UsageError(f"--job-seconds must be more than 0, got {args.job_seconds:g}")
     _check_ray_options(args)
-    options = service_options(args, spec, recipe, more=tuple(
-        Model(*served) for served in zip(specs[1:], [recipe for recipe, _ in resolved[1:]], sizes[1:])))
+    options = service_options(args, served)
     if options.ray is not None:
         from sdcpu.serve import ray_deploy  # UsageError naming the install command when Ray is missing
 
@@ -167,12 +158,34 @@ def run(args) -> int:
     return 0
 
 
-def service_options(args, spec, recipe, more: tuple = ()) -> Options:
-    """The service ARGS ask for, on SPEC optimized by RECIPE (both resolved) and MORE models (options.Model), as the
-    service and Ray take it."""
+def served_models(args, cpu) -> tuple[tuple[Model, ...], str | None]:
+    """The models ARGS serve (--model, then --models-dir's), each parsed, with its warm-up size (the model's own
+    unless --warmup-size) and its recipe resolved (auto: a tuned profile for it at that size, else the class rules for
+    a long-running process), the default first; and why auto chose the default's."""
+    named = args.model or []
+    given = named + _models_dir(args.models_dir) if args.models_dir else given_models(args)
+    names = [spec if index < len(named) or not args.models_dir else Path(spec).name for index, spec in
+             enumerate(given)]
+    if len(set(names)) < len(names):
+        raise UsageError(f"--model {next(n for n in names if names.count(n) > 1)} is given twice")
+    specs = [models.parse_spec(spec, trust_pickle=args.trust_pickle) for spec in given]
+    sizes = [generate.parse_size(args.warmup_size or generate.spec_defaults(spec).size) for spec in specs]
+    for width, height in sizes:
+        generate.Request("warm-up", width=width, height=height).validate()
+    resolved = [resolve_recipe(argparse.Namespace(**{**vars(args), "model": model, "recipe": recipe}), cpu, *size,
+                               long_running=True, handed=index == 0)
+                for index, (model, recipe, size) in enumerate(zip(given, given_recipes(args, len(given)), sizes))]
+    _check_one_process(names, [recipe for recipe, _ in resolved])
+    return tuple(Model(spec, recipe, size, "" if name == model else name) for spec, (recipe, _), size, name, model
+                 in zip(specs, resolved, sizes, names, given)), resolved[0][1]
+
+
+def service_options(args, served: tuple[Model, ...]) -> Options:
+    """The service ARGS ask for, on the SERVED models (served_models'), as the service and Ray take it."""
     ray = None if args.ray is None else Replicas(args.ray, args.replicas, args.min_replicas, args.max_replicas,
                                                  args.cores_per_replica)
-    return Options(spec, recipe, host=args.host, port=args.port,
+    first = served[0]
+    return Options(first.spec, first.recipe, name=first.name, more=served[1:], host=args.host, port=args.port,
                    key_digest=key_digest(args.api_key) if args.api_key is not None else None,
                    allowed_hosts=tuple(args.allowed_host), allowed_origins=tuple(args.allow_origin),
                    docs=args.docs,
@@ -181,8 +194,19 @@ def service_options(args, spec, recipe, more: tuple = ()) -> Options:
                    max_batch=args.max_batch, max_request_seconds=args.max_request_seconds,
                    drain_seconds=args.drain_seconds, job_seconds=args.job_seconds,
                    jobs=not args.reuse_port and (ray is None or ray.most == 1), max_size=args.max_size,
-                   warmup_size=generate.parse_size(args.warmup_size), verbose=args.verbose, ray=ray, more=more,
-                   max_memory_gib=args.max_memory)
+                   warmup_size=first.warmup_size, verbose=args.verbose, ray=ray, max_memory_gib=args.max_memory)
+
+
+def _models_dir(folder: str) -> list[str]:
+    """The models of FOLDER (serve --models-dir): its diffusers folders and .safetensors files, by name."""
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise UsageError(f"--models-dir {folder}: not a folder")
+    found = sorted(str(entry) for entry in path.iterdir()
+                   if (entry / "model_index.json").is_file() or entry.suffix.lower() == ".safetensors")
+    if not found:
+        raise UsageError(f"--models-dir {folder}: no diffusers folder (model_index.json) or .safetensors file in it")
+    return found
 
 
 def _check_one_process(names: list[str], resolved: list) -> None:

@@ -40,6 +40,7 @@ class Model:
     spec: object  # a models.ModelSpec
     recipe: object  # a recipes.Recipe
     warmup_size: tuple[int, int]
+    name: str = ""  # what requests name it by; "": the spec as given (serve --models-dir: the entry's name)
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,11 @@ class Options:
     warmup_size: tuple[int, int] = (DEFAULTS.width, DEFAULTS.height)  # of the one-step warm-up call
     verbose: bool = False  # info logging (Ray Serve's too)
     ray: Replicas | None = None
-    more: tuple[Model, ...] = ()  # the other models served (serve --model A --model B ...)
+    name: str = ""  # what requests name the default model by; "": its spec
+    more: tuple[Model, ...] = ()  # the other models served (serve --model A --model B ..., --models-dir)
     max_memory_gib: float | None = None  # what the models held may take (None: MEMORY_SHARE of the machine's)
 
     @property
     def models(self) -> tuple[Model, ...]:
         """Every model served, the default first."""
-        return (Model(self.spec, self.recipe, self.warmup_size), *self.more)
+        return (Model(self.spec, self.recipe, self.warmup_size, self.name), *self.more)

@@ -36,7 +36,7 @@ def _settings(options: Options) -> Settings:
 
 
 def _worker(options: Options, cpu, on_fatal, on_ready) -> Worker:
-    models = [served.Model(str(model.spec), str(model.recipe), model.spec.random_weights,
+    models = [served.Model(model.name or str(model.spec), str(model.recipe), model.spec.random_weights,
                            functools.partial(_prepare, model=model, cpu=cpu, on_ready=on_ready))
               for model in options.models]
     budget = options.max_memory_gib or MEMORY_SHARE * cpu.memory_bytes / served.GIB
