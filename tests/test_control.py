@@ -12,7 +12,7 @@ import webuiapi
 from PIL import Image
 
 from serving import InProcess, client
-from sdcpu import load_pipeline, recipes
+from sdcpu import load_pipeline, optimize, recipes
 from sdcpu.cli import main
 from sdcpu.errors import UsageError
 from sdcpu.families import flux2, sd
@@ -65,12 +65,29 @@ def test_a_bad_control_is_one_line(arguments, message):
 
 
 def test_recipes_whose_unet_takes_no_residuals_and_families_without_controlnets_are_refused():
-    assert control.refusal(sd.FAMILY, recipes.parse("baseline")) is None
-    assert control.refusal(sd.FAMILY, recipes.parse("bf16,tome,tiny-vae")) is None
-    for recipe in ("openvino=f32", "compile", "deepcache=2", "openvino=f32,int8"):
+    for allowed in ("baseline", "bf16,tome,tiny-vae", "openvino=f32,tiny-vae", "lcm-lora"):
+        assert control.refusal(sd.FAMILY, recipes.parse(allowed)) is None, allowed
+    for recipe in ("compile", "deepcache=2", "openvino=f32,int8"):
         reason = control.refusal(sd.FAMILY, recipes.parse(recipe))
         assert reason and recipe.split(",")[-1].split("=")[0] in reason and "--recipe baseline" in reason
+    # OpenVINO's IR taking residuals is converted from the model's own files: a step that changed the UNet first
+    assert "without lcm-lora" in control.refusal(sd.FAMILY, recipes.parse("lcm-lora,openvino=f32"))
     assert "no ControlNet" in control.refusal(flux2.FAMILY, None)
+
+
+def test_openvino_runs_a_controlnet_through_a_second_ir_and_makes_eagers_image(tiny):
+    eager, converted = tiny(), tiny()
+    optimize(converted, "openvino=f32")
+    steer = control.control(png(square()), "canny")
+    plain = generate.run(converted, REQUEST).images[0]
+    steered = generate.run(converted, REQUEST, control=steer).images[0]
+    assert (converted.unet.run.path.parent / "unet_controlled.xml").is_file()
+    # OpenVINO f32 and torch round differently: within 2 levels (the uncontrolled images' bound in test_openvino)
+    assert levels(steered, generate.run(eager, REQUEST, control=steer).images[0]) <= 2
+    assert levels(plain, steered) > 5 and levels(plain, generate.run(converted, REQUEST).images[0]) == 0
+    converted.unet.run = object()  # what a LoRA set does: its own compiled UNet, without the residual inputs
+    with pytest.raises(UsageError, match="LoRAs together on OpenVINO"):
+        generate.run(converted, REQUEST, control=steer)
 
 
 @pytest.mark.parametrize("model", ["random:tiny", "random:tiny-sdxl"])
@@ -111,7 +128,7 @@ def test_generate_takes_a_control_and_refuses_what_cannot_run_before_loading(tmp
     base = ["generate", "x", "--model", "random:tiny", "--size", "64x64", "--steps", "2", "--seed", "1"]
     loads = []
     monkeypatch.setattr(models, "load_pipeline", lambda *a, **k: loads.append(a) or 1 / 0)
-    for extra, message in ((["--control", str(path), "--recipe", "openvino=f32"], "has openvino=f32, whose UNet"),
+    for extra, message in ((["--control", str(path), "--recipe", "compile"], "has compile, whose UNet"),
                            (["--controlnet", "x/y"], "--controlnet needs --control"),
                            (["--control", str(path), "--control-scale", "3"], "control scale 3"),
                            (["--control", str(tmp_path / "none.png")], "--control")):

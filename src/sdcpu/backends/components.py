@@ -77,7 +77,7 @@ class Component:
 
     def release(self):
         """Drop what RUN (and a VAE's encoder) compiled, returning its memory; the next call compiles again."""
-        for run in (self.run, getattr(self, "encode_run", None)):
+        for run in (self.run, getattr(self, "encode_run", None), getattr(self, "controlled", None)):
             if hasattr(run, "release"):
                 run.release()
 
@@ -88,6 +88,9 @@ class Component:
 class Denoiser(Component):
     """The family's denoiser (SD's UNet): its tensor inputs, in the order SIGNATURE names them, handed to RUN."""
 
+    controlled = None  # the run taking a ControlNet's residuals too (sdcpu.backends.openvino_control), once asked for
+    controlled_base = None  # the run it was made beside: another (a LoRA set's) has edits it lacks
+
     def __init__(self, run, config, signature, latent_multiple: int):
         super().__init__(run, config)
         self.signature, self.latent_multiple = signature, latent_multiple
@@ -97,12 +100,19 @@ class Denoiser(Component):
 
     def forward(self, sample, timestep, *args, return_dict=True, **kwargs):
         inputs, rest = self.signature.bind(sample, timestep, args, kwargs)
+        down, mid = rest.pop("down_block_additional_residuals", None), rest.pop("mid_block_additional_residual", None)
         refuse(self.signature.label, **rest)
         factor = self.latent_multiple  # converted for latents it halves evenly
         if sample.shape[-2] % factor or sample.shape[-1] % factor:
             raise ValueError(f"the {self.signature.label} needs latent height and width divisible by {factor}, got "
                              f"{tuple(sample.shape[-2:])}")
-        (noise,) = self.run(*inputs)
+        if down is None:
+            (noise,) = self.run(*inputs)
+        elif self.controlled is None or self.run is not self.controlled_base:
+            raise NotImplementedError(f"the {self.signature.label} takes a ControlNet's residuals only from "
+                                      "sdcpu.pipeline.control, without a LoRA set on OpenVINO")
+        else:
+            (noise,) = self.controlled(*inputs, *down, mid)
         return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
 
 

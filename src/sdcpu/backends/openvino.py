@@ -152,9 +152,10 @@ def _traced(module, name, family):
     return Entry(module, "decode"), (torch.randn(1, module.config.latent_channels, EXAMPLE_LATENT, EXAMPLE_LATENT),)
 
 
-def convert(module, name, path, family) -> bool:
-    """Trace MODULE (FAMILY's component NAME)'s pipeline-facing call into OpenVINO and save it as f32 IR at PATH
-    (written, then renamed); False when another process converted it while this one waited for the lock."""
+def convert(module, name, path, family, traced=None) -> bool:
+    """Trace MODULE (FAMILY's component NAME)'s pipeline-facing call (TRACED: (the entry, its example inputs) where
+    it is not the component's own) into OpenVINO and save it as f32 IR at PATH (written, then renamed); False when
+    another process converted it while this one waited for the lock."""
     import openvino as ov
     from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
 
@@ -163,7 +164,7 @@ def convert(module, name, path, family) -> bool:
             return False
         locks.remove_stale(path)
         start = time.perf_counter()
-        entry, example = _traced(module, name, family)
+        entry, example = traced or _traced(module, name, family)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: expected
             # convert_model(module, example_input=...) traces with check_trace, which runs the model twice more (60%

@@ -9,9 +9,10 @@ The ControlNet is a component of the pipeline, loaded once per type and kept on 
 type (Family.controlnets: hub ids, from the hub cache, never a pickle) or the one a caller names; a `random:` model
 gets a random-weight replica of the family's ControlNet architecture, built offline from its UNet's config (diffusers'
 ControlNetModel.from_unet: the encoder, its zero convolutions and the 16-32-96-256 conditioning embedding of
-lllyasviel's and diffusers' ControlNets). It runs in eager torch beside the UNet: the UNet must be the eager module
-(its compiled forms, OpenVINO's IR and inductor's graph, take no residuals, nor does DeepCache's forward: a control
-is refused with the reason where the recipe has one of them, StepKind.control).
+lllyasviel's and diffusers' ControlNets). It runs in eager torch beside the UNet: the eager module, or OpenVINO's,
+whose IR taking the residuals is converted the first time (sdcpu.backends.openvino_control); inductor's graph, the
+quantized UNets and IPEX's take no residuals, nor does DeepCache's forward: a control is refused with the reason where
+the recipe has one of them (StepKind.control).
 """
 
 from dataclasses import dataclass
@@ -114,43 +115,38 @@ def refusal(family, recipe) -> str | None:
 
     if not family.controlnets:
         return f"{family.summary}: sdcpu runs no ControlNet for this family"
-    blocking = [str(step) for step in (recipe.steps if recipe else ()) if not STEP_KINDS[step.name].control]
+    steps = recipe.steps if recipe else ()
+    blocking = [str(step) for step in steps if not STEP_KINDS[step.name].control]
     if blocking:
         without = ", ".join(name for name, kind in STEP_KINDS.items() if not kind.control)
-        return (f"a ControlNet adds its residuals to the eager UNet, and recipe {recipe} has {', '.join(blocking)}, "
-                f"whose UNet takes none: use a recipe without {without} (e.g. --recipe baseline, or bf16 where the "
-                "CPU has it natively)")
+        return (f"a ControlNet adds its residuals to the UNet, and recipe {recipe} has {', '.join(blocking)}, whose "
+                f"UNet takes none: use a recipe without {without} (e.g. --recipe baseline, or openvino)")
+    # OpenVINO's UNet taking residuals is converted again from the model's own files (backends/openvino_control.py):
+    # what changed the UNet before the backend converted it would be missing from it
+    changed = [str(step) for step in steps if STEP_KINDS[step.name].role in ("before_backend", "eager")
+               or step.name == "bf16"]
+    if changed and any(step.name == "openvino" for step in steps):
+        return (f"a ControlNet on OpenVINO converts the model's own UNet again, without {', '.join(changed)} of "
+                f"recipe {recipe}: drop {'it' if len(changed) == 1 else 'them'}, or use --recipe baseline")
     return None
 
 
 def controlnet(pipe, kind: str, source: str | None = None):
     """PIPE's ControlNet for KIND (from SOURCE, else its family's), loaded once and kept on PIPE; UsageError (refusal)
     where it cannot steer PIPE's UNet."""
-    import torch
     from diffusers import ControlNetModel
 
     family, shared = families.of(pipe), state.of(pipe)
     if reason := refusal(family, shared.recipe):
         raise UsageError(reason)
-    key = (kind, source)
+    random = shared.model is not None and shared.model.random_weights
+    key, openvino = (kind, source), shared.runtime is state.Runtime.OPENVINO
+    if openvino:  # its UNet is a stand-in: the replica, and the IR taking residuals, need the torch module
+        from sdcpu.backends import openvino_control
     if key not in shared.controlnets:
-        unet = pipe.unet
-        if source is None and shared.model is not None and shared.model.random_weights:
-            # the UNet's encoder weights copied, as training starts; the map's embedding downsamples by the VAE's
-            # factor (8: the four stages of the real ControlNets; a test-size model's VAE may scale by less)
-            stages = pipe.vae_scale_factor.bit_length()
-            made = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=EMBEDDING[:stages])
-            latent = unet.config.out_channels
-            if made.conv_in.in_channels != latent:  # an inpainting UNet's 9 inputs: a ControlNet reads the latents
-                conv = made.conv_in  # alone (the real ones are made from the base model)
-                made.conv_in = torch.nn.Conv2d(latent, conv.out_channels, conv.kernel_size, padding=conv.padding)
-                made.register_to_config(in_channels=latent)
-            seeded = torch.Generator().manual_seed(0)
-            for name, parameter in made.named_parameters():  # zero convolutions, zero until trained: seeded noise
-                if name.startswith(ZERO_CONVOLUTIONS):  # of a plain layer's scale, so the replica steers as a trained
-                    fan_in = parameter[0].numel() if parameter.dim() > 1 else 1  # one does (and costs the same)
-                    with torch.no_grad():
-                        torch.nn.init.normal_(parameter, std=fan_in**-0.5 / 4, generator=seeded)
+        unet = openvino_control.torch_unet(pipe) if openvino and source is None and random else pipe.unet
+        if source is None and random:
+            made = _replica(unet, pipe.vae_scale_factor)
         else:
             name = source or family.controlnets[kind]
             try:
@@ -158,8 +154,35 @@ def controlnet(pipe, kind: str, source: str | None = None):
             except Exception as err:  # noqa: BLE001 -- hub, network or format: the control cannot run
                 raise UsageError(f"cannot load the {kind} ControlNet {name!r} ({type(err).__name__}: download it "
                                  "once, or give a folder)") from None
-        shared.controlnets[key] = made.to(dtype=unet.dtype).eval()
+        made = made.to(dtype=unet.dtype).eval()
+        if openvino:
+            openvino_control.attach(pipe, made, unet if unet is not pipe.unet else None)
+        shared.controlnets[key] = made
+    if openvino:
+        openvino_control.check(pipe)
     return shared.controlnets[key]
+
+
+def _replica(unet, vae_scale: int):
+    """A random-weight ControlNet of UNET's architecture (a random: model's): the UNet's encoder weights copied, as
+    training starts; the map's embedding downsamples by the VAE's factor VAE_SCALE (8: the four stages of the real
+    ControlNets; a test-size model's VAE may scale by less)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    made = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=EMBEDDING[:vae_scale.bit_length()])
+    latent = unet.config.out_channels
+    if made.conv_in.in_channels != latent:  # an inpainting UNet's 9 inputs: a ControlNet reads the latents alone (the
+        conv = made.conv_in  # real ones are made from the base model)
+        made.conv_in = torch.nn.Conv2d(latent, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        made.register_to_config(in_channels=latent)
+    seeded = torch.Generator().manual_seed(0)
+    for name, parameter in made.named_parameters():  # zero convolutions, zero until trained: seeded noise of a
+        if name.startswith(ZERO_CONVOLUTIONS):  # plain layer's scale, so the replica steers as a trained one does
+            fan_in = parameter[0].numel() if parameter.dim() > 1 else 1  # (and costs the same)
+            with torch.no_grad():
+                torch.nn.init.normal_(parameter, std=fan_in**-0.5 / 4, generator=seeded)
+    return made
 
 
 def _ops():

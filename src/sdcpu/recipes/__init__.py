@@ -93,7 +93,8 @@ class StepKind:
     needs: str | None = None  # the Python package it needs beyond torch: tune offers a backend only where it imports
     own_threads: bool = False  # it computes on a thread pool of its own: the launcher leaves OpenMP threads unbound
     # a ControlNet can steer the UNet it leaves (sdcpu.pipeline.control): the eager module, whose forward takes the
-    # ControlNet's residuals; compiled and converted UNets take no such inputs, DeepCache's forward skips them
+    # ControlNet's residuals, or OpenVINO's (a second IR taking them: sdcpu.backends.openvino_control); inductor's
+    # graph, quantized UNets and IPEX's take no such inputs, DeepCache's forward skips them
     control: bool = True
     launch: Launch | None = None  # a system step's option for the launcher
 
@@ -130,7 +131,7 @@ STEP_KINDS = {
     "openvino": StepKind("framework", _precision, "UNet, VAE decoder and text encoder run by OpenVINO, static shapes; "
                          "=f32|bf16 sets the precision (default: bf16 where the CPU has it natively, else f32)",
                          optional=True, module="sdcpu.backends.openvino", role="backend", compiles=True,
-                         ladder="openvino", needs="openvino", own_threads=True, control=False),
+                         ladder="openvino", needs="openvino", own_threads=True),
     "int8": StepKind("framework", summary="the UNet a backend runs, quantized to int8 (NNCF after openvino, torchao "
                      "PT2E after compile)", module="sdcpu.backends.int8", role="after_backend", ladder="int8",
                      cuts_work=True, control=False),
