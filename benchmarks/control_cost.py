@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 
 from sdcpu import load_pipeline, optimize
 from sdcpu.pipeline import control, generate
+from workload import add_workload
 
 
 def house(size: int) -> bytes:
@@ -32,10 +33,7 @@ def house(size: int) -> bytes:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="random:tiny")
-    parser.add_argument("--recipe", default="baseline")
-    parser.add_argument("--size", default="64x64")
-    parser.add_argument("--steps", type=int, default=4)
+    add_workload(parser)
     parser.add_argument("--runs", type=int, default=2, help="images on each side")
     args = parser.parse_args()
     width, height = generate.parse_size(args.size)

@@ -13,14 +13,12 @@ import time
 from sdcpu import load_pipeline
 from sdcpu.pipeline import generate, optimizer
 from sdcpu.system import hardware
+from workload import add_workload
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="random:tiny")
-    parser.add_argument("--recipe", default="baseline")
-    parser.add_argument("--size", default="64x64")
-    parser.add_argument("--steps", type=int, default=4)
+    add_workload(parser)
     parser.add_argument("--batch", type=int, default=4, help="requests batched together")
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
