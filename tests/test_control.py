@@ -75,8 +75,9 @@ def test_recipes_whose_unet_takes_no_residuals_and_families_without_controlnets_
     assert "no ControlNet" in control.refusal(flux2.FAMILY, None)
 
 
-def test_openvino_runs_a_controlnet_through_a_second_ir_and_makes_eagers_image(tiny):
-    eager, converted = tiny(), tiny()
+@pytest.mark.parametrize("model", ["random:tiny", "random:tiny-sdxl"])
+def test_openvino_runs_a_controlnet_through_a_second_ir_and_makes_eagers_image(tiny, model):
+    eager, converted = (tiny(), tiny()) if model == "random:tiny" else (load_pipeline(model), load_pipeline(model))
     optimize(converted, "openvino=f32")
     steer = control.control(png(square()), "canny")
     plain = generate.run(converted, REQUEST).images[0]
