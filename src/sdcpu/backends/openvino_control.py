@@ -55,7 +55,9 @@ def attach(pipe, controlnet, unet=None) -> None:
     if getattr(stand_in, "controlled", None) is not None:
         return
     family = families.of(pipe)
-    path = stand_in.run.path.with_name(f"{NAME}.xml")
+    switch = state.of(pipe).lora  # OpenVINO's LoRA switch, where a set was ever used: its base is the LoRA-free run
+    base = switch.base.get(family.denoiser.attribute, stand_in.run) if switch is not None else stand_in.run
+    path = base.path.with_name(f"{NAME}.xml")
     if not path.is_file():
         unet = unet or torch_unet(pipe)
         example = family.example_inputs(unet.config, 2, (openvino.EXAMPLE_LATENT,) * 2, torch.float32)
@@ -63,7 +65,6 @@ def attach(pipe, controlnet, unet=None) -> None:
         openvino.convert(unet, NAME, path, family, traced=(entry, (*example, *residuals(controlnet, family, example,
                                                                                           pipe.vae_scale_factor))))
         del unet, entry
-    base = stand_in.run
     stand_in.controlled = openvino.Compiled(base.core, path, base.config, NAME)
     stand_in.controlled_base = base  # a LoRA set swaps `run`: the controlled IR has none of it
 
