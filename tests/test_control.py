@@ -121,6 +121,19 @@ def test_a_control_steers_img2img_and_inpainting(tiny):
         assert levels(plain, generate.run(pipe, REQUEST, made, control=steer).images[0]) > 5
 
 
+def test_a_control_steers_both_passes_of_a_hires_fix(tiny, monkeypatch):
+    from sdcpu.pipeline import hires
+
+    pipe, second = tiny(), hires.Hires(128, 128, steps=2)
+    plain = generate.run(pipe, REQUEST, hires=second).images[0]
+    made, pipeline_for = [], tasks.pipeline_for
+    monkeypatch.setattr(tasks, "pipeline_for", lambda pipe, task, net=None: made.append((task, net is not None)) or
+                        pipeline_for(pipe, task, net))
+    steered = generate.run(pipe, REQUEST, hires=second, control=control.control(png(square()), "canny")).images[0]
+    assert made == [("txt2img", True), ("img2img", True)]  # each pass's pipeline is the ControlNet one
+    assert steered.size == (128, 128) and levels(plain, steered) > 5
+
+
 def test_generate_takes_a_control_and_refuses_what_cannot_run_before_loading(tmp_path, capsys, monkeypatch):
     from sdcpu import models
 
