@@ -3,7 +3,7 @@ control map beside the noisy latents at every step and adds its residuals to the
 
 Two control types: `canny` (edges: the map is made here from any photo by Canny's detector, A1111's thresholds 100
 and 200 by default; a map already made is taken as it is with `preprocess` off) and `depth` (a depth map, given: no
-depth estimator is bundled). The control map is resized to the image's size (A1111's "Just Resize").
+depth estimator is bundled). The control map meets the image's size by one of A1111's resize modes (RESIZES).
 
 The ControlNet is a component of the pipeline, loaded once per type and kept on it: the family's ControlNet for the
 type (Family.controlnets: hub ids, from the hub cache, never a pickle) or the one a caller names; a `random:` model
@@ -24,13 +24,13 @@ from sdcpu.models import state
 KINDS = ("canny", "depth")
 MAX_SCALE = 2.0  # A1111's control weight slider maximum
 CANNY = (100, 200)  # A1111's canny thresholds (low, high)
-# the outputs a ControlNet starts training from at zero: its residuals' convolutions and its map embedding's last one
 # how a map of another shape meets the image's size (A1111's resize modes): stretched, cropped to the image's aspect
 # about its centre, or fitted inside it with black (no edges, nothing near) around
 RESIZES = {"just": lambda image, size: image.resize(size),
            "crop": lambda image, size: _ops().fit(image, size),
            "fill": lambda image, size: _ops().pad(image, size, color=(0, 0, 0))}
 EMBEDDING = (16, 32, 96, 256)  # the real ControlNets' map embedding: three stride-2 stages, an 8x downsampling
+# the outputs a ControlNet starts training from at zero: its residuals' convolutions and its map embedding's last one
 ZERO_CONVOLUTIONS = ("controlnet_down_blocks", "controlnet_mid_block", "controlnet_cond_embedding.conv_out")
 
 
@@ -51,9 +51,9 @@ class Control:
         return (f"Module: {self.kind}, Model: {self.source or 'the family ' + self.kind + ' ControlNet'}, "
                 f"Weight: {self.scale:g}, Guidance Start: {self.start:g}, Guidance End: {self.end:g}")
 
-    def arguments(self, task: str, width: int, height: int, count: int) -> dict:
-        """The pipeline-call arguments for COUNT images of WIDTHxHEIGHT of TASK (diffusers names the control image
-        `image` where the task has no other)."""
+    def arguments(self, task: str, width: int, height: int) -> dict:
+        """The pipeline-call arguments for the images of WIDTHxHEIGHT of TASK (one control image conditions each;
+        diffusers names it `image` where the task has no other)."""
         sized = RESIZES[self.resize](self.image, (width, height))
         name = "image" if task == "txt2img" else "control_image"
         return {name: sized, "controlnet_conditioning_scale": self.scale, "control_guidance_start": self.start,

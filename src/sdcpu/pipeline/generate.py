@@ -223,7 +223,7 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_promp
     output_type = hires_fix.first_output_type(hires) if hires else "pil"
     with torch.inference_mode(), vae_tiles.tiled(pipe.vae), component_split(pipe) as split:
         output = call(target, first.steps, **size, **tasks.call_arguments(sized, first.steps, len(prompts)),
-                      **(control.arguments(task, first.width, first.height, len(prompts)) if control else {}),
+                      **(control.arguments(task, first.width, first.height) if control else {}),
                       output_type=output_type)
         if hires and getattr(target, "_interrupt", False):  # stopped in its first pass: no second
             images = output.images if output_type == "pil" else hires_fix.decoded(target, output.images)
@@ -232,8 +232,7 @@ def run_batch(pipe, requests: list[Request], edit=None, on_step=None, keep_promp
             again = tasks.pipeline_for(pipe, "img2img", net)
             images = call(again, hires.steps_of(first.steps), strength=hires.strength,
                           image=hires_fix.upscaled(hires, output.images, pipe.vae_scale_factor),
-                          **(control.arguments("img2img", hires.width, hires.height, len(prompts)) if control
-                             else {})).images
+                          **(control.arguments("img2img", hires.width, hires.height) if control else {})).images
         else:
             images = tasks.pasted_back(target, sized, output.images)
     return Result(images=images, seconds=time.perf_counter() - start, split=split)
