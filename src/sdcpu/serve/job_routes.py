@@ -21,10 +21,12 @@ MAX_WAIT = 60.0  # seconds a result request may wait for its job (proxies cut id
 def router(service, jobs: Jobs, enabled: bool) -> APIRouter:
     routes = APIRouter(prefix="/v1/jobs")
 
-    def submitted(job: schemas.Job, request: Request, kind: str, body) -> JSONResponse:
-        if body.stream:
+    def submitted(body, request: Request, kind: str, edit=None) -> JSONResponse:
+        """BODY (with an EDIT) queued as a job of KIND, checked as its synchronous route checks it."""
+        if body.stream:  # before the request's checks and decodes: none of them would be used
             raise schemas.BadRequest("stream: a job is polled (GET /v1/jobs/ID); stream with /v1/images/generations "
                                      "or /v1/images/edits")
+        job = schemas.from_openai(body, service.limits(body.model), edit)
         record = jobs.submit(job, request.client.host if request.client else None, kind)
         return JSONResponse({"id": record.id, "object": "image.job", "status": Status.QUEUED.value,
                              "created_at": int(record.created), "task": kind},
@@ -40,15 +42,14 @@ def router(service, jobs: Jobs, enabled: bool) -> APIRouter:
     async def submit(body: schemas.OpenAIImageRequest, request: Request):
         """Queue a generation (the body of /v1/images/generations, without stream) as a job: its id at once."""
         check_enabled()
-        return submitted(schemas.from_openai(body, service.limits(body.model)), request, "generation", body)
+        return submitted(body, request, "generation")
 
     @routes.post("/edits", status_code=202)
     async def submit_edit(request: Request):
         """Queue an edit (the form of /v1/images/edits) as a job: its id at once."""
         check_enabled()
-        async with service.uploads.admitted(service.worker, service.limits):
-            body, edit = await openai_routes.edit_form(request)
-        return submitted(schemas.from_openai(body, service.limits(body.model), edit), request, "edit", body)
+        body, edit = await openai_routes.edit_form(service, request)
+        return submitted(body, request, "edit", edit)
 
     @routes.get("/{ident}")
     async def status(ident: schemas.Name, preview: bool = False):

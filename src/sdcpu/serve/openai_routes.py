@@ -43,8 +43,7 @@ def router(service) -> APIRouter:
         """OpenAI's image edit (a form: `image` and `mask` files, alpha 0 of the mask = the area to edit; the fields of
         generations and sdcpu's `strength`): img2img without a mask, inpainting with one; several `image[]` files are
         a reference edit (FLUX.2 klein)."""
-        async with service.uploads.admitted(service.worker, service.limits):
-            body, edit = await edit_form(request)
+        body, edit = await edit_form(service, request)
         return await _answer(service, request, body, schemas.from_openai(body, service.limits(body.model), edit),
                              "image_edit")
 
@@ -57,8 +56,14 @@ def router(service) -> APIRouter:
     return routes
 
 
-async def edit_form(request: Request) -> tuple:
-    """The edits form of REQUEST, checked, and its edit, decoded off the event loop."""
+async def edit_form(service, request: Request) -> tuple:
+    """The edits form of REQUEST, checked, and its edit, decoded off the event loop: an upload SERVICE admits first
+    (serve/uploads.py)."""
+    async with service.uploads.admitted(service.worker, service.limits):
+        return await _edit_form(request)
+
+
+async def _edit_form(request: Request) -> tuple:
     fields, files = await _form(request)
     images, masks = files.pop("image", []) + files.pop("image[]", []), files.pop("mask", [])
     if files:
