@@ -105,8 +105,8 @@ class _OpenAIFields(Finite):
     # a ControlNet's control image (base64, a data: URL prefix allowed), its type, how strongly it steers, and whether
     # a canny image is an edge map already
     control_image: Annotated[str, Field(max_length=MAX_BASE64_CHARS)] | None = None
-    control_type: Literal["canny", "depth"] = "canny"
-    control_scale: float = Field(1.0, ge=0, le=2)
+    control_type: Literal[control.KINDS] = "canny"
+    control_scale: float = Field(1.0, ge=0, le=control.MAX_SCALE)
     control_as_is: bool = False
 
 
