@@ -5,14 +5,17 @@ fields)."""
 
 import base64
 import io
+from unittest import mock
 
 import numpy as np
 import pytest
+import torch
 import webuiapi
 from PIL import Image
 
 from serving import InProcess, client
 from sdcpu import load_pipeline, optimize, recipes
+from sdcpu.backends import components, openvino
 from sdcpu.cli import main
 from sdcpu.errors import UsageError
 from sdcpu.families import flux2, sd
@@ -83,9 +86,17 @@ def test_openvino_runs_a_controlnet_through_a_second_ir_and_makes_eagers_image(t
     plain = generate.run(converted, REQUEST).images[0]
     steered = generate.run(converted, REQUEST, control=steer).images[0]
     assert (converted.unet.run.path.parent / "unet_controlled.xml").is_file()
+    standing = control.controlnet(converted, "canny")  # the ControlNet on OpenVINO too: its IR, no torch weights
+    assert isinstance(standing, components.ControlNet) and standing.run.path.is_file()
+    assert not list(standing.parameters())
     # OpenVINO f32 and torch round differently: within 2 levels (the uncontrolled images' bound in test_openvino)
     assert levels(steered, generate.run(eager, REQUEST, control=steer).images[0]) <= 2
     assert levels(plain, steered) > 5 and levels(plain, generate.run(converted, REQUEST).images[0]) == 0
+    # at scale 0 the stand-in gives zero residuals without running the ControlNet: the controlled IR adds nothing
+    off, ran, call = control.control(png(square()), "canny", 0.0), [], openvino.Compiled.__call__
+    with mock.patch.object(openvino.Compiled, "__call__", lambda run, *inputs: ran.append(run.name) or call(run, *inputs)):
+        assert levels(plain, generate.run(converted, REQUEST, control=off).images[0]) <= 2
+    assert "unet_controlled" in ran and "controlnet" not in ran
     converted.unet.run = object()  # what a LoRA set does: its own compiled UNet, without the residual inputs
     with pytest.raises(UsageError, match="LoRAs together on OpenVINO"):
         generate.run(converted, REQUEST, control=steer)
@@ -109,7 +120,20 @@ def test_an_inpainting_unets_controlnet_reads_the_latents_alone(sdcpu_home):
     steer = control.control(png(square()), "canny")
     plain = generate.run(pipe, REQUEST, edit).images[0]
     assert levels(plain, generate.run(pipe, REQUEST, edit, control=steer).images[0]) > 5
-    assert control.controlnet(pipe, "canny").config.in_channels == 4
+    made = control.controlnet(pipe, "canny")
+    assert made.config.in_channels == 4
+    again = control.controlnet(load_pipeline("random:tiny-inpainting"), "canny")  # a replica is the same every time
+    assert all(torch.equal(one, two) for one, two in zip(made.state_dict().values(), again.state_dict().values()))
+
+
+def test_an_inpainting_unets_controlnet_on_openvino_makes_eagers_image(sdcpu_home):
+    converted = load_pipeline("random:tiny-inpainting")
+    optimize(converted, "openvino=f32")
+    edit = tasks.edit(png(Image.new("RGB", (64, 64), "red")), png(square()), 1.0)
+    steer = control.control(png(square()), "canny")
+    made = generate.run(converted, REQUEST, edit, control=steer).images[0]
+    # OpenVINO f32 and torch round differently: within 2 levels (the uncontrolled images' bound in test_openvino)
+    assert levels(made, generate.run(load_pipeline("random:tiny-inpainting"), REQUEST, edit, control=steer).images[0]) <= 2
 
 
 def test_a_control_steers_img2img_and_inpainting(tiny):

@@ -106,10 +106,11 @@ def test_second_pipeline_reuses_ir_and_compiled_cache(ov, converted, eager, tiny
 
 def test_a_different_model_gets_its_own_ir(tiny):
     pipe = tiny()
-    key = backend.cache_key(pipe, "v")
+    key = backend.cache_key({"unet": pipe.unet, "vae": pipe.vae}, "v")
     with torch.no_grad():
         pipe.unet.conv_out.bias[0] += 1
-    assert backend.cache_key(pipe, "v") != key
+    assert backend.cache_key({"unet": pipe.unet, "vae": pipe.vae}, "v") != key
+    assert backend.cache_key({"unet": pipe.unet}, "v") != backend.cache_key({"unet": pipe.unet, "vae": pipe.vae}, "v")
 
 
 @pytest.mark.skipif(not HERE.native_bf16, reason="bf16 kernels need a CPU with native bf16")

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import torch
 from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.controlnets.controlnet import ControlNetModel, ControlNetOutput
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.clip.modeling_clip import CLIPTextModelOutput
@@ -114,6 +115,37 @@ class Denoiser(Component):
         else:
             (noise,) = self.controlled(*inputs, *down, mid)
         return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
+
+
+class ControlNet(Component, ControlNetModel):
+    """A ControlNet's stand-in: an instance of ControlNetModel, as diffusers' ControlNet pipelines check, with no
+    weights; its inputs (the family's denoiser inputs, then the control map) go to RUN, which returns the residuals
+    unscaled, and the call's scale is applied here as ControlNetModel.forward applies it. At scale 0 (a step outside
+    the control's guidance start and end) the residuals are zeros of their shapes, without running RUN."""
+
+    def __init__(self, run, config, signature):
+        torch.nn.Module.__init__(self)  # not ControlNetModel's: no layers; `config` is ConfigMixin's, read-only
+        self.run, self._internal_dict, self.signature = run, config, signature
+
+    def forward(self, sample, timestep, *args, controlnet_cond, conditioning_scale=1.0, guess_mode=False,
+                return_dict=True, **kwargs):
+        inputs, rest = self.signature.bind(sample, timestep, args, kwargs)
+        refuse("ControlNet on OpenVINO", **rest)
+        inputs = (*inputs, controlnet_cond)
+        if conditioning_scale == 0:
+            shapes = self.run.output_shapes(tuple(tuple(x.shape) for x in inputs))
+            *down, mid = (torch.zeros(shape) for shape in shapes)
+        else:
+            *down, mid = self.run(*inputs)
+            count, pooled = len(down) + 1, self.config.global_pool_conditions
+            if guess_mode and not pooled:  # 0.1 to 1.0 from the first residual to the mid block's
+                scales = torch.logspace(-1, 0, count) * conditioning_scale
+            else:
+                scales = [conditioning_scale] * count
+            down, mid = [x * scale for x, scale in zip(down, scales)], mid * scales[-1]
+        if self.config.global_pool_conditions:  # the residuals averaged over the image
+            down, mid = [x.mean(dim=(2, 3), keepdim=True) for x in down], mid.mean(dim=(2, 3), keepdim=True)
+        return ControlNetOutput(down_block_res_samples=down, mid_block_res_sample=mid) if return_dict else (down, mid)
 
 
 class VAE(Component):

@@ -74,7 +74,8 @@ def apply(pipe, step, cpu) -> str:
     cast = denoiser.dtype if denoiser.dtype != torch.float32 else None
     if cast:  # traced with fp32 inputs; OpenVINO's precision hint, not the torch dtype, sets the compute precision
         pipe.to(dtype=torch.float32)
-    folder = sdcpu_home() / "openvino" / cache_key(pipe, ov.__version__)
+    folder = sdcpu_home() / "openvino" / cache_key({name: getattr(pipe, name) for name in family.components},
+                                                  ov.__version__)
     core, config = runtime(precision)
     start, converted = time.perf_counter(), []
     # img2img and inpainting encode the input image: the encoder is converted on its first call, never for text-to-image
@@ -125,11 +126,11 @@ def runtime(precision: str):
     return core, {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": torch.get_num_threads()}
 
 
-def cache_key(pipe, ov_version: str) -> str:
-    """A hash of the components' configs and a sample of every weight: a different model gets a different key."""
+def cache_key(modules: dict, ov_version: str) -> str:
+    """A hash of MODULES' (name -> torch module) configs and a sample of every weight: a different model gets a
+    different key."""
     digest = hashlib.sha256(json.dumps([IR_FORMAT, ov_version]).encode())
-    for name in families.of(pipe).components:
-        module = getattr(pipe, name)
+    for name, module in modules.items():
         config = dict(module.config) if isinstance(module.config, dict) else module.config.to_dict()
         public = {k: v for k, v in config.items() if not k.startswith("_")}  # not _name_or_path: weights decide
         digest.update(json.dumps([name, public], sort_keys=True, default=str).encode())
@@ -235,6 +236,11 @@ class Compiled:
     def read(self):
         """The model at self.path, memory-mapped (dynamic shapes)."""
         return self.core.read_model(self.path)
+
+    def output_shapes(self, shapes) -> list[tuple[int, ...]]:
+        """The outputs' shapes for inputs of SHAPES (compiled for them if not yet)."""
+        compiled = self.by_shape.get(shapes) or self.compile(shapes)
+        return [tuple(output.get_shape()) for output in compiled.outputs]
 
     def compile(self, shapes):
         """Compile for SHAPES (one tuple per input) now rather than on the first call."""

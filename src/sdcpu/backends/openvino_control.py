@@ -1,9 +1,14 @@
-"""A ControlNet beside the `openvino` step's UNet. The UNet's IR takes no residuals, so a second IR of it that does
-(`unet_controlled.xml` beside the first: the family's denoiser inputs, then the ControlNet's down-block residuals and
-its mid-block one) is converted the first time a control is asked for, from the model's own fp32 UNet read again from
-its diffusers folder (the step dropped the torch module once converted; a single-file checkpoint has no folder here:
-refused with the reason), and compiled per shape like the first. The ControlNet itself runs in eager torch; its
-residuals go to that IR. Calls without a control run the first IR, untouched.
+"""ControlNets on the `openvino` step. Two IRs beside the step's own:
+- the UNet taking a ControlNet's residuals (`unet_controlled.xml` beside the UNet's IR: the family's denoiser inputs,
+  then the ControlNet's down-block residuals and its mid-block one), converted the first time a control is asked for
+  from the model's own fp32 UNet read again from its diffusers folder (the step dropped the torch module once
+  converted; a single-file checkpoint has no folder here: refused with the reason). Calls without a control run the
+  first IR, untouched.
+- each ControlNet (`controlnet.xml` under $SDCPU_HOME/openvino/<key of its own config and weights>/: the family's
+  denoiser inputs and the control map in, its residuals out, unscaled), converted once; its torch module is dropped
+  and a stand-in (sdcpu.backends.components.ControlNet) takes its place in the pipeline, applying the call's scale.
+Both are compiled per shape with the step's precision, like the UNet's IR, and kept with the UNet's compiled models
+under the `release` step (the denoiser's part).
 
 Refused, with the reason: a recipe step that changed the UNet before the backend converted it (lcm-lora fused, bf16
 cast: sdcpu.pipeline.control.refusal): the second IR, converted from the model's files, would not have it; and a LoRA
@@ -13,11 +18,12 @@ set on the UNet (`check`: its deltas edit the first IR's compiled models only).
 import torch
 
 from sdcpu import families, models
-from sdcpu.backends import openvino
+from sdcpu.backends import components, openvino
 from sdcpu.errors import UsageError
 from sdcpu.models import state
+from sdcpu.system.home import sdcpu_home
 
-NAME = "unet_controlled"
+NAME, CONTROLNET = "unet_controlled", "controlnet"  # the IRs' names
 
 
 class Controlled(torch.nn.Module):
@@ -48,25 +54,52 @@ def torch_unet(pipe):
     return UNet2DConditionModel.from_pretrained(config.parent, torch_dtype=torch.float32).eval()
 
 
-def attach(pipe, controlnet, unet=None) -> None:
-    """Give PIPE's OpenVINO UNet stand-in its controlled IR (converted once, then read), for CONTROLNET's residuals;
-    UNET: the model's torch UNet where the caller has read it already."""
-    stand_in = pipe.unet
-    if getattr(stand_in, "controlled", None) is not None:
-        return
-    family = families.of(pipe)
-    switch = state.of(pipe).lora  # OpenVINO's LoRA switch, where a set was ever used: its base is the LoRA-free run
-    base = switch.base.get(family.denoiser.attribute, stand_in.run) if switch is not None else stand_in.run
-    path = base.path.with_name(f"{NAME}.xml")
+class Residuals(torch.nn.Module):
+    """A ControlNet's call with tensor inputs (the family's denoiser inputs, then the control map) and its residuals
+    out flat, unscaled: what is traced."""
+
+    def __init__(self, controlnet, signature):
+        super().__init__()
+        self.module, self.signature = controlnet, signature  # `module`: the IR's weight names, as Entry's
+
+    def forward(self, *inputs):
+        args, kwargs = self.signature.call_arguments(inputs[:-1])
+        down, mid = self.module(*args, **kwargs, controlnet_cond=inputs[-1], return_dict=False)
+        return (*down, mid)
+
+
+def attach(pipe, controlnet, unet=None) -> components.ControlNet:
+    """CONTROLNET (a torch ControlNetModel) converted for PIPE's OpenVINO UNet, which gets its controlled IR if it has
+    none yet (both converted once, then read): the stand-in running it. UNET: the model's torch UNet where the caller
+    has read it already."""
+    import openvino as ov
+
+    family, stand_in = families.of(pipe), pipe.unet
+    example = _example(controlnet, family, pipe.vae_scale_factor)
+    if stand_in.controlled is None:
+        switch = state.of(pipe).lora  # OpenVINO's LoRA switch, where a set was ever used: its base is the LoRA-free run
+        base = switch.base.get(family.denoiser.attribute, stand_in.run) if switch is not None else stand_in.run
+        path = base.path.with_name(f"{NAME}.xml")
+        if not path.is_file():
+            unet = unet or torch_unet(pipe)
+            with torch.no_grad():
+                residuals = Residuals(controlnet, family.denoiser)(*example)
+            unet_example = family.example_inputs(unet.config, 2, (openvino.EXAMPLE_LATENT,) * 2, torch.float32)
+            openvino.convert(unet, NAME, path, family, traced=(Controlled(unet, family.denoiser),
+                                                               (*unet_example, *residuals)))
+            del unet
+        stand_in.controlled = openvino.Compiled(base.core, path, base.config, NAME)
+        stand_in.controlled_base = base  # a LoRA set swaps `run`: the controlled IR has none of it
+    path = sdcpu_home() / "openvino" / openvino.cache_key({CONTROLNET: controlnet}, ov.__version__) / "controlnet.xml"
     if not path.is_file():
-        unet = unet or torch_unet(pipe)
-        example = family.example_inputs(unet.config, 2, (openvino.EXAMPLE_LATENT,) * 2, torch.float32)
-        entry = Controlled(unet, family.denoiser)
-        openvino.convert(unet, NAME, path, family, traced=(entry, (*example, *residuals(controlnet, family, example,
-                                                                                          pipe.vae_scale_factor))))
-        del unet, entry
-    stand_in.controlled = openvino.Compiled(base.core, path, base.config, NAME)
-    stand_in.controlled_base = base  # a LoRA set swaps `run`: the controlled IR has none of it
+        openvino.convert(controlnet, CONTROLNET, path, family, traced=(Residuals(controlnet, family.denoiser), example))
+    unet_run = stand_in.controlled  # the same core and precision
+    made = components.ControlNet(openvino.Compiled(unet_run.core, path, unet_run.config, CONTROLNET),
+                                 controlnet.config, family.denoiser)
+    if stand_in.phases is not None:  # the `release` step: the denoiser's part, dropped and compiled again with it
+        made.phases, made.part = stand_in.phases, stand_in.part
+        stand_in.phases.add(stand_in.part, made.release)
+    return made
 
 
 def check(pipe) -> None:
@@ -77,11 +110,9 @@ def check(pipe) -> None:
                          "first IR only): use one of them, or --recipe baseline")
 
 
-def residuals(controlnet, family, example: tuple, scale: int) -> tuple:
-    """CONTROLNET's residuals for the denoiser inputs EXAMPLE: the example the controlled IR is traced with."""
-    args, kwargs = family.denoiser.call_arguments(example)
-    sample = example[0]
-    cond = torch.zeros(sample.shape[0], 3, sample.shape[-2] * scale, sample.shape[-1] * scale)
-    with torch.no_grad():
-        down, mid = controlnet(*args, **kwargs, controlnet_cond=cond, return_dict=False)
-    return (*down, mid)
+def _example(controlnet, family, scale: int) -> tuple:
+    """CONTROLNET's example inputs: FAMILY's denoiser inputs at the traced latent size (the latents alone: an
+    inpainting UNet's ControlNet reads 4 channels), then a control map SCALE times their size."""
+    example = family.example_inputs(controlnet.config, 2, (openvino.EXAMPLE_LATENT,) * 2, torch.float32)
+    side = openvino.EXAMPLE_LATENT * scale
+    return (*example, torch.zeros(2, controlnet.config.conditioning_channels, side, side))

@@ -9,8 +9,8 @@ The ControlNet is a component of the pipeline, loaded once per type and kept on 
 type (Family.controlnets: hub ids, from the hub cache, never a pickle) or the one a caller names; a `random:` model
 gets a random-weight replica of the family's ControlNet architecture, built offline from its UNet's config (diffusers'
 ControlNetModel.from_unet: the encoder, its zero convolutions and the 16-32-96-256 conditioning embedding of
-lllyasviel's and diffusers' ControlNets). It runs in eager torch beside the UNet: the eager module, or OpenVINO's,
-whose IR taking the residuals is converted the first time (sdcpu.backends.openvino_control); inductor's graph, the
+lllyasviel's and diffusers' ControlNets). It runs where the UNet runs: in eager torch beside the eager UNet, or on
+OpenVINO beside OpenVINO's, both converted the first time (sdcpu.backends.openvino_control); inductor's graph, the
 quantized UNets and IPEX's take no residuals, nor does DeepCache's forward: a control is refused with the reason where
 the recipe has one of them (StepKind.control).
 """
@@ -155,8 +155,8 @@ def controlnet(pipe, kind: str, source: str | None = None):
                 raise UsageError(f"cannot load the {kind} ControlNet {name!r} ({type(err).__name__}: download it "
                                  "once, or give a folder)") from None
         made = made.to(dtype=unet.dtype).eval()
-        if openvino:
-            openvino_control.attach(pipe, made, unet if unet is not pipe.unet else None)
+        if openvino:  # its stand-in running its IR: the torch module is dropped
+            made = openvino_control.attach(pipe, made, unet if unet is not pipe.unet else None)
         shared.controlnets[key] = made
     if openvino:
         openvino_control.check(pipe)
@@ -164,17 +164,22 @@ def controlnet(pipe, kind: str, source: str | None = None):
 
 
 def _replica(unet, vae_scale: int):
-    """A random-weight ControlNet of UNET's architecture (a random: model's): the UNet's encoder weights copied, as
-    training starts; the map's embedding downsamples by the VAE's factor VAE_SCALE (8: the four stages of the real
+    """A random-weight ControlNet of UNET's architecture (a random: model's), the same for the same UNet: the UNet's
+    encoder weights copied, as training starts; the map's embedding downsamples by the VAE's factor VAE_SCALE (8: the four stages of the real
     ControlNets; a test-size model's VAE may scale by less)."""
     import torch
     from diffusers import ControlNetModel
 
-    made = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=EMBEDDING[:vae_scale.bit_length()])
+    with torch.random.fork_rng():  # the layers not copied from the UNet (the map's embedding) drawn from seed 0: the
+        torch.manual_seed(0)  # same replica in every process and call, the caller's random state untouched
+        made = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=EMBEDDING[:vae_scale.bit_length()])
     latent = unet.config.out_channels
     if made.conv_in.in_channels != latent:  # an inpainting UNet's 9 inputs: a ControlNet reads the latents alone (the
-        conv = made.conv_in  # real ones are made from the base model)
+        conv = made.conv_in  # real ones are made from the base model): the latents' 4 of the UNet's weights
         made.conv_in = torch.nn.Conv2d(latent, conv.out_channels, conv.kernel_size, padding=conv.padding)
+        with torch.no_grad():
+            made.conv_in.weight.copy_(conv.weight[:, :latent])
+            made.conv_in.bias.copy_(conv.bias)
         made.register_to_config(in_channels=latent)
     seeded = torch.Generator().manual_seed(0)
     for name, parameter in made.named_parameters():  # zero convolutions, zero until trained: seeded noise of a
