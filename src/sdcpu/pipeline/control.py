@@ -154,7 +154,9 @@ def controlnet(pipe, kind: str, source: str | None = None):
             except Exception as err:  # noqa: BLE001 -- hub, network or format: the control cannot run
                 raise UsageError(f"cannot load the {kind} ControlNet {name!r} ({type(err).__name__}: download it "
                                  "once, or give a folder)") from None
-        made = made.to(dtype=unet.dtype).eval()
+        if made.dtype != unet.dtype:  # (to() warns even where it casts nothing)
+            made = made.to(dtype=unet.dtype)
+        made = made.eval()
         if openvino:  # its stand-in running its IR: the torch module is dropped
             made = openvino_control.attach(pipe, made, unet if unet is not pipe.unet else None)
         shared.controlnets[key] = made
