@@ -320,4 +320,4 @@ def test_a_job_with_a_controlnet_takes_a_recipe_that_keeps_the_eager_unet(instal
         assert all(recipes.kind(step.name).control for step in chosen.steps), (quality, str(chosen))
         plain = auto.choose(cpu, quality, job=memory.Job(sd.FAMILY, 512, 512))[0]
         if not all(recipes.kind(step.name).control for step in plain.steps):  # said why it was passed over
-            assert any("a ControlNet steers the eager UNet" in reason for reason in reasons), reasons
+            assert any("a ControlNet adds its residuals to the UNet" in reason for reason in reasons), reasons

@@ -72,7 +72,7 @@ def resolve_recipe(args, cpu, width: int, height: int, long_running: bool = Fals
     if quality and not recipes.is_auto(args.recipe):
         raise UsageError(f"--quality sets the level of the auto recipe, not of --recipe {args.recipe}")
     asked = f"auto:{quality}" if quality else args.recipe
-    # a ControlNet (generate --control): auto picks among the recipes that keep the eager UNet
+    # a ControlNet (generate --control): auto picks among the recipes whose UNet takes its residuals
     control = getattr(args, "control", None) is not None
     return (handed and relaunch.handed_down()) or auto.resolve_for(asked, cpu, args.model, width, height,
                                                                    long_running=long_running, control=control)

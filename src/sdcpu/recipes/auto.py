@@ -98,7 +98,7 @@ def _uncontrolled(recipe: Recipe, job: memory.Job | None) -> str | None:
     blocking = [step.name for step in recipe.steps if not recipes.kind(step.name).control]
     if job is None or not job.control or not blocking:
         return None
-    return f"a ControlNet steers the eager UNet, which {blocking[0]} replaces or patches"
+    return f"a ControlNet adds its residuals to the UNet, and {blocking[0]} leaves one that takes none"
 
 
 def _need(candidate: auto_rules.Candidate, cpu, job: memory.Job) -> memory.Need:
