@@ -118,7 +118,8 @@ def choose(cpu, quality: str, long_running: bool = False,
     reasons, passed = [f"CPU class {klass.name}: {klass.summary}"], []
     passed += [f"{c.steps} tried last for {job.family.name}: {why}" for c, why in slower.items()]
     listed = {c.steps for c in candidates}
-    candidates += [_released(c) for c in candidates if _releasable(c) and _released(c).steps not in listed]
+    released = [_released(c) for c in candidates if _releasable(c)]
+    candidates += [r for r in released if r.steps not in listed]
     for candidate in candidates:
         unmet = _unmet(candidate, cpu, long_running, job)
         if unmet is None:
