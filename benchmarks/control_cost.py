@@ -9,7 +9,6 @@ Prints each image's seconds, the median of each side, the difference per UNet ca
 
 import argparse
 import io
-import resource
 import statistics
 import time
 
@@ -17,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from sdcpu import load_pipeline, optimize
 from sdcpu.pipeline import control, generate
+from sdcpu.system import children
 from workload import add_workload
 
 
@@ -55,7 +55,7 @@ def main():
     without, made = statistics.median(seconds["without"]), statistics.median(seconds["with"])
     print(f"median s/image: {without:.2f} without, {made:.2f} with the control (+{made / without - 1:.0%}); "
           f"{(made - without) / calls:.2f} s more per UNet call ({calls} calls); peak RSS "
-          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+          f"{children.peak_rss_gib():.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Prints each side's seconds per call, their ratio, the outputs' largest differenc
 """
 
 import argparse
-import resource
 import statistics
 import time
 
@@ -16,6 +15,7 @@ import torch
 
 from sdcpu import families, load_pipeline, optimize
 from sdcpu.pipeline import control, generate
+from sdcpu.system import children
 from workload import add_workload
 
 
@@ -56,7 +56,7 @@ def main():
         print(f"{name}: {', '.join(f'{t:.2f}' for t in times)} s a call, median {statistics.median(times):.2f}")
     ratio = statistics.median(seconds["eager"]) / statistics.median(seconds["openvino"])
     print(f"openvino {ratio:.2f}x eager; outputs' largest difference {difference:.1e} (values up to {largest:.1f}); "
-          f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+          f"peak RSS {children.peak_rss_gib():.2f} GiB")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from torch again (conversion only; its compile comes on top).
 import argparse
 import dataclasses
 import json
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from sdcpu import load_pipeline, optimize, use_loras
 from sdcpu.algorithms import lcm_lora
 from sdcpu.models.loras import Lora
 from sdcpu.pipeline import generate
+from sdcpu.system import children
 
 
 def rss_gib() -> float:
@@ -75,7 +75,7 @@ def main():
         if label == "back_to_a":
             row["lora_s_per_image"] = round(generate.run(pipe, request).seconds, 2)
     row["none_s_per_image"] = round(generate.run(pipe, request).seconds, 2)
-    row["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    row["peak_rss_gib"] = round(children.peak_rss_gib(), 2)
     if args.naive:
         row["naive_unet_conversion_s"] = naive_conversion_s(args.model, a)
     print(json.dumps(row))

@@ -15,7 +15,6 @@ import argparse
 import gc
 import json
 import logging
-import resource
 import statistics
 import time
 
@@ -23,13 +22,14 @@ import torch
 
 from sdcpu.backends import openvino as backend
 from sdcpu.models.random_models import build_pipeline
+from sdcpu.system import children
 from sdcpu.system.home import sdcpu_home
 
 CONFIGS = {"eager": None, "ov-f32": "f32", "ov-bf16": "bf16"}
 
 
 def peak_rss_gib() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    return round(children.peak_rss_gib(), 2)
 
 
 def inputs():

@@ -13,21 +13,20 @@ difference of the output from --reference (an eager run's output saved with --sa
 import argparse
 import json
 import os
-import resource
 import statistics
 import time
 
 import torch
 
 from sdcpu import families, load_pipeline, optimize
-from sdcpu.system import verify
+from sdcpu.system import children, verify
 from sdcpu.tune.probe import BATCH, forward, time_calls
 
 LATENT = 64
 
 
 def peak_rss_gib() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    return round(children.peak_rss_gib(), 2)
 
 
 def main():

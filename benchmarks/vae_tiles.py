@@ -9,7 +9,6 @@ on their values). Figures go to stdout as a markdown table.
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ def child(model: str, size: int, tile: int, out: str) -> None:
 
     from sdcpu.models import random_models
     from sdcpu.pipeline import vae_tiles
+    from sdcpu.system import children
 
     folder = random_models.ensure_built(model.removeprefix("random:")) if model.startswith("random:") else Path(model)
     kind = json.loads((Path(folder) / "vae" / "config.json").read_text())["_class_name"]
@@ -32,15 +32,15 @@ def child(model: str, size: int, tile: int, out: str) -> None:
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     latents = torch.randn(1, vae.config.latent_channels, size // factor, size // factor,
                           generator=torch.Generator().manual_seed(0), dtype=vae.dtype)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = children.peak_rss_gib()
     start = time.perf_counter()
     with vae_tiles.tiled(vae, tile):
         image = vae.decode(latents, return_dict=False)[0]
     seconds = time.perf_counter() - start
     pixels = ((image.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
     np.save(out, pixels)
-    print(json.dumps({"seconds": seconds, "rss_before_gib": before / 2**20,
-                      "peak_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}))
+    print(json.dumps({"seconds": seconds, "rss_before_gib": before,
+                      "peak_gib": children.peak_rss_gib()}))
 
 
 def main() -> None:

@@ -309,3 +309,18 @@ def test_the_bench_inputs_are_the_same_for_a_seed_and_inpainting_masks_the_centr
     edit = inputs.edit(first)
     assert edit.task == "inpaint" and edit.strength == 1.0 and edit.mask.size == (64, 64)
     assert inputs.write(TINY, tmp_path / "c") == {} and inputs.edit({}) is None
+
+
+def test_a_childs_peak_rss_is_its_own_not_the_parents_it_was_started_from():
+    import subprocess
+    import sys
+
+    held = bytearray(600 * 2**20)  # the parent's 600 MiB, touched: a runner that has just built a model
+    held[:: 4096] = b"\1" * len(held[:: 4096])
+    code = ("import resource; from sdcpu.system import children; "
+            "print(children.peak_rss_bytes(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    own, carried = map(int, subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                           check=True).stdout.split())
+    # Linux carries the parent's peak into ru_maxrss across fork and exec (what the bench read before); VmHWM is the
+    # child's own: a Python interpreter importing one small module stays well under 200 MiB
+    assert carried >= len(held) > 200 * 2**20 > own > 0

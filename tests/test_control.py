@@ -126,6 +126,18 @@ def test_an_inpainting_unets_controlnet_reads_the_latents_alone(sdcpu_home):
     assert all(torch.equal(one, two) for one, two in zip(made.state_dict().values(), again.state_dict().values()))
 
 
+def test_under_release_the_controlnet_on_openvino_is_dropped_with_the_denoiser(tiny):
+    pipe = tiny()
+    optimize(pipe, "openvino=f32,release")
+    steer = control.control(png(square()), "canny")
+    generate.run(pipe, REQUEST, control=steer)
+    made = control.controlnet(pipe, "canny")
+    assert made.phases is pipe.unet.phases and made.part == "denoiser"
+    # the call ended in the VAE's part: the denoiser's compiled models, the ControlNet's among them, were dropped
+    assert not made.run.by_shape and not pipe.unet.controlled.by_shape
+    assert generate.run(pipe, REQUEST, control=steer).images[0].size == (64, 64)  # and compiled again when needed
+
+
 def test_an_inpainting_unets_controlnet_on_openvino_makes_eagers_image(sdcpu_home):
     converted = load_pipeline("random:tiny-inpainting")
     optimize(converted, "openvino=f32")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdcpu.system import locks
+from sdcpu.system import children, locks
 
 
 def hybrid(nncf, model, samples):
@@ -88,18 +88,11 @@ def main(argv) -> int:
     with contextlib.redirect_stdout(sys.stderr), mapped.released(Path(source).with_suffix(".bin")):
         model = ov.Core().read_model(source)
         save(METHODS[method](nncf, model, *map(load_samples, samples)), target)
-    print(f"{PEAK}{own_peak_rss()}")
+    print(f"{PEAK}{children.peak_rss_bytes()}")
     return 0
 
 
 PEAK = "peak RSS bytes: "  # the last line of the child's output
-
-
-def own_peak_rss() -> int:
-    """This process's peak RSS in bytes since its exec (VmHWM). Not getrusage's ru_maxrss: Linux carries the forking
-    parent's peak into a child's across exec, so a child of a large process would report the parent's size."""
-    status = Path("/proc/self/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
 
 
 if __name__ == "__main__":

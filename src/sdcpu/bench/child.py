@@ -8,11 +8,12 @@ timed calls with the per-component split, saves the image of the last call, and 
 
 import dataclasses
 import json
-import resource
 import statistics
 import sys
 import time
 from pathlib import Path
+
+from sdcpu.system import children
 
 PROGRESS = "PROGRESS "
 
@@ -140,7 +141,7 @@ def timing_fields(times: list[float], steps: int, warmup_s: float, warmup_steps:
     return {"times_s": [round(t, 3) for t in times], "mean_s": statistics.mean(times), "median_s": median,
             "min_s": min(times), "max_s": max(times), "s_per_step": median / steps, "warmup_s": round(warmup_s, 2),
             "compile_s": round(max(0.0, warmup_s - median * warmup_steps / steps), 2),
-            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "peak_rss_gib": children.peak_rss_gib()}
 
 
 def verify_summary(snap: dict) -> dict:
@@ -149,10 +150,7 @@ def verify_summary(snap: dict) -> dict:
 
 
 def main() -> int:
-    spec = json.loads(sys.argv[1])
-    from sdcpu.system.children import write_row
-
-    write_row(run(spec))
+    children.write_row(run(json.loads(sys.argv[1])))
     return 0
 
 

@@ -1,7 +1,6 @@
 """`sdcpu generate PROMPT`: images from a prompt (and from an image: img2img, inpainting with a mask), with their
 timing and self-describing PNGs."""
 
-import resource
 from dataclasses import replace
 
 from sdcpu import families, models
@@ -14,7 +13,7 @@ from sdcpu.pipeline import control, generate, hires, lora, tasks
 from sdcpu.pipeline.generate import DEFAULTS
 from sdcpu.pipeline.prepare import prepare
 from sdcpu.recipes import relaunch
-from sdcpu.system import hardware
+from sdcpu.system import children, hardware
 
 
 def register(sub):
@@ -127,7 +126,7 @@ def run(args) -> int:
                                         control=steer)
         print(generate.save_png(image, path, text, overwrite=args.overwrite, renumber=generate.numbered(args.output)))
 
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    peak = children.peak_rss_gib()
     again = second.steps_run(request.steps) if second else 0
     run = tasks.steps_run(request.steps, edit and edit.strength) + again
     hires_part = f" (hires fix: {again} at {second.width}x{second.height})" if second else ""

@@ -3,6 +3,7 @@ line, its last on stdout, or its failure read from stderr."""
 
 import json
 import sys
+from pathlib import Path
 
 
 def child_row(stdout: str, stderr_lines, code: int) -> dict:
@@ -18,3 +19,20 @@ def write_row(row: dict, out=None) -> None:
     """A measuring child's result as child_row reads it: one JSON line on OUT (default stdout; a child whose libraries
     print on stdout writes it to a copy of the real one). The one place a child below the commands prints."""
     print(json.dumps(row), file=out or sys.stdout, flush=True)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak RSS in bytes since its exec: VmHWM on Linux. Not getrusage's ru_maxrss, which Linux carries
+    from the parent into a child across fork and exec: a child started by a large process (a bench runner that has just
+    built a random model) would report the parent's size. ru_maxrss where there is no /proc."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        return int(next(line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM:"))) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_rss_gib() -> float:
+    """peak_rss_bytes in GiB."""
+    return peak_rss_bytes() / 2**30

@@ -13,12 +13,12 @@ where RECIPE is a `Recipe.to_json()` string: the parent parses the recipe once a
 """
 
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from sdcpu.system import children
 from sdcpu.tune.search import Result
 
 BATCH = 2  # classifier-free guidance: conditional and unconditional latents in one denoiser call
@@ -81,7 +81,7 @@ def measure(spec: dict) -> dict:
         vae_s = time_calls(decode, 1)[0]
     row.update(first_call_s=round(sum(first), 3), unet_s=[round(t, 4) for t in unet_s], vae_s=round(vae_s[0], 4),
                compute_s=round(sum(first) + sum(unet_s) + vae_s[0], 3),
-               peak_rss_gib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+               peak_rss_gib=round(children.peak_rss_gib(), 2))
     return row
 
 
@@ -89,7 +89,6 @@ def run(recipe: str, spec: dict, cpu, environ, timeout_s: float) -> tuple[dict, 
     """Start the child for RECIPE under its launch plan; (its row, or {"failed": reason}; wall seconds)."""
     from sdcpu import recipes
     from sdcpu.recipes import relaunch
-    from sdcpu.system import children
 
     parsed = recipes.parse(recipe)  # once: the child takes it as parsed, like a bench rung's
     command, env, _ = relaunch.child_command(parsed, cpu, environ, "sdcpu.tune.probe",
@@ -117,6 +116,4 @@ def to_result(config, row: dict, wall_s: float, steps: int) -> Result:
 
 
 if __name__ == "__main__":
-    from sdcpu.system.children import write_row
-
-    write_row(measure(json.loads(sys.argv[1])))
+    children.write_row(measure(json.loads(sys.argv[1])))
