@@ -4,8 +4,6 @@ through generate.run_batch, the `generate` command, and both APIs of serve (webu
 fields)."""
 
 import base64
-import io
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,33 +11,14 @@ import torch
 import webuiapi
 from PIL import Image
 
+from controls import REQUEST, png, square
+from images import level_difference as levels
 from serving import InProcess, client
-from sdcpu import load_pipeline, optimize, recipes
-from sdcpu.backends import components, openvino
+from sdcpu import load_pipeline, recipes
 from sdcpu.cli import main
 from sdcpu.errors import UsageError
 from sdcpu.families import flux2, sd
 from sdcpu.pipeline import control, generate, tasks
-
-REQUEST = generate.Request("a house", steps=3, width=64, height=64, seed=5, guidance=5.0)
-
-
-def square(size: int = 64, inside: int = 255, outside: int = 0) -> Image.Image:
-    """A bright square on a dark ground, its sides at 16 and 47."""
-    pixels = np.full((size, size), outside, np.uint8)
-    pixels[16:48, 16:48] = inside
-    return Image.fromarray(pixels).convert("RGB")
-
-
-def png(image: Image.Image) -> bytes:
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
-
-
-def levels(a: Image.Image, b: Image.Image) -> int:
-    """The largest difference of two images' 8-bit values."""
-    return int(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max())
 
 
 def test_canny_finds_a_squares_sides_and_nothing_in_a_flat_or_faint_image():
@@ -79,30 +58,6 @@ def test_recipes_whose_unet_takes_no_residuals_and_families_without_controlnets_
 
 
 @pytest.mark.parametrize("model", ["random:tiny", "random:tiny-sdxl"])
-def test_openvino_runs_a_controlnet_through_a_second_ir_and_makes_eagers_image(tiny, model):
-    eager, converted = (tiny(), tiny()) if model == "random:tiny" else (load_pipeline(model), load_pipeline(model))
-    optimize(converted, "openvino=f32")
-    steer = control.control(png(square()), "canny")
-    plain = generate.run(converted, REQUEST).images[0]
-    steered = generate.run(converted, REQUEST, control=steer).images[0]
-    assert (converted.unet.run.path.parent / "unet_controlled.xml").is_file()
-    standing = control.controlnet(converted, "canny")  # the ControlNet on OpenVINO too: its IR, no torch weights
-    assert isinstance(standing, components.ControlNet) and standing.run.path.is_file()
-    assert not list(standing.parameters())
-    # OpenVINO f32 and torch round differently: within 2 levels (the uncontrolled images' bound in test_openvino)
-    assert levels(steered, generate.run(eager, REQUEST, control=steer).images[0]) <= 2
-    assert levels(plain, steered) > 5 and levels(plain, generate.run(converted, REQUEST).images[0]) == 0
-    # at scale 0 the stand-in gives zero residuals without running the ControlNet: the controlled IR adds nothing
-    off, ran, call = control.control(png(square()), "canny", 0.0), [], openvino.Compiled.__call__
-    with mock.patch.object(openvino.Compiled, "__call__", lambda run, *inputs: ran.append(run.name) or call(run, *inputs)):
-        assert levels(plain, generate.run(converted, REQUEST, control=off).images[0]) <= 2
-    assert "unet_controlled" in ran and "controlnet" not in ran
-    converted.unet.run = object()  # what a LoRA set does: its own compiled UNet, without the residual inputs
-    with pytest.raises(UsageError, match="LoRAs together on OpenVINO"):
-        generate.run(converted, REQUEST, control=steer)
-
-
-@pytest.mark.parametrize("model", ["random:tiny", "random:tiny-sdxl"])
 def test_a_control_steers_the_image_and_at_scale_0_changes_nothing(tiny, model):
     pipe = tiny() if model == "random:tiny" else load_pipeline(model)
     plain = generate.run(pipe, REQUEST).images[0]
@@ -124,28 +79,6 @@ def test_an_inpainting_unets_controlnet_reads_the_latents_alone(sdcpu_home):
     assert made.config.in_channels == 4
     again = control.controlnet(load_pipeline("random:tiny-inpainting"), "canny")  # a replica is the same every time
     assert all(torch.equal(one, two) for one, two in zip(made.state_dict().values(), again.state_dict().values()))
-
-
-def test_under_release_the_controlnet_on_openvino_is_dropped_with_the_denoiser(tiny):
-    pipe = tiny()
-    optimize(pipe, "openvino=f32,release")
-    steer = control.control(png(square()), "canny")
-    generate.run(pipe, REQUEST, control=steer)
-    made = control.controlnet(pipe, "canny")
-    assert made.phases is pipe.unet.phases and made.part == "denoiser"
-    # the call ended in the VAE's part: the denoiser's compiled models, the ControlNet's among them, were dropped
-    assert not made.run.by_shape and not pipe.unet.controlled.by_shape
-    assert generate.run(pipe, REQUEST, control=steer).images[0].size == (64, 64)  # and compiled again when needed
-
-
-def test_an_inpainting_unets_controlnet_on_openvino_makes_eagers_image(sdcpu_home):
-    converted = load_pipeline("random:tiny-inpainting")
-    optimize(converted, "openvino=f32")
-    edit = tasks.edit(png(Image.new("RGB", (64, 64), "red")), png(square()), 1.0)
-    steer = control.control(png(square()), "canny")
-    made = generate.run(converted, REQUEST, edit, control=steer).images[0]
-    # OpenVINO f32 and torch round differently: within 2 levels (the uncontrolled images' bound in test_openvino)
-    assert levels(made, generate.run(load_pipeline("random:tiny-inpainting"), REQUEST, edit, control=steer).images[0]) <= 2
 
 
 def test_a_control_steers_img2img_and_inpainting(tiny):

@@ -1,7 +1,7 @@
-"""Pipeline-facing stand-ins for the denoiser, the VAE and the text encoder when another runtime runs them (OpenVINO,
-a quantized exported graph): each keeps what the diffusers pipeline reads (config, dtype, device, call signature,
-return type) and hands tensors to RUN, a callable returning a tuple of tensors. The denoiser's tensor inputs are its
-family's (sdcpu.families.base.Denoiser); any other option is refused rather than silently ignored.
+"""Pipeline-facing stand-ins for the denoiser, the VAE, the text encoder and a ControlNet when another runtime runs
+them (OpenVINO, a quantized exported graph): each keeps what the diffusers pipeline reads (config, dtype, device, call
+signature, return type) and hands tensors to RUN, a callable returning a tuple of tensors. The denoiser's tensor inputs
+are its family's (sdcpu.families.base.Denoiser); any other option is refused rather than silently ignored.
 """
 
 from types import SimpleNamespace

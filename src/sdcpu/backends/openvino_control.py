@@ -90,7 +90,8 @@ def attach(pipe, controlnet, unet=None) -> components.ControlNet:
             del unet
         stand_in.controlled = openvino.Compiled(base.core, path, base.config, NAME)
         stand_in.controlled_base = base  # a LoRA set swaps `run`: the controlled IR has none of it
-    path = sdcpu_home() / "openvino" / openvino.cache_key({CONTROLNET: controlnet}, ov.__version__) / "controlnet.xml"
+    key = openvino.cache_key({CONTROLNET: controlnet}, ov.__version__)  # its own weights: any model's ControlNet
+    path = sdcpu_home() / "openvino" / key / f"{CONTROLNET}.xml"
     if not path.is_file():
         openvino.convert(controlnet, CONTROLNET, path, family, traced=(Residuals(controlnet, family.denoiser), example))
     unet_run = stand_in.controlled  # the same core and precision

@@ -167,8 +167,8 @@ def controlnet(pipe, kind: str, source: str | None = None):
 
 def _replica(unet, vae_scale: int):
     """A random-weight ControlNet of UNET's architecture (a random: model's), the same for the same UNet: the UNet's
-    encoder weights copied, as training starts; the map's embedding downsamples by the VAE's factor VAE_SCALE (8: the four stages of the real
-    ControlNets; a test-size model's VAE may scale by less)."""
+    encoder weights copied, as training starts; the map's embedding downsamples by the VAE's factor VAE_SCALE (8: the
+    four stages of the real ControlNets; a test-size model's VAE may scale by less)."""
     import torch
     from diffusers import ControlNetModel
 

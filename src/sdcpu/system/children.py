@@ -27,7 +27,8 @@ def peak_rss_bytes() -> int:
     built a random model) would report the parent's size. ru_maxrss where there is no /proc."""
     status = Path("/proc/self/status")
     if status.is_file():
-        return int(next(line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM:"))) * 1024
+        peak = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+        return int(peak.split()[1]) * 1024  # kB
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
