@@ -28,8 +28,7 @@ from sdcpu.system import children
 
 def rss_gib() -> float:
     """This process's resident memory now (VmRSS)."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmRSS:"))
-    return round(int(line.split()[1]) / 2**20, 2)
+    return round(children.memory_bytes("VmRSS") / 2**30, 2)
 
 
 def naive_conversion_s(model: str, lora: Lora) -> float:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import httpx2 as httpx
 
+from sdcpu.system import children
+
 
 @dataclass
 class Report:
@@ -74,8 +76,7 @@ def load(url: str, *, clients: int, requests: int, body: dict, headers=None, tim
 
 
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+    return children.memory_bytes("VmRSS", pid) / 2**20
 
 
 def main() -> int:

@@ -19,11 +19,12 @@ import time
 
 import httpx2 as httpx
 
+from sdcpu.system import children
+
 
 def rss_gib(pid: int) -> tuple[float, float]:
     """(VmRSS, VmHWM) of PID, GiB."""
-    status = open(f"/proc/{pid}/status").read()
-    return tuple(int(re.search(rf"{key}:\s+(\d+)", status).group(1)) / 2**20 for key in ("VmRSS", "VmHWM"))
+    return tuple(children.memory_bytes(key, pid) / 2**30 for key in ("VmRSS", "VmHWM"))
 
 
 def main():

@@ -24,6 +24,8 @@ import httpx2 as httpx
 import numpy as np
 from PIL import Image
 
+from sdcpu.system import children
+
 # The poller of /health: its own process, so the clients sending the bodies do not share its interpreter (and GIL).
 POLLER = """
 import os, sys, time, httpx2 as httpx
@@ -46,13 +48,6 @@ class Measured:
     latencies: list  # seconds of each /health poll meanwhile, sorted
 
 
-def vm(pid: int, field: str) -> int:
-    """A /proc/PID/status memory FIELD (VmRSS, VmHWM) in bytes."""
-    with open(f"/proc/{pid}/status") as status:
-        line = next(line for line in status if line.startswith(field + ":"))
-    return int(line.split()[1]) * 1024
-
-
 def noise_png(seed: int) -> str:
     """A 4096x4096 RGB noise PNG (incompressible: 48 MiB) as base64: 64 MiB."""
     pixels = np.random.default_rng(seed).integers(0, 256, (4096, 4096, 3), dtype=np.uint8)
@@ -69,7 +64,7 @@ def body() -> bytes:
 
 def measure(url: str, pid: int, data: bytes, uploads: int = 4) -> Measured:
     """UPLOADS concurrent posts of DATA to URL's img2img, /health polled meanwhile; PID: the server's."""
-    before = vm(pid, "VmRSS")
+    before = children.memory_bytes("VmRSS", pid)
     with tempfile.TemporaryDirectory() as work:
         stop, out = Path(work) / "stop", Path(work) / "latencies"
         poller = subprocess.Popen([sys.executable, "-c", POLLER, f"{url}/health", str(stop), str(out)])
@@ -89,7 +84,7 @@ def measure(url: str, pid: int, data: bytes, uploads: int = 4) -> Measured:
         stop.touch()
         assert poller.wait(timeout=30) == 0
         latencies = sorted(eval(out.read_text()))
-    return Measured(answers, vm(pid, "VmHWM") - before, latencies)
+    return Measured(answers, children.memory_bytes("VmHWM", pid) - before, latencies)
 
 
 def main() -> int:

@@ -13,11 +13,11 @@ others prepared once at start (to check them and measure them) and kept while th
 import ctypes
 import gc
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
 from sdcpu.serve import schemas
+from sdcpu.system import children
 
 log = logging.getLogger(__name__)
 GIB = 2**30
@@ -124,5 +124,4 @@ def release(model: Model) -> None:
 
 
 def _rss_gib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / GIB
+    return children.memory_bytes("VmRSS") / GIB

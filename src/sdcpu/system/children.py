@@ -21,14 +21,19 @@ def write_row(row: dict, out=None) -> None:
     print(json.dumps(row), file=out or sys.stdout, flush=True)
 
 
+def memory_bytes(field: str, pid: int | str = "self") -> int:
+    """A memory FIELD of process PID's /proc status in bytes: VmRSS (resident now), VmHWM (its peak since exec)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    line = next(line for line in status.splitlines() if line.startswith(f"{field}:"))
+    return int(line.split()[1]) * 1024  # kB
+
+
 def peak_rss_bytes() -> int:
     """This process's peak RSS in bytes since its exec: VmHWM on Linux. Not getrusage's ru_maxrss, which Linux carries
     from the parent into a child across fork and exec: a child started by a large process (a bench runner that has just
     built a random model) would report the parent's size. ru_maxrss where there is no /proc."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        peak = next(line for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
-        return int(peak.split()[1]) * 1024  # kB
+    if Path("/proc/self/status").is_file():
+        return memory_bytes("VmHWM")
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
