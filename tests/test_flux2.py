@@ -100,10 +100,10 @@ def test_what_does_not_apply_is_refused_with_the_reason(tiny_flux2, tmp_path, ca
     assert main(["generate", "a cat", "--negative-prompt", "dogs", "--model", "random:tiny-flux2", "--size", "64x64",
                  "--recipe", "baseline", "-o", str(tmp_path / "x.png")]) == 2
     assert "flux2 models take no negative prompt" in capsys.readouterr().err
-    _, outcomes = optimize(load_pipeline("random:tiny-flux2"), "deepcache=2,tome,tiny-vae,openvino")
+    _, outcomes = optimize(load_pipeline("random:tiny-flux2"), "deepcache=2,tome,tiny-vae,int8")
     assert not any(o.applied for o in outcomes)
     assert [o.detail for o in outcomes] == [flux2.FAMILY.refuses[name] for name in ("deepcache", "tome", "tiny-vae",
-                                                                                    "openvino")]
+                                                                                    "int8")]
 
 
 def picture(seed: int, size: tuple[int, int]) -> Image.Image:

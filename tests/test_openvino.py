@@ -155,7 +155,9 @@ def test_after_bf16_converts_from_the_cast_weights(ov, tiny):
     pipe = tiny()
     pipe.to(dtype=torch.bfloat16)  # what the bf16 step did before
     detail = backend.apply(pipe, STEP, F32_CPU)
-    assert "converted from the torch.bfloat16 torch weights" in detail
+    assert "converted from the bfloat16 torch weights, kept so in the IR" in detail
+    constants = {str(op.get_element_type()) for op in pipe.unet.run.read().get_ops() if op.get_type_name() == "Constant"}
+    assert "<Type: 'bfloat16'>" in constants  # the weights as they were, no float32 copy made to trace them
     assert np.isfinite(image(pipe)).all()
 
 

@@ -4,6 +4,8 @@ signature, return type) and hands tensors to RUN, a callable returning a tuple o
 are its family's (sdcpu.families.base.Denoiser); any other option is refused rather than silently ignored.
 """
 
+import contextlib
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
@@ -11,14 +13,28 @@ from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKLOutput
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.controlnets.controlnet import ControlNetModel, ControlNetOutput
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
-from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_outputs import BaseModelOutputWithPooling, CausalLMOutputWithPast
 from transformers.models.clip.modeling_clip import CLIPTextModelOutput
 
-# A text encoder's class -> its output class and that output's tensors in order (its return_dict=False tuple without
-# hidden_states): what its stand-in returns. The one place a text encoder's kind is told apart.
+
+@dataclass(frozen=True)
+class TextKind:
+    """What a text encoder class returns: its output class, that output's tensors a stand-in carries, in order (its
+    return_dict=False tuple without hidden_states), and whether it takes the prompt's attention mask (an LLM reading
+    a padded prompt does: its padding tokens' states depend on it)."""
+
+    output: type
+    fields: tuple[str, ...]
+    masked: bool = False
+
+
+# A text encoder's class -> its kind: what its stand-in returns. The one place a text encoder's kind is told apart.
 TEXT_OUTPUTS = {
-    "CLIPTextModel": (BaseModelOutputWithPooling, ("last_hidden_state", "pooler_output")),
-    "CLIPTextModelWithProjection": (CLIPTextModelOutput, ("text_embeds", "last_hidden_state")),
+    "CLIPTextModel": TextKind(BaseModelOutputWithPooling, ("last_hidden_state", "pooler_output")),
+    "CLIPTextModelWithProjection": TextKind(CLIPTextModelOutput, ("text_embeds", "last_hidden_state")),
+    # FLUX.2's Qwen3, cut by its family after the deepest layer read (its logits are the last layer's states): the
+    # pipeline reads hidden states only
+    "Qwen3ForCausalLM": TextKind(CausalLMOutputWithPast, (), masked=True),
 }
 
 
@@ -43,16 +59,19 @@ def refuse(what: str, **options):
 
 
 class HiddenStates(torch.nn.Module):
-    """A text encoder's call as a pipeline that reads its hidden states makes it (`output_hidden_states=True`, as
-    SDXL's encode_prompt): its output's tensors, then its last two hidden states (the penultimate, the last), flat."""
+    """A text encoder's call as a pipeline that reads its hidden states makes it (`output_hidden_states=True`: SDXL's
+    and FLUX.2's encode_prompt): its output's tensors (KIND's fields), then its hidden states LAYERS, flat; with the
+    attention mask as a second input where KIND takes one."""
 
-    def __init__(self, module):
+    def __init__(self, module, kind: TextKind, layers: tuple[int, ...]):
         super().__init__()
         self.module = module  # the same attribute as Entry's: the IR's weight names are `self.module.<layer>.weight`
+        self.kind, self.layers = kind, layers
 
-    def forward(self, input_ids):
-        *tensors, hidden_states = self.module(input_ids, output_hidden_states=True, return_dict=False)
-        return (*tensors, hidden_states[-2], hidden_states[-1])
+    def forward(self, input_ids, attention_mask=None):
+        options = dict(attention_mask=attention_mask, use_cache=False) if self.kind.masked else {}
+        output = self.module(input_ids, output_hidden_states=True, **options)
+        return (*(output[name] for name in self.kind.fields), *(output.hidden_states[i] for i in self.layers))
 
 
 class Component:
@@ -99,12 +118,12 @@ class Denoiser(Component):
         if width:  # SDXL's pipelines check the added conditioning's width against add_embedding.linear_1's input
             self.add_embedding = SimpleNamespace(linear_1=SimpleNamespace(in_features=width))
 
-    def forward(self, sample, timestep, *args, return_dict=True, **kwargs):
-        inputs, rest = self.signature.bind(sample, timestep, args, kwargs)
+    def forward(self, *args, return_dict=True, **kwargs):
+        inputs, rest = self.signature.bind(args, kwargs)
         down, mid = rest.pop("down_block_additional_residuals", None), rest.pop("mid_block_additional_residual", None)
         refuse(self.signature.label, **rest)
-        factor = self.latent_multiple  # converted for latents it halves evenly
-        if sample.shape[-2] % factor or sample.shape[-1] % factor:
+        factor, sample = self.latent_multiple, inputs[0]  # converted for latents it halves evenly
+        if sample.ndim == 4 and (sample.shape[-2] % factor or sample.shape[-1] % factor):
             raise ValueError(f"the {self.signature.label} needs latent height and width divisible by {factor}, got "
                              f"{tuple(sample.shape[-2:])}")
         if down is None:
@@ -115,6 +134,10 @@ class Denoiser(Component):
         else:
             (noise,) = self.controlled(*inputs, *down, mid)
         return UNet2DConditionOutput(sample=noise) if return_dict else (noise,)
+
+    def cache_context(self, name: str):
+        """diffusers' CacheMixin context (FLUX.2's pipeline names each transformer call's branch): no cache here."""
+        return contextlib.nullcontext()
 
 
 class ControlNet(Component, ControlNetModel):
@@ -127,9 +150,8 @@ class ControlNet(Component, ControlNetModel):
         torch.nn.Module.__init__(self)  # not ControlNetModel's: no layers; `config` is ConfigMixin's, read-only
         self.run, self._internal_dict, self.signature = run, config, signature
 
-    def forward(self, sample, timestep, *args, controlnet_cond, conditioning_scale=1.0, guess_mode=False,
-                return_dict=True, **kwargs):
-        inputs, rest = self.signature.bind(sample, timestep, args, kwargs)
+    def forward(self, *args, controlnet_cond, conditioning_scale=1.0, guess_mode=False, return_dict=True, **kwargs):
+        inputs, rest = self.signature.bind(args, kwargs)
         refuse("ControlNet on OpenVINO", **rest)
         inputs = (*inputs, controlnet_cond)
         if conditioning_scale == 0:
@@ -150,11 +172,14 @@ class ControlNet(Component, ControlNetModel):
 
 class VAE(Component):
     """The VAE's decoder, and its encoder where ENCODE runs it (img2img and inpainting call it; it returns the
-    latent distribution's moments, as AutoencoderKL's quant_conv gives them)."""
+    latent distribution's moments, as AutoencoderKL's quant_conv gives them). BN: the FLUX.2 VAE's batch-norm layer,
+    whose statistics its pipeline reads to normalise latents (kept as it is: two 128-wide buffers)."""
 
-    def __init__(self, run, config, encode=None):
+    def __init__(self, run, config, encode=None, bn=None):
         super().__init__(run, config)
         self.encode_run = encode
+        if bn is not None:
+            self.bn = bn.float()
 
     use_slicing = False
 
@@ -200,33 +225,42 @@ class Moments(torch.nn.Module):
         return (moments if self.quant_conv is None else self.quant_conv(moments),)
 
 
-class LastLayers(tuple):
-    """The end of a text encoder's hidden_states: (penultimate, last). Indexed from the end as the whole tuple is; an
-    earlier layer (clip_skip) was not converted and is refused."""
+class Layers:
+    """The hidden states of a text encoder that were converted (a family's `text_layers`), indexed as the whole tuple
+    is; any other layer (SDXL's clip_skip) is refused."""
+
+    def __init__(self, states: dict):
+        self.states = states
 
     def __getitem__(self, index):
-        if isinstance(index, int) and not -len(self) <= index < 0:
-            raise NotImplementedError(f"the text encoder on OpenVINO has its last {len(self)} hidden states only: "
-                                      f"no clip_skip (hidden_states[{index}])")
-        return super().__getitem__(index)
+        if index not in self.states:
+            raise NotImplementedError(f"the text encoder on OpenVINO has its hidden states {sorted(self.states)} only "
+                                      f"(hidden_states[{index}]: no clip_skip)")
+        return self.states[index]
 
 
 class TextEncoder(Component):
-    """A text encoder's stand-in returning what its class (KIND, a TEXT_OUTPUTS key) returns. With HIDDEN_STATES its
-    run also gives the last two hidden states (HiddenStates traced it): the output carries them, for a pipeline that
-    reads the penultimate layer (SDXL); without, a call asking for hidden states (clip_skip) is refused."""
+    """A text encoder's stand-in returning what its class (KIND, a TEXT_OUTPUTS key) returns. With LAYERS its run also
+    gives those hidden states (HiddenStates traced it): the output carries them, for a pipeline that reads them (SDXL,
+    FLUX.2); without, a call asking for hidden states (clip_skip) is refused. A kind that takes the attention mask
+    gets it as the run's second input (all ones where the call gives none)."""
 
-    def __init__(self, run, config, kind="CLIPTextModel", hidden_states=False):
+    def __init__(self, run, config, kind="CLIPTextModel", layers=()):
         super().__init__(run, config)
-        (self.output, self.fields), self.hidden_states = TEXT_OUTPUTS[kind], hidden_states
+        self.kind, self.layers = TEXT_OUTPUTS[kind], layers
 
-    def forward(self, input_ids, attention_mask=None, output_hidden_states=None, return_dict=True):
-        if self.hidden_states:
-            refuse("text encoder (no attention mask)", attention_mask=attention_mask)
-            *tensors, penultimate, last = self.run(input_ids)
-            output = self.output(**dict(zip(self.fields, tensors)), hidden_states=LastLayers((penultimate, last)))
+    def forward(self, input_ids, attention_mask=None, output_hidden_states=None, return_dict=True, use_cache=None):
+        kind = self.kind
+        if kind.masked:
+            inputs = (input_ids, torch.ones_like(input_ids) if attention_mask is None else attention_mask)
         else:
-            refuse("text encoder (last layer only: no clip_skip)", attention_mask=attention_mask,
-                   output_hidden_states=output_hidden_states)
-            output = self.output(**dict(zip(self.fields, self.run(input_ids))))
+            refuse("text encoder (no attention mask)", attention_mask=attention_mask)
+            inputs = (input_ids,)
+        if self.layers:
+            tensors = self.run(*inputs)
+            states = Layers(dict(zip(self.layers, tensors[len(kind.fields):])))
+            output = kind.output(**dict(zip(kind.fields, tensors)), hidden_states=states)
+        else:
+            refuse("text encoder (last layer only: no clip_skip)", output_hidden_states=output_hidden_states)
+            output = kind.output(**dict(zip(kind.fields, self.run(*inputs))))
         return output if return_dict else output.to_tuple()

@@ -76,10 +76,10 @@ class Recorder:
     def __getattr__(self, name):
         return getattr(self.denoiser, name)
 
-    def __call__(self, sample, timestep, *args, **kwargs):
-        inputs, _ = self.signature.bind(sample, timestep, args, kwargs)
+    def __call__(self, *args, **kwargs):
+        inputs, _ = self.signature.bind(args, kwargs)
         self.calls.append(tuple(x.clone() for x in inputs))
-        return self.denoiser(sample, timestep, *args, **kwargs)
+        return self.denoiser(*args, **kwargs)
 
 
 def calibration_inputs(pipe, family) -> list[tuple]:
@@ -128,13 +128,13 @@ def _quantize(pipe, family, run, path: Path) -> str:
     calls = calibration_inputs(pipe, family) if family.int8 == "hybrid" else []
     run.release()  # the child reads the IR from disk: this process's compiled UNet would only add to the peak
     gc.collect()
-    peak = _quantize_in_child(family.int8, run.path, calls, path)
+    peak = quantize_in_child(family.int8, run.path, calls, path)
     calibrated = f", calibrated on {len(calls)} {family.denoiser.label} calls and" if calls else ","
     return (f"{calibrated} quantized in a child process in {time.perf_counter() - start:.1f} s (its peak RSS "
             f"{peak / 2**30:.1f} GiB)")
 
 
-def _quantize_in_child(method: str, source: Path, calls, target: Path) -> int:
+def quantize_in_child(method: str, source: Path, calls, target: Path) -> int:
     """Quantize the IR at SOURCE into TARGET by METHOD in a child process (sdcpu.backends.int8_child), calibrated on
     CALLS where it takes them; the child's peak RSS in bytes. Its memory goes back to the system when it exits."""
     folder = locks.staging(target, ".calibration")

@@ -3,7 +3,7 @@
 
 The child reads the fp32 IR from disk (memory-mapped), quantizes it in place (no copy of the model) by METHOD, a
 family's `int8` (`hybrid`: NNCF's hybrid scheme, calibrated on the calls in SAMPLES, arrays `CALL_INPUT` as
-sdcpu.backends.int8 writes them; `weights`: NNCF's weight-only int8, no samples), and writes TARGET (staged, then
+sdcpu.backends.int8 writes them; `weights`: NNCF's weight-only int8, no samples; `int4`: its 4-bit weight compression), and writes TARGET (staged, then
 renamed: a crash leaves no half-written IR), keeping the mapped fp32 weights out of its RSS (sdcpu.backends.mapped).
 The parent dropped its own compiled UNet before starting the child.
 """
@@ -39,7 +39,18 @@ def weights(nncf, model):
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
 
 
-METHODS = {"hybrid": hybrid, "weights": weights}
+def int4(nncf, model):
+    """NNCF's 4-bit weight compression: MatMul weights asymmetric 4-bit in groups of 128 (all of them: ratio 1; 64 or
+    32 where 128 does not divide a weight's input, int8 where neither does), the embeddings and the last layer in int8
+    (its backup precision)."""
+    from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
+
+    return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=128, ratio=1.0,
+                                 advanced_parameters=AdvancedCompressionParameters(
+                                     group_size_fallback_mode=GroupSizeFallbackMode.ADJUST, min_adjusted_group_size=32))
+
+
+METHODS = {"hybrid": hybrid, "weights": weights, "int4": int4}
 
 
 def _has_weight(op) -> bool:

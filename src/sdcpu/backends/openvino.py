@@ -51,7 +51,7 @@ from sdcpu.system.verify import mapped_paths
 log = logging.getLogger(__name__)
 
 IR_FORMAT = 1  # bump when what is traced changes, so IR saved by an older sdcpu is converted again
-EXAMPLE_LATENT = 64  # traced latent size: SD 1.5's, divisible by every SD UNet's upsampling factor
+EXAMPLE_LATENT = 64  # the VAE's traced latent size (the denoiser's is its family's `traced`)
 SHAPES_VARIABLE, DEFAULT_SHAPES = "SDCPU_OPENVINO_SHAPES", 4  # input shapes each model keeps compiled
 
 
@@ -70,27 +70,31 @@ def apply(pipe, step, cpu) -> str:
                if type(getattr(pipe, name)).__name__ not in TEXT_OUTPUTS]
     if unknown:
         raise Skip(f"no OpenVINO stand-in returns what {', '.join(unknown)} returns (known: {', '.join(TEXT_OUTPUTS)})")
+    if state.of(pipe).rounded:
+        raise Skip(f"weights={state.of(pipe).stored} before openvino rounds the torch weights in a layout OpenVINO "
+                   f"would expand to float32: put weights={state.of(pipe).stored} after openvino (NNCF compresses the "
+                   "IR's weights)")
     denoiser = getattr(pipe, family.denoiser.attribute)
     cast = denoiser.dtype if denoiser.dtype != torch.float32 else None
-    if cast:  # traced with fp32 inputs; OpenVINO's precision hint, not the torch dtype, sets the compute precision
-        pipe.to(dtype=torch.float32)
+    dtype = str(cast).removeprefix("torch.")
     folder = sdcpu_home() / "openvino" / cache_key({name: getattr(pipe, name) for name in family.components},
                                                   ov.__version__)
+    getattr(pipe, family.decoder).float()  # small; its encoder is converted later, on a first img2img call
     core, config = runtime(precision)
     start, converted = time.perf_counter(), []
     # img2img and inpainting encode the input image: the encoder is converted on its first call, never for text-to-image
     encoder = Lazy(Moments(getattr(pipe, family.decoder)).eval(), folder / "vae_encoder.xml", core, config)
     for name in family.components:
         path, module = folder / f"{name}.xml", getattr(pipe, name)
-        if not path.is_file() and convert(module, name, path, family):
+        if not path.is_file() and convert(_float32_compute(module), name, path, family):
             converted.append(name)
         run = Compiled(core, path, config, name)
         if name == family.denoiser.attribute:
             stand_in = Denoiser(run, module.config, family.denoiser, family.latent_multiple(module.config))
         elif name == family.decoder:
-            stand_in = VAE(run, module.config, encode=encoder)
+            stand_in = VAE(run, module.config, encode=encoder, bn=getattr(module, "bn", None))
         else:
-            stand_in = TextEncoder(run, module.config, type(module).__name__, family.text_hidden_states)
+            stand_in = TextEncoder(run, module.config, type(module).__name__, family.text_layers)
         setattr(pipe, name, stand_in)
         gc.collect()  # the torch module is gone: return its memory before the next conversion
     state.of(pipe).runtime = state.Runtime.OPENVINO
@@ -99,12 +103,26 @@ def apply(pipe, step, cpu) -> str:
     if precision == "bf16" and not cpu.native_bf16:
         why += f"; this CPU has no native bf16 ({cpu.native_bf16_reason}): OpenVINO falls back to f32 kernels"
     return (
-        f"UNet, VAE decoder, text encoder{'s' if len(family.text_encoders) > 1 else ''} (VAE encoder on first "
+        f"{family.denoiser.label}, VAE decoder, text encoder{'s' if len(family.text_encoders) > 1 else ''} (VAE encoder "
+        f"on first "
         f"img2img/inpainting call) on OpenVINO "
         f"{ov.__version__.split('-')[0]}, {precision} "
         f"({why}), static shapes compiled per size on first use; IR {ir} in {folder}"
-        + (f"; converted from the {cast} torch weights (an earlier step), cast back to fp32" if cast else "")
+        + (f"; converted from the {dtype} torch weights, kept so in the IR (float32 compute)" if cast else "")
     )
+
+
+def _float32_compute(module):
+    """MODULE computing in float32 for its trace: a bf16 model's text encoder or denoiser keeps its bf16 weights, each
+    upcast where it is used (the IR holds them as bf16 constants: no float32 copy of a 4B-parameter model while
+    converting, half the disk; OpenVINO's CPU plugin expands them to the precision it computes in when it compiles,
+    unless the weights step compresses them), anything else as it is (the VAE was made float32 beforehand)."""
+    if module.dtype == torch.float32:
+        return module
+    from sdcpu.backends import weights
+
+    weights.store(module, "bf16")
+    return module
 
 
 def _preloaded_allocators() -> set[str]:
@@ -144,12 +162,19 @@ def _traced(module, name, family):
     """The entry to trace for FAMILY's component NAME (the VAE encoder: a Moments) and an example input for it."""
     if name == "vae_encoder":  # images at 8x the traced latent size
         return module, (torch.randn(1, module.encoder.conv_in.in_channels, EXAMPLE_LATENT * 8, EXAMPLE_LATENT * 8),)
-    if name in family.text_encoders:  # with the last two hidden states where the family's pipelines read them
-        entry = HiddenStates(module) if family.text_hidden_states else Entry(module)
-        return entry, (torch.zeros(1, family.tokens, dtype=torch.long),)
+    if name in family.text_encoders:  # with the hidden states the family's pipelines read
+        kind = TEXT_OUTPUTS[type(module).__name__]
+        entry = HiddenStates(module, kind, family.text_layers) if family.text_layers else Entry(module)
+        ids = torch.zeros(1, family.tokens, dtype=torch.long)
+        if not kind.masked:
+            return entry, (ids,)
+        mask = torch.ones_like(ids)
+        mask[:, family.tokens // 2:] = 0  # a padded prompt, as pipelines give it: the mask's arithmetic is traced
+        return entry, (ids, mask)
     if name == family.denoiser.attribute:
-        latent = (EXAMPLE_LATENT, EXAMPLE_LATENT)
-        return Entry(module, signature=family.denoiser), family.example_inputs(module.config, 2, latent, torch.float32)
+        batch, side = family.traced
+        return Entry(module, signature=family.denoiser), family.example_inputs(module.config, batch, (side, side),
+                                                                               torch.float32)
     return Entry(module, "decode"), (torch.randn(1, module.config.latent_channels, EXAMPLE_LATENT, EXAMPLE_LATENT),)
 
 

@@ -84,7 +84,8 @@ def attach(pipe, controlnet, unet=None) -> components.ControlNet:
             unet = unet or torch_unet(pipe)
             with torch.no_grad():
                 residuals = Residuals(controlnet, family.denoiser)(*example)
-            unet_example = family.example_inputs(unet.config, 2, (openvino.EXAMPLE_LATENT,) * 2, torch.float32)
+            batch, side = family.traced
+            unet_example = family.example_inputs(unet.config, batch, (side, side), torch.float32)
             openvino.convert(unet, NAME, path, family, traced=(Controlled(unet, family.denoiser),
                                                                (*unet_example, *residuals)))
             del unet
@@ -114,6 +115,6 @@ def check(pipe) -> None:
 def _example(controlnet, family, scale: int) -> tuple:
     """CONTROLNET's example inputs: FAMILY's denoiser inputs at the traced latent size (the latents alone: an
     inpainting UNet's ControlNet reads 4 channels), then a control map SCALE times their size."""
-    example = family.example_inputs(controlnet.config, 2, (openvino.EXAMPLE_LATENT,) * 2, torch.float32)
-    side = openvino.EXAMPLE_LATENT * scale
-    return (*example, torch.zeros(2, controlnet.config.conditioning_channels, side, side))
+    batch, side = family.traced
+    example = family.example_inputs(controlnet.config, batch, (side, side), torch.float32)
+    return (*example, torch.zeros(batch, controlnet.config.conditioning_channels, side * scale, side * scale))

@@ -26,7 +26,7 @@ from sdcpu.errors import Skip
 from sdcpu.models import state
 
 log = logging.getLogger(__name__)
-RELEASABLE = (state.Runtime.OPENVINO, state.Runtime.OPENVINO_INT8)
+RELEASABLE = (state.Runtime.OPENVINO, state.Runtime.OPENVINO_INT8, state.Runtime.OPENVINO_COMPRESSED)
 
 
 class Phases:

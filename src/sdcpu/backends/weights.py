@@ -15,7 +15,7 @@ tensor (norms, biases, buffers) is float32: float32 arithmetic throughout at the
   each group with its float32 scale and minimum (asymmetric), two to a byte: 0.56 bytes a weight; Embedding rows in
   int8 as above.
 The networks report float32, so the pipeline keeps its latents and prompt states in float32 too. The VAE (small,
-convolutions at full resolution) runs in float32 outright. Eager torch only: a backend converts weights of its own.
+convolutions at full resolution) runs in float32 outright. After `openvino`, int8 and int4 compress its IR (sdcpu.backends.openvino_weights); other backends refuse it.
 Rounding is done in every process as the step applies, a layer at a time, 16M weights at a time (their float32
 copy is the only extra memory), each loaded weight's pages of its mapped file dropped once it is replaced.
 """
@@ -164,8 +164,13 @@ def _reporting_float32(cls):
 
 def apply(pipe, step, cpu) -> str:
     runtime = state.of(pipe).runtime
+    if runtime is state.Runtime.OPENVINO:
+        from sdcpu.backends import openvino_weights
+
+        return openvino_weights.apply(pipe, step.value)
     if runtime is not state.Runtime.EAGER:
-        raise Skip(f"weights={step.value} changes the eager torch modules; the denoiser runs as {runtime.summary} here")
+        raise Skip(f"weights={step.value} stores eager torch or OpenVINO weights; the denoiser runs as "
+                   f"{runtime.summary} here")
     family = families.of(pipe)
     spans = mapped.file_spans(".safetensors")
     counted = {name: store(getattr(pipe, name), step.value, spans)

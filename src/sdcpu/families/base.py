@@ -37,10 +37,10 @@ class Denoiser:
     inputs: tuple[str, ...] = ("sample", "timestep", "encoder_hidden_states")
     added: tuple[str, ...] = ()
 
-    def bind(self, sample, timestep, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        """The tensor inputs, in `inputs` order, of a pipeline's call `denoiser(sample, timestep, *args, **kwargs)`
-        (the timestep one per batch item, as traced), and the keyword arguments left over; an added_cond_kwargs entry
-        the family does not declare is refused."""
+    def bind(self, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        """The tensor inputs, in `inputs` order, of a pipeline's call `denoiser(*args, **kwargs)` (SD's pipelines give
+        the latents and timestep positionally, FLUX.2's name every input; the timestep one per batch item, as traced),
+        and the keyword arguments left over; an added_cond_kwargs entry the family does not declare is refused."""
         import torch
 
         rest = dict(kwargs)
@@ -48,10 +48,11 @@ class Denoiser:
         extra = sorted(set(added) - set(self.added))
         if extra:
             raise NotImplementedError(f"the {self.label} does not support added_cond_kwargs {', '.join(extra)}")
-        named = dict(zip(self.inputs[2:], args)) | {name: rest.pop(name) for name in self.inputs if name in rest}
+        named = dict(zip(self.inputs, args)) | {name: rest.pop(name) for name in self.inputs if name in rest}
         named |= added
-        timestep = torch.as_tensor(timestep, dtype=torch.float32).expand(sample.shape[0]).contiguous()
-        return (sample, timestep, *(named[name] for name in self.inputs[2:])), rest
+        batch = named[self.inputs[0]].shape[0]
+        named["timestep"] = torch.as_tensor(named["timestep"], dtype=torch.float32).expand(batch).contiguous()
+        return tuple(named[name] for name in self.inputs), rest
 
     def call_arguments(self, inputs: tuple) -> tuple[tuple, dict]:
         """The denoiser's positional and keyword arguments for INPUTS given in `inputs` order."""
@@ -100,9 +101,13 @@ class Family:
     denoiser: Denoiser
     text_encoders: tuple[str, ...]  # pipeline attributes, in the order the pipeline calls them
     tokens: int  # the prompt length the text encoders run at (traced and calibrated for)
-    # whether its pipelines read the text encoders' hidden states (SDXL's encode_prompt: the penultimate layer, always
-    # output_hidden_states=True): a backend converting the encoders keeps the last two, not only their outputs
-    text_hidden_states: bool = False
+    # the denoiser's example a backend traces it with: batch (2: SD's CFG batch; FLUX.2 calls it once per prompt) and
+    # latent side (SD 1.5's 64 divides by every SD UNet's upsampling; a smaller one traces a 4B transformer in seconds)
+    traced: tuple[int, int] = (2, 64)
+    # the text encoders' hidden states its pipelines read (they call them with output_hidden_states=True): SDXL's
+    # encode_prompt the penultimate (-2, kept with the last), FLUX.2's layers 9, 18 and 27; a backend converting the
+    # encoders keeps these beside their outputs
+    text_layers: tuple[int, ...] = ()
     decoder: str = "vae"  # the pipeline attribute whose `decode` turns latents into images
     # task -> the diffusers pipeline class running it with a ControlNet (pipeline/control.py); empty: none
     control_pipelines: Mapping[str, str] = field(default_factory=dict)

@@ -208,6 +208,8 @@ FAMILY = Flux2Klein(
                       inputs=("hidden_states", "encoder_hidden_states", "timestep", "img_ids", "txt_ids")),
     text_encoders=("text_encoder",),
     tokens=TOKENS,
+    text_layers=OUT_LAYERS,
+    traced=(1, 16),  # one prompt a call; a 16x16 latent (64 image tokens) traces the 3.9B transformer in seconds
     defaults=DISTILLED,
     dtype="bfloat16",
     negative_prompt=False,
@@ -224,8 +226,8 @@ FAMILY = Flux2Klein(
         "tome": f"ToMe {UNET_ONLY}",
         "lcm-lora": "LCM-LoRA is a UNet LoRA for SD and SDXL; klein already makes an image in 4 steps",
         "tiny-vae": "FLUX.2's tiny decoder (madebyollin/taef2) is not diffusers' AutoencoderTiny: not supported yet",
-        "openvino": "the FLUX.2 transformer and Qwen3 encoder are not converted to OpenVINO yet",
-        "int8": "int8 follows a backend that runs FLUX.2 (openvino or compile): not supported yet",
+        "int8": "int8 quantizes a UNet's activations too; FLUX.2's weights are compressed by weights=int8 or "
+                "weights=int4 (after openvino: NNCF on its IR)",
         "compile": "torch.compile of the FLUX.2 transformer is not measured yet",
     },
     # random:flux2-klein-4b, FLUX.2 [klein] 4B's as sdcpu loads it: Qwen3-4B cut after layer 27 (after_load; 4.02B

@@ -17,6 +17,9 @@ class Runtime(enum.Enum):
     OPENVINO = ("OpenVINO IR", "ir-deltas", "nncf", "")
     OPENVINO_INT8 = ("OpenVINO hybrid int8 IR", None, None, "the UNet runs as OpenVINO hybrid int8 IR: a LoRA cannot be "
                      "added to quantized weights without quantizing again; drop int8 from the recipe")
+    OPENVINO_COMPRESSED = ("OpenVINO IR with NNCF-compressed weights", None, None, "the weights step compressed the "
+                           "IR's weights (NNCF): a LoRA cannot be added to them without compressing again; drop "
+                           "weights= from the recipe")
     PT2E_INT8 = ("torchao PT2E int8, compiled by inductor", None, None, "the UNet runs as torchao PT2E int8: a LoRA "
                  "cannot be added to quantized weights without quantizing again; drop int8 from the recipe")
     IPEX = ("Intel Extension for PyTorch", None, None, "ipex prepared the weights in its own layout: drop ipex from "
@@ -38,14 +41,14 @@ class State:
     tasks: dict = field(default_factory=dict)  # task -> the pipeline made for it
     lora: object = None  # the LoRA state of whatever runs the denoiser (fused originals, OpenVINO's compiled sets)
     mapped: bool = False  # eager weights read in place from their files, read-only (the release step)
-    stored: str = ""  # the form the weights step stored the eager weights in (bf16, int8, int4), "" as loaded
+    stored: str = ""  # the form the weights step stored the weights in (bf16, int8, int4; on OpenVINO int8, int4)
     prompt_states: dict = field(default_factory=dict)  # prompt -> its encoded states (Family.prompt_cache), oldest first
     previewer: object = None  # serve's live-preview decoder
     controlnets: dict = field(default_factory=dict)  # (control type, source) -> its ControlNet (pipeline/control.py)
 
     @property
     def rounded(self) -> bool:
-        """The weights step rounded the eager weights (int8, int4): they are neither the model's files' nor exact."""
+        """The weights step rounded the weights (int8, int4): they are neither the model's files' nor exact."""
         return self.stored.startswith("int")
 
 
