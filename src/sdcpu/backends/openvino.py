@@ -74,8 +74,8 @@ def apply(pipe, step, cpu) -> str:
         raise Skip(f"weights={state.of(pipe).stored} before openvino rounds the torch weights in a layout OpenVINO "
                    f"would expand to float32: put weights={state.of(pipe).stored} after openvino (NNCF compresses the "
                    "IR's weights)")
-    denoiser = getattr(pipe, family.denoiser.attribute)
-    cast = denoiser.dtype if denoiser.dtype != torch.float32 else None
+    dtype = getattr(pipe, family.denoiser.attribute).dtype  # no reference to the module kept: it goes when converted
+    cast = dtype if dtype != torch.float32 else None
     dtype = str(cast).removeprefix("torch.")
     folder = sdcpu_home() / "openvino" / cache_key({name: getattr(pipe, name) for name in family.components},
                                                   ov.__version__)
