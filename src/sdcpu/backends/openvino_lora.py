@@ -136,14 +136,19 @@ def skeletons(pipe, lora) -> dict:
                     if tensor is not None:
                         tensors[key] = make(torch.zeros((), dtype=tensor.dtype).expand(tensor.shape))
     with loading(lora):
-        # unet_config, as load_lora_weights passes it: kohya files in the original (sgm) UNet layout, as SDXL's, are
-        # renamed to diffusers' blocks from it
-        state_dict, alphas, metadata = type(pipe).lora_state_dict(
-            lora.source, return_lora_metadata=True, unet_config=getattr(pipe, family.denoiser.attribute).config,
-            **lora.loader_kwargs())
-        common = {"network_alphas": alphas, "adapter_name": ADAPTER, "metadata": metadata, "low_cpu_mem_usage": True}
-        family.load_lora(type(pipe), state_dict, models, **common)
+        config = getattr(pipe, family.denoiser.attribute).config
+        state_dict, options = family.lora_state(type(pipe), lora.source, config, **lora.loader_kwargs())
+        family.load_lora(type(pipe), state_dict, models, adapter_name=ADAPTER, low_cpu_mem_usage=True, **options)
     return models
+
+
+def _float32(constant) -> np.ndarray:
+    """A weight Constant's values in float32: a bf16 model's IR keeps its weights bf16 (numpy has no bf16: OpenVINO
+    hands their bits as 16-bit integers, the upper half of a float32's)."""
+    data = constant.get_data()
+    if constant.get_element_type().get_type_name() != "bf16":
+        return data
+    return (data.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 class Edited(openvino.Compiled):
@@ -162,8 +167,8 @@ class Edited(openvino.Compiled):
             constant = constants.get(f"self.module.{layer}.weight")
             if constant is None or tuple(constant.shape) != tuple(delta.shape):
                 raise Skip(f"the {self.name} IR has no weight of {layer}'s shape {tuple(delta.shape)} to add a LoRA to")
-            weight = constant.get_data() + delta.numpy()
-            replaced = opset.constant(weight, dtype=np.float32)
+            weight = _float32(constant) + delta.numpy()
+            replaced = opset.constant(weight, dtype=np.float32)  # the Convert after a bf16 weight passes it through
             replaced.set_friendly_name(constant.get_friendly_name())
             constant.output(0).replace(replaced.output(0))
         return model

@@ -13,6 +13,7 @@ Each compressed IR is written once beside its component's (`<name>-int8.xml`, `<
 compressed runtime takes no LoRA (a dW added to compressed weights would need compressing again).
 """
 
+import importlib.util
 import time
 from importlib import metadata
 
@@ -33,6 +34,8 @@ def apply(pipe, form: str) -> str:
     if form not in METHODS:
         raise Skip(f"weights={form} stores eager torch weights; on OpenVINO the IR holds the model's own weights and "
                    "openvino=f32|bf16 sets the precision they are computed in")
+    if importlib.util.find_spec("nncf") is None:
+        raise Skip("nncf is not installed: pip install -c constraints.txt nncf")
     start, made = time.perf_counter(), []
     for name in (*family.text_encoders, family.denoiser.attribute):
         stand_in = getattr(pipe, name)

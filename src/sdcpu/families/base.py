@@ -241,6 +241,11 @@ class Family:
         """Modules of PIPE's LoRA targets' classes and configs (the caller picks the device: meta, no weights)."""
         raise NotImplementedError
 
+    def lora_state(self, pipeline_class, source, denoiser_config, **kwargs) -> tuple[dict, dict]:
+        """A LoRA's state dict read from SOURCE by PIPELINE_CLASS's own reader (its layouts converted to diffusers'),
+        and what its loaders take beside it (alphas, metadata)."""
+        raise NotImplementedError
+
     def load_lora(self, pipeline_class, state_dict, models: dict, **options) -> None:
         """Load a LoRA's STATE_DICT into MODELS (component -> module) with PIPELINE_CLASS's own loaders."""
         raise NotImplementedError

@@ -46,6 +46,13 @@ class UNetFamily(Family):
             **extra(seeded, parts),
         )
 
+    def lora_state(self, pipeline_class, source, denoiser_config, **kwargs) -> tuple[dict, dict]:
+        """unet_config, as load_lora_weights passes it: kohya files in the original (sgm) UNet layout, as SDXL's, are
+        renamed to diffusers' blocks from it."""
+        state_dict, alphas, metadata = pipeline_class.lora_state_dict(
+            source, return_lora_metadata=True, unet_config=denoiser_config, **kwargs)
+        return state_dict, {"network_alphas": alphas, "metadata": metadata}
+
     def load_lora(self, pipeline_class, state_dict, models, **options) -> None:
         """As diffusers' LoRA loaders do: the UNet, then each text encoder under its own prefix (`text_encoder`,
         SDXL's `text_encoder_2`; kohya's lora_te1_/lora_te2_ are renamed to these by lora_state_dict)."""

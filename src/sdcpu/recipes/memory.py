@@ -7,9 +7,11 @@ image's pixels). Two figures, since a recipe's first run may convert or quantize
 
 - steady: making images. Weights in fp32 take 4 bytes, bf16 (the `bf16` step where it runs, OpenVINO bf16 on a
   native-bf16 CPU, a family loaded in bf16 on torch) 2, int8 weights 1 (weight-only int8: see INT8_WEIGHTS_SHARE);
-  `compile` keeps the eager weights beside inductor's frozen copy; `tiny-vae` drops the VAE. Loading maps the model's files: a weight never touched is not resident (an OpenVINO recipe whose IR is
+  `compile` keeps the eager weights beside inductor's frozen copy; `tiny-vae` drops the VAE; NNCF-compressed IR
+  weights (`openvino,weights=int8|int4`) what FLUX.2's measured (OPENVINO_STORED_BYTES). Loading maps the model's files: a weight never touched is not resident (an OpenVINO recipe whose IR is
   on disk never touches the torch weights it replaces).
-- first run: OpenVINO's conversion traces one fp32 torch module at a time and holds part of its graph again. The
+- first run: OpenVINO's conversion traces one torch module at a time (fp32, or a bf16 family's bf16 weights as they
+  are) and holds part of its graph again. The
   weights it touched stay counted in RSS (16.3 GiB for SDXL-Turbo), but they are pages of the model's mapped files,
   which the kernel evicts under pressure: what the conversion needs is the module being converted, its graph and the
   runtime (SDXL's UNet: 12.9 GiB; random:sdxl-turbo's conversion completed in a 14 GiB cgroup, 2026-12-04). A model
@@ -92,6 +94,11 @@ INT8_BYTES, INT8_WEIGHTS_SHARE = 1.0, 0.55
 # A weight under the weights step: int4 is half a byte plus a float32 scale and minimum per 128 (0.5625), and
 # FLUX.2's Qwen3 keeps 389M of its 3.11B parameters in an int8 embedding (0.62 bytes a parameter over the encoder)
 STORED_BYTES = {"bf16": 2.0, "int8": 1.0, "int4": 0.62}
+# A text-encoder or denoiser weight of an OpenVINO IR the weights step compressed (NNCF: sdcpu.backends.openvino_weights),
+# once compiled, buffers included: fitted on random:flux2-klein-4b at 512x512 (peaks 10.24 GiB with int8, 7.75 with
+# int4, every part compiled, 2-core Zen 3, 2026-12-05): int4's groups carry scales and zero points, and the Qwen3
+# embedding (389M parameters) stays bf16, which the CPU plugin widens
+OPENVINO_STORED_BYTES = {"int8": 1.21, "int4": 0.83}
 
 
 def weight_bytes(recipe, cpu, family) -> dict[str, float]:
@@ -107,6 +114,8 @@ def weight_bytes(recipe, cpu, family) -> dict[str, float]:
     stored = recipe.get("weights")
     if openvino is None and stored is not None:  # the VAE in float32 outright (sdcpu.backends.weights)
         parts = {"text": STORED_BYTES[stored.value], "denoiser": STORED_BYTES[stored.value], "decoder": 4}
+    elif stored is not None and stored.value in OPENVINO_STORED_BYTES:  # NNCF-compressed IR weights
+        parts |= {"text": OPENVINO_STORED_BYTES[stored.value], "denoiser": OPENVINO_STORED_BYTES[stored.value]}
     if recipe.get("int8") is not None:
         if openvino is None:
             parts["denoiser"] = INT8_BYTES + size  # PT2E keeps the eager weights too
@@ -146,10 +155,15 @@ def need(family, recipe, cpu, width: int, height: int) -> Need:
         steady = RUNTIME_GIB + sum(weights.values()) + decoding
     steady += family.overhead_gib
     first, what = steady, []
-    if recipe.get("openvino") is not None:  # one component's fp32 weights and its graph at a time (see above)
-        first = max(first, RUNTIME_GIB + (1 + CONVERSION_SHARE) * 4 * max(parameters.values()) / GIB)
-        what.append("OpenVINO converts the fp32 model")
+    if recipe.get("openvino") is not None:  # one component's torch weights and its graph at a time (see above)
+        traced = 2 if family.dtype == "bfloat16" else 4  # a bf16 family is traced with its bf16 weights
+        first = max(first, RUNTIME_GIB + (1 + CONVERSION_SHARE) * traced * max(parameters.values()) / GIB)
+        what.append(f"OpenVINO converts the {'bf16' if traced == 2 else 'fp32'} model")
         if recipe.get("int8") is not None:
             first = max(first, family.int8_memory_gib)
             what.append(f"int8 quantizes the {family.denoiser.label}")
+        stored = recipe.get("weights")
+        if stored is not None and stored.value in OPENVINO_STORED_BYTES:  # NNCF in a child, a part at a time
+            first = max(first, RUNTIME_GIB + max(parameters.values()) / GIB)  # measured 4.1 GiB: FLUX.2's int8
+            what.append(f"NNCF compresses the weights to {stored.value}")
     return Need(round(steady, 1), round(first, 1), "; ".join(what))
