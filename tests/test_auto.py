@@ -281,26 +281,31 @@ def test_resolve_for_reads_the_family_of_the_model_before_it_loads(installed):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_flux2_takes_its_own_recipes_first_and_rounds_its_weights_only_where_nothing_else_fits(installed, name):
-    """FLUX.2 refuses OpenVINO, int8, DeepCache and TAESD for now (Family.refuses): every level on every class takes
-    the family's own recipe: its bf16 weights (computed in float32 where bf16 is emulated), with `release` where the
-    machine's memory is too small for every part at once; int8 weights (from `high`) and int4 (at `fast`) only where
-    nothing less rounded fits."""
+    """FLUX.2 refuses int8, DeepCache and TAESD (Family.refuses): every level on every class takes the family's own
+    recipe: its bf16 weights (computed in float32 where bf16 is emulated), with `release` where the machine's memory is
+    too small for every part at once; int8 weights (from `high`) and int4 (at `fast`) only where nothing less rounded
+    fits; where bf16 is emulated, `fast` first takes OpenVINO with NNCF's int4 weights, measured faster there, where
+    it fits (its first run's conversion included)."""
     installed("openvino", "nncf")
     job = memory.Job(flux2.FAMILY, 512, 512)
     for gib in (24, 12, 7):
         cpu = dataclasses.replace(machine(name), memory_bytes=gib * 2**30)
         own = "" if cpu.native_bf16 else "weights=bf16"
         released = ",".join(filter(None, (own, "release")))
-        expected = {24: {"exact": own, "high": own, "fast": own},
-                    12: {"exact": released, "high": released, "fast": released},
+        fast = {24: own, 12: released} if cpu.native_bf16 else dict.fromkeys((24, 12), "openvino,weights=int4")
+        expected = {24: {"exact": own, "high": own, "fast": fast[24]},
+                    12: {"exact": released, "high": released, "fast": fast[12]},
                     7: {"exact": released, "high": "weights=int8", "fast": "weights=int4"}}[gib]
         for quality in auto.QUALITIES:
             recipe, reasons = auto.recipe(cpu, {}, quality=quality, libs=LIBS, tools=NUMACTL, job=job)
-            framework = ",".join(str(step) for step in recipe.steps if step.name in ("weights", "release"))
+            framework = ",".join(str(step) for step in recipe.steps if step.name in ("openvino", "weights", "release"))
             assert framework == expected[quality], (name, gib, quality)
             assert not {step.name for step in recipe.steps} & set(flux2.FAMILY.refuses)
             if gib == 7:  # nothing fits 90% of 7 GiB (int4 needs 6.4, measured 6.37): the least needing, said so
                 assert "none of this level's recipes fits this machine's memory" in "\n".join(reasons)
+    installed()  # without openvino, fast on a 24 GiB machine keeps eager torch's bf16 weights, saying why
+    fast, reasons = auto.recipe(AVX2_24G, {}, quality="fast", libs=LIBS, tools=NUMACTL, job=job)
+    assert str(fast) == "weights=bf16" and "not openvino,weights=int4: openvino not installed" in "\n".join(reasons)
     exact = auto.recipe(AVX2_24G, {}, quality="exact", libs=LIBS, tools=NUMACTL, job=job)
     assert "exact: weights=bf16: FLUX.2's bf16 weights computed in float32" in "\n".join(exact[1])
     # released: the transformer's 3.9B bf16 weights alone beside the runtime, not the 3.1B encoder's too
@@ -309,6 +314,9 @@ def test_flux2_takes_its_own_recipes_first_and_rounds_its_weights_only_where_not
     assert 7 < memory.need(flux2.FAMILY, recipes.parse("weights=int8"), AVX2_24G, 512, 512).steady_gib < 9
     assert 4.5 < memory.need(flux2.FAMILY, recipes.parse("weights=int4"), AVX2_24G, 512, 512).steady_gib < 7
     assert 14 < memory.need(flux2.FAMILY, recipes.parse(""), AVX2_24G, 512, 512).steady_gib < 16
+    # NNCF-compressed IR weights, fitted on the measured 10.24 (int8) and 7.75 GiB (int4); the bf16 conversion ~10
+    ov_int4 = memory.need(flux2.FAMILY, recipes.parse("openvino,weights=int4"), AVX2_24G, 512, 512)
+    assert 7 < ov_int4.steady_gib < 8.5 and 9 < ov_int4.first_gib < 11 and "NNCF compresses" in ov_int4.first_what
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -99,7 +99,20 @@ def test_reference_editing_on_openvino_under_release_is_eagers_edit(eager, conve
     assert pipe.vae.encode_run.compiled is not None and not pipe.transformer.run.by_shape  # the VAE's part last
 
 
-@pytest.mark.parametrize("form", ["int8", "int4"])
+def test_inpainting_on_openvino_is_eagers(eager, converted):
+    """Flux2KleinInpaintPipeline on the same stand-ins: the masked image encoded by OpenVINO's VAE encoder."""
+    pipe, _ = converted
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    out = io.BytesIO()
+    Image.fromarray(mask, "L").save(out, format="PNG")
+    edit = tasks.edit(png(4, (64, 64)), out.getvalue())
+    assert np.abs(image(pipe, REQUEST, edit) - image(eager, REQUEST, edit)).max() <= SAME_LEVELS
+
+
+# int8 marked slow (18 s on 2 cores: two NNCF children): NNCF's weight-only int8 runs in the fast suite on SDXL's UNet
+# (tests/test_sdxl.py), and int4, what auto:fast takes, here
+@pytest.mark.parametrize("form", [pytest.param("int8", marks=pytest.mark.slow), "int4"])
 def test_weights_after_openvino_compress_the_encoder_and_transformer_irs(converted, lora, form):
     base, _ = converted
     pipe, outcomes = optimize(load_pipeline("random:tiny-flux2"), f"openvino=f32,weights={form}")
@@ -122,7 +135,8 @@ def test_weights_rounded_before_openvino_are_refused_with_where_to_put_them(sdcp
 
 
 def test_a_flux2_lora_on_openvino_is_the_eager_loras_image(eager, converted, lora):
-    """The LoRA's dW added to the IR's bf16 weight constants (read as float32) is eager's adapter on the same weights."""
+    """The LoRA's dW added to the IR's bf16 weight constants (read as float32) is eager's adapter on the same
+    weights."""
     pipe, _ = converted
     plain = image(pipe)
     use_loras(pipe, [lora])

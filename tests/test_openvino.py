@@ -151,12 +151,25 @@ def test_skipped_with_the_install_line_without_openvino(monkeypatch, tiny):
         backend.apply(tiny(), STEP, F32_CPU)
 
 
+def test_a_disk_without_room_for_the_ir_is_refused_in_one_line_before_converting(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(backend, "sdcpu_home", lambda: tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 10**6, 10**6))
+    with pytest.raises(UsageError, match=r"converting text_encoder to OpenVINO writes about 0\.\d GB to .*, which has "
+                                         r"0\.0 GB free"):
+        backend.apply(tiny(), STEP, F32_CPU)
+    assert not list(tmp_path.rglob("*.xml")) and not list(tmp_path.rglob("*.bin"))  # nothing half-written
+
+
 def test_after_bf16_converts_from_the_cast_weights(ov, tiny):
     pipe = tiny()
     pipe.to(dtype=torch.bfloat16)  # what the bf16 step did before
     detail = backend.apply(pipe, STEP, F32_CPU)
     assert "converted from the bfloat16 torch weights, kept so in the IR" in detail
-    constants = {str(op.get_element_type()) for op in pipe.unet.run.read().get_ops() if op.get_type_name() == "Constant"}
+    ops = pipe.unet.run.read().get_ops()
+    constants = {str(op.get_element_type()) for op in ops if op.get_type_name() == "Constant"}
     assert "<Type: 'bfloat16'>" in constants  # the weights as they were, no float32 copy made to trace them
     assert np.isfinite(image(pipe)).all()
 

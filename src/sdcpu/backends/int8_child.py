@@ -3,7 +3,8 @@
 
 The child reads the fp32 IR from disk (memory-mapped), quantizes it in place (no copy of the model) by METHOD, a
 family's `int8` (`hybrid`: NNCF's hybrid scheme, calibrated on the calls in SAMPLES, arrays `CALL_INPUT` as
-sdcpu.backends.int8 writes them; `weights`: NNCF's weight-only int8, no samples; `int4`: its 4-bit weight compression), and writes TARGET (staged, then
+sdcpu.backends.int8 writes them; `weights`: NNCF's weight-only int8, no samples; `int4`: its 4-bit weight
+compression), and writes TARGET (staged, then
 renamed: a crash leaves no half-written IR), keeping the mapped fp32 weights out of its RSS (sdcpu.backends.mapped).
 The parent dropped its own compiled UNet before starting the child.
 """

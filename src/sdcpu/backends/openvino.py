@@ -44,7 +44,7 @@ from sdcpu.backends.components import TEXT_OUTPUTS, Denoiser, Entry, HiddenState
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models import state
 from sdcpu.system import locks
-from sdcpu.system.home import sdcpu_home
+from sdcpu.system.home import check_space, sdcpu_home
 from sdcpu.system.launcher import library_kind
 from sdcpu.system.verify import mapped_paths
 
@@ -103,8 +103,8 @@ def apply(pipe, step, cpu) -> str:
     if precision == "bf16" and not cpu.native_bf16:
         why += f"; this CPU has no native bf16 ({cpu.native_bf16_reason}): OpenVINO falls back to f32 kernels"
     return (
-        f"{family.denoiser.label}, VAE decoder, text encoder{'s' if len(family.text_encoders) > 1 else ''} (VAE encoder "
-        f"on first "
+        f"{family.denoiser.label}, VAE decoder, text encoder{'s' if len(family.text_encoders) > 1 else ''} "
+        f"(VAE encoder on first "
         f"img2img/inpainting call) on OpenVINO "
         f"{ov.__version__.split('-')[0]}, {precision} "
         f"({why}), static shapes compiled per size on first use; IR {ir} in {folder}"
@@ -189,6 +189,8 @@ def convert(module, name, path, family, traced=None) -> bool:
         if path.is_file():
             return False
         locks.remove_stale(path)
+        tensors = (*module.parameters(), *module.buffers())
+        check_space(path.parent, sum(t.numel() * t.element_size() for t in tensors), f"converting {name} to OpenVINO")
         start = time.perf_counter()
         entry, example = traced or _traced(module, name, family)
         with warnings.catch_warnings(), torch.no_grad():

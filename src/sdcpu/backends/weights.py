@@ -15,7 +15,8 @@ tensor (norms, biases, buffers) is float32: float32 arithmetic throughout at the
   each group with its float32 scale and minimum (asymmetric), two to a byte: 0.56 bytes a weight; Embedding rows in
   int8 as above.
 The networks report float32, so the pipeline keeps its latents and prompt states in float32 too. The VAE (small,
-convolutions at full resolution) runs in float32 outright. After `openvino`, int8 and int4 compress its IR (sdcpu.backends.openvino_weights); other backends refuse it.
+convolutions at full resolution) runs in float32 outright. This is the step on eager torch; after `openvino` it
+compresses the IR's weights instead (sdcpu.backends.stored chooses).
 Rounding is done in every process as the step applies, a layer at a time, 16M weights at a time (their float32
 copy is the only extra memory), each loaded weight's pages of its mapped file dropped once it is replaced.
 """
@@ -27,7 +28,6 @@ from torch.nn import functional
 
 from sdcpu import families
 from sdcpu.backends import mapped
-from sdcpu.errors import Skip
 from sdcpu.models import state
 
 GROUPS = (128, 64, 32)  # int4's group sizes along a weight's input, the largest that divides it taken
@@ -163,14 +163,7 @@ def _reporting_float32(cls):
 
 
 def apply(pipe, step, cpu) -> str:
-    runtime = state.of(pipe).runtime
-    if runtime is state.Runtime.OPENVINO:
-        from sdcpu.backends import openvino_weights
-
-        return openvino_weights.apply(pipe, step.value)
-    if runtime is not state.Runtime.EAGER:
-        raise Skip(f"weights={step.value} stores eager torch or OpenVINO weights; the denoiser runs as "
-                   f"{runtime.summary} here")
+    """The step on eager torch (sdcpu.backends.stored hands it here)."""
     family = families.of(pipe)
     spans = mapped.file_spans(".safetensors")
     counted = {name: store(getattr(pipe, name), step.value, spans)

@@ -93,15 +93,16 @@ class Flux2Klein(Family):
         """Its own bf16 weights at every level (computed in bf16 where the CPU has it, else in float32 from bf16
         storage), with release where memory asks: nothing measured faster. Rounded weights only where nothing less
         rounded fits the machine's memory (no faster here: 0.98x and 0.97x): int8 from `high` (55.9 dB), int4 at
-        `fast` (37.1 dB). `fast` tries OpenVINO with 4-bit weights first, the one recipe measured faster (1.14x, 39.7
-        dB). The class rules (measured on SD) follow; their steps mostly refuse FLUX.2 with the reason."""
+        `fast` (37.1 dB). Where bf16 is emulated `fast` tries OpenVINO with 4-bit weights first, the one recipe measured
+        faster there (1.14x, 39.7 dB). The class rules (measured on SD) follow, tried where these do not fit."""
         own = ("", "FLUX.2's own bf16 weights on native bf16 units (not measured by sdcpu yet)") if native_bf16 else (
             "weights=bf16", UPCAST_WHY)
         if quality == "exact":
             return (own,)
         released = (",".join(filter(None, (own[0], "release"))), own[1] + "; with release: one part resident at a time")
         rounded = (("weights=int8", INT8_WHY),) + ((("weights=int4", INT4_WHY),) if quality == "fast" else ())
-        faster = (("openvino,weights=int4", OPENVINO_INT4_WHY),) if quality == "fast" else ()
+        # measured where bf16 is emulated only: on native bf16 units torch's bf16 is not known to lose to it
+        faster = (("openvino,weights=int4", OPENVINO_INT4_WHY),) if quality == "fast" and not native_bf16 else ()
         return (*faster, own, released, *rounded)
 
     def after_load(self, pipe) -> None:

@@ -123,8 +123,9 @@ STEP_KINDS = {
                      ladder="bf16"),
     "weights": StepKind("framework", _stored, "text encoder and denoiser weights stored small, each layer computed "
                         "in float32 (eager torch): =bf16 (a bf16 model's own, FLUX.2's: float32's speed at half its "
-                        "memory where bf16 is emulated), =int8 (a scale per row), =int4 (groups of 128)",
-                        module="sdcpu.backends.weights", role="eager"),
+                        "memory where bf16 is emulated), =int8 (a scale per row), =int4 (groups of 128); after "
+                        "openvino, =int8|int4 compress the IR's weights (NNCF)",
+                        module="sdcpu.backends.stored", role="eager"),
     "compile": StepKind("framework", summary="torch.compile (inductor, freezing) of the UNet and VAE decoder",
                          module="sdcpu.backends.inductor", role="backend", compiles=True, ladder="compile",
                          control=False),

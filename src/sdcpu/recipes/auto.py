@@ -42,7 +42,8 @@ def _installed(module: str) -> bool:
 
 def _needs(steps: str) -> tuple[str, ...]:
     """The Python modules STEPS' kinds need (StepKind.needs): a family's recipe names no more than its steps."""
-    return tuple(dict.fromkeys(recipes.kind(step).needs for step in steps.split(",") if step and recipes.kind(step).needs))
+    kinds = [recipes.kind(step) for step in steps.split(",") if step]
+    return tuple(dict.fromkeys(kind.needs for kind in kinds if kind.needs))
 
 
 def _unavailable(candidate: auto_rules.Candidate, long_running: bool) -> str | None:

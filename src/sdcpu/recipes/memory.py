@@ -8,8 +8,9 @@ image's pixels). Two figures, since a recipe's first run may convert or quantize
 - steady: making images. Weights in fp32 take 4 bytes, bf16 (the `bf16` step where it runs, OpenVINO bf16 on a
   native-bf16 CPU, a family loaded in bf16 on torch) 2, int8 weights 1 (weight-only int8: see INT8_WEIGHTS_SHARE);
   `compile` keeps the eager weights beside inductor's frozen copy; `tiny-vae` drops the VAE; NNCF-compressed IR
-  weights (`openvino,weights=int8|int4`) what FLUX.2's measured (OPENVINO_STORED_BYTES). Loading maps the model's files: a weight never touched is not resident (an OpenVINO recipe whose IR is
-  on disk never touches the torch weights it replaces).
+  weights (`openvino,weights=int8|int4`) what FLUX.2's measured (OPENVINO_STORED_BYTES). Loading maps the model's
+  files: a weight never touched is not resident (an OpenVINO recipe whose IR is on disk never touches the torch
+  weights it replaces).
 - first run: OpenVINO's conversion traces one torch module at a time (fp32, or a bf16 family's bf16 weights as they
   are) and holds part of its graph again. The
   weights it touched stay counted in RSS (16.3 GiB for SDXL-Turbo), but they are pages of the model's mapped files,
@@ -94,8 +95,8 @@ INT8_BYTES, INT8_WEIGHTS_SHARE = 1.0, 0.55
 # A weight under the weights step: int4 is half a byte plus a float32 scale and minimum per 128 (0.5625), and
 # FLUX.2's Qwen3 keeps 389M of its 3.11B parameters in an int8 embedding (0.62 bytes a parameter over the encoder)
 STORED_BYTES = {"bf16": 2.0, "int8": 1.0, "int4": 0.62}
-# A text-encoder or denoiser weight of an OpenVINO IR the weights step compressed (NNCF: sdcpu.backends.openvino_weights),
-# once compiled, buffers included: fitted on random:flux2-klein-4b at 512x512 (peaks 10.24 GiB with int8, 7.75 with
+# A text-encoder or denoiser weight of an OpenVINO IR the weights step compressed (NNCF:
+# sdcpu.backends.openvino_weights), once compiled, buffers included: fitted on random:flux2-klein-4b at 512x512 (peaks 10.24 GiB with int8, 7.75 with
 # int4, every part compiled, 2-core Zen 3, 2026-12-05): int4's groups carry scales and zero points, and the Qwen3
 # embedding (389M parameters) stays bf16, which the CPU plugin widens
 OPENVINO_STORED_BYTES = {"int8": 1.21, "int4": 0.83}

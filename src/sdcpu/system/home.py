@@ -6,6 +6,7 @@ SDCPU_HOME_SHARED=1 says the sharing is meant (a team cache on a machine whose u
 """
 
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -42,3 +43,13 @@ def not_private(info: os.stat_result) -> str | None:
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         return f"is writable by others (mode {stat.S_IMODE(info.st_mode):o})"
     return None
+
+
+def check_space(folder: Path, need_bytes: int, what: str) -> None:
+    """Refuse, before any work, to write WHAT (NEED_BYTES) into FOLDER where its file system has less free: a full
+    disk would otherwise fail the write minutes in, with the file system's own cryptic error."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < need_bytes:
+        raise UsageError(f"{what} writes about {need_bytes / 1e9:.1f} GB to {folder}, which has {free / 1e9:.1f} GB "
+                         "free: free some space there or point SDCPU_HOME at a larger disk")
