@@ -55,6 +55,7 @@ def test_recipes_whose_unet_takes_no_residuals_and_families_without_controlnets_
     # OpenVINO's IR taking residuals is converted from the model's own files: a step that changed the UNet first
     assert "without lcm-lora" in control.refusal(sd.FAMILY, recipes.parse("lcm-lora,openvino=f32"))
     assert "no ControlNet" in control.refusal(flux2.FAMILY, None)
+    assert "weights=int4 after openvino" in control.refusal(sd.FAMILY, recipes.parse("openvino=f32,weights=int4"))
 
 
 @pytest.mark.parametrize("model", ["random:tiny", "random:tiny-sdxl"])

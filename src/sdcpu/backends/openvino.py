@@ -5,11 +5,12 @@ optimum-intel 2.2 pins huggingface-hub<1.22 while diffusers 0.42.1 needs >=1.32,
 fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
 
 - Conversion: each of the model family's components' pipeline-facing call (the denoiser's forward with the family's
-  traced inputs, `vae.decode`, each text encoder's forward, with its last two hidden states where the family's pipelines
-  read them: SDXL's penultimate layer) is traced once into a dynamic-shape model and saved as f32 IR under
-  $SDCPU_HOME/openvino/<key>/; the key hashes the component configs and a strided sample of every weight tensor, so a
-  second process reads the IR (memory-mapped) instead of converting, and a different model never reuses it. The torch
-  modules are dropped once converted (peak RSS).
+  traced inputs, `vae.decode`, each text encoder's forward, with the hidden states the family's pipelines read: SDXL's
+  penultimate layer, FLUX.2's layers 9, 18 and 27) is traced once into a dynamic-shape model and saved as IR under
+  $SDCPU_HOME/openvino/<key>/ (float32 weights, or a bf16 model's bf16 weights as they are, computed in float32); the
+  key hashes the component configs and a strided sample of every weight tensor, so a second process reads the IR
+  (memory-mapped) instead of converting, and a different model never reuses it. The torch modules are dropped once
+  converted (peak RSS). A disk without room for the IR is refused before any work.
 - Static shapes: a wrapper compiles a copy of its model reshaped to each new set of input shapes it sees (cached per
   shape, one INFO line per compile), so a call at another size compiles again instead of failing. Each model keeps
   the $SDCPU_OPENVINO_SHAPES (default 4) shapes used last compiled (each is a copy of the weights in the plugin's
@@ -20,8 +21,8 @@ fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
   follow torch's (OMP_NUM_THREADS).
 - The wrappers keep what StableDiffusionPipeline reads (config, dtype, device, call signatures, return shapes), so the
   pipeline is called as before; each text encoder's stand-in returns its class's output (CLIPTextModelWithProjection's
-  text_embeds first, as SDXL's encode_prompt reads it). Not supported, with an error saying so: clip_skip, a text
-  attention mask, denoiser options beyond the family's traced inputs (timestep_cond, cross_attention_kwargs), latent
+  text_embeds first, as SDXL's encode_prompt reads it; Qwen3's takes the prompt's attention mask). Not supported,
+  with an error saying so: clip_skip, CLIP's attention mask, denoiser options beyond the family's traced inputs (timestep_cond, cross_attention_kwargs), latent
   sizes the UNet cannot halve evenly. The VAE encoder (img2img, inpainting) is converted and compiled on its first call,
   never for text-to-image.
 """
@@ -74,9 +75,8 @@ def apply(pipe, step, cpu) -> str:
         raise Skip(f"weights={state.of(pipe).stored} before openvino rounds the torch weights in a layout OpenVINO "
                    f"would expand to float32: put weights={state.of(pipe).stored} after openvino (NNCF compresses the "
                    "IR's weights)")
-    dtype = getattr(pipe, family.denoiser.attribute).dtype  # no reference to the module kept: it goes when converted
-    cast = dtype if dtype != torch.float32 else None
-    dtype = str(cast).removeprefix("torch.")
+    loaded = getattr(pipe, family.denoiser.attribute).dtype  # no reference to the module kept: it goes when converted
+    kept = str(loaded).removeprefix("torch.") if loaded != torch.float32 else ""
     folder = sdcpu_home() / "openvino" / cache_key({name: getattr(pipe, name) for name in family.components},
                                                   ov.__version__)
     getattr(pipe, family.decoder).float()  # small; its encoder is converted later, on a first img2img call
@@ -104,11 +104,10 @@ def apply(pipe, step, cpu) -> str:
         why += f"; this CPU has no native bf16 ({cpu.native_bf16_reason}): OpenVINO falls back to f32 kernels"
     return (
         f"{family.denoiser.label}, VAE decoder, text encoder{'s' if len(family.text_encoders) > 1 else ''} "
-        f"(VAE encoder on first "
-        f"img2img/inpainting call) on OpenVINO "
+        f"(VAE encoder on first img2img/inpainting call) on OpenVINO "
         f"{ov.__version__.split('-')[0]}, {precision} "
         f"({why}), static shapes compiled per size on first use; IR {ir} in {folder}"
-        + (f"; converted from the {dtype} torch weights, kept so in the IR (float32 compute)" if cast else "")
+        + (f"; converted from the {kept} torch weights, kept so in the IR (float32 compute)" if kept else "")
     )
 
 

@@ -63,13 +63,6 @@ INT8_WHY = ("FLUX.2's weights rounded to int8 (a scale per row), computed in flo
 INT4_WHY = ("FLUX.2's weights rounded to 4 bits in groups of 128 (weights=int4): 6.37 GiB at 512x512, 0.97x "
             "weights=bf16,release's speed, 37.1 dB against it (2-core Zen 3, 2026-12-05); taken where nothing larger "
             "fits")
-# measured side by side, 512x512, 4 steps, 2-core Zen 3, 2026-12-05 14:21 (BENCHMARKS.md): weights=bf16,release 351.17
-# s at 9.64 GiB; openvino=f32,weights=int8 342.97 s (1.02x) at 10.24 GiB, 56.0 dB; openvino=f32,weights=int4 307.55 s
-# (1.14x) at 7.75 GiB, 39.7 dB
-OPENVINO_INT4_WHY = ("FLUX.2 on OpenVINO with NNCF's 4-bit weights (openvino,weights=int4): 307.6 s at 512x512, "
-                     "1.14x weights=bf16,release side by side (OpenVINO's int4 matmuls and its VAE faster), 7.75 GiB, "
-                     "39.7 dB against bf16 weights (2-core Zen 3, 2026-12-05); first run converts (124 s) and "
-                     "compresses (84 s) once")
 UNET_ONLY = "it patches a UNet2DConditionModel's blocks; FLUX.2's denoiser is a transformer"
 
 
@@ -93,17 +86,16 @@ class Flux2Klein(Family):
         """Its own bf16 weights at every level (computed in bf16 where the CPU has it, else in float32 from bf16
         storage), with release where memory asks: nothing measured faster. Rounded weights only where nothing less
         rounded fits the machine's memory (no faster here: 0.98x and 0.97x): int8 from `high` (55.9 dB), int4 at
-        `fast` (37.1 dB). Where bf16 is emulated `fast` tries OpenVINO with 4-bit weights first, the one recipe measured
-        faster there (1.14x, 39.7 dB). The class rules (measured on SD) follow, tried where these do not fit."""
+        `fast` (37.1 dB). OpenVINO with NNCF's 4-bit weights measured the same speed as weights=bf16 (1.02x, --runs 2,
+        2026-12-05) at 7.77 GiB and 39.7 dB: no level takes it (eager int4 needs less memory, int8 drifts less). The
+        class rules (measured on SD) follow, tried where these do not fit."""
         own = ("", "FLUX.2's own bf16 weights on native bf16 units (not measured by sdcpu yet)") if native_bf16 else (
             "weights=bf16", UPCAST_WHY)
         if quality == "exact":
             return (own,)
         released = (",".join(filter(None, (own[0], "release"))), own[1] + "; with release: one part resident at a time")
         rounded = (("weights=int8", INT8_WHY),) + ((("weights=int4", INT4_WHY),) if quality == "fast" else ())
-        # measured where bf16 is emulated only: on native bf16 units torch's bf16 is not known to lose to it
-        faster = (("openvino,weights=int4", OPENVINO_INT4_WHY),) if quality == "fast" and not native_bf16 else ()
-        return (*faster, own, released, *rounded)
+        return (own, released, *rounded)
 
     def after_load(self, pipe) -> None:
         """The Qwen3 encoder cut after the deepest layer whose hidden state the pipeline stacks (27 of its 36: 3.11B of

@@ -109,14 +109,19 @@ def canny(image, low: float = CANNY[0], high: float = CANNY[1]):
 
 
 def refusal(family, recipe) -> str | None:
-    """Why a ControlNet cannot steer a model of FAMILY optimized by RECIPE (None: it can): the family has none, or a
-    step of the recipe leaves a UNet that takes no residuals (StepKind.control)."""
+    """Why a ControlNet cannot steer a model of FAMILY optimized by RECIPE (None: it can): the family has none, a
+    step of the recipe leaves a UNet that takes no residuals (StepKind.control), or the weights step compresses the
+    OpenVINO IR whose residual-taking twin the ControlNet needs."""
     from sdcpu.recipes import STEP_KINDS
 
     if not family.controlnets:
         return f"{family.summary}: sdcpu runs no ControlNet for this family"
     steps = recipe.steps if recipe else ()
     blocking = [str(step) for step in steps if not STEP_KINDS[step.name].control]
+    names, stored = [step.name for step in steps], recipe.get("weights") if recipe else None
+    if stored and stored.value != "bf16" and "openvino" in names and names.index("weights") > names.index("openvino"):
+        return (f"a ControlNet steers the {family.denoiser.label}'s own OpenVINO IR, and recipe {recipe} compresses "
+                f"its weights (weights={stored.value} after openvino): drop weights= (e.g. --recipe openvino)")
     if blocking:
         without = ", ".join(name for name, kind in STEP_KINDS.items() if not kind.control)
         return (f"a ControlNet adds its residuals to the UNet, and recipe {recipe} has {', '.join(blocking)}, whose "

@@ -40,12 +40,6 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _needs(steps: str) -> tuple[str, ...]:
-    """The Python modules STEPS' kinds need (StepKind.needs): a family's recipe names no more than its steps."""
-    kinds = [recipes.kind(step) for step in steps.split(",") if step]
-    return tuple(dict.fromkeys(kind.needs for kind in kinds if kind.needs))
-
-
 def _unavailable(candidate: auto_rules.Candidate, long_running: bool) -> str | None:
     """Why CANDIDATE cannot run in this process whatever the memory, or None."""
     missing = [module for module in candidate.needs if not _installed(module)]
@@ -118,8 +112,7 @@ def choose(cpu, quality: str, long_running: bool = False,
     before it was not. Where no candidate fits the machine's memory, the one needing least is taken, and said so."""
     job = job or memory.Job.default()
     klass = auto_rules.cpu_class(cpu)
-    own = [auto_rules.Candidate(steps, why, needs=_needs(steps))
-           for steps, why in job.family.auto_recipes(quality, cpu.native_bf16)]
+    own = [auto_rules.Candidate(steps, why) for steps, why in job.family.auto_recipes(quality, cpu.native_bf16)]
     candidates, slower = _for_family([*own, *(getattr(klass, quality) or klass.exact)], job)
     candidates += [auto_rules.LEAST_MEMORY] if quality == "fast" else []  # after even those measured slower
     reasons, passed = [f"CPU class {klass.name}: {klass.summary}"], []
