@@ -36,8 +36,10 @@ import os
 import time
 import warnings
 from pathlib import Path
+from types import MethodType
 
 import torch
+from torch.nn import functional
 
 from sdcpu import families, recipes
 from sdcpu.backends import mapped
@@ -51,7 +53,7 @@ from sdcpu.system.verify import mapped_paths
 
 log = logging.getLogger(__name__)
 
-IR_FORMAT = 1  # bump when what is traced changes, so IR saved by an older sdcpu is converted again
+IR_FORMAT = 2  # bump when what is traced changes, so IR saved by an older sdcpu is converted again
 EXAMPLE_LATENT = 64  # the VAE's traced latent size (the denoiser's is its family's `traced`)
 SHAPES_VARIABLE, DEFAULT_SHAPES = "SDCPU_OPENVINO_SHAPES", 4  # input shapes each model keeps compiled
 
@@ -121,7 +123,18 @@ def _float32_compute(module):
     from sdcpu.backends import weights
 
     weights.store(module, "bf16")
+    for layer in module.modules():
+        if type(layer) is torch.nn.Embedding:
+            layer.forward = MethodType(_table_float32, layer)
     return module
+
+
+def _table_float32(self, ids):
+    """An embedding's bf16 table upcast whole, then gathered: traced as Convert -> Gather, a float32 table to NNCF,
+    which compresses it (a Gather of a bf16 table it leaves as it is: FLUX.2's Qwen3 embedding, 389M parameters,
+    widened to 1.6 GB by the CPU plugin). Traced, not run: eager torch gathers the rows first (sdcpu.backends.weights)."""
+    return functional.embedding(ids, self.weight.float(), self.padding_idx, self.max_norm, self.norm_type,
+                                self.scale_grad_by_freq, self.sparse)
 
 
 def _preloaded_allocators() -> set[str]:

@@ -12,10 +12,11 @@ image's pixels). Two figures, since a recipe's first run may convert or quantize
   files: a weight never touched is not resident (an OpenVINO recipe whose IR is on disk never touches the torch
   weights it replaces).
 - first run: OpenVINO's conversion traces one torch module at a time (fp32, or a bf16 family's bf16 weights as they
-  are) and holds part of its graph again. The
-  weights it touched stay counted in RSS (16.3 GiB for SDXL-Turbo), but they are pages of the model's mapped files,
-  which the kernel evicts under pressure: what the conversion needs is the module being converted, its graph and the
-  runtime (SDXL's UNet: 12.9 GiB; random:sdxl-turbo's conversion completed in a 14 GiB cgroup, 2026-12-04). A model
+  are) and holds part of its graph again. The weights it touched stay counted in RSS (16.3 GiB for SDXL-Turbo, 18.3
+  for FLUX.2), but they are pages of the model's mapped files, which the kernel evicts under pressure: what the
+  conversion needs is the module being converted, its graph and the runtime (SDXL's UNet: 12.9 GiB; random:sdxl-turbo's
+  conversion completed in a 14 GiB cgroup, 2026-12-04; FLUX.2's, estimated 10.0, with its int4 compression in a 12
+  GiB one, 2026-12-05). A model
   whose weights are not file-mapped (built in memory) needs them all. int8's quantization needs what the family
   measured (Family.int8_memory_gib).
 
