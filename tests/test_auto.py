@@ -309,9 +309,9 @@ def test_flux2_takes_its_own_recipes_first_and_rounds_its_weights_only_where_not
     assert 7 < memory.need(flux2.FAMILY, recipes.parse("weights=int8"), AVX2_24G, 512, 512).steady_gib < 9
     assert 4.5 < memory.need(flux2.FAMILY, recipes.parse("weights=int4"), AVX2_24G, 512, 512).steady_gib < 7
     assert 14 < memory.need(flux2.FAMILY, recipes.parse(""), AVX2_24G, 512, 512).steady_gib < 16
-    # NNCF-compressed IR weights, fitted on the measured 10.24 (int8) and 7.75 GiB (int4); the bf16 conversion ~10
+    # NNCF-compressed IR weights, int4 fitted on its measured 6.31 GiB; the bf16 conversion ~10 (it ran in 12 GiB)
     ov_int4 = memory.need(flux2.FAMILY, recipes.parse("openvino,weights=int4"), AVX2_24G, 512, 512)
-    assert 7 < ov_int4.steady_gib < 8.5 and 9 < ov_int4.first_gib < 11 and "NNCF compresses" in ov_int4.first_what
+    assert 5.8 < ov_int4.steady_gib < 7 and 9 < ov_int4.first_gib < 11 and "NNCF compresses" in ov_int4.first_what
 
 
 @pytest.mark.parametrize("name", NAMES)

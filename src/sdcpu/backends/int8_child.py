@@ -42,8 +42,8 @@ def weights(nncf, model):
 
 def int4(nncf, model):
     """NNCF's 4-bit weight compression: MatMul weights asymmetric 4-bit in groups of 128 (all of them: ratio 1; 64 or
-    32 where 128 does not divide a weight's input, int8 where neither does), the last layer and float32 embeddings in
-    int8 (its backup precision; a bf16 embedding it leaves as it is)."""
+    32 where 128 does not divide a weight's input, int8 where neither does), the last layer and the embeddings in
+    int8 (its backup precision)."""
     from nncf.quantization.advanced_parameters import AdvancedCompressionParameters, GroupSizeFallbackMode
 
     return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=128, ratio=1.0,

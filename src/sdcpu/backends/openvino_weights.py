@@ -3,9 +3,8 @@ NNCF's weight-only compression (`nncf.compress_weights`), as optimum-intel and O
 
 - int8: every weight asymmetric int8 per output channel (NNCF's INT8_ASYM);
 - int4: MatMul weights asymmetric 4-bit in groups of 128 along the input (INT4_ASYM, ratio 1), the last layer and
-  float32 embeddings int8 (NNCF's backup precision).
-NNCF leaves an embedding of bf16 weights as it is (FLUX.2's Qwen3: 389M parameters), which the CPU plugin widens when it
-compiles.
+  the embeddings int8 (NNCF's backup precision; a bf16 model's embedding is traced as a float32 table for it:
+  sdcpu.backends.openvino).
 OpenVINO's CPU plugin keeps compressed weights compressed and decompresses them inside its matmul kernels, where an
 uncompressed bf16 IR is expanded to the precision it computes in when it compiles (float32 on a CPU without native
 bf16: FLUX.2's 3.9B-parameter transformer 15.5 GB). Activations keep the run's precision; no calibration.
@@ -29,7 +28,7 @@ METHODS = {"int8": "weights", "int4": "int4"}  # the form -> sdcpu.backends.int8
 # a compressed IR's size against a bf16 one's, at most: FLUX.2's measured 0.50-0.56 (int8), 0.26-0.35 (int4)
 SHARE = {"int8": 0.6, "int4": 0.4}
 HOW = {"int8": "int8 (asymmetric, per output channel)",
-       "int4": "4 bits (asymmetric, groups of 128; the last layer int8)"}
+       "int4": "4 bits (asymmetric, groups of 128; the last layer and embeddings int8)"}
 
 
 def apply(pipe, form: str) -> str:

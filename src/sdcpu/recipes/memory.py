@@ -97,10 +97,11 @@ INT8_BYTES, INT8_WEIGHTS_SHARE = 1.0, 0.55
 # FLUX.2's Qwen3 keeps 389M of its 3.11B parameters in an int8 embedding (0.62 bytes a parameter over the encoder)
 STORED_BYTES = {"bf16": 2.0, "int8": 1.0, "int4": 0.62}
 # A text-encoder or denoiser weight of an OpenVINO IR the weights step compressed (NNCF:
-# sdcpu.backends.openvino_weights), once compiled, buffers included: fitted on random:flux2-klein-4b at 512x512 (peaks 10.24 GiB with int8, 7.75 with
-# int4, every part compiled, 2-core Zen 3, 2026-12-05): int4's groups carry scales and zero points, and the Qwen3
-# embedding (389M parameters) stays bf16, which the CPU plugin widens
-OPENVINO_STORED_BYTES = {"int8": 1.21, "int4": 0.83}
+# sdcpu.backends.openvino_weights), once compiled, buffers included: int4 fitted on random:flux2-klein-4b at 512x512
+# (peak 6.31 GiB, every part compiled, 2-core Zen 3, 2026-12-05), its groups' scales and zero points counted; int8
+# derived from its 10.24 GiB measured before the Qwen3 embedding (389M parameters) was compressed too (it was widened
+# to float32), less that embedding's 1.1 GiB: not measured again
+OPENVINO_STORED_BYTES = {"int8": 1.04, "int4": 0.60}
 
 
 def weight_bytes(recipe, cpu, family) -> dict[str, float]:
