@@ -8,6 +8,7 @@ differs by 46 levels on average and 233 at most (random:tiny, 64x48, 2 steps: me
 prompts still fails.
 """
 
+import io
 import struct
 import zlib
 
@@ -21,6 +22,14 @@ def level_difference(a: Image.Image, b: Image.Image) -> int:
     """The largest difference of one channel at one pixel, in 8-bit levels."""
     assert a.size == b.size and a.mode == b.mode
     return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
+def noise_png(seed: int, size: tuple[int, int]) -> bytes:
+    """A PNG of SIZE (width, height) of random RGB pixels drawn from SEED."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
 
 
 def png_claiming(width: int, height: int) -> bytes:

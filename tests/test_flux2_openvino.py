@@ -3,11 +3,11 @@ encoder, the transformer and the VAE converted from the model's bf16 weights kep
 reference editing as eager torch makes them from the same weights in float32 (`weights=bf16`), and `weights=int8|int4`
 after openvino compressing the IR's weights."""
 
-import io
-
+import controls
 import numpy as np
 import pytest
 import torch
+from images import noise_png
 from PIL import Image
 from test_flux2_lora import write_flux2_loras
 
@@ -24,20 +24,13 @@ REQUEST = generate.Request("a red cat", steps=2, width=64, height=64, seed=1, gu
 # OpenVINO's float32 kernels sum in another order than torch's: 0.0003 of a level apart measured on this model (through
 # the encoder's 27 layers, 2 steps and the VAE); one level is the bound of the project's cross-runtime comparisons
 SAME_LEVELS = 1
-# NNCF's int8 (asymmetric, per channel) moved the tiny image by 1-2 levels against the bf16 weights, its int4 by 10
-# (measured); int8 must stay close, int4 must move it at all (a compression that did nothing would not)
+# NNCF's int8 (asymmetric, per channel) moved the tiny image by 1 level against the bf16 weights' on OpenVINO, its int4
+# by 2 (measured); int8 must stay close, int4 must move it at all (a compression that did nothing would not)
 INT8_LEVELS = 6
 
 
 def image(pipe, request=REQUEST, edit=None) -> np.ndarray:
     return np.asarray(generate.run(pipe, request, edit).images[0]).astype(int)
-
-
-def png(seed: int, size: tuple[int, int]) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
 
 
 def constant_types(run) -> set[str]:
@@ -94,7 +87,7 @@ def test_reference_editing_on_openvino_under_release_is_eagers_edit(eager, conve
     encoder converted on this first edit, one part resident at a time."""
     pipe, _ = optimize(load_pipeline("random:tiny-flux2"), "openvino=f32,release")
     request = generate.Request("make it blue", steps=2, width=64, height=64, seed=3, guidance=1.0)
-    edit = tasks.edit(png(1, (100, 70)), references=(png(2, (64, 96)),))
+    edit = tasks.edit(noise_png(1, (100, 70)), references=(noise_png(2, (64, 96)),))
     assert np.abs(image(pipe, request, edit) - image(eager, request, edit)).max() <= SAME_LEVELS
     assert pipe.vae.encode_run.compiled is not None and not pipe.transformer.run.by_shape  # the VAE's part last
 
@@ -104,9 +97,7 @@ def test_inpainting_on_openvino_is_eagers(eager, converted):
     pipe, _ = converted
     mask = np.zeros((64, 64), np.uint8)
     mask[16:48, 16:48] = 255
-    out = io.BytesIO()
-    Image.fromarray(mask, "L").save(out, format="PNG")
-    edit = tasks.edit(png(4, (64, 64)), out.getvalue())
+    edit = tasks.edit(noise_png(4, (64, 64)), controls.png(Image.fromarray(mask, "L")))
     assert np.abs(image(pipe, REQUEST, edit) - image(eager, REQUEST, edit)).max() <= SAME_LEVELS
 
 

@@ -6,11 +6,11 @@ import base64
 import io
 
 import httpx2 as httpx
-import numpy as np
 import openai
 import pytest
 from PIL import Image
 
+from images import noise_png as png
 from serving import InProcess
 from sdcpu.families import flux2
 
@@ -25,13 +25,6 @@ def server(sdcpu_home):
 @pytest.fixture(scope="module")
 def client(server):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused")
-
-
-def png(seed: int, size: tuple[int, int]) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
 
 
 def decoded(b64: str) -> Image.Image:
