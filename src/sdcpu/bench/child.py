@@ -76,14 +76,16 @@ def run(spec: dict) -> dict:
     generate.save_png(calls[-1].images[0], Path(spec["image"]), text)
 
     # 4. The row: times, split, hardware-relative figures, memory.
-    row.update(figures(pipe, recipe, outcomes, request, protocol, calls, warmup.seconds),
+    row.update(figures(pipe, outcomes, request, protocol, calls, warmup.seconds),
                random_weights=model.random_weights, threads=torch.get_num_threads())
     return row
 
 
-def figures(pipe, recipe, outcomes, request, protocol, calls, warmup_seconds: float) -> dict:
-    """The row's figures of the timed CALLS: times, the per-component split, the denoiser's FLOPs and GFLOP/s."""
-    from sdcpu import families
+def figures(pipe, outcomes, request, protocol, calls, warmup_seconds: float) -> dict:
+    """The row's figures of the timed CALLS: times, the per-component split, the denoiser's FLOPs and GFLOP/s (none
+    where a step runs part of the network on some calls), fbcache's full calls of the last image."""
+    from sdcpu import families, recipes
+    from sdcpu.algorithms import fbcache
 
     times = [c.seconds for c in calls]
     unet_calls = calls[-1].split.calls.get("unet", 0)
@@ -92,8 +94,8 @@ def figures(pipe, recipe, outcomes, request, protocol, calls, warmup_seconds: fl
     family = families.of(pipe)
     unet_flops = family.flops(getattr(pipe, family.denoiser.attribute).config, cfg_batch, latent)
     unet_s = statistics.median(c.split.seconds.get("unet", 0.0) for c in calls)
-    cache = recipe.get("deepcache")
-    shallow_calls = bool(cache and cache.value > 1 and any(o.applied for o in outcomes if o.step == str(cache)))
+    partial = any(o.applied and recipes.kind(o.step).partial_calls for o in outcomes)
+    cached = fbcache.tally(pipe)
     return dict(
         steps_applied=request.steps, steps_run=protocol.steps_run, guidance=request.guidance, cfg_batch=cfg_batch,
         scheduler=type(pipe.scheduler).__name__,
@@ -105,7 +107,8 @@ def figures(pipe, recipe, outcomes, request, protocol, calls, warmup_seconds: fl
         },
         prepare_s=round(sum((o.seconds for o in outcomes), 0.0), 2),
         unet_gflops_per_call=unet_flops / 1e9, unet_gflop_s=unet_flops * unet_calls / unet_s / 1e9
-        if unet_s and not shallow_calls else None,
+        if unet_s and not partial else None,
+        denoiser_full_calls=cached.full if cached else None,
     )
 
 

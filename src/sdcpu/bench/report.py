@@ -107,9 +107,12 @@ def notes(row: dict) -> list[str]:
     found += [f"{s['step']} skipped: {s['detail']}" for s in row.get("steps", ()) if not s["applied"]]
     found += [f"launcher: {m} not applied" for m in (row.get("launch") or {}).get("missing", ())]
     found += [f"verify: {f}" for f in (row.get("verify") or {}).get("failures", ())]
-    if any(s["applied"] and s["step"].startswith("deepcache=") and s["step"] != "deepcache=1"
-           for s in row.get("steps", ())):
-        found.append("denoiser GFLOP/s not given: deepcache's shallow calls do a fraction of a full call's FLOPs")
+    partial = [s["step"] for s in row.get("steps", ()) if s["applied"] and recipes.kind(s["step"]).partial_calls]
+    if partial and not row.get("peer"):
+        found.append(f"denoiser GFLOP/s not given: under {partial[0]} some calls run part of the network")
+    if row.get("denoiser_full_calls") is not None:
+        found.append(f"{partial[0]}: every block ran on {row['denoiser_full_calls']} of the last image's "
+                     f"{row['split']['unet_calls']} denoiser calls, the first block alone on the others")
     if "not_comparable" in (row.get("fidelity") or {}):
         found.append(f"no fidelity figure: {row['fidelity']['not_comparable']}")
     if row.get("peer") and "median_s" in row:

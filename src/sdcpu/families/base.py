@@ -4,7 +4,8 @@ A family says which diffusers pipeline runs each task, which pipeline attribute 
 are, which components encode text, its request defaults, its distilled decoder and LCM-LoRA, its random-weight
 architectures, its FLOP count, and which recipe steps cannot serve it and why. Backends, algorithms, bench, tune,
 serve and the rules read these facts from `sdcpu.families.of(pipe)`; none of them names a family's pipeline classes
-(deepcache and tome, which patch a UNet2DConditionModel's blocks, check for one and skip otherwise).
+(deepcache and tome, which patch a UNet2DConditionModel's blocks, check for one and skip otherwise; fbcache checks for
+a diffusers transformer whose blocks its cache knows).
 """
 
 from collections.abc import Mapping

@@ -40,6 +40,13 @@ def _ratio(text: str) -> float:
     return value
 
 
+def _threshold(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise ValueError("a relative change > 0")
+    return value
+
+
 def _jemalloc_conf(text: str) -> str:
     if text != "default":
         raise ValueError("`default` (jemalloc's own configuration) or no value (the seed's MALLOC_CONF)")
@@ -96,6 +103,7 @@ class StepKind:
     # ControlNet's residuals, or OpenVINO's (a second IR taking them: sdcpu.backends.openvino_control); inductor's
     # graph, quantized UNets and IPEX's take no such inputs, DeepCache's forward skips them
     control: bool = True
+    partial_calls: bool = False  # some denoiser calls run part of the network: a FLOP rate per call means nothing
     launch: Launch | None = None  # a system step's option for the launcher
 
     @property
@@ -151,7 +159,12 @@ STEP_KINDS = {
                          ladder="lcm-lora"),
     "deepcache": StepKind("algorithm", _count, "DeepCache: the full UNet every N calls, its shallow branch between",
                           module="sdcpu.algorithms.deepcache", role="eager", ladder="deepcache=2", cuts_work=True,
-                          control=False),
+                          control=False, partial_calls=True),
+    "fbcache": StepKind("algorithm", _threshold, "First Block Cache on a diffusion transformer (FLUX.2): a call whose "
+                        "first block's residual changed by less than =T (relative; default 0.08) since the last full "
+                        "call skips the other blocks, adding their last residual again", optional=True,
+                        module="sdcpu.algorithms.fbcache", role="eager", cuts_work=True,
+                        control=False, partial_calls=True),
     "tome": StepKind("algorithm", _ratio, "token merging: =R (default 0.5) of the tokens merged before each "
                      "self-attention at the finest attention level", optional=True, module="sdcpu.algorithms.tome",
                      role="eager", ladder="tome"),

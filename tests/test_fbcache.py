@@ -1,0 +1,118 @@
+"""The fbcache step (sdcpu.algorithms.fbcache) on random:tiny-flux2: a threshold no change is below runs every block
+(the exact image), one every change is below runs the blocks on an image's first call only and starts each image
+afresh, classifier-free guidance's two calls keep a cache each, and where it cannot apply it says why."""
+
+import pytest
+import torch
+
+from sdcpu import load_pipeline, optimize
+from sdcpu.algorithms import fbcache
+from sdcpu.bench import report
+from sdcpu.cli import main
+from sdcpu.pipeline import generate
+
+REQUEST = generate.Request("a red cat", steps=4, width=64, height=64, seed=3, guidance=1.0)
+OTHER = generate.Request("a blue dog", steps=4, width=64, height=64, seed=4, guidance=1.0)
+# A threshold above every relative change of the first block's residual between calls (random weights: 1.2-1.8 on the
+# tiny model at 64x64, 3-4 steps, with and without guidance), and one below all of them.
+ALWAYS, NEVER = "100", "1e-9"
+
+
+@pytest.fixture(scope="module")
+def pristine(sdcpu_home):
+    return load_pipeline("random:tiny-flux2")
+
+
+def cached(pipe, threshold, before=""):
+    pipe, outcomes = optimize(pipe, f"{before}fbcache={threshold}")
+    assert all(o.applied for o in outcomes), outcomes
+    return pipe
+
+
+def image(pipe, request=REQUEST):
+    return generate.run(pipe, request).images[0]
+
+
+@pytest.mark.parametrize("before", ["", "weights=bf16,release,"])
+def test_a_threshold_no_change_is_below_runs_every_block_and_gives_the_exact_image(pristine, before):
+    import copy
+
+    exact = image(optimize(copy.deepcopy(pristine), before.rstrip(","))[0] if before else pristine)
+    pipe = cached(copy.deepcopy(pristine), NEVER, before)
+    # the hooks only route the blocks' outputs; every block ran, in the same process and batch: the same bytes
+    assert image(pipe).tobytes() == exact.tobytes()
+    assert (fbcache.tally(pipe).calls, fbcache.tally(pipe).full) == (4, 4)
+
+
+def test_a_threshold_every_change_is_below_skips_the_blocks_after_each_images_first_call(pristine):
+    import copy
+
+    exact = image(pristine)
+    pipe = cached(copy.deepcopy(pristine), ALWAYS)
+    first = image(pipe)
+    assert (fbcache.tally(pipe).calls, fbcache.tally(pipe).full) == (4, 1)
+    assert first.tobytes() != exact.tobytes()  # three calls added the first call's residual
+    # a new image starts with a full call: a cache left from the last image would change the second one
+    assert image(pipe).tobytes() == first.tobytes()
+    assert fbcache.tally(pipe).full == 1
+    image(pipe, OTHER)
+    assert fbcache.tally(pipe).full == 1
+
+
+def test_an_image_that_failed_leaves_no_cache_for_the_next(pristine):
+    """diffusers clears its cache only when a call finishes; sdcpu clears it when the next image starts."""
+    import copy
+
+    pipe = cached(copy.deepcopy(pristine), ALWAYS)
+    first = image(pipe)
+
+    def fail(index, *_):
+        if index == 1:
+            raise RuntimeError("a failure after two steps")
+
+    with pytest.raises(RuntimeError):  # another prompt and seed: their residuals are not the first image's
+        generate.run_batch(pipe, [OTHER], on_step=fail)
+    assert image(pipe).tobytes() == first.tobytes()
+
+
+def test_guidance_keeps_a_cache_for_each_of_its_two_calls(pristine):
+    import copy
+
+    pipe = copy.deepcopy(pristine)
+    pipe.register_to_config(is_distilled=False)  # klein base: classifier-free guidance, two calls a step
+    request = generate.Request("a red cat", steps=3, width=64, height=64, seed=3, guidance=4.0)
+    exact = image(pipe, request)
+    never = cached(copy.deepcopy(pipe), NEVER)
+    assert image(never, request).tobytes() == exact.tobytes()
+    assert fbcache.tally(never).calls == 6
+    always = cached(copy.deepcopy(pipe), ALWAYS)
+    image(always, request)
+    # the conditional and the unconditional call each run in full once: neither reuses the other's residual
+    assert (fbcache.tally(always).calls, fbcache.tally(always).full) == (6, 2)
+
+
+def test_where_it_cannot_apply_it_says_why(tiny):
+    _, outcomes = optimize(tiny(), "fbcache")
+    assert not outcomes[0].applied and "a UNet's step cache is deepcache" in outcomes[0].detail
+    assert fbcache.tally(tiny()) is None
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "x"])
+def test_a_threshold_not_above_0_is_a_usage_error(value, tmp_path, capsys):
+    assert main(["generate", "a cat", "--model", "random:tiny-flux2", "--recipe", f"fbcache={value}",
+                 "-o", str(tmp_path / "x.png")]) == 2
+    assert f"fbcache={value}" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_bench_row_says_how_many_calls_ran_every_block():
+    row = {"steps": [{"step": "weights=bf16", "applied": True}, {"step": "fbcache=0.08", "applied": True}],
+           "split": {"unet_calls": 4}, "denoiser_full_calls": 2}
+    said = report.notes(row)
+    assert "denoiser GFLOP/s not given: under fbcache=0.08 some calls run part of the network" in said
+    assert "fbcache=0.08: every block ran on 2 of the last image's 4 denoiser calls, the first block alone on the " \
+           "others" in said
+    row["steps"][1]["applied"] = False
+    row["steps"][1]["detail"] = "no"
+    del row["denoiser_full_calls"]
+    assert not any("GFLOP/s" in note for note in report.notes(row))
