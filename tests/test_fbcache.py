@@ -107,11 +107,13 @@ def test_a_threshold_not_above_0_is_a_usage_error(value, tmp_path, capsys):
 
 def test_the_bench_row_says_how_many_calls_ran_every_block():
     row = {"steps": [{"step": "weights=bf16", "applied": True}, {"step": "fbcache=0.08", "applied": True}],
-           "split": {"unet_calls": 4}, "denoiser_full_calls": 2}
+           "split": {"unet_calls": 4}, "denoiser_full_calls": 2, "unet_gflop_s": None}
     said = report.notes(row)
     assert "denoiser GFLOP/s not given: under fbcache=0.08 some calls run part of the network" in said
     assert "fbcache=0.08: every block ran on 2 of the last image's 4 denoiser calls, the first block alone on the " \
            "others" in said
+    row |= {"denoiser_full_calls": 4, "unet_gflop_s": 140.0}  # nothing skipped: every call full, a rate to give
+    assert not any("GFLOP/s" in note for note in report.notes(row))
     row["steps"][1]["applied"] = False
     row["steps"][1]["detail"] = "no"
     del row["denoiser_full_calls"]

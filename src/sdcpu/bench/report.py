@@ -108,7 +108,7 @@ def notes(row: dict) -> list[str]:
     found += [f"launcher: {m} not applied" for m in (row.get("launch") or {}).get("missing", ())]
     found += [f"verify: {f}" for f in (row.get("verify") or {}).get("failures", ())]
     partial = [s["step"] for s in row.get("steps", ()) if s["applied"] and recipes.kind(s["step"]).partial_calls]
-    if partial and not row.get("peer"):
+    if partial and not row.get("peer") and row.get("unet_gflop_s") is None:
         found.append(f"denoiser GFLOP/s not given: under {partial[0]} some calls run part of the network")
     if row.get("denoiser_full_calls") is not None:
         found.append(f"{partial[0]}: every block ran on {row['denoiser_full_calls']} of the last image's "
