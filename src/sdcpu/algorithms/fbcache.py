@@ -52,15 +52,16 @@ class _State:
 
 @dataclass
 class _Cache:
-    pipe: object
+    pipe: weakref.ref  # the pipeline (weakly: its scheduler says when a new image starts)
     threshold: float
     tally: Tally = field(default_factory=Tally)
     states: dict = field(default_factory=dict)  # cache context name -> _State
     schedule: object = None
 
     def first(self, context: str, forward, args, kwargs):
-        if self.pipe.scheduler.timesteps is not self.schedule:  # a new image
-            self.schedule, self.states = self.pipe.scheduler.timesteps, {}
+        timesteps = self.pipe().scheduler.timesteps
+        if timesteps is not self.schedule:  # a new image
+            self.schedule, self.states = timesteps, {}
             self.tally.calls = self.tally.full = 0
         state = self.states.setdefault(context, _State())
         text, image = forward(*args, **kwargs)
@@ -135,9 +136,6 @@ def _hooks():
     return First, Other
 
 
-_CACHES = weakref.WeakKeyDictionary()  # transformer -> its _Cache, for tally()
-
-
 def apply(pipe, step, cpu) -> str:
     from diffusers import Flux2Transformer2DModel
     from diffusers.hooks.hooks import HookRegistry
@@ -148,12 +146,11 @@ def apply(pipe, step, cpu) -> str:
         raise Skip(f"needs diffusers' eager Flux2Transformer2DModel, found {found}"
                    + (" (a UNet's step cache is deepcache)" if "UNet" in found else
                       " (a backend step ran first: put fbcache before compile/openvino)"))
-    if HookRegistry.check_if_exists_or_initialize(denoiser.transformer_blocks[0]).get_hook(HOOK):
+    if _first(denoiser):
         raise Skip("fbcache is already on this transformer")
     threshold = step.value or DEFAULT
-    cache = _CACHES[denoiser] = _Cache(pipe, threshold)
     First, Other = _hooks()
-    first = First(cache)
+    first = First(_Cache(weakref.ref(pipe), threshold))
     doubles, singles = list(denoiser.transformer_blocks), list(denoiser.single_transformer_blocks)
     for block, hook in ((doubles[0], first), *((b, Other(first, False, True)) for b in doubles[1:]),
                         *((b, Other(first, False, False)) for b in singles[:-1]), (singles[-1], Other(first, True, False))):
@@ -165,6 +162,12 @@ def apply(pipe, step, cpu) -> str:
 
 def tally(pipe) -> Tally | None:
     """The denoiser calls of PIPE's current or last image under fbcache, or None without it."""
-    denoiser = getattr(pipe, families.of(pipe).denoiser.attribute, None)
-    cache = _CACHES.get(denoiser) if denoiser is not None else None
-    return cache.tally if cache else None
+    first = _first(getattr(pipe, families.of(pipe).denoiser.attribute, None))
+    return first.cache.tally if first else None
+
+
+def _first(denoiser):
+    """The hook fbcache put on DENOISER's first block, or None."""
+    blocks = getattr(denoiser, "transformer_blocks", None)
+    registry = getattr(blocks[0], "_diffusers_hook", None) if blocks else None
+    return registry.get_hook(HOOK) if registry else None
