@@ -118,3 +118,17 @@ def test_the_bench_row_says_how_many_calls_ran_every_block():
     row["steps"][1]["detail"] = "no"
     del row["denoiser_full_calls"]
     assert not any("GFLOP/s" in note for note in report.notes(row))
+
+
+def test_a_pipeline_with_fbcache_is_freed_when_dropped(pristine):
+    """A server that swaps models drops each pipeline; fbcache's state must not keep one alive."""
+    import copy
+    import gc
+    import weakref
+
+    pipe = cached(copy.deepcopy(pristine), ALWAYS)
+    image(pipe)
+    gone = weakref.ref(pipe), weakref.ref(pipe.transformer)
+    del pipe
+    gc.collect()  # diffusers' hook registries and their modules refer to each other: a cycle for the collector
+    assert all(ref() is None for ref in gone)
