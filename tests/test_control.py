@@ -18,7 +18,7 @@ from sdcpu import load_pipeline, recipes
 from sdcpu.cli import main
 from sdcpu.errors import UsageError
 from sdcpu.families import flux2, sd
-from sdcpu.pipeline import control, generate, tasks
+from sdcpu.pipeline import control, generate, outputs, tasks
 
 
 def test_canny_finds_a_squares_sides_and_nothing_in_a_flat_or_faint_image():
@@ -166,7 +166,7 @@ def test_a1111s_controlnet_unit_through_webuiapi_and_openais_extra_fields(server
 
 
 def test_parameters_text_carries_the_control():
-    text = generate.parameters_text(REQUEST, 5, model="m", random_weights=False, scheduler="euler", recipe="baseline",
+    text = outputs.parameters_text(REQUEST, 5, model="m", random_weights=False, scheduler="euler", recipe="baseline",
                                     control=control.control(png(square()), "depth", 0.5))
     assert text.endswith('ControlNet 0: "Module: depth, Model: the family depth ControlNet, Weight: 0.5, Guidance '
                          'Start: 0, Guidance End: 1"')

@@ -178,43 +178,43 @@ def test_a_re_executed_generate_takes_the_recipe_its_parent_resolved(tmp_path):
 
 
 def test_two_runs_into_one_folder_never_overwrite_each_others_images(tmp_path):
-    from sdcpu.pipeline import generate
+    from sdcpu.pipeline import outputs
 
     image = Image.new("RGB", (64, 64))
-    (first,) = generate.output_paths(str(tmp_path), [0])  # both runs pick their names before their (slow) model load
-    (second,) = generate.output_paths(str(tmp_path), [0])
+    (first,) = outputs.output_paths(str(tmp_path), [0])  # both runs pick their names before their (slow) model load
+    (second,) = outputs.output_paths(str(tmp_path), [0])
     assert first == second == tmp_path / "00000-0.png"
-    assert generate.save_png(image, second, "second", overwrite=False, renumber=True) == second
-    assert generate.save_png(image, first, "first", overwrite=False, renumber=True) == tmp_path / "00001-0.png"
+    assert outputs.save_png(image, second, "second", overwrite=False, renumber=True) == second
+    assert outputs.save_png(image, first, "first", overwrite=False, renumber=True) == tmp_path / "00001-0.png"
     assert [Image.open(tmp_path / name).text["parameters"] for name in ("00000-0.png", "00001-0.png")] == [
         "second", "first"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00000-0.png", "00001-0.png"]  # no temporary file left
     with pytest.raises(UsageError, match="00001-0.png exists .written since this command started.: pass --overwrite"):
-        generate.save_png(image, tmp_path / "00001-0.png", "third", overwrite=False)
+        outputs.save_png(image, tmp_path / "00001-0.png", "third", overwrite=False)
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 @pytest.mark.parametrize("overwrite", [True, False])  # replaced into place, or claimed by a hard link
 def test_pngs_honour_the_umask_as_a_plain_open_would(tmp_path, umask, overwrite):
-    from sdcpu.pipeline import generate
+    from sdcpu.pipeline import outputs
 
     old = os.umask(umask)
     try:
-        path = generate.save_png(Image.new("RGB", (8, 8)), tmp_path / "00000-0.png", "", overwrite=overwrite)
+        path = outputs.save_png(Image.new("RGB", (8, 8)), tmp_path / "00000-0.png", "", overwrite=overwrite)
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_numbering_goes_on_past_99999(tmp_path):
-    from sdcpu.pipeline import generate
+    from sdcpu.pipeline import outputs
 
     for name in ("00007-1.png", "99999-3.png", "100000-2.png", "100001-x.png", "notes-5.png"):
         (tmp_path / name).touch()  # numbers come from the names alone: empty files do
-    first, _ = generate.output_paths(str(tmp_path), [4, 5])
+    first, _ = outputs.output_paths(str(tmp_path), [4, 5])
     assert first == tmp_path / "100001-4.png"
     first.touch()  # another run wrote this name meanwhile: the next number after it
-    assert generate.save_png(Image.new("RGB", (8, 8)), first, "", overwrite=False, renumber=True) == (
+    assert outputs.save_png(Image.new("RGB", (8, 8)), first, "", overwrite=False, renumber=True) == (
         tmp_path / "100002-4.png")
 
 

@@ -6,7 +6,7 @@ import dataclasses
 from sdcpu import batch
 from sdcpu.errors import UsageError
 from sdcpu.models import schedulers
-from sdcpu.pipeline import generate
+from sdcpu.pipeline import generate, outputs
 from sdcpu.pipeline.prepare import prepare
 
 
@@ -50,9 +50,9 @@ class Maker:
                 continue
             for (job, seed), request, image in zip(group, requests, result.images):
                 name = batch.image_name(job.line, seed)
-                text = generate.parameters_text(request, seed, model=str(self.spec), scheduler=scheduler,
+                text = outputs.parameters_text(request, seed, model=str(self.spec), scheduler=scheduler,
                                                 random_weights=self.spec.random_weights, recipe=str(self.recipe))
-                generate.save_png(image, self.folder / name, text)
+                outputs.save_png(image, self.folder / name, text)
                 yield batch.row(job.line, seed, self.recipe, file=name, seconds=round(result.seconds_per_image(), 3))
 
     def _read_whole(self, images):

@@ -36,7 +36,7 @@ def run(spec: dict) -> dict:
     from sdcpu.bench import inputs, ladders
     from sdcpu.families.base import Defaults
     from sdcpu.models import parse_spec
-    from sdcpu.pipeline import generate
+    from sdcpu.pipeline import generate, outputs
     from sdcpu.pipeline.prepare import prepare
     from sdcpu.system import hardware, verify
 
@@ -71,9 +71,9 @@ def run(spec: dict) -> dict:
         calls.append(result)
         progress(phase="run", run=index + 1, runs=protocol.runs, seconds=result.seconds,
                  s_per_step=result.seconds / protocol.steps_run)
-    text = generate.parameters_text(request, request.seed, model=str(model), random_weights=model.random_weights,
+    text = outputs.parameters_text(request, request.seed, model=str(model), random_weights=model.random_weights,
                                     scheduler=type(pipe.scheduler).__name__, recipe=str(recipe), edit=edit)
-    generate.save_png(calls[-1].images[0], Path(spec["image"]), text)
+    outputs.save_png(calls[-1].images[0], Path(spec["image"]), text)
 
     # 4. The row: times, split, hardware-relative figures, memory.
     row.update(figures(pipe, outcomes, request, protocol, calls, warmup.seconds),

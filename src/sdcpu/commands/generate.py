@@ -9,7 +9,7 @@ from sdcpu.errors import Skip, UsageError
 from sdcpu.families import sd
 from sdcpu.models import schedulers
 from sdcpu.models.loras import parse
-from sdcpu.pipeline import control, generate, hires, lora, tasks
+from sdcpu.pipeline import control, generate, hires, lora, outputs, tasks
 from sdcpu.pipeline.generate import DEFAULTS
 from sdcpu.pipeline.prepare import prepare
 from sdcpu.recipes import relaunch
@@ -85,7 +85,7 @@ def run(args) -> int:
     if args.hires:
         _hires(args, request, found and found[0], edit)  # checked before loading, again once the model is known
     steer = _control(args, found and found[0], recipe)
-    paths = generate.output_paths(args.output, request.seeds(), overwrite=args.overwrite)
+    paths = outputs.output_paths(args.output, request.seeds(), overwrite=args.overwrite)
     relaunch.under_plan(recipe, cpu, why=why_auto)
 
     # 2. Load the model, optimize it, add the LoRAs, set its scheduler; compiling backends compile on their first
@@ -121,10 +121,10 @@ def run(args) -> int:
     second = args.hires and _hires(args, request, family, edit)  # the loaded model's size and family
     result = generate.run(pipe, request, edit, hires=second, control=steer)
     for image, seed, path in zip(result.images, request.seeds(), paths):
-        text = generate.parameters_text(request, seed, model=str(spec), random_weights=spec.random_weights,
+        text = outputs.parameters_text(request, seed, model=str(spec), random_weights=spec.random_weights,
                                         scheduler=scheduler, recipe=str(recipe), edit=edit, loras=loras, hires=second,
                                         control=steer)
-        print(generate.save_png(image, path, text, overwrite=args.overwrite, renumber=generate.numbered(args.output)))
+        print(outputs.save_png(image, path, text, overwrite=args.overwrite, renumber=outputs.numbered(args.output)))
 
     peak = children.peak_rss_gib()
     again = second.steps_run(request.steps) if second else 0

@@ -41,7 +41,7 @@ from starlette.exceptions import HTTPException
 
 from sdcpu.errors import Skip, UsageError
 from sdcpu.models.loras import Folder
-from sdcpu.pipeline import generate
+from sdcpu.pipeline import generate, outputs
 from sdcpu.serve import (a1111_controlnet, a1111_routes, failures, guard, job_routes, openai_routes, preview, schemas,
                          uploads)
 from sdcpu.serve.calls import Done, Owner
@@ -246,10 +246,10 @@ def _encode(done: Done, job: schemas.Job, model, info: dict) -> list[tuple[str, 
     and that chunk."""
     out = []
     for image, seed in zip(done.images, job.request.seeds()):
-        text = generate.parameters_text(job.request, seed, model=model.name, random_weights=model.random_weights,
+        text = outputs.parameters_text(job.request, seed, model=model.name, random_weights=model.random_weights,
                                         scheduler=info["sampler_name"], recipe=model.recipe, edit=job.edit,
                                         loras=job.loras, hires=job.hires, control=job.control)
-        out.append((base64.b64encode(generate.encode_png(image, text)).decode(), text))
+        out.append((base64.b64encode(outputs.encode_png(image, text)).decode(), text))
     return out
 
 
