@@ -132,3 +132,20 @@ def test_a_pipeline_with_fbcache_is_freed_when_dropped(pristine):
     del pipe
     gc.collect()  # diffusers' hook registries and their modules refer to each other: a cycle for the collector
     assert all(ref() is None for ref in gone)
+
+
+def test_a_bench_row_counts_the_calls_that_ran_every_block(tmp_path, sdcpu_home):
+    """The bench's child reads the tally after its timed calls: the row says how many ran every block, and gives no
+    FLOP rate where some did not."""
+    from sdcpu.bench import ladders, runner
+
+    protocol = ladders.Protocol(model="random:tiny-flux2", width=64, height=64, steps=3, runs=1, warmup_steps=1,
+                                guidance=1.0).validate()
+    rungs = (ladders.Rung("baseline", "baseline"), ladders.Rung("skipping", f"fbcache={ALWAYS}"))
+    plain, skipping = runner.run(protocol, rungs, tmp_path / "bench")
+    assert plain["denoiser_full_calls"] is None and plain["unet_gflop_s"] > 0
+    assert skipping["split"]["unet_calls"] == 3 and skipping["denoiser_full_calls"] == 1
+    assert skipping["unet_gflop_s"] is None
+    # two of three calls added the first call's residual: another image (49.9 dB measured; rounding alone between
+    # processes of one machine leaves the 8-bit image identical or within a level, well above 60 dB)
+    assert skipping["fidelity"]["psnr_db"] < 60
