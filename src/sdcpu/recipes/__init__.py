@@ -9,63 +9,7 @@ import json
 from dataclasses import dataclass
 
 from sdcpu.errors import UsageError
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError("a whole number >= 1")
-    return int(text)
-
-
-def _guidance(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise ValueError("a number >= 0")
-    return value
-
-
-def _scheduler(text: str) -> str:
-    from sdcpu.models.schedulers import lookup
-
-    return lookup(text) and text
-
-
-TOME_MAX_RATIO = 0.75  # token merging pairs 3 source tokens of each 2x2 cell with its destination: at most 3/4 merge
-
-
-def _ratio(text: str) -> float:
-    value = float(text)
-    if not 0 < value <= TOME_MAX_RATIO:
-        raise ValueError(f"a fraction in (0, {TOME_MAX_RATIO}]")
-    return value
-
-
-def _threshold(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise ValueError("a relative change > 0")
-    return value
-
-
-def _jemalloc_conf(text: str) -> str:
-    if text != "default":
-        raise ValueError("`default` (jemalloc's own configuration) or no value (the seed's MALLOC_CONF)")
-    return text
-
-
-STORED = ("bf16", "int8", "int4")  # the forms the weights step stores weights in (sdcpu.backends.weights)
-
-
-def _stored(text: str) -> str:
-    if text not in STORED:
-        raise ValueError(" or ".join(STORED))
-    return text
-
-
-def _precision(text: str) -> str:
-    if text not in ("f32", "bf16"):
-        raise ValueError("f32 or bf16")
-    return text
+from sdcpu.recipes import values
 
 
 @dataclass(frozen=True)
@@ -109,36 +53,36 @@ class StepKind:
     @property
     def own_precision(self) -> bool:
         """It takes its precision as its value (`openvino=bf16`): torch's bf16 step has no place beside it."""
-        return self.value is _precision
+        return self.value is values.precision
 
 
 STEP_KINDS = {
-    "jemalloc": StepKind("system", _jemalloc_conf, "jemalloc allocator with the seed's MALLOC_CONF (LD_PRELOAD); "
+    "jemalloc": StepKind("system", values.jemalloc_conf, "jemalloc allocator with the seed's MALLOC_CONF (LD_PRELOAD); "
                          "=default keeps jemalloc's own configuration", optional=True,
                          launch=Launch("allocator", "jemalloc")),
     "tcmalloc": StepKind("system", summary="tcmalloc allocator (LD_PRELOAD)", launch=Launch("allocator", "tcmalloc")),
     "iomp": StepKind("system", summary="Intel OpenMP runtime libiomp5 (LD_PRELOAD) with KMP_* settings",
                      launch=Launch("openmp", "iomp")),
-    "threads": StepKind("system", _count, "OMP_NUM_THREADS per instance (default: usable physical cores)",
+    "threads": StepKind("system", values.count, "OMP_NUM_THREADS per instance (default: usable physical cores)",
                         launch=Launch("threads")),
     "pin": StepKind("system", summary="bind to the usable physical cores and their NUMA memory (numactl, else taskset)",
                     launch=Launch("pin", True)),
-    "instances": StepKind("system", _count, "N pinned copies splitting the cores (throughput mode)",
+    "instances": StepKind("system", values.count, "N pinned copies splitting the cores (throughput mode)",
                           launch=Launch("instances")),
     "channels_last": StepKind("framework", summary="NHWC memory format for the UNet and VAE convolutions",
                               ladder="channels_last"),
     "bf16": StepKind("framework", summary="bfloat16 weights and activations; only on CPUs with native bf16",
                      ladder="bf16"),
-    "weights": StepKind("framework", _stored, "text encoder and denoiser weights stored small, each layer computed "
-                        "in float32 (eager torch): =bf16 (a bf16 model's own, FLUX.2's: float32's speed at half its "
-                        "memory where bf16 is emulated), =int8 (a scale per row), =int4 (groups of 128); after "
-                        "openvino, =int8|int4 compress the IR's weights (NNCF)",
+    "weights": StepKind("framework", values.stored, "text encoder and denoiser weights stored small, each layer "
+                        "computed in float32 (eager torch): =bf16 (a bf16 model's own, FLUX.2's: float32's speed at "
+                        "half its memory where bf16 is emulated), =int8 (a scale per row), =int4 (groups of 128); "
+                        "after openvino, =int8|int4 compress the IR's weights (NNCF)",
                         module="sdcpu.backends.stored", role="eager"),
     "compile": StepKind("framework", summary="torch.compile (inductor, freezing) of the UNet and VAE decoder",
                          module="sdcpu.backends.inductor", role="backend", compiles=True, ladder="compile",
                          control=False),
-    "openvino": StepKind("framework", _precision, "UNet, VAE decoder and text encoder run by OpenVINO, static shapes; "
-                         "=f32|bf16 sets the precision (default: bf16 where the CPU has it natively, else f32)",
+    "openvino": StepKind("framework", values.precision, "UNet, VAE decoder and text encoder run by OpenVINO, static "
+                         "shapes; =f32|bf16 sets the precision (default: bf16 where the CPU has it natively, else f32)",
                          optional=True, module="sdcpu.backends.openvino", role="backend", compiles=True,
                          ladder="openvino", needs="openvino", own_threads=True),
     "int8": StepKind("framework", summary="the UNet a backend runs, quantized to int8 (NNCF after openvino, torchao "
@@ -152,27 +96,28 @@ STEP_KINDS = {
     "ipex": StepKind("framework", summary="Intel Extension for PyTorch (end-of-life), only when installed and matching",
                      module="sdcpu.backends.ipex", role="backend", ladder="ipex", needs="intel_extension_for_pytorch",
                      control=False),
-    "scheduler": StepKind("algorithm", _scheduler, "swap the scheduler (e.g. dpm++)", ladder="scheduler=dpm++"),
+    "scheduler": StepKind("algorithm", values.scheduler, "swap the scheduler (e.g. dpm++)", ladder="scheduler=dpm++"),
     "lcm-lora": StepKind("algorithm", str, "LCM-LoRA fused into the UNet, LCM scheduler, 4 steps at guidance 1; "
                          "=HUB_ID|DIR|FILE picks the LoRA (default latent-consistency/lcm-lora-sdv1-5; random for "
                          "random: models)", optional=True, module="sdcpu.algorithms.lcm_lora", role="before_backend",
                          ladder="lcm-lora"),
-    "deepcache": StepKind("algorithm", _count, "DeepCache: the full UNet every N calls, its shallow branch between",
+    "deepcache": StepKind("algorithm", values.count, "DeepCache: the full UNet every N calls, its shallow branch "
+                          "between",
                           module="sdcpu.algorithms.deepcache", role="eager", ladder="deepcache=2", cuts_work=True,
                           control=False, partial_calls=True),
-    "fbcache": StepKind("algorithm", _threshold, "First Block Cache on a diffusion transformer (FLUX.2): a call whose "
-                        "first block's residual changed by less than =T (relative; default 0.08) since the last full "
-                        "call skips the other blocks, adding their last residual again", optional=True,
+    "fbcache": StepKind("algorithm", values.threshold, "First Block Cache on a diffusion transformer (FLUX.2): a call "
+                        "whose first block's residual changed by less than =T (relative; default 0.08) since the last "
+                        "full call skips the other blocks, adding their last residual again", optional=True,
                         module="sdcpu.algorithms.fbcache", role="eager", cuts_work=True,
                         control=False, partial_calls=True),
-    "tome": StepKind("algorithm", _ratio, "token merging: =R (default 0.5) of the tokens merged before each "
+    "tome": StepKind("algorithm", values.ratio, "token merging: =R (default 0.5) of the tokens merged before each "
                      "self-attention at the finest attention level", optional=True, module="sdcpu.algorithms.tome",
                      role="eager", ladder="tome"),
     "tiny-vae": StepKind("algorithm", str, "TAESD (AutoencoderTiny) as the VAE decoder; =HUB_ID|FOLDER picks "
                          "the weights (default madebyollin/taesd; random for random: models)", optional=True,
                          module="sdcpu.algorithms.tiny_vae", ladder="tiny-vae", cuts_work=True),
-    "steps": StepKind("algorithm", _count, "default number of denoising steps"),
-    "guidance": StepKind("algorithm", _guidance, "default classifier-free guidance scale"),
+    "steps": StepKind("algorithm", values.count, "default number of denoising steps"),
+    "guidance": StepKind("algorithm", values.guidance, "default classifier-free guidance scale"),
 }
 
 
