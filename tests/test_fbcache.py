@@ -149,3 +149,17 @@ def test_a_bench_row_counts_the_calls_that_ran_every_block(tmp_path, sdcpu_home)
     # two of three calls added the first call's residual: another image (49.9 dB measured; rounding alone between
     # processes of one machine leaves the 8-bit image identical or within a level, well above 60 dB)
     assert skipping["fidelity"]["psnr_db"] < 60
+
+
+def test_serve_and_batch_refuse_to_batch_requests_under_it_before_loading(tmp_path, capsys):
+    """fbcache decides from a call's whole batch: two requests in one call would change each other's images."""
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("a red cat\na blue dog\n")
+    out = tmp_path / "out"
+    assert main(["batch", str(jobs), "--out", str(out), "--model", "random:tiny-flux2", "--recipe", "fbcache=0.2",
+                 "--max-batch", "2"]) == 2
+    assert "--max-batch 2 with fbcache=0.2: it decides what to skip from a call's whole batch" in \
+        capsys.readouterr().err
+    assert not out.exists()  # refused before batch.json is written
+    assert main(["serve", "--recipe", "fbcache", "--model", "random:tiny-flux2", "--max-batch", "2"]) == 2
+    assert "--max-batch 2 with fbcache: it decides" in capsys.readouterr().err

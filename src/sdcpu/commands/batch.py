@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from sdcpu import batch, models
+from sdcpu import batch, models, recipes
 from sdcpu.batch import make, on_ray
 from sdcpu.commands.options import add_model, add_recipe, finite, resolve_recipe
 from sdcpu.errors import UsageError
@@ -72,9 +72,10 @@ def run(args) -> int:
         return 2
     if not jobs:
         raise UsageError(f"{path}: no job to run")
-    batch.check_state(folder, digest, {name: getattr(args, name) for name in OPTIONS})
     width, height = generate.parse_size(Counter(job.size for job in jobs).most_common(1)[0][0])
     recipe, why_auto = resolve_recipe(args, cpu, width, height)
+    recipes.unbatchable(recipe, args.max_batch)
+    batch.check_state(folder, digest, {name: getattr(args, name) for name in OPTIONS})  # writes batch.json
     if ray_options is None:  # on Ray the actors compute, each started under its share of the plan
         relaunch.under_plan(recipe, cpu, why=why_auto)
     _report(path, bad)  # after the re-exec, so said once

@@ -110,6 +110,8 @@ def run(args) -> int:
         value = getattr(args, name)
         if value < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    for model in served:
+        recipes.unbatchable(model.recipe, args.max_batch)
     if args.max_request_seconds is not None and not args.max_request_seconds > 0:
         raise UsageError(f"--max-request-seconds must be more than 0, got {args.max_request_seconds:g}")
     if not 0 <= args.drain_seconds < float("inf"):

@@ -48,6 +48,9 @@ class StepKind:
     # graph, quantized UNets and IPEX's take no such inputs, DeepCache's forward skips them
     control: bool = True
     partial_calls: bool = False  # some denoiser calls run part of the network: a FLOP rate per call means nothing
+    # what it skips is decided from a call's whole batch: images made in one call depend on each other, so serve and
+    # batch make no call of several requests' images under it
+    batch_decides: bool = False
     launch: Launch | None = None  # a system step's option for the launcher
 
     @property
@@ -109,7 +112,7 @@ STEP_KINDS = {
                         "whose first block's residual changed by less than =T (relative; default 0.08) since the last "
                         "full call skips the other blocks, adding their last residual again", optional=True,
                         module="sdcpu.algorithms.fbcache", role="eager", cuts_work=True,
-                        control=False, partial_calls=True),
+                        control=False, partial_calls=True, batch_decides=True),
     "tome": StepKind("algorithm", values.ratio, "token merging: =R (default 0.5) of the tokens merged before each "
                      "self-attention at the finest attention level", optional=True, module="sdcpu.algorithms.tome",
                      role="eager", ladder="tome"),
@@ -148,6 +151,14 @@ CONFLICTS = (
     Conflict("openvino", ("jemalloc", "tcmalloc"), PRELOADED_ALLOCATOR),
     Conflict("jemalloc", ("tcmalloc",), "one process has one allocator"),
 )
+
+
+def unbatchable(recipe: "Recipe", max_batch: int, option: str = "--max-batch") -> None:
+    """Refuse OPTION MAX_BATCH > 1 with a step of RECIPE that decides from a call's whole batch (UsageError)."""
+    steps = [str(step) for step in recipe.steps if kind(step.name).batch_decides]
+    if max_batch > 1 and steps:
+        raise UsageError(f"{option} {max_batch} with {steps[0]}: it decides what to skip from a call's whole batch, "
+                         f"so one request's image would depend on another's; use {option} 1")
 
 
 def conflict(names) -> str | None:
