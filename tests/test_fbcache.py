@@ -163,3 +163,9 @@ def test_serve_and_batch_refuse_to_batch_requests_under_it_before_loading(tmp_pa
     assert not out.exists()  # refused before batch.json is written
     assert main(["serve", "--recipe", "fbcache", "--model", "random:tiny-flux2", "--max-batch", "2"]) == 2
     assert "--max-batch 2 with fbcache: it decides" in capsys.readouterr().err
+
+
+def test_generate_says_how_many_calls_ran_every_block(tmp_path, capsys):
+    assert main(["generate", "a cat", "--model", "random:tiny-flux2", "--size", "64x64", "--recipe",
+                 f"fbcache={ALWAYS}", "-o", str(tmp_path / "cat.png")]) == 0
+    assert "fbcache: every block ran on 1 of the last image's 4 denoiser calls" in capsys.readouterr().out

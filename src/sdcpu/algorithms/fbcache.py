@@ -23,8 +23,6 @@ blocks run eagerly: put fbcache before, not with, a backend step. A UNet's step 
 import weakref
 from dataclasses import dataclass, field
 
-import torch
-
 from sdcpu import families
 from sdcpu.errors import Skip
 
@@ -39,13 +37,21 @@ class Tally:
     calls: int = 0
     full: int = 0
 
+    def __str__(self):
+        return said(self.full, self.calls)
+
+
+def said(full: int, calls: int) -> str:
+    """How the commands and the bench's reports say an image's tally."""
+    return f"every block ran on {full} of the last image's {calls} denoiser calls, the first block alone on the others"
+
 
 @dataclass
 class _State:
     """One cache context's (the conditional or the unconditional call's)."""
 
-    residual: torch.Tensor | None = None  # the first block's image residual in the last full call
-    skipped: torch.Tensor | None = None  # what the other blocks added to the joined tokens in it
+    residual: "torch.Tensor | None" = None  # the first block's image residual in the last full call
+    skipped: "torch.Tensor | None" = None  # what the other blocks added to the joined tokens in it
     head: tuple | None = None  # this call's first-block outputs, until the last block has run
     full: bool = True
 
@@ -81,6 +87,8 @@ class _Cache:
         return (_argument(args, kwargs, "encoder_hidden_states", 1), image) if double else image
 
     def last(self, context: str, forward, args, kwargs):
+        import torch
+
         state = self.states[context]
         if not state.full:
             return _argument(args, kwargs, "hidden_states", 0) + state.skipped

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from sdcpu import recipes
+from sdcpu.algorithms import fbcache
 from sdcpu.bench import ladders
 
 RANDOM_NOTE = ("**Weights are random** (an sdcpu test model of the real architecture): compute cost, hence every "
@@ -111,8 +112,7 @@ def notes(row: dict) -> list[str]:
     if partial and not row.get("peer") and row.get("unet_gflop_s") is None:
         found.append(f"denoiser GFLOP/s not given: under {partial[0]} some calls run part of the network")
     if row.get("denoiser_full_calls") is not None:
-        found.append(f"{partial[0]}: every block ran on {row['denoiser_full_calls']} of the last image's "
-                     f"{row['split']['unet_calls']} denoiser calls, the first block alone on the others")
+        found.append(f"{partial[0]}: {fbcache.said(row['denoiser_full_calls'], row['split']['unet_calls'])}")
     if "not_comparable" in (row.get("fidelity") or {}):
         found.append(f"no fidelity figure: {row['fidelity']['not_comparable']}")
     if row.get("peer") and "median_s" in row:

@@ -4,6 +4,7 @@ timing and self-describing PNGs."""
 from dataclasses import replace
 
 from sdcpu import families, models
+from sdcpu.algorithms import fbcache
 from sdcpu.commands.options import add_model, add_recipe, finite, resolve_recipe
 from sdcpu.errors import Skip, UsageError
 from sdcpu.families import sd
@@ -139,6 +140,9 @@ def run(args) -> int:
         print(f"auto: {why_auto}")
     if prepared.skipped:
         print("skipped: " + "; ".join(map(str, prepared.skipped)))
+    cached = fbcache.tally(pipe)
+    if cached:
+        print(f"fbcache: {cached}")
     if spec.random_weights:
         print(f"note: {generate.RANDOM_WEIGHTS_NOTE}; pass --model org/name, a diffusers folder or a .safetensors file")
     return 0
