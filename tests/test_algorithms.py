@@ -57,7 +57,7 @@ def test_deepcache_runs_the_full_unet_every_n_calls_and_restarts_per_image(optim
 
 def test_deepcache_after_a_backend_is_skipped_with_the_reason(optimized):
     _, outcomes = optimized("compile,deepcache=2")
-    assert not outcomes["deepcache"].applied and "put deepcache before" in outcomes["deepcache"].detail
+    assert not outcomes["deepcache"].applied and "deepcache runs without one" in outcomes["deepcache"].detail
 
 
 def test_deepcache_refuses_unet_inputs_it_would_drop(optimized):
@@ -132,4 +132,16 @@ def test_tome_changes_the_image_a_little_and_is_reproducible(optimized, referenc
 
 def test_tome_after_a_backend_is_skipped_with_the_reason(optimized):
     _, outcomes = optimized("compile,tome")
-    assert not outcomes["tome"].applied and "put tome before" in outcomes["tome"].detail
+    assert not outcomes["tome"].applied and "tome runs without one" in outcomes["tome"].detail
+
+
+@pytest.mark.parametrize("patch", ["deepcache=2", "tome"])
+def test_a_backend_after_a_step_that_patched_the_eager_unet_is_skipped_with_the_reason(tiny, patch):
+    """A backend would convert the patched UNet, or reuse an IR of the plain one under the same key, and report both
+    steps applied: it is skipped instead, and the patch keeps working."""
+    pipe, outcomes = optimize(tiny(), f"{patch},compile")
+    assert outcomes[0].applied and not outcomes[1].applied
+    assert f"{patch} patched the eager UNet before it: compile would convert" in outcomes[1].detail
+    _, again = optimize(pipe, "openvino")  # a second optimize of the same pipeline: the patch is still there
+    assert not again[0].applied and f"{patch} patched" in again[0].detail
+    assert np.isfinite(image(pipe, steps=2)).all()

@@ -91,10 +91,17 @@ def test_guidance_keeps_a_cache_for_each_of_its_two_calls(pristine):
     assert (fbcache.tally(always).calls, fbcache.tally(always).full) == (6, 2)
 
 
-def test_where_it_cannot_apply_it_says_why(tiny):
+def test_where_it_cannot_apply_it_says_why(tiny, pristine):
+    import copy
+
     _, outcomes = optimize(tiny(), "fbcache")
     assert not outcomes[0].applied and "a UNet's step cache is deepcache" in outcomes[0].detail
     assert fbcache.tally(tiny()) is None
+    # a backend after it would trace the hooks' first path (every block) or reuse the plain IR: skipped, not converted
+    pipe, outcomes = optimize(copy.deepcopy(pristine), "fbcache,openvino")
+    assert outcomes[0].applied and not outcomes[1].applied
+    assert "fbcache patched the eager transformer before it" in outcomes[1].detail
+    assert fbcache.tally(pipe) is not None
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "inf", "x"])

@@ -7,7 +7,7 @@ costs a fraction of a full call, so the UNet's share of an image shrinks by abou
 image drifts more as N grows (the bench reports PSNR/SSIM against the exact image). `deepcache=1` is the exact UNet.
 
 The cache is reset whenever the pipeline's scheduler starts a new schedule (each pipeline call sets its timesteps), so
-every image starts with a full call. The UNet runs eagerly: put deepcache before, not with, a backend step. The
+every image starts with a full call. The UNet runs eagerly: a recipe with deepcache takes no backend step (one after it is skipped). The
 UNet's added conditioning (`added_cond_kwargs`: SDXL's pooled text embedding and time ids) reaches both branches: the
 shallow one adds it to the timestep embedding as the full forward does.
 """
@@ -23,7 +23,7 @@ def apply(pipe, step, cpu) -> str:
     unet = getattr(pipe, families.of(pipe).denoiser.attribute)
     if type(unet) is not UNet2DConditionModel:
         raise Skip(f"needs diffusers' eager UNet2DConditionModel, found {type(unet).__name__} "
-                   "(a backend step ran first: put deepcache before compile/openvino/ipex)")
+                   "(a backend step ran first: deepcache runs without one)")
     shallow = 1 + len(unet.down_blocks[0].resnets)  # conv_in's output and the first down block's layers
     if len(unet.up_blocks[-1].resnets) > shallow:
         raise Skip("this UNet's last up block takes skip connections from below its first down block")

@@ -17,7 +17,8 @@ and fails on FLUX.2's: a TypeError in its tail hook, diffusers 0.42.1.)
 Each image starts with a full call: the cache is cleared whenever the pipeline's scheduler starts a new schedule
 (diffusers clears its hooks' state only when a call finishes; a failed or cancelled one would leave it).
 Classifier-free guidance's two calls a step (klein base) keep a cache each, by the pipeline's cache contexts. The
-blocks run eagerly: put fbcache before, not with, a backend step. A UNet's step cache is deepcache.
+blocks run eagerly: a recipe with fbcache takes no backend step (one after it is skipped). A UNet's step cache is
+deepcache.
 """
 
 import weakref
@@ -153,7 +154,7 @@ def apply(pipe, step, cpu) -> str:
         found = type(denoiser).__name__
         raise Skip(f"needs diffusers' eager Flux2Transformer2DModel, found {found}"
                    + (" (a UNet's step cache is deepcache)" if "UNet" in found else
-                      " (a backend step ran first: put fbcache before compile/openvino)"))
+                      " (a backend step ran first: fbcache runs without one)"))
     if _first(denoiser):
         raise Skip("fbcache is already on this transformer")
     threshold = step.value or DEFAULT

@@ -12,7 +12,7 @@ than a fixed corner), from a generator seeded by the timestep, so an image is re
 
 Why not the `tomesd` package: its 0.1.3 (2023) replaces each transformer block's class by one whose forward is a copy
 of diffusers' forward of that year; this module wraps only the self-attention call, which diffusers 0.42 still makes
-as `attn1(norm_hidden_states, ...)`. The UNet must run eagerly: put tome before compile/openvino.
+as `attn1(norm_hidden_states, ...)`. The UNet must run eagerly: a recipe with tome takes no backend step.
 """
 
 import math
@@ -28,7 +28,7 @@ def apply(pipe, step, cpu) -> str:
     unet = getattr(pipe, families.of(pipe).denoiser.attribute)
     if not isinstance(unet, UNet2DConditionModel):
         raise Skip(f"needs diffusers' eager UNet2DConditionModel, found {type(unet).__name__} "
-                   "(a backend step ran first: put tome before compile/openvino/ipex)")
+                   "(a backend step ran first: tome runs without one)")
     ratio = step.value if step.value is not None else 0.5
     level = next((i for i, block in enumerate(unet.down_blocks) if hasattr(block, "attentions")), None)
     if level is None:

@@ -42,6 +42,7 @@ class State:
     lora: object = None  # the LoRA state of whatever runs the denoiser (fused originals, OpenVINO's compiled sets)
     mapped: bool = False  # eager weights read in place from their files, read-only (the release step)
     stored: str = ""  # the form the weights step stored the weights in (bf16, int8, int4; on OpenVINO int8, int4)
+    patched: str = ""  # the step that patched the eager denoiser's forward or blocks (deepcache=2, tome, fbcache)
     prompt_states: dict = field(default_factory=dict)  # prompt -> its encoded states (Family.prompt_cache), oldest first
     previewer: object = None  # serve's live-preview decoder
     controlnets: dict = field(default_factory=dict)  # (control type, source) -> its ControlNet (pipeline/control.py)

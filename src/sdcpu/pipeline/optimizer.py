@@ -50,12 +50,20 @@ def optimize(pipe, recipe="auto", cpu=None):
         if item.group == "system":
             continue
         start = time.perf_counter()
+        kind = recipes.kind(item.name)
         try:
             if item.name in refuses:
                 raise Skip(refuses[item.name])
+            patched = state.of(pipe).patched
+            if kind.role == "backend" and patched:
+                raise Skip(f"{patched} patched the eager {families.of(pipe).denoiser.label} before it: {item.name} "
+                           f"would convert the patched network or reuse the plain one's; use {patched} without a "
+                           "backend, or the backend without it")
             detail, applied = REGISTRY[item.name](pipe, item, cpu), True
         except Skip as skip:
             detail, applied = str(skip), False
+        if applied and kind.patches:
+            state.of(pipe).patched = str(item)
         outcomes.append(Outcome(str(item), applied, detail, time.perf_counter() - start))
         log.info("%s", outcomes[-1])
     state.of(pipe).recipe = recipe

@@ -48,6 +48,9 @@ class StepKind:
     # graph, quantized UNets and IPEX's take no such inputs, DeepCache's forward skips them
     control: bool = True
     partial_calls: bool = False  # some denoiser calls run part of the network: a FLOP rate per call means nothing
+    # it patches the eager denoiser's forward or its blocks' (role "eager"): a backend after it would convert the
+    # patched network or the plain one, under the plain one's IR cache, so the optimizer skips a backend that follows
+    patches: bool = False
     # what it skips is decided from a call's whole batch: images made in one call depend on each other, so serve and
     # batch make no call of several requests' images under it
     batch_decides: bool = False
@@ -107,15 +110,15 @@ STEP_KINDS = {
     "deepcache": StepKind("algorithm", values.count, "DeepCache: the full UNet every N calls, its shallow branch "
                           "between",
                           module="sdcpu.algorithms.deepcache", role="eager", ladder="deepcache=2", cuts_work=True,
-                          control=False, partial_calls=True),
+                          control=False, partial_calls=True, patches=True),
     "fbcache": StepKind("algorithm", values.threshold, "First Block Cache on a diffusion transformer (FLUX.2): a call "
                         "whose first block's residual changed by less than =T (relative; default 0.08) since the last "
                         "full call skips the other blocks, adding their last residual again", optional=True,
                         module="sdcpu.algorithms.fbcache", role="eager", cuts_work=True,
-                        control=False, partial_calls=True, batch_decides=True),
+                        control=False, partial_calls=True, batch_decides=True, patches=True),
     "tome": StepKind("algorithm", values.ratio, "token merging: =R (default 0.5) of the tokens merged before each "
                      "self-attention at the finest attention level", optional=True, module="sdcpu.algorithms.tome",
-                     role="eager", ladder="tome"),
+                     role="eager", ladder="tome", patches=True),
     "tiny-vae": StepKind("algorithm", str, "TAESD (AutoencoderTiny) as the VAE decoder; =HUB_ID|FOLDER picks "
                          "the weights (default madebyollin/taesd; random for random: models)", optional=True,
                          module="sdcpu.algorithms.tiny_vae", ladder="tiny-vae", cuts_work=True),
