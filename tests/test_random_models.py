@@ -162,3 +162,17 @@ def test_a_build_killed_mid_write_is_rebuilt_with_no_staging_left(tmp_path, monk
     assert staging_left(folder) and not folder.exists()
     assert random_models.ensure_built("tiny") == folder
     assert (folder / "model_index.json").is_file() and not staging_left(folder)
+
+
+def test_a_disk_without_room_for_the_weights_is_refused_before_building(tmp_path, monkeypatch):
+    import shutil
+
+    from sdcpu.errors import UsageError
+
+    monkeypatch.setenv("SDCPU_HOME", str(tmp_path))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 10**3, 10**3))
+    # random:tiny's weights take ~15 MB: more than the 1 kB left
+    with pytest.raises(UsageError, match=r"building random:tiny writes about 0\.0 GB to .*, which has 0\.0 GB free"):
+        random_models.ensure_built("tiny", seed=7)
+    assert not list(tmp_path.rglob("*.safetensors"))  # nothing written, no staging folder left to trip on
+    assert not [p for p in tmp_path.rglob("*") if p.is_dir() and "random-tiny" in p.name]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sdcpu import families
 from sdcpu.system import locks
-from sdcpu.system.home import sdcpu_home
+from sdcpu.system.home import check_space, sdcpu_home
 
 MARKER = "sdcpu.json"  # written into random folders: reports must say the weights are random
 FORMAT_VERSION = 2  # bump when a built folder's content changes, so stale caches are rebuilt
@@ -31,11 +31,22 @@ def ensure_built(arch: str, seed: int = 0) -> Path:
     """The cached diffusers folder of random:ARCH with weights, built first if needed."""
 
     def write(folder):
+        check_space(folder, _weight_bytes(arch), f"building random:{arch}")  # before minutes of building
         family = families.of_arch(arch)
         family.save(family.build(arch, seed), folder)
         (folder / MARKER).write_text(json.dumps({"spec": f"random:{arch}", "seed": seed, "weights": "random"}))
 
     return cached_folder(built_folder(arch, seed), write)
+
+
+def _weight_bytes(arch: str) -> int:
+    """What random:ARCH's weights take on disk, counted on the meta device (no memory, no init time)."""
+    import torch
+
+    with torch.device("meta"):
+        pipe = build_pipeline(arch)
+    modules = [part for part in pipe.components.values() if isinstance(part, torch.nn.Module)]
+    return sum(t.numel() * t.element_size() for part in modules for t in (*part.parameters(), *part.buffers()))
 
 
 def ensure_tiny_vae(scale: int = 8, seed: int = 0) -> Path:
