@@ -95,8 +95,8 @@ def figures(pipe, outcomes, request, protocol, calls, warmup_seconds: float) -> 
     unet_flops = family.flops(getattr(pipe, family.denoiser.attribute).config, cfg_batch, latent)
     unet_s = statistics.median(c.split.seconds.get("unet", 0.0) for c in calls)
     cached = fbcache.tally(pipe)
-    partial = (any(o.applied and recipes.kind(o.step).partial_calls for o in outcomes)
-               and not (cached and cached.full == unet_calls))  # fbcache that skipped nothing: every call was full
+    partial = (any(o.applied and recipes.kind(o.step).partial_calls and o.step != "deepcache=1" for o in outcomes)
+               and not (cached and cached.full == unet_calls))  # deepcache=1, or fbcache that skipped nothing: full
     return dict(
         steps_applied=request.steps, steps_run=protocol.steps_run, guidance=request.guidance, cfg_batch=cfg_batch,
         scheduler=type(pipe.scheduler).__name__,
