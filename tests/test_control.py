@@ -167,6 +167,6 @@ def test_a1111s_controlnet_unit_through_webuiapi_and_openais_extra_fields(server
 
 def test_parameters_text_carries_the_control():
     text = outputs.parameters_text(REQUEST, 5, model="m", random_weights=False, scheduler="euler", recipe="baseline",
-                                    control=control.control(png(square()), "depth", 0.5))
+                                   control=control.control(png(square()), "depth", 0.5))
     assert text.endswith('ControlNet 0: "Module: depth, Model: the family depth ControlNet, Weight: 0.5, Guidance '
                          'Start: 0, Guidance End: 1"')

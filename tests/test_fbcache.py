@@ -2,8 +2,9 @@
 (the exact image), one every change is below runs the blocks on an image's first call only and starts each image
 afresh, classifier-free guidance's two calls keep a cache each, and where it cannot apply it says why."""
 
+import copy
+
 import pytest
-import torch
 
 from sdcpu import load_pipeline, optimize
 from sdcpu.algorithms import fbcache
@@ -35,8 +36,6 @@ def image(pipe, request=REQUEST):
 
 @pytest.mark.parametrize("before", ["", "weights=bf16,release,"])
 def test_a_threshold_no_change_is_below_runs_every_block_and_gives_the_exact_image(pristine, before):
-    import copy
-
     exact = image(optimize(copy.deepcopy(pristine), before.rstrip(","))[0] if before else pristine)
     pipe = cached(copy.deepcopy(pristine), NEVER, before)
     # the hooks only route the blocks' outputs; every block ran, in the same process and batch: the same bytes
@@ -45,8 +44,6 @@ def test_a_threshold_no_change_is_below_runs_every_block_and_gives_the_exact_ima
 
 
 def test_a_threshold_every_change_is_below_skips_the_blocks_after_each_images_first_call(pristine):
-    import copy
-
     exact = image(pristine)
     pipe = cached(copy.deepcopy(pristine), ALWAYS)
     first = image(pipe)
@@ -61,8 +58,6 @@ def test_a_threshold_every_change_is_below_skips_the_blocks_after_each_images_fi
 
 def test_an_image_that_failed_leaves_no_cache_for_the_next(pristine):
     """diffusers clears its cache only when a call finishes; sdcpu clears it when the next image starts."""
-    import copy
-
     pipe = cached(copy.deepcopy(pristine), ALWAYS)
     first = image(pipe)
 
@@ -76,8 +71,6 @@ def test_an_image_that_failed_leaves_no_cache_for_the_next(pristine):
 
 
 def test_guidance_keeps_a_cache_for_each_of_its_two_calls(pristine):
-    import copy
-
     pipe = copy.deepcopy(pristine)
     pipe.register_to_config(is_distilled=False)  # klein base: classifier-free guidance, two calls a step
     request = generate.Request("a red cat", steps=3, width=64, height=64, seed=3, guidance=4.0)
@@ -92,8 +85,6 @@ def test_guidance_keeps_a_cache_for_each_of_its_two_calls(pristine):
 
 
 def test_where_it_cannot_apply_it_says_why(tiny, pristine):
-    import copy
-
     _, outcomes = optimize(tiny(), "fbcache")
     assert not outcomes[0].applied and "a UNet's step cache is deepcache" in outcomes[0].detail
     assert fbcache.tally(tiny()) is None
@@ -129,7 +120,6 @@ def test_the_bench_row_says_how_many_calls_ran_every_block():
 
 def test_a_pipeline_with_fbcache_is_freed_when_dropped(pristine):
     """A server that swaps models drops each pipeline; fbcache's state must not keep one alive."""
-    import copy
     import gc
     import weakref
 

@@ -85,7 +85,7 @@ def test_a_stop_in_the_first_pass_answers_its_image_without_a_second(tiny):
 
 def test_the_infotext_has_a1111s_hires_fields():
     text = outputs.parameters_text(REQUEST, 3, model="random:tiny", random_weights=True, scheduler="euler",
-                                    recipe="baseline", hires=hires.Hires(128, 128, "Latent", 0, 0.55))
+                                   recipe="baseline", hires=hires.Hires(128, 128, "Latent", 0, 0.55))
     assert "Size: 64x64, Hires upscale: 2, Hires steps: 4, Hires upscaler: Latent, Denoising strength: 0.55," in text
 
 

@@ -7,9 +7,9 @@ costs a fraction of a full call, so the UNet's share of an image shrinks by abou
 image drifts more as N grows (the bench reports PSNR/SSIM against the exact image). `deepcache=1` is the exact UNet.
 
 The cache is reset whenever the pipeline's scheduler starts a new schedule (each pipeline call sets its timesteps), so
-every image starts with a full call. The UNet runs eagerly: a recipe with deepcache takes no backend step (one after it is skipped). The
-UNet's added conditioning (`added_cond_kwargs`: SDXL's pooled text embedding and time ids) reaches both branches: the
-shallow one adds it to the timestep embedding as the full forward does.
+every image starts with a full call. The UNet runs eagerly: a recipe with deepcache takes no backend step (one after
+it is skipped). The UNet's added conditioning (`added_cond_kwargs`: SDXL's pooled text embedding and time ids)
+reaches both branches: the shallow one adds it to the timestep embedding as the full forward does.
 """
 
 from diffusers import UNet2DConditionModel

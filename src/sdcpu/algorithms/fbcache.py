@@ -161,8 +161,9 @@ def apply(pipe, step, cpu) -> str:
     First, Other = _hooks()
     first = First(_Cache(weakref.ref(pipe), threshold))
     doubles, singles = list(denoiser.transformer_blocks), list(denoiser.single_transformer_blocks)
-    for block, hook in ((doubles[0], first), *((b, Other(first, False, True)) for b in doubles[1:]),
-                        *((b, Other(first, False, False)) for b in singles[:-1]), (singles[-1], Other(first, True, False))):
+    hooks = [(doubles[0], first), *((block, Other(first, False, True)) for block in doubles[1:]),
+             *((block, Other(first, False, False)) for block in singles[:-1]), (singles[-1], Other(first, True, False))]
+    for block, hook in hooks:
         HookRegistry.check_if_exists_or_initialize(block).register_hook(hook, HOOK)
     HookRegistry.check_if_exists_or_initialize(denoiser).invalidate_child_registries_cache()
     return (f"the transformer's other blocks skipped where its first block's residual changed by less than "

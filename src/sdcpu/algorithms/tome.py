@@ -7,8 +7,8 @@ and the MLPs are left alone (ToMe for SD's defaults: merging them costs more qua
 
 Matching is ToMe's bipartite soft matching on a 2x2 grid: one destination token per 2x2 cell, the other three are
 sources; each source is paired with its most cosine-similar destination and the R*tokens best pairs are merged, so R is
-at most 0.75 (recipes.values.TOME_MAX_RATIO). The destination in each cell is chosen at random (ToMe for SD: better images
-than a fixed corner), from a generator seeded by the timestep, so an image is reproducible for its seed.
+at most 0.75 (recipes.values.TOME_MAX_RATIO). The destination in each cell is chosen at random (ToMe for SD:
+better images than a fixed corner), from a generator seeded by the timestep, so an image is reproducible for its seed.
 
 Why not the `tomesd` package: its 0.1.3 (2023) replaces each transformer block's class by one whose forward is a copy
 of diffusers' forward of that year; this module wraps only the self-attention call, which diffusers 0.42 still makes

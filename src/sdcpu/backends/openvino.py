@@ -22,9 +22,9 @@ fails on CPU torch. Install: `pip install -c constraints.txt openvino`.
 - The wrappers keep what StableDiffusionPipeline reads (config, dtype, device, call signatures, return shapes), so the
   pipeline is called as before; each text encoder's stand-in returns its class's output (CLIPTextModelWithProjection's
   text_embeds first, as SDXL's encode_prompt reads it; Qwen3's takes the prompt's attention mask). Not supported,
-  with an error saying so: clip_skip, CLIP's attention mask, denoiser options beyond the family's traced inputs (timestep_cond, cross_attention_kwargs), latent
-  sizes the UNet cannot halve evenly. The VAE encoder (img2img, inpainting) is converted and compiled on its first call,
-  never for text-to-image.
+  with an error saying so: clip_skip, CLIP's attention mask, denoiser options beyond the family's traced inputs
+  (timestep_cond, cross_attention_kwargs), latent sizes the UNet cannot halve evenly. The VAE encoder (img2img,
+  inpainting) is converted and compiled on its first call, never for text-to-image.
 """
 
 import collections
@@ -132,7 +132,8 @@ def _float32_compute(module):
 def _table_float32(self, ids):
     """An embedding's bf16 table upcast whole, then gathered: traced as Convert -> Gather, a float32 table to NNCF,
     which compresses it (a Gather of a bf16 table it leaves as it is: FLUX.2's Qwen3 embedding, 389M parameters,
-    widened to 1.6 GB by the CPU plugin). Traced, not run: eager torch gathers the rows first (sdcpu.backends.weights)."""
+    widened to 1.6 GB by the CPU plugin). Traced, not run: eager torch gathers the rows first
+    (sdcpu.backends.weights)."""
     return functional.embedding(ids, self.weight.float(), self.padding_idx, self.max_norm, self.norm_type,
                                 self.scale_grad_by_freq, self.sparse)
 

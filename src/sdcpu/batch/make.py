@@ -51,7 +51,7 @@ class Maker:
             for (job, seed), request, image in zip(group, requests, result.images):
                 name = batch.image_name(job.line, seed)
                 text = outputs.parameters_text(request, seed, model=str(self.spec), scheduler=scheduler,
-                                                random_weights=self.spec.random_weights, recipe=str(self.recipe))
+                                               random_weights=self.spec.random_weights, recipe=str(self.recipe))
                 outputs.save_png(image, self.folder / name, text)
                 yield batch.row(job.line, seed, self.recipe, file=name, seconds=round(result.seconds_per_image(), 3))
 

@@ -72,7 +72,7 @@ def run(spec: dict) -> dict:
         progress(phase="run", run=index + 1, runs=protocol.runs, seconds=result.seconds,
                  s_per_step=result.seconds / protocol.steps_run)
     text = outputs.parameters_text(request, request.seed, model=str(model), random_weights=model.random_weights,
-                                    scheduler=type(pipe.scheduler).__name__, recipe=str(recipe), edit=edit)
+                                   scheduler=type(pipe.scheduler).__name__, recipe=str(recipe), edit=edit)
     outputs.save_png(calls[-1].images[0], Path(spec["image"]), text)
 
     # 4. The row: times, split, hardware-relative figures, memory.

@@ -123,8 +123,8 @@ def run(args) -> int:
     result = generate.run(pipe, request, edit, hires=second, control=steer)
     for image, seed, path in zip(result.images, request.seeds(), paths):
         text = outputs.parameters_text(request, seed, model=str(spec), random_weights=spec.random_weights,
-                                        scheduler=scheduler, recipe=str(recipe), edit=edit, loras=loras, hires=second,
-                                        control=steer)
+                                       scheduler=scheduler, recipe=str(recipe), edit=edit, loras=loras, hires=second,
+                                       control=steer)
         print(outputs.save_png(image, path, text, overwrite=args.overwrite, renumber=outputs.numbered(args.output)))
 
     peak = children.peak_rss_gib()

@@ -156,12 +156,12 @@ CONFLICTS = (
 )
 
 
-def unbatchable(recipe: "Recipe", max_batch: int, option: str = "--max-batch") -> None:
-    """Refuse OPTION MAX_BATCH > 1 with a step of RECIPE that decides from a call's whole batch (UsageError)."""
+def unbatchable(recipe: "Recipe", max_batch: int) -> None:
+    """Refuse --max-batch MAX_BATCH > 1 with a step of RECIPE that decides from a call's whole batch (UsageError)."""
     steps = [str(step) for step in recipe.steps if kind(step.name).batch_decides]
     if max_batch > 1 and steps:
-        raise UsageError(f"{option} {max_batch} with {steps[0]}: it decides what to skip from a call's whole batch, "
-                         f"so one request's image would depend on another's; use {option} 1")
+        raise UsageError(f"--max-batch {max_batch} with {steps[0]}: it decides what to skip from a call's whole "
+                         "batch, so one request's image would depend on another's; use --max-batch 1")
 
 
 def conflict(names) -> str | None:

@@ -247,8 +247,8 @@ def _encode(done: Done, job: schemas.Job, model, info: dict) -> list[tuple[str, 
     out = []
     for image, seed in zip(done.images, job.request.seeds()):
         text = outputs.parameters_text(job.request, seed, model=model.name, random_weights=model.random_weights,
-                                        scheduler=info["sampler_name"], recipe=model.recipe, edit=job.edit,
-                                        loras=job.loras, hires=job.hires, control=job.control)
+                                       scheduler=info["sampler_name"], recipe=model.recipe, edit=job.edit,
+                                       loras=job.loras, hires=job.hires, control=job.control)
         out.append((base64.b64encode(outputs.encode_png(image, text)).decode(), text))
     return out
 
