@@ -158,7 +158,7 @@ def test_every_class_ends_each_level_with_a_candidate_any_machine_can_take(name)
     klass = auto_rules.CLASSES[name]
     for level in auto.QUALITIES:
         last = (getattr(klass, level) or klass.exact)[-1]
-        assert (last.needs, last.long_running) == ((), False), (name, level)
+        assert (last.needs, auto._unavailable(last, long_running=False)) == ((), None), (name, level)
 
 
 def test_resolve_for_says_where_auto_came_from_and_what_it_took(installed):

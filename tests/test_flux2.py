@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from machines import machine, NAMES
 from sdcpu import families, load_pipeline, optimize
 from sdcpu.cli import main
 from sdcpu.families import flux2, qwen
@@ -104,6 +105,17 @@ def test_what_does_not_apply_is_refused_with_the_reason(tiny_flux2, tmp_path, ca
     assert not any(o.applied for o in outcomes)
     assert [o.detail for o in outcomes] == [flux2.FAMILY.refuses[name] for name in ("deepcache", "tome", "tiny-vae",
                                                                                     "int8")]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_compile_is_refused_only_where_bf16_is_emulated(name):
+    """FLUX.2's compile paid 1.30x on a bf16 block where bf16 is native, 1.03x where it is emulated
+    (benchmarks/flux2_compile_block.py): each canned CPU refuses it by its own bf16, before anything compiles."""
+    cpu = machine(name)
+    _, outcomes = optimize(load_pipeline("random:tiny-flux2"), "compile", cpu=cpu)
+    refused = flux2.FAMILY.refuses_emulated_bf16["compile"]
+    assert (outcomes[0].detail == refused) is not cpu.native_bf16, outcomes[0]
+    assert outcomes[0].applied is cpu.native_bf16
 
 
 def picture(seed: int, size: tuple[int, int]) -> Image.Image:

@@ -109,7 +109,8 @@ def apply(pipe, step, cpu) -> str:
         f"(VAE encoder on first img2img/inpainting call) on OpenVINO "
         f"{ov.__version__.split('-')[0]}, {precision} "
         f"({why}), static shapes compiled per size on first use; IR {ir} in {folder}"
-        + (f"; converted from the {kept} torch weights, kept so in the IR (float32 compute)" if kept else "")
+        + (f"; converted from the {kept} torch weights, kept so in the IR (the graph upcasts them where used; "
+           f"the plugin computes in {precision})" if kept else "")
     )
 
 

@@ -133,6 +133,9 @@ class Family:
     # sdcpu builds locally for it (no network)
     single_file_configs: Mapping[str, str] = field(default_factory=dict)
     refuses: Mapping[str, str] = field(default_factory=dict)  # recipe step -> why it cannot serve this family
+    # recipe step -> why it does not pay for this family where bf16 is emulated (measured there; it does where bf16
+    # is native): refused only on CPUs without native bf16 (`refusals`)
+    refuses_emulated_bf16: Mapping[str, str] = field(default_factory=dict)
     # how the int8 step makes the denoiser int8 on OpenVINO (sdcpu.backends.int8): "hybrid", NNCF's calibrated hybrid
     # quantization (int8 weights on the linear layers, int8 weights and activations on the rest), or "weights", NNCF's
     # weight-only int8 on every layer (activations in the run's precision, no calibration: far less memory)
@@ -201,6 +204,10 @@ class Family:
         """PROMPTS' encoded states, one tensor each, as PIPE's call takes them (`prompt_embeds`), where the family
         keeps them (prompt_cache)."""
         raise NotImplementedError
+
+    def refusals(self, native_bf16: bool) -> Mapping[str, str]:
+        """Recipe step -> why this family cannot take it, on a CPU with or without NATIVE_BF16."""
+        return self.refuses if native_bf16 else {**self.refuses, **self.refuses_emulated_bf16}
 
     def auto_recipes(self, quality: str, native_bf16: bool) -> tuple[tuple[str, str], ...]:
         """(recipe steps, the measurement behind them) that `auto` tries first for this family's models at QUALITY

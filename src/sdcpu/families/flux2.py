@@ -247,12 +247,14 @@ FAMILY = Flux2Klein(
         "tiny-vae": "FLUX.2's tiny decoder (madebyollin/taef2) is not diffusers' AutoencoderTiny: not supported yet",
         "int8": "int8 quantizes a UNet's activations too; FLUX.2's weights are compressed by weights=int8 or "
                 "weights=int4 (after openvino: NNCF on its IR)",
-        "compile": "torch.compile did not pay for FLUX.2's transformer: one single-stream block at 512x512 (1536 "
-                   "tokens) ran 1.03x compiled with its bf16 weights computed in float32 (weights=bf16); frozen in "
-                   "float32, 1.05x eager float32 (1.14-1.17x weights=bf16, but the transformer's weights in float32: "
-                   "15.5 GB); 5-9 s to compile each of its 25 blocks (benchmarks/flux2_compile_block.py, 2-core Zen 3, "
-                   "2026-12-05; not measured where bf16 is native); eagerly its matmuls run at ~80% of the float32 "
-                   "peak",
+    },
+    refuses_emulated_bf16={
+        "compile": "torch.compile does not pay for FLUX.2's transformer where bf16 is emulated: one single-stream "
+                   "block at 512x512 (1536 tokens) ran 1.03x compiled with its bf16 weights computed in float32 "
+                   "(weights=bf16); frozen in float32, 1.05x eager float32 (1.14-1.17x weights=bf16, but the "
+                   "transformer's weights in float32: 15.5 GB); 5-9 s to compile each of its 25 blocks "
+                   "(benchmarks/flux2_compile_block.py, 2-core Zen 3, 2026-12-05); eagerly its matmuls run at ~80% of "
+                   "the float32 peak. Where bf16 is native it pays (the block in bf16: 1.30x, 2-core AMX Xeon)",
     },
     # random:flux2-klein-4b, FLUX.2 [klein] 4B's as sdcpu loads it: Qwen3-4B cut after layer 27 (after_load; 4.02B
     # whole), the transformer, the VAE (encoder included)

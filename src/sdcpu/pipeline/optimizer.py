@@ -45,7 +45,7 @@ def optimize(pipe, recipe="auto", cpu=None):
     cpu = cpu or hardware.detect()
     if isinstance(recipe, str):
         recipe = resolve(recipe, cpu, job=job_of(pipe))
-    refuses, outcomes = families.of(pipe).refuses, []
+    refuses, outcomes = families.of(pipe).refusals(cpu.native_bf16), []
     for item in recipe.steps:
         if item.group == "system":
             continue

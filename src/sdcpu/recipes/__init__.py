@@ -36,6 +36,9 @@ class StepKind:
     # backend built, "eager" patches the eager UNet's forward (no backend may follow).
     role: str = ""
     compiles: bool = False  # its first call compiles: callers warm it up and report that time apart
+    # its one-time cost (minutes of compiling) is paid again in every process: auto takes it only where one process
+    # makes many images (`sdcpu serve`)
+    per_process: bool = False
     # The step as the full bench ladder tries it (`deepcache=2`); None: the ladder leaves it out.
     ladder: str | None = None
     # It cuts work at a small cost in fidelity: auto's `fast` level adds it on top of a tuned profile, and the full
@@ -86,7 +89,7 @@ STEP_KINDS = {
                         module="sdcpu.backends.stored", role="eager"),
     "compile": StepKind("framework", summary="torch.compile (inductor, freezing) of the UNet and VAE decoder",
                          module="sdcpu.backends.inductor", role="backend", compiles=True, ladder="compile",
-                         control=False),
+                         control=False, per_process=True),
     "openvino": StepKind("framework", values.precision, "UNet, VAE decoder and text encoder run by OpenVINO, static "
                          "shapes; =f32|bf16 sets the precision (default: bf16 where the CPU has it natively, else f32)",
                          optional=True, module="sdcpu.backends.openvino", role="backend", compiles=True,

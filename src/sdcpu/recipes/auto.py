@@ -45,7 +45,7 @@ def _unavailable(candidate: auto_rules.Candidate, long_running: bool) -> str | N
     missing = [module for module in candidate.needs if not _installed(module)]
     if missing:
         return f"{' and '.join(missing)} not installed"
-    if candidate.long_running and not long_running:
+    if not long_running and any(recipes.kind(step.name).per_process for step in recipes.parse(candidate.steps).steps):
         return "its one-time cost pays only in a long-running process (sdcpu serve)"
     return None
 
@@ -81,13 +81,13 @@ def _released(candidate: auto_rules.Candidate) -> auto_rules.Candidate:
 
 def _unmet(candidate: auto_rules.Candidate, cpu, long_running: bool, job: memory.Job) -> str | None:
     """Why CANDIDATE cannot be taken here for JOB, or None."""
-    return (_refused(candidate, job) or _unavailable(candidate, long_running)
+    return (_refused(candidate, cpu, job) or _unavailable(candidate, long_running)
             or _need(candidate, cpu, job).unfit(cpu.memory_bytes))
 
 
-def _refused(candidate: auto_rules.Candidate, job: memory.Job) -> str | None:
-    """Why JOB's family refuses a step of CANDIDATE (Family.refuses), or JOB's ControlNet does; None: neither."""
-    refuses = job.family.refuses
+def _refused(candidate: auto_rules.Candidate, cpu, job: memory.Job) -> str | None:
+    """Why JOB's family refuses a step of CANDIDATE on CPU (Family.refusals), or JOB's ControlNet does; None: neither."""
+    refuses = job.family.refusals(cpu.native_bf16)
     refused = [step.name for step in recipes.parse(candidate.steps).steps if step.name in refuses]
     return refused and f"{job.family.name}: {refuses[refused[0]]}" or _uncontrolled(recipes.parse(candidate.steps),
                                                                                        job)
@@ -99,6 +99,12 @@ def _uncontrolled(recipe: Recipe, job: memory.Job | None) -> str | None:
     if job is None or not job.control or not blocking:
         return None
     return f"a ControlNet adds its residuals to the UNet, and {blocking[0]} leaves one that takes none"
+
+
+def _label(candidate: auto_rules.Candidate) -> str:
+    """A candidate's steps, or what an empty recipe runs: the model eagerly in the dtype it loads in (fp32 for SD and
+    SDXL, its own bf16 for FLUX.2)."""
+    return candidate.steps or "eager, as loaded"
 
 
 def _need(candidate: auto_rules.Candidate, cpu, job: memory.Job) -> memory.Need:
@@ -123,11 +129,11 @@ def choose(cpu, quality: str, long_running: bool = False,
     for candidate in candidates:
         unmet = _unmet(candidate, cpu, long_running, job)
         if unmet is None:
-            reasons.append(f"{quality}: {candidate.steps or 'fp32 eager'}: {candidate.why}")
+            reasons.append(f"{quality}: {_label(candidate)}: {candidate.why}")
             break
-        passed.append(f"not {candidate.steps or 'fp32 eager'}: {unmet}")
+        passed.append(f"not {_label(candidate)}: {unmet}")
     else:
-        runnable = [c for c in candidates if not (_unavailable(c, long_running) or _refused(c, job))]
+        runnable = [c for c in candidates if not (_unavailable(c, long_running) or _refused(c, cpu, job))]
         # a family's own recipes were measured on it, the class rules on SD: the least needing of its own, if any
         mine = {c.steps for c in own} | {_released(c).steps for c in own if _releasable(c)}
         runnable = [c for c in runnable if c.steps in mine] or runnable
@@ -137,7 +143,7 @@ def choose(cpu, quality: str, long_running: bool = False,
                            "(each one's reason below)")
         else:
             candidate = min(runnable, key=lambda c: (_need(c, cpu, job).peak_gib, _need(c, cpu, job).steady_gib))
-            reasons.append(f"{quality}: {candidate.steps or 'fp32 eager'}: none of this level's recipes fits this "
+            reasons.append(f"{quality}: {_label(candidate)}: none of this level's recipes fits this "
                            f"machine's memory for {job.family.name} at {job.width}x{job.height}; this one needs "
                            f"least (about {_need(candidate, cpu, job).peak_gib:.1f} GiB: expect swapping, or an "
                            f"out-of-memory kill): {candidate.why}")

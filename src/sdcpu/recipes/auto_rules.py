@@ -17,7 +17,6 @@ class Candidate:
     steps: str  # recipe steps, "" for plain fp32 eager
     why: str  # the measurement it rests on
     needs: tuple[str, ...] = ()  # Python modules that must be importable
-    long_running: bool = False  # only where one process makes many images (`serve`): a one-time cost that pays there
     # (model family, the measurement): a family for which this candidate measured slower than the next ones of its
     # level; for that family it is tried after them (taken where they do not fit the memory)
     slower_for: tuple[tuple[str, str], ...] = ()
@@ -48,7 +47,7 @@ EAGER = Candidate("", "fp32 eager: nothing measured faster without openvino (pip
 # Without OpenVINO (or for `high` on a class without native bf16) a long-running server compiles the fp32 UNet once.
 COMPILE = Candidate("compile", "compile (inductor, fp32): +compile 1.45x over the system rung in the AVX2 EPYC's full "
                     "ladder (2026-12-01), after ~4 minutes of compiling in each process: only where one process "
-                    "serves many images", long_running=True)
+                    "serves many images")
 DEEPCACHE = Candidate("deepcache=2,tiny-vae", "deepcache=2 and tiny-vae on the eager UNet: 1.23x on the AVX2 EPYC "
                       "(2026-12-01, with the slower jemalloc,iomp,pin beside them); deepcache=2 alone 1.36x at 43.6 dB")
 
@@ -118,8 +117,7 @@ CLASSES = {
                       f"{ZEN4_COMPILE}: OpenVINO as fast or faster, at half the memory, without the compile",
                       needs=("openvino",)),
             Candidate("bf16,compile", "torch bf16,compile: 3.06x vanilla on the Zen 4 EPYC (7.39 vs 22.61 s/image), "
-                      "after 160 s of compiling in each process: only where one process serves many images",
-                      long_running=True),
+                      "after 160 s of compiling in each process: only where one process serves many images"),
             Candidate("bf16", "torch bf16: 11.14 vs 24.12 s/image (2.17x) on the Zen 4 EPYC"),
         ),
         fast=(
