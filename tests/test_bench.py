@@ -68,7 +68,8 @@ def test_a_peer_that_cannot_be_compared_says_why_instead_of_a_number(tmp_path):
     reference = {"rung": "baseline", "image": "a.png"}
     row = {"index": 1, "rung": "other (peer)", "recipe": "baseline", "peer": "stable-diffusion.cpp", "median_s": 2.0,
            "s_per_step": 1.0, "parent": None, "image": "b.png", "matmul_peak_gflop_s": {"float32": 1.0},
-           "fidelity_note": "its own RNG: another noise"}
+           "fidelity_note": "its own RNG: another noise",  # a peer's steps are its own, not recipe steps
+           "steps": [{"step": "export", "applied": True, "s": 224.9, "detail": "int8 IR exported"}]}
     row["fidelity"] = runner.compare(row, reference, tmp_path)  # no image is read: there are none in tmp_path
     assert row["fidelity"] == {"reference": "baseline", "not_comparable": "its own RNG: another noise"}
     cells = report.cells(row, {**reference, "median_s": 4.0}, {})

@@ -108,8 +108,9 @@ def notes(row: dict) -> list[str]:
     found += [f"{s['step']} skipped: {s['detail']}" for s in row.get("steps", ()) if not s["applied"]]
     found += [f"launcher: {m} not applied" for m in (row.get("launch") or {}).get("missing", ())]
     found += [f"verify: {f}" for f in (row.get("verify") or {}).get("failures", ())]
-    partial = [s["step"] for s in row.get("steps", ()) if s["applied"] and recipes.kind(s["step"]).partial_calls]
-    if partial and not row.get("peer") and row.get("unet_gflop_s") is None:
+    partial = [] if row.get("peer") else [  # a peer's steps are its own (export, compile), not recipe steps
+        s["step"] for s in row.get("steps", ()) if s["applied"] and recipes.kind(s["step"]).partial_calls]
+    if partial and row.get("unet_gflop_s") is None:
         found.append(f"denoiser GFLOP/s not given: under {partial[0]} some calls run part of the network")
     if row.get("denoiser_full_calls") is not None:
         found.append(f"{partial[0]}: {fbcache.said(row['denoiser_full_calls'], row['split']['unet_calls'])}")

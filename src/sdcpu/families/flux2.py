@@ -63,6 +63,20 @@ INT8_WHY = ("FLUX.2's weights rounded to int8 (a scale per row), computed in flo
 INT4_WHY = ("FLUX.2's weights rounded to 4 bits in groups of 128 (weights=int4): 6.37 GiB at 512x512, 0.97x "
             "weights=bf16,release's speed, 37.1 dB against it (2-core Zen 3, 2026-12-05); taken where nothing larger "
             "fits")
+# measured side by side, 512x512, 4 steps, --runs 2, 2-core AMX Xeon (bf16 native), 2026-12-05 (BENCHMARKS.md)
+NATIVE_WHY = ("FLUX.2's own bf16 weights computed in bf16 (the model as it loads): 39.73 s an image at 13.90 GiB "
+              "against OpenVINO bf16's 51.16 s at 17.84 GiB (2-core AMX Xeon, 2026-12-05)")
+COMPILE_WHY = ("torch.compile of its bf16 transformer and VAE: 33.07 vs 40.33 s an image (1.22x) at 19.10 vs 13.94 GiB, "
+               "45.7 dB, after 86 s of compiling in each process (2-core AMX Xeon, 2026-12-05): only where one process "
+               "serves many images")
+OV_INT8_WHY = ("OpenVINO bf16 with NNCF's int8 weights (openvino=bf16,weights=int8): 46.14 s an image (0.86x the "
+               "model as it loads) at 8.24 GiB, 45.1 dB (2-core AMX Xeon, 2026-12-05); taken where bf16 does not fit "
+               "even with release")
+OV_INT4_WHY = ("OpenVINO bf16 with NNCF's 4-bit weights (openvino=bf16,weights=int4): 46.87 s an image (0.85x) at 5.71 "
+               "GiB, 38.7 dB, where eager weights=int4 computes in float32: 184.09 s at 6.50 GiB (2-core AMX Xeon, "
+               "2026-12-05); taken where nothing larger fits")
+EAGER_INT4_WHY = ("eager weights=int4, computed in float32: 184.09 s an image at 6.50 GiB (2-core AMX Xeon, "
+                  "2026-12-05); taken where OpenVINO's first run (its conversion: about 10 GiB) does not fit")
 UNET_ONLY = "it patches a UNet2DConditionModel's blocks; FLUX.2's denoiser is a transformer"
 
 
@@ -83,19 +97,25 @@ class Flux2Klein(Family):
         return list(states)
 
     def auto_recipes(self, quality: str, native_bf16: bool) -> tuple[tuple[str, str], ...]:
-        """Its own bf16 weights at every level (computed in bf16 where the CPU has it, else in float32 from bf16
-        storage), with release where memory asks: nothing measured faster. Rounded weights only where nothing less
-        rounded fits the machine's memory (no faster here: 0.98x and 0.97x): int8 from `high` (55.9 dB), int4 at
-        `fast` (37.1 dB). OpenVINO with NNCF's 4-bit weights measured the same speed as weights=bf16 (1.02x, --runs 2,
-        2026-12-05) at 7.77 GiB and 39.7 dB: no level takes it (eager int4 needs less memory, int8 drifts less). The
-        class rules (measured on SD) follow, tried where these do not fit."""
-        own = ("", "FLUX.2's own bf16 weights on native bf16 units (not measured by sdcpu yet)") if native_bf16 else (
-            "weights=bf16", UPCAST_WHY)
+        """Its own bf16 weights at every level, with release where memory asks: computed in bf16 where the CPU has it
+        (OpenVINO bf16 measured slower there), else in float32 from bf16 storage (nothing measured faster); where bf16
+        is native a long-running server compiles them (`high`, `fast`). Rounded weights only where nothing less
+        rounded fits the machine's memory: int8 from `high`, int4 at `fast`; on OpenVINO where bf16 is native (its
+        bf16 kernels decompress them: 4x eager torch's float32 ones), on eager torch elsewhere (OpenVINO's int4
+        measured the same speed there, 1.02x, and eager int8 drifts less); eager int4 last where OpenVINO's one-time
+        conversion does not fit. The class rules (measured on SD) follow,
+        tried where these do not fit."""
+        if native_bf16:
+            own, compiled = ("", NATIVE_WHY), (("compile", COMPILE_WHY),)
+            rounded = (("openvino=bf16,weights=int8", OV_INT8_WHY),)
+            smallest = (("openvino=bf16,weights=int4", OV_INT4_WHY), ("weights=int4", EAGER_INT4_WHY))
+        else:
+            own, compiled = ("weights=bf16", UPCAST_WHY), ()
+            rounded, smallest = (("weights=int8", INT8_WHY),), (("weights=int4", INT4_WHY),)
         if quality == "exact":
             return (own,)
         released = (",".join(filter(None, (own[0], "release"))), own[1] + "; with release: one part resident at a time")
-        rounded = (("weights=int8", INT8_WHY),) + ((("weights=int4", INT4_WHY),) if quality == "fast" else ())
-        return (own, released, *rounded)
+        return (*compiled, own, released, *rounded, *(smallest if quality == "fast" else ()))
 
     def after_load(self, pipe) -> None:
         """The Qwen3 encoder cut after the deepest layer whose hidden state the pipeline stacks (27 of its 36: 3.11B of

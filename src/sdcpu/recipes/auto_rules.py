@@ -96,7 +96,10 @@ CLASSES = {
         fast=(
             Candidate("iomp,openvino=bf16,int8,tiny-vae", "int8 and tiny-vae on OpenVINO bf16: +int8 1.30x and "
                       "+tiny-vae 1.60x in the full ladder (1.97 s/image, 8.0x vanilla), peak RSS 3.1 vs 6.5 GiB",
-                      needs=("openvino", "nncf")),
+                      needs=("openvino", "nncf"),
+                      slower_for=(("sdxl", "SDXL's int8 is weight-only: on OpenVINO bf16 its UNet ran 12.08 against "
+                                   "10.84 s a CFG call at 1024x1024 (51.00 against 45.80 s an image with tiny-vae, "
+                                   "0.90x) for 7.94 instead of 8.38 GiB peak RSS (2-core AMX Xeon, 2026-12-05)"),)),
             Candidate("iomp,openvino=bf16,tiny-vae", "tiny-vae on OpenVINO bf16 (where int8 cannot be "
                       "taken: nncf missing, or its one-time quantization does not fit the memory)",
                       needs=("openvino",)),

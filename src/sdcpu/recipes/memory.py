@@ -41,7 +41,10 @@ RUNTIME_GIB = 0.8  # python, torch, diffusers, OpenVINO's libraries: a process's
 ACTIVATION_GIB_PER_MPIX = 0.9  # per million output pixels
 ATTENTION_GIB_PER_MPIX2 = 1.95  # per (million output pixels) squared
 CONVERSION_SHARE = 0.27  # OpenVINO's conversion: the converted component's fp32 weights held again, this share
-COMPILE_COPIES = 2  # `compile`: the eager weights and inductor's frozen constants
+# `compile`: the eager weights and inductor's frozen constants, by the bytes of a weight: float32 fitted on SD (two
+# whole copies); bf16 on FLUX.2 at 512x512 (19.10 against 13.94 GiB eager: +5.2 GiB for a 7.2 GiB transformer, its
+# VAE compiled too; 2-core AMX Xeon, 2026-12-05)
+COMPILE_COPIES = {4: 2.0, 2: 1.7}
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,10 @@ class Need:
 # What a denoiser weight takes once its int8 IR is compiled by OpenVINO, by the family's int8 method: NNCF's hybrid
 # scheme keeps int8 weights (1 byte); with weight-only int8 the CPU plugin decompresses part of them for its kernels:
 # random:sdxl-turbo's UNet at 1024x1024 in f32 took 5.3 GiB beside the runtime and its buffers, 2.2 bytes a weight,
-# 0.55 of f32's 4 (measured with and without the release step in a 16 GiB cgroup, Zen 3, 2026-12-04); in bf16 taken
-# as the same share of 2 bytes (not measured)
-INT8_BYTES, INT8_WEIGHTS_SHARE = 1.0, 0.55
+# 0.55 of f32's 4 (measured with and without the release step in a 16 GiB cgroup, Zen 3, 2026-12-04); in bf16 random:sdxl's
+# at 1024x1024 with tiny-vae peaked 0.44 GiB below its bf16 weights' run (7.94 against 8.38 GiB, 2-core AMX Xeon,
+# 2026-12-05): 1.82 bytes a weight, 0.91 of bf16's 2. By the bytes of the precision it is compiled in:
+INT8_BYTES, INT8_WEIGHTS_SHARE = 1.0, {4: 0.55, 2: 0.91}
 # A weight under the weights step: int4 is half a byte plus a float32 scale and minimum per 128 (0.5625), and
 # FLUX.2's Qwen3 keeps 389M of its 3.11B parameters in an int8 embedding (0.62 bytes a parameter over the encoder)
 STORED_BYTES = {"bf16": 2.0, "int8": 1.0, "int4": 0.62}
@@ -123,9 +127,9 @@ def weight_bytes(recipe, cpu, family) -> dict[str, float]:
         if openvino is None:
             parts["denoiser"] = INT8_BYTES + size  # PT2E keeps the eager weights too
         else:
-            parts["denoiser"] = INT8_WEIGHTS_SHARE * size if family.int8 == "weights" else INT8_BYTES
+            parts["denoiser"] = INT8_WEIGHTS_SHARE[size] * size if family.int8 == "weights" else INT8_BYTES
     if recipe.get("compile") is not None:
-        parts["denoiser"] *= COMPILE_COPIES
+        parts["denoiser"] *= COMPILE_COPIES[size]
     if recipe.get("tiny-vae") is not None:
         parts["decoder"] = 0  # the distilled decoder's ~1M parameters
     return parts
