@@ -1,7 +1,9 @@
 import json
 
+import pytest
+
 from sdcpu import recipes
-from sdcpu.cli import main
+from sdcpu.cli import COMMANDS, main
 from sdcpu.commands.info import ARM_FLAGS, X86_FLAGS
 
 
@@ -24,3 +26,13 @@ def test_info_table_has_one_row_per_topic(capsys):
     assert [line.split()[0] for line in table.splitlines()] == ["versions", "cpu", "cores", "usable", "memory", "isa", "torch", "bf16"]
     assert auto_section.startswith("auto recipe: ") and "channels_last" in auto_section  # said why not
     assert "OMP_NUM_THREADS=" in auto_section  # the launch plan auto applies, as a shell line
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_prints_its_help(command, capsys):
+    """argparse formats a help string with %: a literal one must be doubled (serve's --max-memory printed "75% of",
+    and `sdcpu serve --help` died with "TypeError: %o format")."""
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert f"usage: sdcpu {command}" in capsys.readouterr().out

@@ -35,7 +35,7 @@ def register(sub):
     p.add_argument("--max-memory", type=finite, metavar="GIB",
                    help="what the models held may take, in GiB: with several --model, the least recently used are "
                         f"released to fit and prepared again (from sdcpu's caches) when asked for (default "
-                        f"{MEMORY_SHARE:.0%} of this machine's memory)")
+                        f"{MEMORY_SHARE:.0%}% of this machine's memory)")
     p.add_argument("--host", default=Options.host, help="address to listen on (default %(default)s: this machine only)")
     p.add_argument("--port", type=int, default=Options.port, help="port (default %(default)s; 0: a free one, printed)")
     p.add_argument("--api-key", default=os.environ.get("SDCPU_API_KEY"),
