@@ -66,9 +66,9 @@ INT4_WHY = ("FLUX.2's weights rounded to 4 bits in groups of 128 (weights=int4):
 # measured side by side, 512x512, 4 steps, --runs 2, 2-core AMX Xeon (bf16 native), 2026-12-05 (BENCHMARKS.md)
 NATIVE_WHY = ("FLUX.2's own bf16 weights computed in bf16 (the model as it loads): 39.73 s an image at 13.90 GiB "
               "against OpenVINO bf16's 51.16 s at 17.84 GiB (2-core AMX Xeon, 2026-12-05)")
-COMPILE_WHY = ("torch.compile of its bf16 transformer and VAE: 33.07 vs 40.33 s an image (1.22x) at 19.10 vs 13.94 GiB, "
-               "45.7 dB, after 86 s of compiling in each process (2-core AMX Xeon, 2026-12-05): only where one process "
-               "serves many images")
+COMPILE_WHY = ("torch.compile of its bf16 transformer and VAE: 33.07 vs 40.33 s an image (1.22x) at 19.10 vs 13.94 "
+               "GiB, 45.7 dB, after 86 s of compiling in each process (2-core AMX Xeon, 2026-12-05): only where one "
+               "process serves many images")
 OV_INT8_WHY = ("OpenVINO bf16 with NNCF's int8 weights (openvino=bf16,weights=int8): 46.14 s an image (0.86x the "
                "model as it loads) at 8.24 GiB, 45.1 dB (2-core AMX Xeon, 2026-12-05); taken where bf16 does not fit "
                "even with release")
@@ -103,8 +103,7 @@ class Flux2Klein(Family):
         rounded fits the machine's memory: int8 from `high`, int4 at `fast`; on OpenVINO where bf16 is native (its
         bf16 kernels decompress them: 4x eager torch's float32 ones), on eager torch elsewhere (OpenVINO's int4
         measured the same speed there, 1.02x, and eager int8 drifts less); eager int4 last where OpenVINO's one-time
-        conversion does not fit. The class rules (measured on SD) follow,
-        tried where these do not fit."""
+        conversion does not fit. The class rules (measured on SD) follow, tried where these do not fit."""
         if native_bf16:
             own, compiled = ("", NATIVE_WHY), (("compile", COMPILE_WHY),)
             rounded = (("openvino=bf16,weights=int8", OV_INT8_WHY),)

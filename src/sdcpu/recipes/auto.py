@@ -86,7 +86,8 @@ def _unmet(candidate: auto_rules.Candidate, cpu, long_running: bool, job: memory
 
 
 def _refused(candidate: auto_rules.Candidate, cpu, job: memory.Job) -> str | None:
-    """Why JOB's family refuses a step of CANDIDATE on CPU (Family.refusals), or JOB's ControlNet does; None: neither."""
+    """Why JOB's family refuses a step of CANDIDATE on CPU (Family.refusals), or JOB's ControlNet does; None: neither.
+    """
     refuses = job.family.refusals(cpu.native_bf16)
     refused = [step.name for step in recipes.parse(candidate.steps).steps if step.name in refuses]
     return refused and f"{job.family.name}: {refuses[refused[0]]}" or _uncontrolled(recipes.parse(candidate.steps),

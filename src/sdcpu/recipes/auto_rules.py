@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Candidate:
-    steps: str  # recipe steps, "" for plain fp32 eager
+    steps: str  # recipe steps, "" for the model eagerly as it loads (fp32 for SD and SDXL, bf16 for FLUX.2)
     why: str  # the measurement it rests on
     needs: tuple[str, ...] = ()  # Python modules that must be importable
     # (model family, the measurement): a family for which this candidate measured slower than the next ones of its

@@ -93,9 +93,9 @@ class Need:
 # What a denoiser weight takes once its int8 IR is compiled by OpenVINO, by the family's int8 method: NNCF's hybrid
 # scheme keeps int8 weights (1 byte); with weight-only int8 the CPU plugin decompresses part of them for its kernels:
 # random:sdxl-turbo's UNet at 1024x1024 in f32 took 5.3 GiB beside the runtime and its buffers, 2.2 bytes a weight,
-# 0.55 of f32's 4 (measured with and without the release step in a 16 GiB cgroup, Zen 3, 2026-12-04); in bf16 random:sdxl's
-# at 1024x1024 with tiny-vae peaked 0.44 GiB below its bf16 weights' run (7.94 against 8.38 GiB, 2-core AMX Xeon,
-# 2026-12-05): 1.82 bytes a weight, 0.91 of bf16's 2. By the bytes of the precision it is compiled in:
+# 0.55 of f32's 4 (measured with and without the release step in a 16 GiB cgroup, Zen 3, 2026-12-04); in bf16
+# random:sdxl's at 1024x1024 with tiny-vae peaked 0.44 GiB below its bf16 weights' run (7.94 against 8.38 GiB, 2-core
+# AMX Xeon, 2026-12-05): 1.82 bytes a weight, 0.91 of bf16's 2. By the bytes of the precision it is compiled in:
 INT8_BYTES, INT8_WEIGHTS_SHARE = 1.0, {4: 0.55, 2: 0.91}
 # A weight under the weights step: int4 is half a byte plus a float32 scale and minimum per 128 (0.5625), and
 # FLUX.2's Qwen3 keeps 389M of its 3.11B parameters in an int8 embedding (0.62 bytes a parameter over the encoder)
